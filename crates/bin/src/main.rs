@@ -1,1 +1,146 @@
-fn main() {}
+//! `keel`: the Keel server binary.
+//!
+//! - `keel serve` runs one node: the SQLite database, the Raft node and the HTTP API
+//!   ([`node`], [`http`]).
+//! - `keel local` starts a local cluster of `keel serve` child processes for trying Keel out
+//!   ([`local`]).
+//!
+//! Logs go to stderr; `RUST_LOG` selects what is shown (default `info`).
+
+mod http;
+mod local;
+mod node;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Keel: a replicated SQL database with one leader, speaking rqlite's HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one node of a cluster.
+    Serve(ServeArgs),
+    /// Start a local cluster of `keel serve` processes and keep it running until Ctrl-C.
+    Local(LocalArgs),
+}
+
+/// Flags of `keel serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// This node's id: a positive number unique in the cluster.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+    /// Address for the client HTTP API (rqlite-compatible).
+    #[arg(long, default_value = "127.0.0.1:4001")]
+    pub http_addr: String,
+    /// Address for node-to-node Raft traffic.
+    #[arg(long, default_value = "127.0.0.1:4002")]
+    pub raft_addr: String,
+    /// Directory for the database, the Raft log and snapshots. Created if missing.
+    #[arg(long, default_value = "./keel-data")]
+    pub data_dir: PathBuf,
+    /// HTTP URLs of cluster members to ask to add this node (comma-separated; any member works,
+    /// the request is forwarded to the leader). Ignored when the node already belongs to a
+    /// cluster. Without it, a node with an empty data directory starts a new one-node cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Join as a learner: a non-voting, asynchronously replicated read replica.
+    #[arg(long)]
+    pub learner: bool,
+    /// Leader heartbeat interval.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Minimum election timeout: a follower that hears no leader for this long (plus random
+    /// jitter up to the same again) starts an election.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub election_timeout: Duration,
+    /// Take a snapshot (and allow older log entries to be purged) every this many log entries.
+    #[arg(long, default_value_t = 20_000)]
+    pub snapshot_entries: u64,
+    /// How long a write waits to be committed before the answer says its outcome is unknown.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// Read-only SQLite connections serving queries.
+    #[arg(long, default_value_t = 4)]
+    pub readers: usize,
+}
+
+/// Flags of `keel local`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalArgs {
+    /// Number of voting nodes (HTTP ports 4001, 4003, …; Raft ports 4002, 4004, …).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// Number of learners (async read replicas), on the port pairs after the voters'.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=9))]
+    pub learners: u64,
+    /// Directory holding one data directory per node. Reused when run again.
+    #[arg(long, default_value = "./keel-data/local")]
+    pub data_dir: PathBuf,
+    /// First HTTP port; node N uses base + 2(N-1) for HTTP and the next port for Raft.
+    #[arg(long, default_value_t = 4001)]
+    pub base_port: u16,
+}
+
+/// Parses durations like `500ms`, `2s`, `1m`, `1h` (Go-style, as rqlite's parameters).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a valid duration (try 500ms, 2s, 1m)"))?;
+    let scale = match unit {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" | "" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("'{s}' is not a valid duration (try 500ms, 2s, 1m)")),
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(node::serve(args)),
+        Command::Local(args) => runtime.block_on(local::run(args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,1 +1,177 @@
-//! leader
+//! The write path: one writer per leader, group commit, speculative execution, conditional
+//! proposal.
+//!
+//! A client write becomes a [`sql::WriteRequest`] and is sent to [`Leader::write`]. One task
+//! ([`run`]) owns the write path:
+//!
+//! 1. Take the next batch of queued requests ([`batch::Batch`] decides how many: group commit).
+//! 2. Check that this node leads, in term T, and wait until it has applied every entry in its
+//!    log ([`raft::client::wait_caught_up`]): a new leader must have applied what earlier
+//!    leaders committed, and a record whose answer timed out must land, before the next
+//!    speculation runs on top of them.
+//! 3. Speculate: [`sql::Db::execute`] runs every request in its own savepoint inside one
+//!    transaction with session capture, takes the changeset and rolls back. The database is
+//!    unchanged; the per-statement results are known.
+//! 4. Propose the resulting [`wal::Record`] conditional on term T
+//!    ([`raft::client::propose`]) and wait until it is committed (a quorum has it durably) and
+//!    applied here. Only the apply changes the database, on every node alike.
+//! 5. Answer every request with its results and the record's log index (`lsn`).
+//!
+//! Because the writer waits for its own record to be applied before speculating the next, a
+//! speculation always runs against exactly the state its changeset will be applied to; a
+//! conflict on apply can only mean divergence, and stops the node.
+//!
+//! What it does not do: HTTP, forwarding to the leader, or reads.
+
+pub mod batch;
+mod error;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use error::{Error, Result};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+/// Settings of the write path.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Group-commit limits.
+    pub batch: batch::Limits,
+    /// How long a write waits to be committed and applied before answering "outcome unknown".
+    pub commit_timeout: Duration,
+    /// How many requests may wait for the writer before new ones are refused.
+    pub queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { batch: batch::Limits::default(), commit_timeout: Duration::from_secs(10), queue: 4096 }
+    }
+}
+
+/// A write's answer: one result per statement, and the log index of the record that carried it.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Per-statement results, in request order.
+    pub results: Vec<sql::StatementResult>,
+    /// The log index of the record holding the write's changes; when the request changed
+    /// nothing, the index applied when it was answered.
+    pub lsn: wal::Lsn,
+}
+
+/// A request waiting for the writer.
+struct Pending {
+    /// The request.
+    request: sql::WriteRequest,
+    /// Approximate size, for batching.
+    size: usize,
+    /// Where to send the answer.
+    reply: oneshot::Sender<Result<Outcome>>,
+}
+
+/// Handle to the write path. Cheap to clone.
+#[derive(Clone)]
+pub struct Leader {
+    /// Queue into the writer task.
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Leader {
+    /// Starts the writer task on the current tokio runtime.
+    pub fn spawn(raft: raft::Raft, db: Arc<Mutex<sql::Db>>, applied: tokio::sync::watch::Receiver<wal::Lsn>, options: Options) -> Leader {
+        let (tx, rx) = mpsc::channel(options.queue);
+        tokio::spawn(run(raft, db, applied, options, rx));
+        Leader { tx }
+    }
+
+    /// Executes a write through Raft; resolves once it is committed and applied on this node.
+    pub async fn write(&self, request: sql::WriteRequest) -> Result<Outcome> {
+        let size = request.statements.iter().map(|s| s.sql.len() + 16).sum();
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Pending { request, size, reply })
+            .map_err(|_| Error::Unavailable("write queue full".to_string()))?;
+        rx.await.map_err(|_| Error::Internal("writer stopped".to_string()))?
+    }
+}
+
+/// The writer loop: batches, speculates, proposes, answers. Ends when every [`Leader`] handle is
+/// dropped.
+pub async fn run(
+    raft: raft::Raft,
+    db: Arc<Mutex<sql::Db>>,
+    applied: tokio::sync::watch::Receiver<wal::Lsn>,
+    options: Options,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut limits = batch::Batch::default();
+        limits.admit(&options.batch, first.size);
+        let mut pending = vec![first];
+        while let Ok(p) = rx.try_recv() {
+            if limits.admit(&options.batch, p.size) {
+                pending.push(p);
+            } else {
+                carry = Some(p);
+                break;
+            }
+        }
+        let requests: Vec<sql::WriteRequest> = pending.iter().map(|p| p.request.clone()).collect();
+        let span = tracing::debug_span!("batch", requests = requests.len(), term = tracing::field::Empty, lsn = tracing::field::Empty);
+        let outcome = commit(&raft, &db, &applied, &options, requests).instrument(span).await;
+        match outcome {
+            Ok((results, lsn)) => {
+                for (p, results) in pending.into_iter().zip(results) {
+                    let _ = p.reply.send(Ok(Outcome { results, lsn }));
+                }
+            }
+            Err(e) => {
+                for p in pending {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Speculates and commits one batch; returns the per-request results and the record's index.
+async fn commit(
+    raft: &raft::Raft,
+    db: &Arc<Mutex<sql::Db>>,
+    applied: &tokio::sync::watch::Receiver<wal::Lsn>,
+    options: &Options,
+    requests: Vec<sql::WriteRequest>,
+) -> Result<(Vec<Vec<sql::StatementResult>>, wal::Lsn)> {
+    let term = raft::client::leader_term(raft)?;
+    tracing::Span::current().record("term", term);
+    // Everything this leader appended (its term's blank entry included) must be applied before
+    // speculating, or the changeset would be computed against a stale state.
+    raft::client::wait_caught_up(raft, options.commit_timeout).await?;
+    let db = db.clone();
+    let speculation = tokio::task::spawn_blocking(move || {
+        let mut db = db.lock().expect("db mutex poisoned: a previous apply panicked");
+        db.execute(&requests)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("speculation task failed: {e}")))?
+    .map_err(|e| match e {
+        sql::Error::InvalidInput(m) => Error::InvalidInput(m),
+        e => Error::Internal(e.to_string()),
+    })?;
+    if speculation.record.ops.is_empty() && speculation.record.request_ids.is_empty() {
+        // Nothing to replicate: every statement failed or changed nothing.
+        return Ok((speculation.results, *applied.borrow()));
+    }
+    let lsn = raft::client::propose(raft, speculation.record, term, options.commit_timeout).await?;
+    tracing::Span::current().record("lsn", lsn);
+    Ok((speculation.results, lsn))
+}

@@ -1,1 +1,107 @@
-//! raft
+//! The openraft adapter: everything Keel needs from Raft, and the only crate that names
+//! openraft types.
+//!
+//! Raft decides three things for Keel: which node leads (so two nodes never both accept
+//! writes), which records are committed (a quorum of voters has them durably), and in which
+//! order every node applies them. This crate wires openraft to the rest of the system:
+//!
+//! - [`types`]: the type configuration. An entry carries a [`wal::Record`]; log ids are
+//!   `(term, index)` (classic Raft, one leader per term).
+//! - [`log_store`]: openraft's `RaftLogStorage` on the segmented [`wal::Log`]. The Raft log IS
+//!   the WAL: one fsync per appended batch, vote and committed position persisted.
+//! - [`state_machine`]: openraft's `RaftStateMachine`, delegating to a [`state_machine::Store`]
+//!   (implemented by the `follower` crate on SQLite) so SQL stays out of this crate.
+//!   Snapshots are SQLite database images kept as files beside the log.
+//! - [`client`]: the calls the leader makes (leadership check, read barrier, conditional
+//!   proposal), with openraft's errors folded into one enum.
+//! - [`cluster`]: members, roles and positions read from Raft's metrics; bootstrap and joins.
+//! - [`network`]: node-to-node RPC as HTTP/JSON (append, vote, snapshot, transfer-leader), the
+//!   client side on reqwest and the server side as an axum router.
+//! - [`Options`] and [`start`]: build a running [`Raft`] from a data directory.
+//!
+//! What it deliberately does not do: execute SQL, talk to clients, or decide durability modes
+//! (the `leader` crate does that on top of [`Raft`]).
+
+pub mod client;
+pub mod cluster;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use openraft::ServerState;
+pub use openraft::metrics::RaftMetrics;
+pub use openraft::{ChangeMembers, ReadPolicy};
+pub use types::*;
+
+/// A running Raft node with Keel's types.
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+/// Raft's view of this node, published on every change.
+pub type Metrics = RaftMetrics<TypeConfig>;
+
+/// Timing and compaction settings of the Raft node.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often the leader sends heartbeats to followers.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears nothing from a leader for a random time in
+    /// `[election_timeout_min, 2 * election_timeout_min)` starts an election.
+    pub election_timeout_min: Duration,
+    /// Build a snapshot (and allow the log before it to be purged) after this many entries.
+    pub snapshot_entries: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            snapshot_entries: 20_000,
+        }
+    }
+}
+
+/// Errors from starting the Raft node.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The WAL could not be opened (I/O error, or damage that is not a torn tail).
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] wal::Error),
+    /// Raft configuration or startup failed.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// Reading the state machine failed.
+    #[error("state machine: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the log in `dir/raft`, the snapshot directory `dir/snapshots`, and starts Raft.
+pub async fn start(
+    id: NodeId,
+    dir: &Path,
+    options: &Options,
+    store: Arc<dyn state_machine::Store>,
+) -> Result<Raft, Error> {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let config = openraft::Config {
+        cluster_name: "keel".to_string(),
+        heartbeat_interval: ms(options.heartbeat_interval),
+        election_timeout_min: ms(options.election_timeout_min),
+        election_timeout_max: ms(options.election_timeout_min) * 2,
+        install_snapshot_timeout: 120_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_entries),
+        max_in_snapshot_log_to_keep: 1_000,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::Raft(e.to_string()))?;
+    let log = log_store::LogStore::open(&dir.join("raft"))?;
+    let sm = state_machine::StateMachine::open(&dir.join("snapshots"), store)?;
+    let network = network::Network::new();
+    Raft::new(id, Arc::new(config), network, log, sm).await.map_err(|e| Error::Raft(e.to_string()))
+}

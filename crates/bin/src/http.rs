@@ -1,0 +1,565 @@
+//! The client HTTP API, rqlite-compatible (`shared/reference/rqlite-api.md`), on axum.
+//!
+//! Requests flow like this:
+//!
+//! - `/db/execute` (and `/db/request` with a write): on a follower, forwarded to the leader
+//!   (or answered 301 with `?redirect`) before the body is even parsed; on the leader, parsed
+//!   into [`sql::WriteRequest`] and handed to the write path ([`leader::Leader::write`]).
+//! - `/db/query` (and read-only `/db/request`): `level=none` reads this node's data; `weak`,
+//!   `linearizable` and `strong` need the leader (forwarded like writes) and pass a Raft barrier
+//!   there first. Reads run on the read-only connection pool, never the write connection.
+//! - `/status`, `/nodes`, `/leader`, `/readyz`: what this node knows of itself and the cluster.
+//! - `/join`: asked by a starting node to be added (forwarded to the leader).
+//!
+//! Every database answer carries `lsn`: the log index of the write's record, or for a read the
+//! index this node had applied when it served it. Errors map to HTTP status in one place,
+//! [`write_error`]; SQL errors are per-statement and answered 200, as rqlite does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::parse_duration;
+
+/// Header marking a request forwarded by another node, so it is never forwarded twice.
+const FORWARDED: &str = "x-keel-forwarded";
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 << 20;
+/// How long a forwarded request may take unless `timeout=` says otherwise.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the HTTP handlers share: this node's handles.
+pub struct Node {
+    /// This node's id.
+    id: raft::NodeId,
+    /// This node's addresses.
+    me: raft::Node,
+    /// The Raft node.
+    raft: raft::Raft,
+    /// The write path.
+    leader: leader::Leader,
+    /// Read-only connections.
+    readers: Arc<sql::Readers>,
+    /// The applied log index.
+    applied: watch::Receiver<wal::Lsn>,
+    /// Client for forwarding to the leader and probing peers.
+    client: reqwest::Client,
+}
+
+impl Node {
+    /// Bundles the node's handles for the router.
+    pub fn new(
+        id: raft::NodeId,
+        me: raft::Node,
+        raft: raft::Raft,
+        leader: leader::Leader,
+        readers: sql::Readers,
+        applied: watch::Receiver<wal::Lsn>,
+    ) -> Node {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("building an HTTP client without TLS cannot fail");
+        Node { id, me, raft, leader, readers: Arc::new(readers), applied, client }
+    }
+
+    fn applied(&self) -> wal::Lsn {
+        *self.applied.borrow()
+    }
+}
+
+/// The client API router.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/db/execute", post(execute))
+        .route("/db/query", get(query).post(query))
+        .route("/db/request", post(request))
+        .route("/status", get(status))
+        .route("/nodes", get(nodes))
+        .route("/leader", get(get_leader))
+        .route("/readyz", get(readyz))
+        .route("/join", post(join))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(node)
+}
+
+/// Query-string parameters. rqlite's flags are presence-only (`?transaction`).
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn duration(&self, key: &str) -> Result<Option<Duration>, Response> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => parse_duration(v)
+                .map(Some)
+                .map_err(|_| bad_request(format!("{key} is not a valid duration"))),
+        }
+    }
+
+    fn format(&self) -> sql::Format {
+        sql::Format { associative: self.has("associative"), blob_array: self.has("blob_array"), timings: self.has("timings") }
+    }
+}
+
+/// Read consistency levels (rqlite's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    /// This node's data, whatever it is.
+    None,
+    /// The leader's data, trusting its lease.
+    Weak,
+    /// The leader's data after confirming leadership with a quorum (read index).
+    Linearizable,
+    /// As linearizable (a read index through a quorum round trip).
+    Strong,
+}
+
+impl Level {
+    fn from_params(p: &Params, node: &Node) -> Level {
+        match p.get("level").map(|l| l.to_ascii_lowercase()).as_deref() {
+            Some("none") => Level::None,
+            Some("linearizable") => Level::Linearizable,
+            Some("strong") => Level::Strong,
+            Some("auto") => {
+                if raft::cluster::state(&node.raft).role == raft::cluster::Role::Learner {
+                    Level::None
+                } else {
+                    Level::Weak
+                }
+            }
+            // rqlite: absent or unknown means weak.
+            _ => Level::Weak,
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value, pretty: bool) -> Response {
+    let body = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
+    let body = body.expect("serializing a serde_json::Value cannot fail");
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    json_response(status, &json!({ "error": message.to_string() }), false)
+}
+
+fn bad_request(message: impl std::fmt::Display) -> Response {
+    error_response(StatusCode::BAD_REQUEST, message)
+}
+
+fn unavailable(message: impl std::fmt::Display) -> Response {
+    let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Maps a write-path error to its HTTP answer.
+fn write_error(e: leader::Error) -> Response {
+    match e {
+        leader::Error::NotLeader { .. } => unavailable("leadership changed; nothing was written, retry"),
+        leader::Error::Unavailable(m) => unavailable(m),
+        leader::Error::Unknown(m) => unavailable(format!(
+            "the write may or may not have been committed ({m}); retry with the same request_id to be safe"
+        )),
+        leader::Error::InvalidInput(m) => bad_request(m),
+        leader::Error::Internal(m) => error_response(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
+/// Parses a statement body: JSON array (rqlite's format) or, for `text/plain`, one statement.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<sql::Statement>, Response> {
+    let text_plain = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if text_plain {
+        let text = std::str::from_utf8(body).map_err(|_| bad_request("body is not UTF-8"))?;
+        return sql::statements_from_text(text).map_err(bad_request);
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|_| bad_request("invalid JSON body"))?;
+    sql::parse_statements(&value).map_err(bad_request)
+}
+
+/// If this node cannot serve the request because it needs the leader and this node is not it,
+/// returns the answer: a 301 to the leader (`?redirect`), the leader's own answer (forwarded),
+/// or 503 when no leader is known. `None` means: serve it here.
+async fn to_leader(node: &Node, p: &Params, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Option<Response> {
+    if raft::client::leader_term(&node.raft).is_ok() {
+        return None;
+    }
+    let Some(leader) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) else {
+        return Some(unavailable("leader not found"));
+    };
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let url = format!("http://{}{}", leader.node.http_addr, path_and_query);
+    if p.has("redirect") {
+        let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
+        if let Ok(v) = HeaderValue::from_str(&url) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return Some(r);
+    }
+    if headers.contains_key(FORWARDED) {
+        // Forwarded to us by a node that thought we lead; we don't. Don't bounce it around.
+        return Some(unavailable("leader not found"));
+    }
+    let timeout = match p.duration("timeout") {
+        Ok(t) => t.unwrap_or(FORWARD_TIMEOUT),
+        Err(r) => return Some(r),
+    };
+    let mut req = node
+        .client
+        .request(method.clone(), &url)
+        .header(FORWARDED, node.id.to_string())
+        .timeout(timeout)
+        .body(body.clone());
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+        if let Some(v) = headers.get(&name) {
+            req = req.header(name, v.clone());
+        }
+    }
+    Some(match req.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+            let location = resp.headers().get(header::LOCATION).cloned();
+            match resp.bytes().await {
+                Ok(bytes) => {
+                    let mut r = (status, bytes).into_response();
+                    if let Some(ct) = content_type {
+                        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+                    }
+                    if let Some(l) = location {
+                        r.headers_mut().insert(header::LOCATION, l);
+                    }
+                    r
+                }
+                Err(e) => unavailable(format!("reading the leader's answer failed: {e}")),
+            }
+        }
+        Err(e) => unavailable(format!("forwarding to leader {} failed: {e}", leader.id)),
+    })
+}
+
+fn results_json(results: &[sql::StatementResult], p: &Params, in_request: bool) -> Vec<Value> {
+    let format = p.format();
+    results.iter().map(|r| r.to_json(&format, in_request)).collect()
+}
+
+fn db_answer(results: Vec<Value>, lsn: wal::Lsn, p: &Params, start: Instant) -> Response {
+    let mut body = json!({ "results": results, "lsn": lsn });
+    if p.has("timings") {
+        body["time"] = json!(start.elapsed().as_secs_f64());
+    }
+    if p.has("raft_index") {
+        body["raft_index"] = json!(lsn);
+    }
+    json_response(StatusCode::OK, &body, p.has("pretty"))
+}
+
+async fn execute(
+    State(node): State<Arc<Node>>,
+    Query(p): Query<Vec<(String, String)>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = Params(p);
+    let start = Instant::now();
+    if let Some(r) = to_leader(&node, &p, &method, &uri, &headers, &body).await {
+        return r;
+    }
+    let statements = match parse_body(&headers, &body) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    write(&node, &p, statements, false, start).await
+}
+
+async fn write(node: &Node, p: &Params, statements: Vec<sql::Statement>, rows: bool, start: Instant) -> Response {
+    let request = sql::WriteRequest {
+        statements,
+        transaction: p.has("transaction"),
+        rows,
+        request_id: p.get("request_id").map(str::to_string),
+    };
+    match node.leader.write(request).await {
+        Ok(outcome) => db_answer(results_json(&outcome.results, p, rows), outcome.lsn, p, start),
+        Err(e) => write_error(e),
+    }
+}
+
+async fn query(
+    State(node): State<Arc<Node>>,
+    Query(p): Query<Vec<(String, String)>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = Params(p);
+    let start = Instant::now();
+    let statements = if method == Method::GET {
+        match p.get("q") {
+            Some(q) if !q.is_empty() => match sql::statements_from_text(q) {
+                Ok(s) => s,
+                Err(e) => return bad_request(e),
+            },
+            _ => return bad_request("query parameter not set"),
+        }
+    } else {
+        match parse_body(&headers, &body) {
+            Ok(s) => s,
+            Err(r) => return r,
+        }
+    };
+    read(&node, &p, &method, &uri, &headers, &body, statements, false, start).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read(
+    node: &Node,
+    p: &Params,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    statements: Vec<sql::Statement>,
+    in_request: bool,
+    start: Instant,
+) -> Response {
+    let level = Level::from_params(p, node);
+    if level != Level::None {
+        if let Some(r) = to_leader(node, p, method, uri, headers, body).await {
+            return r;
+        }
+        let barrier = match level {
+            Level::Weak => match raft::client::barrier(&node.raft, raft::ReadPolicy::LeaseRead).await {
+                // A fresh leader has no lease yet: confirm with a quorum instead.
+                Err(raft::client::ClientError::NoQuorum(_)) => {
+                    raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await
+                }
+                other => other,
+            },
+            _ => raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await,
+        };
+        if let Err(e) = barrier {
+            return write_error(e.into());
+        }
+    }
+    let lsn = node.applied();
+    let readers = node.readers.clone();
+    let transaction = p.has("transaction");
+    let results = tokio::task::spawn_blocking(move || readers.query(&statements, transaction)).await;
+    match results {
+        Ok(Ok(results)) => db_answer(results_json(&results, p, in_request), lsn, p, start),
+        Ok(Err(sql::Error::InvalidInput(m))) => bad_request(m),
+        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn request(
+    State(node): State<Arc<Node>>,
+    Query(p): Query<Vec<(String, String)>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = Params(p);
+    let start = Instant::now();
+    let statements = match parse_body(&headers, &body) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let readers = node.readers.clone();
+    let (statements, read_only) = match tokio::task::spawn_blocking(move || {
+        let ro = readers.is_read_only(&statements);
+        (statements, ro)
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if read_only {
+        return read(&node, &p, &method, &uri, &headers, &body, statements, true, start).await;
+    }
+    if let Some(r) = to_leader(&node, &p, &method, &uri, &headers, &body).await {
+        return r;
+    }
+    write(&node, &p, statements, true, start).await
+}
+
+fn node_json(m: &raft::cluster::Member, leader: Option<raft::NodeId>, reachable: bool) -> Value {
+    json!({
+        "id": m.id.to_string(),
+        "api_addr": format!("http://{}", m.node.http_addr),
+        "addr": m.node.raft_addr,
+        "voter": m.voter,
+        "reachable": reachable,
+        "leader": leader == Some(m.id),
+    })
+}
+
+async fn status(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, String)>>) -> Response {
+    let p = Params(p);
+    let s = raft::cluster::state(&node.raft);
+    let leader = s.leader_id.and_then(|id| s.members.iter().find(|m| m.id == id));
+    let raft_state = match s.role {
+        raft::cluster::Role::Leader => "Leader",
+        raft::cluster::Role::Follower => "Follower",
+        raft::cluster::Role::Candidate => "Candidate",
+        raft::cluster::Role::Learner => "Learner",
+        raft::cluster::Role::Shutdown => "Shutdown",
+    };
+    let body = json!({
+        "node": {
+            "id": s.id,
+            "role": s.role,
+            "term": s.term,
+            "leader_id": s.leader_id,
+            "last_log_index": s.last_log_index,
+            "commit_index": s.commit_index,
+            "applied_index": s.applied_index,
+            "snapshot_index": s.snapshot_index,
+            "http_addr": node.me.http_addr,
+            "raft_addr": node.me.raft_addr,
+            "stopped": s.stopped,
+        },
+        "cluster": {
+            "members": s.members,
+            "matched": s.matched,
+        },
+        // rqlite-compatible subtree, read by existing clients.
+        "store": {
+            "node_id": s.id.to_string(),
+            "leader": {
+                "node_id": leader.map(|l| l.id.to_string()).unwrap_or_default(),
+                "addr": leader.map(|l| l.node.raft_addr.clone()).unwrap_or_default(),
+            },
+            "raft": {
+                "state": raft_state,
+                "term": s.term,
+                "applied_index": s.applied_index,
+                "commit_index": s.commit_index,
+                "last_log_index": s.last_log_index,
+            },
+        },
+        "http": { "bind_addr": node.me.http_addr },
+    });
+    json_response(StatusCode::OK, &body, p.has("pretty"))
+}
+
+async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, String)>>) -> Response {
+    let p = Params(p);
+    let s = raft::cluster::state(&node.raft);
+    let members: Vec<_> = s.members.into_iter().filter(|m| m.voter || p.has("nonvoters")).collect();
+    let probes = members.iter().map(|m| {
+        let client = node.client.clone();
+        let me = m.id == node.id;
+        let url = format!("http://{}/readyz?noleader", m.node.http_addr);
+        async move {
+            me || client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    });
+    let reachable = futures::future::join_all(probes).await;
+    let list: Vec<Value> = members.iter().zip(reachable).map(|(m, r)| node_json(m, s.leader_id, r)).collect();
+    let body = if p.get("ver") == Some("2") {
+        json!({ "nodes": list })
+    } else {
+        Value::Object(list.into_iter().map(|n| (n["id"].as_str().unwrap_or_default().to_string(), n)).collect())
+    };
+    json_response(StatusCode::OK, &body, p.has("pretty"))
+}
+
+async fn get_leader(State(node): State<Arc<Node>>) -> Response {
+    match raft::cluster::leader(&node.raft) {
+        Some(m) => json_response(StatusCode::OK, &node_json(&m, Some(m.id), true), false),
+        None => unavailable("leader not found"),
+    }
+}
+
+async fn readyz(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, String)>>) -> Response {
+    let p = Params(p);
+    if p.has("noleader") {
+        return (StatusCode::OK, "[+]node ok").into_response();
+    }
+    let s = raft::cluster::state(&node.raft);
+    if s.stopped.is_some() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "[+]node ok\n[-]store stopped").into_response();
+    }
+    match s.leader_id {
+        Some(_) => (StatusCode::OK, "[+]node ok\n[+]leader ok\n[+]store ok").into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "[+]node ok\n[+]leader does not exist").into_response(),
+    }
+}
+
+/// A starting node's request to be added to the cluster.
+#[derive(serde::Deserialize)]
+struct JoinRequest {
+    /// Its node id.
+    id: raft::NodeId,
+    /// Its Raft address.
+    raft_addr: String,
+    /// Its HTTP address.
+    http_addr: String,
+    /// Voter (default) or learner.
+    #[serde(default = "yes")]
+    voter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn join(
+    State(node): State<Arc<Node>>,
+    Query(p): Query<Vec<(String, String)>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = Params(p);
+    if let Some(r) = to_leader(&node, &p, &method, &uri, &headers, &body).await {
+        return r;
+    }
+    let req: JoinRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid join request: {e}")),
+    };
+    if req.id == 0 {
+        return bad_request("node id must be positive");
+    }
+    let target = raft::Node { raft_addr: req.raft_addr, http_addr: req.http_addr };
+    tracing::info!(id = req.id, node = %target, voter = req.voter, "adding node");
+    match raft::cluster::add_node(&node.raft, req.id, target, req.voter, Duration::from_secs(60)).await {
+        Ok(()) => json_response(StatusCode::OK, &json!({}), false),
+        Err(e) => write_error(e.into()),
+    }
+}

@@ -1,0 +1,153 @@
+//! `keel local`: a local cluster of real `keel serve` child processes, for trying Keel out.
+//!
+//! Node N (1-based) listens on HTTP `base + 2(N-1)` and Raft `base + 2(N-1) + 1` on
+//! 127.0.0.1, with its data in `<data-dir>/nodeN` and its log in `<data-dir>/nodeN.log`.
+//! Node 1 bootstraps the cluster; the others join it (voters first, then learners). Run again
+//! with the same data directory, every node restarts from its data and the cluster re-forms.
+//! Ctrl-C (or SIGTERM) stops every node with SIGTERM, then SIGKILL after 10 s.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::LocalArgs;
+
+struct LocalNode {
+    id: u64,
+    http: String,
+    learner: bool,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Starts the cluster, waits until it is ready, prints how to use it, and waits for Ctrl-C.
+pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the keel binary")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let total = args.nodes + args.learners;
+    let first_http = format!("127.0.0.1:{}", args.base_port);
+    let mut nodes = Vec::new();
+    for id in 1..=total {
+        let port = args.base_port as u64 + 2 * (id - 1);
+        if port + 1 > u16::MAX as u64 {
+            bail!("port {port} is out of range; choose a lower --base-port");
+        }
+        let http = format!("127.0.0.1:{port}");
+        let raft = format!("127.0.0.1:{}", port + 1);
+        let dir = args.data_dir.join(format!("node{id}"));
+        let log = args.data_dir.join(format!("node{id}.log"));
+        let learner = id > args.nodes;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve")
+            .args(["--id", &id.to_string(), "--http-addr", &http, "--raft-addr", &raft])
+            .arg("--data-dir")
+            .arg(&dir);
+        if id > 1 {
+            cmd.args(["--join", &format!("http://{first_http}")]);
+        }
+        if learner {
+            cmd.arg("--learner");
+        }
+        let logfile = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdout(Stdio::null()).stderr(logfile).kill_on_drop(true);
+        let child = cmd.spawn().with_context(|| format!("starting node {id}"))?;
+        println!("started node {id} ({}) http://{http}  log: {}", if learner { "learner" } else { "voter" }, log.display());
+        nodes.push(LocalNode { id, http, learner, child, log });
+    }
+
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let ready = wait_ready(&client, &mut nodes);
+    let outcome = tokio::select! {
+        r = ready => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(e) = outcome {
+        stop_all(&mut nodes).await;
+        return Err(e);
+    }
+    let leader: Option<serde_json::Value> = match client.get(format!("http://{}/leader", nodes[0].http)).send().await {
+        Ok(r) => r.json().await.ok(),
+        Err(_) => None,
+    };
+    println!();
+    match leader {
+        Some(l) => println!("cluster ready: {total} nodes, leader is node {} ({})", l["id"].as_str().unwrap_or("?"), l["api_addr"].as_str().unwrap_or("?")),
+        None => println!("cluster ready: {total} nodes"),
+    }
+    let example = &nodes[0].http;
+    println!("try:");
+    println!("  curl -XPOST 'http://{example}/db/execute?pretty' -H 'Content-Type: application/json' -d '[\"CREATE TABLE IF NOT EXISTS foo (id INTEGER PRIMARY KEY, name TEXT)\", [\"INSERT INTO foo(name) VALUES(?)\", \"fiona\"]]'");
+    if let Some(other) = nodes.get(1) {
+        println!("  curl -G 'http://{}/db/query?pretty&level=none' --data-urlencode 'q=SELECT * FROM foo'", other.http);
+    }
+    println!("  curl 'http://{example}/nodes?pretty&nonvoters'");
+    println!("press Ctrl-C to stop the cluster");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let exited = async {
+        // Report a node that dies on its own; keep the others running.
+        loop {
+            for n in nodes.iter_mut() {
+                if let Ok(Some(status)) = n.child.try_wait() {
+                    return (n.id, status, n.log.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        (id, status, log) = exited => {
+            eprintln!("node {id} exited ({status}); see {}", log.display());
+        }
+    }
+    println!("stopping the cluster");
+    stop_all(&mut nodes).await;
+    Ok(())
+}
+
+async fn wait_ready(client: &reqwest::Client, nodes: &mut [LocalNode]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in nodes.iter_mut() {
+        loop {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                bail!("node {} exited during startup ({status}); see {}", n.id, n.log.display());
+            }
+            let url = format!("http://{}/readyz", n.http);
+            if client.get(&url).timeout(Duration::from_secs(1)).send().await.is_ok_and(|r| r.status().is_success()) {
+                println!("node {} ready{}", n.id, if n.learner { " (learner)" } else { "" });
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node {} not ready after 60 s; see {}", n.id, n.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn stop_all(nodes: &mut [LocalNode]) {
+    for n in nodes.iter() {
+        if let Some(pid) = n.child.id() {
+            // SAFETY: kill(2) with a pid of our own child and a valid signal has no memory effects.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+    for n in nodes.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(10), n.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("node {} did not stop within 10 s; killing it", n.id);
+                let _ = n.child.kill().await;
+            }
+        }
+    }
+}

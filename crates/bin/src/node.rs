@@ -1,0 +1,136 @@
+//! One node, wired in one place: database, state machine, Raft, write path, HTTP servers,
+//! bootstrap or join, and shutdown.
+//!
+//! Data directory layout: `db.sqlite` (the database, with its applied log position inside),
+//! `raft/` (the WAL: Raft log segments, vote, committed position), `snapshots/`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::ServeArgs;
+use crate::http;
+
+/// Runs a node until SIGINT/SIGTERM, or until Raft stops on a fatal error (then exits non-zero).
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let dir = args.data_dir.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    let db_path = dir.join("db.sqlite");
+    let db = sql::Db::open(&db_path).with_context(|| format!("opening database {}", db_path.display()))?;
+    let db = Arc::new(Mutex::new(db));
+    let replica = follower::Replica::new(db.clone()).context("reading the applied position")?;
+    let readers = sql::Readers::open(&db_path, args.readers.max(1)).context("opening read connections")?;
+
+    // Bind first, so a port in use fails the start instead of a half-started node.
+    let raft_listener =
+        TcpListener::bind(&args.raft_addr).await.with_context(|| format!("binding Raft address {}", args.raft_addr))?;
+    let http_listener =
+        TcpListener::bind(&args.http_addr).await.with_context(|| format!("binding HTTP address {}", args.http_addr))?;
+
+    let raft_options = raft::Options {
+        heartbeat_interval: args.heartbeat,
+        election_timeout_min: args.election_timeout,
+        snapshot_entries: args.snapshot_entries,
+    };
+    let raft = raft::start(args.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
+    let leader = leader::Leader::spawn(
+        raft.clone(),
+        db,
+        replica.applied(),
+        leader::Options { commit_timeout: args.write_timeout, ..Default::default() },
+    );
+    let me = raft::Node { raft_addr: args.raft_addr.clone(), http_addr: args.http_addr.clone() };
+    let state = Arc::new(http::Node::new(args.id, me.clone(), raft.clone(), leader, readers, replica.applied()));
+
+    tokio::spawn(serve_router(raft_listener, raft::network::router(raft.clone())));
+    tokio::spawn(serve_router(http_listener, http::router(state)));
+    tracing::info!(id = args.id, http = %args.http_addr, raft = %args.raft_addr, data = %dir.display(), "node started");
+
+    if !raft::cluster::is_initialized(&raft).await? {
+        if args.join.is_empty() {
+            tracing::info!("empty data directory and no --join: bootstrapping a one-node cluster");
+            raft::cluster::initialize(&raft, args.id, me).await?;
+        } else {
+            let (raft2, join, voter) = (raft.clone(), args.join.clone(), !args.learner);
+            tokio::spawn(async move {
+                if let Err(e) = join_cluster(args.id, me, &join, voter).await {
+                    tracing::error!(error = %e, "could not join the cluster; stopping");
+                    let _ = raft2.shutdown().await;
+                }
+            });
+        }
+    } else if !args.join.is_empty() {
+        tracing::info!("already a cluster member; --join ignored");
+    }
+
+    let reason = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = raft::cluster::stopped(&raft) => Some(reason),
+    };
+    match reason {
+        None => {
+            tracing::info!("shutting down");
+            let _ = raft.shutdown().await;
+            Ok(())
+        }
+        Some(reason) => {
+            let _ = raft.shutdown().await;
+            anyhow::bail!("raft stopped: {reason}")
+        }
+    }
+}
+
+async fn serve_router(listener: TcpListener, router: axum::Router) {
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "HTTP server failed");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on Unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Asks the cluster (any of `urls`; the request finds the leader) to add this node, retrying for
+/// up to five minutes while the cluster is unreachable or electing.
+async fn join_cluster(id: raft::NodeId, me: raft::Node, urls: &[String], voter: bool) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let body = serde_json::json!({ "id": id, "raft_addr": me.raft_addr, "http_addr": me.http_addr, "voter": voter });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut attempt = 0u32;
+    loop {
+        for url in urls {
+            let url = format!("{}/join", url.trim_end_matches('/'));
+            attempt += 1;
+            match client.post(&url).json(&body).timeout(Duration::from_secs(120)).send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    tracing::info!(%url, voter, "joined the cluster");
+                    return Ok(());
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    tracing::warn!(%url, %status, %text, attempt, "join refused; retrying");
+                }
+                Err(e) => tracing::warn!(%url, error = %e, attempt, "join failed; retrying"),
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no member of {urls:?} accepted this node within 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The database file of a data directory (used by `keel local` to tell a fresh directory).
+pub fn has_data(dir: &Path) -> bool {
+    dir.join("raft").exists()
+}

@@ -1,0 +1,65 @@
+//! The one error type of the `wal` crate.
+//!
+//! Each variant says what the caller does about it:
+//!
+//! - [`Error::Io`]: the operating system refused a read, write, rename or directory listing. The
+//!   log's in-memory state is unchanged; the caller may retry or stop. (A failed *fsync* never
+//!   shows up here: the process aborts instead, see [`crate::Log`].)
+//! - [`Error::Corrupt`]: bytes on disk are damaged somewhere other than a torn tail. Nothing is
+//!   repaired automatically; an operator restores the node from a replica or a snapshot.
+//! - [`Error::InvalidInput`]: the caller asked for something that would break the log's
+//!   invariants (a hole, a term going backwards, a truncation below the purge point) or handed
+//!   over bytes that are not a valid encoding. This is a bug in the caller or bad data from the
+//!   network, never a disk problem.
+
+use std::path::PathBuf;
+
+use crate::Lsn;
+
+/// A `Result` whose error is the crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in the `wal` crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation other than fsync failed.
+    #[error("wal i/o error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// Data on disk failed validation where a torn write cannot explain it.
+    #[error("wal corrupt: {path} at offset {offset}{}: {reason}", lsn_suffix(.lsn))]
+    Corrupt {
+        /// The log index the damaged bytes hold or should hold, when known.
+        lsn: Option<Lsn>,
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damage within `path`.
+        offset: u64,
+        /// What failed validation.
+        reason: String,
+    },
+
+    /// The caller's request or bytes are invalid; nothing was changed.
+    #[error("wal invalid input: {0}")]
+    InvalidInput(String),
+}
+
+/// Formats the optional LSN of a [`Error::Corrupt`] for its message.
+fn lsn_suffix(lsn: &Option<Lsn>) -> String {
+    match lsn {
+        Some(lsn) => format!(" (lsn {lsn})"),
+        None => String::new(),
+    }
+}
+
+/// Storage traits (openraft's among them) speak `std::io::Error`; this keeps the kind where it is
+/// meaningful: `InvalidData` for corruption, `InvalidInput` for a bad request.
+impl From<Error> for std::io::Error {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Io(err) => err,
+            err @ Error::Corrupt { .. } => std::io::Error::new(std::io::ErrorKind::InvalidData, err),
+            err @ Error::InvalidInput(_) => std::io::Error::new(std::io::ErrorKind::InvalidInput, err),
+        }
+    }
+}
