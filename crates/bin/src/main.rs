@@ -4,9 +4,11 @@
 //!   ([`node`], [`http`]).
 //! - `keel local` starts a local cluster of `keel serve` child processes for trying Keel out
 //!   ([`local`]).
+//! - `keel bench` measures a running cluster ([`bench`]).
 //!
 //! Logs go to stderr; `RUST_LOG` selects what is shown (default `info`).
 
+mod bench;
 mod http;
 mod local;
 mod node;
@@ -30,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Start a local cluster of `keel serve` processes and keep it running until Ctrl-C.
     Local(LocalArgs),
+    /// Measure a running cluster: throughput and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 /// Flags of `keel serve`.
@@ -125,6 +129,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(node::serve(args)),
         Command::Local(args) => runtime.block_on(local::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     }
 }
 

@@ -92,7 +92,7 @@ pub fn state(raft: &Raft) -> State {
         term: m.current_term,
         leader_id: m.current_leader,
         last_log_index: m.last_log_index.unwrap_or(0),
-        commit_index: m.committed.as_ref().map_or(0, |l| l.index),
+        commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
         applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
         snapshot_index: m.snapshot.as_ref().map(|l| l.index),
         stopped: m.running_state.as_ref().err().map(|e| e.to_string()),

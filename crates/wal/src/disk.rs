@@ -82,7 +82,8 @@ pub(crate) fn read_meta(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err.into()),
     };
-    let corrupt = |reason: String| Error::Corrupt { lsn: None, path: path.clone(), offset: 0, reason };
+    let corrupt =
+        |reason: String| Error::Corrupt { lsn: None, path: path.clone(), offset: 0, reason };
     if bytes.len() < 4 {
         return Err(corrupt(format!("metadata file of {} bytes has no checksum", bytes.len())));
     }

@@ -58,8 +58,12 @@ impl From<Error> for std::io::Error {
     fn from(err: Error) -> Self {
         match err {
             Error::Io(err) => err,
-            err @ Error::Corrupt { .. } => std::io::Error::new(std::io::ErrorKind::InvalidData, err),
-            err @ Error::InvalidInput(_) => std::io::Error::new(std::io::ErrorKind::InvalidInput, err),
+            err @ Error::Corrupt { .. } => {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, err)
+            }
+            err @ Error::InvalidInput(_) => {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, err)
+            }
         }
     }
 }

@@ -1,1 +1,81 @@
-//! wal
+//! `wal`: Keel's write-ahead log. The Raft log *is* the WAL: every replicated change is a
+//! [`Record`] inside a log entry, and an entry is durable once [`Log::append`] returns.
+//!
+//! The crate knows nothing of SQLite, HTTP, tokio or openraft. It owns two things:
+//!
+//! - **The record** ([`Record`], [`Op`]): the logical, row-based description of one
+//!   group-committed batch of client requests: DDL as SQL text, row changes as SQLite session
+//!   changesets, plus the request ids for deduplication. See [`record`] for its encoding.
+//! - **The segmented log** ([`Log`]): a directory of append-only segment files holding
+//!   checksummed frames, with an in-memory index, torn-tail repair, truncation, purging, and the
+//!   small durable values Raft keeps beside its log (vote, committed position, purge point).
+//!
+//! # Layout on disk
+//!
+//! ```text
+//! <dir>/00000000000000000001.wal   segment: frames for indexes 1..=N, back to back
+//! <dir>/0000000000000000000N+1.wal next segment, named by the index of its first frame
+//! <dir>/vote                       CRC32 + opaque bytes (replaced atomically)
+//! <dir>/committed                  CRC32 + opaque bytes (replaced atomically)
+//! <dir>/purged                     CRC32 + last purged (index, term)
+//! ```
+//!
+//! A frame ([`codec`]) is a 32-byte header (magic, CRC32, version, length, term, index) and an
+//! opaque payload; the `raft` crate puts an encoded openraft entry in the payload.
+//!
+//! # How data flows
+//!
+//! - [`Log::open`] lists the segments, reads each one whole and asks [`repair::scan`] what to do
+//!   with it: keep it, cut a torn tail (then fsync the cut), or refuse with
+//!   [`Error::Corrupt`]. The scan also yields every frame's position, which becomes the in-memory
+//!   index from log index to (segment, offset, length).
+//! - [`Log::append`] checks that the batch continues the log, encodes it with
+//!   [`codec::encode`] into one buffer, starts a new segment if the current one has reached
+//!   [`Options::segment_bytes`], then issues one write and one fdatasync, and only then indexes
+//!   the entries.
+//! - [`Log::read`] reads runs of frames with one read per segment and decodes (re-checksums) each.
+//! - [`Log::truncate_after`] deletes later segments newest first and shortens the one that keeps
+//!   the tail; [`Log::purge_through`] records the purge point, then deletes whole segments before
+//!   it.
+//!
+//! # Durability rules
+//!
+//! fsync before acknowledging; abort the process if an fsync fails (see the private `disk`
+//! module); cut a torn tail only; refuse a bad checksum anywhere else ([`repair`] states the
+//! exact rule).
+//!
+//! # What it deliberately does not do
+//!
+//! - No threads and no async: callers run it on a blocking thread (`spawn_blocking`) and hold
+//!   it behind a mutex. Every method is synchronous and does its own fsyncs.
+//! - No caching of payloads: reads go to the file (and the OS page cache).
+//! - No interpretation of payloads, vote or committed bytes: they are opaque here.
+//!
+//! # Implementation caveats
+//!
+//! - The in-memory index costs 32 bytes per entry present; Raft snapshots and purges keep the
+//!   log short, so this is not paged.
+//! - [`Log::open`] reads each segment whole into memory to validate it (64 MiB by default).
+//! - Nothing stops two processes from opening the same directory; the node's data directory is
+//!   assumed to belong to one process.
+//! - An append spans exactly one segment, so a batch larger than `segment_bytes` makes an
+//!   oversized segment rather than being split.
+
+pub mod codec;
+mod disk;
+mod error;
+mod log;
+pub mod record;
+pub mod repair;
+
+pub use codec::Frame;
+pub use error::{Error, Result};
+pub use log::{Log, Options};
+pub use record::{Op, Record};
+
+/// A log index: the position of an entry in the Raft log. Clients see it as the `lsn` of their
+/// write, and can wait until a replica has applied at least that position.
+pub type Lsn = u64;
+
+/// A Raft term: the election epoch of the leader that created an entry.
+pub type Term = u64;

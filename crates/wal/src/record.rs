@@ -163,13 +163,18 @@ impl fmt::Display for Record {
 }
 
 impl serde::Serialize for Record {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         serializer.serialize_str(&BASE64.encode(self.encode()))
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Record {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
         deserializer.deserialize_str(RecordVisitor)
     }
 }
@@ -185,7 +190,8 @@ impl serde::de::Visitor<'_> for RecordVisitor {
     }
 
     fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Record, E> {
-        let bytes = BASE64.decode(s).map_err(|e| E::custom(format!("record is not base64: {e}")))?;
+        let bytes =
+            BASE64.decode(s).map_err(|e| E::custom(format!("record is not base64: {e}")))?;
         Record::decode(&bytes).map_err(E::custom)
     }
 }
@@ -247,7 +253,8 @@ impl<'a> Reader<'a> {
     /// Reads a length or count; one that cannot fit in memory is reported as truncation.
     fn len(&mut self) -> Result<usize> {
         let raw = self.take(LEN)?;
-        let len = u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]);
+        let len =
+            u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]);
         usize::try_from(len).map_err(|_| invalid(format!("length {len} does not fit in memory")))
     }
 

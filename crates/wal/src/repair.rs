@@ -93,10 +93,14 @@ pub fn scan(bytes: &[u8], first_index: Lsn, last: bool) -> Scan {
         let err = match codec::decode(&bytes[offset..]) {
             Ok((frame, len)) => {
                 let reason = match expected {
-                    None => Some(format!("frame index {} follows the largest possible index", frame.index)),
-                    Some(want) if frame.index != want => {
-                        Some(format!("expected index {want}, found a valid frame with index {}", frame.index))
-                    }
+                    None => Some(format!(
+                        "frame index {} follows the largest possible index",
+                        frame.index
+                    )),
+                    Some(want) if frame.index != want => Some(format!(
+                        "expected index {want}, found a valid frame with index {}",
+                        frame.index
+                    )),
                     Some(_) if prev_term.is_some_and(|t| frame.term < t) => Some(format!(
                         "term goes backwards: frame {} has term {} after term {}",
                         frame.index,
@@ -106,9 +110,17 @@ pub fn scan(bytes: &[u8], first_index: Lsn, last: bool) -> Scan {
                     Some(_) => None,
                 };
                 if let Some(reason) = reason {
-                    return Scan { frames, verdict: Verdict::Corrupt { offset: at, lsn: expected, reason } };
+                    return Scan {
+                        frames,
+                        verdict: Verdict::Corrupt { offset: at, lsn: expected, reason },
+                    };
                 }
-                frames.push(Position { index: frame.index, term: frame.term, offset: at, len: len as u64 });
+                frames.push(Position {
+                    index: frame.index,
+                    term: frame.term,
+                    offset: at,
+                    len: len as u64,
+                });
                 prev_term = Some(frame.term);
                 expected = frame.index.checked_add(1);
                 offset += len;
@@ -123,7 +135,13 @@ pub fn scan(bytes: &[u8], first_index: Lsn, last: bool) -> Scan {
 }
 
 /// Classifies the damage found at `offset`, where a frame with index `expected` should start.
-fn damaged(bytes: &[u8], offset: usize, expected: Option<Lsn>, last: bool, err: DecodeError) -> Verdict {
+fn damaged(
+    bytes: &[u8],
+    offset: usize,
+    expected: Option<Lsn>,
+    last: bool,
+    err: DecodeError,
+) -> Verdict {
     let at = offset as u64;
     if !last {
         let reason = format!("{err} in a segment that is not the last");
@@ -134,7 +152,8 @@ fn damaged(bytes: &[u8], offset: usize, expected: Option<Lsn>, last: bool, err: 
         return Verdict::Corrupt { offset: at, lsn: None, reason };
     };
     if let Some((later, index)) = later_frame(bytes, offset + 1, expected) {
-        let reason = format!("{err}, but a valid frame with index {index} follows at offset {later}");
+        let reason =
+            format!("{err}, but a valid frame with index {index} follows at offset {later}");
         return Verdict::Corrupt { offset: at, lsn: Some(expected), reason };
     }
     Verdict::TornTail { offset: at, lsn: expected, reason: err.to_string() }
@@ -195,7 +214,9 @@ mod tests {
         let cut = offsets[2] + keep;
         let scan = scan(&bytes[..cut], 1, true);
         assert_eq!(indexes(&scan), vec![1, 2]);
-        assert!(matches!(scan.verdict, Verdict::TornTail { offset, lsn: 3, .. } if offset == offsets[2] as u64));
+        assert!(
+            matches!(scan.verdict, Verdict::TornTail { offset, lsn: 3, .. } if offset == offsets[2] as u64)
+        );
     }
 
     #[test]
@@ -213,7 +234,9 @@ mod tests {
         let (bytes, offsets) = segment(1, 3);
         let cut = offsets[2] + 5;
         let scan = scan(&bytes[..cut], 1, false);
-        assert!(matches!(scan.verdict, Verdict::Corrupt { offset, lsn: Some(3), .. } if offset == offsets[2] as u64));
+        assert!(
+            matches!(scan.verdict, Verdict::Corrupt { offset, lsn: Some(3), .. } if offset == offsets[2] as u64)
+        );
     }
 
     #[test]
@@ -225,7 +248,10 @@ mod tests {
         match scan.verdict {
             Verdict::Corrupt { offset, lsn, reason } => {
                 assert_eq!((offset, lsn), (offsets[1] as u64, Some(2)));
-                assert!(reason.contains(&format!("index 3 follows at offset {}", offsets[2])), "{reason}");
+                assert!(
+                    reason.contains(&format!("index 3 follows at offset {}", offsets[2])),
+                    "{reason}"
+                );
             }
             other => panic!("expected corruption, got {other:?}"),
         }

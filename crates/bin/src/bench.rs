@@ -1,0 +1,150 @@
+//! `keel bench`: load generators against any Keel (or rqlite) cluster URL, printing figures.
+//!
+//! `keel bench insert --url http://127.0.0.1:4001 --clients 64 --duration 10s` runs `clients`
+//! concurrent loops, each inserting one row per request, for `duration` after a warm-up, and
+//! prints throughput, latency percentiles and errors. It is a measuring tool, not a test: it
+//! asserts nothing except that the server answers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::parse_duration;
+
+/// Flags of `keel bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The workload.
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// HTTP URL of a cluster node.
+    #[arg(long, default_value = "http://127.0.0.1:4001")]
+    pub url: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// How long to measure.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// How long to run before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Extra query string for every request (e.g. `durability=sync`).
+    #[arg(long, default_value = "")]
+    pub params: String,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the clients do.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Workload {
+    /// One single-row INSERT per request.
+    Insert,
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.clients).build()?;
+    let base = args.url.trim_end_matches('/').to_string();
+    let extra = if args.params.is_empty() { String::new() } else { format!("&{}", args.params) };
+    let execute = format!("{base}/db/execute?{extra}");
+    let setup = client
+        .post(&execute)
+        .json(&json!(["CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, client INTEGER, payload TEXT)"]))
+        .send()
+        .await
+        .with_context(|| format!("connecting to {base}"))?;
+    if !setup.status().is_success() {
+        bail!("creating the table failed: {} {}", setup.status(), setup.text().await.unwrap_or_default());
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let (client, url, stop, measuring) = (client.clone(), execute.clone(), stop.clone(), measuring.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let body = serde_json::to_vec(&json!([["INSERT INTO bench(client, payload) VALUES(?, ?)", c, "x".repeat(64)]]))
+                .expect("static JSON");
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let ok = match client.post(&url).header("content-type", "application/json").body(body.clone()).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        r.bytes().await.is_ok_and(|b| !String::from_utf8_lossy(&b).contains("\"error\""))
+                    }
+                    _ => false,
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        latencies.push(start.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(args.warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1e3
+    };
+    let throughput = latencies.len() as f64 / elapsed.as_secs_f64();
+    let figures = json!({
+        "workload": format!("{:?}", args.workload).to_lowercase(),
+        "clients": args.clients,
+        "params": args.params,
+        "requests": latencies.len(),
+        "errors": errors,
+        "seconds": elapsed.as_secs_f64(),
+        "throughput_per_s": throughput,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+    });
+    if args.json {
+        println!("{figures}");
+    } else {
+        println!(
+            "{:?} clients={} {}: {:.0} req/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, {} ok, {} errors",
+            args.workload,
+            args.clients,
+            args.params,
+            throughput,
+            pct(0.50),
+            pct(0.90),
+            pct(0.99),
+            latencies.len(),
+            errors
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! openraft's log storage on Keel's WAL: the Raft log *is* the write-ahead log.
+//!
+//! [`LogStore`] implements `RaftLogStorage` and `RaftLogReader` on top of [`wal::Log`]. Each
+//! openraft entry becomes one [`wal::Frame`]: the frame's term and index are the entry's log id
+//! (classic Raft ids, so `(term, index)` is the whole id), and its payload is one kind byte and a
+//! body:
+//!
+//! | kind | entry payload | body |
+//! |---|---|---|
+//! | 0 | `Blank` | empty |
+//! | 1 | `Normal(record)` | [`wal::Record::encode`] |
+//! | 2 | `Membership(m)` | `serde_json` of the membership |
+//!
+//! Membership is JSON because it is an openraft type: a named-field encoding keeps stored
+//! entries readable across openraft's alpha releases, where new fields would break a positional
+//! format. The vote and the committed log id are stored as JSON through
+//! [`wal::Log::save_vote`] / [`wal::Log::save_committed`], for the same reason.
+//!
+//! # How calls flow
+//!
+//! The log sits behind an `Arc<std::sync::Mutex<_>>`; [`LogStore`] is a cheap clone and doubles as
+//! its own log reader. Every call that touches the log runs on tokio's blocking pool
+//! (`spawn_blocking`), because file I/O and fsync must not stall the async workers, and because a
+//! reader may have to wait for the mutex while an append is in its fsync.
+//!
+//! - `append`: encode the entries, one [`wal::Log::append`] (one write, one fdatasync), and only
+//!   then `callback.io_completed(Ok(()))`. `append` returns after the fsync, so the entries are
+//!   readable when it returns, as openraft requires.
+//! - `truncate_after` / `purge`: [`wal::Log::truncate_after`] / [`wal::Log::purge_through`],
+//!   both durable before they return.
+//! - `get_log_state`: `last_log_id` is the last entry, or the purge point once everything is
+//!   purged, exactly [`wal::Log::last`].
+//!
+//! Errors become `std::io::Error` (openraft's storage traits speak nothing else): corruption is
+//! `InvalidData`, a request that would break the log's invariants is `InvalidInput`.
+//!
+//! # Implementation caveats
+//!
+//! - `append` awaits the fsync before returning instead of calling back from a background
+//!   flush, so openraft's next log write waits for it. Pipelining would need a `wal` API that
+//!   separates the write from the sync.
+//! - `limited_get_log_entries` keeps openraft's default (the whole range): openraft already caps
+//!   replication batches by entry count, not by bytes.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, Range, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
+use wal::{Frame, Record};
+
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+/// Payload kind byte of a `Blank` entry.
+const BLANK: u8 = 0;
+/// Payload kind byte of a `Normal` entry.
+const NORMAL: u8 = 1;
+/// Payload kind byte of a `Membership` entry.
+const MEMBERSHIP: u8 = 2;
+
+/// openraft's log storage and log reader, on a [`wal::Log`].
+///
+/// Clones share the same log.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    /// The log, shared by the storage handle and every reader handed to replication tasks.
+    log: Arc<Mutex<wal::Log>>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir` with default options; see [`wal::Log::open`].
+    pub fn open(dir: &Path) -> Result<LogStore, wal::Error> {
+        Self::open_with(dir, wal::Options::default())
+    }
+
+    /// Opens (or creates) the log in `dir` with the given options.
+    pub fn open_with(dir: &Path, options: wal::Options) -> Result<LogStore, wal::Error> {
+        let log = wal::Log::open(dir, options)?;
+        Ok(LogStore { log: Arc::new(Mutex::new(log)) })
+    }
+
+    /// Runs `f` on the log on tokio's blocking pool.
+    async fn run<T, F>(&self, f: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut wal::Log) -> io::Result<T> + Send + 'static,
+    {
+        let log = Arc::clone(&self.log);
+        tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().map_err(|_| {
+                io::Error::other("the log's mutex is poisoned: an earlier log operation panicked")
+            })?;
+            f(&mut log)
+        })
+        .await
+        .map_err(|err| io::Error::other(format!("log task failed: {err}")))?
+    }
+}
+
+/// Encodes an openraft entry as a WAL frame.
+fn encode_entry(entry: &Entry) -> io::Result<Frame> {
+    let payload = match &entry.payload {
+        EntryPayload::Blank => vec![BLANK],
+        EntryPayload::Normal(record) => {
+            let mut payload = Vec::with_capacity(1 + record.size());
+            payload.push(NORMAL);
+            payload.extend_from_slice(&record.encode());
+            payload
+        }
+        EntryPayload::Membership(membership) => {
+            let mut payload = vec![MEMBERSHIP];
+            serde_json::to_writer(&mut payload, membership).map_err(io::Error::other)?;
+            payload
+        }
+    };
+    Ok(Frame { term: entry.log_id.leader_id.term, index: entry.log_id.index, payload })
+}
+
+/// Decodes a WAL frame written by [`encode_entry`].
+fn decode_entry(frame: Frame) -> io::Result<Entry> {
+    let invalid = |reason: String| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("log entry {}: {reason}", frame.index))
+    };
+    let payload = match frame.payload.split_first() {
+        Some((&BLANK, [])) => EntryPayload::Blank,
+        Some((&NORMAL, body)) => {
+            EntryPayload::Normal(Record::decode(body).map_err(|e| invalid(e.to_string()))?)
+        }
+        Some((&MEMBERSHIP, body)) => EntryPayload::Membership(
+            serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?,
+        ),
+        Some((kind, body)) => {
+            return Err(invalid(format!("unknown payload kind {kind} ({} bytes)", body.len())));
+        }
+        None => return Err(invalid("empty payload".to_string())),
+    };
+    Ok(Entry { log_id: LogId::new_term_index(frame.term, frame.index), payload })
+}
+
+/// Turns a WAL `(index, term)` into an openraft log id.
+fn log_id((index, term): (wal::Lsn, wal::Term)) -> LogId {
+    LogId::new_term_index(term, index)
+}
+
+/// Converts any range of indexes to the half-open range [`wal::Log::read`] takes.
+fn to_range(range: &impl RangeBounds<u64>) -> Range<u64> {
+    let start = match range.start_bound() {
+        Bound::Included(&start) => start,
+        Bound::Excluded(&start) => start.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&end) => end.saturating_add(1),
+        Bound::Excluded(&end) => end,
+        Bound::Unbounded => u64::MAX,
+    };
+    start..end
+}
+
+/// Decodes a JSON value stored by this module.
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
+    serde_json::from_slice(bytes).map_err(|err| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("stored {what} is not valid: {err}"))
+    })
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let range = to_range(&range);
+        self.run(move |log| log.read(range)?.into_iter().map(decode_entry).collect()).await
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.run(|log| log.vote().map(|bytes| from_json(&bytes, "vote")).transpose()).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        self.run(|log| {
+            Ok(LogState {
+                last_purged_log_id: log.last_purged().map(log_id),
+                last_log_id: log.last().map(log_id),
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let bytes = serde_json::to_vec(vote).map_err(io::Error::other)?;
+        self.run(move |log| Ok(log.save_vote(&bytes)?)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        let bytes = serde_json::to_vec(&committed).map_err(io::Error::other)?;
+        self.run(move |log| Ok(log.save_committed(&bytes)?)).await
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        self.run(|log| match log.committed() {
+            Some(bytes) => from_json(&bytes, "committed log id"),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let result = self
+            .run(move |log| {
+                let frames = entries.iter().map(encode_entry).collect::<io::Result<Vec<_>>>()?;
+                Ok(log.append(&frames)?)
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(err) => {
+                callback.io_completed(Err(io::Error::new(err.kind(), err.to_string())));
+                Err(err)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        tracing::info!(after = ?last_log_id.map(|id| id.index), "truncating the log");
+        self.run(move |log| Ok(log.truncate_after(last_log_id.map(|id| id.index))?)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        tracing::debug!(through = log_id.index, "purging the log");
+        self.run(move |log| Ok(log.purge_through(log_id.index, log_id.leader_id.term)?)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::Membership;
+
+    use super::*;
+    use crate::types::Node;
+
+    fn round_trip(entry: Entry) {
+        let frame = encode_entry(&entry).unwrap();
+        assert_eq!((frame.term, frame.index), (entry.log_id.leader_id.term, entry.log_id.index));
+        assert_eq!(decode_entry(frame).unwrap(), entry);
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let id = LogId::new_term_index(3, 17);
+        round_trip(Entry { log_id: id, payload: EntryPayload::Blank });
+        let record = Record {
+            ops: vec![wal::Op::Ddl("CREATE TABLE t (a)".into())],
+            request_ids: vec!["r1".into()],
+        };
+        round_trip(Entry { log_id: id, payload: EntryPayload::Normal(record) });
+        round_trip(Entry { log_id: id, payload: EntryPayload::Normal(Record::default()) });
+        let node = Node { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
+        let membership = Membership::new(
+            vec![BTreeSet::from([1, 2])],
+            BTreeMap::from([(1, node.clone()), (2, node)]),
+        )
+        .unwrap();
+        round_trip(Entry { log_id: id, payload: EntryPayload::Membership(membership) });
+    }
+
+    #[test]
+    fn bad_payloads_are_invalid_data() {
+        for payload in [vec![], vec![BLANK, 1], vec![NORMAL, 1, 2], vec![MEMBERSHIP, b'{'], vec![9]]
+        {
+            let err = decode_entry(Frame { term: 1, index: 2, payload }).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        }
+    }
+
+    #[test]
+    fn ranges_become_half_open() {
+        assert_eq!(to_range(&(3..7)), 3..7);
+        assert_eq!(to_range(&(3..=7)), 3..8);
+        assert_eq!(to_range(&(3..)), 3..u64::MAX);
+        assert_eq!(to_range(&..), 0..u64::MAX);
+        assert_eq!(to_range(&(Bound::Excluded(3), Bound::Included(7))), 4..8);
+    }
+}
