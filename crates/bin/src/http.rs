@@ -52,6 +52,9 @@ pub struct Node {
     applied: watch::Receiver<wal::Lsn>,
     /// Client for forwarding to the leader and probing peers.
     client: reqwest::Client,
+    /// Serializes membership changes: Raft allows one at a time, and concurrent joins would
+    /// otherwise fail each other.
+    membership: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -69,7 +72,7 @@ impl Node {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("building an HTTP client without TLS cannot fail");
-        Node { id, me, raft, leader, readers: Arc::new(readers), applied, client }
+        Node { id, me, raft, leader, readers: Arc::new(readers), applied, client, membership: tokio::sync::Mutex::new(()) }
     }
 
     fn applied(&self) -> wal::Lsn {
@@ -557,6 +560,7 @@ async fn join(
         return bad_request("node id must be positive");
     }
     let target = raft::Node { raft_addr: req.raft_addr, http_addr: req.http_addr };
+    let _one_at_a_time = node.membership.lock().await;
     tracing::info!(id = req.id, node = %target, voter = req.voter, "adding node");
     match raft::cluster::add_node(&node.raft, req.id, target, req.voter, Duration::from_secs(60)).await {
         Ok(()) => json_response(StatusCode::OK, &json!({}), false),

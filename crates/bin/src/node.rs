@@ -4,7 +4,6 @@
 //! Data directory layout: `db.sqlite` (the database, with its applied log position inside),
 //! `raft/` (the WAL: Raft log segments, vote, committed position), `snapshots/`.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,9 +127,4 @@ async fn join_cluster(id: raft::NodeId, me: raft::Node, urls: &[String], voter: 
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// The database file of a data directory (used by `keel local` to tell a fresh directory).
-pub fn has_data(dir: &Path) -> bool {
-    dir.join("raft").exists()
 }

@@ -2,7 +2,7 @@
 //! proposal.
 //!
 //! A client write becomes a [`sql::WriteRequest`] and is sent to [`Leader::write`]. One task
-//! ([`run`]) owns the write path:
+//! (`run`) owns the write path:
 //!
 //! 1. Take the next batch of queued requests ([`batch::Batch`] decides how many: group commit).
 //! 2. Check that this node leads, in term T, and wait until it has applied every entry in its
@@ -98,7 +98,7 @@ impl Leader {
 
 /// The writer loop: batches, speculates, proposes, answers. Ends when every [`Leader`] handle is
 /// dropped.
-pub async fn run(
+async fn run(
     raft: raft::Raft,
     db: Arc<Mutex<sql::Db>>,
     applied: tokio::sync::watch::Receiver<wal::Lsn>,

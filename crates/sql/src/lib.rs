@@ -1,1 +1,75 @@
-//! sql
+//! `sql`: every SQLite call of Keel.
+//!
+//! Keel replicates a SQLite database with Raft. This crate is the SQLite side of that: it turns
+//! client SQL into replicable records on the leader, applies committed records on every node,
+//! and serves reads. It knows nothing of Raft or HTTP; `leader`, `follower` and `bin` call it
+//! from blocking threads.
+//!
+//! ## Data flow
+//!
+//! ```text
+//! HTTP body ─ parse_statements / statements_from_text ─▶ [Statement]
+//!   writes: Db::execute([WriteRequest]) ─▶ Speculation { record: wal::Record, results }
+//!             (BEGIN … session capture … ROLLBACK: nothing changes)
+//!           record ─ Raft ─▶ Db::apply([Apply]) on every node (one transaction, + position)
+//!   reads:  Readers::query([Statement]) on a pool of read-only connections
+//!   results: StatementResult::to_json(Format) ─▶ rqlite's JSON
+//! ```
+//!
+//! * [`statement`]: the rqlite request body → [`Statement`]s (rqlite's parsing rules, limits).
+//! * [`db`]: [`Db`], the single read-write connection: [`Db::execute`] (speculative execution
+//!   with session capture, always rolled back) and [`Db::apply`] (the state machine), snapshots.
+//! * `policy`: the SQLite authorizer deciding what client SQL may do and spotting DDL.
+//! * `determinism`: rejects `CREATE TABLE … AS SELECT` that would differ between replicas.
+//! * `session`: the unsafe FFI wrapper over SQLite's session extension.
+//! * [`readers`]: [`Readers`], the read-only connection pool.
+//! * `encode` and [`result`]: values to rqlite's JSON ([`StatementResult::to_json`]).
+//! * [`mod@dump`]: a deterministic text dump for comparing replicas.
+//!
+//! ## Why row-based records
+//!
+//! rqlite replicates SQL text and rewrites `random()` and `now` to make it deterministic, which
+//! cannot cover everything (triggers, defaults, `CURRENT_TIMESTAMP`). Keel runs the SQL once, on
+//! the leader, and replicates its effect: the net row changes as a SQLite changeset
+//! (`wal::Op::Changes`), so every replica ends up with the same bytes whatever the SQL called.
+//! Schema changes are not visible to sessions and are replicated as SQL text (`wal::Op::Ddl`),
+//! which must therefore be deterministic. What cannot be replicated this way (ATTACH, VACUUM,
+//! explicit transactions, TEMP objects, connection pragmas) is rejected per statement.
+//!
+//! ## IMPLEMENTATION CAVEATS
+//!
+//! * `sqlite_sequence` is not recorded by sessions; [`Db::execute`] appends SQL fix-ups.
+//! * One statement's changes are held in memory (session, changeset, record); a huge UPDATE
+//!   makes a huge record. There is no cap yet beyond the request limits in [`statement`].
+//! * Replicas must run the same SQLite version as the leader for DDL (including `CREATE TABLE
+//!   … AS SELECT` and `ANALYZE`) to produce identical results; the bundled SQLite guarantees
+//!   this for one build of Keel.
+//! * Results differ from rqlite in two small ways: `last_insert_id` and `rows_affected` are 0
+//!   for statements that do not insert or write rows (rqlite reports the connection's last
+//!   values), and a failing statement never leaves partial effects.
+
+pub mod db;
+pub mod dump;
+mod determinism;
+mod encode;
+pub mod error;
+mod policy;
+pub mod readers;
+pub mod result;
+mod session;
+pub mod statement;
+
+pub use db::{Applied, Apply, Db, Speculation, WriteRequest};
+pub use dump::dump;
+pub use error::{Error, Result};
+pub use readers::{QUERY_WRITE_ERROR, Readers};
+pub use result::{Format, StatementResult};
+pub use statement::{
+    MAX_SQL_LEN, MAX_STATEMENTS, Params, Statement, Value, parse_statements, statements_from_text,
+};
+
+/// Describes every row change in a changeset (`wal::Op::Changes`), one line per change, e.g.
+/// `INSERT t (1, 'a')`, `UPDATE t (1, 'a' → 'b', _)`, `DELETE t (1, 'a')`. For logs and tests.
+pub fn describe_changeset(changeset: &[u8]) -> Result<Vec<String>> {
+    Ok(session::describe(changeset)?)
+}

@@ -1,7 +1,7 @@
 //! Row-change capture and replay through SQLite's session extension, over raw FFI.
 //!
 //! This is the only module of the crate with `unsafe` code. It wraps the few C functions of the
-//! session extension that Keel needs, plus two connection-level calls rusqlite does not expose:
+//! session extension that Keel needs, plus one connection-level call rusqlite does not expose:
 //!
 //! * [`Session`] records every row a connection inserts, updates or deletes from the moment it
 //!   is created ([`Session::new`]) and turns them into a *changeset* ([`Session::changeset`]): a
@@ -13,8 +13,9 @@
 //! * [`apply`] replays a changeset with a conflict handler that aborts on the first conflict of
 //!   any kind: on a replica that holds exactly the state the leader computed the changeset
 //!   against, a conflict can only mean divergence.
-//! * [`set_last_insert_rowid`] and [`deferred_foreign_key_violations`] are the two connection
-//!   calls rusqlite lacks.
+//! * [`describe`] prints a changeset row by row, for tests and debugging.
+//! * [`deferred_foreign_key_violations`] asks the connection whether a COMMIT would fail on a
+//!   deferred foreign-key constraint; rusqlite does not expose `sqlite3_db_status`.
 //!
 //! Why raw FFI: rusqlite's safe `session` feature needs libclang at build time, and it cannot set
 //! `SQLITE_SESSION_OBJCONFIG_ROWID`, without which tables that have no PRIMARY KEY (most tables
@@ -42,6 +43,7 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::{self, NonNull};
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ffi};
 
 /// Decides whether a session records changes to the named table.
@@ -362,13 +364,6 @@ unsafe extern "C" fn on_conflict(
     ffi::SQLITE_CHANGESET_ABORT
 }
 
-/// Sets the value `last_insert_rowid()` reports, so a statement's result shows only its own
-/// inserts (SQLite otherwise keeps the value of the last INSERT on the connection).
-pub(crate) fn set_last_insert_rowid(conn: &Connection, rowid: i64) {
-    // SAFETY: see module docs.
-    unsafe { ffi::sqlite3_set_last_insert_rowid(conn.handle(), rowid) };
-}
-
 /// Returns whether the open transaction has unresolved deferred foreign-key violations, i.e.
 /// whether a COMMIT would fail with "FOREIGN KEY constraint failed". `execute` never commits, so
 /// it asks this instead.
@@ -387,4 +382,108 @@ pub(crate) fn deferred_foreign_key_violations(conn: &Connection) -> rusqlite::Re
         check(db, rc)
     };
     rc.map(|()| current > 0)
+}
+
+/// Describes every change in `changeset`, one line each, for tests and debugging:
+/// `INSERT t (1, 'a')`, `DELETE t (1, 'a')`, `UPDATE t (1, 'a' → 'b', _)` where `_` is a
+/// column the update leaves alone. Values print as SQL literals; a table recorded by rowid
+/// shows the rowid first.
+pub(crate) fn describe(changeset: &[u8]) -> rusqlite::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    if changeset.is_empty() {
+        return Ok(lines);
+    }
+    let len = c_int::try_from(changeset.len()).map_err(|_| too_big())?;
+    let mut iter = ptr::null_mut();
+    // SAFETY: as in `tables`.
+    let rc = unsafe {
+        ffi::sqlite3changeset_start(&mut iter, len, changeset.as_ptr().cast_mut().cast::<c_void>())
+    };
+    if rc != ffi::SQLITE_OK {
+        return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None));
+    }
+    let mut rc;
+    loop {
+        // SAFETY: `iter` is live until finalized.
+        rc = unsafe { ffi::sqlite3changeset_next(iter) };
+        if rc != ffi::SQLITE_ROW {
+            break;
+        }
+        let mut name: *const c_char = ptr::null();
+        let (mut columns, mut op, mut indirect): (c_int, c_int, c_int) = (0, 0, 0);
+        // SAFETY: `iter` points at a change; out-pointers are valid.
+        let ok = unsafe {
+            ffi::sqlite3changeset_op(iter, &mut name, &mut columns, &mut op, &mut indirect)
+                == ffi::SQLITE_OK
+        };
+        if !ok || name.is_null() {
+            rc = ffi::SQLITE_CORRUPT;
+            break;
+        }
+        // SAFETY: valid until the next step; copied now.
+        let table = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        let mut fields = Vec::with_capacity(columns.max(0) as usize);
+        for i in 0..columns {
+            let old = (op != ffi::SQLITE_INSERT).then(|| column(iter, i, true)).flatten();
+            let new = (op != ffi::SQLITE_DELETE).then(|| column(iter, i, false)).flatten();
+            fields.push(match (old, new) {
+                (Some(old), Some(new)) => format!("{old} → {new}"),
+                (Some(value), None) | (None, Some(value)) => value,
+                (None, None) => "_".to_string(),
+            });
+        }
+        let verb = match op {
+            ffi::SQLITE_INSERT => "INSERT",
+            ffi::SQLITE_UPDATE => "UPDATE",
+            ffi::SQLITE_DELETE => "DELETE",
+            _ => "?",
+        };
+        lines.push(format!("{verb} {table} ({})", fields.join(", ")));
+    }
+    // SAFETY: finalized exactly once.
+    let finalize = unsafe { ffi::sqlite3changeset_finalize(iter) };
+    if rc != ffi::SQLITE_DONE || finalize != ffi::SQLITE_OK {
+        let code = if rc != ffi::SQLITE_DONE { rc } else { finalize };
+        return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None));
+    }
+    Ok(lines)
+}
+
+/// The old (`old = true`) or new value of column `i` of the iterator's current change, as an
+/// SQL literal; `None` when the changeset does not carry it.
+fn column(iter: *mut ffi::sqlite3_changeset_iter, i: c_int, old: bool) -> Option<String> {
+    let mut value: *mut ffi::sqlite3_value = ptr::null_mut();
+    // SAFETY: `iter` points at a change of the matching kind (checked by the caller) and `i`
+    // is below its column count; the value is owned by the iterator and read before the next
+    // step.
+    unsafe {
+        let rc = if old {
+            ffi::sqlite3changeset_old(iter, i, &mut value)
+        } else {
+            ffi::sqlite3changeset_new(iter, i, &mut value)
+        };
+        if rc != ffi::SQLITE_OK || value.is_null() {
+            return None;
+        }
+        let literal = match ffi::sqlite3_value_type(value) {
+            ffi::SQLITE_INTEGER => {
+                crate::dump::literal(ValueRef::Integer(ffi::sqlite3_value_int64(value)))
+            }
+            ffi::SQLITE_FLOAT => crate::dump::literal(ValueRef::Real(ffi::sqlite3_value_double(value))),
+            ffi::SQLITE_TEXT => {
+                let text = ffi::sqlite3_value_text(value);
+                let len = ffi::sqlite3_value_bytes(value).max(0) as usize;
+                let bytes = if text.is_null() { &[][..] } else { std::slice::from_raw_parts(text, len) };
+                crate::dump::literal(ValueRef::Text(bytes))
+            }
+            ffi::SQLITE_BLOB => {
+                let blob = ffi::sqlite3_value_blob(value).cast::<u8>();
+                let len = ffi::sqlite3_value_bytes(value).max(0) as usize;
+                let bytes = if blob.is_null() { &[][..] } else { std::slice::from_raw_parts(blob, len) };
+                crate::dump::literal(ValueRef::Blob(bytes))
+            }
+            _ => "NULL".to_string(),
+        };
+        Some(literal)
+    }
 }

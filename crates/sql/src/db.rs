@@ -1,0 +1,899 @@
+//! The write connection: speculative execution on the leader, apply on every node.
+//!
+//! There is one [`Db`] per node, owning the only read-write SQLite connection. It has two jobs:
+//!
+//! 1. [`Db::execute`] (leader only) runs a group of client requests inside one transaction
+//!    with a SQLite session recording row changes, turns what happened into a [`wal::Record`]
+//!    plus per-statement results, and then **rolls everything back**. The database never
+//!    changes here; the record goes through Raft.
+//! 2. [`Db::apply`] (every node, the leader included) applies committed records in one
+//!    transaction together with the new applied position, which is stored in the database
+//!    itself (`_keel_meta`), so data and position can never disagree after a crash.
+//!
+//! ## How `execute` builds a record
+//!
+//! ```text
+//! BEGIN IMMEDIATE; remember sqlite_sequence
+//! for each request:            (transaction=true: SAVEPOINT keel_request)
+//!   for each statement:        (transaction=false: SAVEPOINT keel_statement)
+//!     prepare (the authorizer in `policy` denies what cannot be replicated, spots DDL)
+//!     DML → step; the session records the rows
+//!     DDL → cut: session changeset → Op::Changes; run the DDL under a side session that
+//!           records what it does to *other* tables (FK cascades of DROP TABLE) → Op::Changes;
+//!           Op::Ddl(sql); start a new session
+//!   error → ROLLBACK TO the savepoint; drop the ops it added (see below)
+//! cut the last session; append Op::Ddl fix-ups making sqlite_sequence equal; ROLLBACK
+//! ```
+//!
+//! A changeset is computed against the *current* database, so it is always taken before the
+//! DDL that follows it and before the final ROLLBACK. Rolled-back row changes drop out of the
+//! session by themselves (it diffs against the current state). Ops already cut inside a
+//! rolled-back scope are removed by truncating `ops` to its length at the scope's start; for that
+//! to be exact, a scope whose SQL may contain DDL cuts the session when it starts, so no op cut
+//! inside it holds changes from before it. Nothing else needs undoing because nothing commits.
+//!
+//! Results: `Exec` with `rows_affected` (`sqlite3_changes`, only for statements that write rows)
+//! and `last_insert_id` (only for statements that insert), or `Rows` when the request asked for
+//! rows (`/db/request`) and the statement returns columns. Errors are per statement; with
+//! `transaction` the request stops at its first error and its effects vanish, without it every
+//! statement is attempted and a failing one has no effect. A transaction request whose
+//! statements leave a deferred foreign-key violation fails with "FOREIGN KEY constraint failed"
+//! on its last statement, as its COMMIT would have.
+//!
+//! A statement that ends the whole transaction itself (`INSERT OR ROLLBACK`, an `ON CONFLICT
+//! ROLLBACK` constraint, `RAISE(ROLLBACK)` in a trigger) would leave later statements running in
+//! autocommit mode, i.e. committing. `execute` detects this right after the statement, throws
+//! the attempt away, and runs the whole group again with that statement answered by its error
+//! without being run. Each retry removes one statement, so this terminates.
+//!
+//! ## How `apply` keeps replicas identical
+//!
+//! The apply connection runs with triggers disabled (`SQLITE_DBCONFIG_ENABLE_TRIGGER` off) and
+//! foreign keys off, because the changesets already contain what triggers and cascades did on
+//! the leader; `execute` switches both back on. `Op::Changes` is first validated against the
+//! local schema (every table exists, same column count and primary key), since SQLite would
+//! silently skip mismatching changes; then applied with a conflict handler that aborts on any
+//! conflict. Any failure rolls the whole batch back and returns [`Error::Corrupt`]: the node
+//! must stop rather than diverge.
+//!
+//! ## Not done here
+//!
+//! Deciding which requests form a group, waiting for commit, deduplicating request ids (the
+//! record carries them; `leader` owns the table), reads (see `readers`), and refusing stale
+//! apply positions (the state machine in `follower` owns ordering).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::fallible_iterator::FallibleIterator as _;
+use rusqlite::config::DbConfig;
+use rusqlite::{Batch, Connection, OptionalExtension as _, params};
+use wal::{Lsn, Op, Record, Term};
+
+use crate::determinism;
+use crate::encode;
+use crate::error::{Error, Result};
+use crate::policy::{Mode, Observed, Policy, leading_keyword};
+use crate::result::StatementResult;
+use crate::session::{self, ApplyError, Session};
+use crate::statement::{Binder, Statement};
+
+/// One client request in a group given to [`Db::execute`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteRequest {
+    /// The statements, run in order.
+    pub statements: Vec<Statement>,
+    /// Run all statements as one unit: stop at the first error and undo the request.
+    pub transaction: bool,
+    /// `/db/request`: statements that return columns give `Rows`; otherwise `Exec` results.
+    pub rows: bool,
+    /// The client's idempotency key, carried into the record.
+    pub request_id: Option<String>,
+}
+
+/// The outcome of [`Db::execute`]: what to propose, and what to answer once it commits.
+#[derive(Debug)]
+pub struct Speculation {
+    /// The replicated effect of all requests (ops in execution order, request ids).
+    pub record: Record,
+    /// One `Vec` per request, one result per statement (fewer when a transaction stopped).
+    pub results: Vec<Vec<StatementResult>>,
+}
+
+/// The last log entry applied to this database, as stored inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The term of that entry.
+    pub term: Term,
+    /// Its index.
+    pub index: Lsn,
+    /// The last membership configuration applied (serialized by the caller), if any.
+    pub membership: Option<String>,
+}
+
+/// One committed log entry for [`Db::apply`].
+#[derive(Clone, Copy, Debug)]
+pub struct Apply<'a> {
+    /// The entry's term.
+    pub term: Term,
+    /// The entry's index.
+    pub index: Lsn,
+    /// The record of a normal entry; `None` for blank and membership entries.
+    pub record: Option<&'a Record>,
+    /// The serialized membership of a membership entry, stored as the new membership.
+    pub membership: Option<&'a str>,
+}
+
+/// How the connection's foreign keys and triggers are set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Speculative execution: enforce foreign keys, fire triggers.
+    Leader,
+    /// Applying changesets: neither (their effects are in the changesets).
+    Replica,
+}
+
+/// The single read-write connection of a node.
+///
+/// Invariants:
+/// * No transaction is open between calls; every method leaves the connection in autocommit
+///   mode, whatever happens.
+/// * The database changes only in [`Db::apply`] and [`Db::restore_from`].
+/// * `_keel_meta` exists and has exactly one row (id 1); its `idx` is NULL until the first
+///   apply.
+/// * No SQLite session outlives the call that created it, so `Db` is `Send`.
+pub struct Db {
+    /// The connection.
+    conn: Connection,
+    /// The authorizer state of `conn`.
+    policy: Policy,
+    /// How foreign keys and triggers are currently set, if known.
+    role: Option<Role>,
+    /// The database file.
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// Keel's metadata table: the applied position, inside the database it describes.
+const META_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _keel_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    term INTEGER,
+    idx INTEGER,
+    membership TEXT
+);
+INSERT OR IGNORE INTO _keel_meta (id) VALUES (1);";
+
+/// How long the write connection waits for a lock (readers never block it in WAL mode; this
+/// only covers checkpoints and snapshot copies).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous=NORMAL`:
+    /// the Raft log is the durable write-ahead log, and entries after the stored applied
+    /// position are applied again after a crash.
+    pub fn open(path: &Path) -> Result<Db> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::InvalidInput(format!(
+                "{}: cannot use WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        conn.execute_batch(META_SCHEMA)?;
+        let policy = Policy::default();
+        policy.install(&mut conn)?;
+        Ok(Db { conn, policy, role: None, path: path.to_path_buf() })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last applied log position stored in the database, or `None` before the first apply.
+    pub fn applied(&self) -> Result<Option<Applied>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT term, idx, membership FROM _keel_meta WHERE id = 1 AND idx IS NOT NULL",
+                [],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(term, index, membership)| Applied {
+            term: term as Term,
+            index: index as Lsn,
+            membership,
+        }))
+    }
+
+    /// Runs a group of client requests under one transaction with session capture, returns the
+    /// record to replicate and the results, and rolls back: the database is never changed.
+    ///
+    /// Errors are infrastructure failures only; SQL errors are per-statement results.
+    pub fn execute(&mut self, requests: &[WriteRequest]) -> Result<Speculation> {
+        self.set_role(Role::Leader)?;
+        let mut skip: BTreeMap<(usize, usize), String> = BTreeMap::new();
+        loop {
+            let outcome = Speculator::run(&self.conn, &self.policy, requests, &skip);
+            self.end_transaction();
+            match outcome {
+                Ok(speculation) => return Ok(speculation),
+                Err(Failure::EndedTransaction { request, statement, error }) => {
+                    tracing::debug!(request, statement, %error, "statement ended the transaction; retrying without it");
+                    skip.insert((request, statement), error);
+                }
+                Err(Failure::Fatal(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Applies committed entries in one SQLite transaction together with the new applied
+    /// position (the last entry's) and membership (the last given). On error nothing is applied;
+    /// [`Error::Corrupt`] means a record cannot be applied identically here.
+    pub fn apply(&mut self, entries: &[Apply<'_>]) -> Result<()> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        self.set_role(Role::Replica)?;
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let outcome = self.apply_in_transaction(entries, last);
+        match outcome {
+            Ok(()) => {
+                if let Err(error) = self.conn.execute_batch("COMMIT") {
+                    self.end_transaction();
+                    return Err(error.into());
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.end_transaction();
+                Err(error)
+            }
+        }
+    }
+
+    /// The body of [`Db::apply`], inside its transaction.
+    fn apply_in_transaction(&self, entries: &[Apply<'_>], last: &Apply<'_>) -> Result<()> {
+        for entry in entries {
+            let Some(record) = entry.record else { continue };
+            for (i, op) in record.ops.iter().enumerate() {
+                let at = || format!("entry {} (term {}) op {i}", entry.index, entry.term);
+                match op {
+                    Op::Ddl(sql) => self.conn.execute_batch(sql).map_err(|e| {
+                        Error::Corrupt(format!("{}: DDL failed: {e}: {sql}", at()))
+                    })?,
+                    Op::Changes(changeset) => {
+                        self.validate(changeset).map_err(|e| Error::Corrupt(format!("{}: {e}", at())))?;
+                        session::apply(&self.conn, changeset).map_err(|e| match e {
+                            ApplyError::Conflict { kind, table } => Error::Corrupt(format!(
+                                "{}: conflict on table {table}: {kind}",
+                                at()
+                            )),
+                            ApplyError::Sqlite(e) => {
+                                Error::Corrupt(format!("{}: changeset apply failed: {e}", at()))
+                            }
+                        })?;
+                    }
+                }
+            }
+        }
+        let membership = entries.iter().rev().find_map(|e| e.membership);
+        let (term, index) = (to_sql_int(last.term)?, to_sql_int(last.index)?);
+        self.conn.execute(
+            "INSERT INTO _keel_meta (id, term, idx, membership) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET term = excluded.term, idx = excluded.idx,
+                 membership = coalesce(excluded.membership, membership)",
+            params![term, index, membership],
+        )?;
+        Ok(())
+    }
+
+    /// Checks that every table a changeset touches exists here with the same columns and
+    /// primary key; SQLite's apply would silently skip changes that do not match.
+    fn validate(&self, changeset: &[u8]) -> std::result::Result<(), String> {
+        let tables = session::tables(changeset).map_err(|e| format!("malformed changeset: {e}"))?;
+        for table in tables {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT pk FROM pragma_table_info(?1) ORDER BY cid")
+                .map_err(|e| e.to_string())?;
+            let pks: Vec<i64> = stmt
+                .query_map([&table.name], |row| row.get(0))
+                .and_then(Iterator::collect)
+                .map_err(|e| e.to_string())?;
+            if pks.is_empty() {
+                return Err(format!("changeset for missing table {}", table.name));
+            }
+            // A rowid table without a PRIMARY KEY is recorded with the rowid as an extra first
+            // primary-key column.
+            let mut expected: Vec<bool> = pks.iter().map(|&pk| pk > 0).collect();
+            if !expected.contains(&true) {
+                expected.insert(0, true);
+            }
+            if table.columns != expected.len() || table.primary_key != expected {
+                return Err(format!(
+                    "changeset for table {} has {} columns (primary key {:?}), the local table {} ({:?})",
+                    table.name,
+                    table.columns,
+                    table.primary_key,
+                    expected.len(),
+                    expected
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the database (applied position included) to `path`,
+    /// replacing any file there. The copy is a single file in rollback-journal mode; pages are
+    /// copied as they are, so rowids are preserved exactly (VACUUM INTO may renumber rowids of
+    /// tables without an INTEGER PRIMARY KEY, which changesets address by rowid).
+    pub fn snapshot_to(&mut self, path: &Path) -> Result<()> {
+        self.end_transaction();
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        let mut target = Connection::open(path)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&self.conn, &mut target)?;
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => {}
+                other => {
+                    return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                        Some(format!("snapshot copy did not finish: {other:?}")),
+                    )));
+                }
+            }
+        }
+        let _: String = target.query_row("PRAGMA journal_mode = DELETE", [], |row| row.get(0))?;
+        target.close().map_err(|(_, e)| e)?;
+        Ok(())
+    }
+
+    /// Replaces this database's contents with the database file at `path` (a snapshot made by
+    /// [`Db::snapshot_to`]), through the live connection, so read connections see the new
+    /// contents at their next transaction.
+    pub fn restore_from(&mut self, path: &Path) -> Result<()> {
+        self.end_transaction();
+        let source = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        {
+            let backup = rusqlite::backup::Backup::new(&source, &mut self.conn)?;
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => {}
+                other => {
+                    return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                        Some(format!("restore did not finish: {other:?}")),
+                    )));
+                }
+            }
+        }
+        self.conn.execute_batch(META_SCHEMA)?;
+        Ok(())
+    }
+
+    /// A textual dump of the schema and every row (see [`crate::dump`]).
+    pub fn dump(&self) -> Result<String> {
+        crate::dump::dump_connection(&self.conn)
+    }
+
+    /// Switches foreign keys and triggers for `role`. Must run outside a transaction (SQLite
+    /// ignores `foreign_keys` changes inside one).
+    fn set_role(&mut self, role: Role) -> Result<()> {
+        self.end_transaction();
+        if self.role != Some(role) {
+            let on = role == Role::Leader;
+            self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, on)?;
+            self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, on)?;
+            self.role = Some(role);
+        }
+        Ok(())
+    }
+
+    /// Rolls back any open transaction (and leaves the authorizer off). Never fails: after a
+    /// failed ROLLBACK SQLite has ended the transaction anyway.
+    fn end_transaction(&self) {
+        self.policy.take();
+        if !self.conn.is_autocommit()
+            && let Err(error) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(%error, "rollback failed");
+        }
+    }
+}
+
+/// Converts a log position to SQLite's signed integer.
+fn to_sql_int(value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::Corrupt(format!("log position {value} exceeds 2^63")))
+}
+
+/// Why one attempt of [`Db::execute`] stopped early.
+enum Failure {
+    /// A statement rolled back the whole transaction; retry without running it.
+    EndedTransaction {
+        /// Index of the request.
+        request: usize,
+        /// Index of the statement within it.
+        statement: usize,
+        /// Its error message, which becomes its result.
+        error: String,
+    },
+    /// Infrastructure failure: give up.
+    Fatal(Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(error: rusqlite::Error) -> Self {
+        Failure::Fatal(error.into())
+    }
+}
+
+/// The effect of one client statement.
+enum Ran {
+    /// It completed (successfully or with a per-statement error).
+    Result(StatementResult),
+    /// It ended the transaction (see the module docs); carries its error message.
+    EndedTransaction(String),
+}
+
+/// One attempt at executing a group of requests: the transaction's state while it is open.
+struct Speculator<'c> {
+    /// The write connection, inside `BEGIN`.
+    conn: &'c Connection,
+    /// Its authorizer.
+    policy: &'c Policy,
+    /// The session recording row changes since the last cut (`None` only while DDL runs).
+    session: Option<Session<'c>>,
+    /// The ops so far.
+    ops: Vec<Op>,
+    /// Whether the current savepoint scope began with an empty session, so that ops cut inside
+    /// it hold only its own changes (see module docs).
+    scope_clean: bool,
+}
+
+/// Savepoint names; client SQL cannot use savepoints, so they cannot clash.
+const REQUEST_SAVEPOINT: &str = "keel_request";
+/// See [`REQUEST_SAVEPOINT`].
+const STATEMENT_SAVEPOINT: &str = "keel_statement";
+
+/// The error result for VACUUM, which the authorizer does not report.
+const VACUUM_ERROR: &str = "VACUUM is not supported: it rewrites the file and is not replicated";
+
+/// The error of a transaction whose COMMIT would fail on a deferred foreign key.
+const DEFERRED_FK_ERROR: &str = "FOREIGN KEY constraint failed";
+
+impl<'c> Speculator<'c> {
+    /// Runs one attempt; the caller rolls back afterwards whatever happens. `skip` holds
+    /// statements answered by an error without being run.
+    fn run(
+        conn: &'c Connection,
+        policy: &'c Policy,
+        requests: &[WriteRequest],
+        skip: &BTreeMap<(usize, usize), String>,
+    ) -> std::result::Result<Speculation, Failure> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let sequences = read_sequences(conn)?;
+        let mut speculator = Speculator {
+            conn,
+            policy,
+            session: Some(new_session(conn)?),
+            ops: Vec::new(),
+            scope_clean: true,
+        };
+        let mut results = Vec::with_capacity(requests.len());
+        for (r, request) in requests.iter().enumerate() {
+            let outcome = if request.transaction {
+                speculator.run_transaction(r, request, skip)
+            } else {
+                speculator.run_statements(r, request, skip)
+            };
+            match outcome? {
+                Ok(request_results) => results.push(request_results),
+                Err((statement, error)) => {
+                    return Err(Failure::EndedTransaction { request: r, statement, error });
+                }
+            }
+        }
+        speculator.cut()?;
+        let mut ops = std::mem::take(&mut speculator.ops);
+        ops.extend(sequence_fixups(&sequences, &read_sequences(conn)?));
+        let request_ids = requests.iter().filter_map(|r| r.request_id.clone()).collect();
+        Ok(Speculation { record: Record { ops, request_ids }, results })
+    }
+
+    /// Runs a `transaction` request: all or nothing. The inner `Err` names a statement that
+    /// ended the transaction.
+    #[allow(clippy::type_complexity)]
+    fn run_transaction(
+        &mut self,
+        r: usize,
+        request: &WriteRequest,
+        skip: &BTreeMap<(usize, usize), String>,
+    ) -> std::result::Result<std::result::Result<Vec<StatementResult>, (usize, String)>, Failure>
+    {
+        let may_have_ddl = request.statements.iter().any(|s| may_contain_ddl(&s.sql));
+        let mark = self.begin_scope(may_have_ddl, REQUEST_SAVEPOINT)?;
+        let mut results = Vec::with_capacity(request.statements.len());
+        let mut failed = false;
+        for (s, statement) in request.statements.iter().enumerate() {
+            let result = match skip.get(&(r, s)) {
+                Some(error) => StatementResult::Error(error.clone()),
+                None => match self.run_statement(statement, request.rows)? {
+                    Ran::Result(result) => result,
+                    Ran::EndedTransaction(error) => return Ok(Err((s, error))),
+                },
+            };
+            failed = result.is_error();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        if !failed && session::deferred_foreign_key_violations(self.conn)? {
+            failed = true;
+            if let Some(last) = results.last_mut() {
+                *last = StatementResult::Error(DEFERRED_FK_ERROR.to_string());
+            }
+        }
+        self.end_scope(REQUEST_SAVEPOINT, mark, failed)?;
+        Ok(Ok(results))
+    }
+
+    /// Runs a request without `transaction`: every statement on its own.
+    #[allow(clippy::type_complexity)]
+    fn run_statements(
+        &mut self,
+        r: usize,
+        request: &WriteRequest,
+        skip: &BTreeMap<(usize, usize), String>,
+    ) -> std::result::Result<std::result::Result<Vec<StatementResult>, (usize, String)>, Failure>
+    {
+        let mut results = Vec::with_capacity(request.statements.len());
+        for (s, statement) in request.statements.iter().enumerate() {
+            if let Some(error) = skip.get(&(r, s)) {
+                results.push(StatementResult::Error(error.clone()));
+                continue;
+            }
+            let mark = self.begin_scope(may_contain_ddl(&statement.sql), STATEMENT_SAVEPOINT)?;
+            let mut result = match self.run_statement(statement, request.rows)? {
+                Ran::Result(result) => result,
+                Ran::EndedTransaction(error) => return Ok(Err((s, error))),
+            };
+            if !result.is_error() && session::deferred_foreign_key_violations(self.conn)? {
+                result = StatementResult::Error(DEFERRED_FK_ERROR.to_string());
+            }
+            self.end_scope(STATEMENT_SAVEPOINT, mark, result.is_error())?;
+            results.push(result);
+        }
+        Ok(Ok(results))
+    }
+
+    /// Opens a savepoint scope; returns the ops mark to truncate to if it is rolled back.
+    fn begin_scope(&mut self, may_have_ddl: bool, savepoint: &str) -> std::result::Result<usize, Failure> {
+        if may_have_ddl {
+            self.cut()?;
+        }
+        self.scope_clean = may_have_ddl;
+        self.conn.execute_batch(&format!("SAVEPOINT {savepoint}"))?;
+        Ok(self.ops.len())
+    }
+
+    /// Closes a savepoint scope, undoing it if `failed`.
+    fn end_scope(&mut self, savepoint: &str, mark: usize, failed: bool) -> std::result::Result<(), Failure> {
+        if failed {
+            self.conn.execute_batch(&format!("ROLLBACK TO {savepoint}"))?;
+            if self.ops.len() > mark {
+                // Ops were cut inside the scope, which therefore started with a fresh session:
+                // drop them, and the session's changes since the last cut with them.
+                self.ops.truncate(mark);
+                self.session = None;
+                self.session = Some(new_session(self.conn)?);
+            }
+        }
+        self.conn.execute_batch(&format!("RELEASE {savepoint}"))?;
+        Ok(())
+    }
+
+    /// Moves the session's changes into an `Op::Changes` and starts a new session.
+    fn cut(&mut self) -> std::result::Result<(), Failure> {
+        if let Some(session) = self.session.take() {
+            let changeset = session.changeset()?;
+            drop(session);
+            if !changeset.is_empty() {
+                self.ops.push(Op::Changes(changeset));
+            }
+        }
+        self.session = Some(new_session(self.conn)?);
+        Ok(())
+    }
+
+    /// Runs one client statement (possibly several SQL statements) and returns its result.
+    fn run_statement(&mut self, statement: &Statement, rows: bool) -> std::result::Result<Ran, Failure> {
+        let start = Instant::now();
+        let mut binder = Binder::new(&statement.params);
+        let mut batch = Batch::new(self.conn, &statement.sql);
+        let mut last = None;
+        loop {
+            self.policy.begin(Mode::Write);
+            let next = batch.next();
+            let observed = self.policy.take();
+            let mut prepared = match next {
+                Ok(Some(prepared)) => prepared,
+                Ok(None) => break,
+                Err(error) => {
+                    let message = observed.denied.unwrap_or_else(|| error.to_string());
+                    return Ok(Ran::Result(StatementResult::Error(message)));
+                }
+            };
+            let result = self.run_prepared(&mut prepared, observed, &mut binder, rows)?;
+            if !self.conn.is_autocommit() {
+                if result.is_error() {
+                    return Ok(Ran::Result(result));
+                }
+                last = Some(result);
+            } else {
+                let error = match result {
+                    StatementResult::Error(error) => error,
+                    _ => "the statement ended the transaction".to_string(),
+                };
+                return Ok(Ran::EndedTransaction(error));
+            }
+        }
+        if let Err(error) = binder.finish() {
+            return Ok(Ran::Result(StatementResult::Error(error)));
+        }
+        let time = start.elapsed().as_secs_f64();
+        Ok(Ran::Result(match last {
+            Some(StatementResult::Exec { last_insert_id, rows_affected, .. }) => {
+                StatementResult::Exec { last_insert_id, rows_affected, time }
+            }
+            Some(StatementResult::Rows { columns, types, values, .. }) => {
+                StatementResult::Rows { columns, types, values, time }
+            }
+            Some(error @ StatementResult::Error(_)) => error,
+            None => StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time },
+        }))
+    }
+
+    /// Runs one prepared SQL statement.
+    fn run_prepared(
+        &mut self,
+        prepared: &mut rusqlite::Statement<'c>,
+        observed: Observed,
+        binder: &mut Binder<'_>,
+        rows: bool,
+    ) -> std::result::Result<StatementResult, Failure> {
+        if let Some(reason) = observed.denied {
+            return Ok(StatementResult::Error(reason));
+        }
+        let text = prepared.expanded_sql().unwrap_or_default();
+        let keyword = leading_keyword(&text);
+        if keyword == "VACUUM" {
+            return Ok(StatementResult::Error(VACUUM_ERROR.to_string()));
+        }
+        let ddl = prepared.is_explain() == 0 && (observed.ddl || keyword == "REINDEX");
+        if ddl && prepared.parameter_count() > 0 {
+            return Ok(StatementResult::Error(
+                "parameters are not supported in schema statements".to_string(),
+            ));
+        }
+        if let Err(error) = binder.bind(prepared) {
+            return Ok(StatementResult::Error(error));
+        }
+        if !ddl {
+            return Ok(self.run_dml(prepared, &observed, rows));
+        }
+        if observed.creates_table_from_select
+            && let Err(error) = determinism::check_create_as_select(&text, &observed.functions)
+        {
+            return Ok(StatementResult::Error(error.to_string()));
+        }
+        self.run_ddl(prepared, text, &observed.targets)
+    }
+
+    /// Runs a row-level statement; the session records its changes.
+    fn run_dml(&self, prepared: &mut rusqlite::Statement<'_>, observed: &Observed, rows: bool) -> StatementResult {
+        if rows && prepared.column_count() > 0 {
+            return match encode::read_rows(prepared) {
+                Ok(rows) => StatementResult::Rows {
+                    columns: rows.columns,
+                    types: rows.types,
+                    values: rows.values,
+                    time: 0.0,
+                },
+                Err(error) => StatementResult::Error(error.to_string()),
+            };
+        }
+        let mut query = prepared.raw_query();
+        loop {
+            match query.next() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(error) => return StatementResult::Error(error.to_string()),
+            }
+        }
+        StatementResult::Exec {
+            last_insert_id: if observed.inserts { self.conn.last_insert_rowid() } else { 0 },
+            rows_affected: if observed.dml {
+                i64::try_from(self.conn.changes()).unwrap_or(i64::MAX)
+            } else {
+                0
+            },
+            time: 0.0,
+        }
+    }
+
+    /// Runs a schema statement: cut, run it under a side session, record it as SQL.
+    fn run_ddl(
+        &mut self,
+        prepared: &mut rusqlite::Statement<'_>,
+        text: String,
+        targets: &[String],
+    ) -> std::result::Result<StatementResult, Failure> {
+        if !self.scope_clean {
+            // begin_scope cuts for every scope whose text may contain DDL; DDL without such
+            // text would be a bug in may_contain_ddl. Refuse rather than mis-record.
+            return Ok(StatementResult::Error(format!(
+                "internal error: schema statement not recognised in advance: {text}"
+            )));
+        }
+        self.cut()?;
+        self.session = None;
+        // The DDL's own effect is replayed from its text. What it does to tables it does not
+        // create, drop or alter (foreign-key actions of DROP TABLE) is recorded, and replayed
+        // before it.
+        let existing: BTreeSet<String> = user_tables(self.conn)?
+            .into_iter()
+            .filter(|t| !targets.contains(t))
+            .collect();
+        let side = Session::new(
+            self.conn,
+            Box::new(move |table| existing.contains(&table.to_ascii_lowercase())),
+        )?;
+        let outcome = step_to_end(prepared);
+        let side_changes = if outcome.is_ok() { Some(side.changeset()) } else { None };
+        drop(side);
+        self.session = Some(new_session(self.conn)?);
+        if let Err(error) = outcome {
+            return Ok(StatementResult::Error(error.to_string()));
+        }
+        match side_changes {
+            Some(Ok(changes)) if !changes.is_empty() => self.ops.push(Op::Changes(changes)),
+            Some(Err(error)) => {
+                return Ok(StatementResult::Error(format!(
+                    "cannot record the effects of this schema change: {error}"
+                )));
+            }
+            _ => {}
+        }
+        self.ops.push(Op::Ddl(text));
+        Ok(StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time: 0.0 })
+    }
+}
+
+/// Steps a statement until it is done, discarding rows.
+fn step_to_end(prepared: &mut rusqlite::Statement<'_>) -> rusqlite::Result<()> {
+    let mut rows = prepared.raw_query();
+    while rows.next()?.is_some() {}
+    Ok(())
+}
+
+/// A session recording all client tables (not SQLite's or Keel's internal ones).
+fn new_session(conn: &Connection) -> rusqlite::Result<Session<'_>> {
+    Session::new(conn, Box::new(|table| !is_internal_table(table)))
+}
+
+/// Whether `table` belongs to SQLite or Keel rather than to the client.
+fn is_internal_table(table: &str) -> bool {
+    let lower = table.to_ascii_lowercase();
+    lower.starts_with("sqlite_") || lower.starts_with("_keel_")
+}
+
+/// The lower-case names of all client tables.
+fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT lower(name) FROM sqlite_schema WHERE type = 'table'")?;
+    let names: Vec<String> = stmt.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
+    Ok(names.into_iter().filter(|t| !is_internal_table(t)).collect())
+}
+
+/// Whether SQL text may contain a schema statement (or a replicated pragma): a superset test
+/// on words, so false positives only cost an extra session cut.
+fn may_contain_ddl(sql: &str) -> bool {
+    sql.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').any(|word| {
+        ["CREATE", "DROP", "ALTER", "REINDEX", "ANALYZE", "PRAGMA"]
+            .iter()
+            .any(|keyword| word.eq_ignore_ascii_case(keyword))
+    })
+}
+
+/// The contents of `sqlite_sequence` (AUTOINCREMENT counters), empty if it does not exist.
+fn read_sequences(conn: &Connection) -> rusqlite::Result<BTreeMap<String, i64>> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_sequence'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !exists {
+        return Ok(BTreeMap::new());
+    }
+    let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence")?;
+    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    rows.collect()
+}
+
+/// Ops that make a replica's `sqlite_sequence` equal the leader's after the record: sessions do
+/// not record it, and a replica applying the rows would only reach the largest rowid still
+/// present, not the leader's counter.
+fn sequence_fixups(before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>) -> Vec<Op> {
+    let quote = |name: &str| format!("'{}'", name.replace('\'', "''"));
+    let mut ops = Vec::new();
+    for (name, seq) in after {
+        if before.get(name) != Some(seq) {
+            let name = quote(name);
+            ops.push(Op::Ddl(format!(
+                "DELETE FROM sqlite_sequence WHERE name = {name}; INSERT INTO sqlite_sequence (name, seq) VALUES ({name}, {seq});"
+            )));
+        }
+    }
+    for name in before.keys().filter(|name| !after.contains_key(*name)) {
+        ops.push(Op::Ddl(format!("DELETE FROM sqlite_sequence WHERE name = {};", quote(name))));
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use test_case::test_case;
+
+    use super::*;
+
+    #[test_case("INSERT INTO t VALUES (1)", false)]
+    #[test_case("create table t (a)", true)]
+    #[test_case("SELECT 1; DROP TABLE t", true)]
+    #[test_case("INSERT INTO created_at VALUES (1)", false)]
+    #[test_case("pragma user_version=1", true)]
+    #[test_case("REINDEX", true)]
+    fn ddl_words(sql: &str, expect: bool) {
+        assert_eq!(may_contain_ddl(sql), expect);
+    }
+
+    #[test]
+    fn fixups() {
+        let before = BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 2), ("c'd".to_string(), 3)]);
+        let after = BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 5), ("e".to_string(), 1)]);
+        let sql: Vec<String> = sequence_fixups(&before, &after)
+            .into_iter()
+            .map(|op| match op {
+                Op::Ddl(sql) => sql,
+                Op::Changes(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            sql,
+            vec![
+                "DELETE FROM sqlite_sequence WHERE name = 'b'; INSERT INTO sqlite_sequence (name, seq) VALUES ('b', 5);",
+                "DELETE FROM sqlite_sequence WHERE name = 'e'; INSERT INTO sqlite_sequence (name, seq) VALUES ('e', 1);",
+                "DELETE FROM sqlite_sequence WHERE name = 'c''d';",
+            ]
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Per-statement results and their rqlite JSON shape.
+//!
+//! `Db::execute` and `Readers::query` produce one [`StatementResult`] per client statement;
+//! `bin` renders each with [`StatementResult::to_json`] under the request's [`Format`] and puts
+//! them into the response's `results` array. The shapes follow rqlite's encoder
+//! (`reference/rqlite-api.md` §4): zero counters are omitted, `columns` is present for every
+//! rows result that has columns, `values` is omitted when there are no rows, a statement with no
+//! columns renders as `{}`, the associative form maps column names to values, and in
+//! `/db/request` associative output an execute result carries `"rows": null`.
+//!
+//! BLOB values inside [`StatementResult::Rows`] are JSON arrays of bytes (see `encode`); this
+//! module turns them into base64 strings unless `blob_array` is set.
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+/// Output options of a request, taken from its query string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Format {
+    /// `?associative`: rows as objects keyed by column name, types as an object.
+    pub associative: bool,
+    /// `?blob_array`: BLOBs as arrays of byte values instead of base64 strings.
+    pub blob_array: bool,
+    /// `?timings`: include each statement's `time` in seconds.
+    pub timings: bool,
+}
+
+/// The outcome of one client statement.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StatementResult {
+    /// A statement that changed (or could have changed) rows.
+    Exec {
+        /// The rowid of the row this statement inserted last, or 0 if it inserted none.
+        last_insert_id: i64,
+        /// The rows this statement inserted, updated or deleted (`sqlite3_changes`, so rows
+        /// changed by triggers and foreign-key actions do not count); 0 for other statements.
+        rows_affected: i64,
+        /// Execution time in seconds.
+        time: f64,
+    },
+    /// A statement that returned rows.
+    Rows {
+        /// Column names, in order.
+        columns: Vec<String>,
+        /// Column types (lower-cased declared types, filled from the first row when absent).
+        types: Vec<String>,
+        /// Rows of encoded values; a JSON array among them is a BLOB's bytes.
+        values: Vec<Vec<Value>>,
+        /// Execution time in seconds.
+        time: f64,
+    },
+    /// The statement failed; the message is SQLite's or Keel's reason.
+    Error(String),
+}
+
+impl StatementResult {
+    /// Renders the result in rqlite's JSON shape. `in_request_endpoint` is true for
+    /// `/db/request`, whose associative form marks execute results with `"rows": null`.
+    pub fn to_json(&self, format: &Format, in_request_endpoint: bool) -> Value {
+        let mut out = Map::new();
+        match self {
+            StatementResult::Exec { last_insert_id, rows_affected, time } => {
+                if *last_insert_id != 0 {
+                    out.insert("last_insert_id".into(), (*last_insert_id).into());
+                }
+                if *rows_affected != 0 {
+                    out.insert("rows_affected".into(), (*rows_affected).into());
+                }
+                insert_time(&mut out, format, *time);
+                if format.associative && in_request_endpoint {
+                    out.insert("rows".into(), Value::Null);
+                }
+            }
+            StatementResult::Rows { columns, types, values, time } if format.associative => {
+                if !columns.is_empty() {
+                    let types = columns.iter().cloned().zip(types.iter().cloned().map(Value::from));
+                    out.insert("types".into(), Value::Object(types.collect()));
+                }
+                let rows = values.iter().map(|row| {
+                    let fields =
+                        columns.iter().zip(row).map(|(c, v)| (c.clone(), render(v, format)));
+                    Value::Object(fields.collect())
+                });
+                out.insert("rows".into(), Value::Array(rows.collect()));
+                insert_time(&mut out, format, *time);
+            }
+            StatementResult::Rows { columns, types, values, time } => {
+                if !columns.is_empty() {
+                    out.insert("columns".into(), columns.clone().into());
+                    out.insert("types".into(), types.clone().into());
+                }
+                if !values.is_empty() {
+                    let rows = values
+                        .iter()
+                        .map(|row| Value::Array(row.iter().map(|v| render(v, format)).collect()));
+                    out.insert("values".into(), Value::Array(rows.collect()));
+                }
+                insert_time(&mut out, format, *time);
+            }
+            StatementResult::Error(message) => {
+                out.insert("error".into(), message.clone().into());
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// Whether this is an error result.
+    pub fn is_error(&self) -> bool {
+        matches!(self, StatementResult::Error(_))
+    }
+}
+
+/// Adds `time` when timings were asked for.
+fn insert_time(out: &mut Map<String, Value>, format: &Format, time: f64) {
+    if format.timings {
+        out.insert("time".into(), serde_json::Number::from_f64(time).map_or(Value::Null, Value::Number));
+    }
+}
+
+/// Renders one stored value: BLOB byte arrays become base64 unless `blob_array` is set.
+fn render(value: &Value, format: &Format) -> Value {
+    match value {
+        Value::Array(bytes) if !format.blob_array => {
+            let bytes: Vec<u8> =
+                bytes.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()).unwrap_or(0)).collect();
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn rows(values: Vec<Vec<Value>>) -> StatementResult {
+        StatementResult::Rows {
+            columns: vec!["id".into(), "data".into()],
+            types: vec!["integer".into(), "blob".into()],
+            values,
+            time: 0.5,
+        }
+    }
+
+    #[test]
+    fn exec_shapes() {
+        let plain = Format::default();
+        let assoc = Format { associative: true, ..Format::default() };
+        let timed = Format { timings: true, ..Format::default() };
+        let zero = StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time: 0.25 };
+        assert_eq!(zero.to_json(&plain, false), json!({}));
+        assert_eq!(zero.to_json(&timed, false), json!({"time": 0.25}));
+        assert_eq!(zero.to_json(&assoc, false), json!({}));
+        assert_eq!(zero.to_json(&assoc, true), json!({"rows": null}));
+        let one = StatementResult::Exec { last_insert_id: 3, rows_affected: 1, time: 0.0 };
+        assert_eq!(one.to_json(&plain, true), json!({"last_insert_id": 3, "rows_affected": 1}));
+        let error = StatementResult::Error("no such table: x".into());
+        assert_eq!(error.to_json(&timed, true), json!({"error": "no such table: x"}));
+    }
+
+    #[test]
+    fn rows_shapes() {
+        let plain = Format::default();
+        let blobs = Format { blob_array: true, ..Format::default() };
+        let assoc = Format { associative: true, ..Format::default() };
+        assert_eq!(
+            rows(vec![]).to_json(&plain, false),
+            json!({"columns": ["id", "data"], "types": ["integer", "blob"]})
+        );
+        assert_eq!(
+            rows(vec![]).to_json(&assoc, false),
+            json!({"types": {"id": "integer", "data": "blob"}, "rows": []})
+        );
+        let one = rows(vec![vec![json!(1), json!([222, 173, 190, 239])]]);
+        assert_eq!(
+            one.to_json(&plain, false),
+            json!({"columns": ["id", "data"], "types": ["integer", "blob"], "values": [[1, "3q2+7w=="]]})
+        );
+        assert_eq!(one.to_json(&blobs, false)["values"], json!([[1, [222, 173, 190, 239]]]));
+        assert_eq!(
+            one.to_json(&assoc, true),
+            json!({"types": {"id": "integer", "data": "blob"}, "rows": [{"id": 1, "data": "3q2+7w=="}]})
+        );
+        let none = StatementResult::Rows { columns: vec![], types: vec![], values: vec![], time: 0.0 };
+        assert_eq!(none.to_json(&plain, false), json!({}));
+        assert_eq!(none.to_json(&assoc, false), json!({"rows": []}));
+    }
+}

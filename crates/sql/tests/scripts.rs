@@ -1,0 +1,234 @@
+//! Goldenscript tests of the `sql` crate: a leader and a replica database, requests executed
+//! speculatively on the leader, their records applied to both (as Raft would), and the
+//! replicas compared.
+//!
+//! Commands (see `testscripts/*` for examples):
+//!
+//! * `> SQL` — one request with one statement; tags `[tx]` (transaction), `[rows]` (rows
+//!   results), `[noapply]`. Prints the results and the record's ops, then applies the record to
+//!   both databases.
+//! * `request BODY [tx=true] [rows=true] [id=ID]` — queues a request; `BODY` is an rqlite JSON
+//!   body. `execute [apply=false]` runs the queued requests as one group.
+//! * `apply [on=leader|replica|both]` — applies the last record again.
+//! * `query BODY [on=leader|replica] [tx=true] [associative=true] [blob_array=true]
+//!   [request=true]` — runs reads on a reader pool and prints the rqlite JSON.
+//! * `readonly BODY` — `Readers::is_read_only`.
+//! * `raw SQL [on=replica|leader]` — runs SQL directly on a database, bypassing Keel.
+//! * `dump [on=leader|replica]`, `compare`, `applied`.
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use sql::{Apply, Db, Format, Readers, WriteRequest};
+
+/// The runner's state: two databases in a temporary directory.
+struct Runner {
+    /// Keeps the files alive.
+    _dir: tempfile::TempDir,
+    /// The leader's database.
+    leader: Db,
+    /// The replica's database.
+    replica: Db,
+    /// Readers on the leader and the replica.
+    readers: [Readers; 2],
+    /// Requests queued by `request`.
+    pending: Vec<WriteRequest>,
+    /// The last record produced.
+    last: Option<wal::Record>,
+    /// The next log index to apply at.
+    index: u64,
+}
+
+impl Runner {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: [PathBuf; 2] = [dir.path().join("leader.db"), dir.path().join("replica.db")];
+        let leader = Db::open(&paths[0]).unwrap();
+        let replica = Db::open(&paths[1]).unwrap();
+        let readers = [Readers::open(&paths[0], 2).unwrap(), Readers::open(&paths[1], 2).unwrap()];
+        Runner { _dir: dir, leader, replica, readers, pending: Vec::new(), last: None, index: 1 }
+    }
+
+    /// Executes the pending requests, prints results and ops, and applies unless told not to.
+    fn execute(&mut self, apply: bool) -> Result<String, Box<dyn Error>> {
+        let requests = std::mem::take(&mut self.pending);
+        let speculation = self.leader.execute(&requests)?;
+        let mut out = String::new();
+        for (i, results) in speculation.results.iter().enumerate() {
+            let json: Vec<String> = results
+                .iter()
+                .map(|r| r.to_json(&Format::default(), false).to_string())
+                .collect();
+            if speculation.results.len() == 1 {
+                writeln!(out, "{}", json.join(" "))?;
+            } else {
+                writeln!(out, "request {i}: {}", json.join(" "))?;
+            }
+        }
+        out.push_str(&describe(&speculation.record)?);
+        self.last = Some(speculation.record);
+        if apply {
+            self.apply(&[true, true])?;
+        }
+        Ok(out)
+    }
+
+    /// Applies the last record to the selected databases.
+    fn apply(&mut self, on: &[bool; 2]) -> Result<(), Box<dyn Error>> {
+        let record = self.last.as_ref().ok_or("no record")?;
+        let entry = Apply { term: 1, index: self.index, record: Some(record), membership: None };
+        self.index += 1;
+        if on[0] {
+            self.leader.apply(&[entry]).map_err(|e| format!("leader: {e}"))?;
+        }
+        if on[1] {
+            self.replica.apply(&[entry]).map_err(|e| format!("replica: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Prints a record's ops, one line per DDL statement or row change.
+fn describe(record: &wal::Record) -> Result<String, Box<dyn Error>> {
+    let mut out = String::new();
+    for op in &record.ops {
+        match op {
+            wal::Op::Ddl(sql) => writeln!(out, "  ddl: {}", sql.split_whitespace().collect::<Vec<_>>().join(" "))?,
+            wal::Op::Changes(changes) => {
+                writeln!(out, "  changes:")?;
+                for line in sql::describe_changeset(changes)? {
+                    writeln!(out, "    {line}")?;
+                }
+            }
+        }
+    }
+    if !record.request_ids.is_empty() {
+        writeln!(out, "  request ids: {}", record.request_ids.join(", "))?;
+    }
+    Ok(out)
+}
+
+/// Which database(s) an `on=` argument selects: [leader, replica].
+fn select(on: Option<&str>, default: [bool; 2]) -> Result<[bool; 2], Box<dyn Error>> {
+    Ok(match on {
+        None => default,
+        Some("leader") => [true, false],
+        Some("replica") => [false, true],
+        Some("both") => [true, true],
+        Some(other) => return Err(format!("unknown database {other}").into()),
+    })
+}
+
+impl goldenscript::Runner for Runner {
+    type Command = goldenscript::Command;
+
+    fn run(&mut self, command: &goldenscript::Command, context: &goldenscript::Context) -> Result<String, Box<dyn Error>> {
+        let mut args = command.consume_args();
+        let flag = |args: &mut goldenscript::ArgumentConsumer<'_>, key: &str| -> Result<bool, Box<dyn Error>> {
+            Ok(args.take_key(key).map(str::parse).transpose()?.unwrap_or(false))
+        };
+        let output = match command.name.as_str() {
+            "request" => {
+                let body: serde_json::Value = serde_json::from_str(args.next_pos().ok_or("body not given")?)?;
+                let transaction = flag(&mut args, "tx")?;
+                let rows = flag(&mut args, "rows")?;
+                let request_id = args.take_key("id").map(str::to_string);
+                args.reject_next()?;
+                let statements = sql::parse_statements(&body)?;
+                self.pending.push(WriteRequest { statements, transaction, rows, request_id });
+                String::new()
+            }
+            "execute" => {
+                let apply = args.take_key("apply").map(str::parse).transpose()?.unwrap_or(true);
+                args.reject_next()?;
+                self.execute(apply)?
+            }
+            "apply" => {
+                let on = select(args.take_key("on"), [false, true])?;
+                args.reject_next()?;
+                self.apply(&on)?;
+                String::new()
+            }
+            "query" => {
+                let body: serde_json::Value = serde_json::from_str(args.next_pos().ok_or("body not given")?)?;
+                let on = select(args.take_key("on"), [true, false])?;
+                let transaction = flag(&mut args, "tx")?;
+                let format = Format {
+                    associative: flag(&mut args, "associative")?,
+                    blob_array: flag(&mut args, "blob_array")?,
+                    timings: false,
+                };
+                let request = flag(&mut args, "request")?;
+                args.reject_next()?;
+                let readers = if on[0] { &self.readers[0] } else { &self.readers[1] };
+                let results = readers.query(&sql::parse_statements(&body)?, transaction)?;
+                let mut out = String::new();
+                for result in results {
+                    writeln!(out, "{}", result.to_json(&format, request))?;
+                }
+                out
+            }
+            "readonly" => {
+                let body: serde_json::Value = serde_json::from_str(args.next_pos().ok_or("body not given")?)?;
+                args.reject_next()?;
+                let statements = sql::parse_statements(&body)?;
+                format!("{}\n", self.readers[0].is_read_only(&statements))
+            }
+            "raw" => {
+                let sql = args.next_pos().ok_or("sql not given")?.to_string();
+                let on = select(args.take_key("on"), [false, true])?;
+                args.reject_next()?;
+                for (i, db) in [&self.leader, &self.replica].into_iter().enumerate() {
+                    if on[i] {
+                        let conn = rusqlite::Connection::open(db.path())?;
+                        conn.execute_batch(&sql)?;
+                    }
+                }
+                String::new()
+            }
+            "dump" => {
+                let on = select(args.take_key("on"), [true, false])?;
+                args.reject_next()?;
+                if on[0] { self.leader.dump()? } else { self.replica.dump()? }
+            }
+            "compare" => {
+                args.reject_next()?;
+                let (leader, replica) = (self.leader.dump()?, self.replica.dump()?);
+                if leader == replica {
+                    "equal\n".to_string()
+                } else {
+                    format!("DIFFERENT\nleader:\n{leader}replica:\n{replica}")
+                }
+            }
+            "applied" => {
+                args.reject_next()?;
+                format!("leader: {:?}\nreplica: {:?}\n", self.leader.applied()?, self.replica.applied()?)
+            }
+            sql => {
+                args.reject_next()?;
+                let statement = sql::Statement::new(sql);
+                self.pending.push(WriteRequest {
+                    statements: vec![statement],
+                    transaction: context.tags.contains("tx"),
+                    rows: context.tags.contains("rows"),
+                    request_id: None,
+                });
+                self.execute(!context.tags.contains("noapply"))?
+            }
+        };
+        Ok(output)
+    }
+}
+
+macro_rules! scripts {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testscripts/", stringify!($name));
+            goldenscript::run(&mut Runner::new(), path).unwrap();
+        }
+    )*};
+}
+
+scripts!(apply, autoincrement, capture, ddl, nondeterminism, params, query, rejected, transactions, triggers);
