@@ -33,6 +33,8 @@ use crate::parse_duration;
 const FORWARDED: &str = "x-keel-forwarded";
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 << 20;
+/// How long a request waits for a leader to emerge (an election) before answering 503.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long a forwarded request may take unless `timeout=` says otherwise.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -204,11 +206,20 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<sql::Statement>, R
 /// returns the answer: a 301 to the leader (`?redirect`), the leader's own answer (forwarded),
 /// or 503 when no leader is known. `None` means: serve it here.
 async fn to_leader(node: &Node, p: &Params, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Option<Response> {
-    if raft::client::leader_term(&node.raft).is_ok() {
-        return None;
-    }
-    let Some(leader) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) else {
-        return Some(unavailable("leader not found"));
+    // During an election there is briefly no leader (or a stale one); wait for one to emerge
+    // rather than failing at once.
+    let deadline = Instant::now() + LEADER_WAIT;
+    let leader = loop {
+        if raft::client::leader_term(&node.raft).is_ok() {
+            return None;
+        }
+        if let Some(l) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) {
+            break l;
+        }
+        if Instant::now() >= deadline {
+            return Some(unavailable("leader not found"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     let url = format!("http://{}{}", leader.node.http_addr, path_and_query);
@@ -286,27 +297,43 @@ async fn execute(
     body: Bytes,
 ) -> Response {
     let p = Params(p);
-    let start = Instant::now();
-    if let Some(r) = to_leader(&node, &p, &method, &uri, &headers, &body).await {
-        return r;
-    }
-    let statements = match parse_body(&headers, &body) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    write(&node, &p, statements, false, start).await
+    leader_write(&node, &p, &method, &uri, &headers, &body, false, Instant::now()).await
 }
 
-async fn write(node: &Node, p: &Params, statements: Vec<sql::Statement>, rows: bool, start: Instant) -> Response {
-    let request = sql::WriteRequest {
-        statements,
-        transaction: p.has("transaction"),
-        rows,
-        request_id: p.get("request_id").map(str::to_string),
-    };
-    match node.leader.write(request).await {
-        Ok(outcome) => db_answer(results_json(&outcome.results, p, rows), outcome.lsn, p, start),
-        Err(e) => write_error(e),
+/// Routes a write to the leader (forwarding it, or answering 301) and runs it there. If this
+/// node loses leadership before the write is appended (nothing was written), the write is
+/// routed again to whoever leads now, a few times.
+#[allow(clippy::too_many_arguments)]
+async fn leader_write(
+    node: &Node,
+    p: &Params,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    rows: bool,
+    start: Instant,
+) -> Response {
+    let mut attempts = 0;
+    loop {
+        if let Some(r) = to_leader(node, p, method, uri, headers, body).await {
+            return r;
+        }
+        let statements = match parse_body(headers, body) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let request = sql::WriteRequest {
+            statements,
+            transaction: p.has("transaction"),
+            rows,
+            request_id: p.get("request_id").map(str::to_string),
+        };
+        match node.leader.write(request).await {
+            Ok(outcome) => return db_answer(results_json(&outcome.results, p, rows), outcome.lsn, p, start),
+            Err(leader::Error::NotLeader { .. }) if attempts < 3 => attempts += 1,
+            Err(e) => return write_error(e),
+        }
     }
 }
 
@@ -407,10 +434,7 @@ async fn request(
     if read_only {
         return read(&node, &p, &method, &uri, &headers, &body, statements, true, start).await;
     }
-    if let Some(r) = to_leader(&node, &p, &method, &uri, &headers, &body).await {
-        return r;
-    }
-    write(&node, &p, statements, true, start).await
+    leader_write(&node, &p, &method, &uri, &headers, &body, true, start).await
 }
 
 fn node_json(m: &raft::cluster::Member, leader: Option<raft::NodeId>, reachable: bool) -> Value {

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::errors::{ClientWriteError, ForwardReason, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResult;
 use openraft::vote::leader_id_std::CommittedLeaderId;
@@ -64,22 +64,34 @@ pub async fn barrier(raft: &Raft, policy: ReadPolicy) -> Result<Lsn, ClientError
 
 /// Proposes `record` only if this node still leads in `term`; waits (up to `timeout`) until it
 /// is committed and applied here. Returns its log index.
+///
+/// A leader that has just been elected refuses proposals until a quorum has acknowledged it
+/// (its lease); such a refusal happens before anything is appended, so the proposal is retried
+/// until the lease is established or `timeout` passes.
 pub async fn propose(raft: &Raft, record: wal::Record, term: Term, timeout: Duration) -> Result<Lsn, ClientError> {
-    let (responder, _commit, applied) = ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::new();
-    raft.write(record)
-        .with_leader(CommittedLeaderId::new(term))
-        .responder(responder)
-        .await
-        .map_err(|f| ClientError::Fatal(f.to_string()))?;
-    let answer = match tokio::time::timeout(timeout, applied).await {
-        Err(_) => return Err(ClientError::Unknown(format!("not applied within {timeout:?}"))),
-        Ok(Err(_)) => return Err(ClientError::Unknown("raft dropped the proposal".to_string())),
-        Ok(Ok(answer)) => answer,
-    };
-    match answer {
-        Ok(resp) => Ok(resp.log_id.index),
-        Err(ClientWriteError::ForwardToLeader(f)) => Err(ClientError::NotLeader { leader: f.leader_id }),
-        Err(e) => Err(ClientError::Unknown(e.to_string())),
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (responder, _commit, applied) = ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::new();
+        raft.write(record.clone())
+            .with_leader(CommittedLeaderId::new(term))
+            .responder(responder)
+            .await
+            .map_err(|f| ClientError::Fatal(f.to_string()))?;
+        let answer = match tokio::time::timeout_at(deadline, applied).await {
+            Err(_) => return Err(ClientError::Unknown(format!("not applied within {timeout:?}"))),
+            Ok(Err(_)) => return Err(ClientError::Unknown("raft dropped the proposal".to_string())),
+            Ok(Ok(answer)) => answer,
+        };
+        match answer {
+            Ok(resp) => return Ok(resp.log_id.index),
+            Err(ClientWriteError::ForwardToLeader(f))
+                if f.reason == ForwardReason::LeaseExpired && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(ClientWriteError::ForwardToLeader(f)) => return Err(ClientError::NotLeader { leader: f.leader_id }),
+            Err(e) => return Err(ClientError::Unknown(e.to_string())),
+        }
     }
 }
 

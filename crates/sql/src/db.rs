@@ -178,6 +178,12 @@ impl Db {
     /// the Raft log is the durable write-ahead log, and entries after the stored applied
     /// position are applied again after a crash.
     pub fn open(path: &Path) -> Result<Db> {
+        let (conn, policy) = Self::connect(path)?;
+        Ok(Db { conn, policy, role: None, path: path.to_path_buf() })
+    }
+
+    /// Opens and configures the write connection.
+    fn connect(path: &Path) -> Result<(Connection, Policy)> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
@@ -191,7 +197,7 @@ impl Db {
         conn.execute_batch(META_SCHEMA)?;
         let policy = Policy::default();
         policy.install(&mut conn)?;
-        Ok(Db { conn, policy, role: None, path: path.to_path_buf() })
+        Ok((conn, policy))
     }
 
     /// The database file's path.
@@ -248,10 +254,19 @@ impl Db {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let outcome = self.apply_in_transaction(entries, last);
         match outcome {
-            Ok(()) => {
+            Ok(touched_shadow_tables) => {
                 if let Err(error) = self.conn.execute_batch("COMMIT") {
                     self.end_transaction();
                     return Err(error.into());
+                }
+                if touched_shadow_tables {
+                    // A virtual table (FTS5) caches its index structure per connection and only
+                    // notices changes committed by *other* connections. Its shadow tables were
+                    // just written underneath it, so start over with a fresh connection.
+                    let (conn, policy) = Self::connect(&self.path)?;
+                    self.conn = conn;
+                    self.policy = policy;
+                    self.role = None;
                 }
                 Ok(())
             }
@@ -262,8 +277,10 @@ impl Db {
         }
     }
 
-    /// The body of [`Db::apply`], inside its transaction.
-    fn apply_in_transaction(&self, entries: &[Apply<'_>], last: &Apply<'_>) -> Result<()> {
+    /// The body of [`Db::apply`], inside its transaction. Returns whether a changeset wrote a
+    /// virtual table's shadow tables.
+    fn apply_in_transaction(&self, entries: &[Apply<'_>], last: &Apply<'_>) -> Result<bool> {
+        let mut touched_shadow_tables = false;
         for entry in entries {
             let Some(record) = entry.record else { continue };
             for (i, op) in record.ops.iter().enumerate() {
@@ -273,7 +290,9 @@ impl Db {
                         Error::Corrupt(format!("{}: DDL failed: {e}: {sql}", at()))
                     })?,
                     Op::Changes(changeset) => {
-                        self.validate(changeset).map_err(|e| Error::Corrupt(format!("{}: {e}", at())))?;
+                        touched_shadow_tables |= self
+                            .validate(changeset)
+                            .map_err(|e| Error::Corrupt(format!("{}: {e}", at())))?;
                         session::apply(&self.conn, changeset).map_err(|e| match e {
                             ApplyError::Conflict { kind, table } => Error::Corrupt(format!(
                                 "{}: conflict on table {table}: {kind}",
@@ -295,14 +314,26 @@ impl Db {
                  membership = coalesce(excluded.membership, membership)",
             params![term, index, membership],
         )?;
-        Ok(())
+        Ok(touched_shadow_tables)
     }
 
     /// Checks that every table a changeset touches exists here with the same columns and
-    /// primary key; SQLite's apply would silently skip changes that do not match.
-    fn validate(&self, changeset: &[u8]) -> std::result::Result<(), String> {
+    /// primary key; SQLite's apply would silently skip changes that do not match. Returns
+    /// whether one of the tables is a virtual table's shadow table.
+    fn validate(&self, changeset: &[u8]) -> std::result::Result<bool, String> {
         let tables = session::tables(changeset).map_err(|e| format!("malformed changeset: {e}"))?;
+        let mut shadow = false;
         for table in tables {
+            let kind: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT type FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+                    [&table.name],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| e.to_string())?;
+            shadow |= kind.as_deref() == Some("shadow");
             let mut stmt = self
                 .conn
                 .prepare("SELECT pk FROM pragma_table_info(?1) ORDER BY cid")
@@ -331,7 +362,7 @@ impl Db {
                 ));
             }
         }
-        Ok(())
+        Ok(shadow)
     }
 
     /// Writes a consistent copy of the database (applied position included) to `path`,
@@ -474,6 +505,8 @@ struct Speculator<'c> {
 const REQUEST_SAVEPOINT: &str = "keel_request";
 /// See [`REQUEST_SAVEPOINT`].
 const STATEMENT_SAVEPOINT: &str = "keel_statement";
+/// See [`REQUEST_SAVEPOINT`].
+const FLUSH_SAVEPOINT: &str = "keel_flush";
 
 /// The error result for VACUUM, which the authorizer does not report.
 const VACUUM_ERROR: &str = "VACUUM is not supported: it rewrites the file and is not replicated";
@@ -615,6 +648,9 @@ impl<'c> Speculator<'c> {
 
     /// Moves the session's changes into an `Op::Changes` and starts a new session.
     fn cut(&mut self) -> std::result::Result<(), Failure> {
+        // Full-text indexes (FTS3/4/5) buffer their writes in memory until a savepoint or
+        // commit; a savepoint makes them write their shadow tables, where the session sees it.
+        self.conn.execute_batch(&format!("SAVEPOINT {FLUSH_SAVEPOINT}; RELEASE {FLUSH_SAVEPOINT};"))?;
         if let Some(session) = self.session.take() {
             let changeset = session.changeset()?;
             drop(session);

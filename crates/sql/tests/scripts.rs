@@ -231,4 +231,4 @@ macro_rules! scripts {
     )*};
 }
 
-scripts!(apply, autoincrement, capture, ddl, nondeterminism, params, query, rejected, transactions, triggers);
+scripts!(zz_debug, apply, autoincrement, capture, ddl, nondeterminism, params, query, rejected, transactions, triggers);
