@@ -52,7 +52,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.clients).build()?;
+    let client =
+        reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.clients).build()?;
     let base = args.url.trim_end_matches('/').to_string();
     let extra = if args.params.is_empty() { String::new() } else { format!("&{}", args.params) };
     let execute = format!("{base}/db/execute?{extra}");
@@ -63,25 +64,41 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {base}"))?;
     if !setup.status().is_success() {
-        bail!("creating the table failed: {} {}", setup.status(), setup.text().await.unwrap_or_default());
+        bail!(
+            "creating the table failed: {} {}",
+            setup.status(),
+            setup.text().await.unwrap_or_default()
+        );
     }
 
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let (client, url, stop, measuring) = (client.clone(), execute.clone(), stop.clone(), measuring.clone());
+        let (client, url, stop, measuring) =
+            (client.clone(), execute.clone(), stop.clone(), measuring.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
-            let body = serde_json::to_vec(&json!([["INSERT INTO bench(client, payload) VALUES(?, ?)", c, "x".repeat(64)]]))
-                .expect("static JSON");
+            let body = serde_json::to_vec(&json!([[
+                "INSERT INTO bench(client, payload) VALUES(?, ?)",
+                c,
+                "x".repeat(64)
+            ]]))
+            .expect("static JSON");
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
-                let ok = match client.post(&url).header("content-type", "application/json").body(body.clone()).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        r.bytes().await.is_ok_and(|b| !String::from_utf8_lossy(&b).contains("\"error\""))
-                    }
+                let ok = match client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => r
+                        .bytes()
+                        .await
+                        .is_ok_and(|b| !String::from_utf8_lossy(&b).contains("\"error\"")),
                     _ => false,
                 };
                 if measuring.load(Ordering::Relaxed) {

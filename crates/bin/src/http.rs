@@ -74,7 +74,16 @@ impl Node {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("building an HTTP client without TLS cannot fail");
-        Node { id, me, raft, leader, readers: Arc::new(readers), applied, client, membership: tokio::sync::Mutex::new(()) }
+        Node {
+            id,
+            me,
+            raft,
+            leader,
+            readers: Arc::new(readers),
+            applied,
+            client,
+            membership: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn applied(&self) -> wal::Lsn {
@@ -119,7 +128,11 @@ impl Params {
     }
 
     fn format(&self) -> sql::Format {
-        sql::Format { associative: self.has("associative"), blob_array: self.has("blob_array"), timings: self.has("timings") }
+        sql::Format {
+            associative: self.has("associative"),
+            blob_array: self.has("blob_array"),
+            timings: self.has("timings"),
+        }
     }
 }
 
@@ -158,7 +171,8 @@ impl Level {
 fn json_response(status: StatusCode, value: &Value, pretty: bool) -> Response {
     let body = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
     let body = body.expect("serializing a serde_json::Value cannot fail");
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+        .into_response()
 }
 
 fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -178,7 +192,9 @@ fn unavailable(message: impl std::fmt::Display) -> Response {
 /// Maps a write-path error to its HTTP answer.
 fn write_error(e: leader::Error) -> Response {
     match e {
-        leader::Error::NotLeader { .. } => unavailable("leadership changed; nothing was written, retry"),
+        leader::Error::NotLeader { .. } => {
+            unavailable("leadership changed; nothing was written, retry")
+        }
         leader::Error::Unavailable(m) => unavailable(m),
         leader::Error::Unknown(m) => unavailable(format!(
             "the write may or may not have been committed ({m}); retry with the same request_id to be safe"
@@ -198,14 +214,22 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<sql::Statement>, R
         let text = std::str::from_utf8(body).map_err(|_| bad_request("body is not UTF-8"))?;
         return sql::statements_from_text(text).map_err(bad_request);
     }
-    let value: Value = serde_json::from_slice(body).map_err(|_| bad_request("invalid JSON body"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| bad_request("invalid JSON body"))?;
     sql::parse_statements(&value).map_err(bad_request)
 }
 
 /// If this node cannot serve the request because it needs the leader and this node is not it,
 /// returns the answer: a 301 to the leader (`?redirect`), the leader's own answer (forwarded),
 /// or 503 when no leader is known. `None` means: serve it here.
-async fn to_leader(node: &Node, p: &Params, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Option<Response> {
+async fn to_leader(
+    node: &Node,
+    p: &Params,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response> {
     // During an election there is briefly no leader (or a stale one); wait for one to emerge
     // rather than failing at once.
     let deadline = Instant::now() + LEADER_WAIT;
@@ -330,7 +354,9 @@ async fn leader_write(
             request_id: p.get("request_id").map(str::to_string),
         };
         match node.leader.write(request).await {
-            Ok(outcome) => return db_answer(results_json(&outcome.results, p, rows), outcome.lsn, p, start),
+            Ok(outcome) => {
+                return db_answer(results_json(&outcome.results, p, rows), outcome.lsn, p, start);
+            }
             Err(leader::Error::NotLeader { .. }) if attempts < 3 => attempts += 1,
             Err(e) => return write_error(e),
         }
@@ -382,13 +408,15 @@ async fn read(
             return r;
         }
         let barrier = match level {
-            Level::Weak => match raft::client::barrier(&node.raft, raft::ReadPolicy::LeaseRead).await {
-                // A fresh leader has no lease yet: confirm with a quorum instead.
-                Err(raft::client::ClientError::NoQuorum(_)) => {
-                    raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await
+            Level::Weak => {
+                match raft::client::barrier(&node.raft, raft::ReadPolicy::LeaseRead).await {
+                    // A fresh leader has no lease yet: confirm with a quorum instead.
+                    Err(raft::client::ClientError::NoQuorum(_)) => {
+                        raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await
+                    }
+                    other => other,
                 }
-                other => other,
-            },
+            }
             _ => raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await,
         };
         if let Err(e) = barrier {
@@ -398,7 +426,8 @@ async fn read(
     let lsn = node.applied();
     let readers = node.readers.clone();
     let transaction = p.has("transaction");
-    let results = tokio::task::spawn_blocking(move || readers.query(&statements, transaction)).await;
+    let results =
+        tokio::task::spawn_blocking(move || readers.query(&statements, transaction)).await;
     match results {
         Ok(Ok(results)) => db_answer(results_json(&results, p, in_request), lsn, p, start),
         Ok(Err(sql::Error::InvalidInput(m))) => bad_request(m),
@@ -515,11 +544,16 @@ async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Strin
         }
     });
     let reachable = futures::future::join_all(probes).await;
-    let list: Vec<Value> = members.iter().zip(reachable).map(|(m, r)| node_json(m, s.leader_id, r)).collect();
+    let list: Vec<Value> =
+        members.iter().zip(reachable).map(|(m, r)| node_json(m, s.leader_id, r)).collect();
     let body = if p.get("ver") == Some("2") {
         json!({ "nodes": list })
     } else {
-        Value::Object(list.into_iter().map(|n| (n["id"].as_str().unwrap_or_default().to_string(), n)).collect())
+        Value::Object(
+            list.into_iter()
+                .map(|n| (n["id"].as_str().unwrap_or_default().to_string(), n))
+                .collect(),
+        )
     };
     json_response(StatusCode::OK, &body, p.has("pretty"))
 }
@@ -542,7 +576,8 @@ async fn readyz(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Stri
     }
     match s.leader_id {
         Some(_) => (StatusCode::OK, "[+]node ok\n[+]leader ok\n[+]store ok").into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "[+]node ok\n[+]leader does not exist").into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "[+]node ok\n[+]leader does not exist")
+            .into_response(),
     }
 }
 
@@ -586,7 +621,9 @@ async fn join(
     let target = raft::Node { raft_addr: req.raft_addr, http_addr: req.http_addr };
     let _one_at_a_time = node.membership.lock().await;
     tracing::info!(id = req.id, node = %target, voter = req.voter, "adding node");
-    match raft::cluster::add_node(&node.raft, req.id, target, req.voter, Duration::from_secs(60)).await {
+    match raft::cluster::add_node(&node.raft, req.id, target, req.voter, Duration::from_secs(60))
+        .await
+    {
         Ok(()) => json_response(StatusCode::OK, &json!({}), false),
         Err(e) => write_error(e.into()),
     }

@@ -52,10 +52,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         if learner {
             cmd.arg("--learner");
         }
-        let logfile = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let logfile =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdout(Stdio::null()).stderr(logfile).kill_on_drop(true);
         let child = cmd.spawn().with_context(|| format!("starting node {id}"))?;
-        println!("started node {id} ({}) http://{http}  log: {}", if learner { "learner" } else { "voter" }, log.display());
+        println!(
+            "started node {id} ({}) http://{http}  log: {}",
+            if learner { "learner" } else { "voter" },
+            log.display()
+        );
         nodes.push(LocalNode { id, http, learner, child, log });
     }
 
@@ -69,20 +74,30 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         stop_all(&mut nodes).await;
         return Err(e);
     }
-    let leader: Option<serde_json::Value> = match client.get(format!("http://{}/leader", nodes[0].http)).send().await {
-        Ok(r) => r.json().await.ok(),
-        Err(_) => None,
-    };
+    let leader: Option<serde_json::Value> =
+        match client.get(format!("http://{}/leader", nodes[0].http)).send().await {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
     println!();
     match leader {
-        Some(l) => println!("cluster ready: {total} nodes, leader is node {} ({})", l["id"].as_str().unwrap_or("?"), l["api_addr"].as_str().unwrap_or("?")),
+        Some(l) => println!(
+            "cluster ready: {total} nodes, leader is node {} ({})",
+            l["id"].as_str().unwrap_or("?"),
+            l["api_addr"].as_str().unwrap_or("?")
+        ),
         None => println!("cluster ready: {total} nodes"),
     }
     let example = &nodes[0].http;
     println!("try:");
-    println!("  curl -XPOST 'http://{example}/db/execute?pretty' -H 'Content-Type: application/json' -d '[\"CREATE TABLE IF NOT EXISTS foo (id INTEGER PRIMARY KEY, name TEXT)\", [\"INSERT INTO foo(name) VALUES(?)\", \"fiona\"]]'");
+    println!(
+        "  curl -XPOST 'http://{example}/db/execute?pretty' -H 'Content-Type: application/json' -d '[\"CREATE TABLE IF NOT EXISTS foo (id INTEGER PRIMARY KEY, name TEXT)\", [\"INSERT INTO foo(name) VALUES(?)\", \"fiona\"]]'"
+    );
     if let Some(other) = nodes.get(1) {
-        println!("  curl -G 'http://{}/db/query?pretty&level=none' --data-urlencode 'q=SELECT * FROM foo'", other.http);
+        println!(
+            "  curl -G 'http://{}/db/query?pretty&level=none' --data-urlencode 'q=SELECT * FROM foo'",
+            other.http
+        );
     }
     println!("  curl 'http://{example}/nodes?pretty&nonvoters'");
     println!("press Ctrl-C to stop the cluster");
@@ -119,7 +134,13 @@ async fn wait_ready(client: &reqwest::Client, nodes: &mut [LocalNode]) -> anyhow
                 bail!("node {} exited during startup ({status}); see {}", n.id, n.log.display());
             }
             let url = format!("http://{}/readyz", n.http);
-            if client.get(&url).timeout(Duration::from_secs(1)).send().await.is_ok_and(|r| r.status().is_success()) {
+            if client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 println!("node {} ready{}", n.id, if n.learner { " (learner)" } else { "" });
                 break;
             }

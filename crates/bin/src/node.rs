@@ -16,18 +16,23 @@ use crate::http;
 /// Runs a node until SIGINT/SIGTERM, or until Raft stops on a fatal error (then exits non-zero).
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir = args.data_dir.clone();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
     let db_path = dir.join("db.sqlite");
-    let db = sql::Db::open(&db_path).with_context(|| format!("opening database {}", db_path.display()))?;
+    let db = sql::Db::open(&db_path)
+        .with_context(|| format!("opening database {}", db_path.display()))?;
     let db = Arc::new(Mutex::new(db));
     let replica = follower::Replica::new(db.clone()).context("reading the applied position")?;
-    let readers = sql::Readers::open(&db_path, args.readers.max(1)).context("opening read connections")?;
+    let readers =
+        sql::Readers::open(&db_path, args.readers.max(1)).context("opening read connections")?;
 
     // Bind first, so a port in use fails the start instead of a half-started node.
-    let raft_listener =
-        TcpListener::bind(&args.raft_addr).await.with_context(|| format!("binding Raft address {}", args.raft_addr))?;
-    let http_listener =
-        TcpListener::bind(&args.http_addr).await.with_context(|| format!("binding HTTP address {}", args.http_addr))?;
+    let raft_listener = TcpListener::bind(&args.raft_addr)
+        .await
+        .with_context(|| format!("binding Raft address {}", args.raft_addr))?;
+    let http_listener = TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP address {}", args.http_addr))?;
 
     let raft_options = raft::Options {
         heartbeat_interval: args.heartbeat,
@@ -42,7 +47,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         leader::Options { commit_timeout: args.write_timeout, ..Default::default() },
     );
     let me = raft::Node { raft_addr: args.raft_addr.clone(), http_addr: args.http_addr.clone() };
-    let state = Arc::new(http::Node::new(args.id, me.clone(), raft.clone(), leader, readers, replica.applied()));
+    let state = Arc::new(http::Node::new(
+        args.id,
+        me.clone(),
+        raft.clone(),
+        leader,
+        readers,
+        replica.applied(),
+    ));
 
     tokio::spawn(serve_router(raft_listener, raft::network::router(raft.clone())));
     tokio::spawn(serve_router(http_listener, http::router(state)));
@@ -100,7 +112,12 @@ async fn shutdown_signal() {
 
 /// Asks the cluster (any of `urls`; the request finds the leader) to add this node, retrying for
 /// up to five minutes while the cluster is unreachable or electing.
-async fn join_cluster(id: raft::NodeId, me: raft::Node, urls: &[String], voter: bool) -> anyhow::Result<()> {
+async fn join_cluster(
+    id: raft::NodeId,
+    me: raft::Node,
+    urls: &[String],
+    voter: bool,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().no_proxy().build()?;
     let body = serde_json::json!({ "id": id, "raft_addr": me.raft_addr, "http_addr": me.http_addr, "voter": voter });
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -31,7 +31,8 @@ pub struct Batch {
 impl Batch {
     /// Whether a request of `size` bytes may join the batch; if so, counts it in.
     pub fn admit(&mut self, limits: &Limits, size: usize) -> bool {
-        let fits = self.count == 0 || (self.count < limits.max_requests && self.bytes + size <= limits.max_bytes);
+        let fits = self.count == 0
+            || (self.count < limits.max_requests && self.bytes + size <= limits.max_bytes);
         if fits {
             self.count += 1;
             self.bytes += size;

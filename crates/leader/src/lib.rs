@@ -46,7 +46,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { batch: batch::Limits::default(), commit_timeout: Duration::from_secs(10), queue: 4096 }
+        Options {
+            batch: batch::Limits::default(),
+            commit_timeout: Duration::from_secs(10),
+            queue: 4096,
+        }
     }
 }
 
@@ -79,7 +83,12 @@ pub struct Leader {
 
 impl Leader {
     /// Starts the writer task on the current tokio runtime.
-    pub fn spawn(raft: raft::Raft, db: Arc<Mutex<sql::Db>>, applied: tokio::sync::watch::Receiver<wal::Lsn>, options: Options) -> Leader {
+    pub fn spawn(
+        raft: raft::Raft,
+        db: Arc<Mutex<sql::Db>>,
+        applied: tokio::sync::watch::Receiver<wal::Lsn>,
+        options: Options,
+    ) -> Leader {
         let (tx, rx) = mpsc::channel(options.queue);
         tokio::spawn(run(raft, db, applied, options, rx));
         Leader { tx }
@@ -126,7 +135,12 @@ async fn run(
             }
         }
         let requests: Vec<sql::WriteRequest> = pending.iter().map(|p| p.request.clone()).collect();
-        let span = tracing::debug_span!("batch", requests = requests.len(), term = tracing::field::Empty, lsn = tracing::field::Empty);
+        let span = tracing::debug_span!(
+            "batch",
+            requests = requests.len(),
+            term = tracing::field::Empty,
+            lsn = tracing::field::Empty
+        );
         let outcome = commit(&raft, &db, &applied, &options, requests).instrument(span).await;
         match outcome {
             Ok((results, lsn)) => {

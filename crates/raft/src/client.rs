@@ -68,10 +68,16 @@ pub async fn barrier(raft: &Raft, policy: ReadPolicy) -> Result<Lsn, ClientError
 /// A leader that has just been elected refuses proposals until a quorum has acknowledged it
 /// (its lease); such a refusal happens before anything is appended, so the proposal is retried
 /// until the lease is established or `timeout` passes.
-pub async fn propose(raft: &Raft, record: wal::Record, term: Term, timeout: Duration) -> Result<Lsn, ClientError> {
+pub async fn propose(
+    raft: &Raft,
+    record: wal::Record,
+    term: Term,
+    timeout: Duration,
+) -> Result<Lsn, ClientError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let (responder, _commit, applied) = ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::new();
+        let (responder, _commit, applied) =
+            ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::new();
         raft.write(record.clone())
             .with_leader(CommittedLeaderId::new(term))
             .responder(responder)
@@ -79,17 +85,22 @@ pub async fn propose(raft: &Raft, record: wal::Record, term: Term, timeout: Dura
             .map_err(|f| ClientError::Fatal(f.to_string()))?;
         let answer = match tokio::time::timeout_at(deadline, applied).await {
             Err(_) => return Err(ClientError::Unknown(format!("not applied within {timeout:?}"))),
-            Ok(Err(_)) => return Err(ClientError::Unknown("raft dropped the proposal".to_string())),
+            Ok(Err(_)) => {
+                return Err(ClientError::Unknown("raft dropped the proposal".to_string()));
+            }
             Ok(Ok(answer)) => answer,
         };
         match answer {
             Ok(resp) => return Ok(resp.log_id.index),
             Err(ClientWriteError::ForwardToLeader(f))
-                if f.reason == ForwardReason::LeaseExpired && tokio::time::Instant::now() < deadline =>
+                if f.reason == ForwardReason::LeaseExpired
+                    && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err(ClientWriteError::ForwardToLeader(f)) => return Err(ClientError::NotLeader { leader: f.leader_id }),
+            Err(ClientWriteError::ForwardToLeader(f)) => {
+                return Err(ClientError::NotLeader { leader: f.leader_id });
+            }
             Err(e) => return Err(ClientError::Unknown(e.to_string())),
         }
     }
@@ -100,7 +111,8 @@ pub async fn propose(raft: &Raft, record: wal::Record, term: Term, timeout: Dura
 /// committed and been applied: the database is exactly the state the next proposal will be
 /// applied to.
 pub async fn wait_caught_up(raft: &Raft, timeout: Duration) -> Result<Lsn, ClientError> {
-    let caught_up = |m: &crate::Metrics| m.last_applied.as_ref().map(|l| l.index) == m.last_log_index;
+    let caught_up =
+        |m: &crate::Metrics| m.last_applied.as_ref().map(|l| l.index) == m.last_log_index;
     match raft.wait(Some(timeout)).metrics(caught_up, "applied through the last log entry").await {
         Ok(m) => Ok(m.last_applied.map_or(0, |l| l.index)),
         Err(e) => Err(ClientError::NoQuorum(format!("log not applied within {timeout:?}: {e}"))),

@@ -96,7 +96,10 @@ pub fn state(raft: &Raft) -> State {
         applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
         snapshot_index: m.snapshot.as_ref().map(|l| l.index),
         stopped: m.running_state.as_ref().err().map(|e| e.to_string()),
-        matched: m.replication.as_ref().map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect()),
+        matched: m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect()),
         members,
     }
 }
@@ -128,7 +131,9 @@ pub async fn is_initialized(raft: &Raft) -> Result<bool, ClientError> {
 
 fn write_err(e: RaftError<crate::TypeConfig, ClientWriteError<crate::TypeConfig>>) -> ClientError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ClientError::NotLeader { leader: f.leader_id },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ClientError::NotLeader { leader: f.leader_id }
+        }
         RaftError::APIError(e) => ClientError::Unknown(e.to_string()),
         RaftError::Fatal(f) => ClientError::Fatal(f.to_string()),
     }
@@ -136,7 +141,13 @@ fn write_err(e: RaftError<crate::TypeConfig, ClientWriteError<crate::TypeConfig>
 
 /// Adds a node on the leader: as a learner first (catching up from the log or a snapshot), then,
 /// if `voter`, promoted to voter. Idempotent: a member already in the wanted role is left alone.
-pub async fn add_node(raft: &Raft, id: NodeId, node: Node, voter: bool, timeout: Duration) -> Result<(), ClientError> {
+pub async fn add_node(
+    raft: &Raft,
+    id: NodeId,
+    node: Node,
+    voter: bool,
+    timeout: Duration,
+) -> Result<(), ClientError> {
     let existing = member(raft, id);
     if let Some(m) = &existing
         && m.node == node
@@ -150,15 +161,20 @@ pub async fn add_node(raft: &Raft, id: NodeId, node: Node, voter: bool, timeout:
             raft.add_learner(id, node, voter).await.map_err(write_err)?;
         }
         if voter {
-            raft.change_membership(openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-                .map_err(write_err)?;
+            raft.change_membership(
+                openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                false,
+            )
+            .await
+            .map_err(write_err)?;
         }
         Ok(())
     };
     match tokio::time::timeout(timeout, add).await {
         Ok(r) => r,
-        Err(_) => Err(ClientError::Unknown(format!("adding node {id} did not finish within {timeout:?}"))),
+        Err(_) => {
+            Err(ClientError::Unknown(format!("adding node {id} did not finish within {timeout:?}")))
+        }
     }
 }
 

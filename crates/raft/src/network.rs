@@ -20,12 +20,14 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, Snapshot};
 use serde::Serialize;
@@ -107,11 +109,17 @@ impl Peer {
                 self.target
             ))));
         }
-        let res: Result<Resp, RaftError<TypeConfig>> = resp.json().await.map_err(|e| NetworkError::new(&e))?;
+        let res: Result<Resp, RaftError<TypeConfig>> =
+            resp.json().await.map_err(|e| NetworkError::new(&e))?;
         res.map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
     }
 
-    async fn call<Req, Resp>(&self, name: &str, req: &Req, option: &RPCOption) -> Result<Resp, RPCError<TypeConfig>>
+    async fn call<Req, Resp>(
+        &self,
+        name: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -204,7 +212,10 @@ pub fn router(raft: Raft) -> Router {
         .with_state(raft)
 }
 
-async fn append(State(raft): State<Raft>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
+async fn append(
+    State(raft): State<Raft>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
     Json(raft.append_entries(req).await).into_response()
 }
 
@@ -222,7 +233,9 @@ async fn snapshot(State(raft): State<Raft>, headers: HeaderMap, body: Bytes) -> 
     };
     let (vote, meta): (Vote, SnapshotMeta) = match serde_json::from_str(header) {
         Ok(v) => v,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad snapshot header: {e}")).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("bad snapshot header: {e}")).into_response();
+        }
     };
     let snapshot = Snapshot { meta, snapshot: Cursor::new(body.to_vec()) };
     let res: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
@@ -230,7 +243,10 @@ async fn snapshot(State(raft): State<Raft>, headers: HeaderMap, body: Bytes) -> 
     Json(res).into_response()
 }
 
-async fn transfer_leader(State(raft): State<Raft>, Json(req): Json<TransferLeaderRequest<TypeConfig>>) -> Response {
+async fn transfer_leader(
+    State(raft): State<Raft>,
+    Json(req): Json<TransferLeaderRequest<TypeConfig>>,
+) -> Response {
     let res: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> =
         raft.handle_transfer_leader(req).await.map_err(RaftError::Fatal);
     Json(res).into_response()

@@ -66,8 +66,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::config::DbConfig;
+use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::{Batch, Connection, OptionalExtension as _, params};
 use wal::{Lsn, Op, Record, Term};
 
@@ -286,9 +286,10 @@ impl Db {
             for (i, op) in record.ops.iter().enumerate() {
                 let at = || format!("entry {} (term {}) op {i}", entry.index, entry.term);
                 match op {
-                    Op::Ddl(sql) => self.conn.execute_batch(sql).map_err(|e| {
-                        Error::Corrupt(format!("{}: DDL failed: {e}: {sql}", at()))
-                    })?,
+                    Op::Ddl(sql) => self
+                        .conn
+                        .execute_batch(sql)
+                        .map_err(|e| Error::Corrupt(format!("{}: DDL failed: {e}: {sql}", at())))?,
                     Op::Changes(changeset) => {
                         touched_shadow_tables |= self
                             .validate(changeset)
@@ -621,7 +622,11 @@ impl<'c> Speculator<'c> {
     }
 
     /// Opens a savepoint scope; returns the ops mark to truncate to if it is rolled back.
-    fn begin_scope(&mut self, may_have_ddl: bool, savepoint: &str) -> std::result::Result<usize, Failure> {
+    fn begin_scope(
+        &mut self,
+        may_have_ddl: bool,
+        savepoint: &str,
+    ) -> std::result::Result<usize, Failure> {
         if may_have_ddl {
             self.cut()?;
         }
@@ -631,7 +636,12 @@ impl<'c> Speculator<'c> {
     }
 
     /// Closes a savepoint scope, undoing it if `failed`.
-    fn end_scope(&mut self, savepoint: &str, mark: usize, failed: bool) -> std::result::Result<(), Failure> {
+    fn end_scope(
+        &mut self,
+        savepoint: &str,
+        mark: usize,
+        failed: bool,
+    ) -> std::result::Result<(), Failure> {
         if failed {
             self.conn.execute_batch(&format!("ROLLBACK TO {savepoint}"))?;
             if self.ops.len() > mark {
@@ -650,7 +660,8 @@ impl<'c> Speculator<'c> {
     fn cut(&mut self) -> std::result::Result<(), Failure> {
         // Full-text indexes (FTS3/4/5) buffer their writes in memory until a savepoint or
         // commit; a savepoint makes them write their shadow tables, where the session sees it.
-        self.conn.execute_batch(&format!("SAVEPOINT {FLUSH_SAVEPOINT}; RELEASE {FLUSH_SAVEPOINT};"))?;
+        self.conn
+            .execute_batch(&format!("SAVEPOINT {FLUSH_SAVEPOINT}; RELEASE {FLUSH_SAVEPOINT};"))?;
         if let Some(session) = self.session.take() {
             let changeset = session.changeset()?;
             drop(session);
@@ -663,7 +674,11 @@ impl<'c> Speculator<'c> {
     }
 
     /// Runs one client statement (possibly several SQL statements) and returns its result.
-    fn run_statement(&mut self, statement: &Statement, rows: bool) -> std::result::Result<Ran, Failure> {
+    fn run_statement(
+        &mut self,
+        statement: &Statement,
+        rows: bool,
+    ) -> std::result::Result<Ran, Failure> {
         let start = Instant::now();
         let mut binder = Binder::new(&statement.params);
         let mut batch = Batch::new(self.conn, &statement.sql);
@@ -747,7 +762,12 @@ impl<'c> Speculator<'c> {
     }
 
     /// Runs a row-level statement; the session records its changes.
-    fn run_dml(&self, prepared: &mut rusqlite::Statement<'_>, observed: &Observed, rows: bool) -> StatementResult {
+    fn run_dml(
+        &self,
+        prepared: &mut rusqlite::Statement<'_>,
+        observed: &Observed,
+        rows: bool,
+    ) -> StatementResult {
         if rows && prepared.column_count() > 0 {
             return match encode::read_rows(prepared) {
                 Ok(rows) => StatementResult::Rows {
@@ -797,10 +817,8 @@ impl<'c> Speculator<'c> {
         // The DDL's own effect is replayed from its text. What it does to tables it does not
         // create, drop or alter (foreign-key actions of DROP TABLE) is recorded, and replayed
         // before it.
-        let existing: BTreeSet<String> = user_tables(self.conn)?
-            .into_iter()
-            .filter(|t| !targets.contains(t))
-            .collect();
+        let existing: BTreeSet<String> =
+            user_tables(self.conn)?.into_iter().filter(|t| !targets.contains(t)).collect();
         let side = Session::new(
             self.conn,
             Box::new(move |table| existing.contains(&table.to_ascii_lowercase())),
@@ -847,7 +865,8 @@ fn is_internal_table(table: &str) -> bool {
 /// The lower-case names of all client tables.
 fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare("SELECT lower(name) FROM sqlite_schema WHERE type = 'table'")?;
-    let names: Vec<String> = stmt.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let names: Vec<String> =
+        stmt.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
     Ok(names.into_iter().filter(|t| !is_internal_table(t)).collect())
 }
 
@@ -914,8 +933,10 @@ mod tests {
 
     #[test]
     fn fixups() {
-        let before = BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 2), ("c'd".to_string(), 3)]);
-        let after = BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 5), ("e".to_string(), 1)]);
+        let before =
+            BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 2), ("c'd".to_string(), 3)]);
+        let after =
+            BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 5), ("e".to_string(), 1)]);
         let sql: Vec<String> = sequence_fixups(&before, &after)
             .into_iter()
             .map(|op| match op {

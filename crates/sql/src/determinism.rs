@@ -61,7 +61,8 @@ pub(crate) fn check_create_as_select(
     if functions.iter().any(|(name, _)| NON_DETERMINISTIC.contains(&name.as_str())) {
         return Err(CTAS_ERROR);
     }
-    let mut time_calls = functions.iter().filter(|(name, _)| TIME_FUNCTIONS.contains(&name.as_str()));
+    let mut time_calls =
+        functions.iter().filter(|(name, _)| TIME_FUNCTIONS.contains(&name.as_str()));
     let Some(_) = time_calls.clone().next() else {
         return Ok(());
     };

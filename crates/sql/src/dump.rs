@@ -55,9 +55,14 @@ fn dump_in_transaction(conn: &Connection) -> Result<String> {
         .collect::<rusqlite::Result<_>>()?;
     out.push_str("schema:\n");
     for (kind, name, table, sql) in &objects {
-        let on = if kind == "table" || kind == "view" { String::new() } else { format!(" on {table}") };
-        writeln!(out, "  {kind} {name}{on}: {}", sql.split_whitespace().collect::<Vec<_>>().join(" "))
-            .ok();
+        let on =
+            if kind == "table" || kind == "view" { String::new() } else { format!(" on {table}") };
+        writeln!(
+            out,
+            "  {kind} {name}{on}: {}",
+            sql.split_whitespace().collect::<Vec<_>>().join(" ")
+        )
+        .ok();
     }
     let tables: Vec<(String, bool)> = conn
         .prepare(
@@ -76,7 +81,9 @@ fn dump_in_transaction(conn: &Connection) -> Result<String> {
         writeln!(out, "{table}:").ok();
         let quoted = format!("\"{}\"", table.replace('"', "\"\""));
         let columns: i64 =
-            conn.query_row("SELECT count(*) FROM pragma_table_info(?1)", [table], |row| row.get(0))?;
+            conn.query_row("SELECT count(*) FROM pragma_table_info(?1)", [table], |row| {
+                row.get(0)
+            })?;
         let sql = if *without_rowid {
             let order: Vec<String> = (1..=columns).map(|i| i.to_string()).collect();
             format!("SELECT * FROM {quoted} ORDER BY {}", order.join(", "))

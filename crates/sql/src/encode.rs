@@ -195,9 +195,9 @@ pub(crate) fn parse_time(text: &str) -> Option<Time> {
     let b = text.as_bytes();
     let digits = |range: std::ops::Range<usize>| -> Option<u32> {
         let part = b.get(range)?;
-        part.iter().all(u8::is_ascii_digit).then(|| {
-            part.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
-        })
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
     };
     let year = digits(0..4)?;
     (b.get(4) == Some(&b'-') && b.get(7) == Some(&b'-')).then_some(())?;

@@ -49,8 +49,8 @@
 //!   values), and a failing statement never leaves partial effects.
 
 pub mod db;
-pub mod dump;
 mod determinism;
+pub mod dump;
 mod encode;
 pub mod error;
 mod policy;

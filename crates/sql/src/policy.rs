@@ -386,8 +386,10 @@ mod tests {
     /// Prepares `sql` on a fresh connection in `mode` and returns what was observed.
     fn observe(mode: Mode, sql: &str) -> Observed {
         let mut conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE TABLE _keel_meta (id);")
-            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE TABLE _keel_meta (id);",
+        )
+        .unwrap();
         let policy = Policy::default();
         policy.install(&mut conn).unwrap();
         policy.begin(mode);
@@ -397,14 +399,32 @@ mod tests {
 
     #[test_case("ATTACH ':memory:' AS x", "ATTACH and DETACH are not supported")]
     #[test_case("DETACH x", "ATTACH and DETACH are not supported")]
-    #[test_case("BEGIN", "BEGIN, COMMIT, END and ROLLBACK are not supported: use the transaction parameter")]
-    #[test_case("COMMIT", "BEGIN, COMMIT, END and ROLLBACK are not supported: use the transaction parameter")]
-    #[test_case("SAVEPOINT a", "SAVEPOINT, RELEASE and ROLLBACK TO are not supported: use the transaction parameter")]
-    #[test_case("CREATE TEMP TABLE x (a)", "TEMP tables, indexes, views and triggers are not supported: they would exist on one node only")]
+    #[test_case(
+        "BEGIN",
+        "BEGIN, COMMIT, END and ROLLBACK are not supported: use the transaction parameter"
+    )]
+    #[test_case(
+        "COMMIT",
+        "BEGIN, COMMIT, END and ROLLBACK are not supported: use the transaction parameter"
+    )]
+    #[test_case(
+        "SAVEPOINT a",
+        "SAVEPOINT, RELEASE and ROLLBACK TO are not supported: use the transaction parameter"
+    )]
+    #[test_case(
+        "CREATE TEMP TABLE x (a)",
+        "TEMP tables, indexes, views and triggers are not supported: they would exist on one node only"
+    )]
     #[test_case("SELECT load_extension('x')", "load_extension() is not supported")]
-    #[test_case("PRAGMA journal_mode = DELETE", "PRAGMA journal_mode = … is not supported: it changes connection or file settings, which are not replicated")]
+    #[test_case(
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA journal_mode = … is not supported: it changes connection or file settings, which are not replicated"
+    )]
     #[test_case("PRAGMA wal_checkpoint", "PRAGMA wal_checkpoint is not supported")]
-    #[test_case("PRAGMA temp.user_version = 1", "PRAGMA user_version is only supported on the main database")]
+    #[test_case(
+        "PRAGMA temp.user_version = 1",
+        "PRAGMA user_version is only supported on the main database"
+    )]
     #[test_case("INSERT INTO _keel_meta VALUES (1)", "_keel_meta is an internal table of Keel")]
     #[test_case("DROP TABLE _keel_meta", "_keel_meta is an internal table of Keel")]
     #[test_case("CREATE TABLE _KEEL_x (a)", "_KEEL_x is an internal table of Keel")]
@@ -434,7 +454,9 @@ mod tests {
         let observed = observe(Mode::Write, "CREATE TABLE u AS SELECT random() AS r FROM t");
         assert!(observed.creates_table_from_select);
         assert_eq!(observed.functions, vec![("random".to_string(), false)]);
-        assert!(!observe(Mode::Write, "CREATE TABLE u (a CHECK (a > 0))").creates_table_from_select);
+        assert!(
+            !observe(Mode::Write, "CREATE TABLE u (a CHECK (a > 0))").creates_table_from_select
+        );
     }
 
     #[test_case("SELECT 1", false)]

@@ -85,7 +85,11 @@ impl Readers {
 
     /// Runs read statements and returns one result per statement. With `transaction`, all run
     /// in one read transaction (one snapshot) and processing stops at the first error.
-    pub fn query(&self, statements: &[Statement], transaction: bool) -> Result<Vec<StatementResult>> {
+    pub fn query(
+        &self,
+        statements: &[Statement],
+        transaction: bool,
+    ) -> Result<Vec<StatementResult>> {
         let reader = self.checkout();
         let outcome = reader.run(statements, transaction);
         if !reader.conn.is_autocommit() {

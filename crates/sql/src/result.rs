@@ -113,7 +113,10 @@ impl StatementResult {
 /// Adds `time` when timings were asked for.
 fn insert_time(out: &mut Map<String, Value>, format: &Format, time: f64) {
     if format.timings {
-        out.insert("time".into(), serde_json::Number::from_f64(time).map_or(Value::Null, Value::Number));
+        out.insert(
+            "time".into(),
+            serde_json::Number::from_f64(time).map_or(Value::Null, Value::Number),
+        );
     }
 }
 
@@ -121,8 +124,10 @@ fn insert_time(out: &mut Map<String, Value>, format: &Format, time: f64) {
 fn render(value: &Value, format: &Format) -> Value {
     match value {
         Value::Array(bytes) if !format.blob_array => {
-            let bytes: Vec<u8> =
-                bytes.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()).unwrap_or(0)).collect();
+            let bytes: Vec<u8> = bytes
+                .iter()
+                .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()).unwrap_or(0))
+                .collect();
             Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
         }
         other => other.clone(),
@@ -183,7 +188,8 @@ mod tests {
             one.to_json(&assoc, true),
             json!({"types": {"id": "integer", "data": "blob"}, "rows": [{"id": 1, "data": "3q2+7w=="}]})
         );
-        let none = StatementResult::Rows { columns: vec![], types: vec![], values: vec![], time: 0.0 };
+        let none =
+            StatementResult::Rows { columns: vec![], types: vec![], values: vec![], time: 0.0 };
         assert_eq!(none.to_json(&plain, false), json!({}));
         assert_eq!(none.to_json(&assoc, false), json!({"rows": []}));
     }

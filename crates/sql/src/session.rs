@@ -322,9 +322,11 @@ pub(crate) fn apply(conn: &Connection, changeset: &[u8]) -> Result<(), ApplyErro
         (rc, None) => {
             // SAFETY: as above.
             let db = unsafe { conn.handle() };
-            Err(ApplyError::Sqlite(check(db, rc).err().unwrap_or_else(|| {
-                rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None)
-            })))
+            Err(ApplyError::Sqlite(
+                check(db, rc)
+                    .err()
+                    .unwrap_or_else(|| rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None)),
+            ))
         }
     }
 }
@@ -469,17 +471,21 @@ fn column(iter: *mut ffi::sqlite3_changeset_iter, i: c_int, old: bool) -> Option
             ffi::SQLITE_INTEGER => {
                 crate::dump::literal(ValueRef::Integer(ffi::sqlite3_value_int64(value)))
             }
-            ffi::SQLITE_FLOAT => crate::dump::literal(ValueRef::Real(ffi::sqlite3_value_double(value))),
+            ffi::SQLITE_FLOAT => {
+                crate::dump::literal(ValueRef::Real(ffi::sqlite3_value_double(value)))
+            }
             ffi::SQLITE_TEXT => {
                 let text = ffi::sqlite3_value_text(value);
                 let len = ffi::sqlite3_value_bytes(value).max(0) as usize;
-                let bytes = if text.is_null() { &[][..] } else { std::slice::from_raw_parts(text, len) };
+                let bytes =
+                    if text.is_null() { &[][..] } else { std::slice::from_raw_parts(text, len) };
                 crate::dump::literal(ValueRef::Text(bytes))
             }
             ffi::SQLITE_BLOB => {
                 let blob = ffi::sqlite3_value_blob(value).cast::<u8>();
                 let len = ffi::sqlite3_value_bytes(value).max(0) as usize;
-                let bytes = if blob.is_null() { &[][..] } else { std::slice::from_raw_parts(blob, len) };
+                let bytes =
+                    if blob.is_null() { &[][..] } else { std::slice::from_raw_parts(blob, len) };
                 crate::dump::literal(ValueRef::Blob(bytes))
             }
             _ => "NULL".to_string(),

@@ -237,7 +237,10 @@ impl<'a> Binder<'a> {
 
     /// Binds the parameters one prepared statement needs. The error is a message for the
     /// statement's result.
-    pub(crate) fn bind(&mut self, stmt: &mut rusqlite::Statement<'_>) -> std::result::Result<(), String> {
+    pub(crate) fn bind(
+        &mut self,
+        stmt: &mut rusqlite::Statement<'_>,
+    ) -> std::result::Result<(), String> {
         let count = stmt.parameter_count();
         match self.params {
             Params::None if count > 0 => {
@@ -328,7 +331,10 @@ mod tests {
             ["SELECT ?, ?, ?, ?, ?, ?, ?", true, null, "x'DEADbeef'", "x'abc'", [1, 2, 255], 1.0, 9223372036854775808u64]
         ]);
         let statements = parse_statements(&body).unwrap();
-        assert_eq!(statements[0], Statement::new("CREATE TABLE foo (id INTEGER PRIMARY KEY, name TEXT)"));
+        assert_eq!(
+            statements[0],
+            Statement::new("CREATE TABLE foo (id INTEGER PRIMARY KEY, name TEXT)")
+        );
         assert_eq!(
             statements[1].params,
             Params::Positional(vec![Value::Text("fiona".into()), Value::Integer(20)])

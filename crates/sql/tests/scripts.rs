@@ -56,10 +56,8 @@ impl Runner {
         let speculation = self.leader.execute(&requests)?;
         let mut out = String::new();
         for (i, results) in speculation.results.iter().enumerate() {
-            let json: Vec<String> = results
-                .iter()
-                .map(|r| r.to_json(&Format::default(), false).to_string())
-                .collect();
+            let json: Vec<String> =
+                results.iter().map(|r| r.to_json(&Format::default(), false).to_string()).collect();
             if speculation.results.len() == 1 {
                 writeln!(out, "{}", json.join(" "))?;
             } else {
@@ -94,7 +92,9 @@ fn describe(record: &wal::Record) -> Result<String, Box<dyn Error>> {
     let mut out = String::new();
     for op in &record.ops {
         match op {
-            wal::Op::Ddl(sql) => writeln!(out, "  ddl: {}", sql.split_whitespace().collect::<Vec<_>>().join(" "))?,
+            wal::Op::Ddl(sql) => {
+                writeln!(out, "  ddl: {}", sql.split_whitespace().collect::<Vec<_>>().join(" "))?
+            }
             wal::Op::Changes(changes) => {
                 writeln!(out, "  changes:")?;
                 for line in sql::describe_changeset(changes)? {
@@ -123,14 +123,21 @@ fn select(on: Option<&str>, default: [bool; 2]) -> Result<[bool; 2], Box<dyn Err
 impl goldenscript::Runner for Runner {
     type Command = goldenscript::Command;
 
-    fn run(&mut self, command: &goldenscript::Command, context: &goldenscript::Context) -> Result<String, Box<dyn Error>> {
+    fn run(
+        &mut self,
+        command: &goldenscript::Command,
+        context: &goldenscript::Context,
+    ) -> Result<String, Box<dyn Error>> {
         let mut args = command.consume_args();
-        let flag = |args: &mut goldenscript::ArgumentConsumer<'_>, key: &str| -> Result<bool, Box<dyn Error>> {
+        let flag = |args: &mut goldenscript::ArgumentConsumer<'_>,
+                    key: &str|
+         -> Result<bool, Box<dyn Error>> {
             Ok(args.take_key(key).map(str::parse).transpose()?.unwrap_or(false))
         };
         let output = match command.name.as_str() {
             "request" => {
-                let body: serde_json::Value = serde_json::from_str(args.next_pos().ok_or("body not given")?)?;
+                let body: serde_json::Value =
+                    serde_json::from_str(args.next_pos().ok_or("body not given")?)?;
                 let transaction = flag(&mut args, "tx")?;
                 let rows = flag(&mut args, "rows")?;
                 let request_id = args.take_key("id").map(str::to_string);
@@ -151,7 +158,8 @@ impl goldenscript::Runner for Runner {
                 String::new()
             }
             "query" => {
-                let body: serde_json::Value = serde_json::from_str(args.next_pos().ok_or("body not given")?)?;
+                let body: serde_json::Value =
+                    serde_json::from_str(args.next_pos().ok_or("body not given")?)?;
                 let on = select(args.take_key("on"), [true, false])?;
                 let transaction = flag(&mut args, "tx")?;
                 let format = Format {
@@ -170,7 +178,8 @@ impl goldenscript::Runner for Runner {
                 out
             }
             "readonly" => {
-                let body: serde_json::Value = serde_json::from_str(args.next_pos().ok_or("body not given")?)?;
+                let body: serde_json::Value =
+                    serde_json::from_str(args.next_pos().ok_or("body not given")?)?;
                 args.reject_next()?;
                 let statements = sql::parse_statements(&body)?;
                 format!("{}\n", self.readers[0].is_read_only(&statements))
@@ -203,7 +212,11 @@ impl goldenscript::Runner for Runner {
             }
             "applied" => {
                 args.reject_next()?;
-                format!("leader: {:?}\nreplica: {:?}\n", self.leader.applied()?, self.replica.applied()?)
+                format!(
+                    "leader: {:?}\nreplica: {:?}\n",
+                    self.leader.applied()?,
+                    self.replica.applied()?
+                )
             }
             sql => {
                 args.reject_next()?;
@@ -214,7 +227,15 @@ impl goldenscript::Runner for Runner {
                     rows: context.tags.contains("rows"),
                     request_id: None,
                 });
-                self.execute(!context.tags.contains("noapply"))?
+                let output = self.execute(!context.tags.contains("noapply"))?;
+                if context.tags.contains("quiet") {
+                    if output.contains("{\"error\"") {
+                        return Err(format!("statement failed: {output}").into());
+                    }
+                    String::new()
+                } else {
+                    output
+                }
             }
         };
         Ok(output)
@@ -231,4 +252,16 @@ macro_rules! scripts {
     )*};
 }
 
-scripts!(zz_debug, apply, autoincrement, capture, ddl, nondeterminism, params, query, rejected, transactions, triggers);
+scripts!(
+    zz_debug,
+    apply,
+    autoincrement,
+    capture,
+    ddl,
+    nondeterminism,
+    params,
+    query,
+    rejected,
+    transactions,
+    triggers
+);
