@@ -4,7 +4,7 @@
 //!   ([`node`], [`http`]).
 //! - `keel local` starts a local cluster of `keel serve` child processes for trying Keel out
 //!   ([`local`]).
-//! - `keel bench` measures a running cluster ([`bench`]).
+//! - `keel bench` measures a running cluster ([`mod@bench`]).
 //!
 //! Logs go to stderr; `RUST_LOG` selects what is shown (default `info`).
 
