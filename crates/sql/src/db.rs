@@ -26,7 +26,9 @@
 //! ```
 //!
 //! A changeset is computed against the *current* database, so it is always taken before the
-//! DDL that follows it and before the final ROLLBACK. Rolled-back row changes drop out of the
+//! DDL that follows it and before the final ROLLBACK. Each cut first opens and releases a
+//! savepoint, which makes full-text indexes (FTS3/4/5 buffer their writes in memory until a
+//! savepoint or commit) write their shadow tables, where the session records them. Rolled-back row changes drop out of the
 //! session by themselves (it diffs against the current state). Ops already cut inside a
 //! rolled-back scope are removed by truncating `ops` to its length at the scope's start; for that
 //! to be exact, a scope whose SQL may contain DDL cuts the session when it starts, so no op cut
@@ -54,7 +56,14 @@
 //! local schema (every table exists, same column count and primary key), since SQLite would
 //! silently skip mismatching changes; then applied with a conflict handler that aborts on any
 //! conflict. Any failure rolls the whole batch back and returns [`Error::Corrupt`]: the node
-//! must stop rather than diverge.
+//! must stop rather than diverge. `Op::Ddl` runs as SQL text; `CREATE TABLE … AS SELECT` rows
+//! are created there and only there (sessions do not record them, verified), and `execute`
+//! rejects the non-deterministic kind.
+//!
+//! Virtual tables (FTS5) replicate through their shadow tables, which changesets write
+//! underneath the virtual table. FTS5 caches its index structure per connection and only
+//! notices commits of *other* connections, so after applying changes to a shadow table `apply`
+//! replaces the write connection with a fresh one.
 //!
 //! ## Not done here
 //!
@@ -62,7 +71,7 @@
 //! record carries them; `leader` owns the table), reads (see `readers`), and refusing stale
 //! apply positions (the state machine in `follower` owns ordering).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -75,7 +84,7 @@ use crate::determinism;
 use crate::encode;
 use crate::error::{Error, Result};
 use crate::policy::{Mode, Observed, Policy, leading_keyword};
-use crate::result::StatementResult;
+use crate::result::{StatementResult, error_message};
 use crate::session::{self, ApplyError, Session};
 use crate::statement::{Binder, Statement};
 
@@ -88,7 +97,8 @@ pub struct WriteRequest {
     pub transaction: bool,
     /// `/db/request`: statements that return columns give `Rows`; otherwise `Exec` results.
     pub rows: bool,
-    /// The client's idempotency key, carried into the record.
+    /// The client's idempotency key, carried into the record whether or not the request's
+    /// statements succeeded (its answer is decided either way).
     pub request_id: Option<String>,
 }
 
@@ -423,7 +433,7 @@ impl Db {
         Ok(())
     }
 
-    /// A textual dump of the schema and every row (see [`crate::dump`]).
+    /// A textual dump of the schema and every row (see [`crate::dump()`]).
     pub fn dump(&self) -> Result<String> {
         crate::dump::dump_connection(&self.conn)
     }
@@ -500,6 +510,9 @@ struct Speculator<'c> {
     /// Whether the current savepoint scope began with an empty session, so that ops cut inside
     /// it hold only its own changes (see module docs).
     scope_clean: bool,
+    /// Per table, the PRIMARY KEY columns that may hold NULL (see `check_primary_keys`);
+    /// cleared by every schema change.
+    nullable_keys: HashMap<String, Vec<String>>,
 }
 
 /// Savepoint names; client SQL cannot use savepoints, so they cannot clash.
@@ -532,6 +545,7 @@ impl<'c> Speculator<'c> {
             session: Some(new_session(conn)?),
             ops: Vec::new(),
             scope_clean: true,
+            nullable_keys: HashMap::new(),
         };
         let mut results = Vec::with_capacity(requests.len());
         for (r, request) in requests.iter().enumerate() {
@@ -691,7 +705,7 @@ impl<'c> Speculator<'c> {
                 Ok(Some(prepared)) => prepared,
                 Ok(None) => break,
                 Err(error) => {
-                    let message = observed.denied.unwrap_or_else(|| error.to_string());
+                    let message = observed.denied.unwrap_or_else(|| error_message(&error));
                     return Ok(Ran::Result(StatementResult::Error(message)));
                 }
             };
@@ -751,7 +765,13 @@ impl<'c> Speculator<'c> {
             return Ok(StatementResult::Error(error));
         }
         if !ddl {
-            return Ok(self.run_dml(prepared, &observed, rows));
+            let result = self.run_dml(prepared, &observed, rows);
+            if !result.is_error()
+                && let Some(error) = self.check_primary_keys(&observed.written)?
+            {
+                return Ok(StatementResult::Error(error));
+            }
+            return Ok(result);
         }
         if observed.creates_table_from_select
             && let Err(error) = determinism::check_create_as_select(&text, &observed.functions)
@@ -776,7 +796,7 @@ impl<'c> Speculator<'c> {
                     values: rows.values,
                     time: 0.0,
                 },
-                Err(error) => StatementResult::Error(error.to_string()),
+                Err(error) => StatementResult::Error(error_message(&error)),
             };
         }
         let mut query = prepared.raw_query();
@@ -784,7 +804,7 @@ impl<'c> Speculator<'c> {
             match query.next() {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(error) => return StatementResult::Error(error.to_string()),
+                Err(error) => return StatementResult::Error(error_message(&error)),
             }
         }
         StatementResult::Exec {
@@ -796,6 +816,39 @@ impl<'c> Speculator<'c> {
             },
             time: 0.0,
         }
+    }
+
+    /// Refuses rows with NULL in a PRIMARY KEY column, which SQLite allows in rowid tables
+    /// whose key is not the rowid (a legacy quirk) but which sessions silently do not record:
+    /// such a row would be reported as written and then exist nowhere. Returns the statement's
+    /// error, if any. Each table's nullable key columns are looked up once per schema.
+    fn check_primary_keys(
+        &mut self,
+        written: &[String],
+    ) -> std::result::Result<Option<String>, Failure> {
+        for table in written {
+            if !self.nullable_keys.contains_key(table) {
+                let columns = nullable_key_columns(self.conn, table)?;
+                self.nullable_keys.insert(table.clone(), columns);
+            }
+            let columns = &self.nullable_keys[table];
+            if columns.is_empty() {
+                continue;
+            }
+            let condition: Vec<String> =
+                columns.iter().map(|c| format!("{} IS NULL", quote_identifier(c))).collect();
+            let sql = format!(
+                "SELECT 1 FROM main.{} WHERE {} LIMIT 1",
+                quote_identifier(table),
+                condition.join(" OR ")
+            );
+            if self.conn.query_row(&sql, [], |_| Ok(())).optional()?.is_some() {
+                return Ok(Some(format!(
+                    "NULL in the PRIMARY KEY of table {table} cannot be replicated: declare its key columns NOT NULL"
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Runs a schema statement: cut, run it under a side session, record it as SQL.
@@ -814,6 +867,7 @@ impl<'c> Speculator<'c> {
         }
         self.cut()?;
         self.session = None;
+        self.nullable_keys.clear();
         // The DDL's own effect is replayed from its text. What it does to tables it does not
         // create, drop or alter (foreign-key actions of DROP TABLE) is recorded, and replayed
         // before it.
@@ -828,7 +882,7 @@ impl<'c> Speculator<'c> {
         drop(side);
         self.session = Some(new_session(self.conn)?);
         if let Err(error) = outcome {
-            return Ok(StatementResult::Error(error.to_string()));
+            return Ok(StatementResult::Error(error_message(&error)));
         }
         match side_changes {
             Some(Ok(changes)) if !changes.is_empty() => self.ops.push(Op::Changes(changes)),
@@ -868,6 +922,30 @@ fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let names: Vec<String> =
         stmt.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
     Ok(names.into_iter().filter(|t| !is_internal_table(t)).collect())
+}
+
+/// The PRIMARY KEY columns of a rowid table that may hold NULL (not declared NOT NULL); none for
+/// WITHOUT ROWID tables (which enforce NOT NULL), tables without a key, and views. An INTEGER
+/// PRIMARY KEY is the rowid and never NULL; listing it anyway costs one index probe.
+fn nullable_key_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let without_rowid: Option<bool> = conn
+        .query_row(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name = ?1",
+            [table],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if without_rowid != Some(false) {
+        return Ok(Vec::new());
+    }
+    let mut stmt =
+        conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 AND \"notnull\" = 0")?;
+    stmt.query_map([table], |row| row.get(0))?.collect()
+}
+
+/// Quotes an SQL identifier.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Whether SQL text may contain a schema statement (or a replicated pragma): a superset test

@@ -39,7 +39,7 @@ pub(crate) struct Rows {
 
 /// Steps `stmt` (parameters already bound) to completion and encodes what it returns.
 pub(crate) fn read_rows(stmt: &mut rusqlite::Statement<'_>) -> rusqlite::Result<Rows> {
-    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+    let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
     // Values are encoded by their declared type; `types` then fills in the missing ones.
     let decltypes: Vec<String> = stmt
         .columns()
@@ -268,7 +268,7 @@ pub(crate) fn parse_time(text: &str) -> Option<Time> {
 
 /// Whether `year` is a leap year in the proleptic Gregorian calendar.
 fn is_leap(year: u32) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
 }
 
 /// The number of days in a month.

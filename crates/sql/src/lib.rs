@@ -24,7 +24,8 @@
 //! * `session`: the unsafe FFI wrapper over SQLite's session extension.
 //! * [`readers`]: [`Readers`], the read-only connection pool.
 //! * `encode` and [`result`]: values to rqlite's JSON ([`StatementResult::to_json`]).
-//! * [`mod@dump`]: a deterministic text dump for comparing replicas.
+//! * [`mod@dump`]: a deterministic text dump for comparing replicas; [`describe_changeset`]
+//!   prints a changeset row by row.
 //!
 //! ## Why row-based records
 //!
@@ -39,6 +40,11 @@
 //! ## IMPLEMENTATION CAVEATS
 //!
 //! * `sqlite_sequence` is not recorded by sessions; [`Db::execute`] appends SQL fix-ups.
+//! * A schema change runs without the main session; its side effects on other tables
+//!   (foreign-key actions of DROP TABLE) are recorded by a separate session and replayed before
+//!   it. Replicas apply with foreign keys and triggers off.
+//! * Full-text indexes work, through their shadow tables; each applied write to them reopens
+//!   the write connection (a few hundred microseconds).
 //! * One statement's changes are held in memory (session, changeset, record); a huge UPDATE
 //!   makes a huge record. There is no cap yet beyond the request limits in [`statement`].
 //! * Replicas must run the same SQLite version as the leader for DDL (including `CREATE TABLE

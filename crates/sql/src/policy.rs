@@ -4,7 +4,7 @@
 //! row, run a pragma, call a function, begin a transaction, …), including actions inside the
 //! triggers and views the statement reaches, for everything SQLite can parse. That makes it a
 //! better classifier than any SQL parser of ours. `Db` and `Readers` install
-//! [`Policy::authorizer`] once per connection; before preparing a client statement they call
+//! [`Policy::install`] once per connection; before preparing a client statement they call
 //! [`Policy::begin`] with a [`Mode`], and after preparing they read the [`Observed`] summary with
 //! [`Policy::take`]. Their own internal statements (BEGIN, SAVEPOINT, reading
 //! `sqlite_sequence`, …) run in [`Mode::Off`].
@@ -56,6 +56,8 @@ pub(crate) struct Observed {
     pub(crate) dml: bool,
     /// The statement itself inserts rows, so `sqlite3_last_insert_rowid` describes it.
     pub(crate) inserts: bool,
+    /// Client tables the statement (or a trigger it fires) inserts into or updates, lower-case.
+    pub(crate) written: Vec<String>,
     /// Read mode: the statement would change the database or connection state.
     pub(crate) writes: bool,
 }
@@ -71,6 +73,10 @@ struct State {
     creates_table: bool,
     /// The statement contains a SELECT.
     selects: bool,
+    /// A schema change was authorized earlier in this statement. SQLite then runs nested
+    /// statements of its own that write its internal tables (DROP TABLE deletes the table's
+    /// `sqlite_sequence` and `sqlite_stat1` rows, a rename updates them), which are allowed.
+    ddl_seen: bool,
 }
 
 /// Handle on one connection's authorizer state. Cheap to clone; `Send + Sync`.
@@ -181,6 +187,9 @@ const STATE_PRAGMAS: &[&str] = &[
 /// that every replica must agree on.
 pub(crate) const REPLICATED_PRAGMAS: &[&str] = &["application_id", "user_version"];
 
+/// The error for `load_extension()`, which would run code that exists on one node only.
+const LOAD_EXTENSION_ERROR: &str = "load_extension() is not supported";
+
 /// The prefix of Keel's own tables.
 const KEEL_PREFIX: &str = "_keel_";
 
@@ -195,6 +204,12 @@ fn authorize(state: &mut State, ctx: &AuthContext<'_>) -> Authorization {
         return Authorization::Allow;
     }
     let top_level = ctx.accessor.is_none();
+    if let AuthAction::Insert { table_name } | AuthAction::Update { table_name, .. } = ctx.action {
+        let lower = table_name.to_ascii_lowercase();
+        if !lower.starts_with("sqlite_") && !state.observed.written.contains(&lower) {
+            state.observed.written.push(lower);
+        }
+    }
     if let AuthAction::Insert { table_name }
     | AuthAction::Update { table_name, .. }
     | AuthAction::Delete { table_name } = ctx.action
@@ -211,6 +226,7 @@ fn authorize(state: &mut State, ctx: &AuthContext<'_>) -> Authorization {
         if let AuthAction::Function { function_name } = ctx.action
             && function_name.eq_ignore_ascii_case("load_extension")
         {
+            state.observed.denied.get_or_insert_with(|| LOAD_EXTENSION_ERROR.to_string());
             return Authorization::Deny;
         }
         if !matches!(verdict, Verdict::Allow) {
@@ -225,6 +241,7 @@ fn authorize(state: &mut State, ctx: &AuthContext<'_>) -> Authorization {
             Authorization::Deny
         }
         Verdict::Ddl(target) => {
+            state.ddl_seen = true;
             if top_level {
                 state.observed.ddl = true;
                 if let Some(target) = target {
@@ -269,13 +286,13 @@ fn verdict(state: &mut State, ctx: &AuthContext<'_>) -> Verdict {
         A::Function { function_name } => {
             let name = function_name.to_ascii_lowercase();
             if name == "load_extension" {
-                return Verdict::Deny("load_extension() is not supported".into());
+                return Verdict::Deny(LOAD_EXTENSION_ERROR.into());
             }
             state.observed.functions.push((name, ctx.accessor.is_some()));
             Verdict::Allow
         }
         A::Insert { table_name } | A::Delete { table_name } | A::Update { table_name, .. } => {
-            write_to(table_name)
+            write_to(table_name, state.ddl_seen)
         }
         A::Pragma { pragma_name, pragma_value } => pragma(pragma_name, pragma_value, ctx.database_name),
         A::Transaction { .. } => Verdict::Deny(
@@ -320,12 +337,13 @@ fn verdict(state: &mut State, ctx: &AuthContext<'_>) -> Verdict {
     }
 }
 
-/// Rules for a row write (INSERT/UPDATE/DELETE) to `table`.
-fn write_to(table: &str) -> Verdict {
+/// Rules for a row write (INSERT/UPDATE/DELETE) to `table`; `in_ddl` when the statement is a
+/// schema change (whose own bookkeeping writes SQLite's tables).
+fn write_to(table: &str, in_ddl: bool) -> Verdict {
     let lower = table.to_ascii_lowercase();
     if is_keel(&lower) {
         Verdict::Deny(format!("{table} is an internal table of Keel"))
-    } else if lower.starts_with("sqlite_") && !SCHEMA_TABLES.contains(&lower.as_str()) {
+    } else if lower.starts_with("sqlite_") && !in_ddl && !SCHEMA_TABLES.contains(&lower.as_str()) {
         Verdict::Deny(format!("writing to SQLite's internal table {table} is not supported"))
     } else {
         Verdict::Allow

@@ -27,7 +27,7 @@ use rusqlite::{Batch, Connection, OpenFlags};
 use crate::encode;
 use crate::error::Result;
 use crate::policy::{Mode, Policy, leading_keyword};
-use crate::result::StatementResult;
+use crate::result::{StatementResult, error_message};
 use crate::statement::{Binder, Statement};
 
 /// rqlite's per-statement error for a write sent to the query endpoint.
@@ -161,7 +161,11 @@ impl Reader {
             let mut prepared = match next {
                 Ok(Some(prepared)) => prepared,
                 Ok(None) => break,
-                Err(error) => return StatementResult::Error(error.to_string()),
+                Err(error) => {
+                    return StatementResult::Error(
+                        observed.denied.unwrap_or_else(|| error_message(&error)),
+                    );
+                }
             };
             if observed.writes || !prepared.readonly() || is_vacuum(&prepared) {
                 return StatementResult::Error(QUERY_WRITE_ERROR.to_string());
@@ -171,7 +175,7 @@ impl Reader {
             }
             match encode::read_rows(&mut prepared) {
                 Ok(rows) => last = Some(rows),
-                Err(error) => return StatementResult::Error(error.to_string()),
+                Err(error) => return StatementResult::Error(error_message(&error)),
             }
         }
         if let Err(error) = binder.finish() {

@@ -110,6 +110,16 @@ impl StatementResult {
     }
 }
 
+/// The message of a SQLite error as rqlite shows it: SQLite's own text, without rusqlite's
+/// "in `sql` at offset `n`" suffix.
+pub(crate) fn error_message(error: &rusqlite::Error) -> String {
+    match error {
+        rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Adds `time` when timings were asked for.
 fn insert_time(out: &mut Map<String, Value>, format: &Format, time: f64) {
     if format.timings {

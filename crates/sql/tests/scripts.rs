@@ -5,10 +5,13 @@
 //! Commands (see `testscripts/*` for examples):
 //!
 //! * `> SQL` — one request with one statement; tags `[tx]` (transaction), `[rows]` (rows
-//!   results), `[noapply]`. Prints the results and the record's ops, then applies the record to
-//!   both databases.
+//!   results), `[noapply]`, `[quiet]` (print nothing, but fail on a statement error: for output
+//!   that is not deterministic). Prints the results and the record's ops, then applies the
+//!   record to both databases.
 //! * `request BODY [tx=true] [rows=true] [id=ID]` — queues a request; `BODY` is an rqlite JSON
-//!   body. `execute [apply=false]` runs the queued requests as one group.
+//!   body. `execute [apply=false] [on=replica] [associative=true]` runs the queued requests as
+//!   one group (on the replica: as if it had become the leader) and prints the results as
+//!   `/db/request` would.
 //! * `apply [on=leader|replica|both]` — applies the last record again.
 //! * `query BODY [on=leader|replica] [tx=true] [associative=true] [blob_array=true]
 //!   [request=true]` — runs reads on a reader pool and prints the rqlite JSON.
@@ -50,14 +53,21 @@ impl Runner {
         Runner { _dir: dir, leader, replica, readers, pending: Vec::new(), last: None, index: 1 }
     }
 
-    /// Executes the pending requests, prints results and ops, and applies unless told not to.
-    fn execute(&mut self, apply: bool) -> Result<String, Box<dyn Error>> {
+    /// Executes the pending requests (on the replica if `on_replica`, as if it were the leader),
+    /// prints results and ops, and applies to both unless told not to.
+    fn execute(
+        &mut self,
+        apply: bool,
+        on_replica: bool,
+        format: Format,
+    ) -> Result<String, Box<dyn Error>> {
         let requests = std::mem::take(&mut self.pending);
-        let speculation = self.leader.execute(&requests)?;
+        let db = if on_replica { &mut self.replica } else { &mut self.leader };
+        let speculation = db.execute(&requests)?;
         let mut out = String::new();
         for (i, results) in speculation.results.iter().enumerate() {
             let json: Vec<String> =
-                results.iter().map(|r| r.to_json(&Format::default(), false).to_string()).collect();
+                results.iter().map(|r| r.to_json(&format, true).to_string()).collect();
             if speculation.results.len() == 1 {
                 writeln!(out, "{}", json.join(" "))?;
             } else {
@@ -148,8 +158,11 @@ impl goldenscript::Runner for Runner {
             }
             "execute" => {
                 let apply = args.take_key("apply").map(str::parse).transpose()?.unwrap_or(true);
+                let on = select(args.take_key("on"), [true, false])?;
+                let format =
+                    Format { associative: flag(&mut args, "associative")?, ..Format::default() };
                 args.reject_next()?;
-                self.execute(apply)?
+                self.execute(apply, on[1], format)?
             }
             "apply" => {
                 let on = select(args.take_key("on"), [false, true])?;
@@ -227,7 +240,8 @@ impl goldenscript::Runner for Runner {
                     rows: context.tags.contains("rows"),
                     request_id: None,
                 });
-                let output = self.execute(!context.tags.contains("noapply"))?;
+                let output =
+                    self.execute(!context.tags.contains("noapply"), false, Format::default())?;
                 if context.tags.contains("quiet") {
                     if output.contains("{\"error\"") {
                         return Err(format!("statement failed: {output}").into());
@@ -253,7 +267,6 @@ macro_rules! scripts {
 }
 
 scripts!(
-    zz_debug,
     apply,
     autoincrement,
     capture,

@@ -1,0 +1,189 @@
+//! Tests of `Db` and `Readers` that are not about SQL semantics: positions, snapshots, the
+//! thread-safety contract, and sessions never changing the database.
+
+use std::path::Path;
+
+use sql::{Applied, Apply, Db, Readers, Statement, StatementResult, WriteRequest};
+
+/// One request with the given statements.
+fn request(statements: &[&str]) -> WriteRequest {
+    WriteRequest {
+        statements: statements.iter().map(|s| Statement::new(*s)).collect(),
+        transaction: false,
+        rows: false,
+        request_id: None,
+    }
+}
+
+/// Executes statements on `leader` and applies the record to every database in `dbs` at
+/// `index`.
+fn write(leader: &mut Db, dbs: &mut [&mut Db], index: u64, statements: &[&str]) {
+    let speculation = leader.execute(&[request(statements)]).unwrap();
+    for result in speculation.results.concat() {
+        assert!(!result.is_error(), "{result:?}");
+    }
+    let entry = Apply { term: 1, index, record: Some(&speculation.record), membership: None };
+    leader.apply(&[entry]).unwrap();
+    for db in dbs {
+        db.apply(&[entry]).unwrap();
+    }
+}
+
+/// Counts the rows of `t` through a reader pool.
+fn count(readers: &Readers) -> serde_json::Value {
+    let results = readers.query(&[Statement::new("SELECT count(*) FROM t")], false).unwrap();
+    match &results[0] {
+        StatementResult::Rows { values, .. } => values[0][0].clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn contract() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<Db>();
+    send_sync::<Readers>();
+}
+
+#[test]
+fn positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    assert_eq!(db.applied().unwrap(), None);
+    db.apply(&[]).unwrap();
+    assert_eq!(db.applied().unwrap(), None);
+    // Blank and membership entries carry no record; the last membership given wins and is
+    // kept by later entries without one.
+    let blank = Apply { term: 1, index: 1, record: None, membership: None };
+    let members = Apply { term: 1, index: 2, record: None, membership: Some("{\"voters\":[1]}") };
+    let next = Apply { term: 2, index: 3, record: None, membership: None };
+    db.apply(&[blank, members]).unwrap();
+    assert_eq!(
+        db.applied().unwrap(),
+        Some(Applied { term: 1, index: 2, membership: Some("{\"voters\":[1]}".into()) })
+    );
+    db.apply(&[next]).unwrap();
+    assert_eq!(
+        db.applied().unwrap(),
+        Some(Applied { term: 2, index: 3, membership: Some("{\"voters\":[1]}".into()) })
+    );
+    // The position survives reopening.
+    drop(db);
+    let db = Db::open(&dir.path().join("db")).unwrap();
+    assert_eq!(db.applied().unwrap().map(|a| a.index), Some(3));
+}
+
+#[test]
+fn execute_never_changes_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    write(&mut db, &mut [], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, v)"]);
+    let before = db.dump().unwrap();
+    let speculation = db
+        .execute(&[
+            request(&[
+                "INSERT INTO t (v) VALUES (1)",
+                "CREATE TABLE u (x)",
+                "PRAGMA user_version = 5",
+            ]),
+            WriteRequest { transaction: true, ..request(&["DELETE FROM t", "nonsense"]) },
+        ])
+        .unwrap();
+    assert!(!speculation.record.ops.is_empty());
+    assert_eq!(db.dump().unwrap(), before);
+    let version: Vec<StatementResult> = Readers::open(db.path(), 1)
+        .unwrap()
+        .query(&[Statement::new("PRAGMA user_version")], false)
+        .unwrap();
+    assert!(matches!(&version[0], StatementResult::Rows { values, .. } if values[0][0] == 0));
+}
+
+#[test]
+fn apply_is_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let mut replica = Db::open(&dir.path().join("replica")).unwrap();
+    write(&mut leader, &mut [&mut replica], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY)"]);
+    let good = leader.execute(&[request(&["INSERT INTO t VALUES (1)"])]).unwrap().record;
+    let clash = leader.execute(&[request(&["INSERT INTO t VALUES (2)"])]).unwrap().record;
+    // Entry 3 conflicts on the replica (row 2 exists there already), so entry 2 must not be
+    // applied either.
+    let local = leader.execute(&[request(&["INSERT INTO t VALUES (2)"])]).unwrap().record;
+    replica.apply(&[Apply { term: 1, index: 2, record: Some(&local), membership: None }]).unwrap();
+    let before = replica.dump().unwrap();
+    let entries = [
+        Apply { term: 1, index: 3, record: Some(&good), membership: None },
+        Apply { term: 1, index: 4, record: Some(&clash), membership: None },
+    ];
+    match replica.apply(&entries) {
+        Err(sql::Error::Corrupt(message)) => assert!(message.contains("entry 4"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(replica.dump().unwrap(), before);
+    assert_eq!(replica.applied().unwrap().map(|a| a.index), Some(2));
+}
+
+#[test]
+fn snapshot_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let mut follower = Db::open(&dir.path().join("follower")).unwrap();
+    let readers = Readers::open(&dir.path().join("follower"), 2).unwrap();
+    write(&mut leader, &mut [], 1, &["CREATE TABLE t (a, b)"]);
+    write(&mut leader, &mut [], 2, &["INSERT INTO t VALUES (1, 2), (3, 4), (5, 6)"]);
+    write(&mut leader, &mut [], 3, &["DELETE FROM t WHERE a = 1"]);
+    write(&mut leader, &mut [], 4, &["INSERT INTO t VALUES (7, 8)"]);
+
+    let snapshot = dir.path().join("snapshot");
+    std::fs::write(&snapshot, b"stale").unwrap();
+    leader.snapshot_to(&snapshot).unwrap();
+    assert!(!Path::new(&format!("{}-wal", snapshot.display())).exists());
+    assert_eq!(sql::dump(&snapshot).unwrap(), leader.dump().unwrap());
+
+    // The follower's readers see the restored contents, rowids included, and the position.
+    let before = readers.query(&[Statement::new("SELECT count(*) FROM t")], false).unwrap();
+    assert_eq!(before, vec![StatementResult::Error("no such table: t".into())]);
+    follower.restore_from(&snapshot).unwrap();
+    assert_eq!(count(&readers), 3);
+    assert_eq!(follower.dump().unwrap(), leader.dump().unwrap());
+    assert_eq!(follower.applied().unwrap(), leader.applied().unwrap());
+
+    // The restored database is still in WAL mode (readers keep their snapshot isolation).
+    let conn = rusqlite::Connection::open(dir.path().join("follower")).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+
+    // Replication continues from the snapshot: changesets address the same rowids.
+    write(&mut leader, &mut [&mut follower], 5, &["UPDATE t SET b = 0 WHERE a = 7"]);
+    assert_eq!(follower.dump().unwrap(), leader.dump().unwrap());
+}
+
+#[test]
+fn readers_run_concurrently_with_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut db = Db::open(&path).unwrap();
+    write(&mut db, &mut [], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY)"]);
+    let readers = std::sync::Arc::new(Readers::open(&path, 2).unwrap());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let readers = std::sync::Arc::clone(&readers);
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for _ in 0..50 {
+                    let n = count(&readers).as_i64().unwrap();
+                    assert!(n >= last, "reads went backwards");
+                    last = n;
+                }
+            })
+        })
+        .collect();
+    for i in 0..50 {
+        write(&mut db, &mut [], 2 + i, &[&format!("INSERT INTO t VALUES ({i})")]);
+    }
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(count(&readers), 50);
+}
