@@ -7,10 +7,13 @@
 //! goes back to openraft, which stops this node: a replica that cannot apply a committed entry
 //! stops rather than diverges.
 //!
-//! Snapshots are files: `snapshots/current.db` (a consistent database image, which holds its own
-//! applied position) and `snapshots/current.json` (its openraft meta). Building writes a new
-//! image beside the current one and renames it into place; installing writes the received image
-//! the same way and then restores the live database from it.
+//! Snapshots are files: `snapshots/<term>-<index>.db` (a consistent database image, which holds
+//! its own applied position) and `snapshots/current.json` (its openraft meta and the image's
+//! file name). Building or receiving writes a new image under a temporary name, fsyncs it,
+//! renames it to its final name, and only then replaces `current.json` (temp file, fsync,
+//! rename): a crash at any point leaves the previous snapshot whole and consistent with its
+//! meta. Older images are deleted afterwards. Installing then restores the live database from
+//! the published image.
 //!
 //! IMPLEMENTATION CAVEATS: snapshot data travels as one in-memory buffer (`Cursor<Vec<u8>>`), so
 //! a snapshot costs as much memory as the database. Streaming is future work.
@@ -75,13 +78,17 @@ pub trait Store: Send + Sync + 'static {
 pub struct StateMachine {
     /// The node's database.
     store: Arc<dyn Store>,
-    /// Directory holding `current.db` and `current.json`.
+    /// Directory holding the images and `current.json`.
     dir: PathBuf,
 }
 
+/// The contents of `current.json`.
 #[derive(Serialize, Deserialize)]
 struct StoredMeta {
+    /// What the image reflects.
     meta: SnapshotMeta,
+    /// The image's file name in the snapshot directory.
+    image: String,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -99,10 +106,6 @@ impl StateMachine {
         Ok(StateMachine { store, dir: dir.to_path_buf() })
     }
 
-    fn image(&self) -> PathBuf {
-        self.dir.join("current.db")
-    }
-
     fn meta_path(&self) -> PathBuf {
         self.dir.join("current.json")
     }
@@ -113,25 +116,38 @@ impl StateMachine {
         tokio::task::spawn_blocking(f).await.map_err(other)?
     }
 
-    /// Makes `tmp` + `meta` the current snapshot: both written and fsynced, then renamed.
-    fn publish(&self, tmp: &Path, meta: &SnapshotMeta) -> io::Result<()> {
-        let meta_tmp = self.dir.join("current.json.tmp");
-        let json = serde_json::to_vec(&StoredMeta { meta: meta.clone() }).map_err(other)?;
-        write_synced(&meta_tmp, &json)?;
+    /// Makes the image at `tmp` with `meta` the current snapshot (see the module docs for the
+    /// crash-safe order). Returns the image's final path.
+    fn publish(&self, tmp: &Path, meta: &SnapshotMeta) -> io::Result<PathBuf> {
+        let name = match &meta.last_log_id {
+            Some(l) => format!("{}-{}.db", l.leader_id.term, l.index),
+            None => "0-0.db".to_string(),
+        };
+        let image = self.dir.join(&name);
         fs::File::open(tmp)?.sync_all()?;
-        fs::rename(tmp, self.image())?;
+        fs::rename(tmp, &image)?;
+        let meta_tmp = self.dir.join("current.json.tmp");
+        let json = serde_json::to_vec(&StoredMeta { meta: meta.clone(), image: name.clone() }).map_err(other)?;
+        write_synced(&meta_tmp, &json)?;
         fs::rename(&meta_tmp, self.meta_path())?;
-        fs::File::open(&self.dir)?.sync_all()
+        fs::File::open(&self.dir)?.sync_all()?;
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "db") && path.file_name().is_some_and(|f| *f != *name) {
+                let _ = fs::remove_file(path);
+            }
+        }
+        Ok(image)
     }
 
     fn read_current(&self) -> io::Result<Option<Snapshot>> {
-        let meta = match fs::read(self.meta_path()) {
-            Ok(bytes) => serde_json::from_slice::<StoredMeta>(&bytes).map_err(other)?.meta,
+        let stored = match fs::read(self.meta_path()) {
+            Ok(bytes) => serde_json::from_slice::<StoredMeta>(&bytes).map_err(other)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let data = fs::read(self.image())?;
-        Ok(Some(Snapshot { meta, snapshot: Cursor::new(data) }))
+        let data = fs::read(self.dir.join(&stored.image))?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Cursor::new(data) }))
     }
 }
 
@@ -148,7 +164,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let this = self.clone();
         Self::blocking(move || {
-            let tmp = this.dir.join("building.db");
+            let tmp = this.dir.join("building.tmp");
             let _ = fs::remove_file(&tmp);
             let applied = this.store.snapshot_to(&tmp)?;
             let (last_log_id, membership) = match applied {
@@ -160,8 +176,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 None => StoredMembership::default(),
             };
             let meta = SnapshotMeta { last_log_id, last_membership };
-            this.publish(&tmp, &meta)?;
-            let data = fs::read(this.image())?;
+            let image = this.publish(&tmp, &meta)?;
+            let data = fs::read(image)?;
             tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
             Ok(Snapshot { meta, snapshot: Cursor::new(data) })
         })
@@ -243,10 +259,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         let meta = meta.clone();
         Self::blocking(move || {
-            let tmp = this.dir.join("receiving.db");
+            let tmp = this.dir.join("receiving.tmp");
             write_synced(&tmp, snapshot.get_ref())?;
-            this.publish(&tmp, &meta)?;
-            this.store.restore_from(&this.image())?;
+            let image = this.publish(&tmp, &meta)?;
+            this.store.restore_from(&image)?;
             tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
             Ok(())
         })
