@@ -127,13 +127,16 @@ impl StateMachine {
         fs::File::open(tmp)?.sync_all()?;
         fs::rename(tmp, &image)?;
         let meta_tmp = self.dir.join("current.json.tmp");
-        let json = serde_json::to_vec(&StoredMeta { meta: meta.clone(), image: name.clone() }).map_err(other)?;
+        let json = serde_json::to_vec(&StoredMeta { meta: meta.clone(), image: name.clone() })
+            .map_err(other)?;
         write_synced(&meta_tmp, &json)?;
         fs::rename(&meta_tmp, self.meta_path())?;
         fs::File::open(&self.dir)?.sync_all()?;
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "db") && path.file_name().is_some_and(|f| *f != *name) {
+            if path.extension().is_some_and(|e| e == "db")
+                && path.file_name().is_some_and(|f| *f != *name)
+            {
                 let _ = fs::remove_file(path);
             }
         }
