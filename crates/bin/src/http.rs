@@ -54,6 +54,12 @@ pub struct Node {
     applied: watch::Receiver<wal::Lsn>,
     /// Client for forwarding to the leader and probing peers.
     client: reqwest::Client,
+    /// Followers' applied positions (meaningful on the leader).
+    progress: Arc<leader::Progress>,
+    /// Durability of writes that do not ask for one.
+    durability: leader::Durability,
+    /// Prometheus metrics.
+    metrics: crate::metrics::Metrics,
     /// Serializes membership changes: Raft allows one at a time, and concurrent joins would
     /// otherwise fail each other.
     membership: tokio::sync::Mutex<()>,
@@ -68,6 +74,8 @@ impl Node {
         leader: leader::Leader,
         readers: sql::Readers,
         applied: watch::Receiver<wal::Lsn>,
+        progress: Arc<leader::Progress>,
+        durability: leader::Durability,
     ) -> Node {
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -82,6 +90,9 @@ impl Node {
             readers: Arc::new(readers),
             applied,
             client,
+            progress,
+            durability,
+            metrics: crate::metrics::Metrics::new(),
             membership: tokio::sync::Mutex::new(()),
         }
     }
@@ -102,8 +113,39 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/leader", get(get_leader))
         .route("/readyz", get(readyz))
         .route("/join", post(join))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
+}
+
+/// Node-to-node routes served on the Raft address beside Raft's own.
+pub fn internal_router(node: Arc<Node>) -> Router {
+    Router::new().route("/keel/applied", post(applied_report)).with_state(node)
+}
+
+/// A follower's report of its applied index.
+#[derive(serde::Deserialize)]
+struct AppliedReport {
+    /// The reporting node.
+    id: raft::NodeId,
+    /// Its applied index.
+    applied: wal::Lsn,
+}
+
+async fn applied_report(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<AppliedReport>(&body) {
+        Ok(r) => {
+            node.progress.report(r.id, r.applied);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_request(format!("invalid applied report: {e}")),
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let text = node.metrics.render(&node.raft, &node.progress);
+    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], text)
+        .into_response()
 }
 
 /// Query-string parameters. rqlite's flags are presence-only (`?transaction`).
@@ -197,10 +239,35 @@ fn write_error(e: leader::Error) -> Response {
         }
         leader::Error::Unavailable(m) => unavailable(m),
         leader::Error::Unknown(m) => unavailable(format!(
-            "the write may or may not have been committed ({m}); retry with the same request_id to be safe"
+            "{m}; the write may or may not have been committed: retry with the same request_id to be safe"
         )),
+        leader::Error::NotReplicated { lsn, durability, unconfirmed } => {
+            let body = json!({
+                "error": format!(
+                    "the write is committed at lsn {lsn} but not every replica that {durability} needs confirmed applying it in time"
+                ),
+                "committed": true,
+                "lsn": lsn,
+                "unconfirmed": unconfirmed,
+            });
+            let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         leader::Error::InvalidInput(m) => bad_request(m),
         leader::Error::Internal(m) => error_response(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
+/// A short label for an error, for `keel_errors_total{kind}`.
+fn error_kind(e: &leader::Error) -> &'static str {
+    match e {
+        leader::Error::NotLeader { .. } => "not_leader",
+        leader::Error::Unavailable(_) => "unavailable",
+        leader::Error::Unknown(_) => "unknown_outcome",
+        leader::Error::NotReplicated { .. } => "not_replicated",
+        leader::Error::InvalidInput(_) => "invalid_input",
+        leader::Error::Internal(_) => "internal",
     }
 }
 
@@ -338,6 +405,13 @@ async fn leader_write(
     rows: bool,
     start: Instant,
 ) -> Response {
+    let durability = match p.get("durability") {
+        None => node.durability,
+        Some(d) => match d.parse::<leader::Durability>() {
+            Ok(d) => d,
+            Err(e) => return bad_request(e),
+        },
+    };
     let mut attempts = 0;
     loop {
         if let Some(r) = to_leader(node, p, method, uri, headers, body).await {
@@ -353,12 +427,18 @@ async fn leader_write(
             rows,
             request_id: p.get("request_id").map(str::to_string),
         };
-        match node.leader.write(request).await {
+        match node.leader.write(request, durability).await {
             Ok(outcome) => {
+                node.metrics.writes.inc();
+                let label = durability.to_string();
+                node.metrics.commit_seconds.with_label_values(&[label.as_str()]).observe(start.elapsed().as_secs_f64());
                 return db_answer(results_json(&outcome.results, p, rows), outcome.lsn, p, start);
             }
             Err(leader::Error::NotLeader { .. }) if attempts < 3 => attempts += 1,
-            Err(e) => return write_error(e),
+            Err(e) => {
+                node.metrics.errors.with_label_values(&[error_kind(&e)]).inc();
+                return write_error(e);
+            }
         }
     }
 }
@@ -429,7 +509,10 @@ async fn read(
     let results =
         tokio::task::spawn_blocking(move || readers.query(&statements, transaction)).await;
     match results {
-        Ok(Ok(results)) => db_answer(results_json(&results, p, in_request), lsn, p, start),
+        Ok(Ok(results)) => {
+            node.metrics.reads.inc();
+            db_answer(results_json(&results, p, in_request), lsn, p, start)
+        }
         Ok(Err(sql::Error::InvalidInput(m))) => bad_request(m),
         Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -504,8 +587,8 @@ async fn status(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Stri
         },
         "cluster": {
             "members": s.members,
-            "matched": s.matched,
         },
+        "replication": replication_json(&node, &s),
         // rqlite-compatible subtree, read by existing clients.
         "store": {
             "node_id": s.id.to_string(),
@@ -526,10 +609,28 @@ async fn status(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Stri
     json_response(StatusCode::OK, &body, p.has("pretty"))
 }
 
+/// On the leader, each other member's replication progress; `null` elsewhere.
+fn replication_json(node: &Node, s: &raft::cluster::State) -> Value {
+    let Some(matched) = &s.matched else { return Value::Null };
+    let now = Instant::now();
+    let members = s.members.iter().filter(|m| m.id != s.id).map(|m| {
+        let lag = node.progress.lag(m.id, s.last_log_index, now);
+        let entry = json!({
+            "role": if m.voter { "follower" } else { "learner" },
+            "matched_index": matched.get(&m.id).copied().flatten(),
+            "applied_index": node.progress.applied(m.id),
+            "lag_entries": lag.map(|l| l.entries),
+            "lag_ms": lag.map(|l| l.ms),
+        });
+        (m.id.to_string(), entry)
+    });
+    Value::Object(members.collect())
+}
+
 async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, String)>>) -> Response {
     let p = Params(p);
     let s = raft::cluster::state(&node.raft);
-    let members: Vec<_> = s.members.into_iter().filter(|m| m.voter || p.has("nonvoters")).collect();
+    let members: Vec<_> = s.members.iter().filter(|m| m.voter || p.has("nonvoters")).cloned().collect();
     let probes = members.iter().map(|m| {
         let client = node.client.clone();
         let me = m.id == node.id;
@@ -546,6 +647,18 @@ async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Strin
     let reachable = futures::future::join_all(probes).await;
     let list: Vec<Value> =
         members.iter().zip(reachable).map(|(m, r)| node_json(m, s.leader_id, r)).collect();
+    // On the leader, add each member's replication progress (rqlite clients ignore extra keys).
+    let replication = replication_json(&node, &s);
+    let list: Vec<Value> = list
+        .into_iter()
+        .map(|mut n| {
+            let id = n["id"].as_str().unwrap_or_default().to_string();
+            if let (Some(obj), Some(Value::Object(extra))) = (n.as_object_mut(), replication.get(&id)) {
+                obj.extend(extra.clone());
+            }
+            n
+        })
+        .collect();
     let body = if p.get("ver") == Some("2") {
         json!({ "nodes": list })
     } else {

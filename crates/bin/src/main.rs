@@ -14,6 +14,7 @@
 mod bench;
 mod http;
 mod local;
+mod metrics;
 mod node;
 
 use std::path::PathBuf;
@@ -72,9 +73,15 @@ pub struct ServeArgs {
     /// Take a snapshot (and allow older log entries to be purged) every this many log entries.
     #[arg(long, default_value_t = 20_000)]
     pub snapshot_entries: u64,
-    /// How long a write waits to be committed before the answer says its outcome is unknown.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub write_timeout: Duration,
+    /// Default durability of writes: `semi-sync` (a majority of voters has it durably), `sync`
+    /// (every voter and learner has applied it) or `replicas:K` (K other members applied it).
+    /// A request overrides it with `?durability=`.
+    #[arg(long, default_value = "semi-sync", value_parser = parse_durability)]
+    pub durability: leader::Durability,
+    /// How long a write waits for its durability (commit, or the replicas `sync`/`replicas:K`
+    /// need) before answering 503 that says how far it got.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub sync_timeout: Duration,
     /// Read-only SQLite connections serving queries.
     #[arg(long, default_value_t = 4)]
     pub readers: usize,
@@ -95,6 +102,11 @@ pub struct LocalArgs {
     /// First HTTP port; node N uses base + 2(N-1) for HTTP and the next port for Raft.
     #[arg(long, default_value_t = 4001)]
     pub base_port: u16,
+}
+
+/// Parses a durability mode (`semi-sync`, `sync`, `replicas:K`).
+pub fn parse_durability(s: &str) -> Result<leader::Durability, String> {
+    s.parse()
 }
 
 /// Parses durations like `500ms`, `2s`, `1m`, `1h` (Go-style, as rqlite's parameters).

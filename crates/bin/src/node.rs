@@ -40,11 +40,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         snapshot_entries: args.snapshot_entries,
     };
     let raft = raft::start(args.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
+    let progress = Arc::new(leader::Progress::default());
     let leader = leader::Leader::spawn(
         raft.clone(),
         db,
         replica.applied(),
-        leader::Options { commit_timeout: args.write_timeout, ..Default::default() },
+        progress.clone(),
+        leader::Options { sync_timeout: args.sync_timeout, ..Default::default() },
     );
     let me = raft::Node { raft_addr: args.raft_addr.clone(), http_addr: args.http_addr.clone() };
     let state = Arc::new(http::Node::new(
@@ -54,10 +56,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         leader,
         readers,
         replica.applied(),
+        progress.clone(),
+        args.durability,
     ));
 
-    tokio::spawn(serve_router(raft_listener, raft::network::router(raft.clone())));
+    let node_router = raft::network::router(raft.clone()).merge(http::internal_router(state.clone()));
+    tokio::spawn(serve_router(raft_listener, node_router));
     tokio::spawn(serve_router(http_listener, http::router(state)));
+    tokio::spawn(report_applied(args.id, raft.clone(), replica.applied()));
     tracing::info!(id = args.id, http = %args.http_addr, raft = %args.raft_addr, data = %dir.display(), "node started");
 
     if !raft::cluster::is_initialized(&raft).await? {
@@ -98,6 +104,32 @@ async fn serve_router(listener: TcpListener, router: axum::Router) {
     if let Err(e) = axum::serve(listener, router).await {
         tracing::error!(error = %e, "HTTP server failed");
         std::process::exit(1);
+    }
+}
+
+/// Tells the leader how far this node has applied: after every apply, and once a second while
+/// idle (so a new leader learns it too). `sync` and `replicas:K` writes wait on these reports;
+/// lag in `/status` and `/metrics` comes from them. Reports are sent one at a time, so a burst
+/// of applies coalesces into the latest value.
+async fn report_applied(id: raft::NodeId, raft: raft::Raft, mut applied: tokio::sync::watch::Receiver<wal::Lsn>) {
+    let client = match reqwest::Client::builder().no_proxy().tcp_nodelay(true).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the applied-report client");
+            return;
+        }
+    };
+    loop {
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await {
+            return; // The state machine is gone: the node is stopping.
+        }
+        let index = *applied.borrow_and_update();
+        let Some(leader) = raft::cluster::leader(&raft).filter(|l| l.id != id) else { continue };
+        let url = format!("http://{}/keel/applied", leader.node.raft_addr);
+        let body = serde_json::json!({ "id": id, "applied": index });
+        if let Err(e) = client.post(&url).json(&body).timeout(Duration::from_secs(1)).send().await {
+            tracing::debug!(error = %e, "applied report to the leader failed");
+        }
     }
 }
 

@@ -12,7 +12,8 @@
 //!
 //! # How a test flows
 //!
-//! 1. [`TestCluster::start`] finds the binary with [`keel_binary`], which runs
+//! 1. [`TestCluster::start`] (or [`TestCluster::start_with`], which adds `keel serve` flags to
+//!    every node, such as `--sync-timeout 1s`) finds the binary with [`keel_binary`], which runs
 //!    `cargo build -p keel --bin keel --message-format=json` once per test process (guarded by a
 //!    `OnceLock`, so tests running in parallel share one build) and takes the path of the `keel`
 //!    executable from cargo's JSON messages. Setting `KEEL_BIN=/path/to/keel` skips the build.
@@ -459,6 +460,9 @@ struct Node {
     log_path: PathBuf,
     /// The `--join` URL; `None` for node 1, which bootstraps the cluster.
     join: Option<String>,
+    /// Further `keel serve` arguments, after the ones the harness sets (the same on every node
+    /// of a cluster; see [`TestCluster::start_with`]).
+    extra_args: Vec<String>,
     /// The running process.
     process: Mutex<Process>,
 }
@@ -483,6 +487,7 @@ impl Node {
         if self.learner {
             args.push("--learner".to_string());
         }
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 
@@ -594,11 +599,17 @@ impl TestCluster {
     /// is a ready member. Panics (printing node logs) if that does not happen within
     /// [`TIMEOUT`] per step.
     pub fn start(voters: usize, learners: usize) -> Self {
+        Self::start_with(voters, learners, &[])
+    }
+
+    /// Like [`TestCluster::start`], with `extra_args` appended to the `keel serve` command line
+    /// of every node, on every start (e.g. `&["--sync-timeout", "1s"]`).
+    pub fn start_with(voters: usize, learners: usize, extra_args: &[&str]) -> Self {
         assert!(voters >= 1, "a cluster needs at least one voter");
         keel_binary();
         let mut attempt = 1;
         loop {
-            let cluster = Self::new(voters, learners);
+            let cluster = Self::new(voters, learners, extra_args);
             match cluster.boot() {
                 Ok(()) => return cluster,
                 Err(StartError::Exited { port_taken: true, .. }) if attempt < START_ATTEMPTS => {
@@ -616,7 +627,7 @@ impl TestCluster {
     }
 
     /// Lays out a cluster (ports, directories, command lines) without starting anything.
-    fn new(voters: usize, learners: usize) -> Self {
+    fn new(voters: usize, learners: usize, extra_args: &[&str]) -> Self {
         let count = voters + learners;
         let mut dir = tempfile::Builder::new()
             .prefix("keel-test-")
@@ -640,6 +651,7 @@ impl TestCluster {
                     data_dir: dir.path().join(format!("node{id}")),
                     log_path: dir.path().join(format!("node{id}.log")),
                     join: (id != 1).then(|| format!("http://{bootstrap_http}")),
+                    extra_args: extra_args.iter().map(|arg| (*arg).to_string()).collect(),
                     process: Mutex::new(Process::default()),
                 },
             );

@@ -19,6 +19,17 @@ pub enum Error {
     /// timed out). Retrying without a request id may apply it twice.
     #[error("outcome unknown: {0}")]
     Unknown(String),
+    /// The write IS committed (at `lsn`) and applied on the leader, but not every replica the
+    /// requested durability needs confirmed applying it in time.
+    #[error("committed at {lsn} but not yet applied by every replica {durability} needs (unconfirmed: {unconfirmed:?})")]
+    NotReplicated {
+        /// The record's log index.
+        lsn: wal::Lsn,
+        /// The durability asked for.
+        durability: crate::Durability,
+        /// Members that had not confirmed applying it.
+        unconfirmed: Vec<NodeId>,
+    },
     /// The request itself is invalid (e.g. too large); retrying will not help.
     #[error("{0}")]
     InvalidInput(String),

@@ -15,7 +15,9 @@
 //! 4. Propose the resulting [`wal::Record`] conditional on term T
 //!    ([`raft::client::propose`]) and wait until it is committed (a quorum has it durably) and
 //!    applied here. Only the apply changes the database, on every node alike.
-//! 5. Answer every request with its results and the record's log index (`lsn`).
+//! 5. Answer every request with its results and the record's log index (`lsn`). A request
+//!    that asked for `sync` or `replicas:K` ([`Durability`]) then waits, in its own task so
+//!    the writer goes on, until enough followers report having applied it ([`Progress`]).
 //!
 //! Because the writer waits for its own record to be applied before speculating the next, a
 //! speculation always runs against exactly the state its changeset will be applied to; a
@@ -24,12 +26,16 @@
 //! What it does not do: HTTP, forwarding to the leader, or reads.
 
 pub mod batch;
+pub mod durability;
 mod error;
+pub mod progress;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use durability::Durability;
 pub use error::{Error, Result};
+pub use progress::Progress;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -38,8 +44,9 @@ use tracing::Instrument;
 pub struct Options {
     /// Group-commit limits.
     pub batch: batch::Limits,
-    /// How long a write waits to be committed and applied before answering "outcome unknown".
-    pub commit_timeout: Duration,
+    /// How long a write waits to be committed (and, for `sync` / `replicas:K`, applied by the
+    /// followers it needs) before answering that the wait was not met.
+    pub sync_timeout: Duration,
     /// How many requests may wait for the writer before new ones are refused.
     pub queue: usize,
 }
@@ -48,7 +55,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             batch: batch::Limits::default(),
-            commit_timeout: Duration::from_secs(10),
+            sync_timeout: Duration::from_secs(5),
             queue: 4096,
         }
     }
@@ -79,6 +86,12 @@ struct Pending {
 pub struct Leader {
     /// Queue into the writer task.
     tx: mpsc::Sender<Pending>,
+    /// The Raft node, for the membership a durability wait counts.
+    raft: raft::Raft,
+    /// Followers' applied positions.
+    progress: Arc<Progress>,
+    /// How long durability waits may take.
+    sync_timeout: Duration,
 }
 
 impl Leader {
@@ -87,21 +100,40 @@ impl Leader {
         raft: raft::Raft,
         db: Arc<Mutex<sql::Db>>,
         applied: tokio::sync::watch::Receiver<wal::Lsn>,
+        progress: Arc<Progress>,
         options: Options,
     ) -> Leader {
         let (tx, rx) = mpsc::channel(options.queue);
-        tokio::spawn(run(raft, db, applied, options, rx));
-        Leader { tx }
+        let sync_timeout = options.sync_timeout;
+        tokio::spawn(run(raft.clone(), db, applied, progress.clone(), options, rx));
+        Leader { tx, raft, progress, sync_timeout }
     }
 
-    /// Executes a write through Raft; resolves once it is committed and applied on this node.
-    pub async fn write(&self, request: sql::WriteRequest) -> Result<Outcome> {
+    /// Executes a write through Raft; resolves once it is committed and applied on this node,
+    /// and then as durable as `durability` asks.
+    pub async fn write(&self, request: sql::WriteRequest, durability: Durability) -> Result<Outcome> {
+        // Check up front that the mode can be met at all, so nothing is written in vain.
+        let others = self.others();
+        let needed = durability.needed(others.len()).map_err(Error::InvalidInput)?;
         let size = request.statements.iter().map(|s| s.sql.len() + 16).sum();
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Pending { request, size, reply })
             .map_err(|_| Error::Unavailable("write queue full".to_string()))?;
-        rx.await.map_err(|_| Error::Internal("writer stopped".to_string()))?
+        let outcome = rx.await.map_err(|_| Error::Internal("writer stopped".to_string()))??;
+        // Members may have changed while the write was queued: count the current ones.
+        let others = self.others();
+        let needed = needed.min(others.len());
+        match self.progress.wait(outcome.lsn, &others, needed, self.sync_timeout).await {
+            Ok(()) => Ok(outcome),
+            Err(unconfirmed) => Err(Error::NotReplicated { lsn: outcome.lsn, durability, unconfirmed }),
+        }
+    }
+
+    /// The members other than this node (voters and learners).
+    fn others(&self) -> Vec<raft::NodeId> {
+        let state = raft::cluster::state(&self.raft);
+        state.members.iter().map(|m| m.id).filter(|id| *id != state.id).collect()
     }
 }
 
@@ -111,6 +143,7 @@ async fn run(
     raft: raft::Raft,
     db: Arc<Mutex<sql::Db>>,
     applied: tokio::sync::watch::Receiver<wal::Lsn>,
+    progress: Arc<Progress>,
     options: Options,
     mut rx: mpsc::Receiver<Pending>,
 ) {
@@ -141,7 +174,7 @@ async fn run(
             term = tracing::field::Empty,
             lsn = tracing::field::Empty
         );
-        let outcome = commit(&raft, &db, &applied, &options, requests).instrument(span).await;
+        let outcome = commit(&raft, &db, &applied, &progress, &options, requests).instrument(span).await;
         match outcome {
             Ok((results, lsn)) => {
                 for (p, results) in pending.into_iter().zip(results) {
@@ -162,6 +195,7 @@ async fn commit(
     raft: &raft::Raft,
     db: &Arc<Mutex<sql::Db>>,
     applied: &tokio::sync::watch::Receiver<wal::Lsn>,
+    progress: &Progress,
     options: &Options,
     requests: Vec<sql::WriteRequest>,
 ) -> Result<(Vec<Vec<sql::StatementResult>>, wal::Lsn)> {
@@ -169,7 +203,7 @@ async fn commit(
     tracing::Span::current().record("term", term);
     // Everything this leader appended (its term's blank entry included) must be applied before
     // speculating, or the changeset would be computed against a stale state.
-    raft::client::wait_caught_up(raft, options.commit_timeout).await?;
+    raft::client::wait_caught_up(raft, options.sync_timeout).await?;
     let db = db.clone();
     let speculation = tokio::task::spawn_blocking(move || {
         let mut db = db.lock().expect("db mutex poisoned: a previous apply panicked");
@@ -185,7 +219,9 @@ async fn commit(
         // Nothing to replicate: every statement failed or changed nothing.
         return Ok((speculation.results, *applied.borrow()));
     }
-    let lsn = raft::client::propose(raft, speculation.record, term, options.commit_timeout).await?;
+    let proposed = std::time::Instant::now();
+    let lsn = raft::client::propose(raft, speculation.record, term, options.sync_timeout).await?;
+    progress.appended(lsn, proposed);
     tracing::Span::current().record("lsn", lsn);
     Ok((speculation.results, lsn))
 }

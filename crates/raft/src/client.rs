@@ -84,7 +84,11 @@ pub async fn propose(
             .await
             .map_err(|f| ClientError::Fatal(f.to_string()))?;
         let answer = match tokio::time::timeout_at(deadline, applied).await {
-            Err(_) => return Err(ClientError::Unknown(format!("not applied within {timeout:?}"))),
+            Err(_) => {
+                return Err(ClientError::Unknown(format!(
+                    "no quorum: not committed within {timeout:?} (a majority of voters did not acknowledge it; it may still commit if they return)"
+                )));
+            }
             Ok(Err(_)) => {
                 return Err(ClientError::Unknown("raft dropped the proposal".to_string()));
             }

@@ -1,0 +1,112 @@
+//! `GET /metrics`: Prometheus text format, from the `prometheus` crate.
+//!
+//! Counters and histograms are updated where things happen (the HTTP handlers); gauges that
+//! describe state (applied index, replica lag) are refreshed from Raft and the leader's
+//! [`leader::Progress`] at scrape time.
+
+use std::time::Instant;
+
+use prometheus::{Encoder, Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The node's metrics.
+pub struct Metrics {
+    /// The registry everything below is registered in.
+    registry: Registry,
+    /// Time from receiving a write to acknowledging it, by durability mode.
+    pub commit_seconds: HistogramVec,
+    /// Writes acknowledged.
+    pub writes: IntCounter,
+    /// Reads served.
+    pub reads: IntCounter,
+    /// Requests answered with an error, by kind.
+    pub errors: IntCounterVec,
+    /// This node's applied index.
+    applied: IntGauge,
+    /// This node's commit index.
+    committed: IntGauge,
+    /// This node's term.
+    term: IntGauge,
+    /// Whether this node leads (1) or not (0).
+    is_leader: Gauge,
+    /// On the leader: entries each other member has not applied.
+    lag_entries: IntGaugeVec,
+    /// On the leader: age of the oldest record each other member has not applied.
+    lag_seconds: prometheus::GaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let commit_seconds = HistogramVec::new(
+            prometheus::HistogramOpts::new("keel_commit_seconds", "Write latency until acknowledged, by durability")
+                .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16).expect("valid buckets")),
+            &["durability"],
+        )
+        .expect("valid metric");
+        let writes = IntCounter::new("keel_writes_total", "Write requests acknowledged").expect("valid metric");
+        let reads = IntCounter::new("keel_reads_total", "Read requests served").expect("valid metric");
+        let errors = IntCounterVec::new(Opts::new("keel_errors_total", "Requests answered with an error, by kind"), &["kind"])
+            .expect("valid metric");
+        let applied = IntGauge::new("keel_applied_index", "Last log index applied to this node's database").expect("valid metric");
+        let committed = IntGauge::new("keel_commit_index", "Last log index this node knows committed").expect("valid metric");
+        let term = IntGauge::new("keel_term", "Current Raft term").expect("valid metric");
+        let is_leader = Gauge::new("keel_is_leader", "1 if this node is the leader").expect("valid metric");
+        let lag_entries = IntGaugeVec::new(
+            Opts::new("keel_replica_lag_entries", "On the leader: log entries a member has not applied"),
+            &["node"],
+        )
+        .expect("valid metric");
+        let lag_seconds = prometheus::GaugeVec::new(
+            Opts::new("keel_replica_lag_seconds", "On the leader: age of the oldest record a member has not applied"),
+            &["node"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(commit_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(writes.clone()),
+            Box::new(reads.clone()),
+            Box::new(errors.clone()),
+            Box::new(applied.clone()),
+            Box::new(committed.clone()),
+            Box::new(term.clone()),
+            Box::new(is_leader.clone()),
+            Box::new(lag_entries.clone()),
+            Box::new(lag_seconds.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics { registry, commit_seconds, writes, reads, errors, applied, committed, term, is_leader, lag_entries, lag_seconds }
+    }
+
+    /// Refreshes the state gauges and renders everything in Prometheus text format.
+    pub fn render(&self, raft: &raft::Raft, progress: &leader::Progress) -> String {
+        let s = raft::cluster::state(raft);
+        self.applied.set(s.applied_index as i64);
+        self.committed.set(s.commit_index as i64);
+        self.term.set(s.term as i64);
+        let leading = s.role == raft::cluster::Role::Leader;
+        self.is_leader.set(if leading { 1.0 } else { 0.0 });
+        self.lag_entries.reset();
+        self.lag_seconds.reset();
+        if leading {
+            let now = Instant::now();
+            for m in s.members.iter().filter(|m| m.id != s.id) {
+                if let Some(lag) = progress.lag(m.id, s.last_log_index, now) {
+                    let node = m.id.to_string();
+                    self.lag_entries.with_label_values(&[node.as_str()]).set(lag.entries as i64);
+                    self.lag_seconds.with_label_values(&[node.as_str()]).set(lag.ms as f64 / 1e3);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding to a Vec cannot fail");
+        String::from_utf8(out).expect("Prometheus text is UTF-8")
+    }
+}
