@@ -259,6 +259,10 @@ fn write_error(e: leader::Error) -> Response {
     }
 }
 
+/// Every label [`error_kind`] gives.
+pub const ERROR_KINDS: [&str; 6] =
+    ["not_leader", "unavailable", "unknown_outcome", "not_replicated", "invalid_input", "internal"];
+
 /// A short label for an error, for `keel_errors_total{kind}`.
 fn error_kind(e: &leader::Error) -> &'static str {
     match e {

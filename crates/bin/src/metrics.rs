@@ -82,6 +82,10 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        // Export every error kind from the start, at zero, so dashboards see the series.
+        for kind in crate::http::ERROR_KINDS {
+            errors.with_label_values(&[kind]).reset();
+        }
         Metrics { registry, commit_seconds, writes, reads, errors, applied, committed, term, is_leader, lag_entries, lag_seconds }
     }
 

@@ -471,6 +471,7 @@ fn bad_durability_is_refused() {
         "replicas",
         "replicas:",
         "replicas:x",
+        "replicas:0",
         "replicas:-1",
         "replicas:1.5",
         "replicas:4",

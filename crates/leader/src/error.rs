@@ -46,7 +46,7 @@ impl From<raft::client::ClientError> for Error {
         use raft::client::ClientError as C;
         match e {
             C::NotLeader { leader } => Error::NotLeader { leader },
-            C::NoQuorum(m) => Error::Unavailable(m),
+            C::NoQuorum(m) => Error::Unavailable(format!("no quorum: {m}")),
             C::Unknown(m) => Error::Unknown(m),
             C::Fatal(m) => Error::Internal(m),
         }

@@ -119,6 +119,8 @@ pub async fn wait_caught_up(raft: &Raft, timeout: Duration) -> Result<Lsn, Clien
         |m: &crate::Metrics| m.last_applied.as_ref().map(|l| l.index) == m.last_log_index;
     match raft.wait(Some(timeout)).metrics(caught_up, "applied through the last log entry").await {
         Ok(m) => Ok(m.last_applied.map_or(0, |l| l.index)),
-        Err(e) => Err(ClientError::NoQuorum(format!("log not applied within {timeout:?}: {e}"))),
+        Err(_) => Err(ClientError::NoQuorum(format!(
+            "earlier entries were not committed within {timeout:?} (a majority of voters is not acknowledging)"
+        ))),
     }
 }
