@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Extra query string for every request (e.g. `durability=sync`).
     #[arg(long, default_value = "")]
     pub params: String,
+    /// Also sample each replica's apply lag (from the leader's `/status`) every 20 ms while
+    /// measuring, and print its p50/p99 in milliseconds and entries.
+    #[arg(long)]
+    pub lag: bool,
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -115,6 +119,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(args.warmup).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let lag = if args.lag {
+        Some(tokio::spawn(sample_lag(client.clone(), base.clone(), args.duration)))
+    } else {
+        None
+    };
     tokio::time::sleep(args.duration).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
@@ -135,7 +144,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         latencies[i].as_secs_f64() * 1e3
     };
     let throughput = latencies.len() as f64 / elapsed.as_secs_f64();
-    let figures = json!({
+    let lag = match lag {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
+    let mut figures = json!({
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "clients": args.clients,
         "params": args.params,
@@ -147,6 +160,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),
     });
+    if let Some(lag) = &lag {
+        figures["lag"] = json!(lag);
+    }
     if args.json {
         println!("{figures}");
     } else {
@@ -162,6 +178,75 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             latencies.len(),
             errors
         );
+        for (node, l) in lag.iter().flatten() {
+            println!(
+                "  node {node} apply lag: p50 {:.0} ms / {:.0} entries, p99 {:.0} ms / {:.0} entries ({} samples)",
+                l["p50_ms"].as_f64().unwrap_or(0.0),
+                l["p50_entries"].as_f64().unwrap_or(0.0),
+                l["p99_ms"].as_f64().unwrap_or(0.0),
+                l["p99_entries"].as_f64().unwrap_or(0.0),
+                l["samples"]
+            );
+        }
     }
     Ok(())
+}
+
+/// Samples the leader's view of every replica's lag for `duration`; per node, percentiles.
+async fn sample_lag(
+    client: reqwest::Client,
+    base: String,
+    duration: Duration,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut samples: std::collections::BTreeMap<String, (Vec<f64>, Vec<f64>)> = Default::default();
+    let end = Instant::now() + duration;
+    let mut leader_url = format!("{base}/status");
+    while Instant::now() < end {
+        if let Ok(r) = client.get(&leader_url).send().await
+            && let Ok(status) = r.json::<serde_json::Value>().await
+        {
+            match status["replication"].as_object() {
+                Some(replicas) => {
+                    for (node, r) in replicas {
+                        if let (Some(ms), Some(entries)) =
+                            (r["lag_ms"].as_f64(), r["lag_entries"].as_f64())
+                        {
+                            let e = samples.entry(node.clone()).or_default();
+                            e.0.push(ms);
+                            e.1.push(entries);
+                        }
+                    }
+                }
+                // Not the leader: sample the leader instead.
+                None => {
+                    let leader = status["node"]["leader_id"].as_u64();
+                    let members =
+                        status["cluster"]["members"].as_array().cloned().unwrap_or_default();
+                    if let Some(m) = members.iter().find(|m| m["id"].as_u64() == leader) {
+                        leader_url = format!(
+                            "http://{}/status",
+                            m["node"]["http_addr"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    samples
+        .into_iter()
+        .map(|(node, (mut ms, mut entries))| {
+            ms.sort_by(f64::total_cmp);
+            entries.sort_by(f64::total_cmp);
+            let p = |v: &[f64], q: f64| {
+                v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied()
+            };
+            let l = json!({
+                "samples": ms.len(),
+                "p50_ms": p(&ms, 0.5), "p99_ms": p(&ms, 0.99),
+                "p50_entries": p(&entries, 0.5), "p99_entries": p(&entries, 0.99),
+            });
+            (node, l)
+        })
+        .collect()
 }

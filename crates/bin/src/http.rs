@@ -144,7 +144,11 @@ async fn applied_report(State(node): State<Arc<Node>>, body: Bytes) -> Response 
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let text = node.metrics.render(&node.raft, &node.progress);
-    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], text)
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+        text,
+    )
         .into_response()
 }
 
@@ -435,7 +439,10 @@ async fn leader_write(
             Ok(outcome) => {
                 node.metrics.writes.inc();
                 let label = durability.to_string();
-                node.metrics.commit_seconds.with_label_values(&[label.as_str()]).observe(start.elapsed().as_secs_f64());
+                node.metrics
+                    .commit_seconds
+                    .with_label_values(&[label.as_str()])
+                    .observe(start.elapsed().as_secs_f64());
                 return db_answer(results_json(&outcome.results, p, rows), outcome.lsn, p, start);
             }
             Err(leader::Error::NotLeader { .. }) if attempts < 3 => attempts += 1,
@@ -634,7 +641,8 @@ fn replication_json(node: &Node, s: &raft::cluster::State) -> Value {
 async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, String)>>) -> Response {
     let p = Params(p);
     let s = raft::cluster::state(&node.raft);
-    let members: Vec<_> = s.members.iter().filter(|m| m.voter || p.has("nonvoters")).cloned().collect();
+    let members: Vec<_> =
+        s.members.iter().filter(|m| m.voter || p.has("nonvoters")).cloned().collect();
     let probes = members.iter().map(|m| {
         let client = node.client.clone();
         let me = m.id == node.id;
@@ -657,7 +665,9 @@ async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Strin
         .into_iter()
         .map(|mut n| {
             let id = n["id"].as_str().unwrap_or_default().to_string();
-            if let (Some(obj), Some(Value::Object(extra))) = (n.as_object_mut(), replication.get(&id)) {
+            if let (Some(obj), Some(Value::Object(extra))) =
+                (n.as_object_mut(), replication.get(&id))
+            {
                 obj.extend(extra.clone());
             }
             n

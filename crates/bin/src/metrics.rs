@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use prometheus::{Encoder, Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Encoder, Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The node's metrics.
 pub struct Metrics {
@@ -45,26 +47,45 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let commit_seconds = HistogramVec::new(
-            prometheus::HistogramOpts::new("keel_commit_seconds", "Write latency until acknowledged, by durability")
-                .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16).expect("valid buckets")),
+            prometheus::HistogramOpts::new(
+                "keel_commit_seconds",
+                "Write latency until acknowledged, by durability",
+            )
+            .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16).expect("valid buckets")),
             &["durability"],
         )
         .expect("valid metric");
-        let writes = IntCounter::new("keel_writes_total", "Write requests acknowledged").expect("valid metric");
-        let reads = IntCounter::new("keel_reads_total", "Read requests served").expect("valid metric");
-        let errors = IntCounterVec::new(Opts::new("keel_errors_total", "Requests answered with an error, by kind"), &["kind"])
+        let writes = IntCounter::new("keel_writes_total", "Write requests acknowledged")
             .expect("valid metric");
-        let applied = IntGauge::new("keel_applied_index", "Last log index applied to this node's database").expect("valid metric");
-        let committed = IntGauge::new("keel_commit_index", "Last log index this node knows committed").expect("valid metric");
+        let reads =
+            IntCounter::new("keel_reads_total", "Read requests served").expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new("keel_errors_total", "Requests answered with an error, by kind"),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let applied =
+            IntGauge::new("keel_applied_index", "Last log index applied to this node's database")
+                .expect("valid metric");
+        let committed =
+            IntGauge::new("keel_commit_index", "Last log index this node knows committed")
+                .expect("valid metric");
         let term = IntGauge::new("keel_term", "Current Raft term").expect("valid metric");
-        let is_leader = Gauge::new("keel_is_leader", "1 if this node is the leader").expect("valid metric");
+        let is_leader =
+            Gauge::new("keel_is_leader", "1 if this node is the leader").expect("valid metric");
         let lag_entries = IntGaugeVec::new(
-            Opts::new("keel_replica_lag_entries", "On the leader: log entries a member has not applied"),
+            Opts::new(
+                "keel_replica_lag_entries",
+                "On the leader: log entries a member has not applied",
+            ),
             &["node"],
         )
         .expect("valid metric");
         let lag_seconds = prometheus::GaugeVec::new(
-            Opts::new("keel_replica_lag_seconds", "On the leader: age of the oldest record a member has not applied"),
+            Opts::new(
+                "keel_replica_lag_seconds",
+                "On the leader: age of the oldest record a member has not applied",
+            ),
             &["node"],
         )
         .expect("valid metric");
@@ -86,7 +107,19 @@ impl Metrics {
         for kind in crate::http::ERROR_KINDS {
             errors.with_label_values(&[kind]).reset();
         }
-        Metrics { registry, commit_seconds, writes, reads, errors, applied, committed, term, is_leader, lag_entries, lag_seconds }
+        Metrics {
+            registry,
+            commit_seconds,
+            writes,
+            reads,
+            errors,
+            applied,
+            committed,
+            term,
+            is_leader,
+            lag_entries,
+            lag_seconds,
+        }
     }
 
     /// Refreshes the state gauges and renders everything in Prometheus text format.
@@ -110,7 +143,9 @@ impl Metrics {
             }
         }
         let mut out = Vec::new();
-        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding to a Vec cannot fail");
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
         String::from_utf8(out).expect("Prometheus text is UTF-8")
     }
 }

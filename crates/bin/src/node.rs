@@ -60,7 +60,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.durability,
     ));
 
-    let node_router = raft::network::router(raft.clone()).merge(http::internal_router(state.clone()));
+    let node_router =
+        raft::network::router(raft.clone()).merge(http::internal_router(state.clone()));
     tokio::spawn(serve_router(raft_listener, node_router));
     tokio::spawn(serve_router(http_listener, http::router(state)));
     tokio::spawn(report_applied(args.id, raft.clone(), replica.applied()));
@@ -111,7 +112,11 @@ async fn serve_router(listener: TcpListener, router: axum::Router) {
 /// idle (so a new leader learns it too). `sync` and `replicas:K` writes wait on these reports;
 /// lag in `/status` and `/metrics` comes from them. Reports are sent one at a time, so a burst
 /// of applies coalesces into the latest value.
-async fn report_applied(id: raft::NodeId, raft: raft::Raft, mut applied: tokio::sync::watch::Receiver<wal::Lsn>) {
+async fn report_applied(
+    id: raft::NodeId,
+    raft: raft::Raft,
+    mut applied: tokio::sync::watch::Receiver<wal::Lsn>,
+) {
     let client = match reqwest::Client::builder().no_proxy().tcp_nodelay(true).build() {
         Ok(c) => c,
         Err(e) => {

@@ -35,7 +35,9 @@ impl FromStr for Durability {
             _ => match s.strip_prefix("replicas:").map(str::parse::<usize>) {
                 Some(Ok(k)) if k > 0 => Ok(Durability::Replicas(k)),
                 Some(_) => Err(format!("'{s}': replicas:K needs a whole number K of at least 1")),
-                None => Err(format!("unknown durability '{s}' (use semi-sync, sync or replicas:K)")),
+                None => {
+                    Err(format!("unknown durability '{s}' (use semi-sync, sync or replicas:K)"))
+                }
             },
         }
     }
@@ -59,9 +61,9 @@ impl Durability {
             Durability::SemiSync => Ok(0),
             Durability::Sync => Ok(others),
             Durability::Replicas(k) if k <= others => Ok(k),
-            Durability::Replicas(k) => {
-                Err(format!("durability replicas:{k} cannot be met: the cluster has {others} other members"))
-            }
+            Durability::Replicas(k) => Err(format!(
+                "durability replicas:{k} cannot be met: the cluster has {others} other members"
+            )),
         }
     }
 }

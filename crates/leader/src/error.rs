@@ -21,7 +21,9 @@ pub enum Error {
     Unknown(String),
     /// The write IS committed (at `lsn`) and applied on the leader, but not every replica the
     /// requested durability needs confirmed applying it in time.
-    #[error("committed at {lsn} but not yet applied by every replica {durability} needs (unconfirmed: {unconfirmed:?})")]
+    #[error(
+        "committed at {lsn} but not yet applied by every replica {durability} needs (unconfirmed: {unconfirmed:?})"
+    )]
     NotReplicated {
         /// The record's log index.
         lsn: wal::Lsn,

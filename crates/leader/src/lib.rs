@@ -111,7 +111,11 @@ impl Leader {
 
     /// Executes a write through Raft; resolves once it is committed and applied on this node,
     /// and then as durable as `durability` asks.
-    pub async fn write(&self, request: sql::WriteRequest, durability: Durability) -> Result<Outcome> {
+    pub async fn write(
+        &self,
+        request: sql::WriteRequest,
+        durability: Durability,
+    ) -> Result<Outcome> {
         // Check up front that the mode can be met at all, so nothing is written in vain.
         let others = self.others();
         let needed = durability.needed(others.len()).map_err(Error::InvalidInput)?;
@@ -126,7 +130,9 @@ impl Leader {
         let needed = needed.min(others.len());
         match self.progress.wait(outcome.lsn, &others, needed, self.sync_timeout).await {
             Ok(()) => Ok(outcome),
-            Err(unconfirmed) => Err(Error::NotReplicated { lsn: outcome.lsn, durability, unconfirmed }),
+            Err(unconfirmed) => {
+                Err(Error::NotReplicated { lsn: outcome.lsn, durability, unconfirmed })
+            }
         }
     }
 
@@ -174,7 +180,8 @@ async fn run(
             term = tracing::field::Empty,
             lsn = tracing::field::Empty
         );
-        let outcome = commit(&raft, &db, &applied, &progress, &options, requests).instrument(span).await;
+        let outcome =
+            commit(&raft, &db, &applied, &progress, &options, requests).instrument(span).await;
         match outcome {
             Ok((results, lsn)) => {
                 for (p, results) in pending.into_iter().zip(results) {

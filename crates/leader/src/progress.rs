@@ -31,7 +31,10 @@ pub struct Progress {
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { applied: watch::channel(BTreeMap::new()).0, appended: Mutex::new(VecDeque::new()) }
+        Progress {
+            applied: watch::channel(BTreeMap::new()).0,
+            appended: Mutex::new(VecDeque::new()),
+        }
     }
 }
 
@@ -78,7 +81,13 @@ impl Progress {
 
     /// Waits until `needed` of `targets` have applied `lsn`, or `timeout` passes; on timeout
     /// returns the targets that have not.
-    pub async fn wait(&self, lsn: Lsn, targets: &[NodeId], needed: usize, timeout: Duration) -> Result<(), Vec<NodeId>> {
+    pub async fn wait(
+        &self,
+        lsn: Lsn,
+        targets: &[NodeId],
+        needed: usize,
+        timeout: Duration,
+    ) -> Result<(), Vec<NodeId>> {
         if needed == 0 {
             return Ok(());
         }
@@ -92,7 +101,11 @@ impl Progress {
 }
 
 /// How many of `targets` have applied `lsn`, and which have not.
-pub fn confirmed(applied: &BTreeMap<NodeId, Lsn>, targets: &[NodeId], lsn: Lsn) -> (usize, Vec<NodeId>) {
+pub fn confirmed(
+    applied: &BTreeMap<NodeId, Lsn>,
+    targets: &[NodeId],
+    lsn: Lsn,
+) -> (usize, Vec<NodeId>) {
     let (done, missing): (Vec<NodeId>, Vec<NodeId>) =
         targets.iter().partition(|id| applied.get(id).is_some_and(|a| *a >= lsn));
     (done.len(), missing)
@@ -135,7 +148,9 @@ mod tests {
     #[test]
     fn lag_in_entries_and_ms() {
         let t0 = Instant::now();
-        let q: VecDeque<_> = [(5, t0), (6, t0 + Duration::from_millis(10)), (8, t0 + Duration::from_millis(30))].into();
+        let q: VecDeque<_> =
+            [(5, t0), (6, t0 + Duration::from_millis(10)), (8, t0 + Duration::from_millis(30))]
+                .into();
         let now = t0 + Duration::from_millis(100);
         assert_eq!(lag_of(&q, 8, 8, now), Lag { entries: 0, ms: 0 });
         assert_eq!(lag_of(&q, 5, 8, now), Lag { entries: 3, ms: 90 });
@@ -151,7 +166,8 @@ mod tests {
         let res = p.wait(5, &[2, 3], 2, Duration::from_millis(50)).await;
         assert_eq!(res, Err(vec![3]));
         let p2 = p.clone();
-        let waiter = tokio::spawn(async move { p2.wait(6, &[2, 3], 1, Duration::from_secs(5)).await });
+        let waiter =
+            tokio::spawn(async move { p2.wait(6, &[2, 3], 1, Duration::from_secs(5)).await });
         p.report(3, 6);
         assert_eq!(waiter.await.unwrap(), Ok(()));
     }
