@@ -67,6 +67,7 @@ pub struct Node {
 
 impl Node {
     /// Bundles the node's handles for the router.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: raft::NodeId,
         me: raft::Node,
