@@ -35,6 +35,9 @@ const FORWARDED: &str = "x-keel-forwarded";
 const MAX_BODY: usize = 64 << 20;
 /// How long a request waits for a leader to emerge (an election) before answering 503.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long a read waits for this node to apply what it needs (`min_lsn`, read index) unless
+/// `timeout=` says otherwise.
+const READ_WAIT: Duration = Duration::from_secs(5);
 /// How long a forwarded request may take unless `timeout=` says otherwise.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -56,6 +59,8 @@ pub struct Node {
     client: reqwest::Client,
     /// Followers' applied positions (meaningful on the leader).
     progress: Arc<leader::Progress>,
+    /// When this node last heard from a leader.
+    contact: Arc<raft::network::Contact>,
     /// Durability of writes that do not ask for one.
     durability: leader::Durability,
     /// Prometheus metrics.
@@ -76,6 +81,7 @@ impl Node {
         readers: sql::Readers,
         applied: watch::Receiver<wal::Lsn>,
         progress: Arc<leader::Progress>,
+        contact: Arc<raft::network::Contact>,
         durability: leader::Durability,
     ) -> Node {
         let client = reqwest::Client::builder()
@@ -92,6 +98,7 @@ impl Node {
             applied,
             client,
             progress,
+            contact,
             durability,
             metrics: crate::metrics::Metrics::new(),
             membership: tokio::sync::Mutex::new(()),
@@ -121,7 +128,10 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Node-to-node routes served on the Raft address beside Raft's own.
 pub fn internal_router(node: Arc<Node>) -> Router {
-    Router::new().route("/keel/applied", post(applied_report)).with_state(node)
+    Router::new()
+        .route("/keel/applied", post(applied_report))
+        .route("/keel/read-index", post(read_index))
+        .with_state(node)
 }
 
 /// A follower's report of its applied index.
@@ -140,6 +150,15 @@ async fn applied_report(State(node): State<Arc<Node>>, body: Bytes) -> Response 
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => bad_request(format!("invalid applied report: {e}")),
+    }
+}
+
+/// Leader side of a follower's linearizable read: confirm leadership with a quorum and return
+/// the index the follower must apply before reading.
+async fn read_index(State(node): State<Arc<Node>>) -> Response {
+    match raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await {
+        Ok(index) => json_response(StatusCode::OK, &json!({ "index": index }), false),
+        Err(e) => write_error(e.into()),
     }
 }
 
@@ -190,9 +209,10 @@ enum Level {
     None,
     /// The leader's data, trusting its lease.
     Weak,
-    /// The leader's data after confirming leadership with a quorum (read index).
+    /// Any node's data, after it has applied the leader's commit index as confirmed with a
+    /// quorum at the start of the read (read index).
     Linearizable,
-    /// As linearizable (a read index through a quorum round trip).
+    /// Through the Raft log: the leader appends a blank entry and reads after applying it.
     Strong,
 }
 
@@ -495,25 +515,70 @@ async fn read(
     start: Instant,
 ) -> Response {
     let level = Level::from_params(p, node);
-    if level != Level::None {
-        if let Some(r) = to_leader(node, p, method, uri, headers, body).await {
-            return r;
+    let freshness = match p.duration("freshness") {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if p.has("freshness_strict") && freshness.is_none() {
+        return bad_request("freshness_strict requires freshness");
+    }
+    let min_lsn = match p.get("min_lsn").map(str::parse::<wal::Lsn>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return bad_request("min_lsn must be a log index (a whole number)"),
+    };
+    let timeout = match p.duration("timeout") {
+        Ok(t) => t.unwrap_or(READ_WAIT),
+        Err(r) => return r,
+    };
+    match level {
+        Level::None => {
+            if let Some(freshness) = freshness
+                && let Err(why) = check_freshness(node, freshness, p.has("freshness_strict"))
+            {
+                return json_response(StatusCode::OK, &json!({ "results": [], "error": why }), p.has("pretty"));
+            }
         }
-        let barrier = match level {
-            Level::Weak => {
-                match raft::client::barrier(&node.raft, raft::ReadPolicy::LeaseRead).await {
+        Level::Weak | Level::Strong => {
+            if let Some(r) = to_leader(node, p, method, uri, headers, body).await {
+                return r;
+            }
+            let barrier = match level {
+                Level::Weak => match raft::client::barrier(&node.raft, raft::ReadPolicy::LeaseRead).await {
                     // A fresh leader has no lease yet: confirm with a quorum instead.
                     Err(raft::client::ClientError::NoQuorum(_)) => {
                         raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await
                     }
                     other => other,
-                }
+                },
+                _ => raft::client::log_barrier(&node.raft).await,
+            };
+            if let Err(e) = barrier {
+                return write_error(e.into());
             }
-            _ => raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await,
-        };
-        if let Err(e) = barrier {
-            return write_error(e.into());
         }
+        Level::Linearizable => {
+            // Read index: the leader confirms its leadership with a quorum and names the
+            // index to apply through; then this node, whichever it is, reads its own copy.
+            let index = if raft::client::leader_term(&node.raft).is_ok() {
+                raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await.map_err(|e| write_error(e.into()))
+            } else {
+                remote_read_index(node).await
+            };
+            match index {
+                Ok(index) => {
+                    if let Err(r) = wait_applied(node, index, timeout).await {
+                        return r;
+                    }
+                }
+                Err(r) => return r,
+            }
+        }
+    }
+    if let Some(n) = min_lsn
+        && let Err(r) = wait_applied(node, n, timeout).await
+    {
+        return r;
     }
     let lsn = node.applied();
     let readers = node.readers.clone();
@@ -559,6 +624,84 @@ async fn request(
         return read(&node, &p, &method, &uri, &headers, &body, statements, true, start).await;
     }
     leader_write(&node, &p, &method, &uri, &headers, &body, true, start).await
+}
+
+/// Refuses a `level=none` read on a non-leader that has not heard from a leader within
+/// `freshness` (or, with `strict`, has not applied what the leader had committed then).
+fn check_freshness(node: &Node, freshness: Duration, strict: bool) -> Result<(), String> {
+    if raft::client::leader_term(&node.raft).is_ok() {
+        return Ok(()); // The leader's data is as fresh as it gets.
+    }
+    let Some((at, leader_commit)) = node.contact.last() else {
+        return Err(format!("stale read: node {} has not heard from a leader", node.id));
+    };
+    let age = at.elapsed();
+    if age > freshness {
+        return Err(format!(
+            "stale read: node {} last heard from the leader {:.3}s ago (freshness {:.3}s)",
+            node.id,
+            age.as_secs_f64(),
+            freshness.as_secs_f64()
+        ));
+    }
+    let applied = node.applied();
+    if strict && applied < leader_commit {
+        return Err(format!(
+            "stale read: node {} has applied {applied} of the {leader_commit} the leader had committed (freshness_strict)",
+            node.id
+        ));
+    }
+    Ok(())
+}
+
+/// Asks the leader for a read index (see [`read_index`]).
+async fn remote_read_index(node: &Node) -> Result<wal::Lsn, Response> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    let leader = loop {
+        if let Some(l) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) {
+            break l;
+        }
+        if Instant::now() >= deadline {
+            return Err(unavailable("leader not found"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let url = format!("http://{}/keel/read-index", leader.node.raft_addr);
+    let resp = node.client.post(&url).timeout(FORWARD_TIMEOUT).send().await;
+    let resp = resp.map_err(|e| unavailable(format!("asking leader {} for a read index failed: {e}", leader.id)))?;
+    let status = resp.status();
+    let value: Value = resp.json().await.map_err(|e| unavailable(format!("bad read-index answer: {e}")))?;
+    match value["index"].as_u64() {
+        Some(index) if status.is_success() => Ok(index),
+        _ => Err(unavailable(format!(
+            "leader {} gave no read index: {}",
+            leader.id,
+            value["error"].as_str().unwrap_or("unknown error")
+        ))),
+    }
+}
+
+/// Waits until this node has applied `index`, up to `timeout`; else a 503 that names how far
+/// it got.
+async fn wait_applied(node: &Node, index: wal::Lsn, timeout: Duration) -> Result<(), Response> {
+    let mut rx = node.applied.clone();
+    match tokio::time::timeout(timeout, rx.wait_for(|a| *a >= index)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => {
+            let applied = node.applied();
+            let body = json!({
+                "error": format!(
+                    "min_lsn {index} not reached within {:.3}s: node {} has applied {applied}",
+                    timeout.as_secs_f64(),
+                    node.id
+                ),
+                "applied_index": applied,
+            });
+            let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(r)
+        }
+    }
 }
 
 fn node_json(m: &raft::cluster::Member, leader: Option<raft::NodeId>, reachable: bool) -> Value {

@@ -41,6 +41,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let raft = raft::start(args.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
     let progress = Arc::new(leader::Progress::default());
+    let contact = Arc::new(raft::network::Contact::default());
     let leader = leader::Leader::spawn(
         raft.clone(),
         db,
@@ -57,11 +58,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         readers,
         replica.applied(),
         progress.clone(),
+        contact.clone(),
         args.durability,
     ));
 
     let node_router =
-        raft::network::router(raft.clone()).merge(http::internal_router(state.clone()));
+        raft::network::router(raft.clone(), contact).merge(http::internal_router(state.clone()));
     tokio::spawn(serve_router(raft_listener, node_router));
     tokio::spawn(serve_router(http_listener, http::router(state)));
     tokio::spawn(report_applied(args.id, raft.clone(), replica.applied()));

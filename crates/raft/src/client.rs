@@ -124,3 +124,16 @@ pub async fn wait_caught_up(raft: &Raft, timeout: Duration) -> Result<Lsn, Clien
         ))),
     }
 }
+
+/// A barrier through the log: appends a blank entry and waits until it is applied here. A read
+/// after it sees every write committed before it began. Leader only.
+pub async fn log_barrier(raft: &Raft) -> Result<Lsn, ClientError> {
+    match raft.write_blank().await {
+        Ok(resp) => Ok(resp.log_id.index),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ClientError::NotLeader { leader: f.leader_id })
+        }
+        Err(RaftError::APIError(e)) => Err(ClientError::Unknown(e.to_string())),
+        Err(RaftError::Fatal(f)) => Err(ClientError::Fatal(f.to_string())),
+    }
+}

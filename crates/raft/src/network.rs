@@ -6,7 +6,9 @@
 //! body, with the vote and meta as JSON in the `x-keel-snapshot` header, so a multi-megabyte
 //! image is not inflated into a JSON byte array.
 //!
-//! The server side is [`router`], an axum `Router` the binary serves on `--raft-addr`.
+//! The server side is [`router`], an axum `Router` the binary serves on `--raft-addr`. It also
+//! records when this node last heard from a leader ([`Contact`]), for reads that bound their
+//! staleness (`freshness`).
 //!
 //! Connection failures map to `Unreachable` (openraft backs off); other failures to `Network`.
 
@@ -36,6 +38,34 @@ use serde::de::DeserializeOwned;
 use crate::Raft;
 use crate::state_machine::SnapshotMeta;
 use crate::types::{Node, NodeId, TypeConfig, Vote};
+
+/// When this node last heard from a leader, and what that leader had committed then.
+#[derive(Debug, Default)]
+pub struct Contact {
+    /// `(when, leader's commit index)` of the last accepted append or heartbeat.
+    last: std::sync::Mutex<Option<(std::time::Instant, crate::Lsn)>>,
+}
+
+impl Contact {
+    /// Records an accepted append or heartbeat from the leader.
+    fn heard(&self, leader_commit: crate::Lsn) {
+        *self.last.lock().expect("contact mutex poisoned") = Some((std::time::Instant::now(), leader_commit));
+    }
+
+    /// When this node last heard from a leader, and the leader's commit index then.
+    pub fn last(&self) -> Option<(std::time::Instant, crate::Lsn)> {
+        *self.last.lock().expect("contact mutex poisoned")
+    }
+}
+
+/// Shared state of the RPC server.
+#[derive(Clone)]
+struct Server {
+    /// The Raft node.
+    raft: Raft,
+    /// Last contact with a leader.
+    contact: std::sync::Arc<Contact>,
+}
 
 /// Header carrying `(vote, meta)` of a snapshot sent as a raw body.
 const SNAPSHOT_HEADER: &str = "x-keel-snapshot";
@@ -199,8 +229,9 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     }
 }
 
-/// The server side of node-to-node RPC, to be served on the node's Raft address.
-pub fn router(raft: Raft) -> Router {
+/// The server side of node-to-node RPC, to be served on the node's Raft address. Accepted
+/// appends and heartbeats are recorded in `contact`.
+pub fn router(raft: Raft, contact: std::sync::Arc<Contact>) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -209,25 +240,27 @@ pub fn router(raft: Raft) -> Router {
         .route("/raft/transfer-leader", post(transfer_leader))
         // Snapshots are whole database images; appends can be large batches.
         .layer(DefaultBodyLimit::max(4 << 30))
-        .with_state(raft)
+        .with_state(Server { raft, contact })
 }
 
-async fn append(
-    State(raft): State<Raft>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Response {
-    Json(raft.append_entries(req).await).into_response()
+async fn append(State(server): State<Server>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
+    let leader_commit = req.leader_commit.as_ref().map_or(0, |l| l.index);
+    let res = server.raft.append_entries(req).await;
+    if matches!(res, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))) {
+        server.contact.heard(leader_commit);
+    }
+    Json(res).into_response()
 }
 
-async fn vote(State(raft): State<Raft>, Json(req): Json<VoteRequest<TypeConfig>>) -> Response {
+async fn vote(State(Server { raft, .. }): State<Server>, Json(req): Json<VoteRequest<TypeConfig>>) -> Response {
     Json(raft.vote(req).await).into_response()
 }
 
-async fn pre_vote(State(raft): State<Raft>, Json(req): Json<VoteRequest<TypeConfig>>) -> Response {
+async fn pre_vote(State(Server { raft, .. }): State<Server>, Json(req): Json<VoteRequest<TypeConfig>>) -> Response {
     Json(raft.pre_vote(req).await).into_response()
 }
 
-async fn snapshot(State(raft): State<Raft>, headers: HeaderMap, body: Bytes) -> Response {
+async fn snapshot(State(Server { raft, .. }): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(header) = headers.get(SNAPSHOT_HEADER).and_then(|h| h.to_str().ok()) else {
         return (StatusCode::BAD_REQUEST, "missing snapshot header").into_response();
     };
@@ -244,7 +277,7 @@ async fn snapshot(State(raft): State<Raft>, headers: HeaderMap, body: Bytes) -> 
 }
 
 async fn transfer_leader(
-    State(raft): State<Raft>,
+    State(Server { raft, .. }): State<Server>,
     Json(req): Json<TransferLeaderRequest<TypeConfig>>,
 ) -> Response {
     let res: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> =
