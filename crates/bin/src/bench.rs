@@ -49,7 +49,12 @@ pub struct BenchArgs {
 pub enum Workload {
     /// One single-row INSERT per request.
     Insert,
+    /// One primary-key point SELECT per request (`--params level=none` reads the node's copy).
+    Read,
 }
+
+/// Rows in the table the `read` workload selects from.
+const READ_ROWS: i64 = 10_000;
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -61,44 +66,74 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/').to_string();
     let extra = if args.params.is_empty() { String::new() } else { format!("&{}", args.params) };
     let execute = format!("{base}/db/execute?{extra}");
+    let query = format!("{base}/db/query?{extra}");
+    let setup_sql = match args.workload {
+        Workload::Insert => json!([
+            "CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, client INTEGER, payload TEXT)"
+        ]),
+        Workload::Read => json!([
+            "CREATE TABLE IF NOT EXISTS bench_read (id INTEGER PRIMARY KEY, payload TEXT)",
+            [
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) INSERT OR IGNORE INTO bench_read SELECT i, printf('%064d', i) FROM n",
+                READ_ROWS
+            ]
+        ]),
+    };
     let setup = client
-        .post(&execute)
-        .json(&json!(["CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, client INTEGER, payload TEXT)"]))
+        .post(format!("{base}/db/execute"))
+        .json(&setup_sql)
         .send()
         .await
         .with_context(|| format!("connecting to {base}"))?;
     if !setup.status().is_success() {
         bail!(
-            "creating the table failed: {} {}",
+            "setting up the table failed: {} {}",
             setup.status(),
             setup.text().await.unwrap_or_default()
         );
+    }
+    // Reads at level=none on a replica must not race the setup: wait until it has the rows.
+    let lsn = setup.json::<serde_json::Value>().await?["lsn"].as_u64().unwrap_or(0);
+    if matches!(args.workload, Workload::Read) {
+        let probe = format!("{base}/db/query?level=none&min_lsn={lsn}&timeout=30s&q=SELECT%201");
+        client.get(&probe).send().await?.error_for_status()?;
     }
 
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let (client, url, stop, measuring) =
-            (client.clone(), execute.clone(), stop.clone(), measuring.clone());
+        let (client, stop, measuring) = (client.clone(), stop.clone(), measuring.clone());
+        let (workload, execute, query) = (args.workload, execute.clone(), query.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
-            let body = serde_json::to_vec(&json!([[
+            let insert = serde_json::to_vec(&json!([[
                 "INSERT INTO bench(client, payload) VALUES(?, ?)",
                 c,
                 "x".repeat(64)
             ]]))
             .expect("static JSON");
+            // A seeded xorshift picks the rows to read: repeatable runs, no shared state.
+            let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ (c as u64 + 1);
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
-                let ok = match client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                {
+                let request = match workload {
+                    Workload::Insert => client
+                        .post(&execute)
+                        .header("content-type", "application/json")
+                        .body(insert.clone()),
+                    Workload::Read => {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let id = (seed % READ_ROWS as u64) as i64 + 1;
+                        client
+                            .post(&query)
+                            .json(&json!([["SELECT payload FROM bench_read WHERE id = ?", id]]))
+                    }
+                };
+                let ok = match request.send().await {
                     Ok(r) if r.status().is_success() => r
                         .bytes()
                         .await

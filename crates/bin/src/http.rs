@@ -536,7 +536,11 @@ async fn read(
             if let Some(freshness) = freshness
                 && let Err(why) = check_freshness(node, freshness, p.has("freshness_strict"))
             {
-                return json_response(StatusCode::OK, &json!({ "results": [], "error": why }), p.has("pretty"));
+                return json_response(
+                    StatusCode::OK,
+                    &json!({ "results": [], "error": why }),
+                    p.has("pretty"),
+                );
             }
         }
         Level::Weak | Level::Strong => {
@@ -544,13 +548,15 @@ async fn read(
                 return r;
             }
             let barrier = match level {
-                Level::Weak => match raft::client::barrier(&node.raft, raft::ReadPolicy::LeaseRead).await {
-                    // A fresh leader has no lease yet: confirm with a quorum instead.
-                    Err(raft::client::ClientError::NoQuorum(_)) => {
-                        raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await
+                Level::Weak => {
+                    match raft::client::barrier(&node.raft, raft::ReadPolicy::LeaseRead).await {
+                        // A fresh leader has no lease yet: confirm with a quorum instead.
+                        Err(raft::client::ClientError::NoQuorum(_)) => {
+                            raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await
+                        }
+                        other => other,
                     }
-                    other => other,
-                },
+                }
                 _ => raft::client::log_barrier(&node.raft).await,
             };
             if let Err(e) = barrier {
@@ -561,7 +567,9 @@ async fn read(
             // Read index: the leader confirms its leadership with a quorum and names the
             // index to apply through; then this node, whichever it is, reads its own copy.
             let index = if raft::client::leader_term(&node.raft).is_ok() {
-                raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await.map_err(|e| write_error(e.into()))
+                raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex)
+                    .await
+                    .map_err(|e| write_error(e.into()))
             } else {
                 remote_read_index(node).await
             };
@@ -668,9 +676,12 @@ async fn remote_read_index(node: &Node) -> Result<wal::Lsn, Response> {
     };
     let url = format!("http://{}/keel/read-index", leader.node.raft_addr);
     let resp = node.client.post(&url).timeout(FORWARD_TIMEOUT).send().await;
-    let resp = resp.map_err(|e| unavailable(format!("asking leader {} for a read index failed: {e}", leader.id)))?;
+    let resp = resp.map_err(|e| {
+        unavailable(format!("asking leader {} for a read index failed: {e}", leader.id))
+    })?;
     let status = resp.status();
-    let value: Value = resp.json().await.map_err(|e| unavailable(format!("bad read-index answer: {e}")))?;
+    let value: Value =
+        resp.json().await.map_err(|e| unavailable(format!("bad read-index answer: {e}")))?;
     match value["index"].as_u64() {
         Some(index) if status.is_success() => Ok(index),
         _ => Err(unavailable(format!(

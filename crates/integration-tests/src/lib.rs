@@ -1070,6 +1070,26 @@ impl TestCluster {
         Response(reply.json())
     }
 
+    /// `GET /db/query?<params>&q=<sql>` on node `id`, e.g. with params
+    /// `"level=none&min_lsn=7&timeout=300ms"` (sent as is, so presence-only flags such as
+    /// `freshness_strict` work); the raw answer whatever its status, or `Err` with a description
+    /// on a transport error. For tests about read parameters and for readers that expect some
+    /// requests to fail.
+    pub fn try_query_with(&self, id: NodeId, sql: &str, params: &str) -> Result<Reply, String> {
+        let mut url = self.url(id, "/db/query");
+        url.query_pairs_mut().append_pair("q", sql);
+        if !params.is_empty() {
+            let q = url.query().unwrap_or_default().to_string();
+            url.set_query(Some(&format!("{params}&{q}")));
+        }
+        Self::send(self.client.get(url.clone())).map_err(|error| format!("GET {url}: {error}"))
+    }
+
+    /// Like [`TestCluster::try_query_with`], panicking on a transport error.
+    pub fn query_with(&self, id: NodeId, sql: &str, params: &str) -> Reply {
+        self.try_query_with(id, sql, params).unwrap_or_else(|error| panic!("{error}"))
+    }
+
     /// The rows of `sql` read from node `id`'s own data (`level=none`); panics if it fails.
     pub fn rows(&self, id: NodeId, sql: &str) -> Vec<Vec<Value>> {
         self.query(id, sql, Level::None).rows(0)

@@ -49,7 +49,8 @@ pub struct Contact {
 impl Contact {
     /// Records an accepted append or heartbeat from the leader.
     fn heard(&self, leader_commit: crate::Lsn) {
-        *self.last.lock().expect("contact mutex poisoned") = Some((std::time::Instant::now(), leader_commit));
+        *self.last.lock().expect("contact mutex poisoned") =
+            Some((std::time::Instant::now(), leader_commit));
     }
 
     /// When this node last heard from a leader, and the leader's commit index then.
@@ -243,24 +244,38 @@ pub fn router(raft: Raft, contact: std::sync::Arc<Contact>) -> Router {
         .with_state(Server { raft, contact })
 }
 
-async fn append(State(server): State<Server>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
+async fn append(
+    State(server): State<Server>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
     let leader_commit = req.leader_commit.as_ref().map_or(0, |l| l.index);
     let res = server.raft.append_entries(req).await;
-    if matches!(res, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))) {
+    if matches!(res, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)))
+    {
         server.contact.heard(leader_commit);
     }
     Json(res).into_response()
 }
 
-async fn vote(State(Server { raft, .. }): State<Server>, Json(req): Json<VoteRequest<TypeConfig>>) -> Response {
+async fn vote(
+    State(Server { raft, .. }): State<Server>,
+    Json(req): Json<VoteRequest<TypeConfig>>,
+) -> Response {
     Json(raft.vote(req).await).into_response()
 }
 
-async fn pre_vote(State(Server { raft, .. }): State<Server>, Json(req): Json<VoteRequest<TypeConfig>>) -> Response {
+async fn pre_vote(
+    State(Server { raft, .. }): State<Server>,
+    Json(req): Json<VoteRequest<TypeConfig>>,
+) -> Response {
     Json(raft.pre_vote(req).await).into_response()
 }
 
-async fn snapshot(State(Server { raft, .. }): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+async fn snapshot(
+    State(Server { raft, .. }): State<Server>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(header) = headers.get(SNAPSHOT_HEADER).and_then(|h| h.to_str().ok()) else {
         return (StatusCode::BAD_REQUEST, "missing snapshot header").into_response();
     };
