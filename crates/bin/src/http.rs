@@ -44,30 +44,30 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the HTTP handlers share: this node's handles.
 pub struct Node {
     /// This node's id.
-    id: raft::NodeId,
+    pub(crate) id: raft::NodeId,
     /// This node's addresses.
-    me: raft::Node,
+    pub(crate) me: raft::Node,
     /// The Raft node.
-    raft: raft::Raft,
+    pub(crate) raft: raft::Raft,
     /// The write path.
-    leader: leader::Leader,
+    pub(crate) leader: leader::Leader,
     /// Read-only connections.
-    readers: Arc<sql::Readers>,
+    pub(crate) readers: Arc<sql::Readers>,
     /// The applied log index.
-    applied: watch::Receiver<wal::Lsn>,
+    pub(crate) applied: watch::Receiver<wal::Lsn>,
     /// Client for forwarding to the leader and probing peers.
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
     /// Followers' applied positions (meaningful on the leader).
-    progress: Arc<leader::Progress>,
+    pub(crate) progress: Arc<leader::Progress>,
     /// When this node last heard from a leader.
-    contact: Arc<raft::network::Contact>,
+    pub(crate) contact: Arc<raft::network::Contact>,
     /// Durability of writes that do not ask for one.
-    durability: leader::Durability,
+    pub(crate) durability: leader::Durability,
     /// Prometheus metrics.
-    metrics: crate::metrics::Metrics,
+    pub(crate) metrics: crate::metrics::Metrics,
     /// Serializes membership changes: Raft allows one at a time, and concurrent joins would
     /// otherwise fail each other.
-    membership: tokio::sync::Mutex<()>,
+    pub(crate) membership: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -122,8 +122,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/join", post(join))
         .route("/metrics", get(metrics))
+        .with_state(node.clone())
+        .merge(crate::admin::router(node))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(node)
 }
 
 /// Node-to-node routes served on the Raft address beside Raft's own.
@@ -173,18 +174,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 }
 
 /// Query-string parameters. rqlite's flags are presence-only (`?transaction`).
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         self.0.iter().any(|(k, _)| k == key)
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
-    fn duration(&self, key: &str) -> Result<Option<Duration>, Response> {
+    pub(crate) fn duration(&self, key: &str) -> Result<Option<Duration>, Response> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => parse_duration(v)
@@ -235,29 +236,29 @@ impl Level {
     }
 }
 
-fn json_response(status: StatusCode, value: &Value, pretty: bool) -> Response {
+pub(crate) fn json_response(status: StatusCode, value: &Value, pretty: bool) -> Response {
     let body = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
     let body = body.expect("serializing a serde_json::Value cannot fail");
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
         .into_response()
 }
 
-fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(crate) fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response {
     json_response(status, &json!({ "error": message.to_string() }), false)
 }
 
-fn bad_request(message: impl std::fmt::Display) -> Response {
+pub(crate) fn bad_request(message: impl std::fmt::Display) -> Response {
     error_response(StatusCode::BAD_REQUEST, message)
 }
 
-fn unavailable(message: impl std::fmt::Display) -> Response {
+pub(crate) fn unavailable(message: impl std::fmt::Display) -> Response {
     let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 
 /// Maps a write-path error to its HTTP answer.
-fn write_error(e: leader::Error) -> Response {
+pub(crate) fn write_error(e: leader::Error) -> Response {
     match e {
         leader::Error::NotLeader { .. } => {
             unavailable("leadership changed; nothing was written, retry")
@@ -318,7 +319,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<sql::Statement>, R
 /// If this node cannot serve the request because it needs the leader and this node is not it,
 /// returns the answer: a 301 to the leader (`?redirect`), the leader's own answer (forwarded),
 /// or 503 when no leader is known. `None` means: serve it here.
-async fn to_leader(
+pub(crate) async fn to_leader(
     node: &Node,
     p: &Params,
     method: &Method,

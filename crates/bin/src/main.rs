@@ -11,6 +11,7 @@
 // Handlers return early with a ready `Response` as the error; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
+mod admin;
 mod bench;
 mod http;
 mod local;
@@ -38,6 +39,8 @@ enum Command {
     Local(LocalArgs),
     /// Measure a running cluster: throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Operate a running cluster: promote a node, change membership, show status.
+    Admin(admin::AdminArgs),
 }
 
 /// Flags of `keel serve`.
@@ -147,6 +150,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(node::serve(args)),
         Command::Local(args) => runtime.block_on(local::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Admin(args) => runtime.block_on(admin::run(args)),
     }
 }
 
