@@ -42,6 +42,15 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// `failover`: how many times to kill the leader.
+    #[arg(long, default_value_t = 20)]
+    pub trials: usize,
+    /// `failover`: first HTTP port of the cluster it starts.
+    #[arg(long, default_value_t = 4101)]
+    pub base_port: u16,
+    /// `failover`: extra flags for every `keel serve` (e.g. `--election-timeout=300ms`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub serve_flag: Vec<String>,
 }
 
 /// What the clients do.
@@ -51,6 +60,10 @@ pub enum Workload {
     Insert,
     /// One primary-key point SELECT per request (`--params level=none` reads the node's copy).
     Read,
+    /// Starts its own 3-node cluster (ports from `--base-port`), kills -9 the leader under
+    /// write load `--trials` times, and measures kill → first acknowledged write; then checks
+    /// that no acknowledged write was lost. Ignores `--url`.
+    Failover,
 }
 
 /// Rows in the table the `read` workload selects from.
@@ -61,6 +74,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
+    if matches!(args.workload, Workload::Failover) {
+        return failover(&args).await;
+    }
     let client =
         reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.clients).build()?;
     let base = args.url.trim_end_matches('/').to_string();
@@ -68,7 +84,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let execute = format!("{base}/db/execute?{extra}");
     let query = format!("{base}/db/query?{extra}");
     let setup_sql = match args.workload {
-        Workload::Insert => json!([
+        Workload::Insert | Workload::Failover => json!([
             "CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, client INTEGER, payload TEXT)"
         ]),
         Workload::Read => json!([
@@ -119,7 +135,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
                 let request = match workload {
-                    Workload::Insert => client
+                    Workload::Insert | Workload::Failover => client
                         .post(&execute)
                         .header("content-type", "application/json")
                         .body(insert.clone()),
@@ -284,4 +300,157 @@ async fn sample_lag(
             (node, l)
         })
         .collect()
+}
+
+/// Percentile `q` (0..=1) of sorted durations, in milliseconds.
+fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// The leader's id as any live node sees it.
+async fn find_leader(client: &reqwest::Client, nodes: &[crate::local::LocalNode]) -> Option<u64> {
+    for n in nodes {
+        if let Ok(r) = client.get(format!("http://{}/leader", n.http)).timeout(Duration::from_millis(500)).send().await
+            && r.status().is_success()
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            return v["id"].as_str().and_then(|id| id.parse().ok());
+        }
+    }
+    None
+}
+
+/// See [`Workload::Failover`].
+async fn failover(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("keel-bench-failover-{}", std::process::id()));
+    let mut nodes = crate::local::start_cluster(&dir, 3, 0, args.base_port, &args.serve_flag, true).await?;
+    let result = failover_trials(args, &mut nodes).await;
+    crate::local::stop_all(&mut nodes).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn failover_trials(args: &BenchArgs, nodes: &mut [crate::local::LocalNode]) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.http.clone()).collect();
+    let create = client
+        .post(format!("http://{}/db/execute", addrs[0]))
+        .json(&json!(["CREATE TABLE IF NOT EXISTS failover (v INTEGER PRIMARY KEY)"]))
+        .send()
+        .await?;
+    if !create.status().is_success() {
+        bail!("creating the table failed: {}", create.text().await.unwrap_or_default());
+    }
+
+    // One writer: inserts 1, 2, 3, … through whichever node answers, recording every
+    // acknowledged value and when it was acknowledged.
+    let acked: Arc<std::sync::Mutex<Vec<(i64, Instant)>>> = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, acked, stop, addrs) = (client.clone(), acked.clone(), stop.clone(), addrs.clone());
+        tokio::spawn(async move {
+            let (mut next, mut node) = (1i64, 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                let url = format!("http://{}/db/execute", addrs[node % addrs.len()]);
+                let body = json!([["INSERT OR IGNORE INTO failover(v) VALUES(?)", next]]);
+                match client.post(&url).json(&body).timeout(Duration::from_secs(2)).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        acked.lock().expect("acked mutex").push((next, Instant::now()));
+                        next += 1;
+                    }
+                    _ => {
+                        node += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut gaps = Vec::new();
+    for trial in 1..=args.trials {
+        // Wait for the writer to be making progress, so the gap measures the failover alone.
+        let before = acked.lock().expect("acked mutex").len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while acked.lock().expect("acked mutex").len() < before + 10 {
+            if Instant::now() > deadline {
+                bail!("trial {trial}: the cluster is not taking writes");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let Some(leader) = find_leader(&client, nodes).await else { bail!("trial {trial}: no leader") };
+        let i = nodes.iter().position(|n| n.id == leader).context("leader is not one of ours")?;
+        let killed_at = Instant::now();
+        nodes[i].child.start_kill()?;
+        nodes[i].child.wait().await?;
+        let deadline = killed_at + Duration::from_secs(10);
+        let gap = loop {
+            if let Some((_, at)) = acked.lock().expect("acked mutex").iter().rev().take_while(|(_, at)| *at > killed_at).last() {
+                break at.duration_since(killed_at);
+            }
+            if Instant::now() > deadline {
+                bail!("trial {trial}: no write acknowledged within 10 s of killing node {leader}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        if !args.json {
+            println!("trial {trial}: killed leader node {leader}; first write acknowledged after {:.0} ms", gap.as_secs_f64() * 1e3);
+        }
+        gaps.push(gap);
+        nodes[i].restart()?;
+        let ready = format!("http://{}/readyz", nodes[i].http);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !client.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+            if Instant::now() > deadline {
+                bail!("trial {trial}: node {leader} not ready after restart");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await?;
+
+    // Every acknowledged value must be on every node.
+    let acked: Vec<i64> = acked.lock().expect("acked mutex").iter().map(|(v, _)| *v).collect();
+    let last = acked.last().copied().unwrap_or(0);
+    let mut lost = 0usize;
+    for n in nodes.iter() {
+        let probe = format!("http://{}/db/query?level=linearizable&timeout=20s", n.http);
+        let resp: serde_json::Value = client.post(&probe).json(&json!(["SELECT v FROM failover"])).send().await?.json().await?;
+        let present: std::collections::HashSet<i64> = resp["results"][0]["values"]
+            .as_array()
+            .map(|rows| rows.iter().filter_map(|r| r[0].as_i64()).collect())
+            .unwrap_or_default();
+        lost += acked.iter().filter(|v| !present.contains(v)).count();
+    }
+    gaps.sort();
+    let figures = json!({
+        "workload": "failover",
+        "trials": gaps.len(),
+        "acknowledged_writes": acked.len(),
+        "last_value": last,
+        "lost_acknowledged_writes": lost,
+        "p50_ms": percentile_ms(&gaps, 0.5),
+        "max_ms": gaps.last().map_or(0.0, |g| g.as_secs_f64() * 1e3),
+    });
+    if args.json {
+        println!("{figures}");
+    } else {
+        println!(
+            "failover: {} trials, kill -9 leader -> first acknowledged write: p50 {:.0} ms, max {:.0} ms; {} writes acknowledged, {} lost",
+            gaps.len(),
+            percentile_ms(&gaps, 0.5),
+            gaps.last().map_or(0.0, |g| g.as_secs_f64() * 1e3),
+            acked.len(),
+            lost
+        );
+    }
+    if lost > 0 {
+        bail!("{lost} acknowledged writes are missing");
+    }
+    Ok(())
 }

@@ -15,65 +15,107 @@ use tokio::process::{Child, Command};
 
 use crate::LocalArgs;
 
-struct LocalNode {
-    id: u64,
-    http: String,
-    learner: bool,
-    child: Child,
-    log: PathBuf,
+
+/// One `keel serve` child process of a local cluster.
+pub struct LocalNode {
+    /// Node id (1-based).
+    pub id: u64,
+    /// HTTP address.
+    pub http: String,
+    /// Whether it is a learner.
+    pub learner: bool,
+    /// The process.
+    pub child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+    /// The command line that started it, to restart it the same way.
+    args: Vec<String>,
 }
 
-/// Starts the cluster, waits until it is ready, prints how to use it, and waits for Ctrl-C.
-pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating the keel binary")?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let total = args.nodes + args.learners;
-    let first_http = format!("127.0.0.1:{}", args.base_port);
+impl LocalNode {
+    /// Starts `keel serve` with `args`, stderr appended to `log`.
+    fn spawn(id: u64, http: String, learner: bool, log: PathBuf, args: Vec<String>) -> anyhow::Result<LocalNode> {
+        let exe = std::env::current_exe().context("locating the keel binary")?;
+        let logfile = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = Command::new(exe)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        Ok(LocalNode { id, http, learner, child, log, args })
+    }
+
+    /// Starts the node again with the same arguments (after it exited or was killed).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        *self = LocalNode::spawn(self.id, self.http.clone(), self.learner, self.log.clone(), self.args.clone())?;
+        Ok(())
+    }
+}
+
+/// Starts `voters + learners` nodes on 127.0.0.1 from `base_port`, data in `dir`, and waits
+/// until every node is ready.
+pub async fn start_cluster(
+    dir: &std::path::Path,
+    voters: u64,
+    learners: u64,
+    base_port: u16,
+    extra: &[String],
+    quiet: bool,
+) -> anyhow::Result<Vec<LocalNode>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let first_http = format!("127.0.0.1:{base_port}");
     let mut nodes = Vec::new();
-    for id in 1..=total {
-        let port = args.base_port as u64 + 2 * (id - 1);
+    for id in 1..=voters + learners {
+        let port = base_port as u64 + 2 * (id - 1);
         if port + 1 > u16::MAX as u64 {
             bail!("port {port} is out of range; choose a lower --base-port");
         }
         let http = format!("127.0.0.1:{port}");
         let raft = format!("127.0.0.1:{}", port + 1);
-        let dir = args.data_dir.join(format!("node{id}"));
-        let log = args.data_dir.join(format!("node{id}.log"));
-        let learner = id > args.nodes;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("serve")
-            .args(["--id", &id.to_string(), "--http-addr", &http, "--raft-addr", &raft])
-            .arg("--data-dir")
-            .arg(&dir);
+        let learner = id > voters;
+        let mut args: Vec<String> = vec!["serve".into(), "--id".into(), id.to_string(), "--http-addr".into(), http.clone()];
+        args.extend(["--raft-addr".into(), raft, "--data-dir".into(), dir.join(format!("node{id}")).display().to_string()]);
         if id > 1 {
-            cmd.args(["--join", &format!("http://{first_http}")]);
+            args.extend(["--join".into(), format!("http://{first_http}")]);
         }
         if learner {
-            cmd.arg("--learner");
+            args.push("--learner".into());
         }
-        let logfile =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdout(Stdio::null()).stderr(logfile).kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting node {id}"))?;
-        println!(
-            "started node {id} ({}) http://{http}  log: {}",
-            if learner { "learner" } else { "voter" },
-            log.display()
-        );
-        nodes.push(LocalNode { id, http, learner, child, log });
+        args.extend(extra.iter().cloned());
+        let log = dir.join(format!("node{id}.log"));
+        let node = LocalNode::spawn(id, http.clone(), learner, log.clone(), args)?;
+        if !quiet {
+            println!(
+                "started node {id} ({}) http://{http}  log: {}",
+                if learner { "learner" } else { "voter" },
+                log.display()
+            );
+        }
+        nodes.push(node);
     }
-
     let client = reqwest::Client::builder().no_proxy().build()?;
-    let ready = wait_ready(&client, &mut nodes);
-    let outcome = tokio::select! {
-        r = ready => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    if let Err(e) = outcome {
+    if let Err(e) = wait_ready(&client, &mut nodes, quiet).await {
         stop_all(&mut nodes).await;
         return Err(e);
     }
+    Ok(nodes)
+}
+
+/// Starts the cluster, waits until it is ready, prints how to use it, and waits for Ctrl-C.
+pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    let total = args.nodes + args.learners;
+    let start = start_cluster(&args.data_dir, args.nodes, args.learners, args.base_port, &[], false);
+    let mut nodes = tokio::select! {
+        r = start => r?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+    };
+    let client = reqwest::Client::builder().no_proxy().build()?;
     let leader: Option<serde_json::Value> =
         match client.get(format!("http://{}/leader", nodes[0].http)).send().await {
             Ok(r) => r.json().await.ok(),
@@ -126,7 +168,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_ready(client: &reqwest::Client, nodes: &mut [LocalNode]) -> anyhow::Result<()> {
+async fn wait_ready(client: &reqwest::Client, nodes: &mut [LocalNode], quiet: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for n in nodes.iter_mut() {
         loop {
@@ -141,7 +183,9 @@ async fn wait_ready(client: &reqwest::Client, nodes: &mut [LocalNode]) -> anyhow
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
-                println!("node {} ready{}", n.id, if n.learner { " (learner)" } else { "" });
+                if !quiet {
+                    println!("node {} ready{}", n.id, if n.learner { " (learner)" } else { "" });
+                }
                 break;
             }
             if Instant::now() > deadline {
@@ -153,7 +197,7 @@ async fn wait_ready(client: &reqwest::Client, nodes: &mut [LocalNode]) -> anyhow
     Ok(())
 }
 
-async fn stop_all(nodes: &mut [LocalNode]) {
+pub async fn stop_all(nodes: &mut [LocalNode]) {
     for n in nodes.iter() {
         if let Some(pid) = n.child.id() {
             // SAFETY: kill(2) with a pid of our own child and a valid signal has no memory effects.
