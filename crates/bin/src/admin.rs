@@ -1,22 +1,598 @@
 //! Operator controls: leadership transfer and membership changes, over HTTP and as
 //! `keel admin` commands.
+//!
+//! # HTTP
+//!
+//! Every route needs the leader: on another node the request is forwarded to it before the
+//! body is parsed ([`via_leader`]), so any member's address works.
+//!
+//! - `POST /admin/promote?node=ID`: make node ID the leader ([`raft::cluster::transfer_leader`]:
+//!   wait until it has caught up, transfer, wait until it leads). A learner is made a voter
+//!   first. Naming the current leader changes nothing. Answer: `{"leader": ID, "term": T}`.
+//! - `POST /leader` (rqlite's step-down), optional body `{"id": "<node id>"}`: the same; without
+//!   an id, leadership goes to the most caught-up reachable voter ([`raft::cluster::successor`]).
+//! - `POST /admin/membership`, body `{"action": "add-voter" | "add-learner" | "promote" |
+//!   "demote", "id": N, "raft_addr": "…", "http_addr": "…"}` (addresses for `add-*` only):
+//!   add a voter or a learner, turn a learner into a voter or a voter into a learner. Answer:
+//!   `{"id": N, "voter": bool}`.
+//! - `DELETE /remove`, body `{"id": "<node id>"}` (rqlite's; a number works too): remove a
+//!   node from the membership, voter or learner, running or dead. Answer: `{"removed": N}`.
+//!
+//! Each change holds [`Node::membership`] from start to end, so changes made through this
+//! node (joins included) run one at a time. What would break the cluster is refused before
+//! anything changes, and errors map to status codes in one function, [`change_error`]: 400 for
+//! a request that cannot be carried out as asked (an unknown node), 409 for one that would
+//! leave the cluster unable to work (the last voter, the leader itself: transfer first) or that
+//! collides with a membership change in progress, 503 when it may work if retried (no leader,
+//! no quorum, a target that has not caught up).
+//!
+//! # CLI
+//!
+//! `keel admin [--cluster URL,…] status | promote [ID] | demote ID | add ID … | remove ID`: the
+//! same operations for a person at a terminal, one line of result or error each; `status`
+//! prints a table of the members. [`run`] asks the given members for the leader (`GET
+//! /leader`) and talks to it, falling back to whichever member answers.
+//!
+//! # IMPLEMENTATION CAVEATS
+//!
+//! * The client API's forwarding helper takes query parameters the admin routes have no use
+//!   for, so [`via_leader`] forwards on its own, with the same marker header, and a timeout
+//!   longer than any admin deadline.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, bail};
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use clap::Subcommand;
+use raft::NodeId;
+use raft::client::ClientError;
+use raft::cluster::{ChangeError, Deadlines};
+use serde_json::{Value, json};
 
-use crate::http::Node;
+use crate::http::{Node, bad_request, error_response, json_response, unavailable};
+
+/// Header marking a request forwarded by another node, so it is never forwarded twice (the
+/// client API uses the same one).
+const FORWARDED: &str = "x-keel-forwarded";
+/// How long a request waits for a leader to emerge (an election) before answering 503.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long a forwarded admin request may take: beyond the longest change (adding a voter
+/// that must catch up first, [`Deadlines::change`]).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Admin routes, merged into the client API router.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/admin/promote", post(promote))
+        .route("/admin/membership", post(membership))
+        .route("/leader", post(step_down))
+        .route("/remove", delete(remove))
+        .with_state(node)
+}
+
+/// `None` if this node leads: serve the request here. Otherwise the leader's answer to the same
+/// request (forwarded), or 503 when no leader emerges within [`LEADER_WAIT`].
+async fn via_leader(
+    node: &Node,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    let leader = loop {
+        if raft::client::leader_term(&node.raft).is_ok() {
+            return None;
+        }
+        if let Some(l) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) {
+            break l;
+        }
+        if Instant::now() >= deadline {
+            return Some(unavailable("leader not found"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if headers.contains_key(FORWARDED) {
+        // Forwarded to us by a node that thought we lead; we don't. Don't bounce it around.
+        return Some(unavailable("leader not found"));
+    }
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let url = format!("http://{}{}", leader.node.http_addr, path_and_query);
+    let mut req = node
+        .client
+        .request(method.clone(), &url)
+        .header(FORWARDED, node.id.to_string())
+        .timeout(FORWARD_TIMEOUT)
+        .body(body.clone());
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+        if let Some(v) = headers.get(&name) {
+            req = req.header(name, v.clone());
+        }
+    }
+    let answer = async {
+        let resp = req.send().await?;
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let bytes = resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, content_type, bytes))
+    };
+    Some(match answer.await {
+        Ok((status, content_type, bytes)) => {
+            let mut r = (status, bytes).into_response();
+            if let Some(ct) = content_type {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            r
+        }
+        Err(e) => unavailable(format!("forwarding to the leader (node {}) failed: {e}", leader.id)),
+    })
+}
+
+/// Maps a refused or failed change to its HTTP answer.
+fn change_error(e: ChangeError) -> Response {
+    match e {
+        ChangeError::Invalid(m) => bad_request(m),
+        e @ (ChangeError::Unsafe(_) | ChangeError::InProgress(_)) => {
+            error_response(StatusCode::CONFLICT, e)
+        }
+        ChangeError::NotReady(m) => unavailable(m),
+        ChangeError::Client(ClientError::NotLeader { .. }) => {
+            unavailable("leadership changed during the request; retry")
+        }
+        ChangeError::Client(e @ (ClientError::NoQuorum(_) | ClientError::Unknown(_))) => {
+            unavailable(e)
+        }
+        ChangeError::Client(ClientError::Fatal(m)) => {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, m)
+        }
+    }
+}
+
+/// Reads a node id given as a number or as a string of digits (rqlite sends strings).
+fn node_id(v: &Value) -> Result<NodeId, String> {
+    let id = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    id.filter(|&id| id > 0).ok_or_else(|| format!("{v} is not a node id (a positive number)"))
+}
+
+/// Makes `id` the leader: a learner becomes a voter first, then leadership is transferred.
+async fn make_leader(node: &Node, id: NodeId) -> Response {
+    let deadlines = Deadlines::default();
+    let _one_at_a_time = node.membership.lock().await;
+    match raft::cluster::member(&node.raft, id) {
+        None => return bad_request(format!("node {id} is not a member of the cluster")),
+        Some(m) if !m.voter => {
+            tracing::info!(id, "promoting learner to voter before transferring leadership");
+            if let Err(e) = raft::cluster::set_voter(&node.raft, id, true, &deadlines).await {
+                return change_error(e);
+            }
+        }
+        Some(_) => {}
+    }
+    match raft::cluster::transfer_leader(&node.raft, id, &deadlines).await {
+        Ok(term) => json_response(StatusCode::OK, &json!({ "leader": id, "term": term }), false),
+        Err(e) => change_error(e),
+    }
+}
+
+/// `POST /admin/promote?node=ID`.
+async fn promote(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<Vec<(String, String)>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = via_leader(&node, &method, &uri, &headers, &body).await {
+        return r;
+    }
+    let Some((_, id)) = q.iter().find(|(k, _)| k == "node") else {
+        return bad_request("name the node to promote: /admin/promote?node=<id>");
+    };
+    match node_id(&Value::String(id.clone())) {
+        Ok(id) => make_leader(&node, id).await,
+        Err(e) => bad_request(e),
+    }
+}
+
+/// `POST /leader`: rqlite's step-down, to the node in the body or to the best successor.
+async fn step_down(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = via_leader(&node, &method, &uri, &headers, &body).await {
+        return r;
+    }
+    let named = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(o)) => match o.get("id") {
+                None => None,
+                Some(v) => match node_id(v) {
+                    Ok(id) => Some(id),
+                    Err(e) => return bad_request(e),
+                },
+            },
+            _ => return bad_request("body must be empty or a JSON object {\"id\": \"<node id>\"}"),
+        }
+    };
+    let id = match named {
+        Some(id) => id,
+        None => match raft::cluster::successor(&node.raft) {
+            Some(id) => id,
+            None => {
+                return error_response(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "node {} cannot step down: no other voter is reachable to take over",
+                        node.id
+                    ),
+                );
+            }
+        },
+    };
+    make_leader(&node, id).await
+}
+
+/// `POST /admin/membership`.
+async fn membership(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = via_leader(&node, &method, &uri, &headers, &body).await {
+        return r;
+    }
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return bad_request("body must be a JSON object {\"action\": …, \"id\": …}"),
+    };
+    let id = match req.get("id").map(node_id) {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => return bad_request(e),
+        None => return bad_request("id is required"),
+    };
+    let action = req["action"].as_str().unwrap_or_default();
+    let deadlines = Deadlines::default();
+    let _one_at_a_time = node.membership.lock().await;
+    let result = match action {
+        "add-voter" | "add-learner" => {
+            let addr = |key: &str| req[key].as_str().map(str::trim).filter(|a| !a.is_empty());
+            let (Some(raft_addr), Some(http_addr)) = (addr("raft_addr"), addr("http_addr")) else {
+                return bad_request(format!("{action} needs raft_addr and http_addr"));
+            };
+            let target =
+                raft::Node { raft_addr: raft_addr.to_string(), http_addr: http_addr.to_string() };
+            let voter = action == "add-voter";
+            raft::cluster::add_member(&node.raft, id, target, voter, &deadlines).await
+        }
+        "promote" => raft::cluster::set_voter(&node.raft, id, true, &deadlines).await,
+        "demote" => raft::cluster::set_voter(&node.raft, id, false, &deadlines).await,
+        other => {
+            return bad_request(format!(
+                "unknown action {other:?}: use add-voter, add-learner, promote or demote"
+            ));
+        }
+    };
+    match result {
+        Ok(()) => {
+            let voter = matches!(action, "add-voter" | "promote");
+            json_response(StatusCode::OK, &json!({ "id": id, "voter": voter }), false)
+        }
+        Err(e) => change_error(e),
+    }
+}
+
+/// `DELETE /remove`.
+async fn remove(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = via_leader(&node, &method, &uri, &headers, &body).await {
+        return r;
+    }
+    let id = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) => match o.get("id").map(node_id) {
+            Some(Ok(id)) => id,
+            Some(Err(e)) => return bad_request(e),
+            None => return bad_request("id is required: {\"id\": \"<node id>\"}"),
+        },
+        _ => return bad_request("body must be a JSON object {\"id\": \"<node id>\"}"),
+    };
+    let _one_at_a_time = node.membership.lock().await;
+    tracing::info!(id, "removing node");
+    match raft::cluster::remove_node(&node.raft, id, &Deadlines::default()).await {
+        Ok(()) => json_response(StatusCode::OK, &json!({ "removed": id }), false),
+        Err(e) => change_error(e),
+    }
+}
+
+// ---- keel admin -------------------------------------------------------------------------------
 
 /// Flags of `keel admin`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct AdminArgs {}
-
-/// Admin routes, merged into the client API router.
-pub fn router(_node: Arc<Node>) -> Router {
-    Router::new()
+pub struct AdminArgs {
+    /// HTTP URL of any cluster member (comma-separated to try several); requests find the
+    /// leader.
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_CLUSTER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4001"
+    )]
+    pub cluster: Vec<String>,
+    /// How long to wait for an answer.
+    #[arg(long, global = true, default_value = "150s", value_parser = crate::parse_duration)]
+    pub timeout: Duration,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
 }
 
-/// Runs `keel admin …`.
-pub async fn run(_args: AdminArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// `keel admin` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Show every member: role, HTTP address, applied index and lag behind the leader.
+    Status,
+    /// Make a node the leader once it has caught up (a learner is made a voter first). Without
+    /// an id, hand leadership to the most caught-up other voter.
+    Promote {
+        /// The node to promote.
+        id: Option<NodeId>,
+        /// Only make a learner a voter; leave leadership where it is.
+        #[arg(long, requires = "id")]
+        voter_only: bool,
+    },
+    /// Turn a voter into a learner (a non-voting replica).
+    Demote {
+        /// The node to demote.
+        id: NodeId,
+    },
+    /// Add a running node as a voter, or with --learner as a learner. Start it with
+    /// `keel serve --join <member URL>` (without --join it would found a cluster of its own);
+    /// or re-add a removed node that kept its data directory.
+    Add {
+        /// The new node's id.
+        id: NodeId,
+        /// Its Raft address, host:port.
+        #[arg(long)]
+        raft_addr: String,
+        /// Its HTTP address, host:port.
+        #[arg(long)]
+        http_addr: String,
+        /// Add it as a learner (a non-voting read replica).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster, voter or learner, running or dead.
+    Remove {
+        /// The node to remove.
+        id: NodeId,
+    },
+}
+
+/// Runs `keel admin …`. A failure is printed as one line, `error: <reason>`, and exits with
+/// status 1.
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let Err(e) = execute(args).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Carries out one `keel admin` command, printing its result.
+async fn execute(args: AdminArgs) -> anyhow::Result<()> {
+    let cluster = Cluster::new(&args.cluster, args.timeout)?;
+    match args.command {
+        AdminCommand::Status => {
+            print!("{}", cluster.status().await?);
+        }
+        AdminCommand::Promote { id: None, .. } => {
+            let answer = cluster.call(Method::POST, "/leader", None).await?;
+            println!("node {} is now the leader (term {})", answer["leader"], answer["term"]);
+        }
+        AdminCommand::Promote { id: Some(id), voter_only: false } => {
+            let answer =
+                cluster.call(Method::POST, &format!("/admin/promote?node={id}"), None).await?;
+            println!("node {} is now the leader (term {})", answer["leader"], answer["term"]);
+        }
+        AdminCommand::Promote { id: Some(id), voter_only: true } => {
+            let body = json!({ "action": "promote", "id": id });
+            cluster.call(Method::POST, "/admin/membership", Some(body)).await?;
+            println!("node {id} is now a voter");
+        }
+        AdminCommand::Demote { id } => {
+            let body = json!({ "action": "demote", "id": id });
+            cluster.call(Method::POST, "/admin/membership", Some(body)).await?;
+            println!("node {id} is now a learner");
+        }
+        AdminCommand::Add { id, raft_addr, http_addr, learner } => {
+            let action = if learner { "add-learner" } else { "add-voter" };
+            let body = json!({ "action": action, "id": id, "raft_addr": raft_addr, "http_addr": http_addr });
+            cluster.call(Method::POST, "/admin/membership", Some(body)).await?;
+            let role = if learner { "learner" } else { "voter" };
+            println!("node {id} added as a {role} (raft {raft_addr}, http {http_addr})");
+        }
+        AdminCommand::Remove { id } => {
+            let body = json!({ "id": id.to_string() });
+            cluster.call(Method::DELETE, "/remove", Some(body)).await?;
+            println!("node {id} removed from the cluster");
+        }
+    }
+    Ok(())
+}
+
+/// The cluster as `keel admin` reaches it: the member URLs it was given.
+struct Cluster {
+    /// HTTP client; no proxy, since members are usually on private addresses.
+    client: reqwest::Client,
+    /// Base URLs (`http://host:port`) of the members to ask, in order.
+    urls: Vec<String>,
+}
+
+impl Cluster {
+    fn new(urls: &[String], timeout: Duration) -> anyhow::Result<Cluster> {
+        let urls: Vec<String> = urls
+            .iter()
+            .map(|u| u.trim().trim_end_matches('/'))
+            .filter(|u| !u.is_empty())
+            .map(|u| if u.contains("://") { u.to_string() } else { format!("http://{u}") })
+            .collect();
+        if urls.is_empty() {
+            bail!("--cluster names no member URL");
+        }
+        let client = reqwest::Client::builder().no_proxy().timeout(timeout).build()?;
+        Ok(Cluster { client, urls })
+    }
+
+    /// The base URL of the leader, from the first member that answers `GET /leader`; that
+    /// member's own URL if it knows no leader (it then answers requests itself, with a 503 that
+    /// says why).
+    async fn leader(&self) -> anyhow::Result<String> {
+        let mut errors = Vec::new();
+        for url in &self.urls {
+            let resp = self.client.get(format!("{url}/leader")).timeout(LEADER_PROBE).send().await;
+            match resp {
+                Ok(r) if r.status().is_success() => {
+                    let leader: Value = r.json().await.unwrap_or_default();
+                    return Ok(leader["api_addr"].as_str().map_or(url.clone(), str::to_string));
+                }
+                Ok(_) => return Ok(url.clone()),
+                Err(e) => errors.push(format!("{url}: {}", root_cause(&e))),
+            }
+        }
+        bail!("no cluster member answered ({})", errors.join("; "))
+    }
+
+    /// Sends a request to the leader; the answer's JSON, or an error with the server's reason.
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let base = self.leader().await?;
+        let mut req = self.client.request(method, format!("{base}{path}"));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.with_context(|| format!("{base}{path}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let reason = value["error"].as_str().map_or(text.trim().to_string(), str::to_string);
+            bail!("{reason} (HTTP {})", status.as_u16());
+        }
+        Ok(value)
+    }
+
+    /// The members as a table, from the leader's `/status` and `/nodes`.
+    async fn status(&self) -> anyhow::Result<String> {
+        let status = self.call(Method::GET, "/status", None).await?;
+        let nodes = self.call(Method::GET, "/nodes?nonvoters&ver=2", None).await?;
+        let me = &status["node"];
+        let mut out = String::new();
+        if me["role"] == "leader" {
+            out.push_str(&format!(
+                "leader: node {}, term {}, commit index {}\n",
+                me["id"], me["term"], me["commit_index"]
+            ));
+        } else {
+            out.push_str(&format!(
+                "no leader: node {}'s view ({}), term {}\n",
+                me["id"],
+                me["role"].as_str().unwrap_or("?"),
+                me["term"]
+            ));
+        }
+        let mut rows = vec![["ID", "ROLE", "HTTP", "APPLIED", "LAG"].map(String::from)];
+        for n in nodes["nodes"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let id = n["id"].as_str().unwrap_or("?").to_string();
+            let is_me = id == me["id"].to_string();
+            let role = if n["leader"] == true {
+                "leader"
+            } else if n["voter"] == true {
+                "follower"
+            } else {
+                "learner"
+            };
+            let http = n["api_addr"].as_str().unwrap_or("?").trim_start_matches("http://");
+            let applied = if is_me { &me["applied_index"] } else { &n["applied_index"] };
+            let applied = applied.as_u64().map_or("-".to_string(), |a| a.to_string());
+            let lag = if n["leader"] == true {
+                "-".to_string()
+            } else if n["reachable"] == false {
+                "unreachable".to_string()
+            } else {
+                match (n["lag_entries"].as_u64(), n["lag_ms"].as_u64()) {
+                    (Some(0), _) => "0".to_string(),
+                    (Some(e), Some(ms)) => format!("{e} ({ms} ms)"),
+                    (Some(e), None) => e.to_string(),
+                    (None, _) => "-".to_string(),
+                }
+            };
+            rows.push([id, role.to_string(), http.to_string(), applied, lag]);
+        }
+        let widths: Vec<usize> =
+            (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+        for row in &rows {
+            let cells: Vec<String> =
+                row.iter().zip(&widths).map(|(cell, &w)| format!("{cell:<w$}")).collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        Ok(out)
+    }
+}
+
+/// Timeout of the `GET /leader` probe that finds the leader.
+const LEADER_PROBE: Duration = Duration::from_secs(5);
+
+/// The innermost error of a chain (reqwest's own message is only "error sending request").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_numbers_or_strings_of_digits() {
+        assert_eq!(node_id(&json!(3)), Ok(3));
+        assert_eq!(node_id(&json!("3")), Ok(3));
+        assert_eq!(node_id(&json!(" 12 ")), Ok(12));
+        assert!(node_id(&json!(0)).is_err());
+        assert!(node_id(&json!("x")).is_err());
+        assert!(node_id(&json!(-1)).is_err());
+        assert!(node_id(&json!(null)).is_err());
+    }
+
+    #[test]
+    fn cluster_urls_get_a_scheme() {
+        let urls = ["127.0.0.1:4001/".to_string(), " https://a:1 ".to_string(), String::new()];
+        let c = Cluster::new(&urls, Duration::from_secs(1)).unwrap();
+        assert_eq!(c.urls, vec!["http://127.0.0.1:4001", "https://a:1"]);
+    }
 }

@@ -355,8 +355,10 @@ pub(crate) async fn to_leader(
         // Forwarded to us by a node that thought we lead; we don't. Don't bounce it around.
         return Some(unavailable("leader not found"));
     }
+    // `timeout=` also bounds the leader's own waits (min_lsn, durability): give the forward
+    // room beyond it, so the leader's answer arrives instead of a forwarding error.
     let timeout = match p.duration("timeout") {
-        Ok(t) => t.unwrap_or(FORWARD_TIMEOUT),
+        Ok(t) => t.map_or(FORWARD_TIMEOUT, |t| t + Duration::from_secs(5)),
         Err(r) => return Some(r),
     };
     let mut req = node
@@ -589,20 +591,38 @@ async fn read(
     {
         return r;
     }
-    let lsn = node.applied();
     let readers = node.readers.clone();
     let transaction = p.has("transaction");
-    let results =
-        tokio::task::spawn_blocking(move || readers.query(&statements, transaction)).await;
+    let results = tokio::task::spawn_blocking(move || {
+        let results = readers.query(&statements, transaction)?;
+        // The answer's lsn is read from the database AFTER the query: the applied position is
+        // committed with the data and only grows, so it covers everything the query saw, and a
+        // client that sends it back as min_lsn never reads older data (monotonic reads).
+        let lsn = applied_in_db(&readers)?;
+        Ok::<_, sql::Error>((results, lsn))
+    })
+    .await;
     match results {
-        Ok(Ok(results)) => {
+        Ok(Ok((results, lsn))) => {
             node.metrics.reads.inc();
-            db_answer(results_json(&results, p, in_request), lsn, p, start)
+            db_answer(results_json(&results, p, in_request), lsn.max(node.applied()), p, start)
         }
         Ok(Err(sql::Error::InvalidInput(m))) => bad_request(m),
         Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// The applied log index as stored in the database (0 before the first apply).
+fn applied_in_db(readers: &sql::Readers) -> sql::Result<wal::Lsn> {
+    let meta = [sql::Statement::new("SELECT idx FROM _keel_meta WHERE id = 1")];
+    let results = readers.query(&meta, false)?;
+    Ok(match results.first() {
+        Some(sql::StatementResult::Rows { values, .. }) => {
+            values.first().and_then(|row| row.first()).and_then(|v| v.as_u64()).unwrap_or(0)
+        }
+        _ => 0,
+    })
 }
 
 async fn request(

@@ -592,6 +592,47 @@ pub struct TestCluster {
     client: Client,
     /// The cluster's directory: one data directory and one log file per node.
     dir: tempfile::TempDir,
+    /// This cluster's turn among the clusters of this test process (released last, after the
+    /// nodes are stopped).
+    _slot: Slot,
+}
+
+/// How many clusters one test process runs at once unless `KEEL_TEST_CLUSTERS` says otherwise.
+/// The tests of one file run in parallel threads; on a 2-core machine, more than a couple of
+/// multi-node clusters at once starve each other of CPU until elections and commits time out.
+const DEFAULT_CLUSTERS: usize = 2;
+
+/// A counting gate limiting concurrent clusters in this process.
+static GATE: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// One cluster's place at the [`GATE`]; leaving it lets the next cluster start.
+struct Slot;
+
+impl Slot {
+    /// Waits until fewer than the allowed number of clusters are running.
+    fn acquire() -> Slot {
+        let max = std::env::var("KEEL_TEST_CLUSTERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_CLUSTERS)
+            .max(1);
+        let (lock, cvar) = &GATE;
+        let mut running = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= max {
+            running = cvar.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (lock, cvar) = &GATE;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        cvar.notify_one();
+    }
 }
 
 impl TestCluster {
@@ -628,6 +669,7 @@ impl TestCluster {
 
     /// Lays out a cluster (ports, directories, command lines) without starting anything.
     fn new(voters: usize, learners: usize, extra_args: &[&str]) -> Self {
+        let slot = Slot::acquire();
         let count = voters + learners;
         let mut dir = tempfile::Builder::new()
             .prefix("keel-test-")
@@ -663,7 +705,7 @@ impl TestCluster {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("cannot build HTTP client");
-        Self { nodes, client, dir }
+        Self { nodes, client, dir, _slot: slot }
     }
 
     /// Starts node 1, then joins the others one at a time; see the module docs.
@@ -1006,6 +1048,18 @@ impl TestCluster {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.into());
         Self::send(request).unwrap_or_else(|error| panic!("POST {url}: {error}"))
+    }
+
+    /// `DELETE path_and_query` on node `id` with a JSON body (sent as is, e.g. rqlite's
+    /// `/remove`); panics on a transport error.
+    pub fn delete(&self, id: NodeId, path_and_query: &str, body: impl Into<String>) -> Reply {
+        let url = self.url(id, path_and_query);
+        let request = self
+            .client
+            .delete(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.into());
+        Self::send(request).unwrap_or_else(|error| panic!("DELETE {url}: {error}"))
     }
 
     /// `POST /db/execute?<params>` on node `id`; `Err` with a description on a transport error

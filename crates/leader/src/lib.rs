@@ -19,6 +19,13 @@
 //!    that asked for `sync` or `replicas:K` ([`Durability`]) then waits, in its own task so
 //!    the writer goes on, until enough followers report having applied it ([`Progress`]).
 //!
+//! A request carrying a client request id that was already applied (a retry whose first answer
+//! was lost) is not run by the speculation: it comes back in [`sql::Speculation::duplicates`]
+//! with the stored results and the log index of the entry that applied it, and is answered
+//! with that index instead of the new record's. A repeat of an id within one batch runs once
+//! and both requests get the new record's index. The ids live in every replica's database
+//! (`sql::answers`), so a retry is recognised after a failover too.
+//!
 //! Because the writer waits for its own record to be applied before speculating the next, a
 //! speculation always runs against exactly the state its changeset will be applied to; a
 //! conflict on apply can only mean divergence, and stops the node.
@@ -67,7 +74,8 @@ pub struct Outcome {
     /// Per-statement results, in request order.
     pub results: Vec<sql::StatementResult>,
     /// The log index of the record holding the write's changes; when the request changed
-    /// nothing, the index applied when it was answered.
+    /// nothing, the index applied when it was answered; for a retry of a request id already
+    /// applied, the index of the entry that applied the original (whose results these are).
     pub lsn: wal::Lsn,
 }
 
@@ -183,9 +191,9 @@ async fn run(
         let outcome =
             commit(&raft, &db, &applied, &progress, &options, requests).instrument(span).await;
         match outcome {
-            Ok((results, lsn)) => {
-                for (p, results) in pending.into_iter().zip(results) {
-                    let _ = p.reply.send(Ok(Outcome { results, lsn }));
+            Ok(outcomes) => {
+                for (p, outcome) in pending.into_iter().zip(outcomes) {
+                    let _ = p.reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
@@ -197,7 +205,8 @@ async fn run(
     }
 }
 
-/// Speculates and commits one batch; returns the per-request results and the record's index.
+/// Speculates and commits one batch; returns one answer per request: its results, and the
+/// record's index, or for a retry of an applied request the index that applied it.
 async fn commit(
     raft: &raft::Raft,
     db: &Arc<Mutex<sql::Db>>,
@@ -205,7 +214,7 @@ async fn commit(
     progress: &Progress,
     options: &Options,
     requests: Vec<sql::WriteRequest>,
-) -> Result<(Vec<Vec<sql::StatementResult>>, wal::Lsn)> {
+) -> Result<Vec<Outcome>> {
     let term = raft::client::leader_term(raft)?;
     tracing::Span::current().record("term", term);
     // Everything this leader appended (its term's blank entry included) must be applied before
@@ -222,13 +231,48 @@ async fn commit(
         sql::Error::InvalidInput(m) => Error::InvalidInput(m),
         e => Error::Internal(e.to_string()),
     })?;
-    if speculation.record.ops.is_empty() && speculation.record.request_ids.is_empty() {
-        // Nothing to replicate: every statement failed or changed nothing.
-        return Ok((speculation.results, *applied.borrow()));
+    let sql::Speculation { record, results, duplicates } = speculation;
+    let lsn = if record.ops.is_empty() && record.requests.is_empty() {
+        // Nothing to replicate: every statement failed or changed nothing, or every request was
+        // a retry of an applied one.
+        *applied.borrow()
+    } else {
+        let proposed = std::time::Instant::now();
+        let lsn = raft::client::propose(raft, record, term, options.sync_timeout).await?;
+        progress.appended(lsn, proposed);
+        tracing::Span::current().record("lsn", lsn);
+        lsn
+    };
+    Ok(answers(results, &duplicates, lsn))
+}
+
+/// Pairs each request's results with the index to answer it with: the index that applied it
+/// for a retry of an applied request (`duplicates`), `lsn` for the others.
+fn answers(
+    results: Vec<Vec<sql::StatementResult>>,
+    duplicates: &[Option<wal::Lsn>],
+    lsn: wal::Lsn,
+) -> Vec<Outcome> {
+    assert_eq!(results.len(), duplicates.len(), "a speculation answers every request once");
+    results
+        .into_iter()
+        .zip(duplicates)
+        .map(|(results, duplicate)| Outcome { results, lsn: duplicate.unwrap_or(lsn) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_keep_their_original_lsn() {
+        let result = |id| {
+            vec![sql::StatementResult::Exec { last_insert_id: id, rows_affected: 1, time: 0.0 }]
+        };
+        let outcomes = answers(vec![result(1), result(2), result(3)], &[None, Some(4), None], 9);
+        let lsns: Vec<wal::Lsn> = outcomes.iter().map(|o| o.lsn).collect();
+        assert_eq!(lsns, vec![9, 4, 9]);
+        assert_eq!(outcomes[1].results, result(2));
     }
-    let proposed = std::time::Instant::now();
-    let lsn = raft::client::propose(raft, speculation.record, term, options.sync_timeout).await?;
-    progress.appended(lsn, proposed);
-    tracing::Span::current().record("lsn", lsn);
-    Ok((speculation.results, lsn))
 }

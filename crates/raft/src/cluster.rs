@@ -3,18 +3,42 @@
 //! Everything here reads openraft's published metrics (a watch channel; values are cloned out
 //! at once, never held across an `.await`, see stack.md pitfall 3) or calls its management API,
 //! and returns plain Keel types.
+//!
+//! Operator changes, all called on the leader:
+//!
+//! - [`transfer_leader`]: hand leadership to a caught-up voter. It waits until the target's log
+//!   matches the leader's, triggers openraft's leadership transfer (the leader stops accepting
+//!   writes and asks the target to campaign at once, skipping the election timeout), and waits
+//!   until the target leads. [`successor`] picks a target when the caller names none.
+//! - [`add_member`], [`set_voter`], [`remove_node`]: add a voter or learner, turn a learner into
+//!   a voter or back, remove a node (alive or dead) entirely. Voter changes go through
+//!   openraft's joint consensus (`change_membership`), so they need a quorum of the old *and*
+//!   the new voter set.
+//!
+//! Before changing anything these refuse, with a [`ChangeError`] that says why, what would
+//! leave the cluster unable to work: removing or demoting the last voter, removing or demoting
+//! the leader itself (transfer leadership first), or a new voter set whose reachable members are
+//! fewer than its quorum. openraft allows one membership change at a time and reports a second
+//! as [`ChangeError::InProgress`]; callers also serialize their own changes (the HTTP layer
+//! holds one mutex around each).
+//!
+//! What they deliberately do not do: force a membership on a cluster that has lost its quorum.
+//! A change is itself a Raft entry and needs a quorum to commit; a cluster that lost a majority
+//! of its voters cannot be reconfigured this way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use openraft::errors::{
+    ChangeMembershipError, ClientWriteError, ForwardReason, InitializeError, RaftError,
+};
+use openraft::{ChangeMembers, Instant as _, ServerState};
 use serde::Serialize;
 
-use crate::Raft;
 use crate::client::ClientError;
 use crate::types::{Lsn, Node, NodeId, Term};
+use crate::{Metrics, Raft};
 
 /// A node's role, as Keel names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -188,5 +212,428 @@ pub async fn stopped(raft: &Raft) -> String {
             Ok(()) => "shut down".to_string(),
         },
         Err(e) => e.to_string(),
+    }
+}
+
+/// Why an operator change (a membership change or a leadership transfer) was not made. Each
+/// variant says what the caller does.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChangeError {
+    /// The request cannot be carried out as asked (an unknown node, a node that is already a
+    /// member with other addresses or another role): fix the request.
+    #[error("{0}")]
+    Invalid(String),
+    /// The change would leave the cluster unable to work (no voter left, the leader removed
+    /// from under itself, a voter set whose reachable members are fewer than its quorum):
+    /// change the cluster first, as the message says.
+    #[error("{0}")]
+    Unsafe(String),
+    /// Another membership change has not committed yet; nothing was changed: retry shortly.
+    #[error("membership change in progress: {0}")]
+    InProgress(String),
+    /// The node the change needs is not ready (not caught up with the leader, or not
+    /// acknowledging it); nothing was changed: retry once it is.
+    #[error("{0}")]
+    NotReady(String),
+    /// Raft could not carry the change out: not the leader, no quorum, outcome unknown, stopped.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// How long each step of an operator change may take.
+#[derive(Debug, Clone)]
+pub struct Deadlines {
+    /// For a node to catch up with the leader's log before it becomes a voter or the leader.
+    pub catch_up: Duration,
+    /// For the target of a leadership transfer to be elected.
+    pub takeover: Duration,
+    /// For a membership change to commit (for a new voter: including its catching up).
+    pub change: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            catch_up: Duration::from_secs(10),
+            takeover: Duration::from_secs(5),
+            change: Duration::from_secs(60),
+        }
+    }
+}
+
+/// This node's metrics if it is the leader.
+fn leader_metrics(raft: &Raft) -> Result<Metrics, ChangeError> {
+    crate::client::leader_term(raft)?;
+    Ok(raft.metrics().borrow_watched().clone())
+}
+
+/// How long the leader may go without hearing from a member before the member counts as
+/// unreachable: the longest election timeout, many heartbeats.
+fn reachable_window(raft: &Raft) -> Duration {
+    Duration::from_millis(raft.config().election_timeout_max)
+}
+
+/// How long ago the leader whose metrics are `m` last heard from `id` (a heartbeat or
+/// replication acknowledgement); `None` if never. Zero for the leader itself.
+fn last_heard(m: &Metrics, id: NodeId) -> Option<Duration> {
+    if id == m.id {
+        return Some(Duration::ZERO);
+    }
+    let at = m.heartbeat.as_ref()?.get(&id)?.as_ref()?;
+    Some(at.elapsed())
+}
+
+/// Whether the leader whose metrics are `m` heard from `id` within `window`.
+fn reachable(m: &Metrics, id: NodeId, window: Duration) -> bool {
+    last_heard(m, id).is_some_and(|ago| ago <= window)
+}
+
+/// How far `id`'s log matches the leader's (leader metrics only).
+fn matched(m: &Metrics, id: NodeId) -> Option<Lsn> {
+    if id == m.id {
+        return m.last_log_index;
+    }
+    m.replication.as_ref()?.get(&id)?.as_ref().map(|l| l.index)
+}
+
+/// The voter ids of the effective membership.
+fn voter_ids(m: &Metrics) -> BTreeSet<NodeId> {
+    m.membership_config.membership().voter_ids().collect()
+}
+
+/// Refuses to start a change while the last one has not committed.
+fn check_settled(m: &Metrics) -> Result<(), ChangeError> {
+    if m.membership_config.log_id() != m.committed_membership_config.log_id() {
+        return Err(ChangeError::InProgress(format!(
+            "the membership at log index {} is not committed yet",
+            m.membership_config.log_id().as_ref().map_or(0, |l| l.index)
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a change when the leader cannot reach a quorum of the current voters (it could not
+/// commit it), or when the `after` voter set would have fewer reachable members than its
+/// quorum (the cluster could not commit anything after it).
+fn check_quorum(
+    m: &Metrics,
+    after: &BTreeSet<NodeId>,
+    window: Duration,
+    what: &str,
+) -> Result<(), ChangeError> {
+    let up = |voters: &BTreeSet<NodeId>| -> Vec<NodeId> {
+        voters.iter().copied().filter(|&v| reachable(m, v, window)).collect()
+    };
+    let before = voter_ids(m);
+    let (up_before, up_after) = (up(&before), up(after));
+    if up_before.len() < before.len() / 2 + 1 {
+        return Err(ClientError::NoQuorum(format!(
+            "only voters {up_before:?} of {before:?} are reachable, fewer than a quorum: no membership change can commit"
+        ))
+        .into());
+    }
+    let quorum = after.len() / 2 + 1;
+    if up_after.len() < quorum {
+        return Err(ChangeError::Unsafe(format!(
+            "{what} would leave voters {after:?}, of which only {up_after:?} are reachable: fewer than the {quorum} a quorum needs; bring the others back first"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to remove or demote (`verb`) the last voter, or the leader itself.
+fn check_removable(m: &Metrics, id: NodeId, verb: &str) -> Result<(), ChangeError> {
+    let voters = voter_ids(m);
+    if voters.len() == 1 && voters.contains(&id) {
+        return Err(ChangeError::Unsafe(format!(
+            "node {id} is the last voter: {verb} it would leave no voter to elect a leader or commit anything; add another voter first"
+        )));
+    }
+    if id == m.id {
+        return Err(ChangeError::Unsafe(format!(
+            "node {id} is the leader: transfer leadership to another voter first, then retry {verb} it"
+        )));
+    }
+    Ok(())
+}
+
+/// Waits until `id`'s log matches the leader's through `index` and the leader has heard from
+/// it within `window`, up to `timeout`. A node the leader heard from once but not within
+/// `window` is refused at once: it is down, or cut off.
+async fn wait_matched(
+    raft: &Raft,
+    id: NodeId,
+    index: Lsn,
+    timeout: Duration,
+    window: Duration,
+) -> Result<(), ChangeError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut first = true;
+    loop {
+        let m = leader_metrics(raft)?;
+        let at = matched(&m, id);
+        let heard = last_heard(&m, id);
+        let up = heard.is_some_and(|ago| ago <= window);
+        if up && at.is_some_and(|at| at >= index) {
+            return Ok(());
+        }
+        if let (true, Some(ago)) = (first, heard)
+            && ago > window
+        {
+            return Err(ChangeError::NotReady(format!(
+                "node {id} is not reachable: the leader last heard from it {:.1}s ago; is it running?",
+                ago.as_secs_f64()
+            )));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why = if up {
+                String::new()
+            } else {
+                format!("; the leader has not heard from it within {window:?}: is it running?")
+            };
+            return Err(ChangeError::NotReady(format!(
+                "node {id} has not caught up with the leader within {timeout:?}: its log matches through index {} of {index}{why}",
+                at.unwrap_or(0)
+            )));
+        }
+        first = false;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Maps openraft's answer to a membership change.
+fn change_err(e: RaftError<crate::TypeConfig, ClientWriteError<crate::TypeConfig>>) -> ChangeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f))
+            if f.reason == ForwardReason::LeaseExpired =>
+        {
+            ClientError::NoQuorum(
+                "the leader has not heard from a quorum of voters recently".to_string(),
+            )
+            .into()
+        }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ClientError::NotLeader { leader: f.leader_id }.into()
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(p) => ChangeError::InProgress(p.to_string()),
+            ChangeMembershipError::LearnerNotFound(l) => ChangeError::Invalid(l.to_string()),
+            ChangeMembershipError::EmptyMembership(e) => ChangeError::Unsafe(e.to_string()),
+            other => ClientError::Unknown(other.to_string()).into(),
+        },
+        RaftError::APIError(e) => ClientError::Unknown(e.to_string()).into(),
+        RaftError::Fatal(f) => ClientError::Fatal(f.to_string()).into(),
+    }
+}
+
+/// Proposes `change` through joint consensus and waits up to `timeout` for it to commit.
+async fn change_membership(
+    raft: &Raft,
+    change: ChangeMembers<NodeId, Node>,
+    retain: bool,
+    timeout: Duration,
+) -> Result<(), ChangeError> {
+    tracing::info!(%change, retain, "changing membership");
+    match tokio::time::timeout(timeout, raft.change_membership(change, retain)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(change_err(e)),
+        Err(_) => Err(ClientError::Unknown(format!(
+            "the membership change did not commit within {timeout:?}; it may still commit once a quorum of voters acknowledges it"
+        ))
+        .into()),
+    }
+}
+
+/// Makes `to` the leader; on the leader. Returns the new leader's term.
+///
+/// `to` must be a voter. Naming the leader itself changes nothing. Otherwise this waits (up to
+/// `deadlines.catch_up`) until `to` acknowledges the leader and its log matches the leader's
+/// last entry as of the call, so a dead or lagging target is refused before leadership is
+/// touched. Then openraft's transfer starts: this leader stops accepting writes (they fail as
+/// "not the leader", safe to retry), sends the target its last log id, and the target
+/// campaigns at once, skipping the election timeout, when its log has everything. This waits
+/// (up to `deadlines.takeover`) until this node sees a leader in a newer term.
+///
+/// If the target is not elected, this node stays leader without accepting writes until the
+/// cluster elects a leader on its own after an election timeout; the error says so.
+pub async fn transfer_leader(
+    raft: &Raft,
+    to: NodeId,
+    deadlines: &Deadlines,
+) -> Result<Term, ChangeError> {
+    let m = leader_metrics(raft)?;
+    if to == m.id {
+        return Ok(m.current_term);
+    }
+    let membership = m.membership_config.membership();
+    if membership.get_node(&to).is_none() {
+        return Err(ChangeError::Invalid(format!("node {to} is not a member of the cluster")));
+    }
+    if !voter_ids(&m).contains(&to) {
+        return Err(ChangeError::Invalid(format!(
+            "node {to} is a learner: make it a voter before it can lead"
+        )));
+    }
+    let window = reachable_window(raft);
+    let index = m.last_log_index.unwrap_or(0);
+    wait_matched(raft, to, index, deadlines.catch_up, window).await?;
+
+    let term = m.current_term;
+    tracing::info!(to, term, "transferring leadership");
+    raft.trigger().transfer_leader(to).await.map_err(|f| ClientError::Fatal(f.to_string()))?;
+    let new_leader = move |m: &Metrics| m.current_term > term && m.current_leader.is_some();
+    let takeover = deadlines.takeover;
+    match raft.wait(Some(takeover)).metrics(new_leader, "a leader in a newer term").await {
+        Ok(m) if m.current_leader == Some(to) => {
+            tracing::info!(to, term = m.current_term, "leadership transferred");
+            Ok(m.current_term)
+        }
+        Ok(m) => Err(ClientError::Unknown(format!(
+            "node {to} was not elected: node {} leads in term {}",
+            m.current_leader.unwrap_or_default(),
+            m.current_term
+        ))
+        .into()),
+        Err(_) => Err(ClientError::Unknown(format!(
+            "node {to} did not take over leadership within {takeover:?}; the cluster elects a leader on its own after an election timeout"
+        ))
+        .into()),
+    }
+}
+
+/// The voter best placed to take over from this leader: one the leader hears from, with the
+/// most of the log (ties go to the lowest id). `None` if there is none, or this node does not
+/// lead.
+pub fn successor(raft: &Raft) -> Option<NodeId> {
+    let m = leader_metrics(raft).ok()?;
+    let window = reachable_window(raft);
+    voter_ids(&m)
+        .into_iter()
+        .filter(|&id| id != m.id && reachable(&m, id, window))
+        .max_by_key(|&id| (matched(&m, id), std::cmp::Reverse(id)))
+}
+
+/// Adds node `id` at `node`, as a voter or a learner; on the leader. A voter joins as a
+/// learner first and becomes a voter once it has caught up (see [`add_node`]).
+///
+/// Adding a member that is already there with the same addresses and role changes nothing;
+/// with other addresses or another role it is refused (remove it first, or use
+/// [`set_voter`]).
+pub async fn add_member(
+    raft: &Raft,
+    id: NodeId,
+    node: Node,
+    voter: bool,
+    deadlines: &Deadlines,
+) -> Result<(), ChangeError> {
+    if id == 0 {
+        return Err(ChangeError::Invalid("node id must be positive".to_string()));
+    }
+    let m = leader_metrics(raft)?;
+    if let Some(existing) = m.membership_config.membership().get_node(&id) {
+        let is_voter = voter_ids(&m).contains(&id);
+        if existing != &node {
+            return Err(ChangeError::Invalid(format!(
+                "node {id} is already a member at {existing}: remove it first to give it other addresses"
+            )));
+        }
+        return match (is_voter, voter) {
+            (true, true) | (false, false) => Ok(()),
+            (true, false) => Err(ChangeError::Invalid(format!(
+                "node {id} is already a voter: demote it to make it a learner"
+            ))),
+            (false, true) => Err(ChangeError::Invalid(format!(
+                "node {id} is already a learner: promote it to make it a voter"
+            ))),
+        };
+    }
+    check_settled(&m)?;
+    tracing::info!(id, %node, voter, "adding node");
+    let add = async {
+        // Blocking for voters: a far-behind node must not enter the quorum.
+        raft.add_learner(id, node, voter).await.map_err(change_err)?;
+        if voter {
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(change_err)?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(deadlines.change, add).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Unknown(format!(
+            "adding node {id} did not finish within {:?}; it may still finish (is the node running and reachable?)",
+            deadlines.change
+        ))
+        .into()),
+    }
+}
+
+/// Turns learner `id` into a voter (`voter`) or voter `id` into a learner; on the leader. A
+/// member already in the wanted role is left alone.
+///
+/// A learner becomes a voter only once it acknowledges the leader and has caught up with the
+/// leader's log, so it cannot stall commits it now counts towards. Demoting refuses the last
+/// voter and the leader itself, and anything that leaves fewer reachable voters than a quorum.
+pub async fn set_voter(
+    raft: &Raft,
+    id: NodeId,
+    voter: bool,
+    deadlines: &Deadlines,
+) -> Result<(), ChangeError> {
+    let m = leader_metrics(raft)?;
+    if m.membership_config.membership().get_node(&id).is_none() {
+        return Err(ChangeError::Invalid(format!("node {id} is not a member of the cluster")));
+    }
+    let mut voters = voter_ids(&m);
+    if voters.contains(&id) == voter {
+        return Ok(());
+    }
+    check_settled(&m)?;
+    let window = reachable_window(raft);
+    if voter {
+        let index = m.last_log_index.unwrap_or(0);
+        wait_matched(raft, id, index, deadlines.catch_up, window).await?;
+        let m = leader_metrics(raft)?;
+        voters.insert(id);
+        check_quorum(&m, &voters, window, &format!("promoting node {id}"))?;
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        change_membership(raft, change, false, deadlines.change).await
+    } else {
+        check_removable(&m, id, "demoting")?;
+        voters.remove(&id);
+        check_quorum(&m, &voters, window, &format!("demoting node {id}"))?;
+        let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
+        change_membership(raft, change, true, deadlines.change).await
+    }
+}
+
+/// Removes node `id` from the membership entirely, voter or learner, running or dead for good;
+/// on the leader. The leader stops replicating to it.
+///
+/// Refuses the last voter, the leader itself (transfer leadership first), and a removal that
+/// leaves fewer reachable voters than a quorum. Removing a dead voter is what lets the others
+/// form a quorum without it again: 3 voters with one dead become 2 voters that both must
+/// acknowledge each write.
+pub async fn remove_node(
+    raft: &Raft,
+    id: NodeId,
+    deadlines: &Deadlines,
+) -> Result<(), ChangeError> {
+    let m = leader_metrics(raft)?;
+    if m.membership_config.membership().get_node(&id).is_none() {
+        return Err(ChangeError::Invalid(format!("node {id} is not a member of the cluster")));
+    }
+    check_settled(&m)?;
+    let mut voters = voter_ids(&m);
+    if voters.contains(&id) {
+        check_removable(&m, id, "removing")?;
+        voters.remove(&id);
+        check_quorum(&m, &voters, reachable_window(raft), &format!("removing node {id}"))?;
+        let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
+        change_membership(raft, change, false, deadlines.change).await
+    } else {
+        let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+        change_membership(raft, change, false, deadlines.change).await
     }
 }

@@ -272,7 +272,7 @@ mod tests {
         round_trip(Entry { log_id: id, payload: EntryPayload::Blank });
         let record = Record {
             ops: vec![wal::Op::Ddl("CREATE TABLE t (a)".into())],
-            request_ids: vec!["r1".into()],
+            requests: vec![wal::RequestAnswer { id: "r1".into(), results: b"[]".to_vec() }],
         };
         round_trip(Entry { log_id: id, payload: EntryPayload::Normal(record) });
         round_trip(Entry { log_id: id, payload: EntryPayload::Normal(Record::default()) });

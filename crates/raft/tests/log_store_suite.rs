@@ -141,7 +141,7 @@ fn blank(term: u64, index: u64) -> Entry {
 fn normal(term: u64, index: u64, sql: &str) -> Entry {
     let record = wal::Record {
         ops: vec![wal::Op::Ddl(sql.to_string())],
-        request_ids: vec![format!("req-{index}")],
+        requests: vec![wal::RequestAnswer { id: format!("req-{index}"), results: b"[]".to_vec() }],
     };
     Entry { log_id: LogId::new_term_index(term, index), payload: EntryPayload::Normal(record) }
 }

@@ -8,7 +8,19 @@
 //!    changes here; the record goes through Raft.
 //! 2. [`Db::apply`] (every node, the leader included) applies committed records in one
 //!    transaction together with the new applied position, which is stored in the database
-//!    itself (`_keel_meta`), so data and position can never disagree after a crash.
+//!    itself (`_keel_meta`), so data and position can never disagree after a crash, and with
+//!    the answers of requests that carried a request id (`_keel_requests`, see
+//!    [`crate::answers`]).
+//!
+//! ## Retries: requests whose id was seen before
+//!
+//! Before running anything, `execute` looks up every request id of the group in
+//! `_keel_requests`. A request whose id is stored is not run: it is answered with the stored
+//! results and reported in [`Speculation::duplicates`] with the log index that carried it. A
+//! request repeating an id that appears earlier in the same group is not run either: it gets
+//! the earlier request's results (and, through the leader, the same new log index). Every other
+//! request with an id puts its id and encoded results into the record, failed statements
+//! included, so a retry of a failed request gets the same errors.
 //!
 //! ## How `execute` builds a record
 //!
@@ -67,9 +79,9 @@
 //!
 //! ## Not done here
 //!
-//! Deciding which requests form a group, waiting for commit, deduplicating request ids (the
-//! record carries them; `leader` owns the table), reads (see `readers`), and refusing stale
-//! apply positions (the state machine in `follower` owns ordering).
+//! Deciding which requests form a group, waiting for commit, choosing the `lsn` each request is
+//! answered with (`leader`, from [`Speculation::duplicates`]), reads (see `readers`), and
+//! refusing stale apply positions (the state machine in `follower` owns ordering).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -80,6 +92,7 @@ use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::{Batch, Connection, OptionalExtension as _, params};
 use wal::{Lsn, Op, Record, Term};
 
+use crate::answers;
 use crate::determinism;
 use crate::encode;
 use crate::error::{Error, Result};
@@ -103,12 +116,23 @@ pub struct WriteRequest {
 }
 
 /// The outcome of [`Db::execute`]: what to propose, and what to answer once it commits.
+///
+/// Invariants:
+/// * `results` and `duplicates` have one element per request given to [`Db::execute`].
+/// * `record.requests` has one answer per request that ran and carried an id, in request order,
+///   each id once; a request with `duplicates[i] = Some(_)` added nothing to the record.
 #[derive(Debug)]
 pub struct Speculation {
-    /// The replicated effect of all requests (ops in execution order, request ids).
+    /// The replicated effect of all requests (ops in execution order, answers of requests with
+    /// an id).
     pub record: Record,
     /// One `Vec` per request, one result per statement (fewer when a transaction stopped).
     pub results: Vec<Vec<StatementResult>>,
+    /// One per request: `Some(lsn)` when its request id was already applied, by the entry at
+    /// `lsn`. Such a request was not run; its results are the stored ones and it must be answered
+    /// with `lsn`, not the index of `record`. `None` for requests answered by `record`, including
+    /// a repeat of an id earlier in the same group.
+    pub duplicates: Vec<Option<Lsn>>,
 }
 
 /// The last log entry applied to this database, as stored inside it.
@@ -170,6 +194,21 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// What [`Db::execute`] does with one request of a group.
+enum Plan {
+    /// Run it.
+    Run,
+    /// Its id was applied by the entry at `lsn`: answer `results` without running it.
+    Applied {
+        /// The index of the entry that carried the original request.
+        lsn: Lsn,
+        /// The original's results.
+        results: Vec<StatementResult>,
+    },
+    /// Its id belongs to the earlier request at this position of the group: answer as that one.
+    Repeat(usize),
+}
+
 /// Keel's metadata table: the applied position, inside the database it describes.
 const META_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _keel_meta (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -205,6 +244,7 @@ impl Db {
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         conn.execute_batch(META_SCHEMA)?;
+        conn.execute_batch(answers::SCHEMA)?;
         let policy = Policy::default();
         policy.install(&mut conn)?;
         Ok((conn, policy))
@@ -234,27 +274,85 @@ impl Db {
 
     /// Runs a group of client requests under one transaction with session capture, returns the
     /// record to replicate and the results, and rolls back: the database is never changed.
+    /// Requests whose id was seen before are answered without running (see the module docs).
     ///
     /// Errors are infrastructure failures only; SQL errors are per-statement results.
     pub fn execute(&mut self, requests: &[WriteRequest]) -> Result<Speculation> {
         self.set_role(Role::Leader)?;
+        let plans = self.plan(requests)?;
+        let run: Vec<&WriteRequest> = requests
+            .iter()
+            .zip(&plans)
+            .filter(|(_, plan)| matches!(plan, Plan::Run))
+            .map(|(request, _)| request)
+            .collect();
         let mut skip: BTreeMap<(usize, usize), String> = BTreeMap::new();
-        loop {
-            let outcome = Speculator::run(&self.conn, &self.policy, requests, &skip);
+        let attempt = loop {
+            let outcome = Speculator::run(&self.conn, &self.policy, &run, &skip);
             self.end_transaction();
             match outcome {
-                Ok(speculation) => return Ok(speculation),
+                Ok(attempt) => break attempt,
                 Err(Failure::EndedTransaction { request, statement, error }) => {
                     tracing::debug!(request, statement, %error, "statement ended the transaction; retrying without it");
                     skip.insert((request, statement), error);
                 }
                 Err(Failure::Fatal(error)) => return Err(error),
             }
+        };
+        let mut ran = attempt.results.into_iter();
+        let mut results: Vec<Vec<StatementResult>> = Vec::with_capacity(requests.len());
+        let mut duplicates = Vec::with_capacity(requests.len());
+        let mut answers = Vec::new();
+        for (request, plan) in requests.iter().zip(plans) {
+            let (request_results, duplicate) = match plan {
+                Plan::Run => {
+                    let request_results = ran.next().expect("one result list per request run");
+                    if let Some(id) = &request.request_id {
+                        let results = answers::encode(&request_results);
+                        answers.push(wal::RequestAnswer { id: id.clone(), results });
+                    }
+                    (request_results, None)
+                }
+                Plan::Applied { lsn, results } => (results, Some(lsn)),
+                Plan::Repeat(first) => (results[first].clone(), duplicates[first]),
+            };
+            results.push(request_results);
+            duplicates.push(duplicate);
         }
+        Ok(Speculation {
+            record: Record { ops: attempt.ops, requests: answers },
+            results,
+            duplicates,
+        })
+    }
+
+    /// Decides, for each request of a group, whether to run it or answer it as a retry: its id
+    /// is stored in `_keel_requests`, or belongs to an earlier request of the group.
+    fn plan(&self, requests: &[WriteRequest]) -> Result<Vec<Plan>> {
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        let mut plans = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            let Some(id) = request.request_id.as_deref() else {
+                plans.push(Plan::Run);
+                continue;
+            };
+            if let Some(&earlier) = first.get(id) {
+                plans.push(Plan::Repeat(earlier));
+                continue;
+            }
+            first.insert(id, i);
+            plans.push(match answers::lookup(&self.conn, id)? {
+                Some((lsn, results)) => Plan::Applied { lsn, results },
+                None => Plan::Run,
+            });
+        }
+        Ok(plans)
     }
 
     /// Applies committed entries in one SQLite transaction together with the new applied
-    /// position (the last entry's) and membership (the last given). On error nothing is applied;
+    /// position (the last entry's) and membership (the last given). Each record's request
+    /// answers are stored with the entry's index, and answers older than the retention window
+    /// are pruned after each entry ([`crate::answers`]). On error nothing is applied;
     /// [`Error::Corrupt`] means a record cannot be applied identically here.
     pub fn apply(&mut self, entries: &[Apply<'_>]) -> Result<()> {
         let Some(last) = entries.last() else {
@@ -292,30 +390,12 @@ impl Db {
     fn apply_in_transaction(&self, entries: &[Apply<'_>], last: &Apply<'_>) -> Result<bool> {
         let mut touched_shadow_tables = false;
         for entry in entries {
-            let Some(record) = entry.record else { continue };
-            for (i, op) in record.ops.iter().enumerate() {
-                let at = || format!("entry {} (term {}) op {i}", entry.index, entry.term);
-                match op {
-                    Op::Ddl(sql) => self
-                        .conn
-                        .execute_batch(sql)
-                        .map_err(|e| Error::Corrupt(format!("{}: DDL failed: {e}: {sql}", at())))?,
-                    Op::Changes(changeset) => {
-                        touched_shadow_tables |= self
-                            .validate(changeset)
-                            .map_err(|e| Error::Corrupt(format!("{}: {e}", at())))?;
-                        session::apply(&self.conn, changeset).map_err(|e| match e {
-                            ApplyError::Conflict { kind, table } => Error::Corrupt(format!(
-                                "{}: conflict on table {table}: {kind}",
-                                at()
-                            )),
-                            ApplyError::Sqlite(e) => {
-                                Error::Corrupt(format!("{}: changeset apply failed: {e}", at()))
-                            }
-                        })?;
-                    }
-                }
+            if let Some(record) = entry.record {
+                touched_shadow_tables |= self.apply_record(entry, record)?;
             }
+            // After every entry, not once per call: the table's content must depend on the log
+            // alone, not on how entries were grouped into calls (see `answers`).
+            answers::prune(&self.conn, entry.index)?;
         }
         let membership = entries.iter().rev().find_map(|e| e.membership);
         let (term, index) = (to_sql_int(last.term)?, to_sql_int(last.index)?);
@@ -325,6 +405,41 @@ impl Db {
                  membership = coalesce(excluded.membership, membership)",
             params![term, index, membership],
         )?;
+        Ok(touched_shadow_tables)
+    }
+
+    /// Applies one entry's record: its ops, then its request answers. Returns whether a
+    /// changeset wrote a virtual table's shadow tables.
+    fn apply_record(&self, entry: &Apply<'_>, record: &Record) -> Result<bool> {
+        let mut touched_shadow_tables = false;
+        for (i, op) in record.ops.iter().enumerate() {
+            let at = || format!("entry {} (term {}) op {i}", entry.index, entry.term);
+            match op {
+                Op::Ddl(sql) => self
+                    .conn
+                    .execute_batch(sql)
+                    .map_err(|e| Error::Corrupt(format!("{}: DDL failed: {e}: {sql}", at())))?,
+                Op::Changes(changeset) => {
+                    touched_shadow_tables |= self
+                        .validate(changeset)
+                        .map_err(|e| Error::Corrupt(format!("{}: {e}", at())))?;
+                    session::apply(&self.conn, changeset).map_err(|e| match e {
+                        ApplyError::Conflict { kind, table } => {
+                            Error::Corrupt(format!("{}: conflict on table {table}: {kind}", at()))
+                        }
+                        ApplyError::Sqlite(e) => {
+                            Error::Corrupt(format!("{}: changeset apply failed: {e}", at()))
+                        }
+                    })?;
+                }
+            }
+        }
+        answers::store(&self.conn, entry.index, &record.requests).map_err(|e| match e {
+            Error::Corrupt(m) => {
+                Error::Corrupt(format!("entry {} (term {}): {m}", entry.index, entry.term))
+            }
+            e => e,
+        })?;
         Ok(touched_shadow_tables)
     }
 
@@ -430,6 +545,7 @@ impl Db {
             }
         }
         self.conn.execute_batch(META_SCHEMA)?;
+        self.conn.execute_batch(answers::SCHEMA)?;
         Ok(())
     }
 
@@ -497,6 +613,14 @@ enum Ran {
     EndedTransaction(String),
 }
 
+/// What a successful attempt produced for the requests it ran.
+struct Attempt {
+    /// The record's ops.
+    ops: Vec<Op>,
+    /// One `Vec` per request run, one result per statement.
+    results: Vec<Vec<StatementResult>>,
+}
+
 /// One attempt at executing a group of requests: the transaction's state while it is open.
 struct Speculator<'c> {
     /// The write connection, inside `BEGIN`.
@@ -530,13 +654,13 @@ const DEFERRED_FK_ERROR: &str = "FOREIGN KEY constraint failed";
 
 impl<'c> Speculator<'c> {
     /// Runs one attempt; the caller rolls back afterwards whatever happens. `skip` holds
-    /// statements answered by an error without being run.
+    /// statements answered by an error without being run, by position in `requests`.
     fn run(
         conn: &'c Connection,
         policy: &'c Policy,
-        requests: &[WriteRequest],
+        requests: &[&WriteRequest],
         skip: &BTreeMap<(usize, usize), String>,
-    ) -> std::result::Result<Speculation, Failure> {
+    ) -> std::result::Result<Attempt, Failure> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let sequences = read_sequences(conn)?;
         let mut speculator = Speculator {
@@ -564,8 +688,7 @@ impl<'c> Speculator<'c> {
         speculator.cut()?;
         let mut ops = std::mem::take(&mut speculator.ops);
         ops.extend(sequence_fixups(&sequences, &read_sequences(conn)?));
-        let request_ids = requests.iter().filter_map(|r| r.request_id.clone()).collect();
-        Ok(Speculation { record: Record { ops, request_ids }, results })
+        Ok(Attempt { ops, results })
     }
 
     /// Runs a `transaction` request: all or nothing. The inner `Err` names a statement that

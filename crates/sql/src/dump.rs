@@ -7,10 +7,10 @@
 //! as SQL literals; REAL uses the shortest text that reads back exactly, so a difference in the
 //! last bit shows.
 //!
-//! Keel's own `_keel_*` tables are left out (the applied position is read with
-//! `Db::applied`), and so are virtual tables, whose contents live in their shadow tables, which
-//! are dumped. This is a test and debugging aid, not a backup format (rqlite's `.dump`-style
-//! backup belongs to `bin`).
+//! Keel's own `_keel_*` tables and their indexes are left out (the applied position is read
+//! with `Db::applied`), and so are virtual tables, whose contents live in their shadow tables,
+//! which are dumped. This is a test and debugging aid, not a backup format (rqlite's
+//! `.dump`-style backup belongs to `bin`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -47,7 +47,7 @@ fn dump_in_transaction(conn: &Connection) -> Result<String> {
     let mut out = String::new();
     let mut stmt = conn.prepare(
         "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema
-         WHERE name NOT LIKE '\\_keel\\_%' ESCAPE '\\'
+         WHERE name NOT LIKE '\\_keel\\_%' ESCAPE '\\' AND tbl_name NOT LIKE '\\_keel\\_%' ESCAPE '\\'
          ORDER BY type, name",
     )?;
     let objects: Vec<(String, String, String, String)> = stmt

@@ -9,9 +9,11 @@
 //!
 //! ```text
 //! HTTP body ─ parse_statements / statements_from_text ─▶ [Statement]
-//!   writes: Db::execute([WriteRequest]) ─▶ Speculation { record: wal::Record, results }
-//!             (BEGIN … session capture … ROLLBACK: nothing changes)
-//!           record ─ Raft ─▶ Db::apply([Apply]) on every node (one transaction, + position)
+//!   writes: Db::execute([WriteRequest]) ─▶ Speculation { record: wal::Record, results,
+//!             duplicates } (BEGIN … session capture … ROLLBACK: nothing changes; a request
+//!             whose request id is stored in _keel_requests is answered from there, not run)
+//!           record ─ Raft ─▶ Db::apply([Apply]) on every node (one transaction, + position,
+//!             + the answers of requests with an id)
 //!   reads:  Readers::query([Statement]) on a pool of read-only connections
 //!   results: StatementResult::to_json(Format) ─▶ rqlite's JSON
 //! ```
@@ -19,6 +21,8 @@
 //! * [`statement`]: the rqlite request body → [`Statement`]s (rqlite's parsing rules, limits).
 //! * [`db`]: [`Db`], the single read-write connection: [`Db::execute`] (speculative execution
 //!   with session capture, always rolled back) and [`Db::apply`] (the state machine), snapshots.
+//! * [`answers`]: the stored answers of requests with a request id (`_keel_requests`), so that a
+//!   retry is answered with the original results and `lsn` instead of running twice.
 //! * `policy`: the SQLite authorizer deciding what client SQL may do and spotting DDL.
 //! * `determinism`: rejects `CREATE TABLE … AS SELECT` that would differ between replicas.
 //! * `session`: the unsafe FFI wrapper over SQLite's session extension.
@@ -54,6 +58,7 @@
 //!   for statements that do not insert or write rows (rqlite reports the connection's last
 //!   values), and a failing statement never leaves partial effects.
 
+pub mod answers;
 pub mod db;
 mod determinism;
 pub mod dump;

@@ -26,7 +26,12 @@ pub struct Format {
 }
 
 /// The outcome of one client statement.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Its serde form (externally tagged, snake case: `{"exec": {…}}`, `{"rows": {…}}`,
+/// `{"error": "…"}`) is how the answer of a request with a request id is stored for retries
+/// (see `answers`); it is not the rqlite shape, which is [`StatementResult::to_json`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StatementResult {
     /// A statement that changed (or could have changed) rows.
     Exec {

@@ -187,3 +187,190 @@ fn readers_run_concurrently_with_the_writer() {
     }
     assert_eq!(count(&readers), 50);
 }
+
+/// A request with the given statements and request id.
+fn with_id(id: &str, statements: &[&str]) -> WriteRequest {
+    WriteRequest { request_id: Some(id.to_string()), ..request(statements) }
+}
+
+/// The stored request answers, `(id, lsn)` in lsn and id order, read around `Db`.
+fn stored_ids(db: &Db) -> Vec<(String, i64)> {
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    let mut stmt = conn.prepare("SELECT id, lsn FROM _keel_requests ORDER BY lsn, id").unwrap();
+    stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+/// Executes `requests` on `leader` and applies the record at `index` to `leader` and `others`.
+fn write_requests(
+    leader: &mut Db,
+    others: &mut [&mut Db],
+    index: u64,
+    requests: &[WriteRequest],
+) -> sql::Speculation {
+    let speculation = leader.execute(requests).unwrap();
+    let entry = Apply { term: 1, index, record: Some(&speculation.record), membership: None };
+    leader.apply(&[entry]).unwrap();
+    for db in others {
+        db.apply(&[entry]).unwrap();
+    }
+    speculation
+}
+
+#[test]
+fn retries_are_answered_from_any_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let mut replica = Db::open(&dir.path().join("replica")).unwrap();
+    write(&mut leader, &mut [&mut replica], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"]);
+
+    let first = write_requests(
+        &mut leader,
+        &mut [&mut replica],
+        2,
+        &[with_id("abc", &["INSERT INTO t (v) VALUES ('x')"])],
+    );
+    assert_eq!(first.duplicates, vec![None]);
+    assert_eq!(first.record.requests.len(), 1);
+    assert_eq!(first.record.requests[0].id, "abc");
+    assert_eq!(sql::answers::decode(&first.record.requests[0].results).unwrap(), first.results[0]);
+    assert_eq!(stored_ids(&leader), vec![("abc".to_string(), 2)]);
+    assert_eq!(stored_ids(&replica), stored_ids(&leader));
+
+    // The replica, become leader, answers the retry from its own table: same results (time
+    // included), the original lsn, nothing to replicate.
+    let retry = replica.execute(&[with_id("abc", &["INSERT INTO t (v) VALUES ('x')"])]).unwrap();
+    assert_eq!(retry.duplicates, vec![Some(2)]);
+    assert_eq!(retry.results, first.results);
+    assert_eq!(retry.record, wal::Record::default());
+    assert_eq!(count(&Readers::open(replica.path(), 1).unwrap()), 1);
+}
+
+#[test]
+fn repeats_within_a_group_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    write(&mut db, &mut [], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"]);
+    let speculation = write_requests(
+        &mut db,
+        &mut [],
+        2,
+        &[
+            with_id("a", &["INSERT INTO t (v) VALUES (1)"]),
+            request(&["INSERT INTO t (v) VALUES (2)"]),
+            with_id("a", &["INSERT INTO t (v) VALUES (3)"]),
+        ],
+    );
+    assert_eq!(speculation.duplicates, vec![None, None, None]);
+    assert_eq!(speculation.results[2], speculation.results[0]);
+    let ids: Vec<&str> = speculation.record.requests.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, vec!["a"]);
+    assert_eq!(count(&Readers::open(db.path(), 1).unwrap()), 2);
+    assert_eq!(stored_ids(&db), vec![("a".to_string(), 2)]);
+
+    // A later group repeating a stored id twice answers both from the table.
+    let again =
+        db.execute(&[with_id("a", &["DELETE FROM t"]), with_id("a", &["DELETE FROM t"])]).unwrap();
+    assert_eq!(again.duplicates, vec![Some(2), Some(2)]);
+    assert_eq!(again.results, vec![speculation.results[0].clone(), speculation.results[0].clone()]);
+    assert!(again.record.ops.is_empty() && again.record.requests.is_empty());
+}
+
+#[test]
+fn failed_requests_keep_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    write(
+        &mut db,
+        &mut [],
+        1,
+        &["CREATE TABLE t (id INTEGER PRIMARY KEY)", "INSERT INTO t VALUES (1)"],
+    );
+    let failing = WriteRequest {
+        transaction: true,
+        ..with_id("f", &["INSERT INTO t VALUES (2)", "INSERT INTO t VALUES (1)"])
+    };
+    let first = write_requests(&mut db, &mut [], 2, std::slice::from_ref(&failing));
+    assert!(first.record.ops.is_empty(), "the failed request changed nothing");
+    assert_eq!(first.record.requests.len(), 1, "but its answer is replicated");
+    assert_eq!(
+        first.results[0][1],
+        StatementResult::Error("UNIQUE constraint failed: t.id".to_string())
+    );
+    // Once the conflict is gone, the retry would succeed if it ran; it gets the stored error.
+    write(&mut db, &mut [], 3, &["DELETE FROM t"]);
+    let retry = db.execute(&[failing]).unwrap();
+    assert_eq!(retry.duplicates, vec![Some(2)]);
+    assert_eq!(retry.results, first.results);
+}
+
+#[test]
+fn answers_depend_on_the_log_alone() {
+    // The same entries applied in one call, one by one, or grouped otherwise leave the same
+    // answers after each entry: pruning follows each entry's index, not the call.
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let create = leader.execute(&[request(&["CREATE TABLE t (id INTEGER PRIMARY KEY)"])]).unwrap();
+    let create = Apply { term: 1, index: 1, record: Some(&create.record), membership: None };
+    leader.apply(&[create]).unwrap();
+    let records: Vec<wal::Record> = (0..4u64)
+        .map(|i| {
+            let request = with_id(&format!("r{i}"), &[&format!("INSERT INTO t VALUES ({i})")]);
+            let record = leader.execute(&[request]).unwrap().record;
+            leader
+                .apply(&[Apply { term: 1, index: 2 + i, record: Some(&record), membership: None }])
+                .unwrap();
+            record
+        })
+        .collect();
+    // Entries 2..=5 carry r0..r3; the blank entry at RETENTION + 3 prunes r0 (lsn 2 < 3).
+    let mut entries: Vec<Apply<'_>> = (2..)
+        .zip(&records)
+        .map(|(index, record)| Apply { term: 1, index, record: Some(record), membership: None })
+        .collect();
+    let last = sql::answers::RETENTION + 3;
+    entries.push(Apply { term: 1, index: last, record: None, membership: None });
+    let ids = |names: &[(&str, i64)]| -> Vec<(String, i64)> {
+        names.iter().map(|(id, lsn)| (id.to_string(), *lsn)).collect()
+    };
+    let expected = [
+        ids(&[("r0", 2)]),
+        ids(&[("r0", 2), ("r1", 3)]),
+        ids(&[("r0", 2), ("r1", 3), ("r2", 4)]),
+        ids(&[("r0", 2), ("r1", 3), ("r2", 4), ("r3", 5)]),
+        ids(&[("r1", 3), ("r2", 4), ("r3", 5)]),
+    ];
+    for groups in [vec![5], vec![1, 1, 1, 1, 1], vec![2, 3], vec![4, 1]] {
+        let mut replica = Db::open(&dir.path().join(format!("replica-{groups:?}"))).unwrap();
+        replica.apply(&[create]).unwrap();
+        let mut at = 0;
+        for size in groups {
+            replica.apply(&entries[at..at + size]).unwrap();
+            at += size;
+            assert_eq!(stored_ids(&replica), expected[at - 1], "after {at} entries");
+        }
+        assert_eq!(replica.applied().unwrap().map(|a| a.index), Some(last));
+    }
+}
+
+#[test]
+fn answers_travel_in_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let mut follower = Db::open(&dir.path().join("follower")).unwrap();
+    write(&mut leader, &mut [], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"]);
+    let first = write_requests(
+        &mut leader,
+        &mut [],
+        2,
+        &[with_id("snap", &["INSERT INTO t (v) VALUES ('x')"])],
+    );
+    let snapshot = dir.path().join("snapshot");
+    leader.snapshot_to(&snapshot).unwrap();
+    follower.restore_from(&snapshot).unwrap();
+    let retry = follower.execute(&[with_id("snap", &["INSERT INTO t (v) VALUES ('x')"])]).unwrap();
+    assert_eq!(retry.duplicates, vec![Some(2)]);
+    assert_eq!(retry.results, first.results);
+}

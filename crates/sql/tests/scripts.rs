@@ -11,7 +11,11 @@
 //! * `request BODY [tx=true] [rows=true] [id=ID]` — queues a request; `BODY` is an rqlite JSON
 //!   body. `execute [apply=false] [on=replica] [associative=true]` runs the queued requests as
 //!   one group (on the replica: as if it had become the leader) and prints the results as
-//!   `/db/request` would.
+//!   `/db/request` would, marking a request answered as a retry with `[duplicate of lsn N]`,
+//!   then the record, whose stored answers show as `request ID: RESULTS`. The record is applied
+//!   at the next index (`index N` when the group has an id, to read duplicates against).
+//! * `skip N` — the next record is applied N indexes later (e.g. to cross the retention window).
+//! * `requests [on=leader|replica]` — lists the stored request answers (`_keel_requests`).
 //! * `apply [on=leader|replica|both]` — applies the last record again.
 //! * `query BODY [on=leader|replica] [tx=true] [associative=true] [blob_array=true]
 //!   [request=true]` — runs reads on a reader pool and prints the rqlite JSON.
@@ -43,6 +47,12 @@ struct Runner {
     index: u64,
 }
 
+/// Writes one request's results as `/db/request` would.
+fn render(results: &[sql::StatementResult], format: &Format) -> String {
+    let json: Vec<String> = results.iter().map(|r| r.to_json(format, true).to_string()).collect();
+    json.join(" ")
+}
+
 impl Runner {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -65,16 +75,21 @@ impl Runner {
         let db = if on_replica { &mut self.replica } else { &mut self.leader };
         let speculation = db.execute(&requests)?;
         let mut out = String::new();
-        for (i, results) in speculation.results.iter().enumerate() {
-            let json: Vec<String> =
-                results.iter().map(|r| r.to_json(&format, true).to_string()).collect();
-            if speculation.results.len() == 1 {
-                writeln!(out, "{}", json.join(" "))?;
-            } else {
-                writeln!(out, "request {i}: {}", json.join(" "))?;
+        for (i, (results, duplicate)) in
+            speculation.results.iter().zip(&speculation.duplicates).enumerate()
+        {
+            if speculation.results.len() > 1 {
+                write!(out, "request {i}: ")?;
             }
+            if let Some(lsn) = duplicate {
+                write!(out, "[duplicate of lsn {lsn}] ")?;
+            }
+            writeln!(out, "{}", render(results, &format))?;
         }
         out.push_str(&describe(&speculation.record)?);
+        if apply && requests.iter().any(|r| r.request_id.is_some()) {
+            writeln!(out, "  index {}", self.index)?;
+        }
         self.last = Some(speculation.record);
         if apply {
             self.apply(&[true, true])?;
@@ -113,8 +128,9 @@ fn describe(record: &wal::Record) -> Result<String, Box<dyn Error>> {
             }
         }
     }
-    if !record.request_ids.is_empty() {
-        writeln!(out, "  request ids: {}", record.request_ids.join(", "))?;
+    for request in &record.requests {
+        let results = sql::answers::decode(&request.results)?;
+        writeln!(out, "  request {}: {}", request.id, render(&results, &Format::default()))?;
     }
     Ok(out)
 }
@@ -163,6 +179,30 @@ impl goldenscript::Runner for Runner {
                     Format { associative: flag(&mut args, "associative")?, ..Format::default() };
                 args.reject_next()?;
                 self.execute(apply, on[1], format)?
+            }
+            "skip" => {
+                let n: u64 = args.next_pos().ok_or("count not given")?.parse()?;
+                args.reject_next()?;
+                self.index += n;
+                String::new()
+            }
+            "requests" => {
+                let on = select(args.take_key("on"), [true, false])?;
+                args.reject_next()?;
+                let db = if on[0] { &self.leader } else { &self.replica };
+                let conn = rusqlite::Connection::open(db.path())?;
+                let mut stmt =
+                    conn.prepare("SELECT id, lsn, results FROM _keel_requests ORDER BY lsn, id")?;
+                let rows = stmt.query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?))
+                })?;
+                let mut out = String::new();
+                for row in rows {
+                    let (id, lsn, results) = row?;
+                    let results = sql::answers::decode(results.as_bytes())?;
+                    writeln!(out, "{id} at {lsn}: {}", render(&results, &Format::default()))?;
+                }
+                if out.is_empty() { "none\n".to_string() } else { out }
             }
             "apply" => {
                 let on = select(args.take_key("on"), [false, true])?;
@@ -275,6 +315,7 @@ scripts!(
     params,
     query,
     rejected,
+    requests,
     transactions,
     triggers
 );

@@ -5,7 +5,8 @@
 //!
 //! - **The record** ([`Record`], [`Op`]): the logical, row-based description of one
 //!   group-committed batch of client requests: DDL as SQL text, row changes as SQLite session
-//!   changesets, plus the request ids for deduplication. See [`record`] for its encoding.
+//!   changesets, plus the answers of requests that carry a client request id
+//!   ([`RequestAnswer`]), for deduplicating retries. See [`record`] for its encoding.
 //! - **The segmented log** ([`Log`]): a directory of append-only segment files holding
 //!   checksummed frames, with an in-memory index, torn-tail repair, truncation, purging, and the
 //!   small durable values Raft keeps beside its log (vote, committed position, purge point).
@@ -71,7 +72,7 @@ pub mod repair;
 pub use codec::Frame;
 pub use error::{Error, Result};
 pub use log::{Log, Options};
-pub use record::{Op, Record};
+pub use record::{Op, Record, RequestAnswer};
 
 /// A log index: the position of an entry in the Raft log. Clients see it as the `lsn` of their
 /// write, and can wait until a replica has applied at least that position.

@@ -10,23 +10,31 @@
 //! as a base64 string of that encoding (not as a JSON array of numbers, which would be 3–4 times
 //! larger).
 //!
-//! # Encoding (version 1)
+//! Besides its ops, a record carries the answer of every request in it that has a client
+//! request id ([`RequestAnswer`]): applying the record stores those answers in the same
+//! transaction as the data, so a retry of the request can be answered from any replica without
+//! running it again. The answer is an opaque blob to this crate (`sql` writes JSON).
+//!
+//! # Encoding (version 2)
 //!
 //! All integers are little-endian `u64` unless noted, which makes [`Record::encode`] infallible
 //! whatever the sizes involved:
 //!
 //! ```text
-//! version: u8 = 1
+//! version: u8 = 2
 //! op count
 //!   per op: tag: u8 (1 = Ddl, 2 = Changes), byte length, bytes (UTF-8 for Ddl)
-//! request id count
-//!   per id: byte length, UTF-8 bytes
+//! request count
+//!   per request: id byte length, UTF-8 bytes, results byte length, bytes
 //! crc32: u32 over everything before it
 //! ```
 //!
 //! The trailing checksum protects a record on its way through the network, where no frame
 //! checksum covers it. Decoding checks every length against the bytes actually present before
 //! allocating, so garbage input returns an error instead of panicking or exhausting memory.
+//!
+//! Version 1 (request ids without their answers) was never deployed; a version-1 record is
+//! refused with an error naming both versions rather than decoded.
 
 use std::fmt;
 
@@ -35,8 +43,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::{Error, Result};
 
-/// The record encoding version written by [`Record::encode`].
-const VERSION: u8 = 1;
+/// The record encoding version written by [`Record::encode`], the only one decoded.
+const VERSION: u8 = 2;
 /// Tag byte of [`Op::Ddl`].
 const TAG_DDL: u8 = 1;
 /// Tag byte of [`Op::Changes`].
@@ -66,13 +74,27 @@ impl Op {
     }
 }
 
+/// The answer of one request that carried a client request id, stored on apply so that a
+/// retry with the same id gets this answer instead of running again.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RequestAnswer {
+    /// The client's request id.
+    pub id: String,
+    /// The request's per-statement results, encoded by `sql` (opaque here).
+    pub results: Vec<u8>,
+}
+
 /// The logical, row-based record of one group-committed batch of client requests.
+///
+/// Invariants (kept by the producer, `sql::Db::execute`; decoding does not check them):
+/// * `requests` holds each id at most once, in request order.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Record {
     /// The batch's operations, in the order they must be applied.
     pub ops: Vec<Op>,
-    /// Client request ids covered by this record, for deduplicating retries.
-    pub request_ids: Vec<String>,
+    /// The answers of the batch's requests that carried a request id, for deduplicating
+    /// retries; a request whose statements all failed is here too (its answer is decided).
+    pub requests: Vec<RequestAnswer>,
 }
 
 impl Record {
@@ -88,9 +110,10 @@ impl Record {
             });
             put_bytes(&mut out, op.bytes());
         }
-        put_len(&mut out, self.request_ids.len());
-        for id in &self.request_ids {
-            put_bytes(&mut out, id.as_bytes());
+        put_len(&mut out, self.requests.len());
+        for request in &self.requests {
+            put_bytes(&mut out, request.id.as_bytes());
+            put_bytes(&mut out, &request.results);
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -116,7 +139,9 @@ impl Record {
         let mut reader = Reader { bytes: body, at: 0 };
         let version = reader.byte()?;
         if version != VERSION {
-            return Err(invalid(format!("unsupported record version {version}")));
+            return Err(invalid(format!(
+                "unsupported record version {version}: this build reads version {VERSION} only"
+            )));
         }
         let count = reader.len()?;
         // Each op takes at least a tag and a length: never reserve more than the input can hold.
@@ -131,22 +156,26 @@ impl Record {
             });
         }
         let count = reader.len()?;
-        let mut request_ids = Vec::with_capacity(count.min(reader.remaining() / LEN));
+        // Each request takes at least two lengths.
+        let mut requests = Vec::with_capacity(count.min(reader.remaining() / (2 * LEN)));
         for _ in 0..count {
-            request_ids.push(utf8(reader.bytes()?, "request id")?);
+            let id = utf8(reader.bytes()?, "request id")?;
+            let results = reader.bytes()?.to_vec();
+            requests.push(RequestAnswer { id, results });
         }
         if reader.remaining() != 0 {
             return Err(invalid(format!("{} trailing bytes after record", reader.remaining())));
         }
-        Ok(Record { ops, request_ids })
+        Ok(Record { ops, requests })
     }
 
     /// The size of the record in bytes: exactly the length of [`Record::encode`]'s output,
     /// computed without encoding.
     pub fn size(&self) -> usize {
         let ops: usize = self.ops.iter().map(|op| 1 + LEN + op.bytes().len()).sum();
-        let ids: usize = self.request_ids.iter().map(|id| LEN + id.len()).sum();
-        1 + LEN + ops + LEN + ids + CRC
+        let requests: usize =
+            self.requests.iter().map(|r| LEN + r.id.len() + LEN + r.results.len()).sum();
+        1 + LEN + ops + LEN + requests + CRC
     }
 }
 
@@ -157,7 +186,7 @@ impl fmt::Display for Record {
             "record(ops={}, bytes={}, requests={})",
             self.ops.len(),
             self.size(),
-            self.request_ids.len()
+            self.requests.len()
         )
     }
 }
@@ -271,14 +300,30 @@ mod tests {
 
     use super::*;
 
+    /// A record whose requests answer `[{"id": <id>}]`.
     fn record(ops: Vec<Op>, ids: &[&str]) -> Record {
-        Record { ops, request_ids: ids.iter().map(|s| s.to_string()).collect() }
+        let requests = ids
+            .iter()
+            .map(|id| RequestAnswer {
+                id: id.to_string(),
+                results: format!("[{{\"id\":\"{id}\"}}]").into_bytes(),
+            })
+            .collect();
+        Record { ops, requests }
     }
 
     #[test_case(Record::default() ; "empty")]
     #[test_case(record(vec![Op::Ddl("CREATE TABLE t (a)".into())], &[]) ; "one ddl")]
     #[test_case(record(vec![Op::Changes(vec![1, 2, 3])], &["req-1"]) ; "one changeset with id")]
     #[test_case(record(vec![Op::Changes(vec![])], &[""]) ; "empty changeset and id")]
+    #[test_case(Record {
+        ops: vec![],
+        requests: vec![RequestAnswer { id: "no-results".into(), results: vec![] }],
+    } ; "request without results bytes")]
+    #[test_case(Record {
+        ops: vec![],
+        requests: vec![RequestAnswer { id: "binary".into(), results: vec![0, 0xff, 0x80] }],
+    } ; "results are opaque bytes")]
     #[test_case(record(
         vec![Op::Ddl("CREATE TABLE t (a)".into()), Op::Changes(vec![9; 100]), Op::Ddl("é ✓".into())],
         &["a", "b", "c"],
@@ -325,17 +370,73 @@ mod tests {
         body
     }
 
-    #[test_case(signed(vec![2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]) ; "unknown version")]
-    #[test_case(signed(vec![1, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]) ; "unknown tag")]
-    #[test_case(signed(vec![1, 255, 255, 255, 255, 255, 255, 255, 255]) ; "huge op count")]
-    #[test_case(signed(vec![1, 1, 0, 0, 0, 0, 0, 0, 0, 2, 255, 255, 255, 255, 255, 255, 255, 127]) ; "huge op length")]
-    #[test_case(signed(vec![1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]) ; "ddl not utf8")]
-    #[test_case(signed(vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]) ; "trailing byte")]
+    #[test_case(signed(vec![3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]) ; "unknown version")]
+    #[test_case(signed(vec![2, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]) ; "unknown tag")]
+    #[test_case(signed(vec![2, 255, 255, 255, 255, 255, 255, 255, 255]) ; "huge op count")]
+    #[test_case(signed(vec![2, 1, 0, 0, 0, 0, 0, 0, 0, 2, 255, 255, 255, 255, 255, 255, 255, 127]) ; "huge op length")]
+    #[test_case(signed(vec![2, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]) ; "ddl not utf8")]
+    #[test_case(signed(vec![2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]) ; "trailing byte")]
+    #[test_case(signed([vec![2], le(0), le(1), le(1), vec![0xff], le(0)].concat()) ; "request id not utf8")]
+    #[test_case(signed([vec![2], le(0), le(1), le(1), b"r".to_vec()].concat()) ; "request without results length")]
+    #[test_case(signed([vec![2], le(0), le(1), le(1), b"r".to_vec(), le(5), b"[]".to_vec()].concat()) ; "results run past the end")]
+    #[test_case(signed([vec![2], le(0), le(u64::MAX)].concat()) ; "huge request count")]
     #[test_case(vec![] ; "empty input")]
     #[test_case(vec![0; 3] ; "shorter than checksum")]
     fn garbage_is_invalid_input(bytes: Vec<u8>) {
         let err = Record::decode(&bytes).unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    }
+
+    /// A length or count field.
+    fn le(n: u64) -> Vec<u8> {
+        n.to_le_bytes().to_vec()
+    }
+
+    /// A well-formed version-1 record (one DDL op, request id "r" without an answer) is refused
+    /// with an error that names the version, not misread as version 2.
+    #[test]
+    fn version_1_is_refused_clearly() {
+        let ddl = b"CREATE TABLE t (a)";
+        let body = [
+            vec![1],
+            le(1),
+            vec![TAG_DDL],
+            le(ddl.len() as u64),
+            ddl.to_vec(),
+            le(1),
+            le(1),
+            b"r".to_vec(),
+        ]
+        .concat();
+        let err = Record::decode(&signed(body)).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("unsupported record version 1"), "{message}");
+        assert!(message.contains("version 2"), "{message}");
+    }
+
+    /// The encoding is pinned byte for byte, so a change to it cannot go unnoticed (it needs a
+    /// new version).
+    #[test]
+    fn encoding_is_stable() {
+        let r = Record {
+            ops: vec![Op::Changes(vec![7])],
+            requests: vec![RequestAnswer { id: "a".into(), results: b"[]".to_vec() }],
+        };
+        let body = [
+            vec![2],
+            le(1),
+            vec![TAG_CHANGES],
+            le(1),
+            vec![7],
+            le(1),
+            le(1),
+            b"a".to_vec(),
+            le(2),
+            b"[]".to_vec(),
+        ]
+        .concat();
+        assert_eq!(r.encode(), signed(body));
     }
 
     #[test_case("\"not base64!\"" ; "not base64")]
