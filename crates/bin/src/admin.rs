@@ -525,7 +525,7 @@ impl Cluster {
         let mut rows = vec![["ID", "ROLE", "HTTP", "APPLIED", "LAG"].map(String::from)];
         for n in nodes["nodes"].as_array().map(Vec::as_slice).unwrap_or_default() {
             let id = n["id"].as_str().unwrap_or("?").to_string();
-            let is_me = id == me["id"].to_string();
+            let is_me = me["id"].as_u64().is_some_and(|me| me.to_string() == id);
             let role = if n["leader"] == true {
                 "leader"
             } else if n["voter"] == true {

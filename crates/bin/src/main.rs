@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand};
 
 /// Keel: a replicated SQL database with one leader, speaking rqlite's HTTP API.
 #[derive(Debug, Parser)]
-#[command(name = "keel", version, about, long_about = None)]
+#[command(name = "keel", version, about, long_about = None, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,11 +67,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub learner: bool,
     /// Leader heartbeat interval.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "40ms", value_parser = parse_duration)]
     pub heartbeat: Duration,
     /// Minimum election timeout: a follower that hears no leader for this long (plus random
-    /// jitter up to the same again) starts an election.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    /// jitter up to half as much again) starts an election. A new leader takes writes about
+    /// 2.5 times this after the old one dies. Raise it on slow or overloaded machines, where
+    /// a stall this long would cause needless elections.
+    #[arg(long, default_value = "90ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
     /// Take a snapshot (and allow older log entries to be purged) every this many log entries.
     #[arg(long, default_value_t = 20_000)]

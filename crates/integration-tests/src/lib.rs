@@ -487,6 +487,10 @@ impl Node {
         if self.learner {
             args.push("--learner".to_string());
         }
+        // Test clusters share two cores with each other and the compiler: with the default
+        // sub-second election timeout, a scheduling stall would start needless elections. A
+        // test's own flags come after these, and the last occurrence wins.
+        args.extend(["--heartbeat=60ms".to_string(), "--election-timeout=300ms".to_string()]);
         args.extend(self.extra_args.iter().cloned());
         args
     }

@@ -12,7 +12,10 @@ use integration_tests::{NodeId, Reply, Response, TIMEOUT, TestCluster, keel_bina
 use serde_json::{Value, json};
 
 /// Acknowledged writes the load test waits for before and after the promotion.
-const WRITES_PER_PHASE: usize = 30;
+const WRITES_PER_PHASE: usize = 60;
+
+/// Concurrent writer threads in the load test.
+const WRITERS: i64 = 4;
 
 /// Asserts a 200 answer and returns its JSON.
 fn ok(what: &str, reply: Reply) -> Value {
@@ -69,9 +72,9 @@ fn written(c: &TestCluster, id: NodeId) -> BTreeSet<i64> {
         .collect()
 }
 
-/// A follower promoted while a writer keeps inserting becomes the leader, and no acknowledged
-/// write is lost on any node: the writer retries what was refused with 503 during the
-/// handover (a retry may insert a row twice, so only presence is checked).
+/// A follower promoted while writers keep inserting becomes the leader, and no acknowledged
+/// write is lost on any node: the writers retry what was refused with 503 during the handover
+/// (a retry may insert a row twice, so only presence is checked).
 #[test]
 fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
     let c = TestCluster::start(3, 0);
@@ -91,30 +94,33 @@ fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
         });
     };
     let ids = c.ids();
-    let promoted = std::thread::scope(|s| {
-        let writer = s.spawn(|| {
-            let mut n: i64 = 0;
+    // Writer `w` inserts w * 1_000_000 + 1, + 2, …, each to the next node in turn (followers
+    // forward), retrying a refused write until it is acknowledged or the test stops.
+    let writer = |w: i64| {
+        let mut n = w * 1_000_000;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let to = ids[usize::try_from(n).unwrap() % ids.len()];
+            let insert = json!([["INSERT INTO w(n) VALUES(?)", n]]).to_string();
             while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let to = ids[usize::try_from(n).unwrap() % ids.len()];
-                let insert = json!([["INSERT INTO w(n) VALUES(?)", n]]).to_string();
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = c.post(to, "/db/execute", insert.clone());
-                    match reply.status {
-                        200 => {
-                            Response(reply.json()).assert_ok();
-                            acked.lock().unwrap().insert(n);
-                            break;
-                        }
-                        503 => {
-                            refusals.fetch_add(1, Ordering::Relaxed);
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                        status => panic!("write {n} to node {to}: status {status}: {}", reply.body),
+                let reply = c.post(to, "/db/execute", insert.clone());
+                match reply.status {
+                    200 => {
+                        Response(reply.json()).assert_ok();
+                        acked.lock().unwrap().insert(n);
+                        break;
                     }
+                    503 => {
+                        refusals.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    status => panic!("write {n} to node {to}: status {status}: {}", reply.body),
                 }
             }
-        });
+        }
+    };
+    let promoted = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..WRITERS).map(|w| s.spawn(move || writer(w))).collect();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             wait_for_more("before the promotion");
             // Sent to the third node: the request is forwarded to the leader.
@@ -123,7 +129,9 @@ fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
             answer
         }));
         stop.store(true, Ordering::Relaxed);
-        writer.join().expect("writer thread panicked");
+        for writer in writers {
+            writer.join().expect("writer thread panicked");
+        }
         result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     });
 

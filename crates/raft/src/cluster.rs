@@ -18,9 +18,11 @@
 //! Before changing anything these refuse, with a [`ChangeError`] that says why, what would
 //! leave the cluster unable to work: removing or demoting the last voter, removing or demoting
 //! the leader itself (transfer leadership first), or a new voter set whose reachable members are
-//! fewer than its quorum. openraft allows one membership change at a time and reports a second
-//! as [`ChangeError::InProgress`]; callers also serialize their own changes (the HTTP layer
-//! holds one mutex around each).
+//! fewer than its quorum. One pure function, `check`, decides that over a `View`: plain values
+//! taken from the leader's metrics ("reachable" = acknowledged the leader within the longest
+//! election timeout). openraft allows one membership change at a time and reports a second as
+//! [`ChangeError::InProgress`]; callers also serialize their own changes (the HTTP layer holds
+//! one mutex around each).
 //!
 //! What they deliberately do not do: force a membership on a cluster that has lost its quorum.
 //! A change is itself a Raft entry and needs a quorum to commit; a cluster that lost a majority
@@ -301,57 +303,118 @@ fn voter_ids(m: &Metrics) -> BTreeSet<NodeId> {
     m.membership_config.membership().voter_ids().collect()
 }
 
-/// Refuses to start a change while the last one has not committed.
-fn check_settled(m: &Metrics) -> Result<(), ChangeError> {
-    if m.membership_config.log_id() != m.committed_membership_config.log_id() {
-        return Err(ChangeError::InProgress(format!(
-            "the membership at log index {} is not committed yet",
-            m.membership_config.log_id().as_ref().map_or(0, |l| l.index)
-        )));
-    }
-    Ok(())
+/// What the leader knows when it judges a voter change: plain values taken from its metrics,
+/// so [`check`] is a pure function.
+#[derive(Debug, Clone)]
+struct View {
+    /// The leader (this node).
+    leader: NodeId,
+    /// Every member, voter or learner.
+    members: BTreeSet<NodeId>,
+    /// The voters of the effective membership.
+    voters: BTreeSet<NodeId>,
+    /// The members the leader heard from recently (the leader included).
+    reachable: BTreeSet<NodeId>,
+    /// The log index of the effective membership if it is not committed yet: a change is in
+    /// flight.
+    pending: Option<Lsn>,
 }
 
-/// Refuses a change when the leader cannot reach a quorum of the current voters (it could not
-/// commit it), or when the `after` voter set would have fewer reachable members than its
-/// quorum (the cluster could not commit anything after it).
-fn check_quorum(
-    m: &Metrics,
-    after: &BTreeSet<NodeId>,
-    window: Duration,
-    what: &str,
-) -> Result<(), ChangeError> {
-    let up = |voters: &BTreeSet<NodeId>| -> Vec<NodeId> {
-        voters.iter().copied().filter(|&v| reachable(m, v, window)).collect()
+impl View {
+    /// The view of the leader whose metrics are `m`; a member it has not heard from within
+    /// `window` counts as unreachable.
+    fn of(m: &Metrics, window: Duration) -> View {
+        let membership = m.membership_config.membership();
+        let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+        let reachable = members.iter().copied().filter(|&id| reachable(m, id, window)).collect();
+        let effective = m.membership_config.log_id();
+        View {
+            leader: m.id,
+            voters: membership.voter_ids().collect(),
+            members,
+            reachable,
+            pending: (effective != m.committed_membership_config.log_id())
+                .then(|| effective.as_ref().map_or(0, |l| l.index)),
+        }
+    }
+}
+
+/// A change of the voter set, as [`check`] judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VoterChange {
+    /// A learner becomes a voter.
+    Promote(NodeId),
+    /// A voter becomes a learner.
+    Demote(NodeId),
+    /// A member (voter or learner) leaves the cluster.
+    Remove(NodeId),
+}
+
+/// Whether `change` may be made, judged on `view`. Refuses:
+///
+/// - a node that is not a member ([`ChangeError::Invalid`]);
+/// - any change while the last one has not committed ([`ChangeError::InProgress`]);
+/// - demoting or removing the last voter, or the leader itself ([`ChangeError::Unsafe`]);
+/// - any voter change while the leader cannot reach a quorum of the current voters: it could
+///   not commit ([`ClientError::NoQuorum`]);
+/// - a voter set with fewer reachable members than its quorum: the cluster could not commit
+///   anything after it ([`ChangeError::Unsafe`]).
+///
+/// Promoting a voter, demoting a learner and removing a learner leave the voters as they are
+/// and pass the voter checks; callers skip the no-ops before asking.
+fn check(view: &View, change: VoterChange) -> Result<(), ChangeError> {
+    let (id, verb) = match change {
+        VoterChange::Promote(id) => (id, "promoting"),
+        VoterChange::Demote(id) => (id, "demoting"),
+        VoterChange::Remove(id) => (id, "removing"),
     };
-    let before = voter_ids(m);
-    let (up_before, up_after) = (up(&before), up(after));
-    if up_before.len() < before.len() / 2 + 1 {
+    if !view.members.contains(&id) {
+        return Err(ChangeError::Invalid(format!("node {id} is not a member of the cluster")));
+    }
+    if let Some(index) = view.pending {
+        return Err(ChangeError::InProgress(format!(
+            "the membership at log index {index} is not committed yet"
+        )));
+    }
+    let mut after = view.voters.clone();
+    match change {
+        VoterChange::Promote(id) => {
+            after.insert(id);
+        }
+        VoterChange::Demote(id) | VoterChange::Remove(id) if view.voters.contains(&id) => {
+            if view.voters.len() == 1 {
+                return Err(ChangeError::Unsafe(format!(
+                    "node {id} is the last voter: {verb} it would leave no voter to elect a leader or commit anything; add another voter first"
+                )));
+            }
+            if id == view.leader {
+                return Err(ChangeError::Unsafe(format!(
+                    "node {id} is the leader: transfer leadership to another voter first, then retry {verb} it"
+                )));
+            }
+            after.remove(&id);
+        }
+        VoterChange::Demote(_) | VoterChange::Remove(_) => {}
+    }
+    if after == view.voters {
+        return Ok(());
+    }
+    let up = |voters: &BTreeSet<NodeId>| -> Vec<NodeId> {
+        voters.iter().copied().filter(|v| view.reachable.contains(v)).collect()
+    };
+    let up_before = up(&view.voters);
+    if up_before.len() < view.voters.len() / 2 + 1 {
         return Err(ClientError::NoQuorum(format!(
-            "only voters {up_before:?} of {before:?} are reachable, fewer than a quorum: no membership change can commit"
+            "only voters {up_before:?} of {:?} are reachable, fewer than a quorum: no membership change can commit",
+            view.voters
         ))
         .into());
     }
+    let up_after = up(&after);
     let quorum = after.len() / 2 + 1;
     if up_after.len() < quorum {
         return Err(ChangeError::Unsafe(format!(
-            "{what} would leave voters {after:?}, of which only {up_after:?} are reachable: fewer than the {quorum} a quorum needs; bring the others back first"
-        )));
-    }
-    Ok(())
-}
-
-/// Refuses to remove or demote (`verb`) the last voter, or the leader itself.
-fn check_removable(m: &Metrics, id: NodeId, verb: &str) -> Result<(), ChangeError> {
-    let voters = voter_ids(m);
-    if voters.len() == 1 && voters.contains(&id) {
-        return Err(ChangeError::Unsafe(format!(
-            "node {id} is the last voter: {verb} it would leave no voter to elect a leader or commit anything; add another voter first"
-        )));
-    }
-    if id == m.id {
-        return Err(ChangeError::Unsafe(format!(
-            "node {id} is the leader: transfer leadership to another voter first, then retry {verb} it"
+            "{verb} node {id} would leave voters {after:?}, of which only {up_after:?} are reachable: fewer than the {quorum} a quorum needs; bring the others back first"
         )));
     }
     Ok(())
@@ -502,15 +565,16 @@ pub async fn transfer_leader(
 }
 
 /// The voter best placed to take over from this leader: one the leader hears from, with the
-/// most of the log (ties go to the lowest id). `None` if there is none, or this node does not
-/// lead.
+/// most of the log (ties go to the lowest id). A voter a new leader has not heard from yet is a
+/// candidate of last resort ([`transfer_leader`] then waits for it); one it heard from once but
+/// not recently is none. `None` if there is no candidate, or this node does not lead.
 pub fn successor(raft: &Raft) -> Option<NodeId> {
     let m = leader_metrics(raft).ok()?;
     let window = reachable_window(raft);
     voter_ids(&m)
         .into_iter()
-        .filter(|&id| id != m.id && reachable(&m, id, window))
-        .max_by_key(|&id| (matched(&m, id), std::cmp::Reverse(id)))
+        .filter(|&id| id != m.id && last_heard(&m, id).is_none_or(|ago| ago <= window))
+        .max_by_key(|&id| (reachable(&m, id, window), matched(&m, id), std::cmp::Reverse(id)))
 }
 
 /// Adds node `id` at `node`, as a voter or a learner; on the leader. A voter joins as a
@@ -547,7 +611,11 @@ pub async fn add_member(
             ))),
         };
     }
-    check_settled(&m)?;
+    if m.membership_config.log_id() != m.committed_membership_config.log_id() {
+        return Err(ChangeError::InProgress(
+            "the last membership change is not committed yet".to_string(),
+        ));
+    }
     tracing::info!(id, %node, voter, "adding node");
     let add = async {
         // Blocking for voters: a far-behind node must not enter the quorum.
@@ -574,7 +642,7 @@ pub async fn add_member(
 ///
 /// A learner becomes a voter only once it acknowledges the leader and has caught up with the
 /// leader's log, so it cannot stall commits it now counts towards. Demoting refuses the last
-/// voter and the leader itself, and anything that leaves fewer reachable voters than a quorum.
+/// voter, the leader itself, and a voter set whose reachable members are fewer than its quorum.
 pub async fn set_voter(
     raft: &Raft,
     id: NodeId,
@@ -582,27 +650,24 @@ pub async fn set_voter(
     deadlines: &Deadlines,
 ) -> Result<(), ChangeError> {
     let m = leader_metrics(raft)?;
-    if m.membership_config.membership().get_node(&id).is_none() {
-        return Err(ChangeError::Invalid(format!("node {id} is not a member of the cluster")));
-    }
-    let mut voters = voter_ids(&m);
-    if voters.contains(&id) == voter {
+    let window = reachable_window(raft);
+    let view = View::of(&m, window);
+    if view.members.contains(&id) && view.voters.contains(&id) == voter {
         return Ok(());
     }
-    check_settled(&m)?;
-    let window = reachable_window(raft);
     if voter {
+        // Refuse an unknown node or a change in flight before waiting for anything; whether
+        // the target is reachable is for `wait_matched` to judge, with a better message.
+        let mut before = view;
+        before.reachable.insert(id);
+        check(&before, VoterChange::Promote(id))?;
         let index = m.last_log_index.unwrap_or(0);
         wait_matched(raft, id, index, deadlines.catch_up, window).await?;
-        let m = leader_metrics(raft)?;
-        voters.insert(id);
-        check_quorum(&m, &voters, window, &format!("promoting node {id}"))?;
+        check(&View::of(&leader_metrics(raft)?, window), VoterChange::Promote(id))?;
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         change_membership(raft, change, false, deadlines.change).await
     } else {
-        check_removable(&m, id, "demoting")?;
-        voters.remove(&id);
-        check_quorum(&m, &voters, window, &format!("demoting node {id}"))?;
+        check(&view, VoterChange::Demote(id))?;
         let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
         change_membership(raft, change, true, deadlines.change).await
     }
@@ -611,29 +676,95 @@ pub async fn set_voter(
 /// Removes node `id` from the membership entirely, voter or learner, running or dead for good;
 /// on the leader. The leader stops replicating to it.
 ///
-/// Refuses the last voter, the leader itself (transfer leadership first), and a removal that
-/// leaves fewer reachable voters than a quorum. Removing a dead voter is what lets the others
-/// form a quorum without it again: 3 voters with one dead become 2 voters that both must
-/// acknowledge each write.
+/// Removing a dead voter is what lets the others form a quorum without it again: 3 voters with
+/// one dead become 2 voters that both must acknowledge each write. Refuses the last voter, the
+/// leader itself (transfer leadership first), and a voter set whose reachable members are fewer
+/// than its quorum.
 pub async fn remove_node(
     raft: &Raft,
     id: NodeId,
     deadlines: &Deadlines,
 ) -> Result<(), ChangeError> {
-    let m = leader_metrics(raft)?;
-    if m.membership_config.membership().get_node(&id).is_none() {
-        return Err(ChangeError::Invalid(format!("node {id} is not a member of the cluster")));
-    }
-    check_settled(&m)?;
-    let mut voters = voter_ids(&m);
-    if voters.contains(&id) {
-        check_removable(&m, id, "removing")?;
-        voters.remove(&id);
-        check_quorum(&m, &voters, reachable_window(raft), &format!("removing node {id}"))?;
-        let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
-        change_membership(raft, change, false, deadlines.change).await
+    let view = View::of(&leader_metrics(raft)?, reachable_window(raft));
+    check(&view, VoterChange::Remove(id))?;
+    let change = if view.voters.contains(&id) {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
     } else {
-        let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-        change_membership(raft, change, false, deadlines.change).await
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    change_membership(raft, change, false, deadlines.change).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view of leader 1 with `voters` and `learners`, of which `down` are unreachable.
+    fn view(voters: &[NodeId], learners: &[NodeId], down: &[NodeId]) -> View {
+        let members: BTreeSet<NodeId> = voters.iter().chain(learners).copied().collect();
+        View {
+            leader: 1,
+            reachable: members.iter().copied().filter(|id| !down.contains(id)).collect(),
+            members,
+            voters: voters.iter().copied().collect(),
+            pending: None,
+        }
+    }
+
+    /// What `check` answers, in short: "ok", or the variant and a word of its message.
+    fn verdict(view: &View, change: VoterChange) -> String {
+        match check(view, change) {
+            Ok(()) => "ok".to_string(),
+            Err(ChangeError::Invalid(m)) => format!("invalid: {m}"),
+            Err(ChangeError::Unsafe(m)) => format!("unsafe: {m}"),
+            Err(ChangeError::InProgress(m)) => format!("in progress: {m}"),
+            Err(ChangeError::Client(ClientError::NoQuorum(m))) => format!("no quorum: {m}"),
+            Err(e) => format!("other: {e}"),
+        }
+    }
+
+    #[test]
+    fn check_refuses_what_would_break_the_cluster() {
+        use VoterChange::{Demote, Promote, Remove};
+        let cases: &[(View, VoterChange, &str)] = &[
+            // Plain changes.
+            (view(&[1, 2, 3], &[4], &[]), Promote(4), "ok"),
+            (view(&[1, 2, 3], &[4], &[]), Demote(2), "ok"),
+            (view(&[1, 2, 3], &[4], &[]), Remove(3), "ok"),
+            (view(&[1, 2, 3], &[4], &[]), Remove(4), "ok"),
+            // A dead voter can be removed while the rest form a quorum of the new set.
+            (view(&[1, 2, 3], &[], &[3]), Remove(3), "ok"),
+            // A dead learner can always be removed; voters are untouched.
+            (view(&[1, 2, 3], &[4], &[2, 3, 4]), Remove(4), "ok"),
+            // Unknown nodes.
+            (view(&[1, 2, 3], &[], &[]), Promote(9), "invalid: node 9 is not a member"),
+            (view(&[1, 2, 3], &[], &[]), Remove(9), "invalid: node 9 is not a member"),
+            // The last voter and the leader itself.
+            (view(&[1], &[2], &[]), Remove(1), "unsafe: node 1 is the last voter"),
+            (view(&[1], &[2], &[]), Demote(1), "unsafe: node 1 is the last voter"),
+            (view(&[1, 2, 3], &[], &[]), Demote(1), "unsafe: node 1 is the leader"),
+            (view(&[1, 2, 3], &[], &[]), Remove(1), "unsafe: node 1 is the leader"),
+            // Removing a live voter while another is dead leaves 2 voters, 1 reachable.
+            (view(&[1, 2, 3], &[], &[3]), Remove(2), "unsafe: removing node 2 would leave"),
+            (view(&[1, 2, 3], &[], &[3]), Demote(2), "unsafe: demoting node 2 would leave"),
+            // With a quorum of the current voters gone nothing can commit.
+            (view(&[1, 2, 3], &[], &[2, 3]), Remove(3), "no quorum: only voters [1]"),
+            (view(&[1, 2, 3], &[4], &[2, 3]), Promote(4), "no quorum: only voters [1]"),
+            // An unreachable learner would make 4 voters with 2 reachable.
+            (view(&[1, 2, 3], &[4], &[3, 4]), Promote(4), "unsafe: promoting node 4"),
+        ];
+        for (view, change, expected) in cases {
+            let got = verdict(view, *change);
+            assert!(got.starts_with(expected), "{change:?} on {view:?}: got {got:?}");
+        }
+    }
+
+    #[test]
+    fn check_refuses_while_a_change_is_in_flight() {
+        let mut v = view(&[1, 2, 3], &[4], &[]);
+        v.pending = Some(17);
+        let got = verdict(&v, VoterChange::Promote(4));
+        assert_eq!(got, "in progress: the membership at log index 17 is not committed yet");
+        assert!(verdict(&v, VoterChange::Remove(9)).starts_with("invalid"));
     }
 }

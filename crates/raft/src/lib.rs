@@ -49,7 +49,7 @@ pub struct Options {
     /// How often the leader sends heartbeats to followers.
     pub heartbeat_interval: Duration,
     /// A follower that hears nothing from a leader for a random time in
-    /// `[election_timeout_min, 2 * election_timeout_min)` starts an election.
+    /// `[election_timeout_min, 1.5 * election_timeout_min)` starts an election.
     pub election_timeout_min: Duration,
     /// Build a snapshot (and allow the log before it to be purged) after this many entries.
     pub snapshot_entries: u64,
@@ -58,8 +58,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(40),
+            election_timeout_min: Duration::from_millis(90),
             snapshot_entries: 20_000,
         }
     }
@@ -91,7 +91,10 @@ pub async fn start(
         cluster_name: "keel".to_string(),
         heartbeat_interval: ms(options.heartbeat_interval),
         election_timeout_min: ms(options.election_timeout_min),
-        election_timeout_max: ms(options.election_timeout_min) * 2,
+        // openraft's leader lease equals election_timeout_max: voters refuse to elect anyone
+        // for that long after the last heartbeat. A new leader therefore emerges after about
+        // min + max; a narrow jitter keeps that short while still spreading candidates.
+        election_timeout_max: ms(options.election_timeout_min) * 3 / 2,
         install_snapshot_timeout: 120_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_entries),
         max_in_snapshot_log_to_keep: 1_000,
