@@ -1,0 +1,76 @@
+//! Fencing: a leader cut off from the majority (here frozen with SIGSTOP for longer than an
+//! election) cannot acknowledge a write, and when it comes back it steps down and converges.
+
+use std::time::Instant;
+
+use integration_tests::{TIMEOUT, TestCluster, wait_for};
+use serde_json::json;
+
+#[test]
+fn frozen_leader_is_replaced_and_steps_down_when_it_wakes() {
+    let c = TestCluster::start(3, 0);
+    let old = c.leader();
+    c.execute_ok(old, json!(["CREATE TABLE f (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]));
+    let old_term = c.status(old).term;
+
+    c.pause(old);
+    let frozen_at = Instant::now();
+    // A write sent to the frozen leader cannot be acknowledged while it is frozen.
+    let to_frozen = std::thread::scope(|s| {
+        let pending = s.spawn(|| {
+            c.try_execute(
+                old,
+                "",
+                &json!([["INSERT INTO f(v) VALUES(?)", "sent to the frozen leader"]]),
+            )
+        });
+
+        // The two others elect a new leader in a later term.
+        let new = wait_for(TIMEOUT, "a new leader other than the frozen one", || {
+            let l = c.leader();
+            (l != old).then_some(l)
+        });
+        let new_term = c.status(new).term;
+        assert!(new_term > old_term, "the new leader's term {new_term} is later than {old_term}");
+
+        let mut acked = Vec::new();
+        for i in 0..10 {
+            let v = format!("during-{i}");
+            let r = c.execute(new, json!([["INSERT INTO f(v) VALUES(?)", v]]));
+            r.assert_ok();
+            acked.push(v);
+        }
+        assert!(!pending.is_finished(), "the frozen leader answered while frozen");
+
+        c.resume(old);
+        let answer = pending.join().expect("writer thread");
+        (new, new_term, acked, answer)
+    });
+    let (new, new_term, acked, answer) = to_frozen;
+    assert!(frozen_at.elapsed() > std::time::Duration::from_millis(300), "frozen past an election");
+
+    // The old leader learns of the new term and follows the new leader.
+    wait_for(TIMEOUT, "the old leader to step down and follow the new one", || {
+        let s = c.try_status(old)?;
+        (s.role == "follower" && s.term >= new_term && s.leader_id == Some(new)).then_some(())
+    });
+
+    // Its write was either refused or re-routed to the new leader; if acknowledged, it is kept.
+    let mut expected = acked.clone();
+    if let Ok(r) = &answer {
+        r.assert_ok();
+        assert!(r.lsn() > 0);
+        expected.push("sent to the frozen leader".to_string());
+    }
+    c.assert_consistent();
+    for id in c.ids() {
+        let rows = c.rows(id, "SELECT v FROM f ORDER BY id");
+        let present: Vec<String> =
+            rows.iter().map(|r| r[0].as_str().unwrap_or_default().to_string()).collect();
+        for v in &expected {
+            assert!(present.contains(v), "node {id} lacks acknowledged row {v:?}: {present:?}");
+        }
+    }
+    // And the cluster still takes writes, through the old leader too (forwarded).
+    c.execute(old, json!([["INSERT INTO f(v) VALUES(?)", "after"]])).assert_ok();
+}
