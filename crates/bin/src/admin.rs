@@ -4,7 +4,7 @@
 //! # HTTP
 //!
 //! Every route needs the leader: on another node the request is forwarded to it before the
-//! body is parsed ([`via_leader`]), so any member's address works.
+//! body is parsed (`http::to_leader`), so any member's address works.
 //!
 //! - `POST /admin/promote?node=ID`: make node ID the leader ([`raft::cluster::transfer_leader`]:
 //!   wait until it has caught up, transfer, wait until it leads). A learner is made a voter
@@ -35,19 +35,21 @@
 //!
 //! # IMPLEMENTATION CAVEATS
 //!
-//! * The client API's forwarding helper takes query parameters the admin routes have no use
-//!   for, so [`via_leader`] forwards on its own, with the same marker header, and a timeout
-//!   longer than any admin deadline.
+//! * A transfer whose target is not elected (it died after it was found caught up) leaves the
+//!   old leader refusing writes until the cluster elects a leader on its own, after an election
+//!   timeout; the answer is a 503 that says so. A node counts as dead once the leader has not
+//!   heard from it for about a second, so one killed just before the request is not yet
+//!   refused.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
 use axum::routing::{delete, post};
 use clap::Subcommand;
 use raft::NodeId;
@@ -55,16 +57,15 @@ use raft::client::ClientError;
 use raft::cluster::{ChangeError, Deadlines};
 use serde_json::{Value, json};
 
-use crate::http::{Node, bad_request, error_response, json_response, unavailable};
+use crate::http::{
+    Node, Params, bad_request, error_response, json_response, to_leader, unavailable,
+};
 
-/// Header marking a request forwarded by another node, so it is never forwarded twice (the
-/// client API uses the same one).
-const FORWARDED: &str = "x-keel-forwarded";
-/// How long a request waits for a leader to emerge (an election) before answering 503.
-const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long a forwarded admin request may take: beyond the longest change (adding a voter
-/// that must catch up first, [`Deadlines::change`]).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
+/// that must catch up first, [`Deadlines::change`]). `to_leader` adds 5 s to a `timeout=`.
+fn forward_params() -> Params {
+    Params(vec![("timeout".to_string(), "115s".to_string())])
+}
 
 /// Admin routes, merged into the client API router.
 pub fn router(node: Arc<Node>) -> Router {
@@ -74,64 +75,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/leader", post(step_down))
         .route("/remove", delete(remove))
         .with_state(node)
-}
-
-/// `None` if this node leads: serve the request here. Otherwise the leader's answer to the same
-/// request (forwarded), or 503 when no leader emerges within [`LEADER_WAIT`].
-async fn via_leader(
-    node: &Node,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Option<Response> {
-    let deadline = Instant::now() + LEADER_WAIT;
-    let leader = loop {
-        if raft::client::leader_term(&node.raft).is_ok() {
-            return None;
-        }
-        if let Some(l) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) {
-            break l;
-        }
-        if Instant::now() >= deadline {
-            return Some(unavailable("leader not found"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    if headers.contains_key(FORWARDED) {
-        // Forwarded to us by a node that thought we lead; we don't. Don't bounce it around.
-        return Some(unavailable("leader not found"));
-    }
-    let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let url = format!("http://{}{}", leader.node.http_addr, path_and_query);
-    let mut req = node
-        .client
-        .request(method.clone(), &url)
-        .header(FORWARDED, node.id.to_string())
-        .timeout(FORWARD_TIMEOUT)
-        .body(body.clone());
-    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
-        if let Some(v) = headers.get(&name) {
-            req = req.header(name, v.clone());
-        }
-    }
-    let answer = async {
-        let resp = req.send().await?;
-        let status = resp.status();
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        let bytes = resp.bytes().await?;
-        Ok::<_, reqwest::Error>((status, content_type, bytes))
-    };
-    Some(match answer.await {
-        Ok((status, content_type, bytes)) => {
-            let mut r = (status, bytes).into_response();
-            if let Some(ct) = content_type {
-                r.headers_mut().insert(header::CONTENT_TYPE, ct);
-            }
-            r
-        }
-        Err(e) => unavailable(format!("forwarding to the leader (node {}) failed: {e}", leader.id)),
-    })
 }
 
 /// Maps a refused or failed change to its HTTP answer.
@@ -193,7 +136,7 @@ async fn promote(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = via_leader(&node, &method, &uri, &headers, &body).await {
+    if let Some(r) = to_leader(&node, &forward_params(), &method, &uri, &headers, &body).await {
         return r;
     }
     let Some((_, id)) = q.iter().find(|(k, _)| k == "node") else {
@@ -213,7 +156,7 @@ async fn step_down(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = via_leader(&node, &method, &uri, &headers, &body).await {
+    if let Some(r) = to_leader(&node, &forward_params(), &method, &uri, &headers, &body).await {
         return r;
     }
     let named = if body.iter().all(u8::is_ascii_whitespace) {
@@ -256,7 +199,7 @@ async fn membership(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = via_leader(&node, &method, &uri, &headers, &body).await {
+    if let Some(r) = to_leader(&node, &forward_params(), &method, &uri, &headers, &body).await {
         return r;
     }
     let req: Value = match serde_json::from_slice(&body) {
@@ -307,7 +250,7 @@ async fn remove(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = via_leader(&node, &method, &uri, &headers, &body).await {
+    if let Some(r) = to_leader(&node, &forward_params(), &method, &uri, &headers, &body).await {
         return r;
     }
     let id = match serde_json::from_slice::<Value>(&body) {

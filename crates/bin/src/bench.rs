@@ -314,7 +314,11 @@ fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
 /// The leader's id as any live node sees it.
 async fn find_leader(client: &reqwest::Client, nodes: &[crate::local::LocalNode]) -> Option<u64> {
     for n in nodes {
-        if let Ok(r) = client.get(format!("http://{}/leader", n.http)).timeout(Duration::from_millis(500)).send().await
+        if let Ok(r) = client
+            .get(format!("http://{}/leader", n.http))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
             && r.status().is_success()
             && let Ok(v) = r.json::<serde_json::Value>().await
         {
@@ -327,14 +331,18 @@ async fn find_leader(client: &reqwest::Client, nodes: &[crate::local::LocalNode]
 /// See [`Workload::Failover`].
 async fn failover(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("keel-bench-failover-{}", std::process::id()));
-    let mut nodes = crate::local::start_cluster(&dir, 3, 0, args.base_port, &args.serve_flag, true).await?;
+    let mut nodes =
+        crate::local::start_cluster(&dir, 3, 0, args.base_port, &args.serve_flag, true).await?;
     let result = failover_trials(args, &mut nodes).await;
     crate::local::stop_all(&mut nodes).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn failover_trials(args: &BenchArgs, nodes: &mut [crate::local::LocalNode]) -> anyhow::Result<()> {
+async fn failover_trials(
+    args: &BenchArgs,
+    nodes: &mut [crate::local::LocalNode],
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().no_proxy().build()?;
     let addrs: Vec<String> = nodes.iter().map(|n| n.http.clone()).collect();
     let create = client
@@ -351,7 +359,8 @@ async fn failover_trials(args: &BenchArgs, nodes: &mut [crate::local::LocalNode]
     let acked: Arc<std::sync::Mutex<Vec<(i64, Instant)>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (client, acked, stop, addrs) = (client.clone(), acked.clone(), stop.clone(), addrs.clone());
+        let (client, acked, stop, addrs) =
+            (client.clone(), acked.clone(), stop.clone(), addrs.clone());
         tokio::spawn(async move {
             let (mut next, mut node) = (1i64, 0usize);
             while !stop.load(Ordering::Relaxed) {
@@ -382,14 +391,23 @@ async fn failover_trials(args: &BenchArgs, nodes: &mut [crate::local::LocalNode]
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let Some(leader) = find_leader(&client, nodes).await else { bail!("trial {trial}: no leader") };
+        let Some(leader) = find_leader(&client, nodes).await else {
+            bail!("trial {trial}: no leader")
+        };
         let i = nodes.iter().position(|n| n.id == leader).context("leader is not one of ours")?;
         let killed_at = Instant::now();
         nodes[i].child.start_kill()?;
         nodes[i].child.wait().await?;
         let deadline = killed_at + Duration::from_secs(10);
         let gap = loop {
-            if let Some((_, at)) = acked.lock().expect("acked mutex").iter().rev().take_while(|(_, at)| *at > killed_at).last() {
+            if let Some((_, at)) = acked
+                .lock()
+                .expect("acked mutex")
+                .iter()
+                .rev()
+                .take_while(|(_, at)| *at > killed_at)
+                .last()
+            {
                 break at.duration_since(killed_at);
             }
             if Instant::now() > deadline {
@@ -398,7 +416,10 @@ async fn failover_trials(args: &BenchArgs, nodes: &mut [crate::local::LocalNode]
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
         if !args.json {
-            println!("trial {trial}: killed leader node {leader}; first write acknowledged after {:.0} ms", gap.as_secs_f64() * 1e3);
+            println!(
+                "trial {trial}: killed leader node {leader}; first write acknowledged after {:.0} ms",
+                gap.as_secs_f64() * 1e3
+            );
         }
         gaps.push(gap);
         nodes[i].restart()?;
@@ -420,7 +441,13 @@ async fn failover_trials(args: &BenchArgs, nodes: &mut [crate::local::LocalNode]
     let mut lost = 0usize;
     for n in nodes.iter() {
         let probe = format!("http://{}/db/query?level=linearizable&timeout=20s", n.http);
-        let resp: serde_json::Value = client.post(&probe).json(&json!(["SELECT v FROM failover"])).send().await?.json().await?;
+        let resp: serde_json::Value = client
+            .post(&probe)
+            .json(&json!(["SELECT v FROM failover"]))
+            .send()
+            .await?
+            .json()
+            .await?;
         let present: std::collections::HashSet<i64> = resp["results"][0]["values"]
             .as_array()
             .map(|rows| rows.iter().filter_map(|r| r[0].as_i64()).collect())

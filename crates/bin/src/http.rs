@@ -174,7 +174,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 }
 
 /// Query-string parameters. rqlite's flags are presence-only (`?transaction`).
-pub(crate) struct Params(Vec<(String, String)>);
+pub(crate) struct Params(pub(crate) Vec<(String, String)>);
 
 impl Params {
     pub(crate) fn has(&self, key: &str) -> bool {

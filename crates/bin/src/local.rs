@@ -15,7 +15,6 @@ use tokio::process::{Child, Command};
 
 use crate::LocalArgs;
 
-
 /// One `keel serve` child process of a local cluster.
 pub struct LocalNode {
     /// Node id (1-based).
@@ -34,7 +33,13 @@ pub struct LocalNode {
 
 impl LocalNode {
     /// Starts `keel serve` with `args`, stderr appended to `log`.
-    fn spawn(id: u64, http: String, learner: bool, log: PathBuf, args: Vec<String>) -> anyhow::Result<LocalNode> {
+    fn spawn(
+        id: u64,
+        http: String,
+        learner: bool,
+        log: PathBuf,
+        args: Vec<String>,
+    ) -> anyhow::Result<LocalNode> {
         let exe = std::env::current_exe().context("locating the keel binary")?;
         let logfile = std::fs::OpenOptions::new()
             .create(true)
@@ -53,7 +58,13 @@ impl LocalNode {
 
     /// Starts the node again with the same arguments (after it exited or was killed).
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        *self = LocalNode::spawn(self.id, self.http.clone(), self.learner, self.log.clone(), self.args.clone())?;
+        *self = LocalNode::spawn(
+            self.id,
+            self.http.clone(),
+            self.learner,
+            self.log.clone(),
+            self.args.clone(),
+        )?;
         Ok(())
     }
 }
@@ -79,8 +90,14 @@ pub async fn start_cluster(
         let http = format!("127.0.0.1:{port}");
         let raft = format!("127.0.0.1:{}", port + 1);
         let learner = id > voters;
-        let mut args: Vec<String> = vec!["serve".into(), "--id".into(), id.to_string(), "--http-addr".into(), http.clone()];
-        args.extend(["--raft-addr".into(), raft, "--data-dir".into(), dir.join(format!("node{id}")).display().to_string()]);
+        let mut args: Vec<String> =
+            vec!["serve".into(), "--id".into(), id.to_string(), "--http-addr".into(), http.clone()];
+        args.extend([
+            "--raft-addr".into(),
+            raft,
+            "--data-dir".into(),
+            dir.join(format!("node{id}")).display().to_string(),
+        ]);
         if id > 1 {
             args.extend(["--join".into(), format!("http://{first_http}")]);
         }
@@ -110,7 +127,8 @@ pub async fn start_cluster(
 /// Starts the cluster, waits until it is ready, prints how to use it, and waits for Ctrl-C.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let total = args.nodes + args.learners;
-    let start = start_cluster(&args.data_dir, args.nodes, args.learners, args.base_port, &[], false);
+    let start =
+        start_cluster(&args.data_dir, args.nodes, args.learners, args.base_port, &[], false);
     let mut nodes = tokio::select! {
         r = start => r?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
@@ -168,7 +186,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_ready(client: &reqwest::Client, nodes: &mut [LocalNode], quiet: bool) -> anyhow::Result<()> {
+async fn wait_ready(
+    client: &reqwest::Client,
+    nodes: &mut [LocalNode],
+    quiet: bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for n in nodes.iter_mut() {
         loop {

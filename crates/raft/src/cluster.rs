@@ -19,10 +19,10 @@
 //! leave the cluster unable to work: removing or demoting the last voter, removing or demoting
 //! the leader itself (transfer leadership first), or a new voter set whose reachable members are
 //! fewer than its quorum. One pure function, `check`, decides that over a `View`: plain values
-//! taken from the leader's metrics ("reachable" = acknowledged the leader within the longest
-//! election timeout). openraft allows one membership change at a time and reports a second as
-//! [`ChangeError::InProgress`]; callers also serialize their own changes (the HTTP layer holds
-//! one mutex around each).
+//! taken from the leader's metrics ("reachable" = acknowledged the leader within twice the
+//! longest election timeout, and at least a second). openraft allows one membership change at
+//! a time and reports a second as [`ChangeError::InProgress`]; callers also serialize their own
+//! changes (the HTTP layer holds one mutex around each).
 //!
 //! What they deliberately do not do: force a membership on a cluster that has lost its quorum.
 //! A change is itself a Raft entry and needs a quorum to commit; a cluster that lost a majority
@@ -270,9 +270,11 @@ fn leader_metrics(raft: &Raft) -> Result<Metrics, ChangeError> {
 }
 
 /// How long the leader may go without hearing from a member before the member counts as
-/// unreachable: the longest election timeout, many heartbeats.
+/// unreachable: twice the longest election timeout, and at least a second. Election timeouts
+/// are tuned short for fast failover; a member that misses a few heartbeats under load is
+/// slow, not gone, and refusing a change because of it would only confuse the operator.
 fn reachable_window(raft: &Raft) -> Duration {
-    Duration::from_millis(raft.config().election_timeout_max)
+    Duration::from_millis(raft.config().election_timeout_max * 2).max(Duration::from_secs(1))
 }
 
 /// How long ago the leader whose metrics are `m` last heard from `id` (a heartbeat or
