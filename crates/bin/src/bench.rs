@@ -432,6 +432,48 @@ async fn failover_trials(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // Graceful promotions: the write gap is the longest pause between acknowledged writes
+    // around the transfer.
+    let mut promote_gaps = Vec::new();
+    for trial in 1..=args.trials {
+        let Some(leader) = find_leader(&client, nodes).await else {
+            bail!("promotion {trial}: no leader")
+        };
+        let target = nodes.iter().map(|n| n.id).find(|id| *id != leader).context("no follower")?;
+        let began = Instant::now();
+        let url = format!("http://{}/admin/promote?node={target}", nodes[0].http);
+        let resp = client.post(&url).timeout(Duration::from_secs(30)).send().await?;
+        if !resp.status().is_success() {
+            bail!("promotion {trial}: {}", resp.text().await.unwrap_or_default());
+        }
+        let done = Instant::now();
+        let after = done + Duration::from_millis(500);
+        while Instant::now() < after
+            || acked.lock().expect("acked mutex").last().is_none_or(|(_, at)| *at < done)
+        {
+            if Instant::now() > done + Duration::from_secs(10) {
+                bail!("promotion {trial}: no write acknowledged after the transfer");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let times: Vec<Instant> = acked
+            .lock()
+            .expect("acked mutex")
+            .iter()
+            .map(|(_, at)| *at)
+            .filter(|at| *at + Duration::from_millis(200) >= began && *at <= after)
+            .collect();
+        let gap = times.windows(2).map(|w| w[1].duration_since(w[0])).max().unwrap_or_default();
+        if !args.json {
+            println!(
+                "promotion {trial}: node {leader} -> node {target} in {:.0} ms; longest write gap {:.0} ms",
+                done.duration_since(began).as_secs_f64() * 1e3,
+                gap.as_secs_f64() * 1e3
+            );
+        }
+        promote_gaps.push(gap);
+    }
+
     stop.store(true, Ordering::Relaxed);
     writer.await?;
 
@@ -455,9 +497,12 @@ async fn failover_trials(
         lost += acked.iter().filter(|v| !present.contains(v)).count();
     }
     gaps.sort();
+    promote_gaps.sort();
     let figures = json!({
         "workload": "failover",
         "trials": gaps.len(),
+        "promote_gap_p50_ms": percentile_ms(&promote_gaps, 0.5),
+        "promote_gap_max_ms": promote_gaps.last().map_or(0.0, |g| g.as_secs_f64() * 1e3),
         "acknowledged_writes": acked.len(),
         "last_value": last,
         "lost_acknowledged_writes": lost,
@@ -474,6 +519,12 @@ async fn failover_trials(
             gaps.last().map_or(0.0, |g| g.as_secs_f64() * 1e3),
             acked.len(),
             lost
+        );
+        println!(
+            "promote: {} transfers, longest write gap: p50 {:.0} ms, max {:.0} ms",
+            promote_gaps.len(),
+            percentile_ms(&promote_gaps, 0.5),
+            promote_gaps.last().map_or(0.0, |g| g.as_secs_f64() * 1e3)
         );
     }
     if lost > 0 {

@@ -74,7 +74,7 @@ fn written(c: &TestCluster, id: NodeId) -> BTreeSet<i64> {
 
 /// A follower promoted while writers keep inserting becomes the leader, and no acknowledged
 /// write is lost on any node: the writers retry what was refused with 503 during the handover
-/// (a retry may insert a row twice, so only presence is checked).
+/// with the same request id, so no write fails for good and none is applied twice.
 #[test]
 fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
     let c = TestCluster::start(3, 0);
@@ -103,7 +103,7 @@ fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
             let to = ids[usize::try_from(n).unwrap() % ids.len()];
             let insert = json!([["INSERT INTO w(n) VALUES(?)", n]]).to_string();
             while !stop.load(Ordering::Relaxed) {
-                let reply = c.post(to, "/db/execute", insert.clone());
+                let reply = c.post(to, &format!("/db/execute?request_id=w{n}"), insert.clone());
                 match reply.status {
                     200 => {
                         Response(reply.json()).assert_ok();
@@ -148,6 +148,8 @@ fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
         let present = written(&c, id);
         let lost: Vec<&i64> = acked.difference(&present).collect();
         assert!(lost.is_empty(), "node {id} lost acknowledged writes {lost:?}");
+        let twice = c.rows(id, "SELECT n FROM w GROUP BY n HAVING count(*) > 1");
+        assert!(twice.is_empty(), "node {id}: retried writes applied twice: {twice:?}");
     }
 }
 
