@@ -61,3 +61,70 @@ fn killed_leader_is_replaced_and_catches_up_after_restart() {
         "the restarted node follows the current leader"
     );
 }
+
+/// Kill -9 the leader while writers are inserting: every write acknowledged before and after
+/// the crash is on every surviving node, and a writer that retries with its request id never
+/// gives up on a write and never applies one twice.
+#[test]
+fn leader_killed_under_write_load_loses_no_acknowledged_write() {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let c = TestCluster::start(3, 0);
+    let old = c.leader();
+    c.execute_ok(old, json!(["CREATE TABLE w (n INTEGER NOT NULL)"]));
+    let stop = AtomicBool::new(false);
+    let acked: Mutex<BTreeSet<i64>> = Mutex::new(BTreeSet::new());
+    let count = || acked.lock().unwrap().len();
+    let ids = c.ids();
+    let writer = |w: i64| {
+        let mut n = w * 1_000_000;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let insert = json!([["INSERT INTO w(n) VALUES(?)", n]]);
+            // Retry the same write (same request id) through the live nodes until it lands.
+            let mut attempt = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let to = ids[(n as usize + attempt) % ids.len()];
+                attempt += 1;
+                if let Ok(r) = c.try_execute(to, &format!("request_id=k{n}"), &insert) {
+                    r.assert_ok();
+                    acked.lock().unwrap().insert(n);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4).map(|w| s.spawn(move || writer(w))).collect();
+        let wait_more = |what: &str| {
+            let goal = count() + 40;
+            integration_tests::wait_for(integration_tests::TIMEOUT, what, || {
+                (count() >= goal).then_some(())
+            });
+        };
+        wait_more("writes before the crash");
+        c.kill(old);
+        wait_more("writes after the crash");
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().expect("writer thread");
+        }
+    });
+    let new = c.leader();
+    assert_ne!(new, old);
+    let acked = acked.into_inner().unwrap();
+    let lsn = c.execute_ok(new, json!(["SELECT 1"]));
+    for id in c.ids().into_iter().filter(|id| *id != old) {
+        c.wait_applied(id, lsn);
+        let rows = c.rows(id, "SELECT n FROM w");
+        let present: BTreeSet<i64> = rows.iter().filter_map(|r| r[0].as_i64()).collect();
+        let lost: Vec<&i64> = acked.difference(&present).collect();
+        assert!(lost.is_empty(), "node {id} lost acknowledged writes {lost:?}");
+        assert_eq!(rows.len(), present.len(), "node {id}: a retried write was applied twice");
+    }
+    c.restart(old);
+    c.assert_consistent();
+}
