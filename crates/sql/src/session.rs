@@ -191,12 +191,27 @@ pub(crate) struct ChangedTable {
     pub(crate) primary_key: Vec<bool>,
 }
 
-/// Lists the tables `changeset` touches, in order of first appearance, with the shape of their
-/// records. Fails if the changeset is malformed.
-pub(crate) fn tables(changeset: &[u8]) -> rusqlite::Result<Vec<ChangedTable>> {
-    let mut tables: Vec<ChangedTable> = Vec::new();
+/// One change under a changeset iterator, as [`for_each_change`] hands it out.
+struct Change {
+    /// The live iterator, positioned on this change; valid only during the callback.
+    iter: *mut ffi::sqlite3_changeset_iter,
+    /// The changed table's name.
+    table: String,
+    /// How many columns the change records.
+    columns: c_int,
+    /// `SQLITE_INSERT`, `SQLITE_UPDATE` or `SQLITE_DELETE`.
+    op: c_int,
+}
+
+/// Calls `f` on every change in `changeset`, in order: starts, steps and finalizes SQLite's
+/// changeset iterator (the one place that does), and fails if the changeset is malformed or
+/// `f` fails.
+fn for_each_change(
+    changeset: &[u8],
+    mut f: impl FnMut(&Change) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
     if changeset.is_empty() {
-        return Ok(tables);
+        return Ok(());
     }
     let len = c_int::try_from(changeset.len()).map_err(|_| too_big())?;
     let mut iter = ptr::null_mut();
@@ -208,6 +223,7 @@ pub(crate) fn tables(changeset: &[u8]) -> rusqlite::Result<Vec<ChangedTable>> {
         return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None));
     }
     let mut rc;
+    let mut failed = None;
     loop {
         // SAFETY: `iter` is a live iterator until finalized.
         rc = unsafe { ffi::sqlite3changeset_next(iter) };
@@ -216,44 +232,71 @@ pub(crate) fn tables(changeset: &[u8]) -> rusqlite::Result<Vec<ChangedTable>> {
         }
         let mut name: *const c_char = ptr::null();
         let (mut columns, mut op, mut indirect): (c_int, c_int, c_int) = (0, 0, 0);
-        let mut pk: *mut u8 = ptr::null_mut();
-        let mut pk_columns: c_int = 0;
         // SAFETY: `iter` points at a change (SQLITE_ROW); the out-pointers are valid. The
-        // returned name and PK array live until the next call to sqlite3changeset_next.
+        // returned name lives until the next call to sqlite3changeset_next.
         let ok = unsafe {
             ffi::sqlite3changeset_op(iter, &mut name, &mut columns, &mut op, &mut indirect)
                 == ffi::SQLITE_OK
-                && ffi::sqlite3changeset_pk(iter, &mut pk, &mut pk_columns) == ffi::SQLITE_OK
         };
         if !ok || name.is_null() {
             rc = ffi::SQLITE_CORRUPT;
             break;
         }
-        // SAFETY: see above; both are copied before the next step.
-        let (name, primary_key) = unsafe {
-            let name = CStr::from_ptr(name).to_string_lossy().into_owned();
-            let pk = if pk.is_null() {
+        // SAFETY: see above; copied before the next step.
+        let table = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        if let Err(e) = f(&Change { iter, table, columns, op }) {
+            failed = Some(e);
+            rc = ffi::SQLITE_DONE;
+            break;
+        }
+    }
+    // SAFETY: finalized exactly once; returns the first error met while iterating, if any.
+    let finalize = unsafe { ffi::sqlite3changeset_finalize(iter) };
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if rc != ffi::SQLITE_DONE || finalize != ffi::SQLITE_OK {
+        let code = if rc != ffi::SQLITE_DONE { rc } else { finalize };
+        return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None));
+    }
+    Ok(())
+}
+
+/// Lists the tables `changeset` touches, in order of first appearance, with the shape of their
+/// records. Fails if the changeset is malformed.
+pub(crate) fn tables(changeset: &[u8]) -> rusqlite::Result<Vec<ChangedTable>> {
+    let mut tables: Vec<ChangedTable> = Vec::new();
+    for_each_change(changeset, |change| {
+        if tables.last().is_some_and(|t| t.name == change.table) {
+            return Ok(());
+        }
+        let mut pk: *mut u8 = ptr::null_mut();
+        let mut pk_columns: c_int = 0;
+        // SAFETY: `change.iter` points at a change; the PK array lives until the next step
+        // and is copied now.
+        let primary_key = unsafe {
+            if ffi::sqlite3changeset_pk(change.iter, &mut pk, &mut pk_columns) != ffi::SQLITE_OK {
+                return Err(rusqlite::Error::SqliteFailure(
+                    ffi::Error::new(ffi::SQLITE_CORRUPT),
+                    None,
+                ));
+            }
+            if pk.is_null() {
                 Vec::new()
             } else {
                 std::slice::from_raw_parts(pk, pk_columns.max(0) as usize)
                     .iter()
                     .map(|&b| b != 0)
                     .collect()
-            };
-            (name, pk)
+            }
         };
-        if tables.last().is_none_or(|t| t.name != name) {
-            tables.push(ChangedTable { name, columns: columns.max(0) as usize, primary_key });
-        }
-    }
-    // SAFETY: finalized exactly once; returns the first error met while iterating, if any.
-    let finalize = unsafe { ffi::sqlite3changeset_finalize(iter) };
-    if rc != ffi::SQLITE_DONE {
-        return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None));
-    }
-    if finalize != ffi::SQLITE_OK {
-        return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(finalize), None));
-    }
+        tables.push(ChangedTable {
+            name: change.table.clone(),
+            columns: change.columns.max(0) as usize,
+            primary_key,
+        });
+        Ok(())
+    })?;
     Ok(tables)
 }
 
@@ -392,40 +435,10 @@ pub(crate) fn deferred_foreign_key_violations(conn: &Connection) -> rusqlite::Re
 /// shows the rowid first.
 pub(crate) fn describe(changeset: &[u8]) -> rusqlite::Result<Vec<String>> {
     let mut lines = Vec::new();
-    if changeset.is_empty() {
-        return Ok(lines);
-    }
-    let len = c_int::try_from(changeset.len()).map_err(|_| too_big())?;
-    let mut iter = ptr::null_mut();
-    // SAFETY: as in `tables`.
-    let rc = unsafe {
-        ffi::sqlite3changeset_start(&mut iter, len, changeset.as_ptr().cast_mut().cast::<c_void>())
-    };
-    if rc != ffi::SQLITE_OK {
-        return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None));
-    }
-    let mut rc;
-    loop {
-        // SAFETY: `iter` is live until finalized.
-        rc = unsafe { ffi::sqlite3changeset_next(iter) };
-        if rc != ffi::SQLITE_ROW {
-            break;
-        }
-        let mut name: *const c_char = ptr::null();
-        let (mut columns, mut op, mut indirect): (c_int, c_int, c_int) = (0, 0, 0);
-        // SAFETY: `iter` points at a change; out-pointers are valid.
-        let ok = unsafe {
-            ffi::sqlite3changeset_op(iter, &mut name, &mut columns, &mut op, &mut indirect)
-                == ffi::SQLITE_OK
-        };
-        if !ok || name.is_null() {
-            rc = ffi::SQLITE_CORRUPT;
-            break;
-        }
-        // SAFETY: valid until the next step; copied now.
-        let table = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
-        let mut fields = Vec::with_capacity(columns.max(0) as usize);
-        for i in 0..columns {
+    for_each_change(changeset, |change| {
+        let (iter, op) = (change.iter, change.op);
+        let mut fields = Vec::with_capacity(change.columns.max(0) as usize);
+        for i in 0..change.columns {
             let old = (op != ffi::SQLITE_INSERT).then(|| column(iter, i, true)).flatten();
             let new = (op != ffi::SQLITE_DELETE).then(|| column(iter, i, false)).flatten();
             fields.push(match (old, new) {
@@ -440,14 +453,9 @@ pub(crate) fn describe(changeset: &[u8]) -> rusqlite::Result<Vec<String>> {
             ffi::SQLITE_DELETE => "DELETE",
             _ => "?",
         };
-        lines.push(format!("{verb} {table} ({})", fields.join(", ")));
-    }
-    // SAFETY: finalized exactly once.
-    let finalize = unsafe { ffi::sqlite3changeset_finalize(iter) };
-    if rc != ffi::SQLITE_DONE || finalize != ffi::SQLITE_OK {
-        let code = if rc != ffi::SQLITE_DONE { rc } else { finalize };
-        return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None));
-    }
+        lines.push(format!("{verb} {} ({})", change.table, fields.join(", ")));
+        Ok(())
+    })?;
     Ok(lines)
 }
 
