@@ -46,9 +46,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{delete, post};
 use clap::Subcommand;
@@ -58,7 +57,7 @@ use raft::cluster::{ChangeError, Deadlines};
 use serde_json::{Value, json};
 
 use crate::http::{
-    Node, Params, bad_request, error_response, json_response, to_leader, unavailable,
+    Incoming, Node, Params, bad_request, error_response, json_response, to_leader, unavailable,
 };
 
 /// How long a forwarded admin request may take: beyond the longest change (adding a voter
@@ -131,12 +130,9 @@ async fn make_leader(node: &Node, id: NodeId) -> Response {
 async fn promote(
     State(node): State<Arc<Node>>,
     Query(q): Query<Vec<(String, String)>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Incoming,
 ) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &method, &uri, &headers, &body).await {
+    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
         return r;
     }
     let Some((_, id)) = q.iter().find(|(k, _)| k == "node") else {
@@ -149,20 +145,14 @@ async fn promote(
 }
 
 /// `POST /leader`: rqlite's step-down, to the node in the body or to the best successor.
-async fn step_down(
-    State(node): State<Arc<Node>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &method, &uri, &headers, &body).await {
+async fn step_down(State(node): State<Arc<Node>>, req: Incoming) -> Response {
+    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
         return r;
     }
-    let named = if body.iter().all(u8::is_ascii_whitespace) {
+    let named = if req.body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        match serde_json::from_slice::<Value>(&body) {
+        match serde_json::from_slice::<Value>(&req.body) {
             Ok(Value::Object(o)) => match o.get("id") {
                 None => None,
                 Some(v) => match node_id(v) {
@@ -192,17 +182,11 @@ async fn step_down(
 }
 
 /// `POST /admin/membership`.
-async fn membership(
-    State(node): State<Arc<Node>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &method, &uri, &headers, &body).await {
+async fn membership(State(node): State<Arc<Node>>, req: Incoming) -> Response {
+    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
         return r;
     }
-    let req: Value = match serde_json::from_slice(&body) {
+    let req: Value = match serde_json::from_slice(&req.body) {
         Ok(v @ Value::Object(_)) => v,
         _ => return bad_request("body must be a JSON object {\"action\": …, \"id\": …}"),
     };
@@ -243,17 +227,11 @@ async fn membership(
 }
 
 /// `DELETE /remove`.
-async fn remove(
-    State(node): State<Arc<Node>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &method, &uri, &headers, &body).await {
+async fn remove(State(node): State<Arc<Node>>, req: Incoming) -> Response {
+    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
         return r;
     }
-    let id = match serde_json::from_slice::<Value>(&body) {
+    let id = match serde_json::from_slice::<Value>(&req.body) {
         Ok(Value::Object(o)) => match o.get("id").map(node_id) {
             Some(Ok(id)) => id,
             Some(Err(e)) => return bad_request(e),

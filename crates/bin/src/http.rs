@@ -173,6 +173,29 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
+/// A request as received, kept whole so that it can be forwarded to the leader unchanged.
+pub(crate) struct Incoming {
+    /// The HTTP method.
+    pub(crate) method: Method,
+    /// Path and query.
+    pub(crate) uri: Uri,
+    /// The headers (content type and credentials are forwarded).
+    pub(crate) headers: HeaderMap,
+    /// The body, within the router's body limit.
+    pub(crate) body: Bytes,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Incoming {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (method, uri, headers) =
+            (req.method().clone(), req.uri().clone(), req.headers().clone());
+        let body = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        Ok(Incoming { method, uri, headers, body })
+    }
+}
+
 /// Query-string parameters. rqlite's flags are presence-only (`?transaction`).
 pub(crate) struct Params(pub(crate) Vec<(String, String)>);
 
@@ -319,14 +342,8 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<sql::Statement>, R
 /// If this node cannot serve the request because it needs the leader and this node is not it,
 /// returns the answer: a 301 to the leader (`?redirect`), the leader's own answer (forwarded),
 /// or 503 when no leader is known. `None` means: serve it here.
-pub(crate) async fn to_leader(
-    node: &Node,
-    p: &Params,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Option<Response> {
+pub(crate) async fn to_leader(node: &Node, p: &Params, req: &Incoming) -> Option<Response> {
+    let Incoming { method, uri, headers, body } = req;
     // During an election there is briefly no leader (or a stale one); wait for one to emerge
     // rather than failing at once.
     let deadline = Instant::now() + LEADER_WAIT;
@@ -361,7 +378,7 @@ pub(crate) async fn to_leader(
         Ok(t) => t.map_or(FORWARD_TIMEOUT, |t| t + Duration::from_secs(5)),
         Err(r) => return Some(r),
     };
-    let mut req = node
+    let mut forward = node
         .client
         .request(method.clone(), &url)
         .header(FORWARDED, node.id.to_string())
@@ -369,10 +386,10 @@ pub(crate) async fn to_leader(
         .body(body.clone());
     for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
         if let Some(v) = headers.get(&name) {
-            req = req.header(name, v.clone());
+            forward = forward.header(name, v.clone());
         }
     }
-    Some(match req.send().await {
+    Some(match forward.send().await {
         Ok(resp) => {
             let status = resp.status();
             let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
@@ -414,13 +431,10 @@ fn db_answer(results: Vec<Value>, lsn: wal::Lsn, p: &Params, start: Instant) -> 
 async fn execute(
     State(node): State<Arc<Node>>,
     Query(p): Query<Vec<(String, String)>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Incoming,
 ) -> Response {
     let p = Params(p);
-    leader_write(&node, &p, &method, &uri, &headers, &body, false, Instant::now()).await
+    leader_write(&node, &p, &req, false, Instant::now()).await
 }
 
 /// Routes a write to the leader (forwarding it, or answering 301) and runs it there. If this
@@ -430,10 +444,7 @@ async fn execute(
 async fn leader_write(
     node: &Node,
     p: &Params,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
+    req: &Incoming,
     rows: bool,
     start: Instant,
 ) -> Response {
@@ -446,10 +457,10 @@ async fn leader_write(
     };
     let mut attempts = 0;
     loop {
-        if let Some(r) = to_leader(node, p, method, uri, headers, body).await {
+        if let Some(r) = to_leader(node, p, req).await {
             return r;
         }
-        let statements = match parse_body(headers, body) {
+        let statements = match parse_body(&req.headers, &req.body) {
             Ok(s) => s,
             Err(r) => return r,
         };
@@ -481,14 +492,11 @@ async fn leader_write(
 async fn query(
     State(node): State<Arc<Node>>,
     Query(p): Query<Vec<(String, String)>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Incoming,
 ) -> Response {
     let p = Params(p);
     let start = Instant::now();
-    let statements = if method == Method::GET {
+    let statements = if req.method == Method::GET {
         match p.get("q") {
             Some(q) if !q.is_empty() => match sql::statements_from_text(q) {
                 Ok(s) => s,
@@ -497,22 +505,19 @@ async fn query(
             _ => return bad_request("query parameter not set"),
         }
     } else {
-        match parse_body(&headers, &body) {
+        match parse_body(&req.headers, &req.body) {
             Ok(s) => s,
             Err(r) => return r,
         }
     };
-    read(&node, &p, &method, &uri, &headers, &body, statements, false, start).await
+    read(&node, &p, &req, statements, false, start).await
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn read(
     node: &Node,
     p: &Params,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
+    req: &Incoming,
     statements: Vec<sql::Statement>,
     in_request: bool,
     start: Instant,
@@ -547,7 +552,7 @@ async fn read(
             }
         }
         Level::Weak | Level::Strong => {
-            if let Some(r) = to_leader(node, p, method, uri, headers, body).await {
+            if let Some(r) = to_leader(node, p, req).await {
                 return r;
             }
             let barrier = match level {
@@ -628,14 +633,11 @@ fn applied_in_db(readers: &sql::Readers) -> sql::Result<wal::Lsn> {
 async fn request(
     State(node): State<Arc<Node>>,
     Query(p): Query<Vec<(String, String)>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Incoming,
 ) -> Response {
     let p = Params(p);
     let start = Instant::now();
-    let statements = match parse_body(&headers, &body) {
+    let statements = match parse_body(&req.headers, &req.body) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -650,9 +652,9 @@ async fn request(
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     if read_only {
-        return read(&node, &p, &method, &uri, &headers, &body, statements, true, start).await;
+        return read(&node, &p, &req, statements, true, start).await;
     }
-    leader_write(&node, &p, &method, &uri, &headers, &body, true, start).await
+    leader_write(&node, &p, &req, true, start).await
 }
 
 /// Refuses a `level=none` read on a non-leader that has not heard from a leader within
@@ -905,16 +907,13 @@ fn yes() -> bool {
 async fn join(
     State(node): State<Arc<Node>>,
     Query(p): Query<Vec<(String, String)>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Incoming,
 ) -> Response {
     let p = Params(p);
-    if let Some(r) = to_leader(&node, &p, &method, &uri, &headers, &body).await {
+    if let Some(r) = to_leader(&node, &p, &req).await {
         return r;
     }
-    let req: JoinRequest = match serde_json::from_slice(&body) {
+    let req: JoinRequest = match serde_json::from_slice(&req.body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid join request: {e}")),
     };

@@ -125,14 +125,20 @@ impl Leader {
         durability: Durability,
     ) -> Result<Outcome> {
         // Check up front that the mode can be met at all, so nothing is written in vain.
-        let others = self.others();
-        let needed = durability.needed(others.len()).map_err(Error::InvalidInput)?;
+        // Semi-sync needs nothing beyond the commit: skip the membership lookups entirely.
+        let needed = match durability {
+            Durability::SemiSync => 0,
+            d => d.needed(self.others().len()).map_err(Error::InvalidInput)?,
+        };
         let size = request.statements.iter().map(|s| s.sql.len() + 16).sum();
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Pending { request, size, reply })
             .map_err(|_| Error::Unavailable("write queue full".to_string()))?;
         let outcome = rx.await.map_err(|_| Error::Internal("writer stopped".to_string()))??;
+        if needed == 0 {
+            return Ok(outcome);
+        }
         // Members may have changed while the write was queued: count the current ones.
         let others = self.others();
         let needed = needed.min(others.len());
