@@ -90,7 +90,7 @@ impl Store for Replica {
         Ok(a.map(|a| Applied { term: a.term, index: a.index, membership: a.membership }))
     }
 
-    fn restore_from(&self, path: &Path) -> io::Result<()> {
+    fn install(&self, path: &Path) -> io::Result<()> {
         let mut db = self.lock();
         db.restore_from(path).map_err(io_err)?;
         let index = db.applied().map_err(io_err)?.map_or(0, |a| a.index);

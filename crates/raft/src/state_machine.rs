@@ -67,10 +67,14 @@ pub trait Store: Send + Sync + 'static {
     /// Applies committed entries, in order, atomically together with the new applied position.
     fn apply(&self, entries: &[Committed]) -> io::Result<()>;
     /// Writes a consistent image of the database (including its applied position) to `path`,
-    /// and returns the applied position the image holds.
+    /// fsynced, and returns the applied position the image holds. Must not stop applies while
+    /// it copies (it reads from its own connection), because a large database takes a while.
     fn snapshot_to(&self, path: &Path) -> io::Result<Option<Applied>>;
-    /// Replaces the database's contents with the image at `path`.
-    fn restore_from(&self, path: &Path) -> io::Result<()>;
+    /// Makes the image at `path` (written by [`Store::snapshot_to`] on some node, complete and
+    /// fsynced) the live database, atomically: after a crash at any point the node has either
+    /// its old database or the new one. The store takes the file over (it may rename it), so
+    /// the caller must not use `path` afterwards.
+    fn install(&self, path: &Path) -> io::Result<()>;
 }
 
 /// The openraft state machine over a [`Store`]. Cheap to clone; clones share the store.
@@ -265,7 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let tmp = this.dir.join("receiving.tmp");
             write_synced(&tmp, snapshot.get_ref())?;
             let image = this.publish(&tmp, &meta)?;
-            this.store.restore_from(&image)?;
+            this.store.install(&image)?;
             tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
             Ok(())
         })
