@@ -48,9 +48,20 @@ pub struct BenchArgs {
     /// `failover`: first HTTP port of the cluster it starts.
     #[arg(long, default_value_t = 4101)]
     pub base_port: u16,
-    /// `failover`: extra flags for every `keel serve` (e.g. `--election-timeout=300ms`).
+    /// `failover`, `bootstrap`: extra flags for every `keel serve` (e.g.
+    /// `--election-timeout=300ms`).
     #[arg(long, allow_hyphen_values = true)]
     pub serve_flag: Vec<String>,
+    /// `bootstrap`: database size to build (e.g. `256MiB`, `1GiB`).
+    #[arg(long, default_value = "256MiB", value_parser = crate::bench_bootstrap::parse_size)]
+    pub size: u64,
+    /// `bootstrap`: voters of the cluster it starts.
+    #[arg(long, default_value_t = 3)]
+    pub voters: u64,
+    /// `bootstrap`: directory for the cluster's data (kept afterwards); default a temporary
+    /// directory, removed afterwards.
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// What the clients do.
@@ -64,6 +75,9 @@ pub enum Workload {
     /// write load `--trials` times, and measures kill → first acknowledged write; then checks
     /// that no acknowledged write was lost. Ignores `--url`.
     Failover,
+    /// Starts its own cluster, fills it to `--size`, joins a new node, and measures its time
+    /// to ready (against `cp` of the database file), peak memory, and restart. Ignores `--url`.
+    Bootstrap,
 }
 
 /// Rows in the table the `read` workload selects from.
@@ -74,8 +88,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    if matches!(args.workload, Workload::Failover) {
-        return failover(&args).await;
+    match args.workload {
+        Workload::Failover => return failover(&args).await,
+        Workload::Bootstrap => return crate::bench_bootstrap::run(&args).await,
+        Workload::Insert | Workload::Read => {}
     }
     let client =
         reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.clients).build()?;
@@ -84,7 +100,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let execute = format!("{base}/db/execute?{extra}");
     let query = format!("{base}/db/query?{extra}");
     let setup_sql = match args.workload {
-        Workload::Insert | Workload::Failover => json!([
+        Workload::Insert | Workload::Failover | Workload::Bootstrap => json!([
             "CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, client INTEGER, payload TEXT)"
         ]),
         Workload::Read => json!([
@@ -135,7 +151,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
                 let request = match workload {
-                    Workload::Insert | Workload::Failover => client
+                    Workload::Insert | Workload::Failover | Workload::Bootstrap => client
                         .post(&execute)
                         .header("content-type", "application/json")
                         .body(insert.clone()),

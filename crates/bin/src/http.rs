@@ -68,27 +68,69 @@ pub struct Node {
     /// Serializes membership changes: Raft allows one at a time, and concurrent joins would
     /// otherwise fail each other.
     pub(crate) membership: tokio::sync::Mutex<()>,
+    /// The write connection (loads read the schema they replace from it).
+    pub(crate) db: Arc<std::sync::Mutex<sql::Db>>,
+    /// Consistent copies of the database, for backups.
+    pub(crate) image_source: sql::ImageSource,
+    /// The node's data directory (backups and loads spool under `tmp/` in it).
+    pub(crate) data_dir: std::path::PathBuf,
+    /// Snapshot counters, for `/status`.
+    pub(crate) snapshots: Arc<raft::SnapshotStats>,
+}
+
+/// The handles [`Node::new`] bundles.
+pub struct Parts {
+    /// This node's id.
+    pub id: raft::NodeId,
+    /// This node's addresses.
+    pub me: raft::Node,
+    /// The Raft node.
+    pub raft: raft::Raft,
+    /// The write path.
+    pub leader: leader::Leader,
+    /// Read-only connections.
+    pub readers: sql::Readers,
+    /// The applied log index.
+    pub applied: watch::Receiver<wal::Lsn>,
+    /// Followers' applied positions.
+    pub progress: Arc<leader::Progress>,
+    /// When this node last heard from a leader.
+    pub contact: Arc<raft::network::Contact>,
+    /// Durability of writes that do not ask for one.
+    pub durability: leader::Durability,
+    /// The write connection.
+    pub db: Arc<std::sync::Mutex<sql::Db>>,
+    /// Consistent copies of the database.
+    pub image_source: sql::ImageSource,
+    /// The node's data directory.
+    pub data_dir: std::path::PathBuf,
+    /// Snapshot counters.
+    pub snapshots: Arc<raft::SnapshotStats>,
 }
 
 impl Node {
     /// Bundles the node's handles for the router.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: raft::NodeId,
-        me: raft::Node,
-        raft: raft::Raft,
-        leader: leader::Leader,
-        readers: sql::Readers,
-        applied: watch::Receiver<wal::Lsn>,
-        progress: Arc<leader::Progress>,
-        contact: Arc<raft::network::Contact>,
-        durability: leader::Durability,
-    ) -> Node {
+    pub fn new(parts: Parts) -> Node {
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("building an HTTP client without TLS cannot fail");
+        let Parts {
+            id,
+            me,
+            raft,
+            leader,
+            readers,
+            applied,
+            progress,
+            contact,
+            durability,
+            db,
+            image_source,
+            data_dir,
+            snapshots,
+        } = parts;
         Node {
             id,
             me,
@@ -102,6 +144,10 @@ impl Node {
             durability,
             metrics: crate::metrics::Metrics::new(),
             membership: tokio::sync::Mutex::new(()),
+            db,
+            image_source,
+            data_dir,
+            snapshots,
         }
     }
 
@@ -123,7 +169,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/join", post(join))
         .route("/metrics", get(metrics))
         .with_state(node.clone())
-        .merge(crate::admin::router(node))
+        .merge(crate::admin::router(node.clone()))
+        .merge(crate::backup::router(node))
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
@@ -339,23 +386,41 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<sql::Statement>, R
     sql::parse_statements(&value).map_err(bad_request)
 }
 
-/// If this node cannot serve the request because it needs the leader and this node is not it,
-/// returns the answer: a 301 to the leader (`?redirect`), the leader's own answer (forwarded),
-/// or 503 when no leader is known. `None` means: serve it here.
-pub(crate) async fn to_leader(node: &Node, p: &Params, req: &Incoming) -> Option<Response> {
-    let Incoming { method, uri, headers, body } = req;
-    // During an election there is briefly no leader (or a stale one); wait for one to emerge
-    // rather than failing at once.
+/// Where a request that needs the leader goes, as decided by [`route_to_leader`].
+pub(crate) enum Route {
+    /// This node leads: serve it here.
+    Here,
+    /// Answer this at once (a 301 with `?redirect`, or 503 when no leader is known).
+    Answer(Response),
+    /// Forward it to the leader.
+    Forward {
+        /// The same path and query on the leader.
+        url: String,
+        /// The leader's id, for errors.
+        leader: raft::NodeId,
+        /// How long the forwarded request may take.
+        timeout: Duration,
+    },
+}
+
+/// Decides where a request that needs the leader goes. During an election there is briefly no
+/// leader (or a stale one): wait up to [`LEADER_WAIT`] for one to emerge rather than failing.
+pub(crate) async fn route_to_leader(
+    node: &Node,
+    p: &Params,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Route {
     let deadline = Instant::now() + LEADER_WAIT;
     let leader = loop {
         if raft::client::leader_term(&node.raft).is_ok() {
-            return None;
+            return Route::Here;
         }
         if let Some(l) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) {
             break l;
         }
         if Instant::now() >= deadline {
-            return Some(unavailable("leader not found"));
+            return Route::Answer(unavailable("leader not found"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -366,29 +431,50 @@ pub(crate) async fn to_leader(node: &Node, p: &Params, req: &Incoming) -> Option
         if let Ok(v) = HeaderValue::from_str(&url) {
             r.headers_mut().insert(header::LOCATION, v);
         }
-        return Some(r);
+        return Route::Answer(r);
     }
     if headers.contains_key(FORWARDED) {
         // Forwarded to us by a node that thought we lead; we don't. Don't bounce it around.
-        return Some(unavailable("leader not found"));
+        return Route::Answer(unavailable("leader not found"));
     }
     // `timeout=` also bounds the leader's own waits (min_lsn, durability): give the forward
     // room beyond it, so the leader's answer arrives instead of a forwarding error.
     let timeout = match p.duration("timeout") {
         Ok(t) => t.map_or(FORWARD_TIMEOUT, |t| t + Duration::from_secs(5)),
-        Err(r) => return Some(r),
+        Err(r) => return Route::Answer(r),
     };
-    let mut forward = node
-        .client
-        .request(method.clone(), &url)
-        .header(FORWARDED, node.id.to_string())
-        .timeout(timeout)
-        .body(body.clone());
+    Route::Forward { url, leader: leader.id, timeout }
+}
+
+/// A request to the leader carrying the caller's method, content type and credentials, marked
+/// as forwarded. No timeout is set; the caller adds one where the body is bounded.
+pub(crate) fn forward_request(
+    node: &Node,
+    method: &Method,
+    url: &str,
+    headers: &HeaderMap,
+) -> reqwest::RequestBuilder {
+    let mut forward =
+        node.client.request(method.clone(), url).header(FORWARDED, node.id.to_string());
     for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
         if let Some(v) = headers.get(&name) {
             forward = forward.header(name, v.clone());
         }
     }
+    forward
+}
+
+/// If this node cannot serve the request because it needs the leader and this node is not it,
+/// returns the answer: a 301 to the leader (`?redirect`), the leader's own answer (forwarded),
+/// or 503 when no leader is known. `None` means: serve it here.
+pub(crate) async fn to_leader(node: &Node, p: &Params, req: &Incoming) -> Option<Response> {
+    let Incoming { method, uri, headers, body } = req;
+    let (url, leader, timeout) = match route_to_leader(node, p, uri, headers).await {
+        Route::Here => return None,
+        Route::Answer(r) => return Some(r),
+        Route::Forward { url, leader, timeout } => (url, leader, timeout),
+    };
+    let forward = forward_request(node, method, &url, headers).timeout(timeout).body(body.clone());
     Some(match forward.send().await {
         Ok(resp) => {
             let status = resp.status();
@@ -408,7 +494,7 @@ pub(crate) async fn to_leader(node: &Node, p: &Params, req: &Incoming) -> Option
                 Err(e) => unavailable(format!("reading the leader's answer failed: {e}")),
             }
         }
-        Err(e) => unavailable(format!("forwarding to leader {} failed: {e}", leader.id)),
+        Err(e) => unavailable(format!("forwarding to leader {leader} failed: {e}")),
     })
 }
 
@@ -749,6 +835,25 @@ fn node_json(m: &raft::cluster::Member, leader: Option<raft::NodeId>, reachable:
     })
 }
 
+/// The snapshot counters of `/status`; indexes are `null` when there is none.
+fn snapshot_json(c: raft::SnapshotCounts) -> Value {
+    let index = |i: u64| if i == 0 { Value::Null } else { json!(i) };
+    json!({
+        "index": index(c.current_index),
+        "size": c.current_size,
+        "built": c.built,
+        "last_built_index": index(c.last_built_index),
+        "sent": c.sent,
+        "send_failures": c.send_failures,
+        "received": c.received,
+        "receive_failures": c.receive_failures,
+        "installed": c.installed,
+        "last_installed_index": index(c.last_installed_index),
+        "bytes_sent": c.bytes_sent,
+        "bytes_received": c.bytes_received,
+    })
+}
+
 async fn status(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, String)>>) -> Response {
     let p = Params(p);
     let s = raft::cluster::state(&node.raft);
@@ -778,6 +883,7 @@ async fn status(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Stri
             "members": s.members,
         },
         "replication": replication_json(&node, &s),
+        "snapshot": snapshot_json(node.snapshots.read()),
         // rqlite-compatible subtree, read by existing clients.
         "store": {
             "node_id": s.id.to_string(),

@@ -80,38 +80,15 @@ pub async fn start_cluster(
     quiet: bool,
 ) -> anyhow::Result<Vec<LocalNode>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let first_http = format!("127.0.0.1:{base_port}");
     let mut nodes = Vec::new();
     for id in 1..=voters + learners {
-        let port = base_port as u64 + 2 * (id - 1);
-        if port + 1 > u16::MAX as u64 {
-            bail!("port {port} is out of range; choose a lower --base-port");
-        }
-        let http = format!("127.0.0.1:{port}");
-        let raft = format!("127.0.0.1:{}", port + 1);
-        let learner = id > voters;
-        let mut args: Vec<String> =
-            vec!["serve".into(), "--id".into(), id.to_string(), "--http-addr".into(), http.clone()];
-        args.extend([
-            "--raft-addr".into(),
-            raft,
-            "--data-dir".into(),
-            dir.join(format!("node{id}")).display().to_string(),
-        ]);
-        if id > 1 {
-            args.extend(["--join".into(), format!("http://{first_http}")]);
-        }
-        if learner {
-            args.push("--learner".into());
-        }
-        args.extend(extra.iter().cloned());
-        let log = dir.join(format!("node{id}.log"));
-        let node = LocalNode::spawn(id, http.clone(), learner, log.clone(), args)?;
+        let node = spawn_node(dir, id, base_port, id > voters, extra)?;
         if !quiet {
             println!(
-                "started node {id} ({}) http://{http}  log: {}",
-                if learner { "learner" } else { "voter" },
-                log.display()
+                "started node {id} ({}) http://{}  log: {}",
+                if node.learner { "learner" } else { "voter" },
+                node.http,
+                node.log.display()
             );
         }
         nodes.push(node);
@@ -122,6 +99,40 @@ pub async fn start_cluster(
         return Err(e);
     }
     Ok(nodes)
+}
+
+/// Starts node `id` of a local cluster (ports and data directory as in the module docs); every
+/// node but node 1 joins node 1. Does not wait for it to be ready.
+pub fn spawn_node(
+    dir: &std::path::Path,
+    id: u64,
+    base_port: u16,
+    learner: bool,
+    extra: &[String],
+) -> anyhow::Result<LocalNode> {
+    let port = base_port as u64 + 2 * (id - 1);
+    if port + 1 > u16::MAX as u64 {
+        bail!("port {port} is out of range; choose a lower --base-port");
+    }
+    let http = format!("127.0.0.1:{port}");
+    let raft = format!("127.0.0.1:{}", port + 1);
+    let mut args: Vec<String> =
+        vec!["serve".into(), "--id".into(), id.to_string(), "--http-addr".into(), http.clone()];
+    args.extend([
+        "--raft-addr".into(),
+        raft,
+        "--data-dir".into(),
+        dir.join(format!("node{id}")).display().to_string(),
+    ]);
+    if id > 1 {
+        args.extend(["--join".into(), format!("http://127.0.0.1:{base_port}")]);
+    }
+    if learner {
+        args.push("--learner".into());
+    }
+    args.extend(extra.iter().cloned());
+    let log = dir.join(format!("node{id}.log"));
+    LocalNode::spawn(id, http, learner, log, args)
 }
 
 /// Starts the cluster, waits until it is ready, prints how to use it, and waits for Ctrl-C.

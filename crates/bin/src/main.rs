@@ -5,6 +5,8 @@
 //! - `keel local` starts a local cluster of `keel serve` child processes for trying Keel out
 //!   ([`local`]).
 //! - `keel bench` measures a running cluster ([`mod@bench`]).
+//! - `keel backup` and `keel restore` stream a backup out of, or a load into, a running
+//!   cluster ([`backup`]).
 //!
 //! Logs go to stderr; `RUST_LOG` selects what is shown (default `info`).
 
@@ -12,7 +14,9 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod backup;
 mod bench;
+mod bench_bootstrap;
 mod http;
 mod local;
 mod metrics;
@@ -41,6 +45,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Operate a running cluster: promote a node, change membership, show status.
     Admin(admin::AdminArgs),
+    /// Stream a backup of a running cluster's database to a file.
+    Backup(backup::BackupArgs),
+    /// Load a SQLite file or SQL text into a running cluster (a SQLite file replaces the
+    /// database).
+    Restore(backup::RestoreArgs),
 }
 
 /// Flags of `keel serve`.
@@ -153,6 +162,8 @@ fn main() -> anyhow::Result<()> {
         Command::Local(args) => runtime.block_on(local::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Admin(args) => runtime.block_on(admin::run(args)),
+        Command::Backup(args) => runtime.block_on(backup::run_backup(args)),
+        Command::Restore(args) => runtime.block_on(backup::run_restore(args)),
     }
 }
 

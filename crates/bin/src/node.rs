@@ -1,8 +1,9 @@
 //! One node, wired in one place: database, state machine, Raft, write path, HTTP servers,
 //! bootstrap or join, and shutdown.
 //!
-//! Data directory layout: `db.sqlite` (the database, with its applied log position inside),
-//! `raft/` (the WAL: Raft log segments, vote, committed position), `snapshots/`.
+//! Data directory layout: `db/` (the database, with its applied log position inside; see
+//! [`sql::Db::open`]), `raft/` (the WAL: Raft log segments, vote, committed position),
+//! `snapshots/`, and `tmp/` (backups and loads being spooled; emptied at start).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,13 +19,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir = args.data_dir.clone();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let db_path = dir.join("db.sqlite");
-    let db = sql::Db::open(&db_path)
-        .with_context(|| format!("opening database {}", db_path.display()))?;
+    let db_dir = dir.join("db");
+    let db = sql::Db::open(&db_dir)
+        .with_context(|| format!("opening database in {}", db_dir.display()))?;
+    let readers = db.readers(args.readers.max(1)).context("opening read connections")?;
+    let image_source = db.image_source();
     let db = Arc::new(Mutex::new(db));
     let replica = follower::Replica::new(db.clone()).context("reading the applied position")?;
-    let readers =
-        sql::Readers::open(&db_path, args.readers.max(1)).context("opening read connections")?;
+    // Spooled backups and loads of a previous run are garbage now.
+    let _ = std::fs::remove_dir_all(dir.join("tmp"));
 
     // Bind first, so a port in use fails the start instead of a half-started node.
     let raft_listener = TcpListener::bind(&args.raft_addr)
@@ -38,29 +41,35 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         heartbeat_interval: args.heartbeat,
         election_timeout_min: args.election_timeout,
         snapshot_entries: args.snapshot_entries,
+        ..raft::Options::default()
     };
-    let raft = raft::start(args.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
+    let (raft, snapshots) =
+        raft::start(args.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
     let progress = Arc::new(leader::Progress::default());
     let contact = Arc::new(raft::network::Contact::default());
     let leader = leader::Leader::spawn(
         raft.clone(),
-        db,
+        db.clone(),
         replica.applied(),
         progress.clone(),
         leader::Options { sync_timeout: args.sync_timeout, ..Default::default() },
     );
     let me = raft::Node { raft_addr: args.raft_addr.clone(), http_addr: args.http_addr.clone() };
-    let state = Arc::new(http::Node::new(
-        args.id,
-        me.clone(),
-        raft.clone(),
+    let state = Arc::new(http::Node::new(http::Parts {
+        id: args.id,
+        me: me.clone(),
+        raft: raft.clone(),
         leader,
         readers,
-        replica.applied(),
-        progress.clone(),
-        contact.clone(),
-        args.durability,
-    ));
+        applied: replica.applied(),
+        progress: progress.clone(),
+        contact: contact.clone(),
+        durability: args.durability,
+        db,
+        image_source,
+        data_dir: dir.clone(),
+        snapshots,
+    }));
 
     let node_router =
         raft::network::router(raft.clone(), contact).merge(http::internal_router(state.clone()));

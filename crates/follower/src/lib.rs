@@ -13,6 +13,13 @@
 //! The same `Db` is shared with the `leader` crate's writer, behind one mutex: speculation and
 //! apply never run at the same time, so a speculation always sees exactly the applied state.
 //!
+//! Snapshots: [`Store::snapshot_to`] writes an image through an [`sql::ImageSource`] taken
+//! once at construction, from its own read-only connection, WITHOUT the mutex, so a long copy
+//! of a big database never stops applies or speculation; the position it returns is read from
+//! the image, so it matches the image whatever was applied meanwhile. [`Store::install`] takes
+//! the mutex for [`sql::Db::install`] (a rename, not a copy) and publishes the installed
+//! position on the watch.
+//!
 //! What it does not do: decide what is committed (Raft does), or execute client SQL.
 
 use std::io;
@@ -27,7 +34,9 @@ use tokio::sync::watch;
 pub struct Replica {
     /// The single read-write connection, shared with the leader's writer.
     db: Arc<Mutex<sql::Db>>,
-    /// The last applied log index, published after every apply.
+    /// Writes snapshot images without the `db` mutex; follows installs.
+    images: sql::ImageSource,
+    /// The last applied log index, published after every apply and install.
     applied: Arc<watch::Sender<wal::Lsn>>,
 }
 
@@ -38,9 +47,12 @@ fn io_err(e: sql::Error) -> io::Error {
 impl Replica {
     /// Wraps an open database; the applied watch starts at the database's stored position.
     pub fn new(db: Arc<Mutex<sql::Db>>) -> sql::Result<Replica> {
-        let start = db.lock().expect("db mutex poisoned").applied()?.map_or(0, |a| a.index);
+        let (start, images) = {
+            let db = db.lock().expect("db mutex poisoned");
+            (db.applied()?.map_or(0, |a| a.index), db.image_source())
+        };
         let (tx, _) = watch::channel(start);
-        Ok(Replica { db, applied: Arc::new(tx) })
+        Ok(Replica { db, images, applied: Arc::new(tx) })
     }
 
     /// A receiver of the last applied log index.
@@ -84,15 +96,13 @@ impl Store for Replica {
     }
 
     fn snapshot_to(&self, path: &Path) -> io::Result<Option<Applied>> {
-        let mut db = self.lock();
-        db.snapshot_to(path).map_err(io_err)?;
-        let a = db.applied().map_err(io_err)?;
+        let a = self.images.write_image(path).map_err(io_err)?;
         Ok(a.map(|a| Applied { term: a.term, index: a.index, membership: a.membership }))
     }
 
     fn install(&self, path: &Path) -> io::Result<()> {
         let mut db = self.lock();
-        db.restore_from(path).map_err(io_err)?;
+        db.install(path).map_err(io_err)?;
         let index = db.applied().map_err(io_err)?.map_or(0, |a| a.index);
         self.applied.send_replace(index);
         Ok(())

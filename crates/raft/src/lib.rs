@@ -12,6 +12,8 @@
 //! - [`state_machine`]: openraft's `RaftStateMachine`, delegating to a [`state_machine::Store`]
 //!   (implemented by the `follower` crate on SQLite) so SQL stays out of this crate.
 //!   Snapshots are SQLite database images kept as files beside the log.
+//! - [`snapshot`]: the file a snapshot travels as ([`snapshot::SnapshotFile`]: never loaded
+//!   into memory, streamed from disk to disk), checksums, and [`SnapshotStats`] for operators.
 //! - [`client`]: the calls the leader makes (leadership check, read barrier, conditional
 //!   proposal), with openraft's errors folded into one enum.
 //! - [`cluster`]: members, roles and positions read from Raft's metrics; bootstrap and joins.
@@ -26,6 +28,7 @@ pub mod client;
 pub mod cluster;
 pub mod log_store;
 pub mod network;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
@@ -36,6 +39,7 @@ use std::time::Duration;
 pub use openraft::ServerState;
 pub use openraft::metrics::RaftMetrics;
 pub use openraft::{ChangeMembers, ReadPolicy};
+pub use snapshot::{SnapshotCounts, SnapshotStats};
 pub use types::*;
 
 /// A running Raft node with Keel's types.
@@ -44,6 +48,18 @@ pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
 pub type Metrics = RaftMetrics<TypeConfig>;
 
 /// Timing and compaction settings of the Raft node.
+///
+/// # Why these snapshot defaults
+///
+/// A snapshot is a full copy of the database: building one reads and writes the whole database
+/// (and checksums it), and sending one moves the whole database over the network, however few
+/// rows changed. The log is the cheap way to catch up: a follower that was briefly away (a
+/// restart, a network blip, a slow disk) only needs the entries it missed. So snapshots are
+/// rare (`snapshot_entries` = 20,000 entries between them) and the log keeps
+/// `max_in_snapshot_log_to_keep` = 1,000 entries that a snapshot already covers, so a follower
+/// just behind the latest snapshot still catches up from the log instead of receiving the
+/// whole database. The log between snapshots is bounded too (at most about 21,000 entries on
+/// disk), which bounds the replay after a restart.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// How often the leader sends heartbeats to followers.
@@ -51,8 +67,12 @@ pub struct Options {
     /// A follower that hears nothing from a leader for a random time in
     /// `[election_timeout_min, 1.5 * election_timeout_min)` starts an election.
     pub election_timeout_min: Duration,
-    /// Build a snapshot (and allow the log before it to be purged) after this many entries.
+    /// Build a snapshot (and allow the log before it to be purged) after this many entries
+    /// since the last one (openraft's `SnapshotPolicy::LogsSinceLast`).
     pub snapshot_entries: u64,
+    /// Entries already covered by the latest snapshot that stay in the log, so a follower a
+    /// little behind it catches up from the log rather than by a snapshot.
+    pub max_in_snapshot_log_to_keep: u64,
 }
 
 impl Default for Options {
@@ -61,6 +81,7 @@ impl Default for Options {
             heartbeat_interval: Duration::from_millis(40),
             election_timeout_min: Duration::from_millis(90),
             snapshot_entries: 20_000,
+            max_in_snapshot_log_to_keep: 1_000,
         }
     }
 }
@@ -80,12 +101,13 @@ pub enum Error {
 }
 
 /// Opens the log in `dir/raft`, the snapshot directory `dir/snapshots`, and starts Raft.
+/// Returns the node and its snapshot counters (shared with the state machine and network).
 pub async fn start(
     id: NodeId,
     dir: &Path,
     options: &Options,
     store: Arc<dyn state_machine::Store>,
-) -> Result<Raft, Error> {
+) -> Result<(Raft, Arc<SnapshotStats>), Error> {
     let ms = |d: Duration| d.as_millis() as u64;
     let config = openraft::Config {
         cluster_name: "keel".to_string(),
@@ -95,9 +117,15 @@ pub async fn start(
         // for that long after the last heartbeat. A new leader therefore emerges after about
         // min + max; a narrow jitter keeps that short while still spreading candidates.
         election_timeout_max: ms(options.election_timeout_min) * 3 / 2,
+        // A snapshot is one streamed HTTP request (`network::Peer::full_snapshot`): this is
+        // not a limit on the whole transfer (a big database takes longer), only on waiting for
+        // the receiver's answer after the last byte (its fsync and install). While the body
+        // streams, a transfer fails if no progress is made for `network::SNAPSHOT_IDLE_TIMEOUT`.
         install_snapshot_timeout: 120_000,
+        // `snapshot_max_chunk_size` is irrelevant: snapshots are sent whole (`full_snapshot`),
+        // never in openraft's chunks.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_entries),
-        max_in_snapshot_log_to_keep: 1_000,
+        max_in_snapshot_log_to_keep: options.max_in_snapshot_log_to_keep,
         enable_pre_vote: Some(true),
         ..Default::default()
     }
@@ -105,6 +133,10 @@ pub async fn start(
     .map_err(|e| Error::Raft(e.to_string()))?;
     let log = log_store::LogStore::open(&dir.join("raft"))?;
     let sm = state_machine::StateMachine::open(&dir.join("snapshots"), store)?;
-    let network = network::Network::new();
-    Raft::new(id, Arc::new(config), network, log, sm).await.map_err(|e| Error::Raft(e.to_string()))
+    let stats = sm.stats();
+    let network = network::Network::new(id, stats.clone());
+    let raft = Raft::new(id, Arc::new(config), network, log, sm)
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+    Ok((raft, stats))
 }

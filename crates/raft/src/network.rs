@@ -2,42 +2,84 @@
 //!
 //! The client side ([`Network`], [`Peer`]) implements openraft's `RaftNetworkV2` with reqwest:
 //! each RPC is `POST http://<raft_addr>/raft/<name>` with a JSON body and a JSON
-//! `Result<Response, RaftError>` answer. A snapshot travels as the raw database image in the
-//! body, with the vote and meta as JSON in the `x-keel-snapshot` header, so a multi-megabyte
-//! image is not inflated into a JSON byte array.
+//! `Result<Response, RaftError>` answer.
 //!
-//! The server side is [`router`], an axum `Router` the binary serves on `--raft-addr`. It also
-//! records when this node last heard from a leader ([`Contact`]), for reads that bound their
-//! staleness (`freshness`).
+//! # Snapshots are streamed
+//!
+//! `POST /raft/snapshot` carries the database image as the raw request body, streamed from the
+//! image file in blocks ([`Peer::full_snapshot`]), with a `Content-Length` and the vote, meta,
+//! length and CRC-32 as JSON in the `x-keel-snapshot` header. The receiver ([`router`]) streams
+//! the body into `receiving-<term>-<index>-<nanos>-<n>.tmp` in the snapshot directory,
+//! computing the checksum as it goes, checks length and checksum, fsyncs, and only then hands the
+//! file to `Raft::install_full_snapshot`, whose state machine takes the file over as the live
+//! database. Neither side holds more than a few blocks of the image in memory. On any failure
+//! (bad header, short or long body, checksum mismatch, I/O error, the sender disconnecting) the
+//! temporary file is deleted and the answer is an error; the leader retries. A snapshot that
+//! openraft decides not to install (stale vote, already covered) is deleted after the call.
+//!
+//! Timeouts: openraft's `install_snapshot_timeout` (the RPC's `hard_ttl`) would cap the whole
+//! transfer, which a big database on a slow link can exceed however healthy it is. Instead a
+//! transfer fails when no block has been taken by the connection for
+//! [`SNAPSHOT_IDLE_TIMEOUT`] while the body streams, and after the last byte the receiver has
+//! `hard_ttl` to answer (it fsyncs and installs meanwhile). openraft's cancel signal (the
+//! leader stepped down, the follower was removed) aborts the transfer at any point. The
+//! sender logs progress at debug every 64 MiB and the total (bytes, MB/s) at info.
+//!
+//! The JSON RPCs keep a body limit ([`RPC_BODY_LIMIT`]); the snapshot route has none.
+//!
+//! The server also records when this node last heard from a leader ([`Contact`]), for reads
+//! that bound their staleness (`freshness`).
 //!
 //! Connection failures map to `Unreachable` (openraft backs off); other failures to `Network`.
 
 use std::future::Future;
-use std::io::Cursor;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::{Stream, StreamExt};
 use openraft::errors::{
-    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
 use openraft::network::v2::RaftNetworkV2;
-use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, Snapshot};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Raft;
-use crate::state_machine::SnapshotMeta;
+use crate::snapshot::{
+    BLOCK, SnapshotFile, SnapshotStats, TempFile, receiving_path, remove_if_exists,
+};
+use crate::state_machine::{SnapshotMeta, StateMachine, mb_per_s};
 use crate::types::{Node, NodeId, TypeConfig, Vote};
+
+/// A snapshot transfer fails when the connection takes no new block for this long.
+pub const SNAPSHOT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Body limit of the JSON RPCs (appends can carry big records; axum buffers these bodies).
+/// Snapshots are streamed to disk and have no limit.
+pub const RPC_BODY_LIMIT: usize = 4 << 30;
+
+/// Size of the blocks a snapshot is read in for sending.
+const SEND_BLOCK: usize = 256 << 10;
+
+/// Progress is logged at debug every this many bytes of a transfer.
+const PROGRESS_LOG_EVERY: u64 = 64 << 20;
 
 /// When this node last heard from a leader, and what that leader had committed then.
 #[derive(Debug, Default)]
@@ -65,34 +107,84 @@ struct Server {
     /// The Raft node.
     raft: Raft,
     /// Last contact with a leader.
-    contact: std::sync::Arc<Contact>,
+    contact: Arc<Contact>,
+    /// Where received snapshots go, read from the state machine on the first transfer.
+    snapshots: Arc<tokio::sync::OnceCell<Snapshots>>,
 }
 
-/// Header carrying `(vote, meta)` of a snapshot sent as a raw body.
+/// What the snapshot receiver needs from the state machine.
+#[derive(Clone)]
+struct Snapshots {
+    /// The snapshot directory (on the database's file system).
+    dir: PathBuf,
+    /// Counters.
+    stats: Arc<SnapshotStats>,
+}
+
+impl Server {
+    /// The snapshot directory and counters. The router is built from the `Raft` alone, so they
+    /// are asked of the state machine (through openraft's state machine task) once.
+    async fn snapshots(&self) -> Result<Snapshots, String> {
+        let raft = self.raft.clone();
+        self.snapshots
+            .get_or_try_init(|| async move {
+                raft.with_state_machine(|sm: &mut StateMachine| {
+                    let s = Snapshots { dir: sm.dir().to_path_buf(), stats: sm.stats() };
+                    Box::pin(async move { s })
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Header carrying a snapshot's [`SnapshotHeader`], the image being the raw body.
 const SNAPSHOT_HEADER: &str = "x-keel-snapshot";
+
+/// What travels in the `x-keel-snapshot` header, as JSON.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotHeader {
+    /// The leader's vote.
+    vote: Vote,
+    /// What the image reflects.
+    meta: SnapshotMeta,
+    /// The image's length in bytes.
+    len: u64,
+    /// The image's CRC-32.
+    checksum: u32,
+}
 
 /// Creates a [`Peer`] per replication target. One shared HTTP client (connection pool).
 #[derive(Clone)]
 pub struct Network {
+    /// This node's id (for errors).
+    id: NodeId,
     /// Shared client; keeps connections to peers alive between RPCs.
     client: reqwest::Client,
-}
-
-impl Default for Network {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Snapshot counters of this node.
+    stats: Arc<SnapshotStats>,
+    /// See [`SNAPSHOT_IDLE_TIMEOUT`].
+    idle_timeout: Duration,
 }
 
 impl Network {
-    /// A network with a fresh connection pool.
-    pub fn new() -> Network {
+    /// The network of node `id`, with a fresh connection pool, counting snapshot transfers in
+    /// `stats`.
+    pub fn new(id: NodeId, stats: Arc<SnapshotStats>) -> Network {
         let client = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
             .build()
             .expect("building an HTTP client without TLS cannot fail");
-        Network { client }
+        Network { id, client, stats, idle_timeout: SNAPSHOT_IDLE_TIMEOUT }
+    }
+
+    /// Replaces [`SNAPSHOT_IDLE_TIMEOUT`]: how long a snapshot upload may make no progress.
+    pub fn with_snapshot_idle_timeout(mut self, timeout: Duration) -> Network {
+        self.idle_timeout = timeout;
+        self
     }
 }
 
@@ -100,18 +192,31 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Peer {
-        Peer { target, addr: node.raft_addr.clone(), client: self.client.clone() }
+        Peer {
+            id: self.id,
+            target,
+            addr: node.raft_addr.clone(),
+            client: self.client.clone(),
+            stats: self.stats.clone(),
+            idle_timeout: self.idle_timeout,
+        }
     }
 }
 
 /// The client end of RPCs to one peer.
 pub struct Peer {
+    /// This node's id.
+    id: NodeId,
     /// The peer's node id, for logs.
     target: NodeId,
     /// The peer's Raft address.
     addr: String,
     /// Shared HTTP client.
     client: reqwest::Client,
+    /// Snapshot counters of this node.
+    stats: Arc<SnapshotStats>,
+    /// How long a snapshot upload may make no progress.
+    idle_timeout: Duration,
 }
 
 fn rpc_error(e: reqwest::Error) -> RPCError<TypeConfig> {
@@ -161,8 +266,98 @@ impl Peer {
     }
 }
 
+/// How far a snapshot upload has got.
+#[derive(Debug)]
+struct Upload {
+    /// Bytes handed to the connection.
+    bytes: u64,
+    /// When the connection last took a block.
+    last: Instant,
+    /// When the whole body had been handed over.
+    done: Option<Instant>,
+    /// `bytes` at the last progress log.
+    logged: u64,
+}
+
+/// The body of a snapshot upload: the file's blocks, recording progress as the connection takes
+/// them.
+struct Metered<S> {
+    /// The file's blocks.
+    inner: S,
+    /// Shared with the watchdog.
+    upload: Arc<Mutex<Upload>>,
+    /// Counts bytes sent.
+    stats: Arc<SnapshotStats>,
+    /// Total length, for logs.
+    total: u64,
+    /// Receiver, for logs.
+    target: NodeId,
+    /// Start of the transfer, for logs.
+    started: Instant,
+}
+
+impl<S> Stream for Metered<S>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Unpin,
+{
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let item = ready!(Pin::new(&mut this.inner).poll_next(cx));
+        let mut up = this.upload.lock().expect("upload mutex poisoned");
+        let now = Instant::now();
+        match &item {
+            Some(Ok(block)) => {
+                up.bytes += block.len() as u64;
+                up.last = now;
+                // hyper stops polling once Content-Length bytes went out, so the end of the
+                // body is when the last byte was handed over, not the stream's `None`.
+                if up.bytes >= this.total {
+                    up.done.get_or_insert(now);
+                }
+                this.stats.add_bytes_sent(block.len() as u64);
+                if up.bytes >= up.logged + PROGRESS_LOG_EVERY {
+                    up.logged = up.bytes;
+                    let secs = this.started.elapsed().as_secs_f64();
+                    tracing::debug!(
+                        peer = this.target,
+                        bytes = up.bytes,
+                        total = this.total,
+                        mb_per_s = mb_per_s(up.bytes, secs),
+                        "sending snapshot"
+                    );
+                }
+            }
+            Some(Err(_)) => {}
+            None => {
+                up.done.get_or_insert(now);
+            }
+        }
+        Poll::Ready(item)
+    }
+}
+
+/// Resolves when an upload stalls: no block taken for `idle` while the body streams, or no
+/// answer `answer_ttl` after the last byte. Returns the limit that was hit.
+async fn stalled(upload: Arc<Mutex<Upload>>, idle: Duration, answer_ttl: Duration) -> Duration {
+    loop {
+        let (deadline, limit) = {
+            let up = upload.lock().expect("upload mutex poisoned");
+            match up.done {
+                Some(done) => (done + answer_ttl, answer_ttl),
+                None => (up.last + idle, idle),
+            }
+        };
+        if Instant::now() >= deadline {
+            return limit;
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for Peer {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotFile;
 
     async fn append_entries(
         &mut self,
@@ -188,6 +383,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         self.call("pre-vote", &req, &option).await
     }
 
+    /// Streams the snapshot's image file as the request body; see the module docs for the
+    /// header, the timeouts and cancellation.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -195,30 +392,78 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             openraft::alias::CommittedLeaderIdOf<TypeConfig>,
             NodeId,
             Node,
-            Cursor<Vec<u8>>,
+            SnapshotFile,
         >,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let header = serde_json::to_string(&(vote, snapshot.meta))
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let file = snapshot.snapshot;
+        let (len, checksum) = (file.len(), file.checksum());
+        let last_log_id = snapshot.meta.last_log_id;
+        let header =
+            serde_json::to_string(&SnapshotHeader { vote, meta: snapshot.meta, len, checksum })
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let url = format!("http://{}/raft/snapshot", self.addr);
+        let started = Instant::now();
+        // An empty body is done before it starts (hyper will not poll it).
+        let done = (len == 0).then_some(started);
+        let upload = Arc::new(Mutex::new(Upload { bytes: 0, last: started, done, logged: 0 }));
+        let reader = tokio::fs::File::from_std(file.into_file()).take(len);
+        let body = Metered {
+            inner: tokio_util::io::ReaderStream::with_capacity(reader, SEND_BLOCK),
+            upload: upload.clone(),
+            stats: self.stats.clone(),
+            total: len,
+            target: self.target,
+            started,
+        };
+        tracing::debug!(peer = self.target, ?last_log_id, bytes = len, "sending snapshot");
         let send = async {
             let resp = self
                 .client
                 .post(&url)
                 .header(SNAPSHOT_HEADER, header)
-                .body(snapshot.snapshot.into_inner())
-                .timeout(option.hard_ttl())
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(body))
                 .send()
                 .await;
             self.answer::<SnapshotResponse<TypeConfig>>(&url, resp).await
         };
-        tokio::pin!(cancel);
-        tokio::select! {
-            closed = &mut cancel => Err(StreamingError::Closed(closed)),
-            res = send => Ok(res?),
+        let res = tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            limit = stalled(upload.clone(), self.idle_timeout, option.hard_ttl()) => {
+                Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.id,
+                    target: self.target,
+                    timeout: limit,
+                }))
+            }
+            res = send => res.map_err(StreamingError::from),
+        };
+        let sent = upload.lock().expect("upload mutex poisoned").bytes;
+        let secs = started.elapsed().as_secs_f64();
+        match &res {
+            Ok(_) => {
+                self.stats.on_sent(true);
+                tracing::info!(
+                    peer = self.target,
+                    ?last_log_id,
+                    bytes = sent,
+                    secs,
+                    mb_per_s = mb_per_s(sent, secs),
+                    "sent snapshot"
+                );
+            }
+            Err(StreamingError::Closed(e)) => {
+                tracing::info!(peer = self.target, bytes = sent, total = len, reason = %e, "snapshot transfer cancelled");
+            }
+            Err(e) => {
+                self.stats.on_sent(false);
+                tracing::warn!(peer = self.target, bytes = sent, total = len, secs, error = %e, "snapshot transfer failed");
+            }
         }
+        res
     }
 
     async fn transfer_leader(
@@ -231,17 +476,21 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 }
 
 /// The server side of node-to-node RPC, to be served on the node's Raft address. Accepted
-/// appends and heartbeats are recorded in `contact`.
-pub fn router(raft: Raft, contact: std::sync::Arc<Contact>) -> Router {
+/// appends and heartbeats are recorded in `contact`. Snapshot bodies are streamed to the
+/// state machine's snapshot directory without a size limit; the JSON RPCs are limited to
+/// [`RPC_BODY_LIMIT`].
+pub fn router(raft: Raft, contact: Arc<Contact>) -> Router {
+    let server = Server { raft, contact, snapshots: Arc::default() };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/pre-vote", post(pre_vote))
-        .route("/raft/snapshot", post(snapshot))
         .route("/raft/transfer-leader", post(transfer_leader))
-        // Snapshots are whole database images; appends can be large batches.
-        .layer(DefaultBodyLimit::max(4 << 30))
-        .with_state(Server { raft, contact })
+        .layer(DefaultBodyLimit::max(RPC_BODY_LIMIT))
+        // Added after the layer, so the limit does not apply (the handler takes the raw body
+        // stream anyway, which no limit touches).
+        .route("/raft/snapshot", post(snapshot).layer(DefaultBodyLimit::disable()))
+        .with_state(server)
 }
 
 async fn append(
@@ -271,24 +520,179 @@ async fn pre_vote(
     Json(raft.pre_vote(req).await).into_response()
 }
 
-async fn snapshot(
-    State(Server { raft, .. }): State<Server>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let Some(header) = headers.get(SNAPSHOT_HEADER).and_then(|h| h.to_str().ok()) else {
-        return (StatusCode::BAD_REQUEST, "missing snapshot header").into_response();
+/// Why a snapshot body was not accepted.
+#[derive(Debug, thiserror::Error)]
+enum ReceiveError {
+    #[error("reading the snapshot body: {0}")]
+    Body(String),
+    #[error("snapshot body is longer than the announced {0} bytes")]
+    TooLong(u64),
+    #[error("snapshot body has {got} bytes, the header announced {expected}")]
+    Length { got: u64, expected: u64 },
+    #[error("snapshot checksum {got:08x} does not match the announced {expected:08x}")]
+    Checksum { got: u32, expected: u32 },
+    #[error("writing the snapshot: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ReceiveError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ReceiveError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Counts a received snapshot as failed when dropped, unless [`Outcome::succeeded`].
+struct Outcome(Option<Arc<SnapshotStats>>);
+
+impl Outcome {
+    fn succeeded(mut self) {
+        if let Some(stats) = self.0.take() {
+            stats.on_received(true);
+        }
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if let Some(stats) = self.0.take() {
+            stats.on_received(false);
+        }
+    }
+}
+
+/// The snapshot header of a request, checked against its `Content-Length` if it has one.
+fn parse_snapshot_header(headers: &HeaderMap) -> Result<SnapshotHeader, String> {
+    let header = headers
+        .get(SNAPSHOT_HEADER)
+        .and_then(|h| h.to_str().ok())
+        .ok_or("missing snapshot header")?;
+    let header: SnapshotHeader =
+        serde_json::from_str(header).map_err(|e| format!("bad snapshot header: {e}"))?;
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = announced
+        && n != header.len
+    {
+        return Err(format!(
+            "content-length of {n} bytes differs from the snapshot's {} bytes",
+            header.len
+        ));
+    }
+    Ok(header)
+}
+
+/// Streams a snapshot body into a new temporary file in the snapshot directory, checking its
+/// length and checksum against `header`, and fsyncs it. On any error (or if the future is
+/// dropped) the file is deleted. The returned file is no longer guarded: the caller hands it
+/// to the state machine and deletes it if that did not take it.
+async fn receive(
+    snapshots: &Snapshots,
+    header: &SnapshotHeader,
+    mut body: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+) -> Result<SnapshotFile, ReceiveError> {
+    let (term, index) = header.meta.last_log_id.map_or((0, 0), |l| (l.leader_id.term, l.index));
+    let tmp = TempFile::new(receiving_path(&snapshots.dir, term, index));
+    let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(tmp.path()).await?;
+    let mut out = tokio::io::BufWriter::with_capacity(BLOCK, file);
+    let mut hasher = crc32fast::Hasher::new();
+    let mut got = 0u64;
+    let mut logged = 0u64;
+    let started = Instant::now();
+    while let Some(block) = body.next().await {
+        let block = block.map_err(|e| ReceiveError::Body(e.to_string()))?;
+        got += block.len() as u64;
+        snapshots.stats.add_bytes_received(block.len() as u64);
+        if got > header.len {
+            return Err(ReceiveError::TooLong(header.len));
+        }
+        hasher.update(&block);
+        out.write_all(&block).await?;
+        if got >= logged + PROGRESS_LOG_EVERY {
+            logged = got;
+            let secs = started.elapsed().as_secs_f64();
+            tracing::debug!(
+                bytes = got,
+                total = header.len,
+                mb_per_s = mb_per_s(got, secs),
+                "receiving snapshot"
+            );
+        }
+    }
+    if got != header.len {
+        return Err(ReceiveError::Length { got, expected: header.len });
+    }
+    let checksum = hasher.finalize();
+    if checksum != header.checksum {
+        return Err(ReceiveError::Checksum { got: checksum, expected: header.checksum });
+    }
+    out.flush().await?;
+    let file = out.into_inner();
+    file.sync_all().await?;
+    drop(file);
+    let received = SnapshotFile::open(tmp.path(), got, checksum)?;
+    tmp.keep();
+    Ok(received)
+}
+
+async fn snapshot(State(server): State<Server>, headers: HeaderMap, body: Body) -> Response {
+    let snapshots = match server.snapshots().await {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     };
-    let (vote, meta): (Vote, SnapshotMeta) = match serde_json::from_str(header) {
-        Ok(v) => v,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("bad snapshot header: {e}")).into_response();
+    // Counts a failure unless the transfer succeeds, also when the sender disconnects and the
+    // server drops this future.
+    let outcome = Outcome(Some(snapshots.stats.clone()));
+    let header = match parse_snapshot_header(&headers) {
+        Ok(h) => h,
+        Err(msg) => {
+            tracing::warn!(error = %msg, "snapshot transfer rejected");
+            return (StatusCode::BAD_REQUEST, msg).into_response();
         }
     };
-    let snapshot = Snapshot { meta, snapshot: Cursor::new(body.to_vec()) };
-    let res: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
-        raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal);
-    Json(res).into_response()
+    let started = Instant::now();
+    let last_log_id = header.meta.last_log_id;
+    let file = match receive(&snapshots, &header, body.into_data_stream()).await {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(?last_log_id, error = %e, "snapshot transfer rejected");
+            return (e.status(), e.to_string()).into_response();
+        }
+    };
+    outcome.succeeded();
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        ?last_log_id,
+        bytes = file.len(),
+        secs,
+        mb_per_s = mb_per_s(file.len(), secs),
+        "received snapshot"
+    );
+    // Install in a task of its own: if the sender goes away now, the install still completes
+    // (or is skipped) before the file is cleaned up, instead of racing with it.
+    let raft = server.raft.clone();
+    let installing = tokio::spawn(async move {
+        let path = file.path().to_path_buf();
+        let snapshot = Snapshot { meta: header.meta, snapshot: file };
+        let res = raft.install_full_snapshot(header.vote, snapshot).await;
+        // Installed: the store renamed the file away. Not installed (a stale vote, or already
+        // covered by what this node has): nothing else will use it.
+        remove_if_exists(&path);
+        res
+    });
+    match installing.await {
+        Ok(res) => {
+            let res: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
+                res.map_err(RaftError::Fatal);
+            Json(res).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("installing the snapshot: {e}"))
+            .into_response(),
+    }
 }
 
 async fn transfer_leader(

@@ -7,31 +7,58 @@
 //! goes back to openraft, which stops this node: a replica that cannot apply a committed entry
 //! stops rather than diverges.
 //!
-//! Snapshots are files: `snapshots/<term>-<index>.db` (a consistent database image, which holds
-//! its own applied position) and `snapshots/current.json` (its openraft meta and the image's
-//! file name). Building or receiving writes a new image under a temporary name, fsyncs it,
-//! renames it to its final name, and only then replaces `current.json` (temp file, fsync,
-//! rename): a crash at any point leaves the previous snapshot whole and consistent with its
-//! meta. Older images are deleted afterwards. Installing then restores the live database from
-//! the published image.
+//! # Snapshots
 //!
-//! IMPLEMENTATION CAVEATS: snapshot data travels as one in-memory buffer (`Cursor<Vec<u8>>`), so
-//! a snapshot costs as much memory as the database. Streaming is future work.
+//! Snapshots are files, never buffers: openraft's snapshot data is a [`SnapshotFile`] (an open
+//! image with its length and CRC-32), which the network streams from disk and the receiver
+//! streams to disk (see [`crate::network`] and [`crate::snapshot`]).
+//!
+//! In the snapshot directory, `<term>-<index>.db` is a consistent database image (holding its
+//! own applied position and membership) and `current.json` records the current snapshot: its
+//! openraft meta, and the image's file name, length and checksum, or no image.
+//!
+//! - **Building** ([`RaftSnapshotBuilder::build_snapshot`]): [`Store::snapshot_to`] writes an
+//!   image to `building-*.tmp` without stopping applies; the adapter reads it once to compute
+//!   its checksum, and the image's own applied position and membership become the meta (so
+//!   the meta never runs ahead of what the image holds). Publishing fsyncs the image, renames
+//!   it to its final name, fsyncs the directory, and only then replaces `current.json` (temp
+//!   file, fsync, rename, fsync): a crash at any point leaves the previous snapshot whole and
+//!   consistent with its meta. Older images are deleted afterwards. Publishing never goes
+//!   backwards: an image older than the current snapshot (or as old, when the current one has
+//!   an image) is discarded. One build runs at a time.
+//! - **Reading** ([`RaftStateMachine::get_current_snapshot`]): opens the recorded image without
+//!   reading it. An open handle keeps the image readable for a transfer in progress even if a
+//!   newer snapshot replaces it.
+//! - **Installing** a received snapshot ([`RaftStateMachine::install_snapshot`]):
+//!   [`Store::install`] takes the received file over as the live database (a rename, no copy),
+//!   then `current.json` records the meta with no image and every older image is deleted: the
+//!   snapshot's contents now live in the database. If the node later needs a snapshot to send
+//!   (it became leader and a follower is behind its purged log) or restarts,
+//!   `get_current_snapshot` builds one from the database first (its position is at least the
+//!   installed one) and publishes it. That build runs on openraft's state machine task, so
+//!   applies wait for it; it happens once per installed snapshot at most.
+//! - **Restart**: [`StateMachine::open`] deletes temporary files a crash left (`building-*`,
+//!   `receiving-*`, `current.json.tmp`) and images `current.json` does not name.
+//!
+//! Counters for operators are in [`SnapshotStats`] ([`StateMachine::stats`]).
 
 use std::fs;
-use std::io::{self, Cursor};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+pub use crate::snapshot::{SnapshotCounts, SnapshotFile, SnapshotStats};
+use crate::snapshot::{TempFile, building_path, is_leftover, remove_if_exists};
 use crate::types::{LogId, Lsn, StoredMembership, Term, TypeConfig};
 
-/// A snapshot as openraft passes it around.
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+/// A snapshot as openraft passes it around: its meta and its image file.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 /// A snapshot's meta: the log position and membership it reflects.
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 
@@ -66,9 +93,11 @@ pub trait Store: Send + Sync + 'static {
     fn applied(&self) -> io::Result<Option<Applied>>;
     /// Applies committed entries, in order, atomically together with the new applied position.
     fn apply(&self, entries: &[Committed]) -> io::Result<()>;
-    /// Writes a consistent image of the database (including its applied position) to `path`,
-    /// fsynced, and returns the applied position the image holds. Must not stop applies while
-    /// it copies (it reads from its own connection), because a large database takes a while.
+    /// Writes a consistent image of the database (including its applied position and
+    /// membership) to `path`, fsynced, and returns the applied position the image holds. Must
+    /// not stop applies while it copies (it reads from its own connection), because a large
+    /// database takes a while, and must not hold the database in memory. The state machine
+    /// never runs two of these at once.
     fn snapshot_to(&self, path: &Path) -> io::Result<Option<Applied>>;
     /// Makes the image at `path` (written by [`Store::snapshot_to`] on some node, complete and
     /// fsynced) the live database, atomically: after a crash at any point the node has either
@@ -77,22 +106,47 @@ pub trait Store: Send + Sync + 'static {
     fn install(&self, path: &Path) -> io::Result<()>;
 }
 
-/// The openraft state machine over a [`Store`]. Cheap to clone; clones share the store.
+/// The openraft state machine over a [`Store`]. Cheap to clone; clones share the store, the
+/// snapshot directory and the counters.
 #[derive(Clone)]
 pub struct StateMachine {
     /// The node's database.
     store: Arc<dyn Store>,
     /// Directory holding the images and `current.json`.
     dir: PathBuf,
+    /// Counters for operators.
+    stats: Arc<SnapshotStats>,
+    /// Held while `current.json` and the published images change.
+    publish: Arc<Mutex<()>>,
+    /// Held while an image is built: one build at a time.
+    building: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The contents of `current.json`.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct StoredMeta {
-    /// What the image reflects.
+    /// What the snapshot reflects.
     meta: SnapshotMeta,
-    /// The image's file name in the snapshot directory.
-    image: String,
+    /// The image's file name in the snapshot directory; `None` after an install (the image
+    /// became the live database).
+    #[serde(default)]
+    image: Option<String>,
+    /// The image's length in bytes.
+    #[serde(default)]
+    len: Option<u64>,
+    /// The image's CRC-32.
+    #[serde(default)]
+    checksum: Option<u32>,
+}
+
+/// What `get_current_snapshot` finds on disk.
+enum Current {
+    /// No snapshot was ever built or installed.
+    None,
+    /// A published image.
+    Image(Snapshot),
+    /// A snapshot whose image is gone (installed into the database, or lost): build one.
+    NoImage(SnapshotMeta),
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -103,11 +157,69 @@ fn membership_json(m: &StoredMembership) -> io::Result<String> {
     serde_json::to_string(m).map_err(other)
 }
 
+fn index_of(meta: &SnapshotMeta) -> Lsn {
+    meta.last_log_id.as_ref().map_or(0, |l| l.index)
+}
+
+fn image_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(l) => format!("{}-{}.db", l.leader_id.term, l.index),
+        None => "0-0.db".to_string(),
+    }
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "db")
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Megabytes per second, for logs.
+pub(crate) fn mb_per_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs.max(1e-9)
+}
+
 impl StateMachine {
-    /// Opens (creating if needed) the snapshot directory.
+    /// Opens (creating if needed) the snapshot directory, deletes what a crash left behind
+    /// (temporary files, images `current.json` does not name), and reads the current snapshot's
+    /// position into the counters.
     pub fn open(dir: &Path, store: Arc<dyn Store>) -> io::Result<StateMachine> {
         fs::create_dir_all(dir)?;
-        Ok(StateMachine { store, dir: dir.to_path_buf() })
+        let sm = StateMachine {
+            store,
+            dir: dir.to_path_buf(),
+            stats: Arc::new(SnapshotStats::default()),
+            publish: Arc::new(Mutex::new(())),
+            building: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(is_leftover) {
+                tracing::info!(path = %path.display(), "deleting a temporary snapshot file left by a crash");
+                remove_if_exists(&path);
+            }
+        }
+        let stored = sm.read_stored()?;
+        let keep = stored.as_ref().and_then(|s| s.image.clone());
+        sm.delete_images_except(keep.as_deref())?;
+        if let Some(s) = &stored {
+            let size = if s.image.is_some() { s.len.unwrap_or(0) } else { 0 };
+            sm.stats.on_current(index_of(&s.meta), size);
+        }
+        Ok(sm)
+    }
+
+    /// The snapshot counters, shared with the network.
+    pub fn stats(&self) -> Arc<SnapshotStats> {
+        self.stats.clone()
+    }
+
+    /// The snapshot directory (received images are written here, on the database's file
+    /// system, so that [`Store::install`] can rename them).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn meta_path(&self) -> PathBuf {
@@ -120,75 +232,176 @@ impl StateMachine {
         tokio::task::spawn_blocking(f).await.map_err(other)?
     }
 
-    /// Makes the image at `tmp` with `meta` the current snapshot (see the module docs for the
-    /// crash-safe order). Returns the image's final path.
-    fn publish(&self, tmp: &Path, meta: &SnapshotMeta) -> io::Result<PathBuf> {
-        let name = match &meta.last_log_id {
-            Some(l) => format!("{}-{}.db", l.leader_id.term, l.index),
-            None => "0-0.db".to_string(),
-        };
-        let image = self.dir.join(&name);
-        fs::File::open(tmp)?.sync_all()?;
-        fs::rename(tmp, &image)?;
-        let meta_tmp = self.dir.join("current.json.tmp");
-        let json = serde_json::to_vec(&StoredMeta { meta: meta.clone(), image: name.clone() })
-            .map_err(other)?;
-        write_synced(&meta_tmp, &json)?;
-        fs::rename(&meta_tmp, self.meta_path())?;
-        fs::File::open(&self.dir)?.sync_all()?;
+    fn read_stored(&self) -> io::Result<Option<StoredMeta>> {
+        match fs::read(self.meta_path()) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(other)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces `current.json` crash-safely. The caller holds `publish`.
+    fn write_stored(&self, stored: &StoredMeta) -> io::Result<()> {
+        use std::io::Write;
+        let tmp = self.dir.join("current.json.tmp");
+        let json = serde_json::to_vec(stored).map_err(other)?;
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.meta_path())?;
+        sync_dir(&self.dir)
+    }
+
+    /// Deletes every image but `keep`. Images being sent stay readable through open handles.
+    fn delete_images_except(&self, keep: Option<&str>) -> io::Result<()> {
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "db")
-                && path.file_name().is_some_and(|f| *f != *name)
-            {
-                let _ = fs::remove_file(path);
+            if is_image(&path) && path.file_name().and_then(|n| n.to_str()) != keep {
+                remove_if_exists(&path);
             }
         }
-        Ok(image)
+        Ok(())
     }
 
-    fn read_current(&self) -> io::Result<Option<Snapshot>> {
-        let stored = match fs::read(self.meta_path()) {
-            Ok(bytes) => serde_json::from_slice::<StoredMeta>(&bytes).map_err(other)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+    /// The current snapshot as recorded in `current.json`.
+    fn current(&self) -> io::Result<Current> {
+        let Some(stored) = self.read_stored()? else { return Ok(Current::None) };
+        let (Some(image), Some(len), Some(checksum)) = (&stored.image, stored.len, stored.checksum)
+        else {
+            return Ok(Current::NoImage(stored.meta));
         };
-        let data = fs::read(self.dir.join(&stored.image))?;
-        Ok(Some(Snapshot { meta: stored.meta, snapshot: Cursor::new(data) }))
+        let path = self.dir.join(image);
+        match SnapshotFile::open(&path, len, checksum) {
+            Ok(file) => Ok(Current::Image(Snapshot { meta: stored.meta, snapshot: file })),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidData) => {
+                tracing::warn!(image = %path.display(), error = %e, "the current snapshot's image is unusable; a new one will be built");
+                Ok(Current::NoImage(stored.meta))
+            }
+            Err(e) => Err(e),
+        }
     }
-}
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    /// Builds an image from the store and publishes it (if it is newer than the current
+    /// snapshot). Blocking; the caller holds `building`.
+    fn build_blocking(&self) -> io::Result<Snapshot> {
+        let started = Instant::now();
+        let tmp = TempFile::new(building_path(&self.dir));
+        let applied = self.store.snapshot_to(tmp.path())?;
+        let copied = started.elapsed();
+        let (last_log_id, membership) = match applied {
+            Some(a) => (Some(log_id(a.term, a.index)), a.membership),
+            None => (None, None),
+        };
+        let last_membership = match membership {
+            Some(json) => serde_json::from_str(&json).map_err(other)?,
+            None => StoredMembership::default(),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership };
+        let mut file = SnapshotFile::open_and_checksum(tmp.path())?;
+        let published = self.publish(tmp, &mut file, &meta)?;
+        self.stats.on_built(index_of(&meta));
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            bytes = file.len(),
+            checksum = format_args!("{:08x}", file.checksum()),
+            copy_secs = copied.as_secs_f64(),
+            secs,
+            mb_per_s = mb_per_s(file.len(), secs),
+            published,
+            "built snapshot"
+        );
+        Ok(Snapshot { meta, snapshot: file })
+    }
+
+    /// Makes the image at `tmp` (opened as `file`) with `meta` the current snapshot, unless the
+    /// current one is newer or as new with an image; see the module docs for the crash-safe
+    /// order. Returns whether it was published; if not, `tmp` is deleted and `file` stays
+    /// readable through its handle.
+    fn publish(
+        &self,
+        tmp: TempFile,
+        file: &mut SnapshotFile,
+        meta: &SnapshotMeta,
+    ) -> io::Result<bool> {
+        let _guard = self.publish.lock().expect("snapshot publish mutex poisoned");
+        if let Some(cur) = self.read_stored()? {
+            let has_image = cur.len.is_some()
+                && cur.checksum.is_some()
+                && cur.image.as_ref().is_some_and(|i| self.dir.join(i).exists());
+            if meta.last_log_id < cur.meta.last_log_id
+                || (meta.last_log_id == cur.meta.last_log_id && has_image)
+            {
+                tracing::debug!(built = ?meta.last_log_id, current = ?cur.meta.last_log_id, "not publishing an image that is not newer than the current snapshot");
+                return Ok(false);
+            }
+        }
+        fs::File::open(tmp.path())?.sync_all()?;
+        let name = image_name(meta);
+        let image = self.dir.join(&name);
+        fs::rename(tmp.path(), &image)?;
+        tmp.keep();
+        file.renamed(image);
+        sync_dir(&self.dir)?;
+        self.write_stored(&StoredMeta {
+            meta: meta.clone(),
+            image: Some(name.clone()),
+            len: Some(file.len()),
+            checksum: Some(file.checksum()),
+        })?;
+        self.delete_images_except(Some(&name))?;
+        self.stats.on_current(index_of(meta), file.len());
+        Ok(true)
+    }
+
+    /// Installs a received image: the store takes the file over, then `current.json` records
+    /// `meta` with no image.
+    fn install_blocking(&self, meta: &SnapshotMeta, file: SnapshotFile) -> io::Result<()> {
+        let started = Instant::now();
+        let path = file.path().to_path_buf();
+        let len = file.len();
+        drop(file);
+        self.store.install(&path)?;
+        // openraft now takes `meta.last_log_id` as applied; the image must hold exactly that,
+        // or the next applies would land on the wrong state. (The image was checksummed in
+        // transit, so a mismatch is a bug on the sending side: stop rather than diverge.)
+        let holds = self.store.applied()?.map(|a| log_id(a.term, a.index));
+        if holds != meta.last_log_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "installed snapshot image holds position {holds:?}, its meta says {:?}",
+                    meta.last_log_id
+                ),
+            ));
+        }
+        let _guard = self.publish.lock().expect("snapshot publish mutex poisoned");
+        self.write_stored(&StoredMeta {
+            meta: meta.clone(),
+            image: None,
+            len: None,
+            checksum: None,
+        })?;
+        self.delete_images_except(None)?;
+        self.stats.on_installed(index_of(meta));
+        self.stats.on_current(index_of(meta), 0);
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = len, secs = started.elapsed().as_secs_f64(), "installed snapshot");
+        Ok(())
+    }
+
+    /// Builds an image, one build at a time.
+    async fn build(&self) -> io::Result<Snapshot> {
+        let _building = self.building.lock().await;
+        let this = self.clone();
+        Self::blocking(move || this.build_blocking()).await
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let this = self.clone();
-        Self::blocking(move || {
-            let tmp = this.dir.join("building.tmp");
-            let _ = fs::remove_file(&tmp);
-            let applied = this.store.snapshot_to(&tmp)?;
-            let (last_log_id, membership) = match applied {
-                Some(a) => (Some(log_id(a.term, a.index)), a.membership),
-                None => (None, None),
-            };
-            let last_membership = match membership {
-                Some(json) => serde_json::from_str(&json).map_err(other)?,
-                None => StoredMembership::default(),
-            };
-            let meta = SnapshotMeta { last_log_id, last_membership };
-            let image = this.publish(&tmp, &meta)?;
-            let data = fs::read(image)?;
-            tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
-            Ok(Snapshot { meta, snapshot: Cursor::new(data) })
-        })
-        .await
+        self.build().await
     }
 }
 
@@ -198,7 +411,7 @@ pub fn log_id(term: Term, index: Lsn) -> LogId {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotFile;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -261,23 +474,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Cursor<Vec<u8>>,
+        snapshot: SnapshotFile,
     ) -> io::Result<()> {
         let this = self.clone();
         let meta = meta.clone();
-        Self::blocking(move || {
-            let tmp = this.dir.join("receiving.tmp");
-            write_synced(&tmp, snapshot.get_ref())?;
-            let image = this.publish(&tmp, &meta)?;
-            this.store.install(&image)?;
-            tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
-            Ok(())
-        })
-        .await
+        Self::blocking(move || this.install_blocking(&meta, snapshot)).await
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let this = self.clone();
-        Self::blocking(move || this.read_current()).await
+        let installed = match Self::blocking(move || this.current()).await? {
+            Current::None => return Ok(None),
+            Current::Image(s) => return Ok(Some(s)),
+            Current::NoImage(meta) => meta,
+        };
+        // openraft needs a snapshot to send to a follower behind the purged log, and reads it
+        // at start. The installed one became the live database, so copy the database now; its
+        // position is at least the installed one. Wait for a build in progress first: it may
+        // publish exactly that.
+        let _building = self.building.lock().await;
+        let this = self.clone();
+        if let Current::Image(s) = Self::blocking(move || this.current()).await? {
+            return Ok(Some(s));
+        }
+        tracing::info!(installed = ?installed.last_log_id, "the current snapshot has no image; building one from the database");
+        let this = self.clone();
+        let snapshot = Self::blocking(move || this.build_blocking()).await?;
+        if snapshot.meta.last_log_id < installed.last_log_id {
+            tracing::warn!(installed = ?installed.last_log_id, built = ?snapshot.meta.last_log_id, "the database is behind the installed snapshot");
+        }
+        Ok(Some(snapshot))
     }
 }

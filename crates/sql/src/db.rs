@@ -1,6 +1,7 @@
-//! The write connection: speculative execution on the leader, apply on every node.
+//! The write connection: speculative execution on the leader, apply on every node, install.
 //!
-//! There is one [`Db`] per node, owning the only read-write SQLite connection. It has two jobs:
+//! There is one [`Db`] per node, owning the only read-write SQLite connection. It has three
+//! jobs:
 //!
 //! 1. [`Db::execute`] (leader only) runs a group of client requests inside one transaction
 //!    with a SQLite session recording row changes, turns what happened into a [`wal::Record`]
@@ -11,6 +12,14 @@
 //!    itself (`_keel_meta`), so data and position can never disagree after a crash, and with
 //!    the answers of requests that carried a request id (`_keel_requests`, see
 //!    [`crate::answers`]).
+//! 3. [`Db::install`] (a node behind the leader's log) replaces the whole database by an image
+//!    received in a Raft snapshot, by renaming the image into the database directory as the
+//!    next generation (see `generation`): no copy, whatever the size.
+//!
+//! The database is a directory (`CURRENT` plus generation files); [`Db::readers`] and
+//! [`Db::image_source`] share its current generation, so read pools and snapshot images
+//! follow installs. Images ([`crate::ImageSource`]) are written from their own read-only
+//! connection, never from this one, so a long copy does not stop applies.
 //!
 //! ## Retries: requests whose id was seen before
 //!
@@ -81,10 +90,12 @@
 //!
 //! Deciding which requests form a group, waiting for commit, choosing the `lsn` each request is
 //! answered with (`leader`, from [`Speculation::duplicates`]), reads (see `readers`), and
-//! refusing stale apply positions (the state machine in `follower` owns ordering).
+//! refusing stale apply positions (the state machine in `follower` owns ordering), deciding
+//! when to snapshot (`raft`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
@@ -96,8 +107,12 @@ use crate::answers;
 use crate::determinism;
 use crate::encode;
 use crate::error::{Error, Result};
+use crate::generation::{self, Generation, Live};
+use crate::image::{self, ImageSource};
 use crate::policy::{Mode, Observed, Policy, leading_keyword};
+use crate::readers::Readers;
 use crate::result::{StatementResult, error_message};
+use crate::schema::{is_internal_table, quote_identifier};
 use crate::session::{self, ApplyError, Session};
 use crate::statement::{Binder, Statement};
 
@@ -173,10 +188,12 @@ enum Role {
 /// Invariants:
 /// * No transaction is open between calls; every method leaves the connection in autocommit
 ///   mode, whatever happens.
-/// * The database changes only in [`Db::apply`] and [`Db::restore_from`].
+/// * The database changes only in [`Db::apply`] and [`Db::install`].
 /// * `_keel_meta` exists and has exactly one row (id 1); its `idx` is NULL until the first
 ///   apply.
 /// * No SQLite session outlives the call that created it, so `Db` is `Send`.
+/// * `conn` is open on `generation`, which is the generation `CURRENT` names and the one
+///   `live` holds; one `Db` per directory.
 pub struct Db {
     /// The connection.
     conn: Connection,
@@ -184,13 +201,17 @@ pub struct Db {
     policy: Policy,
     /// How foreign keys and triggers are currently set, if known.
     role: Option<Role>,
-    /// The database file.
-    path: PathBuf,
+    /// The database directory.
+    dir: PathBuf,
+    /// The live generation, the file `conn` is open on.
+    generation: Arc<Generation>,
+    /// The live generation as shared with reader pools and image sources.
+    live: Arc<Live>,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Db").field("path", &self.generation.path).finish_non_exhaustive()
     }
 }
 
@@ -223,12 +244,16 @@ INSERT OR IGNORE INTO _keel_meta (id) VALUES (1);";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Db {
-    /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous=NORMAL`:
-    /// the Raft log is the durable write-ahead log, and entries after the stored applied
-    /// position are applied again after a crash.
-    pub fn open(path: &Path) -> Result<Db> {
-        let (conn, policy) = Self::connect(path)?;
-        Ok(Db { conn, policy, role: None, path: path.to_path_buf() })
+    /// Opens (creating if needed) the database directory `dir`: the generation `CURRENT`
+    /// names, in WAL mode with `synchronous=NORMAL` (the Raft log is the durable write-ahead
+    /// log, and entries after the stored applied position are applied again after a crash).
+    /// A fresh directory starts at generation 1; files of other generations, left by an
+    /// install that crashed or could not delete them, are deleted.
+    pub fn open(dir: &Path) -> Result<Db> {
+        let generation = Arc::new(generation::open_dir(dir)?);
+        let (conn, policy) = Self::connect(&generation.path)?;
+        let live = Arc::new(Live::new(generation.clone()));
+        Ok(Db { conn, policy, role: None, dir: dir.to_path_buf(), generation, live })
     }
 
     /// Opens and configures the write connection.
@@ -250,26 +275,87 @@ impl Db {
         Ok((conn, policy))
     }
 
-    /// The database file's path.
+    /// The live generation's database file (it changes at every [`Db::install`]).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.generation.path
+    }
+
+    /// The database directory given to [`Db::open`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A pool of `size` (at least one) read-only connections that follows installs (see
+    /// [`Readers`]).
+    pub fn readers(&self, size: usize) -> Result<Readers> {
+        Readers::open(self.live.clone(), size)
+    }
+
+    /// Something that writes consistent images of this database from its own connection,
+    /// without this `Db` (see [`ImageSource`]); it follows installs.
+    pub fn image_source(&self) -> ImageSource {
+        ImageSource::new(self.live.clone())
+    }
+
+    /// The write connection, for the crate's own read-only helpers (`load`).
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// The last applied log position stored in the database, or `None` before the first apply.
     pub fn applied(&self) -> Result<Option<Applied>> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT term, idx, membership FROM _keel_meta WHERE id = 1 AND idx IS NOT NULL",
-                [],
-                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get(2)?)),
-            )
-            .optional()?;
-        Ok(row.map(|(term, index, membership)| Applied {
-            term: term as Term,
-            index: index as Lsn,
-            membership,
-        }))
+        read_applied(&self.conn)
+    }
+
+    /// Makes the database image at `image` (written by [`ImageSource::write_image`] on some
+    /// node: complete, fsynced, rollback-journal mode) the live database, taking the file over.
+    ///
+    /// The image is checked first (a SQLite file with a `_keel_meta` row); a bad one gives
+    /// [`Error::InvalidInput`] and changes nothing. It is then renamed into the directory as
+    /// the next generation, so it must be on the same file system to cost nothing (otherwise
+    /// it is copied), opened in WAL mode as the new write connection, and named in `CURRENT`;
+    /// then the old generation's files are deleted. After a crash at any point the directory
+    /// holds the old database or the new one, whole. Readers that began before this returns
+    /// finish on the old file; every read that starts after sees the new one.
+    pub fn install(&mut self, image: &Path) -> Result<()> {
+        image::check(image)?;
+        self.end_transaction();
+        let number = self.generation.number + 1;
+        let path = self.dir.join(generation::file_name(number));
+        // Left by an earlier install that failed before switching CURRENT.
+        generation::remove_database(&path)?;
+        generation::move_into(image, &self.dir, &path)?;
+        // Open the new generation before it becomes CURRENT: if it cannot be opened, the old
+        // database stays live, here and after a restart.
+        let prepared = Self::connect(&path)
+            .and_then(|opened| generation::prepare_current(&self.dir, number).map(|()| opened))
+            .and_then(|opened| generation::commit_current(&self.dir).map(|()| opened));
+        let (conn, policy) = match prepared {
+            Ok(opened) => opened,
+            Err(error) => {
+                if let Err(cleanup) = generation::remove_database(&path) {
+                    tracing::warn!(error = %cleanup, "cannot delete the refused generation");
+                }
+                return Err(error);
+            }
+        };
+        // CURRENT names the new generation now; switch everything to it.
+        let old_conn = std::mem::replace(&mut self.conn, conn);
+        self.policy = policy;
+        self.role = None;
+        let old = std::mem::replace(&mut self.generation, Arc::new(Generation { number, path }));
+        self.live.switch(self.generation.clone());
+        if let Err((_, error)) = old_conn.close() {
+            tracing::warn!(%error, "closing the old generation's write connection");
+        }
+        // Until the directory is synced, a crash may bring CURRENT back to the old generation,
+        // whose files must then still exist.
+        generation::sync_dir(&self.dir)?;
+        if let Err(error) = generation::remove_database(&old.path) {
+            tracing::warn!(%error, file = %old.path.display(), "cannot delete the old generation; it goes at the next open");
+        }
+        tracing::info!(generation = number, "installed database image");
+        Ok(())
     }
 
     /// Runs a group of client requests under one transaction with session capture, returns the
@@ -371,7 +457,7 @@ impl Db {
                     // A virtual table (FTS5) caches its index structure per connection and only
                     // notices changes committed by *other* connections. Its shadow tables were
                     // just written underneath it, so start over with a fresh connection.
-                    let (conn, policy) = Self::connect(&self.path)?;
+                    let (conn, policy) = Self::connect(&self.generation.path)?;
                     self.conn = conn;
                     self.policy = policy;
                     self.role = None;
@@ -491,64 +577,6 @@ impl Db {
         Ok(shadow)
     }
 
-    /// Writes a consistent copy of the database (applied position included) to `path`,
-    /// replacing any file there. The copy is a single file in rollback-journal mode; pages are
-    /// copied as they are, so rowids are preserved exactly (VACUUM INTO may renumber rowids of
-    /// tables without an INTEGER PRIMARY KEY, which changesets address by rowid).
-    pub fn snapshot_to(&mut self, path: &Path) -> Result<()> {
-        self.end_transaction();
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut file = path.as_os_str().to_owned();
-            file.push(suffix);
-            match std::fs::remove_file(&file) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
-        }
-        let mut target = Connection::open(path)?;
-        {
-            let backup = rusqlite::backup::Backup::new(&self.conn, &mut target)?;
-            match backup.step(-1)? {
-                rusqlite::backup::StepResult::Done => {}
-                other => {
-                    return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-                        Some(format!("snapshot copy did not finish: {other:?}")),
-                    )));
-                }
-            }
-        }
-        let _: String = target.query_row("PRAGMA journal_mode = DELETE", [], |row| row.get(0))?;
-        target.close().map_err(|(_, e)| e)?;
-        Ok(())
-    }
-
-    /// Replaces this database's contents with the database file at `path` (a snapshot made by
-    /// [`Db::snapshot_to`]), through the live connection, so read connections see the new
-    /// contents at their next transaction.
-    pub fn restore_from(&mut self, path: &Path) -> Result<()> {
-        self.end_transaction();
-        let source = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        {
-            let backup = rusqlite::backup::Backup::new(&source, &mut self.conn)?;
-            match backup.step(-1)? {
-                rusqlite::backup::StepResult::Done => {}
-                other => {
-                    return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-                        Some(format!("restore did not finish: {other:?}")),
-                    )));
-                }
-            }
-        }
-        self.conn.execute_batch(META_SCHEMA)?;
-        self.conn.execute_batch(answers::SCHEMA)?;
-        Ok(())
-    }
-
     /// A textual dump of the schema and every row (see [`crate::dump()`]).
     pub fn dump(&self) -> Result<String> {
         crate::dump::dump_connection(&self.conn)
@@ -577,6 +605,22 @@ impl Db {
             tracing::warn!(%error, "rollback failed");
         }
     }
+}
+
+/// Reads the applied position from `_keel_meta`, `None` before the first apply.
+pub(crate) fn read_applied(conn: &Connection) -> Result<Option<Applied>> {
+    let row = conn
+        .query_row(
+            "SELECT term, idx, membership FROM _keel_meta WHERE id = 1 AND idx IS NOT NULL",
+            [],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    Ok(row.map(|(term, index, membership)| Applied {
+        term: term as Term,
+        index: index as Lsn,
+        membership,
+    }))
 }
 
 /// Converts a log position to SQLite's signed integer.
@@ -1033,12 +1077,6 @@ fn new_session(conn: &Connection) -> rusqlite::Result<Session<'_>> {
     Session::new(conn, Box::new(|table| !is_internal_table(table)))
 }
 
-/// Whether `table` belongs to SQLite or Keel rather than to the client.
-fn is_internal_table(table: &str) -> bool {
-    let lower = table.to_ascii_lowercase();
-    lower.starts_with("sqlite_") || lower.starts_with("_keel_")
-}
-
 /// The lower-case names of all client tables.
 fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare("SELECT lower(name) FROM sqlite_schema WHERE type = 'table'")?;
@@ -1064,11 +1102,6 @@ fn nullable_key_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<
     let mut stmt =
         conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 AND \"notnull\" = 0")?;
     stmt.query_map([table], |row| row.get(0))?.collect()
-}
-
-/// Quotes an SQL identifier.
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Whether SQL text may contain a schema statement (or a replicated pragma): a superset test

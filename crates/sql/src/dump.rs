@@ -9,8 +9,8 @@
 //!
 //! Keel's own `_keel_*` tables and their indexes are left out (the applied position is read
 //! with `Db::applied`), and so are virtual tables, whose contents live in their shadow tables,
-//! which are dumped. This is a test and debugging aid, not a backup format (rqlite's
-//! `.dump`-style backup belongs to `bin`).
+//! which are dumped. This is a test and debugging aid, not a backup format (the rqlite-style
+//! `.dump` backup is [`crate::backup::dump_sql`]).
 
 use std::fmt::Write as _;
 use std::path::Path;

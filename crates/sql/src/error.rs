@@ -1,14 +1,15 @@
 //! The crate's error type: one enum whose variants say what the caller does next.
 //!
 //! * [`Error::InvalidInput`]: the client's request is malformed (bad JSON shape, too many
-//!   statements, SQL too long). `bin` answers 400 with the message.
+//!   statements, SQL too long), or a file given to Keel is not what it must be (a load that is
+//!   not a SQLite database, an image without `_keel_meta`). `bin` answers 400 with the message.
 //! * [`Error::Sqlite`]: SQLite failed outside any one user statement (opening, BEGIN, COMMIT,
 //!   disk I/O). Per-statement SQL errors are *not* errors of this type: they are results
 //!   ([`crate::StatementResult::Error`]) and the request still succeeds.
 //! * [`Error::Corrupt`]: a committed record cannot be applied identically here (a conflict, a
 //!   missing table, a column-count mismatch, a failing DDL statement). The node must stop rather
 //!   than diverge.
-//! * [`Error::Io`]: file-system work around snapshots failed.
+//! * [`Error::Io`]: file-system work around the database directory, images or loads failed.
 
 /// The `sql` crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -14,19 +14,32 @@
 //!             whose request id is stored in _keel_requests is answered from there, not run)
 //!           record ─ Raft ─▶ Db::apply([Apply]) on every node (one transaction, + position,
 //!             + the answers of requests with an id)
-//!   reads:  Readers::query([Statement]) on a pool of read-only connections
+//!   reads:  Db::readers(n) ─▶ Readers::query([Statement]) on a pool of read-only connections
 //!   results: StatementResult::to_json(Format) ─▶ rqlite's JSON
+//!   snapshots: Db::image_source() ─▶ ImageSource::write_image(path) ─▶ (Raft) ─▶
+//!             Db::install(path) on a node behind: renamed in as the next generation
+//!   backups: write_image ─▶ backup::strip_internal (a SQLite file) or backup::dump_sql (text)
+//!   loads:  load::drop_user_objects, then load::FileLoad / load::TextLoad batches ─▶
+//!             Db::execute, one write request per batch
 //! ```
 //!
 //! * [`statement`]: the rqlite request body → [`Statement`]s (rqlite's parsing rules, limits).
 //! * [`db`]: [`Db`], the single read-write connection: [`Db::execute`] (speculative execution
-//!   with session capture, always rolled back) and [`Db::apply`] (the state machine), snapshots.
+//!   with session capture, always rolled back), [`Db::apply`] (the state machine) and
+//!   [`Db::install`] (a snapshot image becomes the database).
+//! * `generation`: the database directory, `CURRENT` and the generations of the database file
+//!   that make an install a rename.
+//! * [`image`]: [`ImageSource`], consistent images of the database from a read transaction of
+//!   its own, so that snapshots of big databases do not stop applies.
+//! * [`backup`] and [`load`]: user backups (a SQLite file without Keel's tables, or a
+//!   sqlite3-style dump) and loads (a SQLite file or SQL text as batches of write statements).
+//! * `schema`: the user tables and objects of a database, for `backup` and `load`.
 //! * [`answers`]: the stored answers of requests with a request id (`_keel_requests`), so that a
 //!   retry is answered with the original results and `lsn` instead of running twice.
 //! * `policy`: the SQLite authorizer deciding what client SQL may do and spotting DDL.
 //! * `determinism`: rejects `CREATE TABLE … AS SELECT` that would differ between replicas.
 //! * `session`: the unsafe FFI wrapper over SQLite's session extension.
-//! * [`readers`]: [`Readers`], the read-only connection pool.
+//! * [`readers`]: [`Readers`], the read-only connection pool, following installs.
 //! * `encode` and [`result`]: values to rqlite's JSON ([`StatementResult::to_json`]).
 //! * [`mod@dump`]: a deterministic text dump for comparing replicas; [`describe_changeset`]
 //!   prints a changeset row by row.
@@ -51,6 +64,11 @@
 //!   the write connection (a few hundred microseconds).
 //! * One statement's changes are held in memory (session, changeset, record); a huge UPDATE
 //!   makes a huge record. There is no cap yet beyond the request limits in [`statement`].
+//! * Images, installs, backups and loads stream through files and SQLite's page cache; none
+//!   holds a whole database in memory. An install renames the image, so the image must be on
+//!   the database directory's file system to be free (otherwise it is copied first).
+//! * A load is a sequence of ordinary writes: each batch is atomic, the whole load is not, and
+//!   rows load with foreign keys enforced (see [`load`]).
 //! * Replicas must run the same SQLite version as the leader for DDL (including `CREATE TABLE
 //!   … AS SELECT` and `ANALYZE`) to produce identical results; the bundled SQLite guarantees
 //!   this for one build of Keel.
@@ -59,20 +77,26 @@
 //!   values), and a failing statement never leaves partial effects.
 
 pub mod answers;
+pub mod backup;
 pub mod db;
 mod determinism;
 pub mod dump;
 mod encode;
 pub mod error;
+mod generation;
+pub mod image;
+pub mod load;
 mod policy;
 pub mod readers;
 pub mod result;
+mod schema;
 mod session;
 pub mod statement;
 
 pub use db::{Applied, Apply, Db, Speculation, WriteRequest};
 pub use dump::dump;
 pub use error::{Error, Result};
+pub use image::ImageSource;
 pub use readers::{QUERY_WRITE_ERROR, Readers};
 pub use result::{Format, StatementResult};
 pub use statement::{

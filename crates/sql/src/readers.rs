@@ -16,9 +16,19 @@
 //! `query` blocks the calling thread (call it from `spawn_blocking`) while it waits for a free
 //! connection and runs the statements. Not done here: consistency levels (the caller waits for
 //! the applied position it needs before calling) and timeouts.
+//!
+//! ## Following installs
+//!
+//! [`crate::Db::install`] replaces the database file by a new generation (see `generation`).
+//! The pool is made by [`crate::Db::readers`] and shares the Db's current generation. Each
+//! connection remembers the generation it was opened on; a connection of an older generation
+//! is never used for a new read: idle ones are closed by the install, a checkout that finds one
+//! closes it and opens a connection on the current file, and one that was in use during the
+//! install finishes its read on the old file (it began before the install returned, so the old
+//! state is a correct answer) and is closed when it comes back. Connections are opened lazily
+//! after an install, up to the pool size.
 
-use std::path::Path;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rusqlite::fallible_iterator::FallibleIterator as _;
@@ -26,6 +36,7 @@ use rusqlite::{Batch, Connection, OpenFlags};
 
 use crate::encode;
 use crate::error::Result;
+use crate::generation::{Generation, Live};
 use crate::policy::{Mode, Policy, leading_keyword};
 use crate::result::{StatementResult, error_message};
 use crate::statement::{Binder, Statement};
@@ -33,7 +44,7 @@ use crate::statement::{Binder, Statement};
 /// rqlite's per-statement error for a write sent to the query endpoint.
 pub const QUERY_WRITE_ERROR: &str = "attempt to change database via query operation";
 
-/// How long a read waits for a lock (only a WAL checkpoint or restore can make it wait).
+/// How long a read waits for a lock (only a WAL checkpoint can make it wait).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One read-only connection and its authorizer.
@@ -42,45 +53,70 @@ struct Reader {
     conn: Connection,
     /// Its authorizer state.
     policy: Policy,
+    /// The generation of the database file it is open on.
+    generation: u64,
 }
 
-/// A pool of read-only connections to one database file.
+/// A pool of read-only connections to a [`crate::Db`]'s database, following its installs.
+/// Made by [`crate::Db::readers`].
 ///
-/// Invariants: the pool holds at most `size` connections; a connection is out of the pool
-/// exactly while one call uses it; no connection is left inside a transaction.
+/// Invariants:
+/// * At most `size` connections are in use at once; a connection is out of the pool exactly
+///   while one call uses it; no connection is left inside a transaction.
+/// * A read that starts after an install returned runs on the installed generation.
 pub struct Readers {
-    /// Idle connections.
-    idle: Mutex<Vec<Reader>>,
+    /// The shared pool state.
+    pool: Arc<Pool>,
+}
+
+/// The state of a [`Readers`] pool, shared with the `Live` generation so installs can close
+/// idle connections of the old generation.
+pub(crate) struct Pool {
+    /// The Db's current generation.
+    live: Arc<Live>,
+    /// The most connections in use at once.
+    size: usize,
+    /// Idle connections and the number in use.
+    state: Mutex<State>,
     /// Signalled when a connection is returned.
     returned: Condvar,
 }
 
+/// The mutable part of a [`Pool`].
+struct State {
+    /// Idle connections.
+    idle: Vec<Reader>,
+    /// Connections checked out (or being opened for a checkout).
+    busy: usize,
+}
+
 impl std::fmt::Debug for Readers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle = self.idle.lock().map(|idle| idle.len()).unwrap_or_default();
-        f.debug_struct("Readers").field("idle", &idle).finish()
+        let state = self.pool.lock();
+        f.debug_struct("Readers")
+            .field("size", &self.pool.size)
+            .field("idle", &state.idle.len())
+            .field("busy", &state.busy)
+            .finish()
     }
 }
 
 impl Readers {
-    /// Opens `size` (at least one) read-only connections to the database at `path`, which must
-    /// exist and be in WAL mode (open the [`crate::Db`] first).
-    pub fn open(path: &Path, size: usize) -> Result<Readers> {
-        let mut idle = Vec::with_capacity(size.max(1));
-        for _ in 0..size.max(1) {
-            let mut conn = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | OpenFlags::SQLITE_OPEN_URI
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            conn.execute_batch("PRAGMA query_only = ON;")?;
-            let policy = Policy::default();
-            policy.install(&mut conn)?;
-            idle.push(Reader { conn, policy });
-        }
-        Ok(Readers { idle: Mutex::new(idle), returned: Condvar::new() })
+    /// Opens `size` (at least one) read-only connections to the current generation of `live`.
+    pub(crate) fn open(live: Arc<Live>, size: usize) -> Result<Readers> {
+        let size = size.max(1);
+        let idle = {
+            let generation = live.read();
+            (0..size).map(|_| Reader::open(&generation)).collect::<Result<Vec<_>>>()?
+        };
+        let pool = Arc::new(Pool {
+            live: live.clone(),
+            size,
+            state: Mutex::new(State { idle, busy: 0 }),
+            returned: Condvar::new(),
+        });
+        live.register(&pool);
+        Ok(Readers { pool })
     }
 
     /// Runs read statements and returns one result per statement. With `transaction`, all run
@@ -90,43 +126,110 @@ impl Readers {
         statements: &[Statement],
         transaction: bool,
     ) -> Result<Vec<StatementResult>> {
-        let reader = self.checkout();
+        let reader = self.pool.checkout()?;
         let outcome = reader.run(statements, transaction);
         if !reader.conn.is_autocommit() {
             let _ = reader.conn.execute_batch("ROLLBACK");
         }
-        self.checkin(reader);
+        self.pool.checkin(reader);
         outcome
     }
 
     /// Whether every statement is read-only and may be served by a read connection. A statement
-    /// that cannot be prepared counts as not read-only (the leader will report its error).
+    /// that cannot be prepared counts as not read-only (the leader will report its error), and
+    /// so does everything when no connection can be opened.
     pub fn is_read_only(&self, statements: &[Statement]) -> bool {
-        let reader = self.checkout();
+        let Ok(reader) = self.pool.checkout() else {
+            return false;
+        };
         let read_only = statements.iter().all(|s| reader.is_read_only(&s.sql));
-        self.checkin(reader);
+        self.pool.checkin(reader);
         read_only
     }
+}
 
-    /// Takes an idle connection, waiting for one if necessary.
-    fn checkout(&self) -> Reader {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(reader) = idle.pop() {
-                return reader;
-            }
-            idle = self.returned.wait(idle).unwrap_or_else(PoisonError::into_inner);
-        }
+impl Pool {
+    /// Locks the state.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Returns a connection to the pool.
+    /// Takes a connection on the current generation, waiting while `size` are in use.
+    fn checkout(&self) -> Result<Reader> {
+        let cached = {
+            let mut state = self.lock();
+            while state.busy >= self.size {
+                state = self.returned.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            state.busy += 1;
+            state.idle.pop()
+        };
+        let reader = {
+            // Held while opening: see the invariants of `Live`.
+            let generation = self.live.read();
+            match cached {
+                Some(reader) if reader.generation == generation.number => Ok(reader),
+                stale => {
+                    drop(stale);
+                    Reader::open(&generation)
+                }
+            }
+        };
+        if reader.is_err() {
+            self.lock().busy -= 1;
+            self.returned.notify_one();
+        }
+        reader
+    }
+
+    /// Returns a connection; one of an older generation is closed instead.
     fn checkin(&self, reader: Reader) {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(reader);
+        let current = self.live.number();
+        let stale = {
+            let mut state = self.lock();
+            state.busy -= 1;
+            if reader.generation == current {
+                state.idle.push(reader);
+                None
+            } else {
+                Some(reader)
+            }
+        };
         self.returned.notify_one();
+        drop(stale);
+    }
+
+    /// Closes the idle connections of generations other than `current`.
+    pub(crate) fn drop_stale(&self, current: u64) {
+        let stale: Vec<Reader> = {
+            let mut state = self.lock();
+            let (keep, stale) =
+                std::mem::take(&mut state.idle).into_iter().partition(|r| r.generation == current);
+            state.idle = keep;
+            stale
+        };
+        drop(stale);
     }
 }
 
 impl Reader {
+    /// Opens a read-only connection on `generation` and makes its first read, so that it holds
+    /// the file and its WAL open from now on (see `Live`).
+    fn open(generation: &Generation) -> Result<Reader> {
+        let mut conn = Connection::open_with_flags(
+            &generation.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        let policy = Policy::default();
+        policy.install(&mut conn)?;
+        Ok(Reader { conn, policy, generation: generation.number })
+    }
+
     /// Runs statements on this connection.
     fn run(&self, statements: &[Statement], transaction: bool) -> Result<Vec<StatementResult>> {
         if transaction {

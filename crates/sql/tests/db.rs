@@ -38,12 +38,20 @@ fn count(readers: &Readers) -> serde_json::Value {
     }
 }
 
+/// A common table expression `s(x)` counting from 1 to `n`.
+fn series(n: u64) -> String {
+    format!("WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < {n})")
+}
+
 #[test]
 fn contract() {
     fn send<T: Send>() {}
     fn send_sync<T: Send + Sync>() {}
     send::<Db>();
     send_sync::<Readers>();
+    send_sync::<sql::ImageSource>();
+    fn clone<T: Clone>() {}
+    clone::<sql::ImageSource>();
 }
 
 #[test]
@@ -92,10 +100,8 @@ fn execute_never_changes_the_database() {
         .unwrap();
     assert!(!speculation.record.ops.is_empty());
     assert_eq!(db.dump().unwrap(), before);
-    let version: Vec<StatementResult> = Readers::open(db.path(), 1)
-        .unwrap()
-        .query(&[Statement::new("PRAGMA user_version")], false)
-        .unwrap();
+    let version: Vec<StatementResult> =
+        db.readers(1).unwrap().query(&[Statement::new("PRAGMA user_version")], false).unwrap();
     assert!(matches!(&version[0], StatementResult::Rows { values, .. } if values[0][0] == 0));
 }
 
@@ -125,38 +131,174 @@ fn apply_is_atomic() {
 }
 
 #[test]
-fn snapshot_and_restore() {
+fn image_and_install() {
     let dir = tempfile::tempdir().unwrap();
     let mut leader = Db::open(&dir.path().join("leader")).unwrap();
     let mut follower = Db::open(&dir.path().join("follower")).unwrap();
-    let readers = Readers::open(&dir.path().join("follower"), 2).unwrap();
+    let readers = follower.readers(2).unwrap();
     write(&mut leader, &mut [], 1, &["CREATE TABLE t (a, b)"]);
     write(&mut leader, &mut [], 2, &["INSERT INTO t VALUES (1, 2), (3, 4), (5, 6)"]);
     write(&mut leader, &mut [], 3, &["DELETE FROM t WHERE a = 1"]);
     write(&mut leader, &mut [], 4, &["INSERT INTO t VALUES (7, 8)"]);
 
-    let snapshot = dir.path().join("snapshot");
-    std::fs::write(&snapshot, b"stale").unwrap();
-    leader.snapshot_to(&snapshot).unwrap();
-    assert!(!Path::new(&format!("{}-wal", snapshot.display())).exists());
-    assert_eq!(sql::dump(&snapshot).unwrap(), leader.dump().unwrap());
+    // The image is one file in rollback-journal mode, with the leader's rows (rowids included)
+    // and position.
+    let image = dir.path().join("follower").join("image.part");
+    std::fs::write(&image, b"stale").unwrap();
+    let applied = leader.image_source().write_image(&image).unwrap();
+    assert_eq!(applied, leader.applied().unwrap());
+    assert!(!Path::new(&format!("{}-wal", image.display())).exists());
+    assert_eq!(sql::dump(&image).unwrap(), leader.dump().unwrap());
 
-    // The follower's readers see the restored contents, rowids included, and the position.
+    // The follower's readers see the installed contents, rowids included, and the position.
     let before = readers.query(&[Statement::new("SELECT count(*) FROM t")], false).unwrap();
     assert_eq!(before, vec![StatementResult::Error("no such table: t".into())]);
-    follower.restore_from(&snapshot).unwrap();
+    let old_path = follower.path().to_path_buf();
+    follower.install(&image).unwrap();
+    assert!(!image.exists(), "the image was renamed into place");
+    assert!(!old_path.exists(), "the old generation is deleted");
+    assert_ne!(follower.path(), old_path);
     assert_eq!(count(&readers), 3);
     assert_eq!(follower.dump().unwrap(), leader.dump().unwrap());
     assert_eq!(follower.applied().unwrap(), leader.applied().unwrap());
 
-    // The restored database is still in WAL mode (readers keep their snapshot isolation).
-    let conn = rusqlite::Connection::open(dir.path().join("follower")).unwrap();
+    // The installed database is in WAL mode (readers keep their snapshot isolation).
+    let conn = rusqlite::Connection::open(follower.path()).unwrap();
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
     assert_eq!(mode, "wal");
+    drop(conn);
 
-    // Replication continues from the snapshot: changesets address the same rowids.
+    // Replication continues from the image: changesets address the same rowids.
     write(&mut leader, &mut [&mut follower], 5, &["UPDATE t SET b = 0 WHERE a = 7"]);
     assert_eq!(follower.dump().unwrap(), leader.dump().unwrap());
+
+    // Reopening finds the installed generation; the directory holds nothing else.
+    let expected = follower.dump().unwrap();
+    let live = follower.path().to_path_buf();
+    drop((follower, readers));
+    let follower = Db::open(&dir.path().join("follower")).unwrap();
+    assert_eq!(follower.path(), live);
+    assert_eq!(follower.dump().unwrap(), expected);
+    assert_eq!(follower.applied().unwrap().map(|a| a.index), Some(5));
+}
+
+#[test]
+fn bad_images_leave_the_database_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    write(&mut db, &mut [], 1, &["CREATE TABLE t (a)", "INSERT INTO t VALUES (1)"]);
+    let before = db.dump().unwrap();
+    let path = db.path().to_path_buf();
+    let image = dir.path().join("image");
+    std::fs::write(&image, b"not a database").unwrap();
+    match db.install(&image) {
+        Err(sql::Error::InvalidInput(message)) => {
+            assert!(message.contains("not a SQLite"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A plain SQLite file without Keel's metadata.
+    std::fs::remove_file(&image).unwrap();
+    rusqlite::Connection::open(&image).unwrap().execute_batch("CREATE TABLE u (x)").unwrap();
+    match db.install(&image) {
+        Err(sql::Error::InvalidInput(message)) => {
+            assert!(message.contains("_keel_meta"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(db.install(&dir.path().join("missing")), Err(sql::Error::Io(_))));
+    assert_eq!(db.path(), path);
+    assert_eq!(db.dump().unwrap(), before);
+    assert_eq!(count(&db.readers(1).unwrap()), 1);
+}
+
+#[test]
+fn images_are_consistent_while_writes_go_on() {
+    // A writer keeps applying one row per entry while images are written from another
+    // thread, without the Db: every image holds exactly the rows of the position it reports.
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    write(&mut db, &mut [], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY, pad)"]);
+    write(
+        &mut db,
+        &mut [],
+        2,
+        &[&format!("{} INSERT INTO t (pad) SELECT zeroblob(1000) FROM s", series(3000))],
+    );
+    let source = db.image_source();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let imager = {
+        let stop = stop.clone();
+        let dir = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let mut images = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || images < 3 {
+                let image = dir.join(format!("image-{images}"));
+                let applied = source.write_image(&image).unwrap().unwrap();
+                let conn = rusqlite::Connection::open(&image).unwrap();
+                let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+                // Entry 2 inserted 3000 rows, every later entry one.
+                assert_eq!(rows as u64, 3000 + applied.index - 2, "image {images}");
+                images += 1;
+            }
+            images
+        })
+    };
+    for index in 3..200 {
+        write(&mut db, &mut [], index, &["INSERT INTO t (pad) VALUES (1)"]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(imager.join().unwrap() >= 3);
+}
+
+#[test]
+fn reads_follow_installs() {
+    // Readers query in a loop while the database is replaced by images of two other
+    // databases in turn: every answer is one of the databases' whole contents, never an
+    // error, and after each install returns, reads see the installed one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources = Vec::new();
+    for (i, rows) in [10u64, 20].into_iter().enumerate() {
+        let mut source = Db::open(&dir.path().join(format!("source-{i}"))).unwrap();
+        write(&mut source, &mut [], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY)"]);
+        let insert = format!("{} INSERT INTO t SELECT x FROM s", series(rows));
+        write(&mut source, &mut [], 2, &[&insert]);
+        sources.push((source, rows));
+    }
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    write(&mut db, &mut [], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY)"]);
+    let readers = std::sync::Arc::new(db.readers(3).unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (readers, stop) = (readers.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = count(&readers).as_u64().unwrap();
+                    assert!([0, 10, 20].contains(&n), "{n}");
+                }
+            })
+        })
+        .collect();
+    for round in 0..20 {
+        let (source, rows) = &sources[round % 2];
+        let image = db.dir().join("incoming.part");
+        source.image_source().write_image(&image).unwrap();
+        db.install(&image).unwrap();
+        assert_eq!(count(&readers).as_u64(), Some(*rows));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    // Only the live generation is left in the directory.
+    let mut names: Vec<String> = std::fs::read_dir(db.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with("-wal") && !name.ends_with("-shm"))
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["CURRENT".to_string(), "db-000021.sqlite".to_string()]);
 }
 
 #[test]
@@ -165,7 +307,7 @@ fn readers_run_concurrently_with_the_writer() {
     let path = dir.path().join("db");
     let mut db = Db::open(&path).unwrap();
     write(&mut db, &mut [], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY)"]);
-    let readers = std::sync::Arc::new(Readers::open(&path, 2).unwrap());
+    let readers = std::sync::Arc::new(db.readers(2).unwrap());
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let readers = std::sync::Arc::clone(&readers);
@@ -245,7 +387,7 @@ fn retries_are_answered_from_any_replica() {
     assert_eq!(retry.duplicates, vec![Some(2)]);
     assert_eq!(retry.results, first.results);
     assert_eq!(retry.record, wal::Record::default());
-    assert_eq!(count(&Readers::open(replica.path(), 1).unwrap()), 1);
+    assert_eq!(count(&replica.readers(1).unwrap()), 1);
 }
 
 #[test]
@@ -267,7 +409,7 @@ fn repeats_within_a_group_run_once() {
     assert_eq!(speculation.results[2], speculation.results[0]);
     let ids: Vec<&str> = speculation.record.requests.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, vec!["a"]);
-    assert_eq!(count(&Readers::open(db.path(), 1).unwrap()), 2);
+    assert_eq!(count(&db.readers(1).unwrap()), 2);
     assert_eq!(stored_ids(&db), vec![("a".to_string(), 2)]);
 
     // A later group repeating a stored id twice answers both from the table.
@@ -367,9 +509,9 @@ fn answers_travel_in_snapshots() {
         2,
         &[with_id("snap", &["INSERT INTO t (v) VALUES ('x')"])],
     );
-    let snapshot = dir.path().join("snapshot");
-    leader.snapshot_to(&snapshot).unwrap();
-    follower.restore_from(&snapshot).unwrap();
+    let image = dir.path().join("follower").join("image.part");
+    leader.image_source().write_image(&image).unwrap();
+    follower.install(&image).unwrap();
     let retry = follower.execute(&[with_id("snap", &["INSERT INTO t (v) VALUES ('x')"])]).unwrap();
     assert_eq!(retry.duplicates, vec![Some(2)]);
     assert_eq!(retry.results, first.results);

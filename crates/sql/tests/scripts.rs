@@ -56,10 +56,10 @@ fn render(results: &[sql::StatementResult], format: &Format) -> String {
 impl Runner {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let paths: [PathBuf; 2] = [dir.path().join("leader.db"), dir.path().join("replica.db")];
+        let paths: [PathBuf; 2] = [dir.path().join("leader"), dir.path().join("replica")];
         let leader = Db::open(&paths[0]).unwrap();
         let replica = Db::open(&paths[1]).unwrap();
-        let readers = [Readers::open(&paths[0], 2).unwrap(), Readers::open(&paths[1], 2).unwrap()];
+        let readers = [leader.readers(2).unwrap(), replica.readers(2).unwrap()];
         Runner { _dir: dir, leader, replica, readers, pending: Vec::new(), last: None, index: 1 }
     }
 
