@@ -3,7 +3,8 @@
 //!
 //! It starts a local cluster (ports from `--base-port`), fills it to `--size` with 1 KiB rows
 //! in 256 KiB requests (so the leader compacts its log and a new node must start from a
-//! snapshot), copies the leader's database file and fsyncs the copy (the `cp` baseline), then
+//! snapshot), copies the leader's database file and fsyncs the copy (the `cp` baseline, median
+//! of three), then
 //! starts a new node that joins the cluster and measures until it has applied everything the
 //! leader had committed when it started. It prints the time to ready, its ratio to the copy,
 //! whether the new node received a snapshot, the peak RSS of the new node and of the leader
@@ -19,8 +20,8 @@ use serde_json::{Value, json};
 use crate::bench::BenchArgs;
 use crate::local::{LocalNode, spawn_node, start_cluster, stop_all};
 
-/// Bytes of one row's blob.
-const ROW: usize = 1024;
+/// Bytes of one row's blob (four rows fill a 4 KiB page, so the file is about `--size`).
+const ROW: usize = 1000;
 /// Rows per filling request.
 const ROWS_PER_REQUEST: usize = 256;
 /// Concurrent filling requests.
@@ -55,11 +56,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("{} exists; give an empty or new --dir", dir.display());
     }
     let requests = (args.size as usize).div_ceil(ROW * ROWS_PER_REQUEST).max(1);
-    // Compact the log at about half the fill and again at the end, so the new node's first
-    // entries are purged and it must start from a snapshot (the leader keeps 1,000 entries
-    // behind a snapshot).
-    let snapshot_entries = (requests / 2).max(100);
-    let mut flags = vec![format!("--snapshot-entries={snapshot_entries}")];
+    // Compact the log about every quarter of the fill (group commit makes fewer entries than
+    // requests), keeping few entries behind a snapshot, so the new node's first entries are
+    // purged and it must start from a snapshot.
+    let snapshot_entries = (requests / 8).max(16);
+    let mut flags =
+        vec![format!("--snapshot-entries={snapshot_entries}"), "--trailing-logs=8".to_string()];
     flags.extend(args.serve_flag.iter().cloned());
     let voters = args.voters.max(1);
     println!(
@@ -67,7 +69,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         dir.display()
     );
     let mut nodes = start_cluster(&dir, voters, 0, args.base_port, &flags, true).await?;
-    let result = measure(args, &dir, &mut nodes, requests, &flags).await;
+    let result = measure(args, &dir, &mut nodes, requests, snapshot_entries, &flags).await;
     stop_all(&mut nodes).await;
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -80,6 +82,7 @@ async fn measure(
     dir: &Path,
     nodes: &mut Vec<LocalNode>,
     requests: usize,
+    snapshot_entries: usize,
     flags: &[String],
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().no_proxy().build()?;
@@ -128,12 +131,14 @@ async fn measure(
     let leader_http = format!("http://{}", nodes[leader_idx].http);
     let status = get_json(&client, &format!("{leader_http}/status")).await?;
     let target = status["node"]["commit_index"].as_u64().context("no commit_index")?;
-    // Let the leader compact, so the join measures a snapshot transfer rather than a build.
+    // Let the leader finish compacting (its policy builds once `snapshot_entries` entries
+    // follow the last snapshot), so the join measures a snapshot transfer, not a build.
     let deadline = Instant::now() + Duration::from_secs(600);
     let snapshot_index = loop {
         let s = get_json(&client, &format!("{leader_http}/status")).await?;
-        if s["snapshot"]["built"].as_u64().unwrap_or(0) > 0 {
-            break s["node"]["snapshot_index"].as_u64().unwrap_or(0);
+        let index = s["snapshot"]["index"].as_u64().unwrap_or(0);
+        if index + snapshot_entries as u64 > target {
+            break index;
         }
         if Instant::now() > deadline {
             bail!("the leader built no snapshot in 10 minutes");
@@ -144,12 +149,18 @@ async fn measure(
     // Baseline: copy the leader's database file and fsync the copy.
     let db_file = live_db_file(&dir.join(format!("node{leader_id}")).join("db"))?;
     let db_size = std::fs::metadata(&db_file)?.len();
+    // The median of three copies: a single copy's time varies with the page cache.
     let copy = dir.join("cp-baseline.sqlite");
-    let cp_started = Instant::now();
-    std::fs::copy(&db_file, &copy)?;
-    std::fs::File::open(&copy)?.sync_all()?;
-    let cp = cp_started.elapsed();
-    std::fs::remove_file(&copy)?;
+    let mut copies = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        std::fs::copy(&db_file, &copy)?;
+        std::fs::File::open(&copy)?.sync_all()?;
+        copies.push(started.elapsed());
+        std::fs::remove_file(&copy)?;
+    }
+    copies.sort();
+    let cp = copies[1];
 
     // Join a new node.
     let leader_pid = nodes[leader_idx].child.id().context("leader exited")?;

@@ -41,7 +41,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         heartbeat_interval: args.heartbeat,
         election_timeout_min: args.election_timeout,
         snapshot_entries: args.snapshot_entries,
-        ..raft::Options::default()
+        max_in_snapshot_log_to_keep: args.trailing_logs,
     };
     let (raft, snapshots) =
         raft::start(args.id, &dir, &raft_options, Arc::new(replica.clone())).await?;

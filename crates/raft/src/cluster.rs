@@ -185,6 +185,13 @@ pub async fn add_node(
         if existing.as_ref().is_none_or(|m| m.node != node) {
             // Blocking for voters: do not let a far-behind node into the quorum.
             raft.add_learner(id, node, voter).await.map_err(write_err)?;
+        } else if voter {
+            // A retry after an earlier attempt timed out (a big database takes a while to
+            // send): the node is a learner already; still wait until it has caught up.
+            let target = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+            wait_matched(raft, id, target, timeout, reachable_window(raft))
+                .await
+                .map_err(|e| ClientError::Unknown(e.to_string()))?;
         }
         if voter {
             raft.change_membership(

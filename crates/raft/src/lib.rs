@@ -58,8 +58,9 @@ pub type Metrics = RaftMetrics<TypeConfig>;
 /// rare (`snapshot_entries` = 20,000 entries between them) and the log keeps
 /// `max_in_snapshot_log_to_keep` = 1,000 entries that a snapshot already covers, so a follower
 /// just behind the latest snapshot still catches up from the log instead of receiving the
-/// whole database. The log between snapshots is bounded too (at most about 21,000 entries on
-/// disk), which bounds the replay after a restart.
+/// whole database. The log on disk is bounded too (at most about 21,000 entries). A restart
+/// does not depend on either: the database holds its applied position, and only entries after
+/// it are replayed.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// How often the leader sends heartbeats to followers.

@@ -167,6 +167,10 @@ fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> io::Re
     })
 }
 
+/// The most entry bytes (as stored) one replication batch reads; see
+/// `limited_get_log_entries`.
+pub const MAX_BATCH_BYTES: u64 = 8 << 20;
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -174,6 +178,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> io::Result<Vec<Entry>> {
         let range = to_range(&range);
         self.run(move |log| log.read(range)?.into_iter().map(decode_entry).collect()).await
+    }
+
+    /// Replication reads at most [`MAX_BATCH_BYTES`] of entries at a time (at least one entry),
+    /// so catching up a far-behind follower over large records does not hold hundreds of
+    /// megabytes in memory at once (openraft batches up to 300 entries otherwise).
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        self.run(move |log| {
+            let range = log.prefix_within(start..end, MAX_BATCH_BYTES);
+            log.read(range)?.into_iter().map(decode_entry).collect()
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {

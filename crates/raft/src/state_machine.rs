@@ -410,6 +410,33 @@ pub fn log_id(term: Term, index: Lsn) -> LogId {
     openraft::LogId::new_term_index(term, index)
 }
 
+/// Committed entries beyond this many record bytes are applied in more than one transaction.
+const APPLY_BATCH_BYTES: usize = 16 << 20;
+
+impl StateMachine {
+    /// Applies `batch` in one store transaction, then answers its responders.
+    async fn apply_batch(
+        &self,
+        batch: Vec<Committed>,
+        responders: Vec<openraft::storage::ApplyResponder<TypeConfig>>,
+    ) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let first = batch[0].index;
+        let last = batch[batch.len() - 1].index;
+        Self::blocking(move || store.apply(&batch)).await.map_err(|e| {
+            tracing::error!(first, last, error = %e, "cannot apply committed entries; stopping");
+            e
+        })?;
+        for r in responders {
+            r.send(());
+        }
+        Ok(())
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotFile;
     type SnapshotBuilder = Self;
@@ -435,6 +462,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut batch = Vec::new();
         let mut responders = Vec::new();
+        let mut bytes = 0;
         while let Some((entry, responder)) = entries.try_next().await? {
             let term = entry.log_id.leader_id.term;
             let index = entry.log_id.index;
@@ -446,25 +474,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     (None, Some(membership_json(&stored)?))
                 }
             };
+            bytes += record.as_ref().map_or(0, wal::Record::size);
             batch.push(Committed { term, index, record, membership });
             if let Some(r) = responder {
                 responders.push(r);
             }
+            // A follower catching up is handed many entries at once: apply them in bounded
+            // transactions instead of holding them all.
+            if bytes >= APPLY_BATCH_BYTES {
+                self.apply_batch(std::mem::take(&mut batch), std::mem::take(&mut responders))
+                    .await?;
+                bytes = 0;
+            }
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let store = self.store.clone();
-        let first = batch[0].index;
-        let last = batch[batch.len() - 1].index;
-        Self::blocking(move || store.apply(&batch)).await.map_err(|e| {
-            tracing::error!(first, last, error = %e, "cannot apply committed entries; stopping");
-            e
-        })?;
-        for r in responders {
-            r.send(());
-        }
-        Ok(())
+        self.apply_batch(batch, responders).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -478,7 +501,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> io::Result<()> {
         let this = self.clone();
         let meta = meta.clone();
-        Self::blocking(move || this.install_blocking(&meta, snapshot)).await
+        Self::blocking(move || this.install_blocking(&meta, snapshot)).await?;
+        // The received image became the live database, so this node holds no image to send
+        // or to start from. Copy one in the background now, while the node catches up and
+        // serves, rather than later on openraft's state-machine task (which would hold up
+        // applies, or a restart).
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.build().await {
+                tracing::warn!(error = %e, "building a snapshot after an install failed; will build on demand");
+            }
+        });
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {

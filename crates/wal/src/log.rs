@@ -387,6 +387,26 @@ impl Log {
         Ok(frames)
     }
 
+    /// The longest prefix of `range` whose frames take at most `max_bytes` on disk, but at
+    /// least one entry when `range` holds any: for reading a bounded batch with [`Log::read`].
+    pub fn prefix_within(&self, range: Range<Lsn>, max_bytes: u64) -> Range<Lsn> {
+        let start = range.start.max(self.first);
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < range.end {
+            let Some(slot) = end.checked_sub(self.first).and_then(|p| self.entries.get(p as usize))
+            else {
+                break;
+            };
+            if end > start && bytes + slot.len > max_bytes {
+                break;
+            }
+            bytes += slot.len;
+            end += 1;
+        }
+        if end == start { range } else { range.start..end }
+    }
+
     /// The index of the first entry present, or `None` if there is none.
     pub fn first_index(&self) -> Option<Lsn> {
         (!self.entries.is_empty()).then_some(self.first)
