@@ -528,3 +528,26 @@ fn open_creates_the_directory() {
     log.append(&[frame(1, 1)]).unwrap();
     assert!(nested.is_dir());
 }
+
+#[test]
+fn bounded_prefixes_for_replication_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path());
+    log.append(&frames(1, 1..=10)).unwrap();
+    let sizes: Vec<u64> = (1..=10).map(|i| frame(1, i).encoded_len() as u64).collect();
+    // Exactly the entries that fit.
+    let three = sizes[0] + sizes[1] + sizes[2];
+    assert_eq!(log.prefix_within(1..11, three), 1..4);
+    assert_eq!(log.prefix_within(1..11, three + sizes[3] - 1), 1..4);
+    assert_eq!(log.prefix_within(3..11, sizes[2] + sizes[3]), 3..5);
+    // At least one entry, however small the budget.
+    assert_eq!(log.prefix_within(5..11, 1), 5..6);
+    // Never past the range or the log.
+    assert_eq!(log.prefix_within(2..4, u64::MAX), 2..4);
+    assert_eq!(log.prefix_within(8..100, u64::MAX), 8..11);
+    // A range with nothing in the log is returned as it is (reading it gives nothing).
+    assert_eq!(log.prefix_within(20..30, 10), 20..30);
+    assert!(log.read(log.prefix_within(20..30, 10)).unwrap().is_empty());
+    let read = log.read(log.prefix_within(1..11, three)).unwrap();
+    assert_eq!(read, frames(1, 1..=3));
+}
