@@ -261,7 +261,11 @@ enum LoadKind {
 
 /// Decompresses `path` into a new temporary file if it is gzip; returns the file to load and
 /// what it is.
-fn prepare_load(node_tmp: TempFile, spare: TempFile) -> anyhow::Result<(TempFile, LoadKind)> {
+fn prepare_load(
+    node_tmp: TempFile,
+    spare: TempFile,
+    binary: bool,
+) -> anyhow::Result<(TempFile, LoadKind)> {
     let mut head = [0u8; 16];
     let n = read_head(&node_tmp.0, &mut head)?;
     let file = if n >= 2 && head[..2] == GZIP_MAGIC {
@@ -278,6 +282,11 @@ fn prepare_load(node_tmp: TempFile, spare: TempFile) -> anyhow::Result<(TempFile
         anyhow::bail!("the body is empty: send a SQLite database file or SQL text");
     }
     let kind = if n == 16 && head == *SQLITE_MAGIC { LoadKind::Sqlite } else { LoadKind::Text };
+    if kind == LoadKind::Text && binary {
+        anyhow::bail!(
+            "the body is sent as application/octet-stream but is not a SQLite database file (it does not start with \"SQLite format 3\"); send SQL text as text/plain"
+        );
+    }
     Ok((file, kind))
 }
 
@@ -355,6 +364,11 @@ async fn load(
         Route::Forward { url, .. } => return forward(&node, Method::POST, &url, req).await,
     }
     let started = Instant::now();
+    let binary = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/octet-stream"));
     let (spool, spare) = match (TempFile::new(&node, "load"), TempFile::new(&node, "load-gunzip")) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -363,7 +377,7 @@ async fn load(
         Ok(n) => n,
         Err(e) => return bad_request(format!("reading the body failed: {e}")),
     };
-    let prepared = tokio::task::spawn_blocking(move || prepare_load(spool, spare)).await;
+    let prepared = tokio::task::spawn_blocking(move || prepare_load(spool, spare, binary)).await;
     let (file, kind) = match prepared {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return bad_request(format!("{e:#}")),
@@ -552,6 +566,14 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening {}", args.file.display()))?;
     let size = file.metadata().await?.len();
+    let mut head = [0u8; 16];
+    let n = read_head(&args.file, &mut head)?;
+    let content_type = if (n == 16 && head == *SQLITE_MAGIC) || (n >= 2 && head[..2] == GZIP_MAGIC)
+    {
+        "application/octet-stream"
+    } else {
+        "text/plain"
+    };
     let bar = progress_bar(Some(size), "upload");
     let counter = bar.clone();
     let stream = file_chunks(file).map(move |chunk| {
@@ -564,7 +586,7 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().no_proxy().build()?;
     let resp = client
         .post(&url)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, size)
         .body(reqwest::Body::wrap_stream(stream))
         .send()

@@ -92,7 +92,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
     } else if !args.join.is_empty() {
-        tracing::info!("already a cluster member; --join ignored");
+        let me_now = raft::cluster::member(&raft, args.id);
+        if !args.learner && me_now.as_ref().is_some_and(|m| !m.voter) {
+            // Joined as a voter but stopped before the promotion (the node is added as a
+            // learner first and promoted once caught up): ask again, or it stays a learner.
+            tracing::info!("a learner started without --learner: asking to be made a voter");
+            let (raft2, join) = (raft.clone(), args.join.clone());
+            tokio::spawn(async move {
+                if let Err(e) = join_cluster(args.id, me, &join, true).await {
+                    tracing::error!(error = %e, "could not become a voter; stopping");
+                    let _ = raft2.shutdown().await;
+                }
+            });
+        } else {
+            tracing::info!("already a cluster member; --join ignored");
+        }
     }
 
     let reason = tokio::select! {

@@ -27,9 +27,10 @@
 //!    the meantime, the whole start is retried on fresh ports.
 //! 3. The test drives the cluster through [`TestCluster::execute`], [`TestCluster::query`] and
 //!    friends, injects faults with [`TestCluster::kill`], [`TestCluster::stop`],
-//!    [`TestCluster::restart`], [`TestCluster::pause`] and [`TestCluster::resume`], and waits for
-//!    conditions with [`TestCluster::leader`], [`TestCluster::wait_applied`], [`wait_for`] and
-//!    [`poll`].
+//!    [`TestCluster::restart`], [`TestCluster::pause`] and [`TestCluster::resume`], grows the
+//!    cluster with [`TestCluster::add_node`] (or [`TestCluster::launch_node`], which does not
+//!    wait for the join), and waits for conditions with [`TestCluster::leader`],
+//!    [`TestCluster::wait_applied`], [`wait_for`] and [`poll`].
 //! 4. It checks replication with [`TestCluster::assert_consistent`]: every running node applies
 //!    the leader's commit index, then the [`TestCluster::dump`] of every node must equal the
 //!    leader's. A dump is the schema plus every row of every table, rowids included, read with
@@ -110,7 +111,17 @@ const LOG_TAIL_LINES: usize = 60;
 
 /// Polls `probe` until it returns `Some`, and returns that value; `None` once `timeout` has
 /// passed without it.
-pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll<T>(timeout: Duration, probe: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(POLL_INTERVAL, timeout, probe)
+}
+
+/// Like [`poll`], pausing `interval` between probes: for conditions that hold only briefly,
+/// such as a temporary file that exists while a transfer runs.
+pub fn poll_every<T>(
+    interval: Duration,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {
@@ -119,7 +130,7 @@ pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Optio
         if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(POLL_INTERVAL);
+        std::thread::sleep(interval);
     }
 }
 
@@ -262,6 +273,26 @@ impl Level {
     }
 }
 
+/// A raw HTTP answer with a binary body, e.g. a database backup.
+#[derive(Clone, Debug)]
+pub struct RawReply {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The `Content-Encoding` header, if any.
+    pub content_encoding: Option<String>,
+    /// The body, as received (never decompressed).
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    /// The body as text (lossily decoded), for failure messages and text formats.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
 /// A raw HTTP answer, for tests about status codes and headers.
 #[derive(Clone, Debug)]
 pub struct Reply {
@@ -372,12 +403,23 @@ pub struct NodeStatus {
     pub commit_index: Lsn,
     /// Index of the last entry applied to the node's database.
     pub applied_index: Lsn,
+    /// Index of the node's latest snapshot, if it has one: `snapshot.index`, or
+    /// `node.snapshot_index` from nodes that do not serve the `snapshot` subtree.
+    pub snapshot_index: Option<Lsn>,
+    /// The top-level `snapshot` subtree; `None` if the node does not serve one.
+    pub snapshot: Option<SnapshotStatus>,
 }
 
 impl NodeStatus {
-    /// Parses the `node` subtree of a `/status` answer; `None` if a field is missing.
+    /// Parses the `node` subtree of a `/status` answer (and the top-level `snapshot` subtree,
+    /// if present); `None` if a field of the `node` subtree is missing.
     fn parse(status: &Value) -> Option<Self> {
         let node = status.get("node")?;
+        let snapshot = status.get("snapshot").and_then(SnapshotStatus::parse);
+        let snapshot_index = match &snapshot {
+            Some(snapshot) => snapshot.index,
+            None => node.get("snapshot_index").and_then(Value::as_u64),
+        };
         Some(Self {
             id: node["id"].as_u64()?,
             role: node["role"].as_str()?.to_string(),
@@ -386,6 +428,43 @@ impl NodeStatus {
             last_log_index: node["last_log_index"].as_u64()?,
             commit_index: node["commit_index"].as_u64()?,
             applied_index: node["applied_index"].as_u64()?,
+            snapshot_index,
+            snapshot,
+        })
+    }
+}
+
+/// The top-level `snapshot` subtree of `/status`: the node's latest snapshot and counters of
+/// snapshot work since the process started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// Log index of the node's latest snapshot, if it has one.
+    pub index: Option<Lsn>,
+    /// Snapshots this node built.
+    pub built: u64,
+    /// Snapshots this node sent to other nodes.
+    pub sent: u64,
+    /// Snapshots this node received and installed.
+    pub installed: u64,
+    /// Bytes of snapshot data sent.
+    pub bytes_sent: u64,
+    /// Bytes of snapshot data received.
+    pub bytes_received: u64,
+    /// Log index of the last snapshot installed, if any.
+    pub last_installed_index: Option<Lsn>,
+}
+
+impl SnapshotStatus {
+    /// Parses the `snapshot` subtree; `None` if a counter is missing.
+    fn parse(snapshot: &Value) -> Option<Self> {
+        Some(Self {
+            index: snapshot.get("index").and_then(Value::as_u64),
+            built: snapshot["built"].as_u64()?,
+            sent: snapshot["sent"].as_u64()?,
+            installed: snapshot["installed"].as_u64()?,
+            bytes_sent: snapshot["bytes_sent"].as_u64()?,
+            bytes_received: snapshot["bytes_received"].as_u64()?,
+            last_installed_index: snapshot.get("last_installed_index").and_then(Value::as_u64),
         })
     }
 }
@@ -584,8 +663,10 @@ impl Node {
 /// the processes and removes the directory. See the module docs for the life cycle.
 ///
 /// Invariants:
-/// * Nodes are numbered `1..=voters` (voters) then `voters+1..=voters+learners` (learners).
-/// * Node 1 bootstraps the cluster; every other node joins through node 1's HTTP address.
+/// * Nodes are numbered `1..=voters` (voters) then `voters+1..=voters+learners` (learners),
+///   then in the order [`TestCluster::launch_node`] added them.
+/// * Node 1 bootstraps the cluster; every other node started with it joins through node 1's
+///   HTTP address, an added node through the leader's at the time it was added.
 /// * Every method takes `&self`; node state is behind per-node mutexes, so threads may share a
 ///   cluster (e.g. a writer thread while the test restarts a node).
 pub struct TestCluster {
@@ -855,9 +936,92 @@ impl TestCluster {
         &self.node(id).raft_addr
     }
 
+    /// Node `id`'s data directory (`--data-dir`; created by the node when it first starts).
+    pub fn data_dir(&self, id: NodeId) -> &Path {
+        &self.node(id).data_dir
+    }
+
+    /// The index through which node `id` has purged (compacted) its Raft log, read from its
+    /// data directory; `None` if it never purged anything.
+    ///
+    /// `/status` does not report it, so this reads the WAL's metadata file `raft/purged`, which
+    /// the `wal` crate replaces atomically (written aside, then renamed): a CRC-32 of the value,
+    /// then the value, the purged index and its term as little-endian `u64`s
+    /// (`crates/wal/src/disk.rs` `write_meta`, `crates/wal/src/log.rs` `encode_purged`). Panics
+    /// if the file does not have that shape, so that a format change fails loudly instead of
+    /// reading as "nothing purged".
+    pub fn purged_index(&self, id: NodeId) -> Option<Lsn> {
+        read_purge_point(&self.node(id).data_dir.join("raft").join("purged"))
+    }
+
     /// The cluster's temporary directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    // ---- Growing the cluster -------------------------------------------------------------------
+
+    /// Lays out a new node (the next free id, fresh ports, a data directory in the cluster's
+    /// directory, the same extra `keel serve` flags as the other nodes) and starts it with
+    /// `--join http://<the current leader>` (and `--learner` if `learner`), without waiting for
+    /// anything: for tests that watch or fault a node while it joins. See
+    /// [`TestCluster::add_node`] for the waiting variant.
+    ///
+    /// Unlike [`TestCluster::start`], a port taken between picking and binding is not retried:
+    /// the node exits and the test fails.
+    pub fn launch_node(&mut self, learner: bool) -> NodeId {
+        let leader = self.leader();
+        let join = format!("http://{}", self.node(leader).http_addr);
+        let extra_args = self.node(1).extra_args.clone();
+        let id = self.nodes.keys().next_back().copied().unwrap_or(0) + 1;
+        let ports = free_ports(2);
+        let node = Node {
+            id,
+            learner,
+            http_addr: format!("127.0.0.1:{}", ports[0]),
+            raft_addr: format!("127.0.0.1:{}", ports[1]),
+            data_dir: self.dir.path().join(format!("node{id}")),
+            log_path: self.dir.path().join(format!("node{id}.log")),
+            join: Some(join),
+            extra_args,
+            process: Mutex::new(Process::default()),
+        };
+        node.spawn();
+        self.nodes.insert(id, node);
+        id
+    }
+
+    /// Adds a new node to the running cluster ([`TestCluster::launch_node`]) and waits until it
+    /// has joined ([`TestCluster::wait_joined`]); returns its id.
+    pub fn add_node(&mut self, learner: bool) -> NodeId {
+        let id = self.launch_node(learner);
+        self.wait_joined(id);
+        id
+    }
+
+    /// Waits until node `id` is a ready member with the role it joined as (its own `/status`
+    /// and `/nodes` say so and `/readyz` answers 200) and the leader lists it with the right
+    /// `voter` flag. Panics if that takes longer than [`TIMEOUT`] or the node exits.
+    pub fn wait_joined(&self, id: NodeId) {
+        let voter = !self.node(id).learner;
+        let role = if voter { "voter" } else { "learner" };
+        let joined = self.await_start(id, format!("node {id} to join as a {role}"), || {
+            self.is_member(id)
+                && self.ready(id)
+                && self
+                    .current_leader()
+                    .and_then(|leader| self.members(leader))
+                    .is_some_and(|members| members.get(&id) == Some(&voter))
+        });
+        if let Err(error) = joined {
+            let leader = self.current_leader();
+            panic!(
+                "node {id} did not join: {error}; the leader (node {leader:?}) lists (id, voter) \
+                 {:?}; node {id}'s status: {:?}",
+                leader.and_then(|leader| self.members(leader)),
+                self.try_status(id)
+            );
+        }
     }
 
     // ---- Faults ----------------------------------------------------------------------------
@@ -945,6 +1109,17 @@ impl TestCluster {
             return None;
         }
         NodeStatus::parse(&serde_json::from_str(&reply.body).ok()?)
+    }
+
+    /// Node `id`'s `/status` `snapshot` subtree; panics if the node does not answer or serves
+    /// no such subtree.
+    pub fn snapshot_status(&self, id: NodeId) -> SnapshotStatus {
+        let reply = self.get(id, "/status");
+        assert_eq!(reply.status, 200, "node {id} /status: {}", reply.body);
+        let status = reply.json();
+        status.get("snapshot").and_then(SnapshotStatus::parse).unwrap_or_else(|| {
+            panic!("node {id} /status has no complete `snapshot` subtree: {status}")
+        })
     }
 
     /// The leader right now, if a majority of all voters (counting only those that answer)
@@ -1036,6 +1211,48 @@ impl TestCluster {
         let url = self.url(id, path_and_query);
         Self::send(self.client.get(url.clone()))
             .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+    }
+
+    /// Sends a request and collects the answer with its body as bytes; `Err` on a transport
+    /// error.
+    fn send_raw(request: RequestBuilder) -> Result<RawReply, reqwest::Error> {
+        let response = request.send()?;
+        let header = |name| {
+            response.headers().get(name).map(|value: &reqwest::header::HeaderValue| {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            })
+        };
+        let status = response.status().as_u16();
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let content_encoding = header(reqwest::header::CONTENT_ENCODING);
+        let body = response.bytes()?.to_vec();
+        Ok(RawReply { status, content_type, content_encoding, body })
+    }
+
+    /// `GET path_and_query` on node `id`, keeping the body as bytes (e.g. `/db/backup`); panics
+    /// on a transport error.
+    pub fn get_raw(&self, id: NodeId, path_and_query: &str) -> RawReply {
+        let url = self.url(id, path_and_query);
+        Self::send_raw(self.client.get(url.clone()))
+            .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+    }
+
+    /// `POST path_and_query` on node `id` with `body` as is and the given `Content-Type` (e.g.
+    /// `/db/load`); panics on a transport error.
+    pub fn post_raw(
+        &self,
+        id: NodeId,
+        path_and_query: &str,
+        content_type: &str,
+        body: impl Into<Vec<u8>>,
+    ) -> RawReply {
+        let url = self.url(id, path_and_query);
+        let request = self
+            .client
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body.into());
+        Self::send_raw(request).unwrap_or_else(|error| panic!("POST {url}: {error}"))
     }
 
     /// `POST path_and_query` on node `id` with a JSON body (sent as is, so it may be invalid);
@@ -1164,6 +1381,14 @@ impl TestCluster {
     /// `WITHOUT ROWID` tables are ordered by all their columns; `sqlite_sequence` by table name
     /// (its own rowids are an implementation detail no user can observe).
     pub fn dump(&self, id: NodeId) -> Value {
+        self.dump_with(id, &[])
+    }
+
+    /// Like [`TestCluster::dump`], reading each table named in `summaries` with the paired
+    /// query instead of all its rows: for tables too big to move through JSON in a test (tens
+    /// of MiB of blobs), summarized by a query that still catches a missing, moved or damaged
+    /// row (e.g. rowid, length and a few slices of each blob).
+    pub fn dump_with(&self, id: NodeId, summaries: &[(&str, &str)]) -> Value {
         let schema = self.rows(
             id,
             "SELECT type, name, tbl_name, sql FROM sqlite_schema \
@@ -1175,7 +1400,10 @@ impl TestCluster {
             let name = entry[1].as_str().expect("table name is text");
             let create = entry[3].as_str().unwrap_or_default();
             let table = quote_ident(name);
-            let sql = if name == "sqlite_sequence" {
+            let summary = summaries.iter().find(|(table, _)| *table == name);
+            let sql = if let Some((_, query)) = summary {
+                (*query).to_string()
+            } else if name == "sqlite_sequence" {
                 format!(
                     "SELECT name, seq FROM {table} WHERE substr(name, 1, 6) <> '_keel_' ORDER BY name"
                 )
@@ -1201,12 +1429,17 @@ impl TestCluster {
     /// all their [`TestCluster::dump`]s equal the leader's, and returns it. Call it when no
     /// writes are in flight.
     pub fn assert_consistent(&self) -> Value {
+        self.assert_consistent_with(&[])
+    }
+
+    /// Like [`TestCluster::assert_consistent`], comparing [`TestCluster::dump_with`]`(summaries)`.
+    pub fn assert_consistent_with(&self, summaries: &[(&str, &str)]) -> Value {
         let leader = self.leader();
         let lsn = self.status(leader).commit_index;
         self.wait_all_applied(lsn);
-        let expected = self.dump(leader);
+        let expected = self.dump_with(leader, summaries);
         for id in self.up().into_iter().filter(|&id| id != leader) {
-            let actual = self.dump(id);
+            let actual = self.dump_with(id, summaries);
             if actual != expected {
                 panic!(
                     "node {id} diverges from the leader (node {leader}) after both applied lsn {lsn}: {}",
@@ -1248,6 +1481,32 @@ impl Drop for TestCluster {
         if !panicking && !crashed.is_empty() {
             panic!("nodes exited on their own during the test: {crashed:?}");
         }
+    }
+}
+
+/// Reads the purged index from a WAL purge-point file; see [`TestCluster::purged_index`].
+fn read_purge_point(path: &Path) -> Option<Lsn> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => panic!("cannot read {}: {error}", path.display()),
+    };
+    let index: [u8; 8] = bytes
+        .get(4..12)
+        .filter(|_| bytes.len() == 20)
+        .and_then(|index| index.try_into().ok())
+        .unwrap_or_else(|| panic!("{} is not a 20-byte purge point: {bytes:02x?}", path.display()));
+    Some(Lsn::from_le_bytes(index))
+}
+
+/// Panics, naming `what` and the first difference by path, unless two [`TestCluster::dump`]s
+/// (possibly of different clusters) are equal.
+pub fn assert_same_dump(expected: &Value, actual: &Value, what: impl Display) {
+    if expected != actual {
+        panic!(
+            "{what}: dumps differ (\"leader\" is the expected dump, \"node\" the actual one) {}",
+            first_difference(expected, actual, "$")
+        );
     }
 }
 
@@ -1320,6 +1579,20 @@ mod tests {
             first_difference(&a, &c, "$"),
             r#"at $.tables.t.values: leader has 2 elements, node has 1; first extra element: [2,"b"]"#
         );
+    }
+
+    #[test]
+    fn purge_point_is_read_from_the_wal_metadata_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("purged");
+        assert_eq!(read_purge_point(&path), None);
+        // As written by a node that purged through index 499 in term 1: CRC, index, term.
+        let bytes =
+            [0x3c, 0x7a, 0xb9, 0x33, 0xf3, 0x01, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0];
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(read_purge_point(&path), Some(499));
+        std::fs::write(&path, &bytes[..16]).unwrap();
+        assert!(std::panic::catch_unwind(|| read_purge_point(&path)).is_err());
     }
 
     #[test]

@@ -25,12 +25,11 @@
 //! [`TextLoad`] cuts the text into complete statements with `sqlite3_complete`, as the sqlite3
 //! shell does. It skips what a dump wraps its statements in, which cannot be replicated as
 //! statements and is not needed: `BEGIN [TRANSACTION]`, `COMMIT`/`END [TRANSACTION]` (each
-//! batch is a transaction already) and `PRAGMA foreign_keys=OFF`. It also skips writes to
-//! SQLite's internal tables that dumps contain (`DELETE FROM sqlite_sequence`, `INSERT INTO
-//! sqlite_sequence …`, the same for `sqlite_stat*`, and `ANALYZE sqlite_master`): Keel refuses
-//! client writes to them, AUTOINCREMENT counters are recomputed from the loaded rows (the
-//! largest rowid, so a counter above it is not restored), and statistics come back with
-//! ANALYZE.
+//! batch is a transaction already) and `PRAGMA foreign_keys=OFF`. It also skips the writes to
+//! statistics tables that dumps contain (`sqlite_stat*`, `ANALYZE sqlite_master`): statistics
+//! come back with ANALYZE. A dump's `sqlite_sequence` lines run as they are (Keel allows writes
+//! to `sqlite_sequence`, as SQLite does, and replicates them), and [`FileLoad`] sets every
+//! loaded table's AUTOINCREMENT counter to the source's after its rows.
 //!
 //! IMPLEMENTATION CAVEATS
 //!
@@ -279,8 +278,9 @@ impl FileLoad {
         let tables = schema::user_tables(&conn)?;
         let schema = tables.iter().map(|t| Statement::new(t.sql.clone())).collect();
         let rows = tables.iter().map(Rows::new).collect::<Result<_>>()?;
-        let late =
+        let mut late: VecDeque<Statement> =
             schema::late_objects(&conn, &tables, None)?.into_iter().map(Statement::new).collect();
+        late.extend(sequences(&conn, &tables)?);
         Ok(FileLoad {
             conn,
             schema,
@@ -322,6 +322,35 @@ impl FileLoad {
         fill_from(&mut self.late, &mut batch);
         Ok(batch.finish())
     }
+}
+
+/// Statements that set the target's AUTOINCREMENT counters of the loaded tables to the
+/// source's (after the rows: inserting them moves a counter only up to the largest rowid, and
+/// the source's may be higher, after deleted rows).
+fn sequences(conn: &Connection, tables: &[schema::Table]) -> Result<Vec<Statement>> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_sequence'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence")?;
+    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, seq) = row?;
+        if !tables.iter().any(|t| t.name == name) {
+            continue;
+        }
+        let quoted = format!("'{}'", name.replace('\'', "''"));
+        out.push(Statement::new(format!("DELETE FROM sqlite_sequence WHERE name = {quoted}")));
+        out.push(Statement::new(format!(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ({quoted}, {seq})"
+        )));
+    }
+    Ok(out)
 }
 
 /// Moves statements from the front of `queue` into `batch` while they fit.
@@ -615,7 +644,7 @@ fn is_skipped(sql: &str) -> bool {
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let internal = |name: &str| {
         let name = name.to_ascii_lowercase();
-        name == "sqlite_sequence" || name.starts_with("sqlite_stat")
+        name.starts_with("sqlite_stat")
     };
     match words.as_slice() {
         ["BEGIN"] | ["BEGIN", "TRANSACTION"] => true,
@@ -647,9 +676,9 @@ mod tests {
     #[test_case("PRAGMA foreign_keys=OFF;", true)]
     #[test_case("PRAGMA foreign_keys = 0;", true)]
     #[test_case("PRAGMA foreign_keys=ON;", false)]
-    #[test_case("DELETE FROM sqlite_sequence;", true)]
-    #[test_case("DELETE FROM \"sqlite_sequence\";", true)]
-    #[test_case("INSERT INTO \"sqlite_sequence\" VALUES('t',5);", true)]
+    #[test_case("DELETE FROM sqlite_sequence;", false)]
+    #[test_case("DELETE FROM \"sqlite_sequence\";", false)]
+    #[test_case("INSERT INTO \"sqlite_sequence\" VALUES('t',5);", false)]
     #[test_case("INSERT INTO sqlite_stat1 VALUES('t','i','1');", true)]
     #[test_case("ANALYZE \"sqlite_master\";", true)]
     #[test_case("ANALYZE t;", false)]

@@ -338,12 +338,18 @@ fn verdict(state: &mut State, ctx: &AuthContext<'_>) -> Verdict {
 }
 
 /// Rules for a row write (INSERT/UPDATE/DELETE) to `table`; `in_ddl` when the statement is a
-/// schema change (whose own bookkeeping writes SQLite's tables).
+/// schema change (whose own bookkeeping writes SQLite's tables). `sqlite_sequence` may be
+/// written, as SQLite allows (loads restore AUTOINCREMENT counters that way): sessions do not
+/// record it, but `Db::execute` replicates its final contents with every record.
 fn write_to(table: &str, in_ddl: bool) -> Verdict {
     let lower = table.to_ascii_lowercase();
     if is_keel(&lower) {
         Verdict::Deny(format!("{table} is an internal table of Keel"))
-    } else if lower.starts_with("sqlite_") && !in_ddl && !SCHEMA_TABLES.contains(&lower.as_str()) {
+    } else if lower.starts_with("sqlite_")
+        && lower != "sqlite_sequence"
+        && !in_ddl
+        && !SCHEMA_TABLES.contains(&lower.as_str())
+    {
         Verdict::Deny(format!("writing to SQLite's internal table {table} is not supported"))
     } else {
         Verdict::Allow

@@ -119,12 +119,16 @@ fn file_load_recreates_the_database() {
         .iter()
         .map(|batch| {
             let first = batch[0].sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-            assert!(batch.iter().all(|s| s.sql.starts_with(&first[..6])), "{batch:?}");
-            match first.as_str() {
+            let kind = match first.as_str() {
                 "CREATE TABLE" => "schema",
                 "INSERT INTO" => "rows",
+                // Indexes, triggers, views, then the AUTOINCREMENT counters.
                 _ => "late",
+            };
+            if kind != "late" {
+                assert!(batch.iter().all(|s| s.sql.starts_with(&first[..6])), "{batch:?}");
             }
+            kind
         })
         .collect();
     let rows = kinds.iter().filter(|k| **k == "rows").count();
