@@ -351,12 +351,9 @@ async fn load(
     req: Request,
 ) -> Response {
     let p = Params(p);
-    let durability = match p.get("durability") {
-        None => node.durability,
-        Some(d) => match d.parse::<leader::Durability>() {
-            Ok(d) => d,
-            Err(e) => return bad_request(e),
-        },
+    let durability = match p.durability(node.durability) {
+        Ok(d) => d,
+        Err(r) => return r,
     };
     match route_to_leader(&node, &p, req.uri(), req.headers()).await {
         Route::Here => {}
@@ -576,7 +573,7 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     };
     let bar = progress_bar(Some(size), "upload");
     let counter = bar.clone();
-    let stream = file_chunks(file).map(move |chunk| {
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK).map(move |chunk| {
         if let Ok(c) = &chunk {
             counter.inc(c.len() as u64);
         }
@@ -600,24 +597,6 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     eprintln!("restored from {}: {body}", args.file.display());
     Ok(())
-}
-
-/// A stream of a file's contents in chunks.
-fn file_chunks(
-    file: tokio::fs::File,
-) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
-    futures::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt as _;
-        let mut buf = vec![0u8; CHUNK];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    })
 }
 
 #[cfg(test)]

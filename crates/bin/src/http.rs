@@ -264,6 +264,17 @@ impl Params {
         }
     }
 
+    /// The write's `durability=`, or `default` when absent; a bad value is a 400.
+    pub(crate) fn durability(
+        &self,
+        default: leader::Durability,
+    ) -> Result<leader::Durability, Response> {
+        match self.get("durability") {
+            None => Ok(default),
+            Some(d) => d.parse().map_err(bad_request),
+        }
+    }
+
     fn format(&self) -> sql::Format {
         sql::Format {
             associative: self.has("associative"),
@@ -534,12 +545,9 @@ async fn leader_write(
     rows: bool,
     start: Instant,
 ) -> Response {
-    let durability = match p.get("durability") {
-        None => node.durability,
-        Some(d) => match d.parse::<leader::Durability>() {
-            Ok(d) => d,
-            Err(e) => return bad_request(e),
-        },
+    let durability = match p.durability(node.durability) {
+        Ok(d) => d,
+        Err(r) => return r,
     };
     let mut attempts = 0;
     loop {
