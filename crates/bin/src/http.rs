@@ -76,6 +76,8 @@ pub struct Node {
     pub(crate) data_dir: std::path::PathBuf,
     /// Snapshot counters, for `/status`.
     pub(crate) snapshots: Arc<raft::SnapshotStats>,
+    /// The planted stale-read bug (`--unsafe-plant-bug stale-linearizable`).
+    pub(crate) unsafe_stale_reads: bool,
 }
 
 /// The handles [`Node::new`] bundles.
@@ -106,6 +108,8 @@ pub struct Parts {
     pub data_dir: std::path::PathBuf,
     /// Snapshot counters.
     pub snapshots: Arc<raft::SnapshotStats>,
+    /// The planted stale-read bug (`--unsafe-plant-bug stale-linearizable`).
+    pub unsafe_stale_reads: bool,
 }
 
 impl Node {
@@ -130,6 +134,7 @@ impl Node {
             image_source,
             data_dir,
             snapshots,
+            unsafe_stale_reads,
         } = parts;
         Node {
             id,
@@ -148,6 +153,7 @@ impl Node {
             image_source,
             data_dir,
             snapshots,
+            unsafe_stale_reads,
         }
     }
 
@@ -665,6 +671,7 @@ async fn read(
                 return write_error(e.into());
             }
         }
+        Level::Linearizable if node.unsafe_stale_reads => {}
         Level::Linearizable => {
             // Read index: the leader confirms its leadership with a quorum and names the
             // index to apply through; then this node, whichever it is, reads its own copy.

@@ -103,6 +103,20 @@ pub struct ServeArgs {
     /// Read-only SQLite connections serving queries.
     #[arg(long, default_value_t = 4)]
     pub readers: usize,
+    /// Plants a known bug, to show that the fault harness (`keel-chaos`) catches it. Never
+    /// use it for data you care about.
+    #[arg(long, hide = true, value_enum)]
+    pub unsafe_plant_bug: Vec<PlantedBug>,
+}
+
+/// Bugs `keel serve --unsafe-plant-bug` can plant; each breaks a promise the fault harness
+/// checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlantedBug {
+    /// Answer a write before its record is committed.
+    AckBeforeCommit,
+    /// Serve `level=linearizable` reads from the local copy without a read index.
+    StaleLinearizable,
 }
 
 /// Flags of `keel local`.

@@ -52,7 +52,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         db.clone(),
         replica.applied(),
         progress.clone(),
-        leader::Options { sync_timeout: args.sync_timeout, ..Default::default() },
+        leader::Options {
+            sync_timeout: args.sync_timeout,
+            unsafe_ack_before_commit: args
+                .unsafe_plant_bug
+                .contains(&crate::PlantedBug::AckBeforeCommit),
+            ..Default::default()
+        },
     );
     let me = raft::Node { raft_addr: args.raft_addr.clone(), http_addr: args.http_addr.clone() };
     let state = Arc::new(http::Node::new(http::Parts {
@@ -69,6 +75,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         image_source,
         data_dir: dir.clone(),
         snapshots,
+        unsafe_stale_reads: args.unsafe_plant_bug.contains(&crate::PlantedBug::StaleLinearizable),
     }));
 
     let node_router =
@@ -76,6 +83,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(serve_router(raft_listener, node_router));
     tokio::spawn(serve_router(http_listener, http::router(state)));
     tokio::spawn(report_applied(args.id, raft.clone(), replica.applied()));
+    tokio::spawn(raft::cluster::log_leadership(raft.clone()));
+    for bug in &args.unsafe_plant_bug {
+        tracing::error!(
+            ?bug,
+            "a bug is planted on purpose (--unsafe-plant-bug): do not trust this node with data"
+        );
+    }
     tracing::info!(id = args.id, http = %args.http_addr, raft = %args.raft_addr, data = %dir.display(), "node started");
 
     if !raft::cluster::is_initialized(&raft).await? {

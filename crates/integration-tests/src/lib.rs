@@ -66,6 +66,8 @@
 //! * If the test process itself is killed (not a panic: SIGKILL, or an aborted `cargo test`),
 //!   `Drop` does not run and the `keel` processes keep running until killed by hand.
 
+pub mod chaos;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{Display, Write as _};
 use std::fs::OpenOptions;
@@ -221,7 +223,7 @@ fn build_keel() -> Result<PathBuf, String> {
 /// call never returns a port twice, and a process-wide set keeps clusters started in parallel
 /// by this test process apart. Another process can still take a port before the node binds it:
 /// see the module's caveats.
-fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut handed_out = lock(&HANDED_OUT);
     let mut listeners = Vec::new();

@@ -56,6 +56,10 @@ pub struct Options {
     pub sync_timeout: Duration,
     /// How many requests may wait for the writer before new ones are refused.
     pub queue: usize,
+    /// A planted bug, for testing the fault harness only (`keel serve --unsafe-plant-bug
+    /// ack-before-commit`): answer each write as soon as its speculation succeeds, before
+    /// its record is committed. Acknowledged writes are then lost when the leader is deposed.
+    pub unsafe_ack_before_commit: bool,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             batch: batch::Limits::default(),
             sync_timeout: Duration::from_secs(5),
             queue: 4096,
+            unsafe_ack_before_commit: false,
         }
     }
 }
@@ -188,23 +193,26 @@ async fn run(
             }
         }
         let requests: Vec<sql::WriteRequest> = pending.iter().map(|p| p.request.clone()).collect();
+        let mut replies: Vec<_> = pending.into_iter().map(|p| p.reply).collect();
         let span = tracing::debug_span!(
             "batch",
             requests = requests.len(),
             term = tracing::field::Empty,
             lsn = tracing::field::Empty
         );
-        let outcome =
-            commit(&raft, &db, &applied, &progress, &options, requests).instrument(span).await;
+        let outcome = commit(&raft, &db, &applied, &progress, &options, requests, &mut replies)
+            .instrument(span)
+            .await;
+        // `replies` is empty here if the planted ack-before-commit bug answered them early.
         match outcome {
             Ok(outcomes) => {
-                for (p, outcome) in pending.into_iter().zip(outcomes) {
-                    let _ = p.reply.send(Ok(outcome));
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
-                for p in pending {
-                    let _ = p.reply.send(Err(e.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
@@ -213,6 +221,9 @@ async fn run(
 
 /// Speculates and commits one batch; returns one answer per request: its results, and the
 /// record's index, or for a retry of an applied request the index that applied it.
+///
+/// `replies` are the requests' answer channels; they are left for the caller, except under
+/// the planted ack-before-commit bug, which drains them before proposing.
 async fn commit(
     raft: &raft::Raft,
     db: &Arc<Mutex<sql::Db>>,
@@ -220,6 +231,7 @@ async fn commit(
     progress: &Progress,
     options: &Options,
     requests: Vec<sql::WriteRequest>,
+    replies: &mut Vec<oneshot::Sender<Result<Outcome>>>,
 ) -> Result<Vec<Outcome>> {
     let term = raft::client::leader_term(raft)?;
     tracing::Span::current().record("term", term);
@@ -243,6 +255,13 @@ async fn commit(
         // a retry of an applied one.
         *applied.borrow()
     } else {
+        if options.unsafe_ack_before_commit {
+            let guess = *applied.borrow() + 1;
+            let early = answers(results.clone(), &duplicates, guess);
+            for (reply, outcome) in replies.drain(..).zip(early) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
         let proposed = std::time::Instant::now();
         let lsn = raft::client::propose(raft, record, term, options.sync_timeout).await?;
         progress.appended(lsn, proposed);

@@ -96,6 +96,38 @@ pub struct State {
     pub members: Vec<Member>,
 }
 
+/// Logs `became leader term=T` each time this node becomes leader, and `stepped down` when it
+/// stops leading: the election-safety check of `keel-chaos` reads these lines from every
+/// node's log (at most one leader per term), as operators do after a failover.
+pub async fn log_leadership(raft: Raft) {
+    let mut metrics = raft.metrics();
+    let mut leading: Option<u64> = None;
+    loop {
+        let (is_leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        match (leading, is_leader) {
+            (None, true) => {
+                tracing::info!(term, "became leader");
+                leading = Some(term);
+            }
+            (Some(led), true) if led != term => {
+                tracing::info!(term, "became leader");
+                leading = Some(term);
+            }
+            (Some(led), false) => {
+                tracing::info!(term = led, "stepped down");
+                leading = None;
+            }
+            _ => {}
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Reads this node's state from Raft's metrics.
 pub fn state(raft: &Raft) -> State {
     let m = raft.metrics().borrow_watched().clone();

@@ -1,0 +1,480 @@
+//! The cluster under test: `keel serve` processes the nemesis kills, pauses, restarts, starves
+//! of disk and clock, and removes and re-adds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+use super::net::Net;
+
+/// The libfaketime preload, for clock faults.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// libfiu's preloads, for fsync faults.
+const FIU_LIBS: &str = "/usr/lib/fiu/fiu_run_preload.so /usr/lib/fiu/fiu_posix_preload.so";
+/// Size of each node's tmpfs when disk faults are on.
+const TMPFS_SIZE: &str = "256m";
+
+/// Whether the faketime and libfiu preloads are installed.
+pub fn have_faketime() -> bool {
+    Path::new(FAKETIME_LIB).exists()
+}
+
+/// Whether libfiu's preloads are installed.
+pub fn have_fiu() -> bool {
+    FIU_LIBS.split(' ').all(|lib| Path::new(lib).exists())
+}
+
+/// How the cluster is laid out and run.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Voters.
+    pub voters: usize,
+    /// Learners (async replicas).
+    pub learners: usize,
+    /// The `keel` binary.
+    pub keel: PathBuf,
+    /// Directory for data directories and logs.
+    pub dir: PathBuf,
+    /// Extra `keel serve` flags for every node.
+    pub serve_flags: Vec<String>,
+    /// Start every node under libfaketime, so its clock can be moved while it runs.
+    pub clock: bool,
+    /// Give every node a tmpfs of its own, so its disk can be filled.
+    pub tmpfs: bool,
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct ChaosNode {
+    /// 1-based id.
+    pub id: usize,
+    /// A learner?
+    pub learner: bool,
+    /// HTTP address (host:port).
+    pub http: String,
+    /// Raft address.
+    pub raft: String,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Log file (stderr of every start, appended).
+    pub log: PathBuf,
+    /// The running process, if any.
+    child: Option<Child>,
+    /// Stopped with SIGSTOP.
+    pub paused: bool,
+    /// Removed from the membership (and its process stopped).
+    pub removed: bool,
+    /// Started with fsync faults.
+    pub fsync_faults: bool,
+    /// libfaketime's control file (the offset it applies, re-read every second).
+    clock_file: PathBuf,
+    /// Whether `data` is a tmpfs mount of ours.
+    mounted: bool,
+}
+
+/// The cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The nodes, index = id - 1.
+    pub nodes: Vec<ChaosNode>,
+    /// The network.
+    pub net: Net,
+    layout: Layout,
+    client: Client,
+}
+
+impl Cluster {
+    /// Lays the cluster out (addresses, directories, tmpfs mounts); starts nothing.
+    pub fn new(net: Net, layout: Layout) -> anyhow::Result<Cluster> {
+        let count = layout.voters + layout.learners;
+        std::fs::create_dir_all(&layout.dir)?;
+        let ports = match &net {
+            Net::Netns(_) => Vec::new(),
+            Net::Loopback => crate::free_ports(2 * count),
+        };
+        let mut nodes = Vec::new();
+        for i in 1..=count {
+            let (http, raft) = match &net {
+                Net::Netns(n) => {
+                    (format!("{}:4001", n.node_ip(i)), format!("{}:4002", n.node_ip(i)))
+                }
+                Net::Loopback => (
+                    format!("127.0.0.1:{}", ports[2 * (i - 1)]),
+                    format!("127.0.0.1:{}", ports[2 * (i - 1) + 1]),
+                ),
+            };
+            let data = layout.dir.join(format!("node{i}"));
+            std::fs::create_dir_all(&data)?;
+            let clock_file = layout.dir.join(format!("node{i}.faketime"));
+            std::fs::write(&clock_file, "+0\n")?;
+            nodes.push(ChaosNode {
+                id: i,
+                learner: i > layout.voters,
+                http,
+                raft,
+                log: layout.dir.join(format!("node{i}.log")),
+                data,
+                child: None,
+                paused: false,
+                removed: false,
+                fsync_faults: false,
+                clock_file,
+                mounted: false,
+            });
+        }
+        let client = Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let mut cluster = Cluster { nodes, net, layout, client };
+        if cluster.layout.tmpfs {
+            for i in 1..=count {
+                cluster.mount(i)?;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Mounts a fresh tmpfs on node `i`'s data directory.
+    fn mount(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i - 1];
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_SIZE}"), "tmpfs"])
+            .arg(&node.data)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!(
+                "mounting a tmpfs on {}: {}",
+                node.data.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        node.mounted = true;
+        Ok(())
+    }
+
+    /// Node `i` (1-based).
+    pub fn node(&self, i: usize) -> &ChaosNode {
+        &self.nodes[i - 1]
+    }
+
+    /// Every node's base URL, by index.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("http://{}", n.http)).collect()
+    }
+
+    /// Ids of the voters.
+    pub fn voters(&self) -> Vec<usize> {
+        self.nodes.iter().filter(|n| !n.learner).map(|n| n.id).collect()
+    }
+
+    /// Starts node `i` (bootstrapping if it is node 1 with an empty directory, else joining
+    /// node 1 … or whichever node is given in `join`).
+    pub fn spawn(&mut self, i: usize, join: Option<&str>) -> anyhow::Result<()> {
+        let keel = self.layout.keel.clone();
+        let clock = self.layout.clock;
+        let extra = self.layout.serve_flags.clone();
+        let prefix = match &self.net {
+            Net::Netns(n) => n.exec_prefix(i),
+            Net::Loopback => Vec::new(),
+        };
+        let node = &mut self.nodes[i - 1];
+        if node.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let mut args: Vec<String> = prefix;
+        args.push("env".into());
+        if clock {
+            args.push(format!("LD_PRELOAD={FAKETIME_LIB}"));
+            args.push(format!("FAKETIME_TIMESTAMP_FILE={}", node.clock_file.display()));
+            args.push("FAKETIME_CACHE_DURATION=1".into());
+            args.push("FAKETIME_DONT_FAKE_MONOTONIC=1".into());
+        }
+        if node.fsync_faults {
+            let preload =
+                if clock { format!("{FAKETIME_LIB} {FIU_LIBS}") } else { FIU_LIBS.into() };
+            args.retain(|a| !a.starts_with("LD_PRELOAD="));
+            args.push(format!("LD_PRELOAD={preload}"));
+            args.push(
+                "FIU_ENABLE=enable_random name=posix/io/sync/*,probability=0.02,failinfo=5".into(),
+            );
+        }
+        args.push(keel.display().to_string());
+        args.extend(
+            [
+                "serve",
+                "--id",
+                &i.to_string(),
+                "--http-addr",
+                &node.http,
+                "--raft-addr",
+                &node.raft,
+                "--data-dir",
+            ]
+            .map(String::from),
+        );
+        args.push(node.data.display().to_string());
+        if let Some(join) = join {
+            args.push("--join".into());
+            args.push(join.to_string());
+        }
+        if node.learner {
+            args.push("--learner".into());
+        }
+        args.extend(extra);
+        let child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {i}"))?;
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// Starts node `i` again from its data directory. It is given every other node to join,
+    /// which it ignores if it is already a member: a node killed before its join finished
+    /// must not bootstrap a cluster of its own.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let join = self.join_urls(i);
+        self.spawn(i, Some(&join))
+    }
+
+    /// The `--join` URL list for node `i`: every other node.
+    pub fn join_urls(&self, i: usize) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.id != i)
+            .map(|n| format!("http://{}", n.http))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts every node: node 1 bootstraps, the others join one at a time. Waits until all
+    /// are ready members.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        self.spawn(1, None)?;
+        self.wait_until(Duration::from_secs(30), "node 1 to bootstrap", |c| {
+            c.status(1).is_some_and(|s| s["node"]["role"] == "leader")
+        })?;
+        for i in 2..=self.nodes.len() {
+            let join = format!("http://{}", self.nodes[0].http);
+            self.spawn(i, Some(&join))?;
+            self.wait_until(Duration::from_secs(60), &format!("node {i} to join"), |c| {
+                c.ready(i) && c.is_member(i)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Polls `probe` every 50 ms until it holds or `timeout` passes; fails early if a node
+    /// that should run has exited.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut probe: impl FnMut(&Cluster) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if probe(self) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET `path` on node `i`, as JSON; `None` on any failure.
+    pub fn get_json(&self, i: usize, path: &str) -> Option<Value> {
+        let url = format!("http://{}{}", self.nodes[i - 1].http, path);
+        let resp = self.client.get(url).timeout(Duration::from_secs(2)).send().ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().ok()
+    }
+
+    /// Node `i`'s `/status`.
+    pub fn status(&self, i: usize) -> Option<Value> {
+        self.get_json(i, "/status")
+    }
+
+    /// Whether node `i` answers `/readyz` with 200.
+    pub fn ready(&self, i: usize) -> bool {
+        let url = format!("http://{}/readyz", self.nodes[i - 1].http);
+        self.client
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Whether node `i` lists itself as a member with the right voter flag.
+    pub fn is_member(&self, i: usize) -> bool {
+        let learner = self.nodes[i - 1].learner;
+        self.get_json(i, "/nodes?nonvoters")
+            .is_some_and(|nodes| nodes[i.to_string()]["voter"].as_bool() == Some(!learner))
+    }
+
+    /// The leader as most nodes that answer see it: a node that says it leads.
+    pub fn leader(&self) -> Option<usize> {
+        (1..=self.nodes.len()).find(|&i| {
+            !self.nodes[i - 1].paused
+                && self.status(i).is_some_and(|s| s["node"]["role"] == "leader")
+        })
+    }
+
+    /// Whether node `i`'s process is running (not exited).
+    pub fn running(&mut self, i: usize) -> bool {
+        let node = &mut self.nodes[i - 1];
+        match &mut node.child {
+            None => false,
+            Some(child) => match child.try_wait() {
+                Ok(None) => true,
+                _ => {
+                    node.child = None;
+                    false
+                }
+            },
+        }
+    }
+
+    /// The pid of node `i`'s process.
+    fn pid(&self, i: usize) -> Option<i32> {
+        self.nodes[i - 1].child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
+    }
+
+    /// Sends `signal` to node `i`.
+    fn signal(&self, i: usize, signal: i32) {
+        if let Some(pid) = self.pid(i) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    /// SIGKILLs node `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+        let node = &mut self.nodes[i - 1];
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        node.paused = false;
+    }
+
+    /// SIGSTOPs node `i`.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+        self.nodes[i - 1].paused = true;
+    }
+
+    /// SIGCONTs node `i`.
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+        self.nodes[i - 1].paused = false;
+    }
+
+    /// Sets node `i`'s wall-clock offset (libfaketime syntax: `+300s`, `-2.5s`, `+0`).
+    pub fn set_clock(&self, i: usize, offset: &str) -> anyhow::Result<()> {
+        std::fs::write(&self.nodes[i - 1].clock_file, format!("{offset}\n"))?;
+        Ok(())
+    }
+
+    /// Fills node `i`'s tmpfs with a balloon file, leaving it (nearly) no space.
+    pub fn fill_disk(&self, i: usize) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let path = self.nodes[i - 1].data.join("balloon");
+        let mut file = std::fs::File::create(&path)?;
+        let block = vec![0u8; 1 << 20];
+        while file.write_all(&block).is_ok() {}
+        let small = vec![0u8; 4096];
+        while file.write_all(&small).is_ok() {}
+        Ok(())
+    }
+
+    /// Removes node `i`'s balloon file, if any.
+    pub fn free_disk(&self, i: usize) {
+        let _ = std::fs::remove_file(self.nodes[i - 1].data.join("balloon"));
+    }
+
+    /// Wipes node `i`'s data (its process must be stopped).
+    pub fn wipe(&mut self, i: usize) -> anyhow::Result<()> {
+        let data = self.nodes[i - 1].data.clone();
+        for entry in std::fs::read_dir(&data)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// POSTs `body` to `path` on node `i`; the status and body, or the transport error.
+    pub fn post(&self, i: usize, path: &str, body: String) -> Result<(u16, String), String> {
+        let url = format!("http://{}{}", self.nodes[i - 1].http, path);
+        let resp = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().unwrap_or_default()))
+    }
+
+    /// DELETEs with `body` at `path` on node `i`.
+    pub fn delete(&self, i: usize, path: &str, body: String) -> Result<(u16, String), String> {
+        let url = format!("http://{}{}", self.nodes[i - 1].http, path);
+        let resp = self
+            .client
+            .delete(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().unwrap_or_default()))
+    }
+
+    /// The directory of the run.
+    pub fn dir(&self) -> &Path {
+        &self.layout.dir
+    }
+
+    /// Stops every node (SIGKILL).
+    pub fn stop_all(&mut self) {
+        for i in 1..=self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+        for node in &self.nodes {
+            if node.mounted {
+                let _ = Command::new("umount").arg("-l").arg(&node.data).output();
+            }
+        }
+    }
+}

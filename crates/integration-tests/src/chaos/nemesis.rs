@@ -1,0 +1,281 @@
+//! The nemesis: faults on a seeded schedule, each followed by a heal.
+//!
+//! A schedule alternates a fault phase (2–5 s) with a quiet phase (1–3 s) until the run's
+//! fault time is over. Each fault phase picks one fault kind from those enabled; every heal
+//! undoes all of them (reconnect, resume, reset clocks, free disks, restart dead nodes,
+//! re-add removed ones), as Jepsen's `:heal` does.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use super::cluster::Cluster;
+use super::history::History;
+use super::net::Net;
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Fault {
+    /// kill -9 one node, the leader, or a minority; restart on heal.
+    Kill,
+    /// SIGSTOP one node or the leader; SIGCONT on heal.
+    Pause,
+    /// Isolate one node or the leader, split majority/minority, or a bridge.
+    Partition,
+    /// Move a node's wall clock by up to ±10 minutes (libfaketime).
+    Clock,
+    /// Fill a node's disk (tmpfs balloon).
+    Disk,
+    /// Restart a node with fsync failing at random (libfiu); it must abort, not go on.
+    Fsync,
+    /// Remove a follower from the membership; on heal, wipe it and add it back.
+    Member,
+    /// Promote a follower to leader under load (admin transfer).
+    Promote,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 8] = [
+        Fault::Kill,
+        Fault::Pause,
+        Fault::Partition,
+        Fault::Clock,
+        Fault::Disk,
+        Fault::Fsync,
+        Fault::Member,
+        Fault::Promote,
+    ];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Pause => "pause",
+            Fault::Partition => "partition",
+            Fault::Clock => "clock",
+            Fault::Disk => "disk",
+            Fault::Fsync => "fsync",
+            Fault::Member => "member",
+            Fault::Promote => "promote",
+        }
+    }
+}
+
+/// Counts of faults injected, by kind.
+pub type FaultCounts = BTreeMap<&'static str, u64>;
+
+/// Runs the schedule until `until`, then heals. Returns the counts of faults injected.
+pub fn run(
+    cluster: &mut Cluster,
+    faults: &[Fault],
+    rng: &mut StdRng,
+    history: &History,
+    until: Instant,
+) -> FaultCounts {
+    let mut counts = FaultCounts::new();
+    // Let the clients start against a healthy cluster.
+    sleep_until(Instant::now() + Duration::from_millis(rng.gen_range(500..1500)), until);
+    while !faults.is_empty() && Instant::now() < until {
+        let fault = *faults.choose(rng).expect("faults is not empty");
+        match inject(cluster, fault, rng, history) {
+            Ok(true) => *counts.entry(fault.name()).or_default() += 1,
+            Ok(false) => {}
+            Err(e) => history.fault("nemesis-error", format!("{}: {e:#}", fault.name())),
+        }
+        sleep_until(Instant::now() + Duration::from_millis(rng.gen_range(2000..5000)), until);
+        heal(cluster, history);
+        sleep_until(Instant::now() + Duration::from_millis(rng.gen_range(1000..3000)), until);
+    }
+    counts
+}
+
+fn sleep_until(t: Instant, limit: Instant) {
+    let t = t.min(limit);
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+/// Picks `k` distinct nodes among `from`.
+fn pick(rng: &mut StdRng, from: &[usize], k: usize) -> Vec<usize> {
+    let mut v = from.to_vec();
+    v.shuffle(rng);
+    v.truncate(k);
+    v
+}
+
+/// Injects one fault; `Ok(false)` when it did not apply (e.g. no follower to promote).
+fn inject(
+    cluster: &mut Cluster,
+    fault: Fault,
+    rng: &mut StdRng,
+    history: &History,
+) -> anyhow::Result<bool> {
+    let all: Vec<usize> = (1..=cluster.nodes.len()).filter(|&i| !cluster.node(i).removed).collect();
+    let voters: Vec<usize> = cluster.voters();
+    let leader = cluster.leader();
+    let minority = voters.len().saturating_sub(1) / 2;
+    match fault {
+        Fault::Kill => {
+            let targets = match (rng.gen_range(0..3), leader) {
+                (0, Some(l)) => vec![l],
+                (1, _) if minority > 1 => pick(rng, &voters, minority),
+                _ => pick(rng, &all, 1),
+            };
+            for &i in &targets {
+                cluster.kill(i);
+            }
+            history.fault("kill", format!("nodes {targets:?} (leader {leader:?})"));
+        }
+        Fault::Pause => {
+            let targets = match (rng.gen_bool(0.5), leader) {
+                (true, Some(l)) => vec![l],
+                _ => pick(rng, &all, 1),
+            };
+            for &i in &targets {
+                cluster.pause(i);
+            }
+            history.fault("pause", format!("nodes {targets:?} (leader {leader:?})"));
+        }
+        Fault::Partition => {
+            let Net::Netns(net) = &mut cluster.net else { return Ok(false) };
+            let n = net.nodes();
+            let ids: Vec<usize> = (1..=n).collect();
+            let shape = rng.gen_range(0..4);
+            let (name, side_a): (&str, Vec<usize>) = match (shape, leader) {
+                (0, Some(l)) => ("isolate-leader", vec![l]),
+                (1, _) => ("isolate-one", pick(rng, &ids, 1)),
+                (2, _) => ("majority-minority", pick(rng, &ids, n / 2)),
+                _ => ("bridge", Vec::new()),
+            };
+            if name == "bridge" {
+                // Two halves that cannot talk, and one node that talks to both.
+                let mut order = ids.clone();
+                order.shuffle(rng);
+                let bridge = order[0];
+                let rest = &order[1..];
+                let (left, right) = rest.split_at(rest.len() / 2);
+                for &a in left {
+                    for &b in right {
+                        net.cut(a, b)?;
+                    }
+                }
+                history
+                    .fault("partition", format!("bridge {bridge} between {left:?} and {right:?}"));
+            } else {
+                for &a in &side_a {
+                    for &b in ids.iter().filter(|b| !side_a.contains(b)) {
+                        net.cut(a, b)?;
+                    }
+                }
+                history
+                    .fault("partition", format!("{name}: {side_a:?} cut off (leader {leader:?})"));
+            }
+        }
+        Fault::Clock => {
+            let k = rng.gen_range(1..=all.len().max(1));
+            let targets = pick(rng, &all, k);
+            let mut moved = Vec::new();
+            for &i in &targets {
+                let secs: i64 = rng.gen_range(-600..=600);
+                let offset = format!("{secs:+}s");
+                cluster.set_clock(i, &offset)?;
+                moved.push(format!("{i}:{offset}"));
+            }
+            history.fault("clock", moved.join(" "));
+        }
+        Fault::Disk => {
+            let i = pick(rng, &all, 1)[0];
+            cluster.fill_disk(i)?;
+            history.fault("disk", format!("node {i} full"));
+        }
+        Fault::Fsync => {
+            let i = pick(rng, &all, 1)[0];
+            cluster.kill(i);
+            cluster.nodes[i - 1].fsync_faults = true;
+            cluster.restart(i)?;
+            history.fault("fsync", format!("node {i} restarted with fsync failing 2% of the time"));
+        }
+        Fault::Member => {
+            let followers: Vec<usize> =
+                voters.iter().copied().filter(|&v| Some(v) != leader).collect();
+            let (Some(l), false) = (leader, followers.is_empty()) else { return Ok(false) };
+            let i = pick(rng, &followers, 1)[0];
+            let body = serde_json::json!({ "id": i }).to_string();
+            match cluster.delete(l, "/remove", body) {
+                Ok((200, _)) => {
+                    cluster.kill(i);
+                    cluster.nodes[i - 1].removed = true;
+                    history.fault("member", format!("node {i} removed"));
+                }
+                Ok((status, text)) => {
+                    history.fault("member", format!("removing node {i} refused: {status} {text}"));
+                    return Ok(false);
+                }
+                Err(e) => {
+                    history.fault("member", format!("removing node {i} failed: {e}"));
+                    return Ok(false);
+                }
+            }
+        }
+        Fault::Promote => {
+            let followers: Vec<usize> =
+                voters.iter().copied().filter(|&v| Some(v) != leader).collect();
+            let (Some(l), false) = (leader, followers.is_empty()) else { return Ok(false) };
+            let i = pick(rng, &followers, 1)[0];
+            let answer = cluster.post(l, &format!("/admin/promote?node={i}"), String::new());
+            history.fault("promote", format!("node {i} (was {l}): {answer:?}"));
+        }
+    }
+    Ok(true)
+}
+
+/// Undoes every fault: network, pauses, clocks, disks, fsync faults, dead and removed nodes.
+pub fn heal(cluster: &mut Cluster, history: &History) {
+    if let Net::Netns(net) = &mut cluster.net
+        && !net.cut_pairs().is_empty()
+        && let Err(e) = net.heal()
+    {
+        history.fault("nemesis-error", format!("heal network: {e:#}"));
+    }
+    let mut restarted = Vec::new();
+    for i in 1..=cluster.nodes.len() {
+        if cluster.node(i).paused {
+            cluster.resume(i);
+        }
+        let _ = cluster.set_clock(i, "+0");
+        cluster.free_disk(i);
+        if cluster.node(i).fsync_faults {
+            cluster.kill(i);
+            cluster.nodes[i - 1].fsync_faults = false;
+        }
+        if cluster.node(i).removed {
+            continue;
+        }
+        if !cluster.running(i) {
+            match cluster.restart(i) {
+                Ok(()) => restarted.push(i),
+                Err(e) => history.fault("nemesis-error", format!("restart node {i}: {e:#}")),
+            }
+        }
+    }
+    // Removed nodes come back wiped, joining as new members.
+    for i in 1..=cluster.nodes.len() {
+        if cluster.node(i).removed {
+            let rejoin = cluster.wipe(i).and_then(|()| {
+                cluster.nodes[i - 1].removed = false;
+                cluster.restart(i)
+            });
+            match rejoin {
+                Ok(()) => restarted.push(i),
+                Err(e) => history.fault("nemesis-error", format!("re-add node {i}: {e:#}")),
+            }
+        }
+    }
+    history.fault("heal", format!("restarted {restarted:?}"));
+}

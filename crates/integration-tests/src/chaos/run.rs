@@ -1,0 +1,461 @@
+//! One run: start a cluster, run clients while the nemesis injects faults, heal, wait for
+//! recovery, read the final state, check, and summarize.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+
+use super::check::{self, Findings};
+use super::cluster::{self, Cluster, Layout};
+use super::history::{History, Op, Outcome};
+use super::nemesis::{self, Fault, FaultCounts};
+use super::net::Net;
+use super::workload::{self, Workload};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The workload.
+    pub workload: Workload,
+    /// Faults the nemesis may inject.
+    pub faults: Vec<Fault>,
+    /// How long clients run (faults stop a little before the end).
+    pub time: Duration,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Voters.
+    pub voters: usize,
+    /// Learners.
+    pub learners: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Directory for this run (history, logs, data).
+    pub dir: PathBuf,
+    /// The `keel` binary.
+    pub keel: PathBuf,
+    /// Extra `keel serve` flags.
+    pub serve_flags: Vec<String>,
+    /// Bugs to plant in every node (`--unsafe-plant-bug`).
+    pub plant: Vec<String>,
+    /// Run on loopback even as root.
+    pub loopback: bool,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    /// Operations, and how they ended.
+    pub ops: u64,
+    /// Ok operations.
+    pub ok: u64,
+    /// Failed operations.
+    pub failed: u64,
+    /// Operations of unknown outcome.
+    pub unknown: u64,
+    /// Faults injected by kind.
+    pub faults: FaultCounts,
+    /// What the checkers found.
+    pub findings: Findings,
+    /// Faults left out because this machine cannot inject them.
+    pub left_out: Vec<&'static str>,
+    /// Terms seen with a leader.
+    pub terms: usize,
+    /// Seconds from the last heal to a fully caught-up cluster.
+    pub recovery: Option<f64>,
+}
+
+impl Report {
+    /// The one-line summary every run ends with.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "chaos: ops={} ok={} failed={} unknown={} violations={}",
+            self.ops,
+            self.ok,
+            self.failed,
+            self.unknown,
+            self.findings.violations.len()
+        )
+    }
+}
+
+/// Faults this machine can inject, and those it cannot (left out, with the reason printed).
+fn usable(faults: &[Fault], net: &Net) -> (Vec<Fault>, Vec<&'static str>) {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut ok = Vec::new();
+    let mut left_out = Vec::new();
+    for &f in faults {
+        let (usable, why) = match f {
+            Fault::Partition => {
+                (net.can_partition(), "needs root and iproute2 (network namespaces)")
+            }
+            Fault::Clock => {
+                (cluster::have_faketime(), "needs libfaketime (Debian package faketime)")
+            }
+            Fault::Fsync => (cluster::have_fiu(), "needs libfiu (Debian package fiu-utils)"),
+            Fault::Disk => (root, "needs root (a tmpfs per node)"),
+            _ => (true, ""),
+        };
+        if usable {
+            ok.push(f);
+        } else {
+            eprintln!("chaos: fault {} left out: {why}", f.name());
+            left_out.push(f.name());
+        }
+    }
+    (ok, left_out)
+}
+
+/// Runs one schedule. The error is for a run that could not be carried out at all (the
+/// cluster did not start); what the checkers find is in the report.
+pub fn run(config: &Config) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&config.dir)
+        .with_context(|| format!("creating {}", config.dir.display()))?;
+    let count = config.voters + config.learners;
+    let net = Net::detect(count, config.loopback)?;
+    if let Net::Netns(n) = &net {
+        n.enter_hub()?;
+    }
+    let (faults, left_out) = usable(&config.faults, &net);
+    let mut serve_flags = vec![
+        "--sync-timeout".to_string(),
+        "2s".into(),
+        "--snapshot-entries".into(),
+        "2000".into(),
+        "--trailing-logs".into(),
+        "200".into(),
+    ];
+    for bug in &config.plant {
+        serve_flags.push("--unsafe-plant-bug".into());
+        serve_flags.push(bug.clone());
+    }
+    serve_flags.extend(config.serve_flags.iter().cloned());
+    let layout = Layout {
+        voters: config.voters,
+        learners: config.learners,
+        keel: config.keel.clone(),
+        dir: config.dir.clone(),
+        serve_flags,
+        clock: faults.contains(&Fault::Clock),
+        tmpfs: faults.contains(&Fault::Disk),
+    };
+    let mut cluster = Cluster::new(net, layout)?;
+    cluster.start().context("starting the cluster")?;
+    let leader = cluster.leader().context("no leader after start")?;
+    let (status, body) = cluster
+        .post(leader, "/db/execute?durability=sync", config.workload.setup().to_string())
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        status == 200 && !body.contains("\"error\""),
+        "schema setup failed: {status} {body}"
+    );
+
+    let history = Arc::new(History::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let urls = cluster.urls();
+    let learners: Vec<usize> = (config.voters..count).collect();
+    let deadline = Instant::now() + config.time;
+
+    // Election safety: sample every node's role and term.
+    let sampler = {
+        let (urls, stop) = (urls.clone(), stop.clone());
+        std::thread::spawn(move || sample_leaders(&urls, &stop))
+    };
+    let shared = Arc::new(workload::Shared::default());
+    let client = Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let mut clients = Vec::new();
+    for process in 0..config.clients {
+        let (urls, learners, history, shared, client) =
+            (urls.clone(), learners.clone(), history.clone(), shared.clone(), client.clone());
+        let workload = config.workload;
+        let seed = config.seed.wrapping_mul(31).wrapping_add(process as u64 + 1);
+        clients.push(std::thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(seed);
+            while Instant::now() < deadline {
+                let inv = workload::generate(workload, &mut rng, &shared);
+                let index = if inv.learner && !learners.is_empty() {
+                    learners[rng.gen_range(0..learners.len())]
+                } else {
+                    rng.gen_range(0..urls.len())
+                };
+                let call = history.now();
+                let done = workload::perform(&client, &urls[index], &inv, Duration::from_secs(6));
+                let ret = (done.outcome != Outcome::Info).then(|| history.now());
+                history.push(Op {
+                    process,
+                    node: index as u64 + 1,
+                    f: inv.f,
+                    value: inv.value,
+                    result: done.result,
+                    outcome: done.outcome,
+                    call,
+                    ret,
+                    error: done.error,
+                    final_read: false,
+                });
+                if done.outcome == Outcome::Fail {
+                    // Do not spin against a node that refuses at once.
+                    std::thread::sleep(Duration::from_millis(rng.gen_range(5..50)));
+                }
+            }
+        }));
+    }
+
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let fault_end = deadline.checked_sub(Duration::from_secs(2)).unwrap_or(deadline);
+    let counts = nemesis::run(&mut cluster, &faults, &mut rng, &history, fault_end);
+    nemesis::heal(&mut cluster, &history);
+    let healed = Instant::now();
+
+    // Recovery: every node running, a leader, and every node applied the leader's commit
+    // (while the clients finish their last seconds of load).
+    let mut findings_extra = Vec::new();
+    let recovered = cluster
+        .wait_until(Duration::from_secs(60), "the cluster to recover", |c| caught_up(c).is_some())
+        .is_ok();
+    let recovery = recovered.then(|| healed.elapsed().as_secs_f64());
+    for c in clients {
+        let _ = c.join();
+    }
+    if !recovered {
+        let statuses: Vec<Value> =
+            (1..=count).map(|i| cluster.status(i).unwrap_or(Value::Null)).collect();
+        findings_extra.push(format!(
+            "recovery: the cluster did not recover within 60 s after healing: {}",
+            json!(statuses)
+        ));
+    }
+    if recovered {
+        final_reads(&mut cluster, config.workload, &history, &mut findings_extra);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sampled = sampler.join().unwrap_or_default();
+    cluster.stop_all();
+
+    let ops = history.ops();
+    history.write(&config.dir).context("writing the history")?;
+    let mut findings = check::check(config.workload, &ops);
+    let (election, terms) = check::election_safety(&config.dir, count, &sampled);
+    findings.violations.extend(election);
+    findings.violations.extend(findings_extra);
+    let client_ops: Vec<&Op> = ops.iter().filter(|op| !op.final_read).collect();
+    let report = Report {
+        ops: client_ops.len() as u64,
+        ok: client_ops.iter().filter(|o| o.outcome == Outcome::Ok).count() as u64,
+        failed: client_ops.iter().filter(|o| o.outcome == Outcome::Fail).count() as u64,
+        unknown: client_ops.iter().filter(|o| o.outcome == Outcome::Info).count() as u64,
+        faults: counts,
+        findings,
+        left_out,
+        terms: terms.len(),
+        recovery,
+    };
+    std::fs::write(config.dir.join("summary.txt"), describe(config, &report))?;
+    Ok(report)
+}
+
+/// Samples `/status` of every node every 100 ms until `stop`; returns term → leaders seen.
+fn sample_leaders(urls: &[String], stop: &AtomicBool) -> BTreeMap<u64, BTreeSet<usize>> {
+    let client = Client::builder().no_proxy().timeout(Duration::from_millis(500)).build();
+    let Ok(client) = client else { return BTreeMap::new() };
+    let mut leaders: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        for (i, url) in urls.iter().enumerate() {
+            let status: Option<Value> =
+                client.get(format!("{url}/status")).send().ok().and_then(|r| r.json().ok());
+            if let Some(s) = status
+                && s["node"]["role"] == "leader"
+                && let Some(term) = s["node"]["term"].as_u64()
+            {
+                leaders.entry(term).or_default().insert(i + 1);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    leaders
+}
+
+/// The leader, if every node runs, answers, and has applied the leader's commit index.
+fn caught_up(cluster: &Cluster) -> Option<usize> {
+    let leader = cluster.leader()?;
+    let commit = cluster.status(leader)?["node"]["commit_index"].as_u64()?;
+    for i in 1..=cluster.nodes.len() {
+        let applied = cluster.status(i)?["node"]["applied_index"].as_u64()?;
+        if applied < commit || !cluster.is_member(i) {
+            return None;
+        }
+    }
+    Some(leader)
+}
+
+/// Reads the final state through the leader (recorded as final reads) and checks that every
+/// node's own copy equals it.
+fn final_reads(
+    cluster: &mut Cluster,
+    workload: Workload,
+    history: &History,
+    violations: &mut Vec<String>,
+) {
+    let mut leader = None;
+    let waited = cluster.wait_until(Duration::from_secs(30), "the cluster to settle", |c| {
+        leader = caught_up(c);
+        leader.is_some()
+    });
+    let (Ok(()), Some(leader)) = (waited, leader) else {
+        violations.push("final read: the cluster did not settle (a leader, every node caught up) within 30 s after the clients stopped".into());
+        return;
+    };
+    let query = workload.dump_query();
+    let body = json!([query]).to_string();
+    let read = |i: usize, level: &str| -> Option<Value> {
+        let (status, text) =
+            cluster.post(i, &format!("/db/query?level={level}"), body.clone()).ok()?;
+        (status == 200).then(|| serde_json::from_str(&text).ok()).flatten()
+    };
+    let call = history.now();
+    let Some(answer) = read(leader, "linearizable") else {
+        violations.push("final read through the leader failed".into());
+        return;
+    };
+    let ret = history.now();
+    let rows = answer["results"][0]["values"].clone();
+    for i in 1..=cluster.nodes.len() {
+        match read(i, "none") {
+            Some(a) if a["results"][0]["values"] == rows => {}
+            other => violations.push(format!(
+                "convergence: node {i}'s copy differs from the leader's (node {leader}): {} vs {}",
+                other.map_or("no answer".into(), |a| a["results"][0]["values"].to_string()),
+                rows
+            )),
+        }
+    }
+    let result = json!({ "results": [{ "values": rows }] });
+    match workload {
+        Workload::Set => history.push(Op {
+            process: usize::MAX,
+            node: leader as u64,
+            f: "read-all",
+            value: json!({ "learner": false }),
+            result,
+            outcome: Outcome::Ok,
+            call,
+            ret: Some(ret),
+            error: None,
+            final_read: true,
+        }),
+        Workload::Append => {
+            // One read per key, as one transaction.
+            let mut mops = Vec::new();
+            let mut results = Vec::new();
+            for row in rows.as_array().into_iter().flatten() {
+                mops.push(json!(["r", row[0], null]));
+                results.push(json!({ "values": [[row[1]]] }));
+            }
+            history.push(Op {
+                process: usize::MAX,
+                node: leader as u64,
+                f: "txn",
+                value: Value::Array(mops),
+                result: json!({ "results": results }),
+                outcome: Outcome::Ok,
+                call,
+                ret: Some(ret),
+                error: None,
+                final_read: true,
+            });
+        }
+        Workload::Bank => history.push(Op {
+            process: usize::MAX,
+            node: leader as u64,
+            f: "read",
+            value: json!({ "level": "final" }),
+            result,
+            outcome: Outcome::Ok,
+            call,
+            ret: Some(ret),
+            error: None,
+            final_read: true,
+        }),
+        Workload::Register => {}
+    }
+}
+
+/// A human-readable account of the run.
+pub fn describe(config: &Config, report: &Report) -> String {
+    let mut s = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        s,
+        "workload={} seed={} time={:?} voters={} learners={} clients={} faults=[{}]{}",
+        config.workload.name(),
+        config.seed,
+        config.time,
+        config.voters,
+        config.learners,
+        config.clients,
+        config.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
+        if config.plant.is_empty() {
+            String::new()
+        } else {
+            format!(" planted={}", config.plant.join(","))
+        }
+    );
+    if !report.left_out.is_empty() {
+        let _ = writeln!(s, "left out (cannot inject here): {}", report.left_out.join(","));
+    }
+    let faults: Vec<String> = report.faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(
+        s,
+        "faults injected: {}",
+        if faults.is_empty() { "none".into() } else { faults.join(" ") }
+    );
+    let f = &report.findings;
+    let _ = writeln!(
+        s,
+        "acknowledged writes: {}  lost: {}  terms with a leader: {}  recovery after heal: {}",
+        f.acknowledged,
+        f.lost,
+        report.terms,
+        report.recovery.map_or("none".into(), |r| format!("{r:.1}s"))
+    );
+    if f.checked_keys > 0 {
+        let _ = writeln!(
+            s,
+            "register keys checked: {} (budget exceeded: {})",
+            f.checked_keys, f.unchecked_keys
+        );
+    }
+    if !f.staleness_ms.is_empty() {
+        let mut ms = f.staleness_ms.clone();
+        ms.sort_by(f64::total_cmp);
+        let mut entries = f.staleness_entries.clone();
+        entries.sort_unstable();
+        let p = |q: f64| ms[((ms.len() - 1) as f64 * q) as usize];
+        let _ = writeln!(
+            s,
+            "learner staleness over {} reads: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; max {} acknowledged inserts behind",
+            ms.len(),
+            p(0.5),
+            p(0.99),
+            ms[ms.len() - 1],
+            entries[entries.len() - 1]
+        );
+    }
+    for v in &f.violations {
+        let _ = writeln!(s, "VIOLATION {v}");
+    }
+    let _ = writeln!(s, "{}", report.summary_line());
+    s
+}

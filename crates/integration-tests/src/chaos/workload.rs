@@ -1,0 +1,388 @@
+//! Workloads: what the clients do, and how each answer is classified.
+//!
+//! - **register**: per-key reads (`level=linearizable`), writes (upserts) and compare-and-set
+//!   (`UPDATE … WHERE v = ?`, swapped iff one row changed). Keys rotate so each key's
+//!   history stays small enough to check.
+//! - **set**: inserts of unique values; a few reads of the whole set, some from learners at
+//!   `level=none` (their staleness is reported). After healing, every acknowledged insert must
+//!   be in the final read.
+//! - **bank**: transfers between accounts, two updates in one transaction; reads of every
+//!   balance from any node, at `linearizable` or `none`. The total must never change.
+//! - **append**: transactions of list appends and reads (`/db/request?transaction`), checked
+//!   for dependency cycles in the manner of Elle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use rand::rngs::StdRng;
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+
+use super::history::Outcome;
+
+/// The workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Linearizable compare-and-set registers.
+    Register,
+    /// Inserts that must all survive.
+    Set,
+    /// Transfers that keep the total.
+    Bank,
+    /// List-append transactions.
+    Append,
+}
+
+impl Workload {
+    /// Every workload.
+    pub const ALL: [Workload; 4] =
+        [Workload::Register, Workload::Set, Workload::Bank, Workload::Append];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Register => "register",
+            Workload::Set => "set",
+            Workload::Bank => "bank",
+            Workload::Append => "append",
+        }
+    }
+
+    /// The schema (and initial rows) created before the clients start.
+    pub fn setup(self) -> Value {
+        match self {
+            Workload::Register => json!(["CREATE TABLE reg (k INTEGER PRIMARY KEY, v INTEGER)"]),
+            Workload::Set => json!(["CREATE TABLE sets (v INTEGER PRIMARY KEY)"]),
+            Workload::Bank => {
+                let mut statements =
+                    vec![json!("CREATE TABLE bank (id INTEGER PRIMARY KEY, b INTEGER NOT NULL)")];
+                for id in 0..BANK_ACCOUNTS {
+                    statements.push(json!([
+                        "INSERT INTO bank(id, b) VALUES(?, ?)",
+                        id,
+                        BANK_INITIAL
+                    ]));
+                }
+                Value::Array(statements)
+            }
+            Workload::Append => {
+                json!(["CREATE TABLE lists (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"])
+            }
+        }
+    }
+
+    /// The query that reads the whole final state, for the convergence check.
+    pub fn dump_query(self) -> &'static str {
+        match self {
+            Workload::Register => "SELECT k, v FROM reg ORDER BY k",
+            Workload::Set => "SELECT v FROM sets ORDER BY v",
+            Workload::Bank => "SELECT id, b FROM bank ORDER BY id",
+            Workload::Append => "SELECT k, v FROM lists ORDER BY k",
+        }
+    }
+}
+
+/// Bank accounts.
+pub const BANK_ACCOUNTS: i64 = 5;
+/// Each account's opening balance.
+pub const BANK_INITIAL: i64 = 100;
+/// Register keys in use at once.
+const REGISTER_KEYS: u64 = 4;
+/// Operations on each register key before it is retired.
+const REGISTER_OPS_PER_KEY: u64 = 150;
+/// List keys in use at once.
+const APPEND_KEYS: u64 = 6;
+/// Transactions on each window of list keys before it moves on.
+const APPEND_TXNS_PER_WINDOW: u64 = 400;
+
+/// Counters shared by every client of a run, to make values unique and rotate keys.
+#[derive(Debug, Default)]
+pub struct Shared {
+    ops: AtomicU64,
+    values: AtomicU64,
+}
+
+/// One operation to run: what it is, and the HTTP request that does it.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The operation's name in the history.
+    pub f: &'static str,
+    /// Its input, for the history and the checkers.
+    pub value: Value,
+    /// How to send it.
+    pub request: Request,
+    /// Whether it writes (an unclear answer is then `info`; for a read it is `fail`).
+    pub writes: bool,
+    /// Send it to a learner if there is one (a `level=none` replica read).
+    pub learner: bool,
+}
+
+/// An HTTP request to a node.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// `POST /db/execute?<params>` with a JSON body.
+    Execute { params: &'static str, body: Value },
+    /// `POST /db/request?<params>` with a JSON body.
+    Mixed { params: &'static str, body: Value },
+    /// `POST /db/query?<params>` with a JSON body.
+    Query { params: &'static str, body: Value },
+}
+
+/// Makes the next operation of a client.
+pub fn generate(workload: Workload, rng: &mut StdRng, shared: &Shared) -> Invocation {
+    let n = shared.ops.fetch_add(1, Ordering::Relaxed);
+    match workload {
+        Workload::Register => {
+            let key = (n / (REGISTER_KEYS * REGISTER_OPS_PER_KEY)) * REGISTER_KEYS
+                + rng.gen_range(0..REGISTER_KEYS);
+            match rng.gen_range(0..4) {
+                0 | 1 => Invocation {
+                    f: "read",
+                    value: json!({ "key": key }),
+                    request: Request::Query {
+                        params: "level=linearizable",
+                        body: json!([["SELECT v FROM reg WHERE k = ?", key]]),
+                    },
+                    writes: false,
+                    learner: false,
+                },
+                2 => {
+                    let v = rng.gen_range(0..5);
+                    Invocation {
+                        f: "write",
+                        value: json!({ "key": key, "value": v }),
+                        request: Request::Execute {
+                            params: "",
+                            body: json!([[
+                                "INSERT INTO reg(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                                key,
+                                v
+                            ]]),
+                        },
+                        writes: true,
+                        learner: false,
+                    }
+                }
+                _ => {
+                    let (from, to) = (rng.gen_range(0..5), rng.gen_range(0..5));
+                    Invocation {
+                        f: "cas",
+                        value: json!({ "key": key, "from": from, "to": to }),
+                        request: Request::Execute {
+                            params: "",
+                            body: json!([[
+                                "UPDATE reg SET v = ? WHERE k = ? AND v = ?",
+                                to,
+                                key,
+                                from
+                            ]]),
+                        },
+                        writes: true,
+                        learner: false,
+                    }
+                }
+            }
+        }
+        Workload::Set => {
+            if rng.gen_range(0..40) == 0 {
+                let learner = rng.gen_bool(0.5);
+                Invocation {
+                    f: "read-all",
+                    value: json!({ "learner": learner }),
+                    request: Request::Query {
+                        params: if learner { "level=none" } else { "level=linearizable" },
+                        body: json!(["SELECT v FROM sets ORDER BY v"]),
+                    },
+                    writes: false,
+                    learner,
+                }
+            } else {
+                let v = shared.values.fetch_add(1, Ordering::Relaxed);
+                Invocation {
+                    f: "add",
+                    value: json!(v),
+                    request: Request::Execute {
+                        params: "",
+                        body: json!([["INSERT INTO sets(v) VALUES(?)", v]]),
+                    },
+                    writes: true,
+                    learner: false,
+                }
+            }
+        }
+        Workload::Bank => {
+            if rng.gen_bool(0.5) {
+                let (params, learner) = match rng.gen_range(0..3) {
+                    0 => ("level=linearizable", false),
+                    1 => ("level=none", false),
+                    _ => ("level=none", true),
+                };
+                Invocation {
+                    f: "read",
+                    value: json!({ "level": params }),
+                    request: Request::Query {
+                        params,
+                        body: json!(["SELECT id, b FROM bank ORDER BY id"]),
+                    },
+                    writes: false,
+                    learner,
+                }
+            } else {
+                let from = rng.gen_range(0..BANK_ACCOUNTS);
+                let to = (from + rng.gen_range(1..BANK_ACCOUNTS)) % BANK_ACCOUNTS;
+                let amount = rng.gen_range(1..=5);
+                Invocation {
+                    f: "transfer",
+                    value: json!({ "from": from, "to": to, "amount": amount }),
+                    request: Request::Execute {
+                        params: "transaction",
+                        body: json!([
+                            ["UPDATE bank SET b = b - ? WHERE id = ?", amount, from],
+                            ["UPDATE bank SET b = b + ? WHERE id = ?", amount, to]
+                        ]),
+                    },
+                    writes: true,
+                    learner: false,
+                }
+            }
+        }
+        Workload::Append => {
+            let base = (n / APPEND_TXNS_PER_WINDOW) * (APPEND_KEYS / 2);
+            let count = rng.gen_range(1..=4);
+            let mut mops = Vec::new();
+            let mut statements = Vec::new();
+            let mut writes = false;
+            for _ in 0..count {
+                let key = base + rng.gen_range(0..APPEND_KEYS);
+                if rng.gen_bool(0.5) {
+                    let v = shared.values.fetch_add(1, Ordering::Relaxed);
+                    mops.push(json!(["append", key, v]));
+                    statements.push(json!([
+                        "INSERT INTO lists(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v = v || ',' || excluded.v",
+                        key,
+                        v.to_string()
+                    ]));
+                    writes = true;
+                } else {
+                    mops.push(json!(["r", key, null]));
+                    statements.push(json!(["SELECT v FROM lists WHERE k = ?", key]));
+                }
+            }
+            Invocation {
+                f: "txn",
+                value: Value::Array(mops),
+                request: Request::Mixed {
+                    params: "transaction&level=linearizable",
+                    body: Value::Array(statements),
+                },
+                writes,
+                learner: false,
+            }
+        }
+    }
+}
+
+/// What came back for an operation.
+#[derive(Debug)]
+pub struct Completion {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The result (workload-specific) when ok.
+    pub result: Value,
+    /// The error otherwise.
+    pub error: Option<String>,
+}
+
+/// Sends `inv` to `base` (a node's `http://host:port`) and classifies the answer.
+pub fn perform(client: &Client, base: &str, inv: &Invocation, timeout: Duration) -> Completion {
+    let (path, params, body) = match &inv.request {
+        Request::Execute { params, body } => ("/db/execute", *params, body),
+        Request::Mixed { params, body } => ("/db/request", *params, body),
+        Request::Query { params, body } => ("/db/query", *params, body),
+    };
+    let url =
+        if params.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{params}") };
+    let unclear = if inv.writes { Outcome::Info } else { Outcome::Fail };
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(timeout)
+        .send();
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => {
+            // Refused or unreachable: nothing was sent.
+            return Completion {
+                outcome: Outcome::Fail,
+                result: Value::Null,
+                error: Some(e.to_string()),
+            };
+        }
+        Err(e) => {
+            return Completion { outcome: unclear, result: Value::Null, error: Some(e.to_string()) };
+        }
+    };
+    let status = resp.status().as_u16();
+    let text = match resp.text() {
+        Ok(t) => t,
+        Err(e) => {
+            return Completion { outcome: unclear, result: Value::Null, error: Some(e.to_string()) };
+        }
+    };
+    let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status != 200 {
+        let error = answer["error"]
+            .as_str()
+            .map_or_else(|| format!("HTTP {status}: {text}"), |e| format!("HTTP {status}: {e}"));
+        // Answers that say nothing was written are definite failures; 4xx are refusals.
+        let definite = (400..500).contains(&status)
+            || error.contains("nothing was written")
+            || error.contains("leader not found");
+        let outcome = if definite { Outcome::Fail } else { unclear };
+        return Completion { outcome, result: Value::Null, error: Some(error) };
+    }
+    if let Some(error) = answer["error"].as_str() {
+        return Completion {
+            outcome: Outcome::Fail,
+            result: Value::Null,
+            error: Some(error.to_string()),
+        };
+    }
+    let results = answer["results"].as_array().cloned().unwrap_or_default();
+    if let Some(e) = results.iter().find_map(|r| r["error"].as_str()) {
+        // A statement failed: the request (one statement, or a transaction) was rolled back.
+        return Completion {
+            outcome: Outcome::Fail,
+            result: Value::Null,
+            error: Some(e.to_string()),
+        };
+    }
+    Completion {
+        outcome: Outcome::Ok,
+        result: json!({ "results": results, "lsn": answer["lsn"] }),
+        error: None,
+    }
+}
+
+/// Rows of result `i` of an ok completion's results.
+pub fn rows(result: &Value, i: usize) -> Vec<Vec<Value>> {
+    result["results"][i]["values"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r.as_array().cloned()).collect())
+        .unwrap_or_default()
+}
+
+/// `rows_affected` of result `i`.
+pub fn rows_affected(result: &Value, i: usize) -> i64 {
+    result["results"][i]["rows_affected"].as_i64().unwrap_or(0)
+}
+
+/// Parses a stored list (`"1,2,3"`) into its elements.
+pub fn parse_list(text: Option<&str>) -> Vec<u64> {
+    match text {
+        None | Some("") => Vec::new(),
+        Some(t) => t.split(',').filter_map(|x| x.parse().ok()).collect(),
+    }
+}
