@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// use it for data you care about.
     #[arg(long, hide = true, value_enum)]
     pub unsafe_plant_bug: Vec<PlantedBug>,
+    /// Record each log segment's durable length beside it (`<segment>.synced`), so a fault
+    /// harness can simulate a power loss. Costs one small write per append.
+    #[arg(long, hide = true)]
+    pub wal_sync_marks: bool,
 }
 
 /// Bugs `keel serve --unsafe-plant-bug` can plant; each breaks a promise the fault harness
@@ -117,6 +121,9 @@ pub enum PlantedBug {
     AckBeforeCommit,
     /// Serve `level=linearizable` reads from the local copy without a read index.
     StaleLinearizable,
+    /// Acknowledge log appends without fdatasync (detected by `keel-chaos`' power-loss
+    /// fault, which needs `--wal-sync-marks`).
+    SkipFsync,
 }
 
 /// Flags of `keel local`.

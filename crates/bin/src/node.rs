@@ -42,6 +42,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         election_timeout_min: args.election_timeout,
         snapshot_entries: args.snapshot_entries,
         max_in_snapshot_log_to_keep: args.trailing_logs,
+        wal: wal::Options {
+            sync_marks: args.wal_sync_marks,
+            unsafe_skip_fsync: args.unsafe_plant_bug.contains(&crate::PlantedBug::SkipFsync),
+            ..wal::Options::default()
+        },
     };
     let (raft, snapshots) =
         raft::start(args.id, &dir, &raft_options, Arc::new(replica.clone())).await?;

@@ -74,6 +74,9 @@ pub struct Options {
     /// Entries already covered by the latest snapshot that stay in the log, so a follower a
     /// little behind it catches up from the log rather than by a snapshot.
     pub max_in_snapshot_log_to_keep: u64,
+    /// Options of the log's files (sync marks and the planted skip-fsync bug are for fault
+    /// testing only).
+    pub wal: wal::Options,
 }
 
 impl Default for Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             election_timeout_min: Duration::from_millis(90),
             snapshot_entries: 20_000,
             max_in_snapshot_log_to_keep: 1_000,
+            wal: wal::Options::default(),
         }
     }
 }
@@ -132,7 +136,7 @@ pub async fn start(
     }
     .validate()
     .map_err(|e| Error::Raft(e.to_string()))?;
-    let log = log_store::LogStore::open(&dir.join("raft"))?;
+    let log = log_store::LogStore::open_with(&dir.join("raft"), options.wal.clone())?;
     let sm = state_machine::StateMachine::open(&dir.join("snapshots"), store)?;
     let stats = sm.stats();
     let network = network::Network::new(id, stats.clone());

@@ -32,11 +32,28 @@ pub struct Options {
     /// many bytes. One append never spans two segments, so a segment can exceed it by up to one
     /// batch. Default 64 MiB.
     pub segment_bytes: u64,
+    /// After each fdatasync of a segment, record the length now durable in `<segment>.synced`
+    /// (a plain write, not itself synced). Only for fault testing: `keel-chaos` simulates a
+    /// power loss by cutting each segment back to its mark, which is what a real one would
+    /// keep. Default off.
+    pub sync_marks: bool,
+    /// A planted bug, for testing the fault harness only: appends skip their fdatasync (and
+    /// so never advance the sync marks). Default off.
+    pub unsafe_skip_fsync: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { segment_bytes: 64 << 20 }
+        Options { segment_bytes: 64 << 20, sync_marks: false, unsafe_skip_fsync: false }
+    }
+}
+
+/// Records `len` as the durable length of the segment at `path` (see [`Options::sync_marks`]).
+fn write_sync_mark(path: &Path, len: u64) {
+    let mut mark = path.as_os_str().to_owned();
+    mark.push(".synced");
+    if let Err(e) = fs::write(&mark, len.to_string()) {
+        eprintln!("wal: writing sync mark {}: {e}", Path::new(&mark).display());
     }
 }
 
@@ -289,8 +306,13 @@ impl Log {
             }
             return Err(err.into());
         }
-        disk::sync_data(&segment.file, &segment.path);
         segment.len = start + buf.len() as u64;
+        if !self.options.unsafe_skip_fsync {
+            disk::sync_data(&segment.file, &segment.path);
+            if self.options.sync_marks {
+                write_sync_mark(&segment.path, segment.len);
+            }
+        }
 
         if self.entries.is_empty() {
             self.first = head.index;
@@ -323,6 +345,9 @@ impl Log {
         }
         let path = self.segment_path(index);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        if self.options.sync_marks {
+            write_sync_mark(&path, 0);
+        }
         self.segments.insert(index, Segment { path, file, len: 0 });
         // The new name must be durable before anything in the file can count as durable.
         disk::sync_dir(&self.dir)?;
@@ -483,6 +508,9 @@ impl Log {
                 self.segments.get_mut(&target.segment).expect("the target segment was kept");
             segment.file.set_len(end)?;
             disk::sync_all(&segment.file, &segment.path);
+            if self.options.sync_marks {
+                write_sync_mark(&segment.path, end);
+            }
             segment.len = end;
         }
         self.entries.truncate(keep);

@@ -26,7 +26,7 @@ fn open(dir: &Path) -> Log {
 
 /// Options that put every append into its own segment after the first few bytes.
 fn tiny() -> Options {
-    Options { segment_bytes: 100 }
+    Options { segment_bytes: 100, ..Options::default() }
 }
 
 fn all(log: &mut Log) -> Vec<Frame> {

@@ -57,8 +57,8 @@ enum Command {
 }
 
 /// The default fault mixes of a campaign, in the manner of dqlite's CI matrix.
-const DEFAULT_MIXES: &str =
-    "kill,partition;pause,partition,promote;member,kill;disk,fsync,kill;clock,partition,pause;all";
+const DEFAULT_MIXES: &str = "kill,partition;pause,partition,promote;member,kill;\
+     disk,fsync,powerloss,kill;clock,partition,pause;all";
 
 #[derive(Debug, clap::Args)]
 struct Common {
@@ -247,6 +247,9 @@ fn main() -> ExitCode {
             };
             let mut failures = 0;
             let mut totals = [0u64; 5];
+            let mut faults_total: std::collections::BTreeMap<String, u64> = Default::default();
+            let (mut acknowledged, mut lost) = (0u64, 0u64);
+            let mut staleness = Vec::new();
             for r in 0..runs {
                 let workload = workloads[(r as usize) % workloads.len()];
                 let mix = (r as usize) % mixes.len();
@@ -274,6 +277,26 @@ fn main() -> ExitCode {
                                     .unwrap_or(0);
                             }
                         }
+                        for line in summary.lines() {
+                            if let Some(rest) = line.strip_prefix("faults injected: ") {
+                                for kv in rest.split_whitespace() {
+                                    if let Some((k, v)) = kv.split_once('=') {
+                                        *faults_total.entry(k.to_string()).or_default() +=
+                                            v.parse::<u64>().unwrap_or(0);
+                                    }
+                                }
+                            }
+                            if let Some(rest) = line.strip_prefix("acknowledged writes: ") {
+                                let mut words = rest.split_whitespace();
+                                acknowledged +=
+                                    words.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                                lost +=
+                                    words.nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                            }
+                            if line.starts_with("learner staleness") {
+                                staleness.push(line.to_string());
+                            }
+                        }
                         if !ok {
                             failures += 1;
                             if summary.is_empty() {
@@ -286,6 +309,13 @@ fn main() -> ExitCode {
                         println!("run failed to start: {e:#}");
                     }
                 }
+            }
+            let faults: Vec<String> =
+                faults_total.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("campaign faults injected: {}", faults.join(" "));
+            println!("campaign acknowledged writes: {acknowledged}  lost: {lost}");
+            for line in &staleness {
+                println!("campaign {line}");
             }
             println!(
                 "campaign: runs={runs} failed_runs={failures}\nchaos: ops={} ok={} failed={} unknown={} violations={}",

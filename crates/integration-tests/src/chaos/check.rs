@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::elle;
 use super::history::{Op, Outcome};
 use super::linear::{self, RegKind, RegOp, Verdict};
 use super::workload::{self, BANK_ACCOUNTS, BANK_INITIAL, Workload};
@@ -217,8 +218,55 @@ fn bank(ops: &[Op]) -> Findings {
     f
 }
 
-fn append(_ops: &[Op]) -> Findings {
-    Findings::default()
+/// Elle-style cycle detection on list-append transactions.
+fn append(ops: &[Op]) -> Findings {
+    let mut f = Findings::default();
+    let mut txns = Vec::new();
+    for op in ops.iter().filter(|op| op.f == "txn") {
+        let Some(mops_in) = op.value.as_array() else { continue };
+        let mut mops = Vec::new();
+        for (j, m) in mops_in.iter().enumerate() {
+            let key = m[1].as_u64().unwrap_or(0);
+            if m[0] == "append" {
+                mops.push(elle::Mop::Append { key, value: m[2].as_u64().unwrap_or(0) });
+            } else {
+                let value = (op.outcome == Outcome::Ok).then(|| {
+                    let rows = workload::rows(&op.result, j);
+                    workload::parse_list(
+                        rows.first().and_then(|r| r.first()).and_then(Value::as_str),
+                    )
+                });
+                mops.push(elle::Mop::Read { key, value });
+            }
+        }
+        if op.outcome == Outcome::Ok {
+            f.acknowledged +=
+                mops.iter().filter(|m| matches!(m, elle::Mop::Append { .. })).count() as u64;
+        }
+        txns.push(elle::Txn {
+            id: txns.len(),
+            process: op.process,
+            call: op.call,
+            ret: op.ret,
+            outcome: match op.outcome {
+                Outcome::Ok => elle::Outcome::Ok,
+                Outcome::Fail => elle::Outcome::Fail,
+                Outcome::Info => elle::Outcome::Info,
+            },
+            mops,
+            final_read: op.final_read,
+        });
+    }
+    if !txns.iter().any(|t| t.final_read && t.outcome == elle::Outcome::Ok) {
+        f.violations.push("append: no final read succeeded".into());
+    }
+    for anomaly in elle::check_append(&txns, true) {
+        if anomaly.kind == "lost-append" {
+            f.lost += 1;
+        }
+        f.violations.push(format!("append: {}: {}", anomaly.kind, anomaly.detail));
+    }
+    f
 }
 
 /// Leaders by term, from each node's log (`became leader term=T`) and from `/status`

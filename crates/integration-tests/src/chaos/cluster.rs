@@ -411,6 +411,59 @@ impl Cluster {
         let _ = std::fs::remove_file(self.nodes[i - 1].data.join("balloon"));
     }
 
+    /// Simulates what a power loss takes from node `i` (its process must be dead): each log
+    /// segment is cut back to the length its last fdatasync made durable (the `.synced` marks
+    /// `keel serve --wal-sync-marks` keeps), and SQLite loses what it wrote since its last
+    /// checkpoint (with `synchronous=NORMAL` in WAL mode, the `-wal` file is synced only when
+    /// a checkpoint starts). If a checkpoint was under way (the `-shm` file's
+    /// `nBackfillAttempted` is past `nBackfill`) the `-wal` file had been synced and is kept.
+    /// Returns the log bytes cut and what happened to SQLite's `-wal`.
+    pub fn lose_unsynced(&self, i: usize) -> anyhow::Result<(u64, &'static str)> {
+        let data = &self.nodes[i - 1].data;
+        let mut cut = 0;
+        let raft = data.join("raft");
+        if raft.is_dir() {
+            for entry in std::fs::read_dir(&raft)? {
+                let path = entry?.path();
+                if path.extension().is_none_or(|e| e != "wal") {
+                    continue;
+                }
+                let mut mark = path.clone().into_os_string();
+                mark.push(".synced");
+                let Ok(text) = std::fs::read_to_string(&mark) else { continue };
+                let synced: u64 = text.trim().parse().context("a sync mark")?;
+                let len = std::fs::metadata(&path)?.len();
+                if synced < len {
+                    std::fs::OpenOptions::new().write(true).open(&path)?.set_len(synced)?;
+                    cut += len - synced;
+                }
+            }
+        }
+        let mut db_outcome = "untouched";
+        let db = data.join("db");
+        if db.is_dir() {
+            for entry in std::fs::read_dir(&db)? {
+                let path = entry?.path();
+                let name = path.to_string_lossy().to_string();
+                let Some(base) = name.strip_suffix("-wal") else { continue };
+                let shm = std::fs::read(format!("{base}-shm")).unwrap_or_default();
+                let word = |at: usize| {
+                    shm.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                };
+                let checkpointing =
+                    matches!((word(96), word(128)), (Some(done), Some(tried)) if tried != done);
+                if checkpointing {
+                    db_outcome = "kept its -wal (a checkpoint was under way)";
+                } else {
+                    std::fs::remove_file(&path)?;
+                    let _ = std::fs::remove_file(format!("{base}-shm"));
+                    db_outcome = "lost its -wal";
+                }
+            }
+        }
+        Ok((cut, db_outcome))
+    }
+
     /// Wipes node `i`'s data (its process must be stopped).
     pub fn wipe(&mut self, i: usize) -> anyhow::Result<()> {
         let data = self.nodes[i - 1].data.clone();

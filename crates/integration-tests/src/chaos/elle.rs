@@ -31,6 +31,17 @@
 //! real-time order), strongly connected components come from Tarjan's algorithm, and each
 //! reported cycle is a breadth-first search inside one component.
 //!
+//! # Reporting
+//!
+//! Each strongly connected component is reported once per level (ww; ww+wr; with rw; with
+//! real time), as one concrete shortest cycle through one of its edges, not every cycle it
+//! holds. A component with rw edges is G-single if some rw edge closes through ww/wr edges
+//! (checked in O(1) when both ends share a ww/wr component, otherwise by a bounded number of
+//! searches), G2-item otherwise. Keys whose reads are incompatible or contain duplicates give
+//! no version order and no edges (their anomalies are reported instead); reads that fail the
+//! internal check are left out of everything else. Lost appends are reported once per key. At
+//! most ten anomalies are listed per kind; the last one listed says how many more there were.
+//!
 //! # Ties
 //!
 //! Real-time precedence needs `ret < call`, strictly: a transaction that returned at the very
@@ -398,8 +409,9 @@ pub fn check_append(txns: &[Txn], realtime: bool) -> Vec<Anomaly> {
         if let Some(longest) = longest_by_key.get(&key)
             && before(longest.txn)
         {
+            let listed: HashSet<u64> = lost.iter().copied().collect();
             for &v in obs_list(txns, longest) {
-                if !present.contains(&v) && !lost.contains(&v) {
+                if !present.contains(&v) && !listed.contains(&v) {
                     lost.push(v);
                 }
             }

@@ -44,8 +44,17 @@
 //!
 //! Reads with unknown outcome are dropped (they constrain nothing), and so are compare-and-sets
 //! reported as failed without a return time. A compare-and-set with unknown outcome but a
-//! return time is treated like one without a return time (permissive: it is also allowed to
-//! take effect after that time).
+//! return time, or reported as successful without one, is treated as one with unknown outcome
+//! (permissive: it may also take effect after that time, or not at all).
+//!
+//! # Cost
+//!
+//! A configuration is stored exactly but compactly (placed operations mostly form a prefix in
+//! call order, which is left out), a few dozen bytes each. The search gives up with
+//! [`Verdict::Timeout`] when it runs out of time or when the cache would exceed 1 GiB. A
+//! linearizable history of 1,000 operations by 10 overlapping clients takes a few milliseconds
+//! in release builds; refuting one with a single bad read in the middle means exhausting every
+//! configuration before it, a few hundred thousand, about a tenth of a second.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -151,6 +160,9 @@ impl Step {
 const NIL: usize = usize::MAX;
 /// Iterations between two looks at the clock.
 const CLOCK_EVERY: u64 = 1024;
+/// Memory the cache of explored configurations may use before the search gives up (as
+/// [`Verdict::Timeout`]).
+const MAX_CACHE_BYTES: usize = 1 << 30;
 
 /// A call or return entry of an operation with a known return.
 #[derive(Debug, Clone, Copy)]
@@ -191,44 +203,95 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The set of configurations already explored. Configurations live in one flat arena
-/// (`words` bitset words, then the register tag, then its value), chained per hash.
+/// The set of configurations already explored, each stored exactly in a compact encoding (see
+/// [`Config`]) in one flat arena, chained per hash.
 struct Cache {
-    words: usize,
     heads: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     arena: Vec<u64>,
+    /// Where each configuration starts in `arena` (one more entry at the end).
+    starts: Vec<usize>,
+    /// Per configuration: the previous one with the same hash (`u32::MAX`: none).
     chain: Vec<u32>,
 }
 
 impl Cache {
-    fn new(words: usize) -> Self {
-        Cache { words, heads: HashMap::default(), arena: Vec::new(), chain: Vec::new() }
+    fn new() -> Self {
+        Cache { heads: HashMap::default(), arena: Vec::new(), starts: vec![0], chain: Vec::new() }
     }
 
-    /// Records the configuration; false if it was already there.
-    fn insert(&mut self, hash: u64, bits: &[u64], state: State, observe: bool) -> bool {
-        let (tag, value) = encode(state, observe);
-        let stride = self.words + 2;
-        let fresh = u32::try_from(self.chain.len()).unwrap_or(u32::MAX);
+    /// Records the encoded configuration; false if it was already there.
+    fn insert(&mut self, hash: u64, key: &[u64]) -> bool {
         let mut at = self.heads.get(&hash).copied();
         while let Some(i) = at {
             let i = i as usize;
-            let base = i * stride;
-            let slot = &self.arena[base..base + stride];
-            if slot[self.words] == tag
-                && slot[self.words + 1] == value
-                && &slot[..self.words] == bits
-            {
+            if &self.arena[self.starts[i]..self.starts[i + 1]] == key {
                 return false;
             }
             at = (self.chain[i] != u32::MAX).then_some(self.chain[i]);
         }
+        let fresh = u32::try_from(self.chain.len()).unwrap_or(u32::MAX);
         let previous = self.heads.insert(hash, fresh).unwrap_or(u32::MAX);
         self.chain.push(previous);
-        self.arena.extend_from_slice(bits);
-        self.arena.push(tag);
-        self.arena.push(value);
+        self.arena.extend_from_slice(key);
+        self.starts.push(self.arena.len());
         true
+    }
+
+    /// Approximate heap use in bytes.
+    fn bytes(&self) -> usize {
+        self.arena.capacity() * 8
+            + self.starts.capacity() * 8
+            + self.chain.capacity() * 4
+            + self.heads.capacity() * 16
+    }
+}
+
+/// The set of placed operations as two bitsets (known operations, numbered in call order, then
+/// unknown ones, each part starting on a word boundary), encoded canonically and compactly:
+/// per part, the words before the first one that is not all ones and after the last one that
+/// is not zero are left out. Placed operations mostly form a prefix in call order with a short
+/// ragged edge, so a configuration takes a handful of words whatever the history's length.
+struct Config {
+    bits: Vec<u64>,
+    /// Number of words of the known part.
+    known_words: usize,
+    /// Scratch for the encoding.
+    key: Vec<u64>,
+}
+
+impl Config {
+    fn new(known: usize, unknown: usize) -> Self {
+        let known_words = known.div_ceil(64);
+        Config { bits: vec![0; known_words + unknown.div_ceil(64)], known_words, key: Vec::new() }
+    }
+
+    /// The bit of operation `op` (known operations first, then unknown ones from `n_known`).
+    fn position(&self, op: usize, n_known: usize) -> usize {
+        if op < n_known { op } else { self.known_words * 64 + (op - n_known) }
+    }
+
+    fn set(&mut self, bit: usize) {
+        self.bits[bit / 64] |= 1u64 << (bit % 64);
+    }
+
+    fn clear(&mut self, bit: usize) {
+        self.bits[bit / 64] &= !(1u64 << (bit % 64));
+    }
+
+    /// Encodes the current set with the register value and the observe flag into `self.key`.
+    fn encode(&mut self, state: State, observe: bool) -> &[u64] {
+        self.key.clear();
+        let (known, unknown) = self.bits.split_at(self.known_words);
+        for part in [known, unknown] {
+            let first = part.iter().position(|&w| w != u64::MAX).unwrap_or(part.len());
+            let end = part.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1).max(first);
+            self.key.push(((first as u64) << 32) | (end - first) as u64);
+            self.key.extend_from_slice(&part[first..end]);
+        }
+        let (tag, value) = encode(state, observe);
+        self.key.push(tag);
+        self.key.push(value);
+        &self.key
     }
 }
 
@@ -265,7 +328,8 @@ struct Frame {
 }
 
 /// Checks one key's history; the register starts absent (`None`). A CAS on an absent register
-/// fails. `budget` bounds wall-clock time of the search.
+/// fails. `budget` bounds wall-clock time of the search (and the cache is capped at 1 GiB; both
+/// give [`Verdict::Timeout`]).
 pub fn check_register(ops: &[RegOp], budget: Duration) -> Verdict {
     let start = Instant::now();
 
@@ -298,6 +362,7 @@ pub fn check_register(ops: &[RegOp], budget: Duration) -> Verdict {
     if n_known == 0 {
         return Verdict::Linearizable;
     }
+    known.sort_by_key(|&(i, call, ret, _)| (call, ret, i));
     unknown.sort_by_key(|&(i, call, _)| (call, i));
     let total = n_known + unknown.len();
     let src: Vec<usize> = known.iter().map(|k| k.0).chain(unknown.iter().map(|u| u.0)).collect();
@@ -333,11 +398,10 @@ pub fn check_register(ops: &[RegOp], budget: Duration) -> Verdict {
     let mut uprev: Vec<usize> = (0..ulen).map(|i| i.wrapping_sub(1)).collect();
     let ucall: Vec<u64> = std::iter::once(0).chain(unknown.iter().map(|u| u.1)).collect();
 
-    let words = total.div_ceil(64);
-    let mut bits = vec![0u64; words];
+    let mut config = Config::new(n_known, unknown.len());
     let zobrist: Vec<u64> = (0..total as u64).map(|i| mix(i ^ 0xa076_1d64_78bd_642f)).collect();
     let mut zhash = 0u64;
-    let mut cache = Cache::new(words);
+    let mut cache = Cache::new();
 
     let mut state: State = None;
     let mut observe = false;
@@ -353,7 +417,9 @@ pub fn check_register(ops: &[RegOp], budget: Duration) -> Verdict {
             return Verdict::Linearizable;
         }
         iterations += 1;
-        if iterations.is_multiple_of(CLOCK_EVERY) && start.elapsed() > budget {
+        if iterations.is_multiple_of(CLOCK_EVERY)
+            && (start.elapsed() > budget || cache.bytes() > MAX_CACHE_BYTES)
+        {
             return Verdict::Timeout;
         }
 
@@ -376,7 +442,7 @@ pub fn check_register(ops: &[RegOp], budget: Duration) -> Verdict {
                     explanation: explain(ops, &src, &steps, &known, n_known, &best.0, best.1),
                 };
             };
-            bits[frame.op / 64] &= !(1u64 << (frame.op % 64));
+            config.clear(config.position(frame.op, n_known));
             zhash ^= zobrist[frame.op];
             state = frame.state;
             observe = frame.observe;
@@ -405,15 +471,12 @@ pub fn check_register(ops: &[RegOp], budget: Duration) -> Verdict {
             continue;
         };
         let new_observe = steps[op].unknown();
-        bits[op / 64] |= 1u64 << (op % 64);
+        let bit = config.position(op, n_known);
+        config.set(bit);
         let new_zhash = zhash ^ zobrist[op];
-        if !cache.insert(
-            new_zhash ^ state_hash(new_state, new_observe),
-            &bits,
-            new_state,
-            new_observe,
-        ) {
-            bits[op / 64] &= !(1u64 << (op % 64));
+        let hash = new_zhash ^ state_hash(new_state, new_observe);
+        if !cache.insert(hash, config.encode(new_state, new_observe)) {
+            config.clear(bit);
             cursor = advance(cursor, &next, &unext);
             continue;
         }

@@ -35,11 +35,13 @@ pub enum Fault {
     Member,
     /// Promote a follower to leader under load (admin transfer).
     Promote,
+    /// Coordinated power loss: every node is killed and loses what it had not fsynced.
+    Powerloss,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Partition,
@@ -48,6 +50,7 @@ impl Fault {
         Fault::Fsync,
         Fault::Member,
         Fault::Promote,
+        Fault::Powerloss,
     ];
 
     /// Its name.
@@ -61,6 +64,7 @@ impl Fault {
             Fault::Fsync => "fsync",
             Fault::Member => "member",
             Fault::Promote => "promote",
+            Fault::Powerloss => "powerloss",
         }
     }
 }
@@ -222,6 +226,17 @@ fn inject(
                     return Ok(false);
                 }
             }
+        }
+        Fault::Powerloss => {
+            let mut lost = Vec::new();
+            for i in 1..=cluster.nodes.len() {
+                cluster.kill(i);
+            }
+            for i in 1..=cluster.nodes.len() {
+                let (wal_bytes, db) = cluster.lose_unsynced(i)?;
+                lost.push(format!("{i}: {wal_bytes} log bytes, sqlite {db}"));
+            }
+            history.fault("powerloss", format!("every node killed; lost {}", lost.join("; ")));
         }
         Fault::Promote => {
             let followers: Vec<usize> =

@@ -133,6 +133,9 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         "--trailing-logs".into(),
         "200".into(),
     ];
+    if faults.contains(&Fault::Powerloss) {
+        serve_flags.push("--wal-sync-marks".into());
+    }
     for bug in &config.plant {
         serve_flags.push("--unsafe-plant-bug".into());
         serve_flags.push(bug.clone());

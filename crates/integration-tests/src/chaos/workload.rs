@@ -321,14 +321,22 @@ pub fn perform(client: &Client, base: &str, inv: &Invocation, timeout: Duration)
             };
         }
         Err(e) => {
-            return Completion { outcome: unclear, result: Value::Null, error: Some(e.to_string()) };
+            return Completion {
+                outcome: unclear,
+                result: Value::Null,
+                error: Some(e.to_string()),
+            };
         }
     };
     let status = resp.status().as_u16();
     let text = match resp.text() {
         Ok(t) => t,
         Err(e) => {
-            return Completion { outcome: unclear, result: Value::Null, error: Some(e.to_string()) };
+            return Completion {
+                outcome: unclear,
+                result: Value::Null,
+                error: Some(e.to_string()),
+            };
         }
     };
     let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
