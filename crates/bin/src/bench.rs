@@ -71,6 +71,11 @@ pub enum Workload {
     Insert,
     /// One primary-key point SELECT per request (`--params level=none` reads the node's copy).
     Read,
+    /// 1,000 single-row INSERT statements per request (one transaction); reports rows/s too.
+    Bulk,
+    /// Nine point SELECTs for every single-row INSERT, each its own request (`--params`
+    /// applies to both).
+    Mixed,
     /// Starts its own 3-node cluster (ports from `--base-port`), kills -9 the leader under
     /// write load `--trials` times, and measures kill → first acknowledged write; then checks
     /// that no acknowledged write was lost. Ignores `--url`.
@@ -82,6 +87,8 @@ pub enum Workload {
 
 /// Rows in the table the `read` workload selects from.
 const READ_ROWS: i64 = 10_000;
+/// Rows per request of the `bulk` workload.
+const BULK_ROWS: usize = 1_000;
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -91,7 +98,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.workload {
         Workload::Failover => return failover(&args).await,
         Workload::Bootstrap => return crate::bench_bootstrap::run(&args).await,
-        Workload::Insert | Workload::Read => {}
+        Workload::Insert | Workload::Read | Workload::Bulk | Workload::Mixed => {}
     }
     let client =
         reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.clients).build()?;
@@ -100,10 +107,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let execute = format!("{base}/db/execute?{extra}");
     let query = format!("{base}/db/query?{extra}");
     let setup_sql = match args.workload {
-        Workload::Insert | Workload::Failover | Workload::Bootstrap => json!([
+        Workload::Insert | Workload::Bulk | Workload::Failover | Workload::Bootstrap => json!([
             "CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, client INTEGER, payload TEXT)"
         ]),
-        Workload::Read => json!([
+        Workload::Read | Workload::Mixed => json!([
+            "CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, client INTEGER, payload TEXT)",
             "CREATE TABLE IF NOT EXISTS bench_read (id INTEGER PRIMARY KEY, payload TEXT)",
             [
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) INSERT OR IGNORE INTO bench_read SELECT i, printf('%064d', i) FROM n",
@@ -126,7 +134,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     // Reads at level=none on a replica must not race the setup: wait until it has the rows.
     let lsn = setup.json::<serde_json::Value>().await?["lsn"].as_u64().unwrap_or(0);
-    if matches!(args.workload, Workload::Read) {
+    if matches!(args.workload, Workload::Read | Workload::Mixed) {
         let probe = format!("{base}/db/query?level=none&min_lsn={lsn}&timeout=30s&q=SELECT%201");
         client.get(&probe).send().await?.error_for_status()?;
     }
@@ -146,24 +154,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "x".repeat(64)
             ]]))
             .expect("static JSON");
+            let bulk = serde_json::to_vec(&vec![
+                json!([
+                    "INSERT INTO bench(client, payload) VALUES(?, ?)",
+                    c,
+                    "x".repeat(64)
+                ]);
+                BULK_ROWS
+            ])
+            .expect("static JSON");
             // A seeded xorshift picks the rows to read: repeatable runs, no shared state.
             let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ (c as u64 + 1);
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
                 let start = Instant::now();
-                let request = match workload {
-                    Workload::Insert | Workload::Failover | Workload::Bootstrap => client
+                let read = |id: u64| {
+                    let id = (id % READ_ROWS as u64) as i64 + 1;
+                    client
+                        .post(&query)
+                        .json(&json!([["SELECT payload FROM bench_read WHERE id = ?", id]]))
+                };
+                let write = |body: &Vec<u8>| {
+                    client
                         .post(&execute)
                         .header("content-type", "application/json")
-                        .body(insert.clone()),
-                    Workload::Read => {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        let id = (seed % READ_ROWS as u64) as i64 + 1;
-                        client
-                            .post(&query)
-                            .json(&json!([["SELECT payload FROM bench_read WHERE id = ?", id]]))
-                    }
+                        .body(body.clone())
+                };
+                let request = match workload {
+                    Workload::Insert | Workload::Failover | Workload::Bootstrap => write(&insert),
+                    Workload::Bulk => write(&bulk),
+                    Workload::Read => read(seed),
+                    Workload::Mixed if n % 10 == 0 => write(&insert),
+                    Workload::Mixed => read(seed),
                 };
                 let ok = match request.send().await {
                     Ok(r) if r.status().is_success() => r
@@ -227,6 +253,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),
     });
+    if matches!(args.workload, Workload::Bulk) {
+        figures["rows_per_s"] = json!(throughput * BULK_ROWS as f64);
+    }
     if let Some(lag) = &lag {
         figures["lag"] = json!(lag);
     }
@@ -245,6 +274,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             latencies.len(),
             errors
         );
+        if let Some(rows) = figures["rows_per_s"].as_f64() {
+            println!("  {rows:.0} rows/s ({BULK_ROWS} rows per request)");
+        }
         for (node, l) in lag.iter().flatten() {
             println!(
                 "  node {node} apply lag: p50 {:.0} ms / {:.0} entries, p99 {:.0} ms / {:.0} entries ({} samples)",

@@ -74,3 +74,46 @@ fn frozen_leader_is_replaced_and_steps_down_when_it_wakes() {
     // And the cluster still takes writes, through the old leader too (forwarded).
     c.execute(old, json!([["INSERT INTO f(v) VALUES(?)", "after"]])).assert_ok();
 }
+
+/// A leader killed and restarted while the others are frozen comes back believing it still
+/// leads its old term (openraft restores a committed vote for itself as leadership). A write
+/// that changes nothing there, such as a compare-and-set that finds another value, must not be
+/// answered from its stale copy: like a read, it needs a quorum to confirm the leadership.
+/// (`keel-chaos` found this: a failed CAS answered by a restarted old leader.)
+#[test]
+fn restarted_old_leader_does_not_answer_no_op_writes_from_a_stale_copy() {
+    let c = TestCluster::start_with(3, 0, &["--sync-timeout", "1s"]);
+    let old = c.leader();
+    c.execute_ok(old, json!(["CREATE TABLE r (k INTEGER PRIMARY KEY, v INTEGER)"]));
+    c.execute_ok(old, json!(["INSERT INTO r VALUES(1, 1)"]));
+    c.kill(old);
+    let new = wait_for(TIMEOUT, "a new leader", || {
+        let l = c.leader();
+        (l != old).then_some(l)
+    });
+    c.execute_ok(new, json!(["UPDATE r SET v = 2 WHERE k = 1"]));
+    let others: Vec<_> = c.ids().into_iter().filter(|&id| id != old).collect();
+    for &id in &others {
+        c.pause(id);
+    }
+    c.restart(old);
+    wait_for(TIMEOUT, "the restarted node to believe it leads its old term", || {
+        (c.try_status(old)?.role == "leader").then_some(())
+    });
+    // On its stale copy v is 1, so this changes nothing there; the truth is v = 2.
+    let answer =
+        c.try_execute(old, "timeout=2s", &json!(["UPDATE r SET v = 3 WHERE k = 1 AND v = 2"]));
+    if let Ok(response) = answer {
+        panic!("a no-op write was answered from a stale copy: {:?}", response.0);
+    }
+    for &id in &others {
+        c.resume(id);
+    }
+    let value = wait_for(TIMEOUT, "the cluster to settle", || {
+        let leader = c.leader();
+        let rows = c.rows(leader, "SELECT v FROM r WHERE k = 1");
+        rows.first().and_then(|r| r.first()).and_then(serde_json::Value::as_i64)
+    });
+    assert_eq!(value, 2, "the committed value survives; the refused write did nothing");
+    c.assert_consistent();
+}

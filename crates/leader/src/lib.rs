@@ -252,7 +252,13 @@ async fn commit(
     let sql::Speculation { record, results, duplicates } = speculation;
     let lsn = if record.ops.is_empty() && record.requests.is_empty() {
         // Nothing to replicate: every statement failed or changed nothing, or every request was
-        // a retry of an applied one.
+        // a retry of an applied one. The answer is then a read of this node's state (a CAS
+        // that found another value, an UPDATE that matched no row), so it must be as current
+        // as a linearizable read: confirm with a quorum that this node still leads. Without
+        // this, a node that restarts believing it leads an old term (openraft restores a
+        // committed vote for itself as leadership) answers from its stale copy; keel-chaos
+        // found exactly that.
+        raft::client::barrier(raft, raft::ReadPolicy::ReadIndex).await?;
         *applied.borrow()
     } else {
         if options.unsafe_ack_before_commit {

@@ -260,10 +260,31 @@ fn append(ops: &[Op]) -> Findings {
     if !txns.iter().any(|t| t.final_read && t.outcome == elle::Outcome::Ok) {
         f.violations.push("append: no final read succeeded".into());
     }
-    for anomaly in elle::check_append(&txns, true) {
-        if anomaly.kind == "lost-append" {
-            f.lost += 1;
+    // Lost appends, counted one by one (the checker reports them per key).
+    let mut last: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for txn in txns.iter().filter(|t| t.final_read && t.outcome == elle::Outcome::Ok) {
+        for m in &txn.mops {
+            if let elle::Mop::Read { key, value: Some(list) } = m {
+                last.insert(*key, list.iter().copied().collect());
+            }
         }
+    }
+    for txn in txns.iter().filter(|t| t.outcome == elle::Outcome::Ok && !t.final_read) {
+        for m in &txn.mops {
+            if let elle::Mop::Append { key, value } = m
+                && !last.get(key).is_some_and(|seen| seen.contains(value))
+            {
+                f.lost += 1;
+            }
+        }
+    }
+    if f.lost > 0 {
+        f.violations.push(format!(
+            "append: {} of {} acknowledged appends are missing from the final read",
+            f.lost, f.acknowledged
+        ));
+    }
+    for anomaly in elle::check_append(&txns, true) {
         f.violations.push(format!("append: {}: {}", anomaly.kind, anomaly.detail));
     }
     f
