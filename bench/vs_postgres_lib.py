@@ -15,6 +15,7 @@ Subcommands (each prints one JSON object on stdout, except `report`):
                                 initial connection time)" line, p50/p99 from its per-transaction
                                 logs, failed transactions, and its exit code
   keel OUT ERR RC               figures of one `keel bench --json` run (its last JSON line)
+  summary NAME FILE             one progress line for a result; exit status 3 if it failed
   report RESULTS_DIR [--markdown FILE]
                                 the comparison table, the floor and the machine
 """
@@ -30,7 +31,6 @@ import platform
 import re
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import time
@@ -301,7 +301,10 @@ def cell(r: dict | None, kind: str) -> tuple[str, float | None]:
         text = f"{fmt_num(v)} rows/s (p50 {fmt_ms(r.get('p50_ms'))} ms)"
     else:
         v = r.get("p50_ms")
-        text = f"p50 {fmt_ms(v)} ms (p99 {fmt_ms(r.get('p99_ms'))} ms)"
+        if r.get("label"):
+            text = f"{r['label']} {fmt_ms(v)} ms"
+        else:
+            text = f"p50 {fmt_ms(v)} ms (p99 {fmt_ms(r.get('p99_ms'))} ms)"
     return text + flag, v
 
 
@@ -379,7 +382,7 @@ def report(results: str, markdown_file: str | None) -> int:
     rtt = load(results, "rtt")
     floor = None
     if fs and rtt and fs.get("p50_ms") is not None and rtt.get("p50_ms") is not None:
-        floor = {"p50_ms": 2 * fs["p50_ms"] + rtt["p50_ms"], "errors": 0}
+        floor = {"p50_ms": 2 * fs["p50_ms"] + rtt["p50_ms"], "errors": 0, "label": "floor"}
 
     rows: list[list[str]] = []
 
@@ -397,19 +400,19 @@ def report(results: str, markdown_file: str | None) -> int:
                 met = "yes" if (r <= goal if lower_is_better else r >= goal) else "NO"
         rows.append([name, kt, bt, rt, goal_text, met, f"{errors_of(keel)} / {errors_of(base)}"])
 
-    row("1. insert, semi-sync, 64 clients (vs PostgreSQL ANY 1, on)",
+    row("1. insert, 64 clients, semi-sync (PG: ANY 1, on)",
         load(results, "keel-insert-64"), load(results, "pg-insert-64"), "tput", 1.5)
-    row("2. insert, sync, 64 clients (vs PostgreSQL ANY 2, remote_apply)",
+    row("2. insert, 64 clients, sync (PG: ANY 2, remote_apply)",
         load(results, "keel-insert-64-sync"), load(results, "pg-insert-64-sync"), "tput", 1.5)
-    row("3. insert p50, 1 client, semi-sync (vs floor)",
+    row("3. insert p50, 1 client, semi-sync, vs floor",
         load(results, "keel-insert-1"), floor, "p50", 1.5, lower_is_better=True)
-    row("3b. insert p50, 1 client, semi-sync (vs PostgreSQL ANY 1)",
+    row("3b. insert p50, 1 client, semi-sync (PG: ANY 1)",
         load(results, "keel-insert-1"), load(results, "pg-insert-1"), "p50")
-    row("4. bulk, 1 client, 1,000 rows/txn (vs local SQLite)",
+    row("4. bulk 1,000 rows/txn, 1 client, vs SQLite",
         load(results, "keel-bulk-1"), load(results, "sqlite-bulk"), "rows", 0.4)
-    row("4b. bulk, 1 client, 1,000 rows/txn (vs PostgreSQL ANY 1)",
+    row("4b. bulk 1,000 rows/txn, 1 client (PG: ANY 1)",
         load(results, "keel-bulk-1"), load(results, "pg-bulk-1"), "rows")
-    row("5. point reads on a follower, 16 clients (vs PostgreSQL standby)",
+    row("5. point reads, 16 clients, follower/standby",
         load(results, "keel-read-16"), load(results, "pg-read-16"), "tput", 1.0)
 
     header = ["workload", "Keel", "PostgreSQL / baseline", "ratio", "goal", "met?",
@@ -440,7 +443,7 @@ def report(results: str, markdown_file: str | None) -> int:
         "Row 4b's PostgreSQL figure is one INSERT of 1,000 VALUES rows per transaction under "
         "semi-sync (ANY 1). SQLite runs in this process, with no replication.",
     ]
-    failures = [f"{name}: {r['failed']}" for name in sorted(os.listdir(results))
+    failures = [f"{name[:-5]}: {r['failed']}" for name in sorted(os.listdir(results))
                 if name.endswith(".json")
                 for r in [load(results, name[:-5])] if r and r.get("failed")]
     mach = machine(info.get("tmp", "/tmp"), info)
@@ -464,6 +467,24 @@ def report(results: str, markdown_file: str | None) -> int:
     return 0
 
 
+def summary(name: str, path: str) -> int:
+    with open(path) as f:
+        r = json.load(f)
+    parts = []
+    if r.get("throughput_per_s") is not None:
+        parts.append(f"{fmt_num(r['throughput_per_s'])}/s")
+    if r.get("rows_per_s") is not None:
+        parts.append(f"{fmt_num(r['rows_per_s'])} rows/s")
+    if r.get("p50_ms") is not None:
+        parts.append(f"p50 {fmt_ms(r['p50_ms'])} ms, p99 {fmt_ms(r.get('p99_ms'))} ms")
+    if r.get("errors") is not None:
+        parts.append(f"{r['errors']} errors")
+    if r.get("failed"):
+        parts.append(f"FAILED: {r['failed']}")
+    print(f"  {name}: " + ", ".join(parts))
+    return 3 if r.get("failed") else 0
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -479,6 +500,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(parse_pgbench(args[0], args[1], int(args[2]), int(args[3]))))
     elif cmd == "keel":
         print(json.dumps(parse_keel(args[0], args[1], int(args[2]))))
+    elif cmd == "summary":
+        return summary(args[0], args[1])
     elif cmd == "report":
         md = None
         if len(args) >= 3 and args[1] == "--markdown":

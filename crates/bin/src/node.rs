@@ -145,7 +145,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Serves `router` on `listener`, with Nagle's algorithm off on every connection: answers are
+/// small and latency-bound (a delayed ACK would hold a response back).
 async fn serve_router(listener: TcpListener, router: axum::Router) {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     if let Err(e) = axum::serve(listener, router).await {
         tracing::error!(error = %e, "HTTP server failed");
         std::process::exit(1);

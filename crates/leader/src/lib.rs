@@ -15,6 +15,9 @@
 //! 4. Propose the resulting [`wal::Record`] conditional on term T
 //!    ([`raft::client::propose`]) and wait until it is committed (a quorum has it durably) and
 //!    applied here. Only the apply changes the database, on every node alike.
+//!    A batch that changes nothing (every statement failed or matched no row) is not
+//!    proposed; its answer is a read of this node's state, so it first confirms leadership
+//!    with a quorum (read index), as a linearizable read does.
 //! 5. Answer every request with its results and the record's log index (`lsn`). A request
 //!    that asked for `sync` or `replicas:K` ([`Durability`]) then waits, in its own task so
 //!    the writer goes on, until enough followers report having applied it ([`Progress`]).

@@ -155,7 +155,8 @@ fn config(
 }
 
 /// Runs one configuration in a child process of this binary (each run needs a fresh
-/// network namespace for its threads), and returns its exit status and report text.
+/// network namespace for its threads), and returns whether it passed and its summary. The
+/// child's fault log goes to stderr as it happens; its summary is printed by the caller.
 fn run_child(config: &Config, faults: &str, keep: bool) -> anyhow::Result<(bool, String)> {
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
@@ -180,11 +181,14 @@ fn run_child(config: &Config, faults: &str, keep: bool) -> anyhow::Result<(bool,
     if config.loopback {
         cmd.arg("--loopback");
     }
-    if keep {
-        cmd.arg("--keep");
-    }
-    let status = cmd.status()?;
+    // The child keeps its directory so that its summary can be read here; a passing run's
+    // directory is removed afterwards unless `keep`.
+    cmd.arg("--keep");
+    let status = cmd.stdout(std::process::Stdio::null()).status()?;
     let summary = std::fs::read_to_string(config.dir.join("summary.txt")).unwrap_or_default();
+    if status.success() && !keep {
+        let _ = std::fs::remove_dir_all(&config.dir);
+    }
     Ok((status.success(), summary))
 }
 

@@ -480,25 +480,26 @@ impl Cluster {
 
     /// POSTs `body` to `path` on node `i`; the status and body, or the transport error.
     pub fn post(&self, i: usize, path: &str, body: String) -> Result<(u16, String), String> {
-        let url = format!("http://{}{}", self.nodes[i - 1].http, path);
-        let resp = self
-            .client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body)
-            .timeout(Duration::from_secs(20))
-            .send()
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.text().unwrap_or_default()))
+        self.send(reqwest::Method::POST, i, path, body)
     }
 
     /// DELETEs with `body` at `path` on node `i`.
     pub fn delete(&self, i: usize, path: &str, body: String) -> Result<(u16, String), String> {
+        self.send(reqwest::Method::DELETE, i, path, body)
+    }
+
+    /// Sends a JSON `body` with `method` to `path` on node `i`.
+    fn send(
+        &self,
+        method: reqwest::Method,
+        i: usize,
+        path: &str,
+        body: String,
+    ) -> Result<(u16, String), String> {
         let url = format!("http://{}{}", self.nodes[i - 1].http, path);
         let resp = self
             .client
-            .delete(url)
+            .request(method, url)
             .header("content-type", "application/json")
             .body(body)
             .timeout(Duration::from_secs(20))

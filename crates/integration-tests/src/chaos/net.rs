@@ -138,28 +138,23 @@ impl Netns {
         vec!["ip".into(), "netns".into(), "exec".into(), self.node_ns(i)]
     }
 
+    /// Adds (`add`) or removes (`del`) the blackhole routes between nodes `a` and `b`, in
+    /// both namespaces.
+    fn blackhole(&self, action: &str, a: usize, b: usize) -> anyhow::Result<()> {
+        for (from, to) in [(a, b), (b, a)] {
+            let dest = format!("{}/32", self.node_ip(to));
+            ip(&["-n", &self.node_ns(from), "route", action, "blackhole", &dest])?;
+        }
+        Ok(())
+    }
+
     /// Cuts traffic between nodes `a` and `b` (both directions).
     pub fn cut(&mut self, a: usize, b: usize) -> anyhow::Result<()> {
         let pair = (a.min(b), a.max(b));
         if a == b || self.cut.contains(&pair) {
             return Ok(());
         }
-        ip(&[
-            "-n",
-            &self.node_ns(a),
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", self.node_ip(b)),
-        ])?;
-        ip(&[
-            "-n",
-            &self.node_ns(b),
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", self.node_ip(a)),
-        ])?;
+        self.blackhole("add", a, b)?;
         self.cut.insert(pair);
         Ok(())
     }
@@ -167,22 +162,7 @@ impl Netns {
     /// Restores every cut link.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         for (a, b) in std::mem::take(&mut self.cut) {
-            ip(&[
-                "-n",
-                &self.node_ns(a),
-                "route",
-                "del",
-                "blackhole",
-                &format!("{}/32", self.node_ip(b)),
-            ])?;
-            ip(&[
-                "-n",
-                &self.node_ns(b),
-                "route",
-                "del",
-                "blackhole",
-                &format!("{}/32", self.node_ip(a)),
-            ])?;
+            self.blackhole("del", a, b)?;
         }
         Ok(())
     }

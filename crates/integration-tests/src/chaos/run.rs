@@ -345,19 +345,9 @@ fn final_reads(
         }
     }
     let result = json!({ "results": [{ "values": rows }] });
-    match workload {
-        Workload::Set => history.push(Op {
-            process: usize::MAX,
-            node: leader as u64,
-            f: "read-all",
-            value: json!({ "learner": false }),
-            result,
-            outcome: Outcome::Ok,
-            call,
-            ret: Some(ret),
-            error: None,
-            final_read: true,
-        }),
+    let (f, value, result) = match workload {
+        Workload::Set => ("read-all", json!({ "learner": false }), result),
+        Workload::Bank => ("read", json!({ "level": "final" }), result),
         Workload::Append => {
             // One read per key, as one transaction.
             let mut mops = Vec::new();
@@ -366,33 +356,22 @@ fn final_reads(
                 mops.push(json!(["r", row[0], null]));
                 results.push(json!({ "values": [[row[1]]] }));
             }
-            history.push(Op {
-                process: usize::MAX,
-                node: leader as u64,
-                f: "txn",
-                value: Value::Array(mops),
-                result: json!({ "results": results }),
-                outcome: Outcome::Ok,
-                call,
-                ret: Some(ret),
-                error: None,
-                final_read: true,
-            });
+            ("txn", Value::Array(mops), json!({ "results": results }))
         }
-        Workload::Bank => history.push(Op {
-            process: usize::MAX,
-            node: leader as u64,
-            f: "read",
-            value: json!({ "level": "final" }),
-            result,
-            outcome: Outcome::Ok,
-            call,
-            ret: Some(ret),
-            error: None,
-            final_read: true,
-        }),
-        Workload::Register => {}
-    }
+        Workload::Register => return,
+    };
+    history.push(Op {
+        process: usize::MAX,
+        node: leader as u64,
+        f,
+        value,
+        result,
+        outcome: Outcome::Ok,
+        call,
+        ret: Some(ret),
+        error: None,
+        final_read: true,
+    });
 }
 
 /// A human-readable account of the run.
