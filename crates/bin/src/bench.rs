@@ -188,7 +188,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     Workload::Insert | Workload::Failover | Workload::Bootstrap => write(&insert),
                     Workload::Bulk => write(&bulk),
                     Workload::Read => read(seed),
-                    Workload::Mixed if n % 10 == 0 => write(&insert),
+                    Workload::Mixed if n.is_multiple_of(10) => write(&insert),
                     Workload::Mixed => read(seed),
                 };
                 let ok = match request.send().await {
