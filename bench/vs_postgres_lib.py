@@ -15,6 +15,8 @@ Subcommands (each prints one JSON object on stdout, except `report`):
                                 initial connection time)" line, p50/p99 from its per-transaction
                                 logs, failed transactions, and its exit code
   keel OUT ERR RC               figures of one `keel bench --json` run (its last JSON line)
+  cpu-busy SECONDS              percentage of the machine's CPU time spent busy over SECONDS (run
+                                between measurements, when only idle servers of ours are up)
   summary NAME FILE             one progress line for a result; exit status 3 if it failed
   report RESULTS_DIR [--markdown FILE]
                                 the comparison table, the floor and the machine
@@ -34,6 +36,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+
+
+# Above this CPU use (percent) just before a measurement, the report warns that something
+# else was running.
+BUSY_WARN = 20.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -134,6 +141,20 @@ def loopback_rtt(seconds: float) -> dict:
         "p99_ms": percentile(samples, 0.99),
         "n": len(samples),
     }
+
+
+def cpu_busy(seconds: float) -> float:
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        total = sum(fields[:8])  # guest time is already counted in user
+        return idle, total
+
+    i0, t0 = sample()
+    time.sleep(seconds)
+    i1, t1 = sample()
+    return 100.0 * (1 - (i1 - i0) / max(t1 - t0, 1))
 
 
 # ------------------------------------------------------------------------------------------
@@ -447,10 +468,25 @@ def report(results: str, markdown_file: str | None) -> int:
                 if name.endswith(".json")
                 for r in [load(results, name[:-5])] if r and r.get("failed")]
     mach = machine(info.get("tmp", "/tmp"), info)
+    busy = {}
+    for name in sorted(os.listdir(results)):
+        if name.endswith(".busy"):
+            try:
+                busy[name[:-5]] = float(open(os.path.join(results, name)).read())
+            except ValueError:
+                pass
+    if busy:
+        notes.append("CPU busy in the second before each measurement (other processes; ours "
+                     "were idle): " + ", ".join(f"{k} {v:.0f}%" for k, v in busy.items()))
+    warnings = [f"{k}: the machine was {v:.0f}% busy just before it" for k, v in busy.items()
+                if v > BUSY_WARN]
 
     text = ["", render(header, rows, False), ""]
     text += floor_lines + [""]
     text += [f"{k}: {v}" for k, v in mach]
+    if warnings:
+        text += ["", "WARNING: other load on the machine; these figures are not comparable:"]
+        text += [f"  {w}" for w in warnings]
     if failures:
         text += ["", "failures:"] + [f"  {f}" for f in failures]
     print("\n".join(text))
@@ -460,6 +496,8 @@ def report(results: str, markdown_file: str | None) -> int:
         md += [f"- {l}" for l in floor_lines]
         md += ["", "## The machine", ""] + [f"- {k}: {v}" for k, v in mach]
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+        if warnings:
+            md += ["", "## Warning: other load on the machine", ""] + [f"- {w}" for w in warnings]
         if failures:
             md += ["", "## Failures", ""] + [f"- {f}" for f in failures]
         with open(markdown_file, "w") as f:
@@ -500,6 +538,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(parse_pgbench(args[0], args[1], int(args[2]), int(args[3]))))
     elif cmd == "keel":
         print(json.dumps(parse_keel(args[0], args[1], int(args[2]))))
+    elif cmd == "cpu-busy":
+        print(f"{cpu_busy(float(args[0])):.0f}")
     elif cmd == "summary":
         return summary(args[0], args[1])
     elif cmd == "report":

@@ -23,9 +23,13 @@
 //! (`spawn_blocking`), because file I/O and fsync must not stall the async workers, and because a
 //! reader may have to wait for the mutex while an append is in its fsync.
 //!
-//! - `append`: encode the entries, one [`wal::Log::append`] (one write, one fdatasync), and only
-//!   then `callback.io_completed(Ok(()))`. `append` returns after the fsync, so the entries are
-//!   readable when it returns, as openraft requires.
+//! - `append`: encode the entries and write them with [`wal::Log::append_unsynced`] (one
+//!   write), so they are readable when `append` returns, as openraft requires; then hand the
+//!   callback to the sync thread, which fdatasyncs ([`wal::PendingSync`], outside the lock)
+//!   and only then calls `callback.io_completed(Ok(()))`. openraft acknowledges nothing (votes,
+//!   append responses, commits) before that callback, so a write is still acknowledged only
+//!   once durable; meanwhile the leader already replicates the entries, and one fdatasync
+//!   covers every append that arrived during the previous one.
 //! - `truncate_after` / `purge`: [`wal::Log::truncate_after`] / [`wal::Log::purge_through`],
 //!   both durable before they return.
 //! - `get_log_state`: `last_log_id` is the last entry, or the purge point once everything is
@@ -36,9 +40,6 @@
 //!
 //! # Implementation caveats
 //!
-//! - `append` awaits the fsync before returning instead of calling back from a background
-//!   flush, so openraft's next log write waits for it. Pipelining would need a `wal` API that
-//!   separates the write from the sync.
 //! - `limited_get_log_entries` keeps openraft's default (the whole range): openraft already caps
 //!   replication batches by entry count, not by bytes.
 
@@ -46,7 +47,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, Range, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend, RaftLogReader};
@@ -68,6 +69,38 @@ const MEMBERSHIP: u8 = 2;
 pub struct LogStore {
     /// The log, shared by the storage handle and every reader handed to replication tasks.
     log: Arc<Mutex<wal::Log>>,
+    /// Where `append` hands its flush callbacks: the sync thread fdatasyncs what was written
+    /// and then calls them, in order.
+    flushes: mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+/// The sync thread: waits for appended-but-unsynced writes, makes them durable with one
+/// fdatasync per segment for all the appends waiting (group fsync), then reports each append
+/// flushed, in order. Ends when every [`LogStore`] clone is gone.
+fn sync_thread(log: Arc<Mutex<wal::Log>>, flushes: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = flushes.recv() {
+        let mut callbacks = vec![first];
+        callbacks.extend(flushes.try_iter());
+        // Every callback was sent after its append wrote under the lock, so the syncs taken
+        // now cover all of them.
+        let pending = match log.lock() {
+            Ok(mut log) => log.pending_sync(),
+            Err(_) => {
+                for callback in callbacks {
+                    callback.io_completed(Err(io::Error::other(
+                        "the log's mutex is poisoned: an earlier log operation panicked",
+                    )));
+                }
+                continue;
+            }
+        };
+        if let Some(pending) = pending {
+            pending.sync(); // Aborts the process if an fdatasync fails.
+        }
+        for callback in callbacks {
+            callback.io_completed(Ok(()));
+        }
+    }
 }
 
 impl LogStore {
@@ -78,8 +111,14 @@ impl LogStore {
 
     /// Opens (or creates) the log in `dir` with the given options.
     pub fn open_with(dir: &Path, options: wal::Options) -> Result<LogStore, wal::Error> {
-        let log = wal::Log::open(dir, options)?;
-        Ok(LogStore { log: Arc::new(Mutex::new(log)) })
+        let log = Arc::new(Mutex::new(wal::Log::open(dir, options)?));
+        let (flushes, pending) = mpsc::channel();
+        let for_thread = Arc::clone(&log);
+        std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || sync_thread(for_thread, pending))
+            .map_err(wal::Error::from)?;
+        Ok(LogStore { log, flushes })
     }
 
     /// Runs `f` on the log on tokio's blocking pool.
@@ -240,12 +279,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = self
             .run(move |log| {
                 let frames = entries.iter().map(encode_entry).collect::<io::Result<Vec<_>>>()?;
-                Ok(log.append(&frames)?)
+                Ok(log.append_unsynced(&frames)?)
             })
             .await;
         match result {
             Ok(()) => {
-                callback.io_completed(Ok(()));
+                // Readable now; durable (and reported flushed) once the sync thread has run.
+                if let Err(mpsc::SendError(callback)) = self.flushes.send(callback) {
+                    callback.io_completed(Err(io::Error::other("the log's sync thread is gone")));
+                }
                 Ok(())
             }
             Err(err) => {

@@ -71,7 +71,7 @@ pub mod repair;
 
 pub use codec::Frame;
 pub use error::{Error, Result};
-pub use log::{Log, Options};
+pub use log::{Log, Options, PendingSync};
 pub use record::{Op, Record, RequestAnswer};
 
 /// A log index: the position of an entry in the Raft log. Clients see it as the `lsn` of their

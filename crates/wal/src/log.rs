@@ -3,7 +3,7 @@
 //! [`Log`] is the file I/O around the pure [`crate::codec`] and [`crate::repair`]. See the crate
 //! docs for the directory layout and the life of an entry.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
@@ -117,6 +117,37 @@ pub struct Log {
     vote: Option<Vec<u8>>,
     /// The last saved committed position, opaque.
     committed: Option<Vec<u8>>,
+    /// Segments (by key) written since their last fdatasync.
+    unsynced: BTreeSet<Lsn>,
+}
+
+/// The fdatasyncs that make everything appended so far durable, taken by [`Log::pending_sync`]
+/// and run with [`PendingSync::sync`] without holding the log.
+#[derive(Debug)]
+pub struct PendingSync {
+    /// Each written segment: a handle on its file, its path (for errors and sync marks) and
+    /// the length the sync covers.
+    files: Vec<(File, PathBuf, u64)>,
+    /// Write sync marks after the sync ([`Options::sync_marks`]).
+    marks: bool,
+    /// The planted skip-fsync bug ([`Options::unsafe_skip_fsync`]): do nothing.
+    skip: bool,
+}
+
+impl PendingSync {
+    /// Fdatasyncs every segment written, in order; aborts the process if one fails (see
+    /// [`crate::Log`]'s invariants).
+    pub fn sync(self) {
+        if self.skip {
+            return;
+        }
+        for (file, path, len) in &self.files {
+            disk::sync_data(file, path);
+            if self.marks {
+                write_sync_mark(path, *len);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Log {
@@ -156,6 +187,7 @@ impl Log {
             last_purged,
             vote,
             committed,
+            unsynced: BTreeSet::new(),
         };
 
         let mut names = list_segments(dir)?;
@@ -257,6 +289,19 @@ impl Log {
     /// decrease; otherwise [`Error::InvalidInput`] and nothing is written. An empty batch is a
     /// no-op. If the fdatasync fails the process aborts (see [`crate::Log`]'s invariants).
     pub fn append(&mut self, frames: &[Frame]) -> Result<()> {
+        self.append_unsynced(frames)?;
+        if let Some(pending) = self.pending_sync() {
+            pending.sync();
+        }
+        Ok(())
+    }
+
+    /// Like [`Log::append`], but without the fdatasync: the frames are written and readable
+    /// when it returns, and durable only once a [`PendingSync`] taken afterwards (by
+    /// [`Log::pending_sync`]) has synced. This lets a caller sync outside its lock on the log,
+    /// while further appends and reads go on, and cover several appends with one fdatasync.
+    /// Nothing written this way may be acknowledged before that sync.
+    pub fn append_unsynced(&mut self, frames: &[Frame]) -> Result<()> {
         let Some(head) = frames.first() else {
             return Ok(());
         };
@@ -307,12 +352,7 @@ impl Log {
             return Err(err.into());
         }
         segment.len = start + buf.len() as u64;
-        if !self.options.unsafe_skip_fsync {
-            disk::sync_data(&segment.file, &segment.path);
-            if self.options.sync_marks {
-                write_sync_mark(&segment.path, segment.len);
-            }
-        }
+        self.unsynced.insert(key);
 
         if self.entries.is_empty() {
             self.first = head.index;
@@ -352,6 +392,35 @@ impl Log {
         // The new name must be durable before anything in the file can count as durable.
         disk::sync_dir(&self.dir)?;
         Ok(index)
+    }
+
+    /// The syncs that would make every append so far durable, or `None` if everything
+    /// written is already durable. Taking it marks the segments clean: the caller must run it.
+    pub fn pending_sync(&mut self) -> Option<PendingSync> {
+        if self.unsynced.is_empty() {
+            return None;
+        }
+        let mut files = Vec::new();
+        for key in std::mem::take(&mut self.unsynced) {
+            // A segment removed since (truncated away or purged) needs no sync.
+            let Some(segment) = self.segments.get(&key) else { continue };
+            match segment.file.try_clone() {
+                Ok(file) => files.push((file, segment.path.clone(), segment.len)),
+                // Without a handle the data cannot be made durable: the same as a failed fsync.
+                Err(err) => {
+                    eprintln!(
+                        "wal: cannot open {} again to fsync it: {err}; aborting",
+                        segment.path.display()
+                    );
+                    std::process::abort();
+                }
+            }
+        }
+        Some(PendingSync {
+            files,
+            marks: self.options.sync_marks,
+            skip: self.options.unsafe_skip_fsync,
+        })
     }
 
     /// Reads the entries present within `range`, in order. Parts of the range outside the log

@@ -551,3 +551,40 @@ fn bounded_prefixes_for_replication_batches() {
     let read = log.read(log.prefix_within(1..11, three)).unwrap();
     assert_eq!(read, frames(1, 1..=3));
 }
+
+/// Unsynced appends are readable at once; one pending sync covers every segment written since
+/// the last one (rotation included), and the sync marks record each segment's durable length
+/// only after the sync has run.
+#[test]
+fn unsynced_appends_are_covered_by_one_pending_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { sync_marks: true, ..tiny() };
+    let mut log = Log::open(dir.path(), options).unwrap();
+    assert!(log.pending_sync().is_none(), "nothing written, nothing to sync");
+    log.append_unsynced(&frames(1, 1..=3)).unwrap();
+    log.append_unsynced(&frames(1, 4..=6)).unwrap();
+    assert_eq!(all(&mut log), frames(1, 1..=6), "unsynced frames are readable");
+    let marks = |dir: &Path| -> Vec<(String, u64)> {
+        segments(dir)
+            .iter()
+            .filter_map(|seg| {
+                let mark = fs::read_to_string(format!("{}.synced", seg.display())).ok()?;
+                Some((seg.file_name()?.to_string_lossy().into_owned(), mark.parse().ok()?))
+            })
+            .collect()
+    };
+    // The tiny segments rotated: at least two were written, each marked 0 at creation.
+    assert!(segments(dir.path()).len() >= 2);
+    assert!(marks(dir.path()).iter().all(|(_, len)| *len == 0), "{:?}", marks(dir.path()));
+    let pending = log.pending_sync().expect("writes are pending");
+    assert!(log.pending_sync().is_none(), "taking the sync marks the segments clean");
+    pending.sync();
+    let after = marks(dir.path());
+    assert_eq!(after.len(), segments(dir.path()).len());
+    for ((name, len), path) in after.iter().zip(segments(dir.path())) {
+        assert_eq!(*len, fs::metadata(&path).unwrap().len(), "{name} is marked whole");
+    }
+    drop(log);
+    let mut log = Log::open(dir.path(), tiny()).unwrap();
+    assert_eq!(all(&mut log), frames(1, 1..=6));
+}
