@@ -30,6 +30,9 @@
 //!   append responses, commits) before that callback, so a write is still acknowledged only
 //!   once durable; meanwhile the leader already replicates the entries, and one fdatasync
 //!   covers every append that arrived during the previous one.
+//! - `save_committed`: the committed log id is a hint (openraft applies up to it at start
+//!   without asking the leader). The sync thread writes it without fsync, and only once this
+//!   log holds its entries durably, so it never points past what a power loss leaves.
 //! - `truncate_after` / `purge`: [`wal::Log::truncate_after`] / [`wal::Log::purge_through`],
 //!   both durable before they return.
 //! - `get_log_state`: `last_log_id` is the last entry, or the purge point once everything is
@@ -55,6 +58,16 @@ use wal::{Frame, Record};
 
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
+/// Reads of at most this many entries run on the calling thread ([`LogStore::run_here`]).
+const SMALL_READ_ENTRIES: u64 = 64;
+/// Appends of at most this many payload bytes run on the calling thread.
+const SMALL_WRITE_BYTES: usize = 256 << 10;
+
+/// The number of indexes in `range`.
+fn range_len(range: &Range<u64>) -> u64 {
+    range.end.saturating_sub(range.start)
+}
+
 /// Payload kind byte of a `Blank` entry.
 const BLANK: u8 = 0;
 /// Payload kind byte of a `Normal` entry.
@@ -69,37 +82,83 @@ const MEMBERSHIP: u8 = 2;
 pub struct LogStore {
     /// The log, shared by the storage handle and every reader handed to replication tasks.
     log: Arc<Mutex<wal::Log>>,
-    /// Where `append` hands its flush callbacks: the sync thread fdatasyncs what was written
-    /// and then calls them, in order.
-    flushes: mpsc::Sender<IOFlushed<TypeConfig>>,
+    /// Where `append` hands its flush callbacks (and `save_committed` its nudges): the sync
+    /// thread fdatasyncs what was written and then calls them, in order.
+    flushes: mpsc::Sender<ToSync>,
+    /// The latest committed log id openraft gave, not yet written (see `save_committed`).
+    committed: Arc<Mutex<Option<LogId>>>,
+}
+
+/// A message to the sync thread.
+enum ToSync {
+    /// Make an append durable, then report it.
+    Flush(IOFlushed<TypeConfig>),
+    /// A new committed log id is waiting to be written.
+    Committed,
 }
 
 /// The sync thread: waits for appended-but-unsynced writes, makes them durable with one
 /// fdatasync per segment for all the appends waiting (group fsync), then reports each append
-/// flushed, in order. Ends when every [`LogStore`] clone is gone.
-fn sync_thread(log: Arc<Mutex<wal::Log>>, flushes: mpsc::Receiver<IOFlushed<TypeConfig>>) {
-    while let Ok(first) = flushes.recv() {
-        let mut callbacks = vec![first];
-        callbacks.extend(flushes.try_iter());
+/// flushed, in order. It also writes the committed log id, once the entries it covers are
+/// durable here. Ends when every [`LogStore`] clone is gone.
+fn sync_thread(
+    log: Arc<Mutex<wal::Log>>,
+    committed: Arc<Mutex<Option<LogId>>>,
+    messages: mpsc::Receiver<ToSync>,
+) {
+    let poisoned =
+        || io::Error::other("the log's mutex is poisoned: an earlier log operation panicked");
+    while let Ok(first) = messages.recv() {
+        let mut callbacks = Vec::new();
+        for message in std::iter::once(first).chain(messages.try_iter()) {
+            if let ToSync::Flush(callback) = message {
+                callbacks.push(callback);
+            }
+        }
         // Every callback was sent after its append wrote under the lock, so the syncs taken
         // now cover all of them.
-        let pending = match log.lock() {
-            Ok(mut log) => log.pending_sync(),
+        let (pending, synced_last) = match log.lock() {
+            Ok(mut log) => {
+                let synced = log.is_synced().then(|| log.last().map(|(index, _)| index));
+                (log.pending_sync(), synced.flatten())
+            }
             Err(_) => {
                 for callback in callbacks {
-                    callback.io_completed(Err(io::Error::other(
-                        "the log's mutex is poisoned: an earlier log operation panicked",
-                    )));
+                    callback.io_completed(Err(poisoned()));
                 }
                 continue;
             }
         };
-        if let Some(pending) = pending {
-            pending.sync(); // Aborts the process if an fdatasync fails.
-        }
+        let durable = match pending {
+            Some(pending) => {
+                let last = pending.last();
+                pending.sync(); // Aborts the process if an fdatasync fails.
+                last
+            }
+            None => synced_last,
+        };
         for callback in callbacks {
             callback.io_completed(Ok(()));
         }
+        save_committed(&log, &committed, durable);
+    }
+}
+
+/// Writes the waiting committed log id if this node's log holds its entries durably (through
+/// `durable`); otherwise it waits for a later sync. Failures only cost the hint.
+fn save_committed(log: &Mutex<wal::Log>, committed: &Mutex<Option<LogId>>, durable: Option<u64>) {
+    let Ok(mut waiting) = committed.lock() else { return };
+    let Some(id) = *waiting else { return };
+    if durable.is_none_or(|durable| id.index > durable) {
+        return;
+    }
+    *waiting = None;
+    drop(waiting);
+    let Ok(bytes) = serde_json::to_vec(&Some(id)) else { return };
+    if let Ok(mut log) = log.lock()
+        && let Err(e) = log.save_committed_unsynced(&bytes)
+    {
+        tracing::warn!(error = %e, "could not save the committed log id");
     }
 }
 
@@ -112,13 +171,25 @@ impl LogStore {
     /// Opens (or creates) the log in `dir` with the given options.
     pub fn open_with(dir: &Path, options: wal::Options) -> Result<LogStore, wal::Error> {
         let log = Arc::new(Mutex::new(wal::Log::open(dir, options)?));
-        let (flushes, pending) = mpsc::channel();
-        let for_thread = Arc::clone(&log);
+        let committed = Arc::new(Mutex::new(None));
+        let (flushes, messages) = mpsc::channel();
+        let (for_thread, committed_for_thread) = (Arc::clone(&log), Arc::clone(&committed));
         std::thread::Builder::new()
             .name("wal-sync".into())
-            .spawn(move || sync_thread(for_thread, pending))
+            .spawn(move || sync_thread(for_thread, committed_for_thread, messages))
             .map_err(wal::Error::from)?;
-        Ok(LogStore { log, flushes })
+        Ok(LogStore { log, flushes, committed })
+    }
+
+    /// Runs `f` on the log right here, on the calling (async) thread, for work known to be
+    /// small: a hop to the blocking pool and back costs two thread wake-ups, more than
+    /// writing or reading a few kilobytes from the page cache. The lock is held briefly by
+    /// everyone (the sync thread fdatasyncs outside it).
+    fn run_here<T>(&self, f: impl FnOnce(&mut wal::Log) -> io::Result<T>) -> io::Result<T> {
+        let mut log = self.log.lock().map_err(|_| {
+            io::Error::other("the log's mutex is poisoned: an earlier log operation panicked")
+        })?;
+        f(&mut log)
     }
 
     /// Runs `f` on the log on tokio's blocking pool.
@@ -216,18 +287,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> io::Result<Vec<Entry>> {
         let range = to_range(&range);
-        self.run(move |log| log.read(range)?.into_iter().map(decode_entry).collect()).await
+        let small = range_len(&range) <= SMALL_READ_ENTRIES;
+        let read =
+            move |log: &mut wal::Log| log.read(range)?.into_iter().map(decode_entry).collect();
+        if small {
+            return self.run_here(read);
+        }
+        self.run(read).await
     }
 
     /// Replication reads at most [`MAX_BATCH_BYTES`] of entries at a time (at least one entry),
     /// so catching up a far-behind follower over large records does not hold hundreds of
     /// megabytes in memory at once (openraft batches up to 300 entries otherwise).
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
-        self.run(move |log| {
+        let read = move |log: &mut wal::Log| {
             let range = log.prefix_within(start..end, MAX_BATCH_BYTES);
             log.read(range)?.into_iter().map(decode_entry).collect()
-        })
-        .await
+        };
+        if end.saturating_sub(start) <= SMALL_READ_ENTRIES {
+            return self.run_here(read);
+        }
+        self.run(read).await
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
@@ -257,12 +337,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.run(move |log| Ok(log.save_vote(&bytes)?)).await
     }
 
+    /// Hands the committed log id to the sync thread, which writes it without fsync once
+    /// this log holds its entries durably. It is a hint (openraft applies up to it at start
+    /// without asking the leader), so it need not be on disk before this returns; writing it
+    /// durably on every commit cost two fsyncs and a rename per write.
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        let bytes = serde_json::to_vec(&committed).map_err(io::Error::other)?;
-        self.run(move |log| Ok(log.save_committed(&bytes)?)).await
+        let Some(committed) = committed else { return Ok(()) };
+        if let Ok(mut waiting) = self.committed.lock() {
+            *waiting = Some(committed);
+        }
+        let _ = self.flushes.send(ToSync::Committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        if let Some(waiting) = self.committed.lock().ok().and_then(|waiting| *waiting) {
+            return Ok(Some(waiting));
+        }
         self.run(|log| match log.committed() {
             Some(bytes) => from_json(&bytes, "committed log id"),
             None => Ok(None),
@@ -276,16 +367,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let result = self
-            .run(move |log| {
-                let frames = entries.iter().map(encode_entry).collect::<io::Result<Vec<_>>>()?;
-                Ok(log.append_unsynced(&frames)?)
-            })
-            .await;
+        let frames = entries.iter().map(encode_entry).collect::<io::Result<Vec<_>>>();
+        let result = match frames {
+            Err(e) => Err(e),
+            // A small append is one write into the page cache: do it here.
+            Ok(frames)
+                if frames.iter().map(|f| f.payload.len()).sum::<usize>() <= SMALL_WRITE_BYTES =>
+            {
+                self.run_here(|log| Ok(log.append_unsynced(&frames)?))
+            }
+            Ok(frames) => self.run(move |log| Ok(log.append_unsynced(&frames)?)).await,
+        };
         match result {
             Ok(()) => {
                 // Readable now; durable (and reported flushed) once the sync thread has run.
-                if let Err(mpsc::SendError(callback)) = self.flushes.send(callback) {
+                if let Err(mpsc::SendError(ToSync::Flush(callback))) =
+                    self.flushes.send(ToSync::Flush(callback))
+                {
                     callback.io_completed(Err(io::Error::other("the log's sync thread is gone")));
                 }
                 Ok(())

@@ -62,15 +62,32 @@ fn abort(path: &Path, err: &std::io::Error) -> ! {
 pub(crate) fn write_meta(dir: &Path, name: &str, value: &[u8]) -> Result<()> {
     let path = dir.join(name);
     let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    let mut bytes = Vec::with_capacity(4 + value.len());
-    bytes.extend_from_slice(&crc32fast::hash(value).to_le_bytes());
-    bytes.extend_from_slice(value);
+    let bytes = meta_bytes(value);
     let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
     file.write_all(&bytes)?;
     sync_all(&file, &temp);
     drop(file);
     fs::rename(&temp, &path)?;
     sync_dir(dir)
+}
+
+/// A metadata file's contents: CRC-32 of `value`, then `value`.
+fn meta_bytes(value: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(4 + value.len());
+    bytes.extend_from_slice(&crc32fast::hash(value).to_le_bytes());
+    bytes.extend_from_slice(value);
+    bytes
+}
+
+/// Like [`write_meta`] without any fsync: the rename replaces the old file whole, but a crash
+/// may leave the old value, or (after a power loss) a damaged file that [`read_meta`] reports
+/// as corrupt. For hints only.
+pub(crate) fn write_meta_unsynced(dir: &Path, name: &str, value: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    fs::write(&temp, meta_bytes(value))?;
+    fs::rename(&temp, &path)?;
+    Ok(())
 }
 
 /// Reads the metadata file `dir/name`: `None` if it does not exist, [`Error::Corrupt`] if its

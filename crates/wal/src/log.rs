@@ -132,9 +132,16 @@ pub struct PendingSync {
     marks: bool,
     /// The planted skip-fsync bug ([`Options::unsafe_skip_fsync`]): do nothing.
     skip: bool,
+    /// The last index in the log when the sync was taken: durable once it has run.
+    last: Option<Lsn>,
 }
 
 impl PendingSync {
+    /// The last index this sync makes durable.
+    pub fn last(&self) -> Option<Lsn> {
+        self.last
+    }
+
     /// Fdatasyncs every segment written, in order; aborts the process if one fails (see
     /// [`crate::Log`]'s invariants).
     pub fn sync(self) {
@@ -173,7 +180,16 @@ impl Log {
         fs::create_dir_all(dir)?;
         disk::remove_temp_files(dir)?;
         let vote = disk::read_meta(dir, VOTE)?;
-        let committed = disk::read_meta(dir, COMMITTED)?;
+        // The committed position is a hint, written without fsync
+        // ([`Log::save_committed_unsynced`]): a torn or damaged copy is dropped, not fatal.
+        let committed = match disk::read_meta(dir, COMMITTED) {
+            Ok(committed) => committed,
+            Err(Error::Corrupt { reason, .. }) => {
+                eprintln!("wal: ignoring a damaged committed-position file: {reason}");
+                None
+            }
+            Err(err) => return Err(err),
+        };
         let last_purged = match disk::read_meta(dir, PURGED)? {
             Some(bytes) => Some(decode_purged(&bytes, &dir.join(PURGED))?),
             None => None,
@@ -417,6 +433,7 @@ impl Log {
             }
         }
         Some(PendingSync {
+            last: self.last().map(|(index, _)| index),
             files,
             marks: self.options.sync_marks,
             skip: self.options.unsafe_skip_fsync,
@@ -663,6 +680,23 @@ impl Log {
         disk::write_meta(&self.dir, COMMITTED, bytes)?;
         self.committed = Some(bytes.to_vec());
         Ok(())
+    }
+
+    /// Saves the committed position without waiting for the disk: no fsync of the file or
+    /// of the directory. Raft treats it as a lower bound on what is committed (entries up to
+    /// it may be applied at start without asking the leader), so losing the latest value to a
+    /// crash only means applying less at start. The caller must only save a position whose
+    /// entries are durable in this log, or a power loss could leave it pointing past the log.
+    pub fn save_committed_unsynced(&mut self, bytes: &[u8]) -> Result<()> {
+        disk::write_meta_unsynced(&self.dir, COMMITTED, bytes)?;
+        self.committed = Some(bytes.to_vec());
+        Ok(())
+    }
+
+    /// Whether everything appended is durable (no [`Log::append_unsynced`] since the last
+    /// [`Log::pending_sync`]).
+    pub fn is_synced(&self) -> bool {
+        self.unsynced.is_empty()
     }
 
     /// The last saved committed position.
