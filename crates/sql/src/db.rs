@@ -812,7 +812,7 @@ impl<'c> Speculator<'c> {
             self.cut()?;
         }
         self.scope_clean = may_have_ddl;
-        self.conn.execute_batch(&format!("SAVEPOINT {savepoint}"))?;
+        self.internal(&format!("SAVEPOINT {savepoint}"))?;
         Ok(self.ops.len())
     }
 
@@ -824,7 +824,7 @@ impl<'c> Speculator<'c> {
         failed: bool,
     ) -> std::result::Result<(), Failure> {
         if failed {
-            self.conn.execute_batch(&format!("ROLLBACK TO {savepoint}"))?;
+            self.internal(&format!("ROLLBACK TO {savepoint}"))?;
             if self.ops.len() > mark {
                 // Ops were cut inside the scope, which therefore started with a fresh session:
                 // drop them, and the session's changes since the last cut with them.
@@ -833,7 +833,16 @@ impl<'c> Speculator<'c> {
                 self.session = Some(new_session(self.conn)?);
             }
         }
-        self.conn.execute_batch(&format!("RELEASE {savepoint}"))?;
+        self.internal(&format!("RELEASE {savepoint}"))?;
+        Ok(())
+    }
+
+    /// Runs one of Keel's own statements (no parameters, no rows) through the connection's
+    /// statement cache: a statement run once per client statement would otherwise be parsed
+    /// every time. Only for internal statements: a cached statement is not prepared again, so
+    /// the authorizer does not see it.
+    fn internal(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
         Ok(())
     }
 
@@ -1009,7 +1018,8 @@ impl<'c> Speculator<'c> {
                 quote_identifier(table),
                 condition.join(" OR ")
             );
-            if self.conn.query_row(&sql, [], |_| Ok(())).optional()?.is_some() {
+            // Cached: the same check runs for every statement writing the table.
+            if self.conn.prepare_cached(&sql)?.query_row([], |_| Ok(())).optional()?.is_some() {
                 return Ok(Some(format!(
                     "NULL in the PRIMARY KEY of table {table} cannot be replicated: declare its key columns NOT NULL"
                 )));
