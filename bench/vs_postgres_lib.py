@@ -15,8 +15,10 @@ Subcommands (each prints one JSON object on stdout, except `report`):
                                 initial connection time)" line, p50/p99 from its per-transaction
                                 logs, failed transactions, and its exit code
   keel OUT ERR RC               figures of one `keel bench --json` run (its last JSON line)
-  cpu-busy SECONDS              percentage of the machine's CPU time spent busy over SECONDS (run
-                                between measurements, when only idle servers of ours are up)
+  cpu-snapshot FILE ROOT_PID    CPU times of the machine and of our processes (ROOT_PID's
+                                descendants and the postgres user's), saved to FILE
+  cpu-foreign FILE ROOT_PID     percentage of the machine's CPU capacity used by other processes
+                                since cpu-snapshot (some other load ran if it is high)
   summary NAME FILE             one progress line for a result; exit status 3 if it failed
   report RESULTS_DIR [--markdown FILE]
                                 the comparison table, the floor and the machine
@@ -38,9 +40,9 @@ import sys
 import time
 
 
-# Above this CPU use (percent) just before a measurement, the report warns that something
-# else was running.
-BUSY_WARN = 20.0
+# Above this share of the machine's CPU (percent) used by other processes during a
+# measurement, the report warns that something else was running.
+BUSY_WARN = 10.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -143,18 +145,73 @@ def loopback_rtt(seconds: float) -> dict:
     }
 
 
-def cpu_busy(seconds: float) -> float:
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        total = sum(fields[:8])  # guest time is already counted in user
-        return idle, total
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of the whole machine: busy is user + nice + system (interrupt
+    time is left out: it is not charged to any process, and much of it is our own loopback
+    traffic)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[0] + fields[1] + fields[2], sum(fields[:8])
 
-    i0, t0 = sample()
-    time.sleep(seconds)
-    i1, t1 = sample()
-    return 100.0 * (1 - (i1 - i0) / max(t1 - t0, 1))
+
+def _our_process_ticks(root: int) -> dict[str, int]:
+    """CPU ticks (own and reaped children's) of our processes: descendants of `root` (this
+    script: pgbench, keel bench, keel local and its nodes) and the postgres user's (the
+    PostgreSQL servers, which pg_ctl detaches)."""
+    try:
+        import pwd
+
+        pg_uid = pwd.getpwnam("postgres").pw_uid
+    except (KeyError, ImportError):
+        pg_uid = None
+    procs = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            uid = os.stat(f"/proc/{d}").st_uid
+        except OSError:
+            continue
+        rest = stat[stat.rfind(")") + 2:].split()
+        # rest[0] is field 3 (state): ppid is field 4, utime..cstime 14..17, starttime 22.
+        procs[int(d)] = (
+            int(rest[1]),
+            uid,
+            sum(int(x) for x in rest[11:15]),
+            rest[19],
+        )
+    ours: dict[str, int] = {}
+    for pid, (ppid, uid, ticks, start) in procs.items():
+        mine = uid == pg_uid and pg_uid is not None
+        p, hops = pid, 0
+        while not mine and p > 1 and hops < 64:
+            if p == root:
+                mine = True
+            p = procs[p][0] if p in procs else 0
+            hops += 1
+        if mine:
+            ours[f"{pid}/{start}"] = ticks
+    return ours
+
+
+def cpu_snapshot(path: str, root: int) -> None:
+    busy, total = _cpu_ticks()
+    with open(path, "w") as f:
+        json.dump({"busy": busy, "all": total, "ours": _our_process_ticks(root)}, f)
+
+
+def cpu_foreign(path: str, root: int) -> float:
+    """Percentage of the machine's CPU capacity used by processes other than ours since
+    `cpu_snapshot`: some other load was running during the measurement if it is high."""
+    with open(path) as f:
+        before = json.load(f)
+    busy, total = _cpu_ticks()
+    ours_now = _our_process_ticks(root)
+    ours = sum(t - before["ours"].get(k, 0) for k, t in ours_now.items())
+    capacity = max(total - before["all"], 1)
+    return max(0.0, min(100.0, 100.0 * (busy - before["busy"] - ours) / capacity))
 
 
 # ------------------------------------------------------------------------------------------
@@ -286,8 +343,11 @@ def load(results: str, name: str) -> dict | None:
     path = os.path.join(results, f"{name}.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        return {"failed": f"unreadable result ({e}): the run was interrupted?"}
 
 
 def fmt_num(x: float) -> str:
@@ -458,6 +518,7 @@ def report(results: str, markdown_file: str | None) -> int:
         floor_lines.append(
             f"floor = 2 x fdatasync p50 + 1 round trip = {fmt_ms(floor['p50_ms'])} ms")
     notes = [
+        "ratio = Keel / baseline (for row 3, Keel's p50 over the floor: lower is better).",
         "Keel figures: `keel bench --json` against `keel local` (3 voters); PostgreSQL: pgbench "
         "-M prepared -j 2 over TCP on 127.0.0.1 against a primary with two streaming standbys "
         "(s1, s2). Throughput is transactions (requests) per second; latencies per transaction.",
@@ -476,12 +537,12 @@ def report(results: str, markdown_file: str | None) -> int:
             except ValueError:
                 pass
     if busy:
-        notes.append("CPU busy in the second before each measurement (other processes; ours "
-                     "were idle): " + ", ".join(f"{k} {v:.0f}%" for k, v in busy.items()))
-    warnings = [f"{k}: the machine was {v:.0f}% busy just before it" for k, v in busy.items()
-                if v > BUSY_WARN]
+        notes.append("Share of the machine's CPU used by other processes during each "
+                     "measurement: " + ", ".join(f"{k} {v:.0f}%" for k, v in busy.items()))
+    warnings = [f"{k}: other processes used {v:.0f}% of the machine's CPU during it"
+                for k, v in busy.items() if v > BUSY_WARN]
 
-    text = ["", render(header, rows, False), ""]
+    text = ["", render(header, rows, False), notes[0], ""]
     text += floor_lines + [""]
     text += [f"{k}: {v}" for k, v in mach]
     if warnings:
@@ -538,8 +599,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps(parse_pgbench(args[0], args[1], int(args[2]), int(args[3]))))
     elif cmd == "keel":
         print(json.dumps(parse_keel(args[0], args[1], int(args[2]))))
-    elif cmd == "cpu-busy":
-        print(f"{cpu_busy(float(args[0])):.0f}")
+    elif cmd == "cpu-snapshot":
+        cpu_snapshot(args[0], int(args[1]))
+    elif cmd == "cpu-foreign":
+        print(f"{cpu_foreign(args[0], int(args[1])):.0f}")
     elif cmd == "summary":
         return summary(args[0], args[1])
     elif cmd == "report":
