@@ -95,6 +95,8 @@ enum ToSync {
     Flush(IOFlushed<TypeConfig>),
     /// A new committed log id is waiting to be written.
     Committed,
+    /// Answer once everything sent before has been handled ([`LogStore::flush`]).
+    Barrier(mpsc::Sender<()>),
 }
 
 /// The sync thread: waits for appended-but-unsynced writes, makes them durable with one
@@ -110,9 +112,12 @@ fn sync_thread(
         || io::Error::other("the log's mutex is poisoned: an earlier log operation panicked");
     while let Ok(first) = messages.recv() {
         let mut callbacks = Vec::new();
+        let mut barriers = Vec::new();
         for message in std::iter::once(first).chain(messages.try_iter()) {
-            if let ToSync::Flush(callback) = message {
-                callbacks.push(callback);
+            match message {
+                ToSync::Flush(callback) => callbacks.push(callback),
+                ToSync::Committed => {}
+                ToSync::Barrier(done) => barriers.push(done),
             }
         }
         // Every callback was sent after its append wrote under the lock, so the syncs taken
@@ -141,6 +146,9 @@ fn sync_thread(
             callback.io_completed(Ok(()));
         }
         save_committed(&log, &committed, durable);
+        for done in barriers {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -181,10 +189,25 @@ impl LogStore {
         Ok(LogStore { log, flushes, committed })
     }
 
+    /// Waits until the sync thread has handled everything handed to it so far: appends are
+    /// durable and reported, and the latest committed log id is written if its entries are
+    /// durable. For an orderly shutdown, and for tests that reopen the log.
+    pub async fn flush(&self) -> io::Result<()> {
+        let (done, wait) = mpsc::channel();
+        self.flushes
+            .send(ToSync::Barrier(done))
+            .map_err(|_| io::Error::other("the log's sync thread is gone"))?;
+        tokio::task::spawn_blocking(move || wait.recv())
+            .await
+            .map_err(|e| io::Error::other(format!("log task failed: {e}")))?
+            .map_err(|_| io::Error::other("the log's sync thread is gone"))
+    }
+
     /// Runs `f` on the log right here, on the calling (async) thread, for work known to be
     /// small: a hop to the blocking pool and back costs two thread wake-ups, more than
-    /// writing or reading a few kilobytes from the page cache. The lock is held briefly by
-    /// everyone (the sync thread fdatasyncs outside it).
+    /// writing or reading a few kilobytes from the page cache. The sync thread fdatasyncs
+    /// outside the lock; a large read on the blocking pool (a catch-up batch of up to
+    /// [`MAX_BATCH_BYTES`]) can hold it for a few milliseconds, and the caller then waits.
     fn run_here<T>(&self, f: impl FnOnce(&mut wal::Log) -> io::Result<T>) -> io::Result<T> {
         let mut log = self.log.lock().map_err(|_| {
             io::Error::other("the log's mutex is poisoned: an earlier log operation panicked")

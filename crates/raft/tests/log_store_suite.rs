@@ -163,6 +163,8 @@ async fn state_survives_reopen() {
         store.save_vote(&vote).await.unwrap();
         store.save_committed(Some(LogId::new_term_index(2, 3))).await.unwrap();
         store.purge(LogId::new_term_index(1, 1)).await.unwrap();
+        // The committed log id is written by the sync thread once its entries are durable.
+        store.flush().await.unwrap();
     }
     let mut store = LogStore::open(dir.path()).unwrap();
     let state = store.get_log_state().await.unwrap();
