@@ -305,6 +305,8 @@ fn main() -> ExitCode {
                             failures += 1;
                             if summary.is_empty() {
                                 println!("run did not complete; see {}", config.dir.display());
+                            } else {
+                                println!("history and logs kept in {}", config.dir.display());
                             }
                         }
                     }

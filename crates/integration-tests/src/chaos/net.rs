@@ -79,7 +79,8 @@ impl Netns {
     pub fn create(nodes: usize) -> anyhow::Result<Netns> {
         remove_stale();
         let prefix = format!("kc{}", std::process::id());
-        let mut net = Netns { prefix, nodes, cut: BTreeSet::new() };
+        // Made first, so that a failure below drops it, which removes what was made.
+        let net = Netns { prefix, nodes, cut: BTreeSet::new() };
         let hub = net.hub();
         ip(&["netns", "add", &hub])?;
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
@@ -100,8 +101,6 @@ impl Netns {
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
-        // From here on, a failure drops `net`, which removes what was made.
-        let _ = &mut net;
         Ok(net)
     }
 
