@@ -100,12 +100,14 @@ pub struct State {
 /// stops leading: the election-safety check of `keel-chaos` reads these lines from every
 /// node's log (at most one leader per term), as operators do after a failover.
 pub async fn log_leadership(raft: Raft) {
-    let mut metrics = raft.metrics();
+    // The server metrics change with the vote, role and membership only, not with every
+    // append and apply as the full metrics do: no wake-up per write.
+    let mut metrics = raft.server_metrics();
     let mut leading: Option<u64> = None;
     loop {
         let (is_leader, term) = {
-            let m = metrics.borrow_and_update();
-            (m.state == ServerState::Leader, m.current_term)
+            let m = metrics.borrow_watched();
+            (m.state == ServerState::Leader, m.vote.leader_id().term)
         };
         match (leading, is_leader) {
             (None, true) => {

@@ -187,6 +187,24 @@ async fn build_on_leader(
     (sm, snapshot)
 }
 
+/// A receiving node in `dir/b`, and a snapshot of `payload` bytes built in `dir/a` by a
+/// one-voter cluster's leader at index 40, with the image's bytes. The state machine is
+/// returned so that it outlives the test's use of its image.
+async fn receiver_and_image(
+    dir: &Path,
+    payload: usize,
+) -> (TestNode, StateMachine, raft::state_machine::Snapshot, Vec<u8>) {
+    let receiver = TestNode::start(2, &dir.join("b"), 1, &Options::default()).await;
+    let position = Position {
+        term: 1,
+        index: 40,
+        membership: Some(membership_json(&[(1, "127.0.0.1:1")], (1, 1))),
+    };
+    let (sm, snapshot) = build_on_leader(&dir.join("a"), position, payload).await;
+    let bytes = fs::read(snapshot.snapshot.path()).unwrap();
+    (receiver, sm, snapshot, bytes)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_mib_snapshot_streams_through_http_and_is_installed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -274,14 +292,7 @@ async fn post_snapshot(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_rejects_bad_bodies_and_leaves_no_temporary_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let receiver = TestNode::start(2, &tmp.path().join("b"), 1, &Options::default()).await;
-    let position = Position {
-        term: 1,
-        index: 40,
-        membership: Some(membership_json(&[(1, "127.0.0.1:1")], (1, 1))),
-    };
-    let (_sm, snapshot) = build_on_leader(&tmp.path().join("a"), position, 3 << 20).await;
-    let bytes = fs::read(snapshot.snapshot.path()).unwrap();
+    let (receiver, _sm, snapshot, bytes) = receiver_and_image(tmp.path(), 3 << 20).await;
     let (len, crc) = (bytes.len() as u64, crc32fast::hash(&bytes));
     let meta = snapshot.meta.clone();
     let dir = receiver.snapshots();
@@ -388,14 +399,7 @@ async fn receiver_rejects_bad_bodies_and_leaves_no_temporary_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_not_installed_is_deleted() {
     let tmp = tempfile::tempdir().unwrap();
-    let receiver = TestNode::start(2, &tmp.path().join("b"), 1, &Options::default()).await;
-    let position = Position {
-        term: 1,
-        index: 40,
-        membership: Some(membership_json(&[(1, "127.0.0.1:1")], (1, 1))),
-    };
-    let (_sm, snapshot) = build_on_leader(&tmp.path().join("a"), position, 1 << 20).await;
-    let bytes = fs::read(snapshot.snapshot.path()).unwrap();
+    let (receiver, _sm, snapshot, bytes) = receiver_and_image(tmp.path(), 1 << 20).await;
     let (len, crc) = (bytes.len() as u64, crc32fast::hash(&bytes));
     let resp = post_snapshot(&receiver.addr, &snapshot.meta, len, crc, bytes.clone().into()).await;
     assert_eq!(resp.status(), 200);
