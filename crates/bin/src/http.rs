@@ -176,7 +176,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .with_state(node.clone())
         .merge(crate::admin::router(node.clone()))
-        .merge(crate::backup::router(node))
+        .merge(crate::backup::router(node.clone()))
+        .merge(crate::changes::router(node.clone()))
+        .merge(crate::console::router(node))
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 

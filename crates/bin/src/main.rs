@@ -7,6 +7,9 @@
 //! - `keel bench` measures a running cluster ([`mod@bench`]).
 //! - `keel backup` and `keel restore` stream a backup out of, or a load into, a running
 //!   cluster ([`backup`]).
+//! - `keel shell` is an interactive SQL shell against any node ([`shell`]).
+//! - `keel changes` prints the committed row changes of a running cluster ([`changes`]).
+//! - Every node serves a web console at `/console` ([`console`]).
 //!
 //! Logs go to stderr; `RUST_LOG` selects what is shown (default `info`).
 
@@ -17,10 +20,13 @@ mod admin;
 mod backup;
 mod bench;
 mod bench_bootstrap;
+mod changes;
+mod console;
 mod http;
 mod local;
 mod metrics;
 mod node;
+mod shell;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,6 +56,10 @@ enum Command {
     /// Load a SQLite file or SQL text into a running cluster (a SQLite file replaces the
     /// database).
     Restore(backup::RestoreArgs),
+    /// An interactive SQL shell against any node of a cluster.
+    Shell(shell::ShellArgs),
+    /// Print the committed row changes of a cluster, from a log position on, as JSON lines.
+    Changes(changes::ChangesArgs),
 }
 
 /// Flags of `keel serve`.
@@ -202,6 +212,8 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(args) => runtime.block_on(admin::run(args)),
         Command::Backup(args) => runtime.block_on(backup::run_backup(args)),
         Command::Restore(args) => runtime.block_on(backup::run_restore(args)),
+        Command::Shell(args) => shell::run(args),
+        Command::Changes(args) => runtime.block_on(changes::run(args)),
     }
 }
 
