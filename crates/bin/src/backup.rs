@@ -406,6 +406,7 @@ async fn load(
             transaction: true,
             rows: false,
             request_id: None,
+            timeout: None,
         };
         match node.leader.write(request, durability).await {
             Ok(outcome) => {

@@ -557,6 +557,10 @@ async fn leader_write(
         Ok(d) => d,
         Err(r) => return r,
     };
+    let db_timeout = match p.duration("db_timeout") {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let mut attempts = 0;
     loop {
         if let Some(r) = to_leader(node, p, req).await {
@@ -571,6 +575,7 @@ async fn leader_write(
             transaction: p.has("transaction"),
             rows,
             request_id: p.get("request_id").map(str::to_string),
+            timeout: db_timeout,
         };
         match node.leader.write(request, durability).await {
             Ok(outcome) => {
@@ -625,6 +630,10 @@ async fn read(
     start: Instant,
 ) -> Response {
     let level = Level::from_params(p, node);
+    let db_timeout = match p.duration("db_timeout") {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let freshness = match p.duration("freshness") {
         Ok(f) => f,
         Err(r) => return r,
@@ -702,7 +711,7 @@ async fn read(
     let readers = node.readers.clone();
     let transaction = p.has("transaction");
     let results = tokio::task::spawn_blocking(move || {
-        let results = readers.query(&statements, transaction)?;
+        let results = readers.query_within(&statements, transaction, db_timeout)?;
         // The answer's lsn is read from the database AFTER the query: the applied position is
         // committed with the data and only grows, so it covers everything the query saw, and a
         // client that sends it back as min_lsn never reads older data (monotonic reads).

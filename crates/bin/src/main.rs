@@ -113,6 +113,18 @@ pub struct ServeArgs {
     /// Read-only SQLite connections serving queries.
     #[arg(long, default_value_t = 4)]
     pub readers: usize,
+    /// The longest one client SQL statement may run (reads and writes) before it is interrupted
+    /// with an error; a request may ask for less with `db_timeout`. Writes run one after
+    /// another, so this bounds how long one statement can hold up every other write.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub max_statement_time: Duration,
+    /// The most rows one statement may return; more is an error for that statement.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_result_rows: usize,
+    /// The most bytes of values (text and blob lengths, 8 per number) one statement may
+    /// return; more is an error for that statement.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_result_bytes: usize,
     /// Plants a known bug, to show that the fault harness (`keel-chaos`) catches it. Never
     /// use it for data you care about.
     #[arg(long, hide = true, value_enum)]

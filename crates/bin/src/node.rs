@@ -20,8 +20,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
     let db_dir = dir.join("db");
-    let db = sql::Db::open(&db_dir)
+    let mut db = sql::Db::open(&db_dir)
         .with_context(|| format!("opening database in {}", db_dir.display()))?;
+    db.set_limits(sql::Limits {
+        max_result_rows: args.max_result_rows,
+        max_result_bytes: args.max_result_bytes,
+        statement_time: args.max_statement_time,
+    });
     let readers = db.readers(args.readers.max(1)).context("opening read connections")?;
     let image_source = db.image_source();
     let db = Arc::new(Mutex::new(db));

@@ -14,6 +14,7 @@ fn write(replica: &Replica, index: u64, sql: &str) {
         transaction: false,
         rows: false,
         request_id: None,
+        timeout: None,
     };
     let record = replica.db().lock().unwrap().execute(&[request]).unwrap().record;
     let entry = Committed { term: 1, index, record: Some(record), membership: None };

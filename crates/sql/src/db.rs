@@ -105,10 +105,11 @@ use wal::{Lsn, Op, Record, Term};
 
 use crate::answers;
 use crate::determinism;
-use crate::encode;
+use crate::encode::{self, ReadError};
 use crate::error::{Error, Result};
 use crate::generation::{self, Generation, Live};
 use crate::image::{self, ImageSource};
+use crate::limits::{self, Limits, ResultBudget, Watchdog};
 use crate::policy::{Mode, Observed, Policy, leading_keyword};
 use crate::readers::Readers;
 use crate::result::{StatementResult, error_message};
@@ -123,6 +124,9 @@ pub struct WriteRequest {
     pub statements: Vec<Statement>,
     /// Run all statements as one unit: stop at the first error and undo the request.
     pub transaction: bool,
+    /// rqlite's `db_timeout`: each statement's time limit, if lower than the node's
+    /// ([`Limits::statement_time`]).
+    pub timeout: Option<Duration>,
     /// `/db/request`: statements that return columns give `Rows`; otherwise `Exec` results.
     pub rows: bool,
     /// The client's idempotency key, carried into the record whether or not the request's
@@ -199,6 +203,10 @@ pub struct Db {
     conn: Connection,
     /// The authorizer state of `conn`.
     policy: Policy,
+    /// The statement timer of `conn`.
+    watchdog: Watchdog,
+    /// What one client statement may cost.
+    limits: Limits,
     /// How foreign keys and triggers are currently set, if known.
     role: Option<Role>,
     /// The database directory.
@@ -251,13 +259,28 @@ impl Db {
     /// install that crashed or could not delete them, are deleted.
     pub fn open(dir: &Path) -> Result<Db> {
         let generation = Arc::new(generation::open_dir(dir)?);
-        let (conn, policy) = Self::connect(&generation.path)?;
+        let (conn, policy, watchdog) = Self::connect(&generation.path)?;
         let live = Arc::new(Live::new(generation.clone()));
-        Ok(Db { conn, policy, role: None, dir: dir.to_path_buf(), generation, live })
+        Ok(Db {
+            conn,
+            policy,
+            watchdog,
+            limits: Limits::default(),
+            role: None,
+            dir: dir.to_path_buf(),
+            generation,
+            live,
+        })
+    }
+
+    /// Sets what one client statement may cost, here and in reader pools made afterwards by
+    /// [`Db::readers`].
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Opens and configures the write connection.
-    fn connect(path: &Path) -> Result<(Connection, Policy)> {
+    fn connect(path: &Path) -> Result<(Connection, Policy, Watchdog)> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
@@ -270,9 +293,11 @@ impl Db {
         conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         conn.execute_batch(META_SCHEMA)?;
         conn.execute_batch(answers::SCHEMA)?;
+        limits::harden(&conn)?;
         let policy = Policy::default();
         policy.install(&mut conn)?;
-        Ok((conn, policy))
+        let watchdog = Watchdog::install(&mut conn)?;
+        Ok((conn, policy, watchdog))
     }
 
     /// The live generation's database file (it changes at every [`Db::install`]).
@@ -288,7 +313,7 @@ impl Db {
     /// A pool of `size` (at least one) read-only connections that follows installs (see
     /// [`Readers`]).
     pub fn readers(&self, size: usize) -> Result<Readers> {
-        Readers::open(self.live.clone(), size)
+        Readers::open(self.live.clone(), size, self.limits)
     }
 
     /// Something that writes consistent images of this database from its own connection,
@@ -330,7 +355,7 @@ impl Db {
         let prepared = Self::connect(&path)
             .and_then(|opened| generation::prepare_current(&self.dir, number).map(|()| opened))
             .and_then(|opened| generation::commit_current(&self.dir).map(|()| opened));
-        let (conn, policy) = match prepared {
+        let (conn, policy, watchdog) = match prepared {
             Ok(opened) => opened,
             Err(error) => {
                 if let Err(cleanup) = generation::remove_database(&path) {
@@ -342,6 +367,7 @@ impl Db {
         // CURRENT names the new generation now; switch everything to it.
         let old_conn = std::mem::replace(&mut self.conn, conn);
         self.policy = policy;
+        self.watchdog = watchdog;
         self.role = None;
         let old = std::mem::replace(&mut self.generation, Arc::new(Generation { number, path }));
         self.live.switch(self.generation.clone());
@@ -374,7 +400,12 @@ impl Db {
             .collect();
         let mut skip: BTreeMap<(usize, usize), String> = BTreeMap::new();
         let attempt = loop {
-            let outcome = Speculator::run(&self.conn, &self.policy, &run, &skip);
+            let outcome = Speculator::run(
+                Checks { policy: &self.policy, watchdog: &self.watchdog, limits: &self.limits },
+                &self.conn,
+                &run,
+                &skip,
+            );
             self.end_transaction();
             match outcome {
                 Ok(attempt) => break attempt,
@@ -457,9 +488,10 @@ impl Db {
                     // A virtual table (FTS5) caches its index structure per connection and only
                     // notices changes committed by *other* connections. Its shadow tables were
                     // just written underneath it, so start over with a fresh connection.
-                    let (conn, policy) = Self::connect(&self.generation.path)?;
+                    let (conn, policy, watchdog) = Self::connect(&self.generation.path)?;
                     self.conn = conn;
                     self.policy = policy;
+                    self.watchdog = watchdog;
                     self.role = None;
                 }
                 Ok(())
@@ -590,6 +622,9 @@ impl Db {
             let on = role == Role::Leader;
             self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, on)?;
             self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, on)?;
+            // Client SQL runs defensively; applying a changeset writes FTS shadow tables, which
+            // defensive mode makes read-only.
+            self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, on)?;
             self.role = Some(role);
         }
         Ok(())
@@ -665,12 +700,23 @@ struct Attempt {
     results: Vec<Vec<StatementResult>>,
 }
 
+/// What watches client statements on the write connection.
+#[derive(Clone, Copy)]
+struct Checks<'c> {
+    /// The authorizer.
+    policy: &'c Policy,
+    /// The statement timer.
+    watchdog: &'c Watchdog,
+    /// The node's limits.
+    limits: &'c Limits,
+}
+
 /// One attempt at executing a group of requests: the transaction's state while it is open.
 struct Speculator<'c> {
     /// The write connection, inside `BEGIN`.
     conn: &'c Connection,
-    /// Its authorizer.
-    policy: &'c Policy,
+    /// Its authorizer, timer and limits.
+    checks: Checks<'c>,
     /// The session recording row changes since the last cut (`None` only while DDL runs).
     session: Option<Session<'c>>,
     /// The ops so far.
@@ -700,8 +746,8 @@ impl<'c> Speculator<'c> {
     /// Runs one attempt; the caller rolls back afterwards whatever happens. `skip` holds
     /// statements answered by an error without being run, by position in `requests`.
     fn run(
+        checks: Checks<'c>,
         conn: &'c Connection,
-        policy: &'c Policy,
         requests: &[&WriteRequest],
         skip: &BTreeMap<(usize, usize), String>,
     ) -> std::result::Result<Attempt, Failure> {
@@ -709,7 +755,7 @@ impl<'c> Speculator<'c> {
         let sequences = read_sequences(conn)?;
         let mut speculator = Speculator {
             conn,
-            policy,
+            checks,
             session: Some(new_session(conn)?),
             ops: Vec::new(),
             scope_clean: true,
@@ -752,7 +798,7 @@ impl<'c> Speculator<'c> {
         for (s, statement) in request.statements.iter().enumerate() {
             let result = match skip.get(&(r, s)) {
                 Some(error) => StatementResult::Error(error.clone()),
-                None => match self.run_statement(statement, request.rows)? {
+                None => match self.run_statement(statement, request)? {
                     Ran::Result(result) => result,
                     Ran::EndedTransaction(error) => return Ok(Err((s, error))),
                 },
@@ -789,7 +835,7 @@ impl<'c> Speculator<'c> {
                 continue;
             }
             let mark = self.begin_scope(may_contain_ddl(&statement.sql), STATEMENT_SAVEPOINT)?;
-            let mut result = match self.run_statement(statement, request.rows)? {
+            let mut result = match self.run_statement(statement, request)? {
                 Ran::Result(result) => result,
                 Ran::EndedTransaction(error) => return Ok(Err((s, error))),
             };
@@ -867,16 +913,18 @@ impl<'c> Speculator<'c> {
     fn run_statement(
         &mut self,
         statement: &Statement,
-        rows: bool,
+        request: &WriteRequest,
     ) -> std::result::Result<Ran, Failure> {
         let start = Instant::now();
+        let rows = request.rows;
+        let time = self.checks.limits.time_for(request.timeout);
         let mut binder = Binder::new(&statement.params);
         let mut batch = Batch::new(self.conn, &statement.sql);
         let mut last = None;
         loop {
-            self.policy.begin(Mode::Write);
+            self.checks.policy.begin(Mode::Write);
             let next = batch.next();
-            let observed = self.policy.take();
+            let observed = self.checks.policy.take();
             let mut prepared = match next {
                 Ok(Some(prepared)) => prepared,
                 Ok(None) => break,
@@ -885,7 +933,7 @@ impl<'c> Speculator<'c> {
                     return Ok(Ran::Result(StatementResult::Error(message)));
                 }
             };
-            let result = self.run_prepared(&mut prepared, observed, &mut binder, rows)?;
+            let result = self.run_prepared(&mut prepared, observed, &mut binder, rows, time)?;
             if !self.conn.is_autocommit() {
                 if result.is_error() {
                     return Ok(Ran::Result(result));
@@ -922,6 +970,7 @@ impl<'c> Speculator<'c> {
         observed: Observed,
         binder: &mut Binder<'_>,
         rows: bool,
+        time: Duration,
     ) -> std::result::Result<StatementResult, Failure> {
         if let Some(reason) = observed.denied {
             return Ok(StatementResult::Error(reason));
@@ -941,7 +990,7 @@ impl<'c> Speculator<'c> {
             return Ok(StatementResult::Error(error));
         }
         if !ddl {
-            let result = self.run_dml(prepared, &observed, rows);
+            let result = self.run_dml(prepared, &observed, rows, time);
             if !result.is_error()
                 && let Some(error) = self.check_primary_keys(&observed.written)?
             {
@@ -954,25 +1003,32 @@ impl<'c> Speculator<'c> {
         {
             return Ok(StatementResult::Error(error.to_string()));
         }
-        self.run_ddl(prepared, text, &observed.targets)
+        self.run_ddl(prepared, text, &observed.targets, time)
     }
 
-    /// Runs a row-level statement; the session records its changes.
+    /// Runs a row-level statement, interrupted after `time`; the session records its changes.
     fn run_dml(
         &self,
         prepared: &mut rusqlite::Statement<'_>,
         observed: &Observed,
         rows: bool,
+        time: Duration,
     ) -> StatementResult {
+        let watchdog = self.checks.watchdog;
+        // Armed only while the client's statement steps: Keel's own statements around it must
+        // never be interrupted.
+        let armed = watchdog.arm(time);
         if rows && prepared.column_count() > 0 {
-            return match encode::read_rows(prepared) {
+            let mut budget = ResultBudget::new(self.checks.limits);
+            return match encode::read_rows(prepared, &mut budget) {
                 Ok(rows) => StatementResult::Rows {
                     columns: rows.columns,
                     types: rows.types,
                     values: rows.values,
                     time: 0.0,
                 },
-                Err(error) => StatementResult::Error(error_message(&error)),
+                Err(ReadError::Sqlite(error)) => StatementResult::Error(watchdog.message(&error)),
+                Err(ReadError::Limit(error)) => StatementResult::Error(error),
             };
         }
         let mut query = prepared.raw_query();
@@ -980,9 +1036,10 @@ impl<'c> Speculator<'c> {
             match query.next() {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(error) => return StatementResult::Error(error_message(&error)),
+                Err(error) => return StatementResult::Error(watchdog.message(&error)),
             }
         }
+        drop(armed);
         StatementResult::Exec {
             last_insert_id: if observed.inserts { self.conn.last_insert_rowid() } else { 0 },
             rows_affected: if observed.dml {
@@ -1034,6 +1091,7 @@ impl<'c> Speculator<'c> {
         prepared: &mut rusqlite::Statement<'_>,
         text: String,
         targets: &[String],
+        time: Duration,
     ) -> std::result::Result<StatementResult, Failure> {
         if !self.scope_clean {
             // begin_scope cuts for every scope whose text may contain DDL; DDL without such
@@ -1054,12 +1112,15 @@ impl<'c> Speculator<'c> {
             self.conn,
             Box::new(move |table| existing.contains(&table.to_ascii_lowercase())),
         )?;
-        let outcome = step_to_end(prepared);
+        let outcome = {
+            let _armed = self.checks.watchdog.arm(time);
+            step_to_end(prepared)
+        };
         let side_changes = if outcome.is_ok() { Some(side.changeset()) } else { None };
         drop(side);
         self.session = Some(new_session(self.conn)?);
         if let Err(error) = outcome {
-            return Ok(StatementResult::Error(error_message(&error)));
+            return Ok(StatementResult::Error(self.checks.watchdog.message(&error)));
         }
         match side_changes {
             Some(Ok(changes)) if !changes.is_empty() => self.ops.push(Op::Changes(changes)),

@@ -25,6 +25,7 @@
 //!
 //! Not implemented: rqlite's `qualify_columns` option (column names as `table.column`).
 
+use crate::limits::ResultBudget;
 use rusqlite::types::ValueRef;
 
 /// Column names, column types and rows of one rows-returning statement.
@@ -38,7 +39,13 @@ pub(crate) struct Rows {
 }
 
 /// Steps `stmt` (parameters already bound) to completion and encodes what it returns.
-pub(crate) fn read_rows(stmt: &mut rusqlite::Statement<'_>) -> rusqlite::Result<Rows> {
+///
+/// Every row is counted against `budget`; the first row over it stops the read with
+/// [`ReadError::Limit`].
+pub(crate) fn read_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    budget: &mut ResultBudget,
+) -> Result<Rows, ReadError> {
     let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
     // Values are encoded by their declared type; `types` then fills in the missing ones.
     let decltypes: Vec<String> = stmt
@@ -50,9 +57,13 @@ pub(crate) fn read_rows(stmt: &mut rusqlite::Statement<'_>) -> rusqlite::Result<
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next()? {
         let mut encoded = Vec::with_capacity(decltypes.len());
+        let mut bytes = 0;
         for (i, decltype) in decltypes.iter().enumerate() {
-            encoded.push(encode(row.get_ref(i)?, decltype));
+            let value = row.get_ref(i)?;
+            bytes += value_size(value);
+            encoded.push(encode(value, decltype));
         }
+        budget.take(bytes).map_err(ReadError::Limit)?;
         if values.is_empty() {
             // Columns without a declared type take the kind of the first row's value.
             for (i, t) in types.iter_mut().enumerate() {
@@ -64,6 +75,30 @@ pub(crate) fn read_rows(stmt: &mut rusqlite::Statement<'_>) -> rusqlite::Result<
         values.push(encoded);
     }
     Ok(Rows { columns, types, values })
+}
+
+/// Why [`read_rows`] stopped.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// SQLite failed (or the statement was interrupted).
+    Sqlite(rusqlite::Error),
+    /// The result went over a limit; the message says which.
+    Limit(String),
+}
+
+impl From<rusqlite::Error> for ReadError {
+    fn from(error: rusqlite::Error) -> Self {
+        ReadError::Sqlite(error)
+    }
+}
+
+/// What one value counts against [`ResultBudget`]: its length for text and blobs, 8 bytes
+/// otherwise.
+fn value_size(value: ValueRef<'_>) -> usize {
+    match value {
+        ValueRef::Text(t) | ValueRef::Blob(t) => t.len(),
+        _ => 8,
+    }
 }
 
 /// The rqlite type of a value in a column without a declared type. A BLOB there is emitted as

@@ -171,6 +171,7 @@ mod tests {
             transaction: false,
             rows: false,
             request_id: None,
+            timeout: None,
         };
         let speculation = db.execute(&[request]).unwrap();
         assert!(!speculation.results[0][0].is_error(), "{:?}", speculation.results);

@@ -85,6 +85,7 @@ mod encode;
 pub mod error;
 mod generation;
 pub mod image;
+pub mod limits;
 pub mod load;
 mod policy;
 pub mod readers;
@@ -97,6 +98,7 @@ pub use db::{Applied, Apply, Db, Speculation, WriteRequest};
 pub use dump::dump;
 pub use error::{Error, Result};
 pub use image::ImageSource;
+pub use limits::Limits;
 pub use readers::{QUERY_WRITE_ERROR, Readers};
 pub use result::{Format, StatementResult};
 pub use statement::{

@@ -15,7 +15,8 @@
 //!
 //! `query` blocks the calling thread (call it from `spawn_blocking`) while it waits for a free
 //! connection and runs the statements. Not done here: consistency levels (the caller waits for
-//! the applied position it needs before calling) and timeouts.
+//! the applied position it needs before calling). Every statement runs under the pool's
+//! [`Limits`]: a time limit enforced by a progress handler, and caps on result rows and bytes.
 //!
 //! ## Following installs
 //!
@@ -34,9 +35,10 @@ use std::time::{Duration, Instant};
 use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::{Batch, Connection, OpenFlags};
 
-use crate::encode;
+use crate::encode::{self, ReadError};
 use crate::error::Result;
 use crate::generation::{Generation, Live};
+use crate::limits::{self, Limits, ResultBudget, Watchdog};
 use crate::policy::{Mode, Policy, leading_keyword};
 use crate::result::{StatementResult, error_message};
 use crate::statement::{Binder, Statement};
@@ -53,6 +55,8 @@ struct Reader {
     conn: Connection,
     /// Its authorizer state.
     policy: Policy,
+    /// Its statement timer.
+    watchdog: Watchdog,
     /// The generation of the database file it is open on.
     generation: u64,
 }
@@ -76,6 +80,8 @@ pub(crate) struct Pool {
     live: Arc<Live>,
     /// The most connections in use at once.
     size: usize,
+    /// What one statement may cost.
+    limits: Limits,
     /// Idle connections and the number in use.
     state: Mutex<State>,
     /// Signalled when a connection is returned.
@@ -103,7 +109,7 @@ impl std::fmt::Debug for Readers {
 
 impl Readers {
     /// Opens `size` (at least one) read-only connections to the current generation of `live`.
-    pub(crate) fn open(live: Arc<Live>, size: usize) -> Result<Readers> {
+    pub(crate) fn open(live: Arc<Live>, size: usize, limits: Limits) -> Result<Readers> {
         let size = size.max(1);
         let idle = {
             let generation = live.read();
@@ -112,6 +118,7 @@ impl Readers {
         let pool = Arc::new(Pool {
             live: live.clone(),
             size,
+            limits,
             state: Mutex::new(State { idle, busy: 0 }),
             returned: Condvar::new(),
         });
@@ -126,8 +133,20 @@ impl Readers {
         statements: &[Statement],
         transaction: bool,
     ) -> Result<Vec<StatementResult>> {
+        self.query_within(statements, transaction, None)
+    }
+
+    /// [`Readers::query`] with each statement's time limit lowered to `timeout` (rqlite's
+    /// `db_timeout`); the pool's own limit still applies when it is lower.
+    pub fn query_within(
+        &self,
+        statements: &[Statement],
+        transaction: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<StatementResult>> {
         let reader = self.pool.checkout()?;
-        let outcome = reader.run(statements, transaction);
+        let time = self.pool.limits.time_for(timeout);
+        let outcome = reader.run(statements, transaction, time, &self.pool.limits);
         if !reader.conn.is_autocommit() {
             let _ = reader.conn.execute_batch("ROLLBACK");
         }
@@ -225,19 +244,27 @@ impl Reader {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.execute_batch("PRAGMA query_only = ON;")?;
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        limits::harden(&conn)?;
         let policy = Policy::default();
         policy.install(&mut conn)?;
-        Ok(Reader { conn, policy, generation: generation.number })
+        let watchdog = Watchdog::install(&mut conn)?;
+        Ok(Reader { conn, policy, watchdog, generation: generation.number })
     }
 
     /// Runs statements on this connection.
-    fn run(&self, statements: &[Statement], transaction: bool) -> Result<Vec<StatementResult>> {
+    fn run(
+        &self,
+        statements: &[Statement],
+        transaction: bool,
+        time: Duration,
+        limits: &Limits,
+    ) -> Result<Vec<StatementResult>> {
         if transaction {
             self.conn.execute_batch("BEGIN")?;
         }
         let mut results = Vec::with_capacity(statements.len());
         for statement in statements {
-            let result = self.run_statement(statement);
+            let result = self.run_statement(statement, time, limits);
             let failed = result.is_error();
             results.push(result);
             if failed && transaction {
@@ -252,8 +279,14 @@ impl Reader {
 
     /// Runs one client statement; several SQL statements in its text run in order and the last
     /// one gives the result.
-    fn run_statement(&self, statement: &Statement) -> StatementResult {
+    fn run_statement(
+        &self,
+        statement: &Statement,
+        time: Duration,
+        limits: &Limits,
+    ) -> StatementResult {
         let start = Instant::now();
+        let _armed = self.watchdog.arm(time);
         let mut binder = Binder::new(&statement.params);
         let mut batch = Batch::new(&self.conn, &statement.sql);
         let mut last = None;
@@ -276,9 +309,12 @@ impl Reader {
             if let Err(error) = binder.bind(&mut prepared) {
                 return StatementResult::Error(error);
             }
-            match encode::read_rows(&mut prepared) {
+            match encode::read_rows(&mut prepared, &mut ResultBudget::new(limits)) {
                 Ok(rows) => last = Some(rows),
-                Err(error) => return StatementResult::Error(error_message(&error)),
+                Err(ReadError::Sqlite(error)) => {
+                    return StatementResult::Error(self.watchdog.message(&error));
+                }
+                Err(ReadError::Limit(error)) => return StatementResult::Error(error),
             }
         }
         if let Err(error) = binder.finish() {

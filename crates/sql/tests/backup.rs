@@ -23,7 +23,13 @@ impl Node {
     /// Runs `statements` as one transaction request, as `/db/load` does for a batch, and
     /// applies the record. Panics on any statement error.
     fn write(&mut self, statements: Vec<Statement>) {
-        let request = WriteRequest { statements, transaction: true, rows: false, request_id: None };
+        let request = WriteRequest {
+            statements,
+            transaction: true,
+            rows: false,
+            request_id: None,
+            timeout: None,
+        };
         let speculation = self.db.execute(&[request]).unwrap();
         for result in &speculation.results[0] {
             assert!(!result.is_error(), "{result:?}");

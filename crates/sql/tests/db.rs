@@ -12,6 +12,7 @@ fn request(statements: &[&str]) -> WriteRequest {
         transaction: false,
         rows: false,
         request_id: None,
+        timeout: None,
     }
 }
 

@@ -169,7 +169,13 @@ impl goldenscript::Runner for Runner {
                 let request_id = args.take_key("id").map(str::to_string);
                 args.reject_next()?;
                 let statements = sql::parse_statements(&body)?;
-                self.pending.push(WriteRequest { statements, transaction, rows, request_id });
+                self.pending.push(WriteRequest {
+                    statements,
+                    transaction,
+                    rows,
+                    request_id,
+                    timeout: None,
+                });
                 String::new()
             }
             "execute" => {
@@ -279,6 +285,7 @@ impl goldenscript::Runner for Runner {
                     transaction: context.tags.contains("tx"),
                     rows: context.tags.contains("rows"),
                     request_id: None,
+                    timeout: None,
                 });
                 let output =
                     self.execute(!context.tags.contains("noapply"), false, Format::default())?;
