@@ -246,9 +246,25 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Incoming {
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         let (method, uri, headers) =
             (req.method().clone(), req.uri().clone(), req.headers().clone());
-        let body = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        let body = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         Ok(Incoming { method, uri, headers, body })
     }
+}
+
+/// The answer to a body that could not be read: 408 if it stopped arriving (the body idle
+/// timeout, `--http-body-timeout`), else axum's (413 over the size limit, 400 otherwise).
+fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> Response {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving (--http-body-timeout)",
+            );
+        }
+        source = error.source();
+    }
+    rejection.into_response()
 }
 
 /// Query-string parameters. rqlite's flags are presence-only (`?transaction`).

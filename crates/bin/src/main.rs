@@ -26,6 +26,7 @@ mod http;
 mod local;
 mod metrics;
 mod node;
+mod serve;
 mod shell;
 
 use std::path::PathBuf;
@@ -118,6 +119,21 @@ pub struct ServeArgs {
     /// another, so this bounds how long one statement can hold up every other write.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub max_statement_time: Duration,
+    /// Open HTTP connections at most, on each of the client and Raft addresses; further
+    /// connections wait to be accepted.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Client requests handled at once at most; further ones are answered 503 with
+    /// `Retry-After` instead of queueing without bound.
+    #[arg(long, default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+    /// How long a client may take to send a request's headers (and how long an idle
+    /// keep-alive connection stays open) before the connection is closed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// How long a request body may send nothing before the request ends with 408.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
     /// The most rows one statement may return; more is an error for that statement.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_result_rows: usize,
@@ -205,8 +221,24 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as Go and many servers do: each
+/// client connection takes a descriptor, and the usual soft limit of 1024 would turn a burst
+/// of clients into refused connections long before `--max-connections`.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write only the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
+    raise_open_files_limit();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -90,8 +90,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let node_router =
         raft::network::router(raft.clone(), contact).merge(http::internal_router(state.clone()));
-    tokio::spawn(serve_router(raft_listener, node_router));
-    tokio::spawn(serve_router(http_listener, http::router(state)));
+    let limits = crate::serve::Limits {
+        max_connections: args.max_connections,
+        max_requests: args.max_concurrent_requests,
+        header_timeout: args.http_header_timeout,
+        body_timeout: args.http_body_timeout,
+    };
+    tokio::spawn(crate::serve::serve(raft_listener, node_router, limits));
+    let client_router = crate::serve::client_layers(http::router(state), limits);
+    tokio::spawn(crate::serve::serve(http_listener, client_router, limits));
     tokio::spawn(report_applied(args.id, raft.clone(), replica.applied()));
     tokio::spawn(raft::cluster::log_leadership(raft.clone()));
     for bug in &args.unsafe_plant_bug {
@@ -147,21 +154,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = raft.shutdown().await;
             anyhow::bail!("raft stopped: {reason}")
         }
-    }
-}
-
-/// Serves `router` on `listener`, with Nagle's algorithm off on every connection: answers are
-/// small and latency-bound (a delayed ACK would hold a response back).
-async fn serve_router(listener: TcpListener, router: axum::Router) {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    if let Err(e) = axum::serve(listener, router).await {
-        tracing::error!(error = %e, "HTTP server failed");
-        std::process::exit(1);
     }
 }
 

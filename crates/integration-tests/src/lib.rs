@@ -1028,6 +1028,11 @@ impl TestCluster {
 
     // ---- Faults ----------------------------------------------------------------------------
 
+    /// The process id of node `id`, if it is running.
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        lock(&self.node(id).process).child.as_ref().map(std::process::Child::id)
+    }
+
     /// Kills node `id` with SIGKILL and reaps it: a crash, nothing gets flushed.
     pub fn kill(&self, id: NodeId) {
         let node = self.node(id);
