@@ -265,6 +265,9 @@ pub struct AdminArgs {
     /// How long to wait for an answer.
     #[arg(long, global = true, default_value = "150s", value_parser = crate::parse_duration)]
     pub timeout: Duration,
+    /// CA certificate (PEM) to trust for `https://` URLs, besides the system's.
+    #[arg(long, global = true, env = "KEEL_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: AdminCommand,
@@ -324,7 +327,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
 
 /// Carries out one `keel admin` command, printing its result.
 async fn execute(args: AdminArgs) -> anyhow::Result<()> {
-    let cluster = Cluster::new(&args.cluster, args.timeout)?;
+    let cluster = Cluster::new(&args.cluster, args.timeout, args.cacert.as_deref())?;
     match args.command {
         AdminCommand::Status => {
             print!("{}", cluster.status().await?);
@@ -373,7 +376,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(urls: &[String], timeout: Duration) -> anyhow::Result<Cluster> {
+    fn new(
+        urls: &[String],
+        timeout: Duration,
+        cacert: Option<&std::path::Path>,
+    ) -> anyhow::Result<Cluster> {
         let urls: Vec<String> = urls
             .iter()
             .map(|u| u.trim().trim_end_matches('/'))
@@ -383,7 +390,7 @@ impl Cluster {
         if urls.is_empty() {
             bail!("--cluster names no member URL");
         }
-        let client = reqwest::Client::builder().no_proxy().timeout(timeout).build()?;
+        let client = crate::tls::client_builder(cacert)?.timeout(timeout).build()?;
         Ok(Cluster { client, urls })
     }
 
@@ -513,7 +520,7 @@ mod tests {
     #[test]
     fn cluster_urls_get_a_scheme() {
         let urls = ["127.0.0.1:4001/".to_string(), " https://a:1 ".to_string(), String::new()];
-        let c = Cluster::new(&urls, Duration::from_secs(1)).unwrap();
+        let c = Cluster::new(&urls, Duration::from_secs(1), None).unwrap();
         assert_eq!(c.urls, vec!["http://127.0.0.1:4001", "https://a:1"]);
     }
 }

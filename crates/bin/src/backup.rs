@@ -483,6 +483,9 @@ pub struct BackupArgs {
     /// Back up the node at URL itself rather than the leader.
     #[arg(long)]
     pub noleader: bool,
+    /// CA certificate (PEM) to trust for `https://` URLs, besides the system's.
+    #[arg(long, env = "KEEL_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// Flags of `keel restore`.
@@ -492,6 +495,9 @@ pub struct RestoreArgs {
     pub url: String,
     /// A SQLite database file (replaces the database), SQL text, or either gzipped.
     pub file: PathBuf,
+    /// CA certificate (PEM) to trust for `https://` URLs, besides the system's.
+    #[arg(long, env = "KEEL_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
 fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
@@ -532,7 +538,7 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
         query.push("noleader");
     }
     let url = format!("{}/db/backup?{}", base_url(&args.url), query.join("&"));
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let client = crate::tls::client_builder(args.cacert.as_deref())?.build()?;
     let resp = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
     if !resp.status().is_success() {
         let status = resp.status();
@@ -581,7 +587,7 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         chunk
     });
     let url = format!("{}/db/load", base_url(&args.url));
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let client = crate::tls::client_builder(args.cacert.as_deref())?.build()?;
     let resp = client
         .post(&url)
         .header(header::CONTENT_TYPE, content_type)

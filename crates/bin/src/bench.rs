@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// HTTP URL of a cluster node.
     #[arg(long, default_value = "http://127.0.0.1:4001")]
     pub url: String,
+    /// CA certificate (PEM) to trust for an `https://` URL, besides the system's.
+    #[arg(long, env = "KEEL_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -100,8 +103,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Workload::Bootstrap => return crate::bench_bootstrap::run(&args).await,
         Workload::Insert | Workload::Read | Workload::Bulk | Workload::Mixed => {}
     }
-    let client =
-        reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.clients).build()?;
+    let client = crate::tls::client_builder(args.cacert.as_deref())?
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
     let base = args.url.trim_end_matches('/').to_string();
     let extra = if args.params.is_empty() { String::new() } else { format!("&{}", args.params) };
     let execute = format!("{base}/db/execute?{extra}");

@@ -5,6 +5,11 @@
 //! Node 1 bootstraps the cluster; the others join it (voters first, then learners). Run again
 //! with the same data directory, every node restarts from its data and the cluster re-forms.
 //! Ctrl-C (or SIGTERM) stops every node with SIGTERM, then SIGKILL after 10 s.
+//!
+//! With `--tls`, certificates for cluster id `local` are created in `<data-dir>/tls` by
+//! [`crate::certs`] (only those missing), and every node runs with `--tls-dir` pointing there:
+//! HTTPS on the client API, mutual TLS between nodes. Extra `keel serve` flags that include
+//! `--tls-dir` make [`start_cluster`] speak HTTPS to the nodes, trusting that directory's CA.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -85,16 +90,17 @@ pub async fn start_cluster(
         let node = spawn_node(dir, id, base_port, id > voters, extra)?;
         if !quiet {
             println!(
-                "started node {id} ({}) http://{}  log: {}",
+                "started node {id} ({}) {}://{}  log: {}",
                 if node.learner { "learner" } else { "voter" },
+                scheme(extra),
                 node.http,
                 node.log.display()
             );
         }
         nodes.push(node);
     }
-    let client = reqwest::Client::builder().no_proxy().build()?;
-    if let Err(e) = wait_ready(&client, &mut nodes, quiet).await {
+    let client = client_for(extra)?;
+    if let Err(e) = wait_ready(&client, &mut nodes, quiet, scheme(extra)).await {
         stop_all(&mut nodes).await;
         return Err(e);
     }
@@ -125,7 +131,7 @@ pub fn spawn_node(
         dir.join(format!("node{id}")).display().to_string(),
     ]);
     if id > 1 {
-        args.extend(["--join".into(), format!("http://127.0.0.1:{base_port}")]);
+        args.extend(["--join".into(), format!("{}://127.0.0.1:{base_port}", scheme(extra))]);
     }
     if learner {
         args.push("--learner".into());
@@ -138,15 +144,22 @@ pub fn spawn_node(
 /// Starts the cluster, waits until it is ready, prints how to use it, and waits for Ctrl-C.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let total = args.nodes + args.learners;
+    let mut extra = Vec::new();
+    if args.tls {
+        let dir = args.data_dir.join("tls");
+        ensure_certs(&dir, total)?;
+        extra = vec!["--tls-dir".to_string(), dir.display().to_string()];
+    }
     let start =
-        start_cluster(&args.data_dir, args.nodes, args.learners, args.base_port, &[], false);
+        start_cluster(&args.data_dir, args.nodes, args.learners, args.base_port, &extra, false);
     let mut nodes = tokio::select! {
         r = start => r?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
     };
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let client = client_for(&extra)?;
+    let scheme = scheme(&extra);
     let leader: Option<serde_json::Value> =
-        match client.get(format!("http://{}/leader", nodes[0].http)).send().await {
+        match client.get(format!("{scheme}://{}/leader", nodes[0].http)).send().await {
             Ok(r) => r.json().await.ok(),
             Err(_) => None,
         };
@@ -160,17 +173,25 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         None => println!("cluster ready: {total} nodes"),
     }
     let example = &nodes[0].http;
+    // `curl --cacert <dir>/tls/ca.pem` under --tls.
+    let curl = match tls_dir(&extra) {
+        Some(dir) => format!("curl --cacert {}", dir.join("ca.pem").display()),
+        None => "curl".to_string(),
+    };
     println!("try:");
+    if args.tls {
+        println!("  {curl} {scheme}://{example}/status");
+    }
     println!(
-        "  curl -XPOST 'http://{example}/db/execute?pretty' -H 'Content-Type: application/json' -d '[\"CREATE TABLE IF NOT EXISTS foo (id INTEGER PRIMARY KEY, name TEXT)\", [\"INSERT INTO foo(name) VALUES(?)\", \"fiona\"]]'"
+        "  {curl} -XPOST '{scheme}://{example}/db/execute?pretty' -H 'Content-Type: application/json' -d '[\"CREATE TABLE IF NOT EXISTS foo (id INTEGER PRIMARY KEY, name TEXT)\", [\"INSERT INTO foo(name) VALUES(?)\", \"fiona\"]]'"
     );
     if let Some(other) = nodes.get(1) {
         println!(
-            "  curl -G 'http://{}/db/query?pretty&level=none' --data-urlencode 'q=SELECT * FROM foo'",
+            "  {curl} -G '{scheme}://{}/db/query?pretty&level=none' --data-urlencode 'q=SELECT * FROM foo'",
             other.http
         );
     }
-    println!("  curl 'http://{example}/nodes?pretty&nonvoters'");
+    println!("  {curl} '{scheme}://{example}/nodes?pretty&nonvoters'");
     println!("press Ctrl-C to stop the cluster");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -197,10 +218,50 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `--tls-dir` among extra `keel serve` flags.
+fn tls_dir(extra: &[String]) -> Option<PathBuf> {
+    extra.iter().position(|a| a == "--tls-dir").and_then(|i| extra.get(i + 1)).map(PathBuf::from)
+}
+
+/// `https` if the nodes run with `--tls-dir`, else `http`.
+fn scheme(extra: &[String]) -> &'static str {
+    if tls_dir(extra).is_some() { "https" } else { "http" }
+}
+
+/// A client for the nodes: trusting the `--tls-dir` CA if there is one.
+fn client_for(extra: &[String]) -> anyhow::Result<reqwest::Client> {
+    let ca = tls_dir(extra).map(|dir| dir.join("ca.pem"));
+    Ok(crate::tls::client_builder(ca.as_deref())?.build()?)
+}
+
+/// Creates the certificates of nodes `1..=nodes` in `dir` that are missing (cluster id
+/// `local`, reusing the CA there if any).
+fn ensure_certs(dir: &std::path::Path, nodes: u64) -> anyhow::Result<()> {
+    let missing: Vec<u64> =
+        (1..=nodes).filter(|id| !dir.join(format!("node-{id}.pem")).exists()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let args = crate::certs::CertsArgs {
+        dir: dir.to_path_buf(),
+        cluster_id: "local".into(),
+        nodes: missing,
+        ip: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+        dns: vec!["localhost".into()],
+        days: 825,
+        force: false,
+    };
+    for line in crate::certs::create(&args)? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 async fn wait_ready(
     client: &reqwest::Client,
     nodes: &mut [LocalNode],
     quiet: bool,
+    scheme: &str,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for n in nodes.iter_mut() {
@@ -208,7 +269,7 @@ async fn wait_ready(
             if let Ok(Some(status)) = n.child.try_wait() {
                 bail!("node {} exited during startup ({status}); see {}", n.id, n.log.display());
             }
-            let url = format!("http://{}/readyz", n.http);
+            let url = format!("{scheme}://{}/readyz", n.http);
             if client
                 .get(&url)
                 .timeout(Duration::from_secs(1))

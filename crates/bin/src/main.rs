@@ -5,6 +5,7 @@
 //! - `keel local` starts a local cluster of `keel serve` child processes for trying Keel out
 //!   ([`local`]).
 //! - `keel bench` measures a running cluster ([`mod@bench`]).
+//! - `keel certs` creates a cluster CA and certificates for TLS ([`certs`], [`tls`]).
 //! - `keel backup` and `keel restore` stream a backup out of, or a load into, a running
 //!   cluster ([`backup`]).
 //! - `keel shell` is an interactive SQL shell against any node ([`shell`]).
@@ -17,9 +18,11 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod auth;
 mod backup;
 mod bench;
 mod bench_bootstrap;
+mod certs;
 mod changes;
 mod console;
 mod http;
@@ -28,6 +31,7 @@ mod metrics;
 mod node;
 mod serve;
 mod shell;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +46,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the biggest variant (`serve`'s flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one node of a cluster.
@@ -52,11 +58,15 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Operate a running cluster: promote a node, change membership, show status.
     Admin(admin::AdminArgs),
+    /// Create a cluster CA and certificates for TLS (nodes, client API, a client).
+    Certs(certs::CertsArgs),
     /// Stream a backup of a running cluster's database to a file.
     Backup(backup::BackupArgs),
     /// Load a SQLite file or SQL text into a running cluster (a SQLite file replaces the
     /// database).
     Restore(backup::RestoreArgs),
+    /// Print an argon2 hash of a password (read from stdin) for the `--auth` file.
+    HashPassword,
     /// An interactive SQL shell against any node of a cluster.
     Shell(shell::ShellArgs),
     /// Print the committed row changes of a cluster, from a log position on, as JSON lines.
@@ -75,6 +85,13 @@ pub struct ServeArgs {
     /// Address for node-to-node Raft traffic.
     #[arg(long, default_value = "127.0.0.1:4002")]
     pub raft_addr: String,
+    /// The client API address other nodes and clients are told to use, when it differs from
+    /// `--http-addr` (which may be `0.0.0.0:PORT`, or behind NAT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_adv_addr: Option<String>,
+    /// The Raft address other nodes are told to use, when it differs from `--raft-addr`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub raft_adv_addr: Option<String>,
     /// Directory for the database, the Raft log and snapshots. Created if missing.
     #[arg(long, default_value = "./keel-data")]
     pub data_dir: PathBuf,
@@ -111,6 +128,38 @@ pub struct ServeArgs {
     /// need) before answering 503 that says how far it got.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub sync_timeout: Duration,
+    /// Credentials file (rqlite's `-auth` format: a JSON array of users with passwords and
+    /// permissions). Without it, every client may do everything. Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
+    /// `USER:PASSWORD` sent with `--join` when the cluster requires credentials (a user with
+    /// the `join` permission, or `join-read-only` for a learner).
+    #[arg(long, env = "KEEL_JOIN_AS", value_name = "USER:PASSWORD", hide_env_values = true)]
+    pub join_as: Option<String>,
+    /// Serve the client API over HTTPS with this certificate (PEM; the chain if any).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates on the client API, signed by this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// This node's certificate (PEM) for mutual TLS between nodes; it must bind
+    /// `keel://<cluster-id>/node/<--id>` (see `keel certs`).
+    #[arg(long, value_name = "FILE", requires_all = ["node_key", "node_ca"])]
+    pub node_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--node-cert`.
+    #[arg(long, value_name = "FILE", requires = "node_cert")]
+    pub node_key: Option<PathBuf>,
+    /// The cluster CA (PEM): other nodes' certificates must be signed by it.
+    #[arg(long, value_name = "FILE", requires = "node_cert")]
+    pub node_ca: Option<PathBuf>,
+    /// A directory written by `keel certs`: shorthand for `--node-cert DIR/node-<id>.pem
+    /// --node-key DIR/node-<id>-key.pem --node-ca DIR/ca.pem --tls-cert DIR/server.pem
+    /// --tls-key DIR/server-key.pem` (explicit flags win).
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// Read-only SQLite connections serving queries.
     #[arg(long, default_value_t = 4)]
     pub readers: usize,
@@ -179,6 +228,10 @@ pub struct LocalArgs {
     /// First HTTP port; node N uses base + 2(N-1) for HTTP and the next port for Raft.
     #[arg(long, default_value_t = 4001)]
     pub base_port: u16,
+    /// HTTPS on the client API and mutual TLS between nodes, with certificates created in
+    /// `<data-dir>/tls` by `keel certs` if missing.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Parses a durability mode (`semi-sync`, `sync`, `replicas:K`).
@@ -236,9 +289,22 @@ fn raise_open_files_limit() {
     }
 }
 
+/// `keel hash-password`: reads one line from stdin, prints its argon2id PHC string.
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("no password on stdin");
+    }
+    println!("{}", auth::hash_password(password)?);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
     raise_open_files_limit();
+    tls::install_provider();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -254,9 +320,11 @@ fn main() -> anyhow::Result<()> {
         Command::Local(args) => runtime.block_on(local::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Admin(args) => runtime.block_on(admin::run(args)),
+        Command::Certs(args) => certs::run(args),
         Command::Backup(args) => runtime.block_on(backup::run_backup(args)),
         Command::Restore(args) => runtime.block_on(backup::run_restore(args)),
         Command::Shell(args) => shell::run(args),
+        Command::HashPassword => hash_password(),
         Command::Changes(args) => runtime.block_on(changes::run(args)),
     }
 }

@@ -34,6 +34,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Spooled backups and loads of a previous run are garbage now.
     let _ = std::fs::remove_dir_all(dir.join("tmp"));
 
+    // Certificates are checked before anything listens: a bad file fails the start.
+    let tls = crate::tls::ServeTls::from_args(&args)?;
+    let peers = crate::tls::PeerClients::new(tls.api.is_some(), tls.node.clone())?;
+
     // Bind first, so a port in use fails the start instead of a half-started node.
     let raft_listener = TcpListener::bind(&args.raft_addr)
         .await
@@ -52,9 +56,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             unsafe_skip_fsync: args.unsafe_plant_bug.contains(&crate::PlantedBug::SkipFsync),
             ..wal::Options::default()
         },
+        transport: tls
+            .node
+            .as_ref()
+            .map_or_else(raft::network::Transport::plain, |t| t.transport()),
     };
-    let (raft, snapshots) =
-        raft::start(args.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
+    let raft::Started { raft, stats: snapshots, log } =
+        raft::start_node(args.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
     let progress = Arc::new(leader::Progress::default());
     let contact = Arc::new(raft::network::Contact::default());
     let leader = leader::Leader::spawn(
@@ -70,7 +78,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
-    let me = raft::Node { raft_addr: args.raft_addr.clone(), http_addr: args.http_addr.clone() };
+    let me = raft::Node {
+        raft_addr: advertised(&args.raft_addr, args.raft_adv_addr.as_deref(), "raft")?,
+        http_addr: advertised(&args.http_addr, args.http_adv_addr.as_deref(), "http")?,
+    };
     let state = Arc::new(http::Node::new(http::Parts {
         id: args.id,
         me: me.clone(),
@@ -86,20 +97,39 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: dir.clone(),
         snapshots,
         unsafe_stale_reads: args.unsafe_plant_bug.contains(&crate::PlantedBug::StaleLinearizable),
+        log,
+        peers: peers.clone(),
     }));
 
-    let node_router =
-        raft::network::router(raft.clone(), contact).merge(http::internal_router(state.clone()));
+    let mut node_router = raft::network::router_with(raft.clone(), contact, tls.node.is_some())
+        .merge(http::internal_router(state.clone()));
+    if let Some(node_tls) = &tls.node {
+        // Every node-to-node route: a node certificate of this cluster, or 403.
+        node_router = node_router.layer(axum::middleware::from_fn_with_state(
+            node_tls.clone(),
+            crate::tls::require_node,
+        ));
+    }
     let limits = crate::serve::Limits {
         max_connections: args.max_connections,
         max_requests: args.max_concurrent_requests,
         header_timeout: args.http_header_timeout,
         body_timeout: args.http_body_timeout,
     };
-    tokio::spawn(crate::serve::serve(raft_listener, node_router, limits));
-    let client_router = crate::serve::client_layers(http::router(state), limits);
-    tokio::spawn(crate::serve::serve(http_listener, client_router, limits));
-    tokio::spawn(report_applied(args.id, raft.clone(), replica.applied()));
+    let node_config = tls.node.as_ref().map(|t| t.server_config());
+    tokio::spawn(crate::serve::serve(raft_listener, node_router, limits, node_config));
+    let mut client_router = http::router(state);
+    if let Some(path) = &args.auth {
+        let auth = Arc::new(crate::auth::Auth::load(path)?);
+        tracing::info!(file = %path.display(), "client API requires credentials (--auth)");
+        tokio::spawn(crate::auth::reload_on_sighup(auth.clone()));
+        client_router = client_router
+            .merge(crate::auth::router(auth.clone()))
+            .layer(axum::middleware::from_fn_with_state(auth, crate::auth::guard));
+    }
+    let client_router = crate::serve::client_layers(client_router, limits);
+    tokio::spawn(crate::serve::serve(http_listener, client_router, limits, tls.api.clone()));
+    tokio::spawn(report_applied(args.id, raft.clone(), replica.applied(), peers.clone()));
     tokio::spawn(raft::cluster::log_leadership(raft.clone()));
     for bug in &args.unsafe_plant_bug {
         tracing::error!(
@@ -107,7 +137,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "a bug is planted on purpose (--unsafe-plant-bug): do not trust this node with data"
         );
     }
-    tracing::info!(id = args.id, http = %args.http_addr, raft = %args.raft_addr, data = %dir.display(), "node started");
+    if let Some(node_tls) = &tls.node {
+        tracing::info!(identity = %node_tls.identity().uri(), "mutual TLS between nodes");
+    }
+    tracing::info!(id = args.id, https = tls.api.is_some(), http = %args.http_addr, raft = %args.raft_addr, data = %dir.display(), "node started");
 
     if !raft::cluster::is_initialized(&raft).await? {
         if args.join.is_empty() {
@@ -115,8 +148,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             raft::cluster::initialize(&raft, args.id, me).await?;
         } else {
             let (raft2, join, voter) = (raft.clone(), args.join.clone(), !args.learner);
+            let peers2 = peers.clone();
             tokio::spawn(async move {
-                if let Err(e) = join_cluster(args.id, me, &join, voter).await {
+                if let Err(e) =
+                    join_cluster(args.id, me, &join, voter, args.join_as.as_deref(), &peers2).await
+                {
                     tracing::error!(error = %e, "could not join the cluster; stopping");
                     let _ = raft2.shutdown().await;
                 }
@@ -128,9 +164,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // Joined as a voter but stopped before the promotion (the node is added as a
             // learner first and promoted once caught up): ask again, or it stays a learner.
             tracing::info!("a learner started without --learner: asking to be made a voter");
-            let (raft2, join) = (raft.clone(), args.join.clone());
+            let (raft2, join, peers2) = (raft.clone(), args.join.clone(), peers.clone());
             tokio::spawn(async move {
-                if let Err(e) = join_cluster(args.id, me, &join, true).await {
+                if let Err(e) =
+                    join_cluster(args.id, me, &join, true, args.join_as.as_deref(), &peers2).await
+                {
                     tracing::error!(error = %e, "could not become a voter; stopping");
                     let _ = raft2.shutdown().await;
                 }
@@ -157,6 +195,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The address the cluster is told for a listener bound to `bind`: `adv` if given, else `bind`,
+/// which must then name a host others can reach (not `0.0.0.0` or `[::]`).
+fn advertised(bind: &str, adv: Option<&str>, what: &str) -> anyhow::Result<String> {
+    if let Some(adv) = adv {
+        return Ok(adv.to_string());
+    }
+    let unspecified = bind.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified());
+    if unspecified {
+        anyhow::bail!(
+            "--{what}-addr {bind} listens on every interface, but other nodes cannot reach \
+             that address: give the address to advertise with --{what}-adv-addr HOST:PORT"
+        );
+    }
+    Ok(bind.to_string())
+}
+
 /// Tells the leader how far this node has applied: after every apply, and once a second while
 /// idle (so a new leader learns it too). `sync` and `replicas:K` writes wait on these reports;
 /// lag in `/status` and `/metrics` comes from them. Reports are sent one at a time, so a burst
@@ -165,21 +219,16 @@ async fn report_applied(
     id: raft::NodeId,
     raft: raft::Raft,
     mut applied: tokio::sync::watch::Receiver<wal::Lsn>,
+    peers: crate::tls::PeerClients,
 ) {
-    let client = match reqwest::Client::builder().no_proxy().tcp_nodelay(true).build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the applied-report client");
-            return;
-        }
-    };
+    let client = peers.node;
     loop {
         if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await {
             return; // The state machine is gone: the node is stopping.
         }
         let index = *applied.borrow_and_update();
         let Some(leader) = raft::cluster::leader(&raft).filter(|l| l.id != id) else { continue };
-        let url = format!("http://{}/keel/applied", leader.node.raft_addr);
+        let url = format!("{}://{}/keel/applied", peers.node_scheme, leader.node.raft_addr);
         let body = serde_json::json!({ "id": id, "applied": index });
         if let Err(e) = client.post(&url).json(&body).timeout(Duration::from_secs(1)).send().await {
             tracing::debug!(error = %e, "applied report to the leader failed");
@@ -203,8 +252,18 @@ async fn join_cluster(
     me: raft::Node,
     urls: &[String],
     voter: bool,
+    credentials: Option<&str>,
+    peers: &crate::tls::PeerClients,
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let credentials = match credentials {
+        None => None,
+        Some(c) => match c.split_once(':') {
+            Some((user, password)) => Some((user.to_string(), password.to_string())),
+            None => anyhow::bail!("--join-as must be USER:PASSWORD"),
+        },
+    };
+    // HTTPS joins trust the cluster CA and present the node certificate.
+    let client = peers.api.clone();
     let body = serde_json::json!({ "id": id, "raft_addr": me.raft_addr, "http_addr": me.http_addr, "voter": voter });
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut attempt = 0u32;
@@ -212,7 +271,11 @@ async fn join_cluster(
         for url in urls {
             let url = format!("{}/join", url.trim_end_matches('/'));
             attempt += 1;
-            match client.post(&url).json(&body).timeout(Duration::from_secs(120)).send().await {
+            let mut request = client.post(&url).json(&body).timeout(Duration::from_secs(120));
+            if let Some((user, password)) = &credentials {
+                request = request.basic_auth(user, Some(password));
+            }
+            match request.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     tracing::info!(%url, voter, "joined the cluster");
                     return Ok(());
@@ -222,7 +285,10 @@ async fn join_cluster(
                     let text = resp.text().await.unwrap_or_default();
                     tracing::warn!(%url, %status, %text, attempt, "join refused; retrying");
                 }
-                Err(e) => tracing::warn!(%url, error = %e, attempt, "join failed; retrying"),
+                Err(e) => {
+                    let error = crate::tls::error_chain(&e);
+                    tracing::warn!(%url, %error, attempt, "join failed; retrying")
+                }
             }
         }
         if Instant::now() > deadline {

@@ -9,13 +9,17 @@
 //!   the connection when it passes, which also ends idle keep-alive connections),
 //! * a cap on open connections ([`Limits::max_connections`]; past it, new connections wait in
 //!   the kernel's accept queue),
-//! * Nagle's algorithm off (answers are small and latency-bound).
+//! * Nagle's algorithm off (answers are small and latency-bound),
+//! * with TLS, a deadline for the handshake too (the header timeout), so a
+//!   client that stalls the handshake cannot hold a connection either. Each request carries a
+//!   [`crate::tls::Peer`] extension: the remote address and the client's certificates.
 //!
 //! [`client_layers`] wraps the client API with an idle timeout on request bodies
 //! ([`Limits::body_timeout`]: a body that stops arriving ends the request with 408) and a cap
 //! on requests being handled at once ([`Limits::max_requests`]; past it a request is answered
 //! at once with 503 and `Retry-After`, rather than queued without bound).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,15 +51,21 @@ pub struct Limits {
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves `router` on `listener` until the process ends, within `limits`' connection and
-/// header limits. Never returns.
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits) {
+/// header limits, over TLS with `tls` if given. Never returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             unreachable!("the connection semaphore is never closed")
         };
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
+        let (tcp, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE/ENFILE: nothing to do but wait for connections to close.
                 tracing::warn!(error = %e, "cannot accept a connection");
@@ -66,17 +76,68 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits) {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
+        let (router, acceptor) = (router.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(tcp), service);
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match acceptor {
+                None => {
+                    let peer = crate::tls::Peer { addr, certificates: None };
+                    serve_connection(tcp, router, peer, limits).await;
+                }
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(tcp);
+                    match tokio::time::timeout(limits.header_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let certificates =
+                                stream.get_ref().1.peer_certificates().map(Arc::from);
+                            let peer = crate::tls::Peer { addr, certificates };
+                            serve_connection(stream, router, peer, limits).await;
+                        }
+                        Ok(Err(e)) => handshake_failed(addr, &e),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
+    }
+}
+
+/// Serves HTTP/1 on one accepted connection until it ends, each request carrying `peer`.
+async fn serve_connection<IO>(io: IO, router: Router, peer: crate::tls::Peer, limits: Limits)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let router = tower::ServiceExt::map_request(
+        router,
+        move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer.clone());
+            request
+        },
+    );
+    let service = TowerToHyperService::new(router);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Logs a failed TLS handshake: certificate refusals under `keel::audit` (a client with no
+/// certificate, or one the CA did not sign), anything else (port scans, plain HTTP) at debug.
+fn handshake_failed(addr: SocketAddr, e: &std::io::Error) {
+    let refused =
+        e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        });
+    if refused {
+        tracing::warn!(target: "keel::audit", %addr, error = %e, "refused a TLS client certificate");
+    } else {
+        tracing::debug!(%addr, error = %e, "TLS handshake failed");
     }
 }
 

@@ -80,6 +80,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Url;
 use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 /// A node's id, as passed to `keel serve --id`. Nodes of a [`TestCluster`] are numbered from 1:
@@ -223,7 +224,7 @@ fn build_keel() -> Result<PathBuf, String> {
 /// call never returns a port twice, and a process-wide set keeps clusters started in parallel
 /// by this test process apart. Another process can still take a port before the node binds it:
 /// see the module's caveats.
-pub(crate) fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut handed_out = lock(&HANDED_OUT);
     let mut listeners = Vec::new();
@@ -733,11 +734,23 @@ impl TestCluster {
     /// Like [`TestCluster::start`], with `extra_args` appended to the `keel serve` command line
     /// of every node, on every start (e.g. `&["--sync-timeout", "1s"]`).
     pub fn start_with(voters: usize, learners: usize, extra_args: &[&str]) -> Self {
+        Self::start_with_headers(voters, learners, extra_args, HeaderMap::new())
+    }
+
+    /// [`TestCluster::start_with`] whose own requests (readiness checks, helpers) all carry
+    /// `headers`, e.g. the `Authorization` of a user allowed everything when the nodes require
+    /// credentials.
+    pub fn start_with_headers(
+        voters: usize,
+        learners: usize,
+        extra_args: &[&str],
+        headers: HeaderMap,
+    ) -> Self {
         assert!(voters >= 1, "a cluster needs at least one voter");
         keel_binary();
         let mut attempt = 1;
         loop {
-            let cluster = Self::new(voters, learners, extra_args);
+            let cluster = Self::new(voters, learners, extra_args, headers.clone());
             match cluster.boot() {
                 Ok(()) => return cluster,
                 Err(StartError::Exited { port_taken: true, .. }) if attempt < START_ATTEMPTS => {
@@ -755,7 +768,7 @@ impl TestCluster {
     }
 
     /// Lays out a cluster (ports, directories, command lines) without starting anything.
-    fn new(voters: usize, learners: usize, extra_args: &[&str]) -> Self {
+    fn new(voters: usize, learners: usize, extra_args: &[&str], headers: HeaderMap) -> Self {
         let slot = Slot::acquire();
         let count = voters + learners;
         let mut dir = tempfile::Builder::new()
@@ -790,6 +803,7 @@ impl TestCluster {
             .no_proxy()
             .pool_max_idle_per_host(0)
             .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers)
             .build()
             .expect("cannot build HTTP client");
         Self { nodes, client, dir, _slot: slot }

@@ -1,7 +1,7 @@
 //! Node-to-node RPC: HTTP/JSON over the Raft port.
 //!
 //! The client side ([`Network`], [`Peer`]) implements openraft's `RaftNetworkV2` with reqwest:
-//! each RPC is `POST http://<raft_addr>/raft/<name>` with a JSON body and a JSON
+//! each RPC is `POST http(s)://<raft_addr>/raft/<name>` with a JSON body and a JSON
 //! `Result<Response, RaftError>` answer.
 //!
 //! # Snapshots are streamed
@@ -31,6 +31,17 @@
 //! that bound their staleness (`freshness`).
 //!
 //! Connection failures map to `Unreachable` (openraft backs off); other failures to `Network`.
+//!
+//! # Transport security
+//!
+//! This module speaks plain HTTP unless it is given a [`Transport`] that builds TLS clients
+//! (the `keel` binary's mutual TLS: each client presents this node's certificate and checks
+//! that the server's certificate names the node it meant to reach). The server side
+//! ([`router_with`]) can then insist on knowing who sent each request: the TLS layer in front
+//! of it puts the sender's certificate-proven node id into the request as a [`PeerNode`]
+//! extension, and every RPC that names its sender (the vote's node id of an append, a vote or
+//! pre-vote, a snapshot, a leadership transfer) is refused with 403 when the two differ, or
+//! when no [`PeerNode`] is present. Refusals are logged under the `keel::audit` target.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -39,13 +50,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
 use openraft::errors::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout, Unreachable,
@@ -106,6 +117,8 @@ impl Contact {
 struct Server {
     /// The Raft node.
     raft: Raft,
+    /// Whether every RPC must come with a [`PeerNode`] equal to the sender it names.
+    verify_senders: bool,
     /// Last contact with a leader.
     contact: Arc<Contact>,
     /// Where received snapshots go, read from the state machine on the first transfer.
@@ -156,13 +169,79 @@ struct SnapshotHeader {
     checksum: u32,
 }
 
-/// Creates a [`Peer`] per replication target. One shared HTTP client (connection pool).
+/// The node id a request's sender proved, put into the request's extensions by the transport
+/// in front of [`router_with`] (mutual TLS: the node id bound in the client's certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerNode(pub NodeId);
+
+/// Builds the HTTP client for RPCs to one node; see [`Transport`].
+type ClientFactory = dyn Fn(NodeId) -> Result<reqwest::Client, String> + Send + Sync;
+
+/// How RPCs reach other nodes: the URL scheme and the HTTP client for each target node.
+///
+/// [`Transport::plain`] is HTTP with one shared client. A TLS transport builds one client per
+/// target (each verifying that the server is that node), and [`Network`] keeps it for as long
+/// as the network lives, so connections are reused.
+#[derive(Clone)]
+pub struct Transport {
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// Builds the client for RPCs to a node; `None` means one shared plain client.
+    clients: Option<Arc<ClientFactory>>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("scheme", &self.scheme).finish_non_exhaustive()
+    }
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport::plain()
+    }
+}
+
+impl Transport {
+    /// Plain HTTP.
+    pub fn plain() -> Transport {
+        Transport { scheme: "http", clients: None }
+    }
+
+    /// HTTPS, with `clients(target)` building the client for RPCs to node `target`.
+    pub fn https(
+        clients: impl Fn(NodeId) -> Result<reqwest::Client, String> + Send + Sync + 'static,
+    ) -> Transport {
+        Transport { scheme: "https", clients: Some(Arc::new(clients)) }
+    }
+
+    /// The URL scheme: `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+}
+
+/// A plain HTTP client for RPCs.
+fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .build()
+        .expect("building an HTTP client without TLS cannot fail")
+}
+
+/// Creates a [`Peer`] per replication target. Plain HTTP shares one client (connection pool);
+/// TLS keeps one client per target.
 #[derive(Clone)]
 pub struct Network {
     /// This node's id (for errors).
     id: NodeId,
-    /// Shared client; keeps connections to peers alive between RPCs.
+    /// Shared client for plain HTTP; keeps connections to peers alive between RPCs.
     client: reqwest::Client,
+    /// Scheme and per-target clients.
+    transport: Transport,
+    /// Clients built by `transport`, by target node.
+    clients: Arc<Mutex<std::collections::HashMap<NodeId, reqwest::Client>>>,
     /// Snapshot counters of this node.
     stats: Arc<SnapshotStats>,
     /// See [`SNAPSHOT_IDLE_TIMEOUT`].
@@ -173,12 +252,31 @@ impl Network {
     /// The network of node `id`, with a fresh connection pool, counting snapshot transfers in
     /// `stats`.
     pub fn new(id: NodeId, stats: Arc<SnapshotStats>) -> Network {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .build()
-            .expect("building an HTTP client without TLS cannot fail");
-        Network { id, client, stats, idle_timeout: SNAPSHOT_IDLE_TIMEOUT }
+        Network::with_transport(id, stats, Transport::plain())
+    }
+
+    /// [`Network::new`] over `transport`.
+    pub fn with_transport(id: NodeId, stats: Arc<SnapshotStats>, transport: Transport) -> Network {
+        Network {
+            id,
+            client: plain_client(),
+            transport,
+            clients: Arc::default(),
+            stats,
+            idle_timeout: SNAPSHOT_IDLE_TIMEOUT,
+        }
+    }
+
+    /// The client for RPCs to `target`.
+    fn client_for(&self, target: NodeId) -> Result<reqwest::Client, String> {
+        let Some(factory) = &self.transport.clients else { return Ok(self.client.clone()) };
+        let mut clients = self.clients.lock().expect("clients mutex poisoned");
+        if let Some(client) = clients.get(&target) {
+            return Ok(client.clone());
+        }
+        let client = factory(target)?;
+        clients.insert(target, client.clone());
+        Ok(client)
     }
 
     /// Replaces [`SNAPSHOT_IDLE_TIMEOUT`]: how long a snapshot upload may make no progress.
@@ -192,11 +290,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Peer {
+        let client = self.client_for(target).map_err(|e| {
+            tracing::error!(peer = target, error = %e, "cannot build the RPC client for a peer");
+            e
+        });
         Peer {
             id: self.id,
             target,
             addr: node.raft_addr.clone(),
-            client: self.client.clone(),
+            scheme: self.transport.scheme,
+            client,
             stats: self.stats.clone(),
             idle_timeout: self.idle_timeout,
         }
@@ -211,8 +314,10 @@ pub struct Peer {
     target: NodeId,
     /// The peer's Raft address.
     addr: String,
-    /// Shared HTTP client.
-    client: reqwest::Client,
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// HTTP client for this peer, or why none could be built (every RPC then fails with it).
+    client: Result<reqwest::Client, String>,
     /// Snapshot counters of this node.
     stats: Arc<SnapshotStats>,
     /// How long a snapshot upload may make no progress.
@@ -228,6 +333,11 @@ fn rpc_error(e: reqwest::Error) -> RPCError<TypeConfig> {
 }
 
 impl Peer {
+    /// The HTTP client, or the reason there is none as an RPC error.
+    fn client(&self) -> Result<&reqwest::Client, NetworkError<TypeConfig>> {
+        self.client.as_ref().map_err(|e| NetworkError::from_string(e.clone()))
+    }
+
     async fn answer<Resp>(
         &self,
         url: &str,
@@ -260,8 +370,9 @@ impl Peer {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let url = format!("http://{}/raft/{name}", self.addr);
-        let resp = self.client.post(&url).json(req).timeout(option.hard_ttl()).send().await;
+        let url = format!("{}://{}/raft/{name}", self.scheme, self.addr);
+        let client = self.client().map_err(RPCError::Network)?;
+        let resp = client.post(&url).json(req).timeout(option.hard_ttl()).send().await;
         self.answer(&url, resp).await
     }
 }
@@ -403,7 +514,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         let header =
             serde_json::to_string(&SnapshotHeader { vote, meta: snapshot.meta, len, checksum })
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let url = format!("http://{}/raft/snapshot", self.addr);
+        let url = format!("{}://{}/raft/snapshot", self.scheme, self.addr);
+        let client = self.client().map_err(StreamingError::Network)?.clone();
         let started = Instant::now();
         // An empty body is done before it starts (hyper will not poll it).
         let done = (len == 0).then_some(started);
@@ -419,8 +531,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         };
         tracing::debug!(peer = self.target, ?last_log_id, bytes = len, "sending snapshot");
         let send = async {
-            let resp = self
-                .client
+            let resp = client
                 .post(&url)
                 .header(SNAPSHOT_HEADER, header)
                 .header(reqwest::header::CONTENT_LENGTH, len)
@@ -480,7 +591,13 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 /// state machine's snapshot directory without a size limit; the JSON RPCs are limited to
 /// [`RPC_BODY_LIMIT`].
 pub fn router(raft: Raft, contact: Arc<Contact>) -> Router {
-    let server = Server { raft, contact, snapshots: Arc::default() };
+    router_with(raft, contact, false)
+}
+
+/// [`router`], refusing (403) every RPC whose named sender is not the [`PeerNode`] the
+/// transport proved, when `verify_senders` is set. See the module docs.
+pub fn router_with(raft: Raft, contact: Arc<Contact>, verify_senders: bool) -> Router {
+    let server = Server { raft, contact, verify_senders, snapshots: Arc::default() };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -493,10 +610,66 @@ pub fn router(raft: Raft, contact: Arc<Contact>) -> Router {
         .with_state(server)
 }
 
+/// Checks that an RPC claiming to come from node `claimed` was sent by that node, when the
+/// server verifies senders. Returns the refusal (403) if not, logged under `keel::audit`.
+fn refuse_sender(
+    server: &Server,
+    peer: Option<Extension<PeerNode>>,
+    rpc: &'static str,
+    claimed: NodeId,
+) -> Option<Response> {
+    if !server.verify_senders {
+        return None;
+    }
+    match peer {
+        Some(Extension(PeerNode(proven))) if proven == claimed => None,
+        Some(Extension(PeerNode(proven))) => {
+            tracing::warn!(
+                target: "keel::audit",
+                rpc,
+                claimed,
+                certificate_node = proven,
+                "refused a Raft RPC: the sender's certificate is for another node"
+            );
+            Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "this {rpc} request claims to come from node {claimed}, but the client \
+                         certificate is node {proven}'s"
+                    ),
+                )
+                    .into_response(),
+            )
+        }
+        None => {
+            tracing::warn!(
+                target: "keel::audit",
+                rpc,
+                claimed,
+                "refused a Raft RPC: no verified node certificate"
+            );
+            Some(
+                (StatusCode::FORBIDDEN, "Raft RPCs need a verified node certificate")
+                    .into_response(),
+            )
+        }
+    }
+}
+
+/// The node a vote names: the leader of an append or a transfer, the candidate of a vote.
+fn voter(vote: &Vote) -> NodeId {
+    vote.leader_id().voted_for
+}
+
 async fn append(
     State(server): State<Server>,
+    peer: Option<Extension<PeerNode>>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Response {
+    if let Some(refused) = refuse_sender(&server, peer, "append", voter(&req.vote)) {
+        return refused;
+    }
     let leader_commit = req.leader_commit.as_ref().map_or(0, |l| l.index);
     let res = server.raft.append_entries(req).await;
     if matches!(res, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)))
@@ -507,17 +680,25 @@ async fn append(
 }
 
 async fn vote(
-    State(Server { raft, .. }): State<Server>,
+    State(server): State<Server>,
+    peer: Option<Extension<PeerNode>>,
     Json(req): Json<VoteRequest<TypeConfig>>,
 ) -> Response {
-    Json(raft.vote(req).await).into_response()
+    if let Some(refused) = refuse_sender(&server, peer, "vote", voter(&req.vote)) {
+        return refused;
+    }
+    Json(server.raft.vote(req).await).into_response()
 }
 
 async fn pre_vote(
-    State(Server { raft, .. }): State<Server>,
+    State(server): State<Server>,
+    peer: Option<Extension<PeerNode>>,
     Json(req): Json<VoteRequest<TypeConfig>>,
 ) -> Response {
-    Json(raft.pre_vote(req).await).into_response()
+    if let Some(refused) = refuse_sender(&server, peer, "pre-vote", voter(&req.vote)) {
+        return refused;
+    }
+    Json(server.raft.pre_vote(req).await).into_response()
 }
 
 /// Why a snapshot body was not accepted.
@@ -639,7 +820,22 @@ async fn receive(
     Ok(received)
 }
 
-async fn snapshot(State(server): State<Server>, headers: HeaderMap, body: Body) -> Response {
+async fn snapshot(
+    State(server): State<Server>,
+    peer: Option<Extension<PeerNode>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // The sender is checked before anything is written to disk.
+    if server.verify_senders {
+        let claimed = match parse_snapshot_header(&headers) {
+            Ok(h) => voter(&h.vote),
+            Err(msg) => return (StatusCode::BAD_REQUEST, msg).into_response(),
+        };
+        if let Some(refused) = refuse_sender(&server, peer, "snapshot", claimed) {
+            return refused;
+        }
+    }
     let snapshots = match server.snapshots().await {
         Ok(s) => s,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
@@ -696,10 +892,15 @@ async fn snapshot(State(server): State<Server>, headers: HeaderMap, body: Body) 
 }
 
 async fn transfer_leader(
-    State(Server { raft, .. }): State<Server>,
+    State(server): State<Server>,
+    peer: Option<Extension<PeerNode>>,
     Json(req): Json<TransferLeaderRequest<TypeConfig>>,
 ) -> Response {
+    if let Some(refused) = refuse_sender(&server, peer, "transfer-leader", voter(req.from_leader()))
+    {
+        return refused;
+    }
     let res: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> =
-        raft.handle_transfer_leader(req).await.map_err(RaftError::Fatal);
+        server.raft.handle_transfer_leader(req).await.map_err(RaftError::Fatal);
     Json(res).into_response()
 }

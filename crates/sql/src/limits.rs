@@ -4,11 +4,11 @@
 //! module bounds what it may *cost* and turns on what SQLite offers against hostile SQL
 //! (sqlite.org/security.html, "Defense Against the Dark Arts"):
 //!
-//! * [`harden`] sets `SQLITE_DBCONFIG_DEFENSIVE` (no `writable_schema`, no `journal_mode=OFF`,
+//! * `harden` sets `SQLITE_DBCONFIG_DEFENSIVE` (no `writable_schema`, no `journal_mode=OFF`,
 //!   no direct writes to shadow tables or `sqlite_dbpage`), turns `trusted_schema` off (functions
 //!   with side effects cannot hide in a view or trigger) and allows no attached databases, on
 //!   every connection that runs client SQL.
-//! * [`Watchdog`] is a progress handler that interrupts the running statement once it has run
+//! * `Watchdog` is a progress handler that interrupts the running statement once it has run
 //!   longer than its time limit ([`Limits::statement_time`], or less per request: rqlite's
 //!   `db_timeout`). The write connection runs every client write in turn, so one statement that
 //!   never ends (a recursive CTE without a bound) would otherwise stop every write of the
