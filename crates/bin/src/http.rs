@@ -78,6 +78,10 @@ pub struct Node {
     pub(crate) snapshots: Arc<raft::SnapshotStats>,
     /// The planted stale-read bug (`--unsafe-plant-bug stale-linearizable`).
     pub(crate) unsafe_stale_reads: bool,
+    /// Reads this node's Raft log (the change stream).
+    pub(crate) log: raft::LogReader,
+    /// How this node reaches other nodes (schemes and TLS clients).
+    pub(crate) peers: crate::tls::PeerClients,
 }
 
 /// The handles [`Node::new`] bundles.
@@ -110,16 +114,17 @@ pub struct Parts {
     pub snapshots: Arc<raft::SnapshotStats>,
     /// The planted stale-read bug (`--unsafe-plant-bug stale-linearizable`).
     pub unsafe_stale_reads: bool,
+    /// Reads this node's Raft log.
+    pub log: raft::LogReader,
+    /// How this node reaches other nodes.
+    pub peers: crate::tls::PeerClients,
 }
 
 impl Node {
     /// Bundles the node's handles for the router.
     pub fn new(parts: Parts) -> Node {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("building an HTTP client without TLS cannot fail");
+        // Never follows redirects; trusts the cluster CA under TLS.
+        let client = parts.peers.api.clone();
         let Parts {
             id,
             me,
@@ -135,6 +140,8 @@ impl Node {
             data_dir,
             snapshots,
             unsafe_stale_reads,
+            log,
+            peers,
         } = parts;
         Node {
             id,
@@ -154,6 +161,8 @@ impl Node {
             data_dir,
             snapshots,
             unsafe_stale_reads,
+            log,
+            peers,
         }
     }
 
@@ -199,9 +208,16 @@ struct AppliedReport {
     applied: wal::Lsn,
 }
 
-async fn applied_report(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+async fn applied_report(
+    State(node): State<Arc<Node>>,
+    peer: Option<axum::Extension<raft::network::PeerNode>>,
+    body: Bytes,
+) -> Response {
     match serde_json::from_slice::<AppliedReport>(&body) {
         Ok(r) => {
+            if let Err(refused) = crate::tls::check_reporter(peer.map(|p| p.0), r.id) {
+                return refused;
+            }
             node.progress.report(r.id, r.applied);
             StatusCode::NO_CONTENT.into_response()
         }
@@ -460,7 +476,7 @@ pub(crate) async fn route_to_leader(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let url = format!("http://{}{}", leader.node.http_addr, path_and_query);
+    let url = format!("{}://{}{}", node.peers.api_scheme, leader.node.http_addr, path_and_query);
     if p.has("redirect") {
         let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
         if let Ok(v) = HeaderValue::from_str(&url) {
@@ -825,8 +841,8 @@ async fn remote_read_index(node: &Node) -> Result<wal::Lsn, Response> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let url = format!("http://{}/keel/read-index", leader.node.raft_addr);
-    let resp = node.client.post(&url).timeout(FORWARD_TIMEOUT).send().await;
+    let url = format!("{}://{}/keel/read-index", node.peers.node_scheme, leader.node.raft_addr);
+    let resp = node.peers.node.post(&url).timeout(FORWARD_TIMEOUT).send().await;
     let resp = resp.map_err(|e| {
         unavailable(format!("asking leader {} for a read index failed: {e}", leader.id))
     })?;
@@ -866,10 +882,15 @@ async fn wait_applied(node: &Node, index: wal::Lsn, timeout: Duration) -> Result
     }
 }
 
-fn node_json(m: &raft::cluster::Member, leader: Option<raft::NodeId>, reachable: bool) -> Value {
+fn node_json(
+    node: &Node,
+    m: &raft::cluster::Member,
+    leader: Option<raft::NodeId>,
+    reachable: bool,
+) -> Value {
     json!({
         "id": m.id.to_string(),
-        "api_addr": format!("http://{}", m.node.http_addr),
+        "api_addr": format!("{}://{}", node.peers.api_scheme, m.node.http_addr),
         "addr": m.node.raft_addr,
         "voter": m.voter,
         "reachable": reachable,
@@ -972,7 +993,7 @@ async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Strin
     let probes = members.iter().map(|m| {
         let client = node.client.clone();
         let me = m.id == node.id;
-        let url = format!("http://{}/readyz?noleader", m.node.http_addr);
+        let url = format!("{}://{}/readyz?noleader", node.peers.api_scheme, m.node.http_addr);
         async move {
             me || client
                 .get(&url)
@@ -984,7 +1005,7 @@ async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Strin
     });
     let reachable = futures::future::join_all(probes).await;
     let list: Vec<Value> =
-        members.iter().zip(reachable).map(|(m, r)| node_json(m, s.leader_id, r)).collect();
+        members.iter().zip(reachable).map(|(m, r)| node_json(&node, m, s.leader_id, r)).collect();
     // On the leader, add each member's replication progress (rqlite clients ignore extra keys).
     let replication = replication_json(&node, &s);
     let list: Vec<Value> = list
@@ -1013,7 +1034,7 @@ async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Strin
 
 async fn get_leader(State(node): State<Arc<Node>>) -> Response {
     match raft::cluster::leader(&node.raft) {
-        Some(m) => json_response(StatusCode::OK, &node_json(&m, Some(m.id), true), false),
+        Some(m) => json_response(StatusCode::OK, &node_json(&node, &m, Some(m.id), true), false),
         None => unavailable("leader not found"),
     }
 }
@@ -1067,6 +1088,11 @@ async fn join(
     };
     if req.id == 0 {
         return bad_request("node id must be positive");
+    }
+    // Under mutual TLS, the node at raft_addr must prove it is node `id` of this cluster.
+    if let Err(e) = node.peers.verify_node(req.id, &req.raft_addr).await {
+        tracing::warn!(target: "keel::audit", id = req.id, raft_addr = %req.raft_addr, error = %e, "refused a join");
+        return error_response(StatusCode::FORBIDDEN, &e);
     }
     let target = raft::Node { raft_addr: req.raft_addr, http_addr: req.http_addr };
     let _one_at_a_time = node.membership.lock().await;

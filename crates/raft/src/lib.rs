@@ -9,6 +9,8 @@
 //!   `(term, index)` (classic Raft, one leader per term).
 //! - [`log_store`]: openraft's `RaftLogStorage` on the segmented [`wal::Log`]. The Raft log IS
 //!   the WAL: one fsync per appended batch, vote and committed position persisted.
+//! - [`log_reader`]: [`LogReader`], bounded reads of the log for readers outside Raft (the
+//!   change stream), refusing starts that were compacted away.
 //! - [`state_machine`]: openraft's `RaftStateMachine`, delegating to a [`state_machine::Store`]
 //!   (implemented by the `follower` crate on SQLite) so SQL stays out of this crate.
 //!   Snapshots are SQLite database images kept as files beside the log.
@@ -26,6 +28,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod log_reader;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;
@@ -36,6 +39,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use log_reader::{LogEntry, LogReader};
 pub use openraft::ServerState;
 pub use openraft::metrics::RaftMetrics;
 pub use openraft::{ChangeMembers, ReadPolicy};
@@ -77,6 +81,8 @@ pub struct Options {
     /// Options of the log's files (sync marks and the planted skip-fsync bug are for fault
     /// testing only).
     pub wal: wal::Options,
+    /// How RPCs reach other nodes (plain HTTP, or the binary's mutual TLS).
+    pub transport: network::Transport,
 }
 
 impl Default for Options {
@@ -87,6 +93,7 @@ impl Default for Options {
             snapshot_entries: 20_000,
             max_in_snapshot_log_to_keep: 1_000,
             wal: wal::Options::default(),
+            transport: network::Transport::plain(),
         }
     }
 }
@@ -113,6 +120,28 @@ pub async fn start(
     options: &Options,
     store: Arc<dyn state_machine::Store>,
 ) -> Result<(Raft, Arc<SnapshotStats>), Error> {
+    let started = start_node(id, dir, options, store).await?;
+    Ok((started.raft, started.stats))
+}
+
+/// A Raft node started by [`start_node`], with the handles that live beside it.
+#[derive(Clone)]
+pub struct Started {
+    /// The running node.
+    pub raft: Raft,
+    /// Its snapshot counters (shared with the state machine and network).
+    pub stats: Arc<SnapshotStats>,
+    /// A read handle on its log, for readers outside Raft.
+    pub log: LogReader,
+}
+
+/// [`start`], also returning a [`LogReader`] on the node's log.
+pub async fn start_node(
+    id: NodeId,
+    dir: &Path,
+    options: &Options,
+    store: Arc<dyn state_machine::Store>,
+) -> Result<Started, Error> {
     let ms = |d: Duration| d.as_millis() as u64;
     let config = openraft::Config {
         cluster_name: "keel".to_string(),
@@ -139,9 +168,10 @@ pub async fn start(
     let log = log_store::LogStore::open_with(&dir.join("raft"), options.wal.clone())?;
     let sm = state_machine::StateMachine::open(&dir.join("snapshots"), store)?;
     let stats = sm.stats();
-    let network = network::Network::new(id, stats.clone());
+    let network = network::Network::with_transport(id, stats.clone(), options.transport.clone());
+    let reader = LogReader::new(log.clone());
     let raft = Raft::new(id, Arc::new(config), network, log, sm)
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
-    Ok((raft, stats))
+    Ok(Started { raft, stats, log: reader })
 }

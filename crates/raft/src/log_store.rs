@@ -233,6 +233,49 @@ impl LogStore {
     }
 }
 
+/// What [`LogStore::read_retained`] found.
+#[derive(Debug)]
+pub(crate) enum Retained {
+    /// The entries from the start of the range on (none if the range is past the end).
+    Entries(Vec<Entry>),
+    /// The range starts before the first entry this log still holds: the entries were
+    /// compacted away. `first` is the first index still held (or that will be written next).
+    Compacted {
+        /// The first index this log can still serve.
+        first: u64,
+    },
+}
+
+impl LogStore {
+    /// Reads a bounded prefix of `range` (at most `max_entries` entries and about `max_bytes`
+    /// bytes, at least one entry) for a reader outside Raft, checking under the same lock
+    /// that the range does not start in the purged part: [`wal::Log::read`] silently skips
+    /// purged indexes, which a reader that must see every entry cannot accept.
+    pub(crate) async fn read_retained(
+        &self,
+        range: Range<u64>,
+        max_entries: u64,
+        max_bytes: u64,
+    ) -> io::Result<Retained> {
+        self.run(move |log| {
+            let first = match (log.first_index(), log.last_purged()) {
+                (Some(first), _) => first,
+                (None, Some((purged, _))) => purged + 1,
+                (None, None) => 0,
+            };
+            if range.start < first {
+                return Ok(Retained::Compacted { first });
+            }
+            let end = range.end.min(range.start.saturating_add(max_entries));
+            let range = log.prefix_within(range.start..end, max_bytes);
+            let entries =
+                log.read(range)?.into_iter().map(decode_entry).collect::<io::Result<_>>()?;
+            Ok(Retained::Entries(entries))
+        })
+        .await
+    }
+}
+
 /// Encodes an openraft entry as a WAL frame.
 fn encode_entry(entry: &Entry) -> io::Result<Frame> {
     let payload = match &entry.payload {

@@ -34,6 +34,7 @@
 //! * [`backup`] and [`load`]: user backups (a SQLite file without Keel's tables, or a
 //!   sqlite3-style dump) and loads (a SQLite file or SQL text as batches of write statements).
 //! * `schema`: the user tables and objects of a database, for `backup` and `load`.
+//! * [`changes`]: changesets decoded into named row changes, for the change stream.
 //! * [`answers`]: the stored answers of requests with a request id (`_keel_requests`), so that a
 //!   retry is answered with the original results and `lsn` instead of running twice.
 //! * `policy`: the SQLite authorizer deciding what client SQL may do and spotting DDL.
@@ -78,6 +79,7 @@
 
 pub mod answers;
 pub mod backup;
+pub mod changes;
 pub mod db;
 mod determinism;
 pub mod dump;
