@@ -1,4 +1,73 @@
-//! `keel shell`: an interactive SQL shell against any node.
+//! `keel shell`: an interactive SQL shell against any node, in the manner of psql and the
+//! rqlite CLI.
+//!
+//! # How it flows
+//!
+//! [`run`] builds a [`Shell`] (the connection and the session's settings), asks the node for
+//! the cluster's other nodes, then reads lines: from a terminal through rustyline (history,
+//! editing, tab completion from [`complete`]), or plainly from stdin when it is not a terminal
+//! (`echo 'SELECT 1;' | keel shell`). [`input::Input`] cuts the lines into dot-commands (one
+//! line each, parsed by [`command::parse`]) and SQL statements (ending with `;`, as SQLite's
+//! `sqlite3_complete` decides, so they may span lines). [`Shell::run_item`] runs each:
+//!
+//! - A statement goes to `POST /db/request`, which runs a read with the session's read level
+//!   (`.consistency`) and a write with its durability (`.durability`); the server decides
+//!   which it is, exactly as SQLite does. Rows come back as an aligned table
+//!   ([`render::table`]), a write as `N rows affected`, a failure as the server's error text.
+//!   The shell goes on after an error; piped input makes the exit status non-zero.
+//! - Dot-commands read the schema with ordinary queries (`.tables`, `.schema`, `.indexes`),
+//!   show `/nodes`, `/status` and `/leader`, stream a backup or a load with the code of
+//!   `keel backup` and `keel restore` ([`crate::backup`]), or change the session's settings.
+//!
+//! Every request goes through [`client::Cluster`], which moves to another node when the one
+//! in use stops answering, and says so. Repeating a request there is safe: each statement
+//! carries a fresh `request_id`, which makes the cluster answer a retried write with its first
+//! result instead of running it twice. A `503` (no leader yet during an election) is retried a
+//! few times, waiting as `Retry-After` asks; one that says the write is committed is not.
+//!
+//! Ctrl-C while a request runs gives the prompt back ([`interrupt`]): the shell stops waiting;
+//! the server is not told (HTTP has no way to), so a write may still take effect.
+//!
+//! # What it deliberately does not do
+//!
+//! - No transactions across statements: each statement is its own request (as in rqlite's
+//!   CLI), so `BEGIN; …; COMMIT;` typed as three statements is refused by the server.
+//! - No client-side SQL parsing beyond finding where a statement ends.
+//! - Values are shown on one line each: control characters in text are escaped, BLOBs shown
+//!   as hex literals ([`render`]).
+
+mod client;
+mod command;
+mod complete;
+mod input;
+mod interrupt;
+mod render;
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use reqwest::Method;
+use rustyline::config::{CompletionType, Config};
+use rustyline::error::ReadlineError;
+use rustyline::history::{DefaultHistory, History as _};
+use serde_json::{Value, json};
+
+use self::client::Cluster;
+use self::command::{Command, HELP, Level};
+use self::input::{Input, Item};
+
+/// The prompt when no statement is under way.
+const PROMPT: &str = "keel> ";
+/// The prompt while a statement goes on over several lines.
+const CONTINUATION_PROMPT: &str = "  ...> ";
+/// How many times a request answered `503` is sent again.
+const RETRIES_ON_UNAVAILABLE: usize = 5;
+/// The longest pause before sending a `503`-answered request again.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Lines kept in the history file.
+const HISTORY_LINES: usize = 1000;
 
 /// Flags of `keel shell`.
 #[derive(Debug, Clone, clap::Args)]
@@ -6,9 +75,617 @@ pub struct ShellArgs {
     /// HTTP URL of any cluster node.
     #[arg(default_value = "http://127.0.0.1:4001")]
     pub url: String,
+    /// Credentials sent as HTTP basic auth, `NAME:PASSWORD`.
+    #[arg(long, value_name = "NAME:PASSWORD")]
+    pub user: Option<String>,
+    /// Read level of queries: none, weak, linearizable, strong or auto (default: the
+    /// server's, weak). `.consistency` changes it.
+    #[arg(long, value_name = "LEVEL", value_parser = Level::parse)]
+    pub consistency: Option<Level>,
+    /// Durability of writes: semi-sync, sync or replicas:K (default: the cluster's).
+    /// `.durability` changes it.
+    #[arg(long, value_name = "MODE", value_parser = crate::parse_durability)]
+    pub durability: Option<leader::Durability>,
+    /// How long a request may take before the shell gives up on the node and tries another.
+    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    pub timeout: Duration,
+    /// CA certificate (PEM) to trust for `https://` URLs, besides the system's.
+    #[arg(long, env = "KEEL_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
-/// Runs the shell until end of input.
+/// Runs the shell until end of input or `.quit`. With piped input, fails if any statement or
+/// command failed.
 pub fn run(args: ShellArgs) -> anyhow::Result<()> {
-    anyhow::bail!("keel shell is not built yet (asked for {})", args.url)
+    let cluster =
+        Cluster::new(&args.url, args.user.as_deref(), args.timeout, args.cacert.as_deref())?;
+    let mut shell = Shell {
+        cluster,
+        cacert: args.cacert,
+        level: args.consistency,
+        durability: args.durability,
+        timer: false,
+        schema_changed: true,
+        request_ids: RequestIds::new(),
+    };
+    if let Err(why) = shell.cluster.refresh() {
+        eprintln!("warning: {why}; statements will be tried against it anyway");
+    }
+    if std::io::stdin().is_terminal() { interactive(&mut shell) } else { piped(&mut shell) }
+}
+
+/// Whether to go on reading after an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Read the next item.
+    Continue,
+    /// `.quit`: stop.
+    Quit,
+}
+
+/// The interactive loop: rustyline with history and completion.
+fn interactive(shell: &mut Shell) -> anyhow::Result<()> {
+    let config = Config::builder()
+        .auto_add_history(false)
+        .completion_type(CompletionType::List)
+        .max_history_size(HISTORY_LINES)?
+        .history_ignore_dups(true)?
+        .build();
+    let mut editor: rustyline::Editor<complete::Completion, DefaultHistory> =
+        rustyline::Editor::with_config(config)?;
+    editor.set_helper(Some(complete::Completion::new(Vec::new())));
+    interrupt::install();
+    let history = history_path();
+    if let Some(path) = &history {
+        // Best effort: a missing or unreadable history only means starting without one.
+        let _ = editor.load_history(path);
+    }
+    println!(
+        "Connected to {}. Statements end with ';'. Type .help for commands, .quit to leave.",
+        shell.cluster.current().url
+    );
+    let mut input = Input::default();
+    'lines: loop {
+        if shell.schema_changed
+            && let Some(helper) = editor.helper_mut()
+        {
+            shell.schema_changed = false;
+            if let Ok(tables) = shell.table_names() {
+                helper.tables = tables;
+            }
+        }
+        let prompt = if input.is_empty() { PROMPT } else { CONTINUATION_PROMPT };
+        let line = match editor.readline(prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                input.clear();
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        for item in input.push_line(&line) {
+            let text = match &item {
+                Item::Dot(text) | Item::Sql(text) => text.clone(),
+            };
+            let _ = editor.history_mut().add(&text);
+            // Saved as it grows, so that a shell that is killed keeps what was typed.
+            save_history(&mut editor, history.as_deref());
+            let (flow, _) = shell.run_item(&item);
+            if flow == Flow::Quit {
+                break 'lines;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends the new history entries to the history file, if there is one; a failure is
+/// reported once and then the history is kept in memory only.
+fn save_history(
+    editor: &mut rustyline::Editor<complete::Completion, DefaultHistory>,
+    path: Option<&std::path::Path>,
+) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Some(path) = path
+        && let Err(e) = editor.append_history(path)
+    {
+        WARNED.call_once(|| {
+            eprintln!("warning: cannot save the history to {}: {e}", path.display());
+        });
+    }
+}
+
+/// Reads statements from stdin (not a terminal) and prints their results; exits with status 1
+/// if any failed.
+fn piped(shell: &mut Shell) -> anyhow::Result<()> {
+    let stdin = std::io::stdin().lock();
+    let mut input = Input::default();
+    let (mut run, mut failed) = (0usize, 0usize);
+    let mut tally = |ok: bool| {
+        run += 1;
+        if !ok {
+            failed += 1;
+        }
+    };
+    let mut quit = false;
+    for line in stdin.lines() {
+        let line = line.context("reading stdin")?;
+        for item in input.push_line(&line) {
+            let (flow, ok) = shell.run_item(&item);
+            tally(ok);
+            if flow == Flow::Quit {
+                quit = true;
+                break;
+            }
+        }
+        if quit {
+            break;
+        }
+    }
+    if !quit && let Some(item) = input.finish() {
+        let (_, ok) = shell.run_item(&item);
+        tally(ok);
+    }
+    std::io::stdout().flush()?;
+    if failed > 0 {
+        // The errors are printed already: exit with a status, not with one more error report
+        // (which would carry a backtrace when RUST_BACKTRACE is set).
+        eprintln!("Error: {failed} of {run} statements and commands failed");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Where the history is kept: `$KEEL_HISTORY`, else `~/.keel_history`; `None` (no history
+/// file) when `KEEL_HISTORY` is empty or there is no home directory.
+fn history_path() -> Option<PathBuf> {
+    match std::env::var_os("KEEL_HISTORY") {
+        Some(path) if path.is_empty() => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => std::env::home_dir().map(|home| home.join(".keel_history")),
+    }
+}
+
+/// Unique request ids for this shell's statements: `shell-<pid>-<start time>-<n>`.
+struct RequestIds {
+    /// What every id of this shell starts with.
+    prefix: String,
+    /// The number of the next id.
+    next: u64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        RequestIds { prefix: format!("shell-{}-{started}", std::process::id()), next: 1 }
+    }
+
+    fn next(&mut self) -> String {
+        let id = format!("{}-{}", self.prefix, self.next);
+        self.next += 1;
+        id
+    }
+}
+
+/// A shell session: the connection and the settings its commands change.
+struct Shell {
+    /// The cluster, and the node in use.
+    cluster: Cluster,
+    /// `--cacert`, for `.backup` and `.restore`.
+    cacert: Option<PathBuf>,
+    /// Read level of queries; `None` leaves it to the server (weak).
+    level: Option<Level>,
+    /// Durability of writes; `None` leaves it to the cluster's default.
+    durability: Option<leader::Durability>,
+    /// `.timer on`: print how long each statement took.
+    timer: bool,
+    /// The table names used for completion may be out of date.
+    schema_changed: bool,
+    /// Request ids for writes.
+    request_ids: RequestIds,
+}
+
+impl Shell {
+    /// Runs one item, printing its output (errors to stderr); returns whether to go on and
+    /// whether it succeeded.
+    fn run_item(&mut self, item: &Item) -> (Flow, bool) {
+        interrupt::clear();
+        let started = Instant::now();
+        let result = match item {
+            Item::Dot(line) => match command::parse(line) {
+                Ok(command) => self.run_command(command),
+                Err(why) => Err(why),
+            },
+            Item::Sql(sql) => {
+                if changes_schema(sql) {
+                    self.schema_changed = true;
+                }
+                self.run_sql(sql).map(|()| Flow::Continue)
+            }
+        };
+        let outcome = match result {
+            Ok(flow) => (flow, true),
+            Err(why) => {
+                let _ = std::io::stdout().flush();
+                eprintln!("Error: {why}");
+                (Flow::Continue, false)
+            }
+        };
+        if self.timer && matches!(item, Item::Sql(_)) {
+            println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+        }
+        // After the answer, so that keeping the node list fresh never delays one.
+        self.cluster.refresh_if_stale();
+        outcome
+    }
+
+    /// Runs one SQL statement and prints its result.
+    fn run_sql(&mut self, sql: &str) -> Result<(), String> {
+        let result = self.statement(json!([sql]))?;
+        print!("{}", describe_result(&result)?);
+        Ok(())
+    }
+
+    /// Sends one statement (rqlite's JSON form: text, or `[text, params…]`) to `/db/request`
+    /// with the session's settings; returns its result object, or the error.
+    fn statement(&mut self, statement: Value) -> Result<Value, String> {
+        let mut query =
+            vec!["blob_array".to_string(), format!("request_id={}", self.request_ids.next())];
+        if let Some(level) = self.level {
+            query.push(format!("level={level}"));
+        }
+        if let Some(durability) = self.durability {
+            query.push(format!("durability={durability}"));
+        }
+        let path = format!("/db/request?{}", query.join("&"));
+        let reply = self.request(Method::POST, &path, Some(&json!([statement])))?;
+        let answer = reply.json()?;
+        if let Some(error) = answer.get("error").and_then(Value::as_str) {
+            return Err(error.to_string());
+        }
+        let result = answer["results"]
+            .get(0)
+            .cloned()
+            .ok_or_else(|| format!("the server answered without a result: {answer}"))?;
+        match result.get("error") {
+            Some(error) => Err(error.as_str().map_or_else(|| error.to_string(), str::to_string)),
+            None => Ok(result),
+        }
+    }
+
+    /// The rows a query returned.
+    fn rows(&mut self, statement: Value) -> Result<Vec<Vec<Value>>, String> {
+        let result = self.statement(statement)?;
+        Ok(result["values"].as_array().map_or_else(Vec::new, |rows| {
+            rows.iter().map(|row| row.as_array().cloned().unwrap_or_default()).collect()
+        }))
+    }
+
+    /// [`Cluster::request`], sending a `503` again a few times (unless it says the write is
+    /// committed: sending that again would only wait again).
+    fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<client::Reply, String> {
+        let mut attempt = 0;
+        loop {
+            let reply = self.cluster.request(method.clone(), path, body)?;
+            let unavailable = reply.status == reqwest::StatusCode::SERVICE_UNAVAILABLE;
+            let committed = serde_json::from_slice::<Value>(&reply.body)
+                .is_ok_and(|v| v.get("committed") == Some(&Value::Bool(true)));
+            if !unavailable || committed || attempt == RETRIES_ON_UNAVAILABLE {
+                return Ok(reply);
+            }
+            attempt += 1;
+            if interrupt::sleep(reply.retry_after.unwrap_or(MAX_RETRY_PAUSE).min(MAX_RETRY_PAUSE)) {
+                return Err(interrupt::CANCELLED.to_string());
+            }
+        }
+    }
+
+    /// The user's tables and views, for `.tables` and completion.
+    fn table_names(&mut self) -> Result<Vec<String>, String> {
+        let rows = self.rows(json!(
+            "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') \
+             AND substr(name, 1, 7) <> 'sqlite_' AND substr(name, 1, 6) <> '_keel_' ORDER BY name"
+        ))?;
+        Ok(rows.iter().filter_map(|row| row.first()?.as_str().map(str::to_string)).collect())
+    }
+
+    /// Runs a dot-command.
+    fn run_command(&mut self, command: Command) -> Result<Flow, String> {
+        match command {
+            Command::Quit => return Ok(Flow::Quit),
+            Command::Help => print!("{}", help()),
+            Command::Tables => {
+                for name in self.table_names()? {
+                    println!("{name}");
+                }
+            }
+            Command::Schema(table) => self.schema(table.as_deref())?,
+            Command::Indexes(table) => self.indexes(table.as_deref())?,
+            Command::Nodes => self.nodes()?,
+            Command::Status => self.status()?,
+            Command::Leader => {
+                let leader = self.request(Method::GET, "/leader", None)?.json()?;
+                println!(
+                    "node {} at {} (raft {})",
+                    leader["id"].as_str().unwrap_or("?"),
+                    leader["api_addr"].as_str().unwrap_or("?"),
+                    leader["addr"].as_str().unwrap_or("?")
+                );
+            }
+            Command::Backup(file) => {
+                let url = self.live_node()?;
+                let args = crate::backup::BackupArgs {
+                    url,
+                    file,
+                    format: "sqlite".to_string(),
+                    compress: false,
+                    noleader: false,
+                    cacert: self.cacert.clone(),
+                };
+                let partial = args.file.with_extension("partial");
+                let done = self.block_on(crate::backup::run_backup(args));
+                if done.is_err() {
+                    // `keel backup` writes under this name and renames when complete.
+                    let _ = std::fs::remove_file(partial);
+                }
+                done?;
+            }
+            Command::Restore(file) => {
+                let url = self.live_node()?;
+                self.schema_changed = true;
+                let args = crate::backup::RestoreArgs { url, file, cacert: self.cacert.clone() };
+                self.block_on(crate::backup::run_restore(args))?;
+            }
+            Command::Consistency(None) => match self.level {
+                Some(level) => println!("consistency: {level}"),
+                None => println!("consistency: weak (the server's default)"),
+            },
+            Command::Consistency(Some(level)) => {
+                self.level = Some(level);
+                println!("consistency: {level}");
+            }
+            Command::Durability(None) => match self.durability {
+                Some(durability) => println!("durability: {durability}"),
+                None => println!("durability: the cluster's default (semi-sync unless set)"),
+            },
+            Command::Durability(Some(durability)) => {
+                self.durability = Some(durability);
+                println!("durability: {durability}");
+            }
+            Command::Timer(None) => println!("timer: {}", if self.timer { "on" } else { "off" }),
+            Command::Timer(Some(on)) => {
+                self.timer = on;
+                println!("timer: {}", if on { "on" } else { "off" });
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// `.schema [TABLE]`: the CREATE statements, tables before their indexes and triggers.
+    fn schema(&mut self, table: Option<&str>) -> Result<(), String> {
+        let sql = format!(
+            "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL \
+             AND substr(name, 1, 6) <> '_keel_' AND substr(tbl_name, 1, 6) <> '_keel_' {} \
+             ORDER BY tbl_name, type NOT IN ('table', 'view'), name",
+            if table.is_some() { "AND tbl_name LIKE ?" } else { "" }
+        );
+        let rows = self.rows(match table {
+            Some(table) => json!([sql, table]),
+            None => json!(sql),
+        })?;
+        if rows.is_empty()
+            && let Some(table) = table
+        {
+            return Err(format!("no table matches '{table}'"));
+        }
+        for row in rows {
+            if let Some(sql) = row.first().and_then(Value::as_str) {
+                println!("{sql};");
+            }
+        }
+        Ok(())
+    }
+
+    /// `.indexes [TABLE]`: index names and their tables.
+    fn indexes(&mut self, table: Option<&str>) -> Result<(), String> {
+        let sql = format!(
+            "SELECT name AS \"index\", tbl_name AS \"table\" FROM sqlite_schema \
+             WHERE type = 'index' AND substr(tbl_name, 1, 6) <> '_keel_' {} \
+             ORDER BY tbl_name, name",
+            if table.is_some() { "AND tbl_name LIKE ?" } else { "" }
+        );
+        let rows = self.rows(match table {
+            Some(table) => json!([sql, table]),
+            None => json!(sql),
+        })?;
+        print!("{}", render::table_of(&["index".into(), "table".into()], &rows, "index"));
+        Ok(())
+    }
+
+    /// `.nodes`: the cluster's nodes, as the node in use sees them.
+    fn nodes(&mut self) -> Result<(), String> {
+        let list = self.cluster.refresh()?;
+        let current = self.cluster.current().url.clone();
+        let columns = ["id", "http", "raft", "role", "reachable", "shell"].map(String::from);
+        let rows: Vec<Vec<Value>> = list
+            .iter()
+            .map(|node| {
+                let role = if node["leader"] == true {
+                    "leader"
+                } else if node["voter"] == true {
+                    "voter"
+                } else {
+                    "learner"
+                };
+                let http = node["api_addr"].as_str().unwrap_or("?");
+                let here = if client::base_url(http) == current { "*" } else { "" };
+                vec![
+                    node["id"].clone(),
+                    json!(http),
+                    node["addr"].clone(),
+                    json!(role),
+                    json!(if node["reachable"] == true { "yes" } else { "no" }),
+                    json!(here),
+                ]
+            })
+            .collect();
+        print!("{}", render::table_of(&columns, &rows, "node"));
+        Ok(())
+    }
+
+    /// `.status`: the node in use, its view of the cluster and, on the leader, replication.
+    fn status(&mut self) -> Result<(), String> {
+        let status = self.request(Method::GET, "/status", None)?.json()?;
+        let node = &status["node"];
+        let text = |v: &Value| match v {
+            Value::Null => "none".to_string(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        println!(
+            "node:        {} ({}) at {}",
+            text(&node["id"]),
+            text(&node["role"]),
+            self.cluster.current().url
+        );
+        println!("leader:      {}", text(&node["leader_id"]));
+        println!("term:        {}", text(&node["term"]));
+        println!(
+            "log:         last {}, committed {}, applied {}",
+            text(&node["last_log_index"]),
+            text(&node["commit_index"]),
+            text(&node["applied_index"])
+        );
+        println!("snapshot:    {}", text(&status["snapshot"]["index"]));
+        if let Some(stopped) = node.get("stopped").filter(|s| !s.is_null()) {
+            println!("stopped:     {}", text(stopped));
+        }
+        if let Some(replication) = status["replication"].as_object() {
+            let columns = ["id", "role", "matched", "applied", "lag"].map(String::from);
+            let rows: Vec<Vec<Value>> = replication
+                .iter()
+                .map(|(id, r)| {
+                    vec![
+                        json!(id),
+                        r["role"].clone(),
+                        r["matched_index"].clone(),
+                        r["applied_index"].clone(),
+                        r["lag_entries"].clone(),
+                    ]
+                })
+                .collect();
+            println!("replication:");
+            print!("{}", render::table_of(&columns, &rows, "follower"));
+        }
+        Ok(())
+    }
+
+    /// Runs one of `keel backup`'s or `keel restore`'s futures on the shell's runtime, until
+    /// it ends or Ctrl-C is pressed.
+    fn block_on(&self, future: impl Future<Output = anyhow::Result<()>>) -> Result<(), String> {
+        self.cluster.block_on(future)?.map_err(|e| format!("{e:#}"))
+    }
+
+    /// The URL of a node that answers (failing over if needed), for commands that make their
+    /// own requests.
+    fn live_node(&mut self) -> Result<String, String> {
+        self.request(Method::GET, "/readyz?noleader", None)?;
+        Ok(self.cluster.current().url.clone())
+    }
+}
+
+/// What a statement's result shows: a table of rows, or how many rows a write changed.
+fn describe_result(result: &Value) -> Result<String, String> {
+    if let Some(columns) = result.get("columns").and_then(Value::as_array) {
+        let columns: Vec<String> = columns
+            .iter()
+            .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string))
+            .collect();
+        let rows: Vec<Vec<Value>> = match result.get("values") {
+            None => Vec::new(),
+            Some(Value::Array(rows)) => rows
+                .iter()
+                .map(|row| {
+                    row.as_array().cloned().ok_or_else(|| format!("a row is not a list: {row}"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => return Err(format!("the rows are not a list: {other}")),
+        };
+        return Ok(render::table(&columns, &rows));
+    }
+    let affected = result.get("rows_affected").and_then(Value::as_i64).unwrap_or(0);
+    Ok(format!("{}\n", render::rows_affected(affected)))
+}
+
+/// Whether a statement may change the table list (for completion).
+fn changes_schema(sql: &str) -> bool {
+    let first = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    matches!(first.as_str(), "CREATE" | "DROP" | "ALTER")
+}
+
+/// The `.help` text.
+fn help() -> String {
+    let width = HELP.iter().map(|(name, args, _)| name.len() + args.len() + 1).max().unwrap_or(0);
+    let mut out = String::new();
+    for (name, args, what) in HELP {
+        let usage = format!("{name} {args}");
+        out.push_str(&format!("{usage:width$}  {what}\n"));
+    }
+    out.push_str(
+        "\nSQL statements end with ';' and may span lines. Reads use the consistency level,\n\
+         writes the durability mode. Tab completes commands, table names and keywords.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_show_rows_or_the_count_of_changed_rows() {
+        let rows =
+            json!({"columns": ["id", "v"], "types": ["integer", "text"], "values": [[1, null]]});
+        assert_eq!(describe_result(&rows).unwrap(), " id | v\n----+------\n  1 | NULL\n(1 row)\n");
+        let none = json!({"columns": ["id"], "types": ["integer"]});
+        assert_eq!(describe_result(&none).unwrap(), " id\n----\n(0 rows)\n");
+        assert_eq!(
+            describe_result(&json!({"last_insert_id": 3, "rows_affected": 2})).unwrap(),
+            "2 rows affected\n"
+        );
+        assert_eq!(describe_result(&json!({})).unwrap(), "0 rows affected\n");
+        assert!(describe_result(&json!({"columns": ["a"], "values": 3})).is_err());
+    }
+
+    #[test]
+    fn schema_changes_are_spotted_by_the_first_word() {
+        assert!(changes_schema("create table t(a)"));
+        assert!(changes_schema("  DROP VIEW v;"));
+        assert!(!changes_schema("INSERT INTO t VALUES (1)"));
+        assert!(!changes_schema(""));
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let text = help();
+        for (name, _, _) in HELP {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_unique() {
+        let mut ids = RequestIds::new();
+        let (a, b) = (ids.next(), ids.next());
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("shell-{}-", std::process::id())));
+    }
 }

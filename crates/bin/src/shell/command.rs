@@ -1,0 +1,223 @@
+//! Dot-commands: parsing a `.name args` line into a [`Command`], with a clear error for an
+//! unknown command or bad arguments. Running them is the shell's business (`shell::Shell`).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Every dot-command with its arguments and what it does, for `.help` and completion.
+pub const HELP: &[(&str, &str, &str)] = &[
+    (".backup", "FILE", "write a backup of the database (a SQLite file) to FILE"),
+    (
+        ".consistency",
+        "[LEVEL]",
+        "show or set the read level: none, weak, linearizable, strong, auto",
+    ),
+    (".durability", "[MODE]", "show or set the write durability: semi-sync, sync, replicas:K"),
+    (".exit", "", "leave the shell"),
+    (".help", "", "show this help"),
+    (".indexes", "[TABLE]", "list indexes (of tables matching the LIKE pattern TABLE)"),
+    (".leader", "", "show the cluster's leader"),
+    (".nodes", "", "list the cluster's nodes"),
+    (".quit", "", "leave the shell"),
+    (".restore", "FILE", "load FILE: a SQLite file (replaces the database) or SQL text"),
+    (".schema", "[TABLE]", "show CREATE statements (of tables matching the LIKE pattern TABLE)"),
+    (".status", "", "show the status of the node the shell talks to"),
+    (".tables", "", "list tables and views"),
+    (".timer", "on|off", "show how long each statement takes"),
+];
+
+/// A read consistency level the server accepts (`level=` of `/db/query` and `/db/request`).
+///
+/// The server reads an unknown level as `weak` (as rqlite does); the shell refuses it instead,
+/// so a typo is not silently a different guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// The answering node's own copy, whatever it is.
+    None,
+    /// The leader's copy, under its lease (the server's default).
+    Weak,
+    /// Any node's copy, once it has applied what the leader had committed (read index).
+    Linearizable,
+    /// Through the Raft log.
+    Strong,
+    /// `none` on a learner, `weak` elsewhere.
+    Auto,
+}
+
+impl Level {
+    /// Every level, in the order `.help` lists them.
+    pub const ALL: [Level; 5] =
+        [Level::None, Level::Weak, Level::Linearizable, Level::Strong, Level::Auto];
+
+    /// The value of the `level` query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::None => "none",
+            Level::Weak => "weak",
+            Level::Linearizable => "linearizable",
+            Level::Strong => "strong",
+            Level::Auto => "auto",
+        }
+    }
+
+    /// Parses a level name, case-insensitively.
+    pub fn parse(name: &str) -> Result<Level, String> {
+        Level::ALL.into_iter().find(|l| l.as_str().eq_ignore_ascii_case(name)).ok_or_else(|| {
+            format!(
+                "unknown consistency level '{name}' (use none, weak, linearizable, strong or auto)"
+            )
+        })
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parsed dot-command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `.tables`
+    Tables,
+    /// `.schema [TABLE]`
+    Schema(Option<String>),
+    /// `.indexes [TABLE]`
+    Indexes(Option<String>),
+    /// `.nodes`
+    Nodes,
+    /// `.status`
+    Status,
+    /// `.leader`
+    Leader,
+    /// `.backup FILE`
+    Backup(PathBuf),
+    /// `.restore FILE`
+    Restore(PathBuf),
+    /// `.consistency [LEVEL]`: `None` shows the current level.
+    Consistency(Option<Level>),
+    /// `.durability [MODE]`: `None` shows the current mode.
+    Durability(Option<leader::Durability>),
+    /// `.timer on|off`: `None` shows whether it is on.
+    Timer(Option<bool>),
+    /// `.help`
+    Help,
+    /// `.quit` or `.exit`
+    Quit,
+}
+
+/// Parses a dot-command line (with its leading `.`).
+pub fn parse(line: &str) -> Result<Command, String> {
+    let line = line.trim();
+    let (name, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim();
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let usage = || {
+        let (_, args, _) = HELP.iter().find(|(n, _, _)| *n == name).copied().unwrap_or_default();
+        format!("usage: {name} {args}").trim_end().to_string()
+    };
+    let none = |command: Command| if words.is_empty() { Ok(command) } else { Err(usage()) };
+    let at_most_one = || match words.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some((*one).to_string())),
+        _ => Err(usage()),
+    };
+    match name {
+        ".tables" => none(Command::Tables),
+        ".nodes" => none(Command::Nodes),
+        ".status" => none(Command::Status),
+        ".leader" => none(Command::Leader),
+        ".help" => none(Command::Help),
+        ".quit" | ".exit" => none(Command::Quit),
+        ".schema" => at_most_one().map(Command::Schema),
+        ".indexes" | ".indices" => at_most_one().map(Command::Indexes),
+        ".backup" | ".restore" => {
+            let file = unquote(rest);
+            if file.is_empty() {
+                return Err(usage());
+            }
+            let file = PathBuf::from(file);
+            Ok(if name == ".backup" { Command::Backup(file) } else { Command::Restore(file) })
+        }
+        ".consistency" => match at_most_one()? {
+            None => Ok(Command::Consistency(None)),
+            Some(level) => Level::parse(&level).map(|l| Command::Consistency(Some(l))),
+        },
+        ".durability" => match at_most_one()? {
+            None => Ok(Command::Durability(None)),
+            Some(mode) => mode.parse().map(|d| Command::Durability(Some(d))),
+        },
+        ".timer" => match at_most_one()?.map(|w| w.to_ascii_lowercase()).as_deref() {
+            None => Ok(Command::Timer(None)),
+            Some("on") => Ok(Command::Timer(Some(true))),
+            Some("off") => Ok(Command::Timer(Some(false))),
+            Some(_) => Err(usage()),
+        },
+        _ => Err(format!("unknown command '{name}': type .help for the list")),
+    }
+}
+
+/// A file name as typed: surrounding quotes removed, so names with spaces can be given.
+fn unquote(text: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = text.strip_prefix(quote).and_then(|t| t.strip_suffix(quote)) {
+            return inner;
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses() {
+        let cases = [
+            (".tables", Command::Tables),
+            ("  .schema   users ", Command::Schema(Some("users".into()))),
+            (".schema", Command::Schema(None)),
+            (".indexes t", Command::Indexes(Some("t".into()))),
+            (".backup \"my file.db\"", Command::Backup("my file.db".into())),
+            (".restore dump.sql", Command::Restore("dump.sql".into())),
+            (".consistency STRONG", Command::Consistency(Some(Level::Strong))),
+            (".consistency", Command::Consistency(None)),
+            (".durability replicas:2", Command::Durability(Some(leader::Durability::Replicas(2)))),
+            (".durability sync", Command::Durability(Some(leader::Durability::Sync))),
+            (".timer on", Command::Timer(Some(true))),
+            (".timer OFF", Command::Timer(Some(false))),
+            (".exit", Command::Quit),
+            (".quit", Command::Quit),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(parse(line), Ok(expected), "{line}");
+        }
+    }
+
+    #[test]
+    fn refuses_with_a_clear_message() {
+        let cases = [
+            (".frobnicate", "unknown command '.frobnicate': type .help for the list"),
+            (".tables extra", "usage: .tables"),
+            (".schema a b", "usage: .schema [TABLE]"),
+            (".backup", "usage: .backup FILE"),
+            (".timer maybe", "usage: .timer on|off"),
+            (
+                ".consistency sometimes",
+                "unknown consistency level 'sometimes' (use none, weak, linearizable, strong or auto)",
+            ),
+            (
+                ".durability replicas:0",
+                "'replicas:0': replicas:K needs a whole number K of at least 1",
+            ),
+            (
+                ".durability eventually",
+                "unknown durability 'eventually' (use semi-sync, sync or replicas:K)",
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(parse(line), Err(expected.to_string()), "{line}");
+        }
+    }
+}
