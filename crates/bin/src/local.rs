@@ -195,12 +195,20 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     println!("press Ctrl-C to stop the cluster");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let exited = async {
-        // Report a node that dies on its own; keep the others running.
+    let watch = async {
+        // Report each node that dies on its own (killed to try a failover, say) and keep the
+        // others running: the cluster stops only on Ctrl-C or SIGTERM.
+        let mut reported = std::collections::BTreeSet::new();
         loop {
             for n in nodes.iter_mut() {
-                if let Ok(Some(status)) = n.child.try_wait() {
-                    return (n.id, status, n.log.clone());
+                if let Ok(Some(status)) = n.child.try_wait()
+                    && reported.insert(n.id)
+                {
+                    eprintln!(
+                        "node {} exited ({status}); the others keep running; see {}",
+                        n.id,
+                        n.log.display()
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -209,9 +217,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-        (id, status, log) = exited => {
-            eprintln!("node {id} exited ({status}); see {}", log.display());
-        }
+        () = watch => {}
     }
     println!("stopping the cluster");
     stop_all(&mut nodes).await;

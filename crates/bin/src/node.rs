@@ -122,6 +122,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.auth {
         let auth = Arc::new(crate::auth::Auth::load(path)?);
         tracing::info!(file = %path.display(), "client API requires credentials (--auth)");
+        if tls.api.is_none() {
+            tracing::warn!(
+                "--auth without HTTPS: passwords cross the network in clear text with every \
+                 request; serve the client API with --tls-cert/--tls-key or --tls-dir"
+            );
+        }
         tokio::spawn(crate::auth::reload_on_sighup(auth.clone()));
         client_router = client_router
             .merge(crate::auth::router(auth.clone()))

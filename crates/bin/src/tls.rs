@@ -70,6 +70,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Makes `ring` the process's default crypto provider, which reqwest clients built without an
 /// explicit TLS configuration use. Idempotent; `main` calls it first thing.
+///
+/// reqwest is built with its `rustls` feature (aws-lc-rs as its fallback provider) rather than
+/// `rustls-no-provider`: in a workspace build cargo unifies reqwest's features across crates,
+/// and with no fallback every client built by a process that never installed a provider (the
+/// test harness, the raft crate's tests) would panic.
 pub fn install_provider() {
     // Fails only when a provider is installed already, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
