@@ -382,7 +382,7 @@ fn pragma(name: &str, value: Option<&str>, schema: Option<&str>) -> Verdict {
 
 /// Whether `name` is one of Keel's own tables.
 fn is_keel(name: &str) -> bool {
-    name.len() >= KEEL_PREFIX.len() && name[..KEEL_PREFIX.len()].eq_ignore_ascii_case(KEEL_PREFIX)
+    name.get(..KEEL_PREFIX.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(KEEL_PREFIX))
 }
 
 /// The first keyword of an SQL statement, upper-cased, skipping whitespace and comments.
@@ -466,6 +466,7 @@ mod tests {
     #[test_case("DROP TABLE t", true, &["t"])]
     #[test_case("CREATE INDEX i ON t (v)", true, &[])]
     #[test_case("ANALYZE", true, &[])]
+    #[test_case("CREATE TABLE abcdeé (a)", true, &["abcdeé"])]
     fn allowed(sql: &str, ddl: bool, targets: &[&str]) {
         let observed = observe(Mode::Write, sql);
         assert_eq!(observed.denied, None);

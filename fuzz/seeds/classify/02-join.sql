@@ -1,0 +1,1 @@
+SELECT t.id, u.w, count(*) FROM t JOIN u ON u.t_id = t.id GROUP BY t.id HAVING count(*) > 0

@@ -1,0 +1,1 @@
+SELECT rowid, body FROM ft WHERE ft MATCH 'quick OR dog' ORDER BY rank

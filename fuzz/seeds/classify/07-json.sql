@@ -1,0 +1,1 @@
+SELECT json_object('a', 1, 'b', json_array(1, 2)), json_extract('{"x": [1, 2]}', '$.x[1]')

@@ -1,0 +1,1 @@
+INSERT INTO t(v, n, b) VALUES ('three', 3.5, x'0a0b') RETURNING id, v

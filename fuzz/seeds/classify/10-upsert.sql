@@ -1,0 +1,1 @@
+INSERT INTO kv VALUES ('a', 10) ON CONFLICT(k) DO UPDATE SET val = excluded.val

@@ -1,0 +1,1 @@
+UPDATE t SET v = upper(v), n = n * 2 WHERE id IN (SELECT t_id FROM u)

@@ -1,0 +1,1 @@
+REPLACE INTO u(id, t_id, w) VALUES (1, 2, 'replaced')

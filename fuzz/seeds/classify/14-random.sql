@@ -1,0 +1,1 @@
+INSERT INTO t(v, n) VALUES (hex(randomblob(8)), random()); SELECT changes(), last_insert_rowid()

@@ -1,0 +1,1 @@
+INSERT INTO kv VALUES ('now', datetime('now'))

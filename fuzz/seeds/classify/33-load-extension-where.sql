@@ -1,0 +1,1 @@
+SELECT id FROM t WHERE load_extension('x', 'entry') IS NULL

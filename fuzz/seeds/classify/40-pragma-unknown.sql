@@ -1,0 +1,1 @@
+PRAGMA no_such_pragma = 1

@@ -1,0 +1,1 @@
+INSERT INTO _keel_meta (id, idx) VALUES (2, 100)

@@ -1,0 +1,1 @@
+INSERT INTO t(v) VALUES ('a'); ATTACH 'x.db' AS x; SELECT 1

@@ -1,0 +1,2 @@
+/* hidden */ -- line
+ATTACH 'x' AS y

@@ -1,0 +1,4 @@
+-- rows
+INSERT INTO t(v) VALUES ('x') RETURNING *
+
+SELECT * FROM kv

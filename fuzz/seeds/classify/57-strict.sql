@@ -1,0 +1,1 @@
+INSERT INTO kv(k, val) VALUES (NULL, 1)

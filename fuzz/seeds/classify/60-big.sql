@@ -1,0 +1,1 @@
+SELECT printf("%.*c", 2000000, "x")
