@@ -1,7 +1,7 @@
 //! What one statement may cost: a statement that runs too long is interrupted with a clear
 //! error (the node's `--max-statement-time`, or less with rqlite's `db_timeout`), a result over
-//! `--max-result-rows` is refused, and afterwards the cluster takes writes as before and every
-//! node holds the same data.
+//! `--max-result-rows` is refused, a value over `--max-result-bytes` cannot even be built, and
+//! afterwards the cluster takes writes as before and every node holds the same data.
 
 use integration_tests::{Level, TestCluster};
 use serde_json::json;
@@ -70,6 +70,15 @@ fn runaway_statements_are_interrupted_and_large_results_refused() {
         error.contains("more than 1000 rows") && error.contains("--max-result-rows"),
         "{error}"
     );
+
+    // A statement may not build a value bigger than --max-result-bytes (64 MiB by default),
+    // even one it never returns: reads on any node and writes on the leader.
+    let huge = "SELECT length(zeroblob(900000000) || 'x')";
+    let error = c.query(follower, huge, Level::None).error(0).map(str::to_string);
+    assert!(error.as_deref().is_some_and(|e| e.contains("too big")), "{error:?}");
+    let answer =
+        c.execute(follower, json!(["INSERT INTO t(v) VALUES (length(zeroblob(900000000)))"]));
+    assert!(answer.error(0).is_some_and(|e| e.contains("too big")), "{}", answer.0);
 
     // Nothing the interrupted statements did is anywhere, and writes go on as before.
     let lsn = c.execute_ok(follower, json!(["INSERT INTO t(v) VALUES (1)"]));

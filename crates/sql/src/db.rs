@@ -277,6 +277,8 @@ impl Db {
     /// [`Db::readers`].
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+        // The next set_role applies the value cap.
+        self.role = None;
     }
 
     /// Opens and configures the write connection.
@@ -625,6 +627,9 @@ impl Db {
             // Client SQL runs defensively; applying a changeset writes FTS shadow tables, which
             // defensive mode makes read-only.
             self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, on)?;
+            // Client SQL builds values up to the node's limit; applying takes what the leader
+            // made, whatever this node's own limit.
+            limits::cap_values(&self.conn, on.then_some(&self.limits))?;
             self.role = Some(role);
         }
         Ok(())

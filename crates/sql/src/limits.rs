@@ -14,7 +14,9 @@
 //!   never ends (a recursive CTE without a bound) would otherwise stop every write of the
 //!   cluster.
 //! * [`Limits::max_result_rows`] and [`Limits::max_result_bytes`] bound what one query may make
-//!   the node hold in memory and send.
+//!   the node hold in memory and send; `cap_values` also caps any one value a client statement
+//!   builds (SQLite's `SQLITE_LIMIT_LENGTH`) at `max_result_bytes`, since a statement can build
+//!   huge values it never returns.
 //!
 //! Statement count per request and SQL length are checked earlier, when the request is parsed
 //! (`statement`).
@@ -66,6 +68,23 @@ pub(crate) fn harden(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
     conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+    Ok(())
+}
+
+/// SQLite's own cap on one string, BLOB or row (`SQLITE_LIMIT_LENGTH`'s largest value).
+const SQLITE_MAX_LENGTH: i32 = 1_000_000_000;
+
+/// Caps the size of any one value a statement on `conn` may build or read: `max_result_bytes`
+/// of `limits` (at least 1 MiB), or SQLite's maximum with `None`. Without it one statement
+/// (`SELECT length(zeroblob(900000000) || 'x')`) makes a node allocate gigabytes while
+/// returning one small integer; the result limits only see what is returned.
+pub(crate) fn cap_values(conn: &Connection, limits: Option<&Limits>) -> rusqlite::Result<()> {
+    let cap = limits.map_or(SQLITE_MAX_LENGTH, |l| {
+        i32::try_from(l.max_result_bytes.max(1 << 20))
+            .unwrap_or(SQLITE_MAX_LENGTH)
+            .min(SQLITE_MAX_LENGTH)
+    });
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, cap)?;
     Ok(())
 }
 
@@ -267,6 +286,22 @@ mod tests {
             .execute_batch("UPDATE sqlite_schema SET sql = 'CREATE TABLE t (y)' WHERE name = 't'")
             .unwrap_err();
         assert!(error.to_string().contains("may not be modified"), "{error}");
+    }
+
+    #[test]
+    fn values_are_capped() {
+        let conn = Connection::open_in_memory().unwrap();
+        let limits = Limits { max_result_bytes: 2 << 20, ..Limits::default() };
+        cap_values(&conn, Some(&limits)).unwrap();
+        let error = conn
+            .query_row("SELECT length(zeroblob(900000000) || 'x')", [], |r| r.get::<_, i64>(0))
+            .unwrap_err();
+        assert!(error.to_string().contains("too big"), "{error}");
+        let n: i64 = conn.query_row("SELECT length(zeroblob(1000000))", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1_000_000);
+        cap_values(&conn, None).unwrap();
+        let n: i64 = conn.query_row("SELECT length(zeroblob(3000000))", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3_000_000);
     }
 
     #[test]

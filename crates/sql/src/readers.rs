@@ -113,7 +113,7 @@ impl Readers {
         let size = size.max(1);
         let idle = {
             let generation = live.read();
-            (0..size).map(|_| Reader::open(&generation)).collect::<Result<Vec<_>>>()?
+            (0..size).map(|_| Reader::open(&generation, &limits)).collect::<Result<Vec<_>>>()?
         };
         let pool = Arc::new(Pool {
             live: live.clone(),
@@ -190,7 +190,7 @@ impl Pool {
                 Some(reader) if reader.generation == generation.number => Ok(reader),
                 stale => {
                     drop(stale);
-                    Reader::open(&generation)
+                    Reader::open(&generation, &self.limits)
                 }
             }
         };
@@ -234,7 +234,7 @@ impl Pool {
 impl Reader {
     /// Opens a read-only connection on `generation` and makes its first read, so that it holds
     /// the file and its WAL open from now on (see `Live`).
-    fn open(generation: &Generation) -> Result<Reader> {
+    fn open(generation: &Generation, limits: &Limits) -> Result<Reader> {
         let mut conn = Connection::open_with_flags(
             &generation.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -245,6 +245,7 @@ impl Reader {
         conn.execute_batch("PRAGMA query_only = ON;")?;
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
         limits::harden(&conn)?;
+        limits::cap_values(&conn, Some(limits))?;
         let policy = Policy::default();
         policy.install(&mut conn)?;
         let watchdog = Watchdog::install(&mut conn)?;
