@@ -584,23 +584,7 @@ fn tokens(sql: &str, max: usize) -> Vec<String> {
         let Some(c) = chars.next() else { break };
         match c {
             c if c.is_whitespace() => {}
-            '-' if chars.peek() == Some(&'-') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut previous = ' ';
-                for c in chars.by_ref() {
-                    if previous == '*' && c == '/' {
-                        break;
-                    }
-                    previous = c;
-                }
-            }
+            c if skip_comment(c, &mut chars) => {}
             '"' | '`' | '[' | '\'' => {
                 let end = if c == '[' { ']' } else { c };
                 let mut name = String::new();
@@ -632,6 +616,44 @@ fn tokens(sql: &str, max: usize) -> Vec<String> {
         }
     }
     tokens
+}
+
+/// If `c` (just taken from `chars`) starts a comment, `--` to the end of the line or `/* */`,
+/// consumes the rest of it and returns true.
+fn skip_comment(c: char, chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> bool {
+    match c {
+        '-' if chars.peek() == Some(&'-') => {
+            for c in chars.by_ref() {
+                if c == '\n' {
+                    break;
+                }
+            }
+            true
+        }
+        '/' if chars.peek() == Some(&'*') => {
+            chars.next();
+            let mut previous = ' ';
+            for c in chars.by_ref() {
+                if previous == '*' && c == '/' {
+                    break;
+                }
+                previous = c;
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether `sql` holds anything besides whitespace, `;` and comments, i.e. a statement.
+pub fn has_content(sql: &str) -> bool {
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if !(c.is_whitespace() || c == ';' || skip_comment(c, &mut chars)) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether a statement of a dump is skipped by [`TextLoad`] (see the module docs).

@@ -63,7 +63,7 @@ impl Input {
             }
             let candidate = &self.pending[start..=at];
             if is_complete(candidate) {
-                if has_content(candidate) {
+                if sql::load::has_content(candidate) {
                     items.push(Item::Sql(candidate.trim().to_string()));
                 }
                 start = at + 1;
@@ -72,7 +72,7 @@ impl Input {
         let rest = self.pending[start..].to_string();
         // Nothing but whitespace and finished comments is no statement under way (an open
         // `/* …` is: the comment goes on on the next line).
-        let nothing = !has_content(&rest) && is_complete(&format!("{rest}\n;"));
+        let nothing = !sql::load::has_content(&rest) && is_complete(&format!("{rest}\n;"));
         self.pending = if nothing { String::new() } else { rest };
         items
     }
@@ -81,7 +81,7 @@ impl Input {
     /// a last statement that lacks its `;` too).
     pub fn finish(&mut self) -> Option<Item> {
         let rest = std::mem::take(&mut self.pending);
-        has_content(&rest).then(|| Item::Sql(rest.trim().to_string()))
+        sql::load::has_content(&rest).then(|| Item::Sql(rest.trim().to_string()))
     }
 }
 
@@ -92,35 +92,6 @@ fn is_complete(sql: &str) -> bool {
     let Ok(text) = CString::new(sql) else { return true };
     // SAFETY: `text` is NUL-terminated and outlives the call; sqlite3_complete only reads it.
     unsafe { rusqlite::ffi::sqlite3_complete(text.as_ptr().cast::<c_char>()) != 0 }
-}
-
-/// Whether `sql` has anything besides whitespace, `;` and comments.
-fn has_content(sql: &str) -> bool {
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() || c == ';' => {}
-            '-' if chars.peek() == Some(&'-') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut previous = ' ';
-                for c in chars.by_ref() {
-                    if previous == '*' && c == '/' {
-                        break;
-                    }
-                    previous = c;
-                }
-            }
-            _ => return true,
-        }
-    }
-    false
 }
 
 #[cfg(test)]
