@@ -494,7 +494,7 @@ impl Cluster {
 const LEADER_PROBE: Duration = Duration::from_secs(5);
 
 /// The innermost error of a chain (reqwest's own message is only "error sending request").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut e = e;
     while let Some(source) = e.source() {
         e = source;

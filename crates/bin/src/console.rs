@@ -179,17 +179,8 @@ async fn peer_status(
 
 /// The relay's answer when member `id` cannot be reached.
 fn not_answering(id: raft::NodeId, e: &reqwest::Error) -> Response {
-    let why = if e.is_timeout() { "timed out".to_string() } else { root_cause(e) };
+    let why = if e.is_timeout() { "timed out".to_string() } else { crate::admin::root_cause(e) };
     error_response(StatusCode::BAD_GATEWAY, format!("node {id} did not answer: {why}"))
-}
-
-/// The innermost error of a chain (reqwest's own message is only "error sending request").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut e = e;
-    while let Some(source) = e.source() {
-        e = source;
-    }
-    e.to_string()
 }
 
 #[cfg(test)]

@@ -65,6 +65,35 @@ fn hash_password(password: &str) -> String {
     hash
 }
 
+/// A 3-node cluster started with [`users`] as its `--auth` file, `*` holding `anyone`, with a
+/// table `t`; the harness itself calls as `root`.
+struct Secured {
+    c: TestCluster,
+    file: std::path::PathBuf,
+    root_hash: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Secured {
+    fn start(anyone: &[&str]) -> Secured {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("users.json");
+        let root_hash = hash_password(ROOT.1);
+        std::fs::write(&file, users(&root_hash, anyone).to_string()).expect("writing users");
+        let file_arg = file.to_str().expect("utf-8 path");
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, basic(ROOT.0, ROOT.1));
+        let c = TestCluster::start_with_headers(
+            3,
+            0,
+            &["--auth", file_arg, "--join-as", "joiner:join-pw"],
+            headers,
+        );
+        c.execute_ok(c.leader(), json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]));
+        Secured { c, file, root_hash, _dir: dir }
+    }
+}
+
 /// A Basic `Authorization` value.
 fn basic(user: &str, password: &str) -> HeaderValue {
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -123,22 +152,11 @@ fn not_user(perm: &str) -> (String, String) {
 
 #[test]
 fn every_endpoint_answers_401_403_or_success_exactly_on_leader_and_follower() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("users.json");
-    let root_hash = hash_password(ROOT.1);
-    std::fs::write(&file, users(&root_hash, &[]).to_string()).expect("writing users");
-    let file_arg = file.to_str().expect("utf-8 path");
-    let mut headers = HeaderMap::new();
-    headers.insert(AUTHORIZATION, basic(ROOT.0, ROOT.1));
-    let c = TestCluster::start_with_headers(
-        3,
-        0,
-        &["--auth", file_arg, "--join-as", "joiner:join-pw"],
-        headers,
-    );
+    // Bound whole: the temporary directory holding the users file must outlive the cluster.
+    let secured = Secured::start(&[]);
+    let c = &secured.c;
     let leader = c.leader();
     let follower = c.followers(leader)[0];
-    c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]));
     let client = Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -325,7 +343,7 @@ fn every_endpoint_answers_401_403_or_success_exactly_on_leader_and_follower() {
                 ("with the permission", Caller::User(&e.with.0, &e.with.1), e.allowed),
             ];
             for (who, caller, expected) in cases {
-                let status = send(&client, &c, node, e, caller);
+                let status = send(&client, c, node, e, caller);
                 checked += 1;
                 if status != expected {
                     failures.push(format!(
@@ -344,22 +362,9 @@ fn every_endpoint_answers_401_403_or_success_exactly_on_leader_and_follower() {
 
 #[test]
 fn a_follower_cannot_launder_a_request_and_reloads_take_effect() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("users.json");
-    let root_hash = hash_password(ROOT.1);
-    std::fs::write(&file, users(&root_hash, &["status"]).to_string()).expect("writing users");
-    let file_arg = file.to_str().expect("utf-8 path");
-    let mut headers = HeaderMap::new();
-    headers.insert(AUTHORIZATION, basic(ROOT.0, ROOT.1));
-    let c = TestCluster::start_with_headers(
-        3,
-        0,
-        &["--auth", file_arg, "--join-as", "joiner:join-pw"],
-        headers,
-    );
+    let Secured { c, file, root_hash, _dir } = Secured::start(&["status"]);
     let leader = c.leader();
     let follower = c.followers(leader)[0];
-    c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]));
     let anonymous = Client::builder().no_proxy().build().expect("client");
     let write = |node: NodeId| {
         anonymous

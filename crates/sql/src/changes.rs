@@ -319,31 +319,16 @@ unsafe fn current(iter: *mut ffi::sqlite3_changeset_iter) -> Option<RowChange> {
 /// `iter` must point at a change of a kind that carries old (update, delete) or new (insert,
 /// update) values, and `i` must be below its column count.
 unsafe fn column(iter: *mut ffi::sqlite3_changeset_iter, i: c_int, old: bool) -> Option<Value> {
-    let mut value: *mut ffi::sqlite3_value = ptr::null_mut();
-    // SAFETY: per the contract. The value is owned by the iterator and copied before the next
-    // step.
+    // SAFETY: per the contract.
     unsafe {
-        let rc = if old {
-            ffi::sqlite3changeset_old(iter, i, &mut value)
-        } else {
-            ffi::sqlite3changeset_new(iter, i, &mut value)
-        };
-        if rc != ffi::SQLITE_OK || value.is_null() {
-            return None;
-        }
-        let bytes = |data: *const u8| {
-            let len = ffi::sqlite3_value_bytes(value).max(0) as usize;
-            if data.is_null() { Vec::new() } else { std::slice::from_raw_parts(data, len).to_vec() }
-        };
-        Some(match ffi::sqlite3_value_type(value) {
-            ffi::SQLITE_INTEGER => Value::Integer(ffi::sqlite3_value_int64(value)),
-            ffi::SQLITE_FLOAT => Value::Real(ffi::sqlite3_value_double(value)),
-            ffi::SQLITE_TEXT => {
-                let text = bytes(ffi::sqlite3_value_text(value));
-                Value::Text(String::from_utf8_lossy(&text).into_owned())
+        crate::session::change_value(iter, i, old, |value| match value {
+            rusqlite::types::ValueRef::Integer(n) => Value::Integer(n),
+            rusqlite::types::ValueRef::Real(x) => Value::Real(x),
+            rusqlite::types::ValueRef::Text(t) => {
+                Value::Text(String::from_utf8_lossy(t).into_owned())
             }
-            ffi::SQLITE_BLOB => Value::Blob(bytes(ffi::sqlite3_value_blob(value).cast::<u8>())),
-            _ => Value::Null,
+            rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            rusqlite::types::ValueRef::Null => Value::Null,
         })
     }
 }

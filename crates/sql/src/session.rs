@@ -462,10 +462,28 @@ pub(crate) fn describe(changeset: &[u8]) -> rusqlite::Result<Vec<String>> {
 /// The old (`old = true`) or new value of column `i` of the iterator's current change, as an
 /// SQL literal; `None` when the changeset does not carry it.
 fn column(iter: *mut ffi::sqlite3_changeset_iter, i: c_int, old: bool) -> Option<String> {
-    let mut value: *mut ffi::sqlite3_value = ptr::null_mut();
     // SAFETY: `iter` points at a change of the matching kind (checked by the caller) and `i`
-    // is below its column count; the value is owned by the iterator and read before the next
-    // step.
+    // is below its column count.
+    unsafe { change_value(iter, i, old, crate::dump::literal) }
+}
+
+/// Reads the old (`old = true`) or new value of column `i` of the iterator's current change and
+/// gives it to `read`; `None` when the changeset does not carry it (a column an update left
+/// alone). Shared by the change descriptions here and the change stream (`changes`).
+///
+/// # Safety
+///
+/// `iter` must point at a change of a kind that carries old (update, delete) or new (insert,
+/// update) values, and `i` must be below its column count.
+pub(crate) unsafe fn change_value<T>(
+    iter: *mut ffi::sqlite3_changeset_iter,
+    i: c_int,
+    old: bool,
+    read: impl FnOnce(ValueRef<'_>) -> T,
+) -> Option<T> {
+    let mut value: *mut ffi::sqlite3_value = ptr::null_mut();
+    // SAFETY: per the contract. The value is owned by the iterator and read before the next
+    // step; the slices below do not outlive this call.
     unsafe {
         let rc = if old {
             ffi::sqlite3changeset_old(iter, i, &mut value)
@@ -475,29 +493,16 @@ fn column(iter: *mut ffi::sqlite3_changeset_iter, i: c_int, old: bool) -> Option
         if rc != ffi::SQLITE_OK || value.is_null() {
             return None;
         }
-        let literal = match ffi::sqlite3_value_type(value) {
-            ffi::SQLITE_INTEGER => {
-                crate::dump::literal(ValueRef::Integer(ffi::sqlite3_value_int64(value)))
-            }
-            ffi::SQLITE_FLOAT => {
-                crate::dump::literal(ValueRef::Real(ffi::sqlite3_value_double(value)))
-            }
-            ffi::SQLITE_TEXT => {
-                let text = ffi::sqlite3_value_text(value);
-                let len = ffi::sqlite3_value_bytes(value).max(0) as usize;
-                let bytes =
-                    if text.is_null() { &[][..] } else { std::slice::from_raw_parts(text, len) };
-                crate::dump::literal(ValueRef::Text(bytes))
-            }
-            ffi::SQLITE_BLOB => {
-                let blob = ffi::sqlite3_value_blob(value).cast::<u8>();
-                let len = ffi::sqlite3_value_bytes(value).max(0) as usize;
-                let bytes =
-                    if blob.is_null() { &[][..] } else { std::slice::from_raw_parts(blob, len) };
-                crate::dump::literal(ValueRef::Blob(bytes))
-            }
-            _ => "NULL".to_string(),
+        let bytes = |data: *const u8| {
+            let len = ffi::sqlite3_value_bytes(value).max(0) as usize;
+            if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data, len) }
         };
-        Some(literal)
+        Some(read(match ffi::sqlite3_value_type(value) {
+            ffi::SQLITE_INTEGER => ValueRef::Integer(ffi::sqlite3_value_int64(value)),
+            ffi::SQLITE_FLOAT => ValueRef::Real(ffi::sqlite3_value_double(value)),
+            ffi::SQLITE_TEXT => ValueRef::Text(bytes(ffi::sqlite3_value_text(value))),
+            ffi::SQLITE_BLOB => ValueRef::Blob(bytes(ffi::sqlite3_value_blob(value).cast::<u8>())),
+            _ => ValueRef::Null,
+        }))
     }
 }
