@@ -1000,7 +1000,12 @@ async fn nodes(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Strin
                 .timeout(Duration::from_secs(1))
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success())
+                // A node that requires credentials (`--auth`) answers the probe 401 or 403: it
+                // is up, though its readiness is not ours to see.
+                .is_ok_and(|r| {
+                    r.status().is_success()
+                        || matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                })
         }
     });
     let reachable = futures::future::join_all(probes).await;

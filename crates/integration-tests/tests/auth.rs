@@ -376,6 +376,11 @@ fn a_follower_cannot_launder_a_request_and_reloads_take_effect() {
             .status()
             .as_u16()
     };
+    // Every member is seen as reachable though its readiness probe needs credentials.
+    let nodes = c.get(leader, "/nodes").json();
+    for id in c.ids() {
+        assert_eq!(nodes[id.to_string()]["reachable"], true, "{nodes}");
+    }
     // `*` has status: anonymous /status works, anonymous writes do not.
     let status = anonymous.get(c.url(follower, "/status")).send().expect("status");
     assert_eq!(status.status().as_u16(), 200);
