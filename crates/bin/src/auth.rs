@@ -325,27 +325,54 @@ impl Auth {
     }
 
     /// Checks a request's credentials against what it needs. `Ok` carries the user's name
-    /// (`None` when `*` grants it). Blocks for an argon2 or bcrypt verification; call it from a
-    /// blocking thread.
+    /// (`None` when `*` grants it). May block for an argon2 or bcrypt verification; call it from
+    /// a blocking thread, after [`Auth::check_quick`] could not decide.
     pub fn check(&self, headers: &HeaderMap, needs: Needs) -> Result<Option<String>, Denied> {
+        self.check_with(headers, needs, true)
+            .unwrap_or_else(|| unreachable!("a check allowed to hash always decides"))
+    }
+
+    /// [`Auth::check`] without hashing, cheap enough for an async thread: `*`, plain-text
+    /// passwords, wrong credentials of plain-text users and cached checks decide here. `None`
+    /// when deciding needs an argon2 or bcrypt verification (a hashed password not in the
+    /// cache, or an unknown user, who costs a decoy verification).
+    pub fn check_quick(
+        &self,
+        headers: &HeaderMap,
+        needs: Needs,
+    ) -> Option<Result<Option<String>, Denied>> {
+        self.check_with(headers, needs, false)
+    }
+
+    /// The check; with `slow` false, `None` where it would have to hash.
+    fn check_with(
+        &self,
+        headers: &HeaderMap,
+        needs: Needs,
+        slow: bool,
+    ) -> Option<Result<Option<String>, Denied>> {
         let users = self.users.read().unwrap_or_else(PoisonError::into_inner).clone();
         if grants(&users.anyone, needs) {
-            return Ok(None);
+            return Some(Ok(None));
         }
-        let Some((name, password)) = basic_credentials(headers)? else {
-            return Err(Denied::Unauthenticated("credentials required".into()));
+        let (name, password) = match basic_credentials(headers) {
+            Ok(Some(credentials)) => credentials,
+            Ok(None) => return Some(Err(Denied::Unauthenticated("credentials required".into()))),
+            Err(denied) => return Some(Err(denied)),
+        };
+        let wrong = || {
+            Some(Err(Denied::Unauthenticated(format!("unknown user or wrong password ({name})"))))
         };
         let Some(user) = users.users.get(&name) else {
+            if !slow {
+                return None;
+            }
             // Cost what a known user costs.
             let _ = Argon2::default().verify_password(password.as_bytes(), self.decoy.as_str());
-            return Err(Denied::Unauthenticated(format!(
-                "unknown user or wrong password ({name})"
-            )));
+            return wrong();
         };
-        if !self.verify(&name, &password, &user.secret) {
-            return Err(Denied::Unauthenticated(format!(
-                "unknown user or wrong password ({name})"
-            )));
+        if !self.verify(&name, &password, &user.secret, slow)? {
+            return wrong();
         }
         if !grants(&user.perms, needs) {
             let missing: Vec<String> = needs
@@ -353,44 +380,45 @@ impl Auth {
                 .filter(|any| !any.iter().any(|p| user.perms.contains(p)))
                 .map(|any| any.iter().map(Perm::to_string).collect::<Vec<_>>().join(" or "))
                 .collect();
-            return Err(Denied::Forbidden(format!(
+            return Some(Err(Denied::Forbidden(format!(
                 "user {name} lacks the permission {}",
                 missing.join(" and ")
-            )));
+            ))));
         }
-        Ok(Some(name))
+        Some(Ok(Some(name)))
     }
 
-    /// Whether `password` is the user's.
-    fn verify(&self, name: &str, password: &str, secret: &Secret) -> bool {
+    /// Whether `password` is the user's; `None` when that needs hashing and `slow` is false.
+    fn verify(&self, name: &str, password: &str, secret: &Secret, slow: bool) -> Option<bool> {
         let digest = self.digest(name, password);
-        match secret {
-            Secret::Plain(expected) => constant_time_eq(expected, &digest),
-            Secret::Argon2(_) | Secret::Bcrypt(_) => {
-                let now = Instant::now();
-                {
-                    let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-                    if cache.get(&digest).is_some_and(|at| now.duration_since(*at) < CACHE_TTL) {
-                        return true;
-                    }
-                }
-                let ok = match secret {
-                    Secret::Argon2(phc) => {
-                        Argon2::default().verify_password(password.as_bytes(), phc.as_str()).is_ok()
-                    }
-                    Secret::Bcrypt(hash) => bcrypt::verify(password, hash).unwrap_or(false),
-                    Secret::Plain(_) => false,
-                };
-                if ok {
-                    let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-                    if cache.len() >= CACHE_MAX {
-                        cache.clear();
-                    }
-                    cache.insert(digest, now);
-                }
-                ok
+        let phc_or_bcrypt = match secret {
+            Secret::Plain(expected) => return Some(constant_time_eq(expected, &digest)),
+            Secret::Argon2(hash) | Secret::Bcrypt(hash) => hash,
+        };
+        let now = Instant::now();
+        {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.get(&digest).is_some_and(|at| now.duration_since(*at) < CACHE_TTL) {
+                return Some(true);
             }
         }
+        if !slow {
+            return None;
+        }
+        let ok = match secret {
+            Secret::Argon2(_) => Argon2::default()
+                .verify_password(password.as_bytes(), phc_or_bcrypt.as_str())
+                .is_ok(),
+            _ => bcrypt::verify(password, phc_or_bcrypt).unwrap_or(false),
+        };
+        if ok {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(digest, now);
+        }
+        Some(ok)
     }
 }
 
@@ -446,9 +474,14 @@ pub async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
         }
         req = Request::from_parts(parts, axum::body::Body::from(bytes));
     }
-    let headers = req.headers().clone();
-    let checker = auth.clone();
-    let verdict = tokio::task::spawn_blocking(move || checker.check(&headers, needs)).await;
+    // Only a password hash to verify goes to a blocking thread; most requests decide here.
+    let verdict = match auth.check_quick(req.headers(), needs) {
+        Some(verdict) => Ok(verdict),
+        None => {
+            let (headers, checker) = (req.headers().clone(), auth.clone());
+            tokio::task::spawn_blocking(move || checker.check(&headers, needs)).await
+        }
+    };
     let user = match verdict {
         Ok(Ok(user)) => user,
         Ok(Err(Denied::Unauthenticated(reason))) => {
@@ -577,10 +610,22 @@ mod tests {
             auth.check(&basic("nobody", "p-secret"), query),
             Err(Denied::Unauthenticated(_))
         ));
+        // Hashed passwords and unknown users need a blocking verification; plain ones do not.
+        assert_eq!(auth.check_quick(&basic("argon", "a-secret"), both), None);
+        assert_eq!(auth.check_quick(&basic("nobody", "x"), both), None);
+        assert_eq!(
+            auth.check_quick(&basic("plain", "p-secret"), query),
+            Some(Ok(Some("plain".into())))
+        );
         for _ in 0..2 {
             // The second time comes from the cache.
             assert_eq!(auth.check(&basic("argon", "a-secret"), both), Ok(Some("argon".into())));
         }
+        assert_eq!(
+            auth.check_quick(&basic("argon", "a-secret"), both),
+            Some(Ok(Some("argon".into())))
+        );
+        assert_eq!(auth.check_quick(&basic("argon", "wrong"), both), None);
         assert!(matches!(
             auth.check(&basic("argon", "b-secret"), both),
             Err(Denied::Unauthenticated(_))

@@ -142,6 +142,23 @@ fn send(client: &Client, c: &TestCluster, node: NodeId, e: &Endpoint, caller: Ca
     response.status().as_u16()
 }
 
+/// An endpoint that `has-<perm>` may call (answered 200) and `not-<perm>` may not.
+fn endpoint(
+    method: &'static str,
+    path: impl Into<String>,
+    body: Option<(&'static str, String)>,
+    perm: &str,
+) -> Endpoint {
+    Endpoint {
+        method,
+        path: path.into(),
+        body,
+        with: user(perm),
+        without: not_user(perm),
+        allowed: 200,
+    }
+}
+
 fn user(perm: &str) -> (String, String) {
     (format!("has-{perm}"), format!("pw-{perm}"))
 }
@@ -170,22 +187,13 @@ fn every_endpoint_answers_401_403_or_success_exactly_on_leader_and_follower() {
     })
     .to_string();
     let endpoints = vec![
-        Endpoint {
-            method: "POST",
-            path: "/db/execute".into(),
-            body: Some(("application/json", json!(["INSERT INTO t(v) VALUES('m')"]).to_string())),
-            with: user("execute"),
-            without: not_user("execute"),
-            allowed: 200,
-        },
-        Endpoint {
-            method: "GET",
-            path: "/db/query?q=SELECT%20count(*)%20FROM%20t".into(),
-            body: None,
-            with: user("query"),
-            without: not_user("query"),
-            allowed: 200,
-        },
+        endpoint(
+            "POST",
+            "/db/execute",
+            Some(("application/json", json!(["INSERT INTO t(v) VALUES('m')"]).to_string())),
+            "execute",
+        ),
+        endpoint("GET", "/db/query?q=SELECT%20count(*)%20FROM%20t", None, "query"),
         Endpoint {
             method: "POST",
             path: "/db/request".into(),
@@ -194,54 +202,17 @@ fn every_endpoint_answers_401_403_or_success_exactly_on_leader_and_follower() {
             without: not_user("execute"),
             allowed: 200,
         },
-        Endpoint {
-            method: "GET",
-            path: "/db/changes?from=1".into(),
-            body: None,
-            with: user("query"),
-            without: not_user("query"),
-            allowed: 200,
-        },
-        Endpoint {
-            method: "GET",
-            path: "/db/backup".into(),
-            body: None,
-            with: user("backup"),
-            without: not_user("backup"),
-            allowed: 200,
-        },
-        Endpoint {
-            method: "POST",
-            path: "/db/load".into(),
-            body: Some(("text/plain", "INSERT INTO t(v) VALUES('loaded');".into())),
-            with: user("load"),
-            without: not_user("load"),
-            allowed: 200,
-        },
-        Endpoint {
-            method: "GET",
-            path: "/status".into(),
-            body: None,
-            with: user("status"),
-            without: not_user("status"),
-            allowed: 200,
-        },
-        Endpoint {
-            method: "GET",
-            path: "/nodes".into(),
-            body: None,
-            with: user("status"),
-            without: not_user("status"),
-            allowed: 200,
-        },
-        Endpoint {
-            method: "GET",
-            path: "/metrics".into(),
-            body: None,
-            with: user("status"),
-            without: not_user("status"),
-            allowed: 200,
-        },
+        endpoint("GET", "/db/changes?from=1", None, "query"),
+        endpoint("GET", "/db/backup", None, "backup"),
+        endpoint(
+            "POST",
+            "/db/load",
+            Some(("text/plain", "INSERT INTO t(v) VALUES('loaded');".into())),
+            "load",
+        ),
+        endpoint("GET", "/status", None, "status"),
+        endpoint("GET", "/nodes", None, "status"),
+        endpoint("GET", "/metrics", None, "status"),
         Endpoint {
             method: "GET",
             path: "/leader".into(),
@@ -251,30 +222,9 @@ fn every_endpoint_answers_401_403_or_success_exactly_on_leader_and_follower() {
             without: ("rw".into(), "rw-pw".into()),
             allowed: 200,
         },
-        Endpoint {
-            method: "GET",
-            path: "/readyz".into(),
-            body: None,
-            with: user("ready"),
-            without: not_user("ready"),
-            allowed: 200,
-        },
-        Endpoint {
-            method: "POST",
-            path: "/join".into(),
-            body: Some(("application/json", join_body)),
-            with: user("join"),
-            without: not_user("join"),
-            allowed: 200,
-        },
-        Endpoint {
-            method: "POST",
-            path: format!("/admin/promote?node={leader}"),
-            body: None,
-            with: user("admin"),
-            without: not_user("admin"),
-            allowed: 200,
-        },
+        endpoint("GET", "/readyz", None, "ready"),
+        endpoint("POST", "/join", Some(("application/json", join_body)), "join"),
+        endpoint("POST", format!("/admin/promote?node={leader}"), None, "admin"),
         Endpoint {
             method: "POST",
             path: "/admin/membership".into(),
@@ -286,14 +236,7 @@ fn every_endpoint_answers_401_403_or_success_exactly_on_leader_and_follower() {
             without: not_user("admin"),
             allowed: 200,
         },
-        Endpoint {
-            method: "POST",
-            path: "/admin/auth/reload".into(),
-            body: None,
-            with: user("admin"),
-            without: not_user("admin"),
-            allowed: 200,
-        },
+        endpoint("POST", "/admin/auth/reload", None, "admin"),
         Endpoint {
             method: "POST",
             path: "/leader".into(),
@@ -312,14 +255,7 @@ fn every_endpoint_answers_401_403_or_success_exactly_on_leader_and_follower() {
             without: ("rw".into(), "rw-pw".into()),
             allowed: 400,
         },
-        Endpoint {
-            method: "GET",
-            path: "/console".into(),
-            body: None,
-            with: user("ui"),
-            without: not_user("ui"),
-            allowed: 200,
-        },
+        endpoint("GET", "/console", None, "ui"),
         // A path no route serves needs `all`: closed by default.
         Endpoint {
             method: "GET",
