@@ -124,20 +124,27 @@ fn requests_past_the_concurrency_cap_get_503_with_retry_after() {
     );
     let node = c.leader();
     let addr = c.http_addr(node).to_string();
-    // Four requests whose bodies never arrive each hold a slot.
-    let mut holders: Vec<TcpStream> = (0..4)
-        .map(|_| {
-            let mut stream = TcpStream::connect(&addr).expect("connect");
-            stream
-                .write_all(
-                    b"POST /db/execute HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
-                      Content-Length: 64\r\n\r\n[",
-                )
-                .expect("write");
-            stream
-        })
-        .collect();
+    // Four requests whose bodies never arrive each hold a slot. The node dispatches accepted
+    // connections in no particular order, so a probe can take a slot before the last holder
+    // does; that holder is then refused at once and is replaced.
+    let open_holder = || {
+        let mut stream = TcpStream::connect(&addr).expect("connect");
+        stream
+            .write_all(
+                b"POST /db/execute HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
+                  Content-Length: 64\r\n\r\n[",
+            )
+            .expect("write");
+        stream.set_nonblocking(true).expect("set_nonblocking");
+        stream
+    };
+    let mut holders: Vec<TcpStream> = (0..4).map(|_| open_holder()).collect();
     let refused = wait_for(Duration::from_secs(10), "a request refused with 503", || {
+        for holder in &mut holders {
+            if answered_early(holder) {
+                *holder = open_holder();
+            }
+        }
         let answer = raw_get(&addr, "/status");
         answer.starts_with("HTTP/1.1 503").then_some(answer)
     });
@@ -146,6 +153,7 @@ fn requests_past_the_concurrency_cap_get_503_with_retry_after() {
 
     // The holders finish their bodies; the slots free up.
     for stream in &mut holders {
+        stream.set_nonblocking(false).expect("set_nonblocking");
         let rest = format!("{:<62}]", "\"SELECT 1\"");
         stream.write_all(rest.as_bytes()).expect("write");
     }
@@ -156,6 +164,21 @@ fn requests_past_the_concurrency_cap_get_503_with_retry_after() {
     wait_for(Duration::from_secs(10), "requests served again", || {
         raw_get(&addr, "/status").starts_with("HTTP/1.1 200").then_some(())
     });
+}
+
+/// Whether the node has already answered `holder` (a non-blocking stream whose request body
+/// is unfinished): it was refused before it could take a slot.
+fn answered_early(holder: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    match holder.read(&mut buf) {
+        Ok(n) => {
+            let answer = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || answer.starts_with("HTTP/1.1 503"), "a holder was answered {answer}");
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("reading a holder: {e}"),
+    }
 }
 
 /// Reads until a complete answer head has arrived (the connection stays open: keep-alive).
