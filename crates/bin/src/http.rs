@@ -742,13 +742,11 @@ async fn read(
     }
     let readers = node.readers.clone();
     let transaction = p.has("transaction");
+    // The answer's lsn is read from the database AFTER the query: the applied position is
+    // committed with the data and only grows, so it covers everything the query saw, and a
+    // client that sends it back as min_lsn never reads older data (monotonic reads).
     let results = tokio::task::spawn_blocking(move || {
-        let results = readers.query_within(&statements, transaction, db_timeout)?;
-        // The answer's lsn is read from the database AFTER the query: the applied position is
-        // committed with the data and only grows, so it covers everything the query saw, and a
-        // client that sends it back as min_lsn never reads older data (monotonic reads).
-        let lsn = applied_in_db(&readers)?;
-        Ok::<_, sql::Error>((results, lsn))
+        readers.query_applied(&statements, transaction, db_timeout)
     })
     .await;
     match results {
@@ -760,18 +758,6 @@ async fn read(
         Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
-}
-
-/// The applied log index as stored in the database (0 before the first apply).
-fn applied_in_db(readers: &sql::Readers) -> sql::Result<wal::Lsn> {
-    let meta = [sql::Statement::new("SELECT idx FROM _keel_meta WHERE id = 1")];
-    let results = readers.query(&meta, false)?;
-    Ok(match results.first() {
-        Some(sql::StatementResult::Rows { values, .. }) => {
-            values.first().and_then(|row| row.first()).and_then(|v| v.as_u64()).unwrap_or(0)
-        }
-        _ => 0,
-    })
 }
 
 async fn request(

@@ -116,6 +116,7 @@ use crate::result::{StatementResult, error_message};
 use crate::schema::{is_internal_table, quote_identifier};
 use crate::session::{self, ApplyError, Session};
 use crate::statement::{Binder, Statement};
+use crate::verdicts::{self, Verdicts};
 
 /// One client request in a group given to [`Db::execute`].
 #[derive(Clone, Debug, PartialEq)]
@@ -207,6 +208,8 @@ pub struct Db {
     watchdog: Watchdog,
     /// What one client statement may cost.
     limits: Limits,
+    /// The authorizer's verdicts on client statements in `conn`'s statement cache.
+    verdicts: Verdicts,
     /// How foreign keys and triggers are currently set, if known.
     role: Option<Role>,
     /// The database directory.
@@ -266,6 +269,7 @@ impl Db {
             policy,
             watchdog,
             limits: Limits::default(),
+            verdicts: Verdicts::default(),
             role: None,
             dir: dir.to_path_buf(),
             generation,
@@ -299,6 +303,7 @@ impl Db {
         let policy = Policy::default();
         policy.install(&mut conn)?;
         let watchdog = Watchdog::install(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(verdicts::STATEMENT_CACHE);
         Ok((conn, policy, watchdog))
     }
 
@@ -370,6 +375,7 @@ impl Db {
         let old_conn = std::mem::replace(&mut self.conn, conn);
         self.policy = policy;
         self.watchdog = watchdog;
+        self.verdicts = Verdicts::default();
         self.role = None;
         let old = std::mem::replace(&mut self.generation, Arc::new(Generation { number, path }));
         self.live.switch(self.generation.clone());
@@ -393,6 +399,7 @@ impl Db {
     /// Errors are infrastructure failures only; SQL errors are per-statement results.
     pub fn execute(&mut self, requests: &[WriteRequest]) -> Result<Speculation> {
         self.set_role(Role::Leader)?;
+        self.verdicts.check_schema(&self.conn)?;
         let plans = self.plan(requests)?;
         let run: Vec<&WriteRequest> = requests
             .iter()
@@ -403,7 +410,12 @@ impl Db {
         let mut skip: BTreeMap<(usize, usize), String> = BTreeMap::new();
         let attempt = loop {
             let outcome = Speculator::run(
-                Checks { policy: &self.policy, watchdog: &self.watchdog, limits: &self.limits },
+                Checks {
+                    policy: &self.policy,
+                    watchdog: &self.watchdog,
+                    limits: &self.limits,
+                    verdicts: &self.verdicts,
+                },
                 &self.conn,
                 &run,
                 &skip,
@@ -494,6 +506,7 @@ impl Db {
                     self.conn = conn;
                     self.policy = policy;
                     self.watchdog = watchdog;
+                    self.verdicts = Verdicts::default();
                     self.role = None;
                 }
                 Ok(())
@@ -714,6 +727,8 @@ struct Checks<'c> {
     watchdog: &'c Watchdog,
     /// The node's limits.
     limits: &'c Limits,
+    /// Verdicts on client statements in the connection's statement cache.
+    verdicts: &'c Verdicts,
 }
 
 /// One attempt at executing a group of requests: the transaction's state while it is open.
@@ -915,6 +930,10 @@ impl<'c> Speculator<'c> {
     }
 
     /// Runs one client statement (possibly several SQL statements) and returns its result.
+    ///
+    /// A text run before as one clean statement comes from the statement cache with its stored
+    /// verdict (see `verdicts`); any other text is prepared statement by statement under the
+    /// authorizer, and remembered if it qualifies.
     fn run_statement(
         &mut self,
         statement: &Statement,
@@ -924,8 +943,26 @@ impl<'c> Speculator<'c> {
         let rows = request.rows;
         let time = self.checks.limits.time_for(request.timeout);
         let mut binder = Binder::new(&statement.params);
+        if let Some(observed) = self.checks.verdicts.get(&statement.sql) {
+            let conn = self.conn;
+            let mut prepared = match conn.prepare_cached(&statement.sql) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    return Ok(Ran::Result(StatementResult::Error(error_message(&error))));
+                }
+            };
+            let result = self.run_rows(&mut prepared, &observed, &mut binder, rows, time)?;
+            drop(prepared);
+            return Ok(match self.still_in_transaction(result) {
+                Ok(result) if result.is_error() => Ran::Result(result),
+                Ok(result) => conclude(Some(result), &binder, start),
+                Err(ended) => ended,
+            });
+        }
         let mut batch = Batch::new(self.conn, &statement.sql);
         let mut last = None;
+        let mut count = 0;
+        let mut verdict = None;
         loop {
             self.checks.policy.begin(Mode::Write);
             let next = batch.next();
@@ -938,34 +975,39 @@ impl<'c> Speculator<'c> {
                     return Ok(Ran::Result(StatementResult::Error(message)));
                 }
             };
+            count += 1;
+            if count == 1 && cacheable(&observed, &statement.sql) {
+                verdict = Some(observed.clone());
+            }
             let result = self.run_prepared(&mut prepared, observed, &mut binder, rows, time)?;
-            if !self.conn.is_autocommit() {
-                if result.is_error() {
-                    return Ok(Ran::Result(result));
-                }
-                last = Some(result);
-            } else {
-                let error = match result {
-                    StatementResult::Error(error) => error,
-                    _ => "the statement ended the transaction".to_string(),
-                };
-                return Ok(Ran::EndedTransaction(error));
+            match self.still_in_transaction(result) {
+                Ok(result) if result.is_error() => return Ok(Ran::Result(result)),
+                Ok(result) => last = Some(result),
+                Err(ended) => return Ok(ended),
             }
         }
-        if let Err(error) = binder.finish() {
-            return Ok(Ran::Result(StatementResult::Error(error)));
+        if count == 1
+            && let Some(verdict) = verdict
+        {
+            self.checks.verdicts.remember(&statement.sql, verdict);
         }
-        let time = start.elapsed().as_secs_f64();
-        Ok(Ran::Result(match last {
-            Some(StatementResult::Exec { last_insert_id, rows_affected, .. }) => {
-                StatementResult::Exec { last_insert_id, rows_affected, time }
-            }
-            Some(StatementResult::Rows { columns, types, values, .. }) => {
-                StatementResult::Rows { columns, types, values, time }
-            }
-            Some(error @ StatementResult::Error(_)) => error,
-            None => StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time },
-        }))
+        Ok(conclude(last, &binder, start))
+    }
+
+    /// `result` if the transaction is still open after the statement that gave it; otherwise
+    /// the statement ended it (see the module docs).
+    fn still_in_transaction(
+        &self,
+        result: StatementResult,
+    ) -> std::result::Result<StatementResult, Ran> {
+        if !self.conn.is_autocommit() {
+            return Ok(result);
+        }
+        let error = match result {
+            StatementResult::Error(error) => error,
+            _ => "the statement ended the transaction".to_string(),
+        };
+        Err(Ran::EndedTransaction(error))
     }
 
     /// Runs one prepared SQL statement.
@@ -986,7 +1028,10 @@ impl<'c> Speculator<'c> {
             return Ok(StatementResult::Error(VACUUM_ERROR.to_string()));
         }
         let ddl = prepared.is_explain() == 0 && (observed.ddl || keyword == "REINDEX");
-        if ddl && prepared.parameter_count() > 0 {
+        if !ddl {
+            return self.run_rows(prepared, &observed, binder, rows, time);
+        }
+        if prepared.parameter_count() > 0 {
             return Ok(StatementResult::Error(
                 "parameters are not supported in schema statements".to_string(),
             ));
@@ -994,21 +1039,33 @@ impl<'c> Speculator<'c> {
         if let Err(error) = binder.bind(prepared) {
             return Ok(StatementResult::Error(error));
         }
-        if !ddl {
-            let result = self.run_dml(prepared, &observed, rows, time);
-            if !result.is_error()
-                && let Some(error) = self.check_primary_keys(&observed.written)?
-            {
-                return Ok(StatementResult::Error(error));
-            }
-            return Ok(result);
-        }
         if observed.creates_table_from_select
             && let Err(error) = determinism::check_create_as_select(&text, &observed.functions)
         {
             return Ok(StatementResult::Error(error.to_string()));
         }
         self.run_ddl(prepared, text, &observed.targets, time)
+    }
+
+    /// Binds and runs a statement that is not a schema change, and checks the keys it wrote.
+    fn run_rows(
+        &mut self,
+        prepared: &mut rusqlite::Statement<'_>,
+        observed: &Observed,
+        binder: &mut Binder<'_>,
+        rows: bool,
+        time: Duration,
+    ) -> std::result::Result<StatementResult, Failure> {
+        if let Err(error) = binder.bind(prepared) {
+            return Ok(StatementResult::Error(error));
+        }
+        let result = self.run_dml(prepared, observed, rows, time);
+        if !result.is_error()
+            && let Some(error) = self.check_primary_keys(&observed.written)?
+        {
+            return Ok(StatementResult::Error(error));
+        }
+        Ok(result)
     }
 
     /// Runs a row-level statement, interrupted after `time`; the session records its changes.
@@ -1121,6 +1178,8 @@ impl<'c> Speculator<'c> {
             let _armed = self.checks.watchdog.arm(time);
             step_to_end(prepared)
         };
+        // Statements cached under the old schema are stale now, and again after the rollback.
+        self.checks.verdicts.forget(self.conn);
         let side_changes = if outcome.is_ok() { Some(side.changeset()) } else { None };
         drop(side);
         self.session = Some(new_session(self.conn)?);
@@ -1139,6 +1198,34 @@ impl<'c> Speculator<'c> {
         self.ops.push(Op::Ddl(text));
         Ok(StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time: 0.0 })
     }
+}
+
+/// The result of a client statement whose SQL statements all ran: the last one's, timed from
+/// `start`, unless its parameters did not match.
+fn conclude(last: Option<StatementResult>, binder: &Binder<'_>, start: Instant) -> Ran {
+    if let Err(error) = binder.finish() {
+        return Ran::Result(StatementResult::Error(error));
+    }
+    let time = start.elapsed().as_secs_f64();
+    Ran::Result(match last {
+        Some(StatementResult::Exec { last_insert_id, rows_affected, .. }) => {
+            StatementResult::Exec { last_insert_id, rows_affected, time }
+        }
+        Some(StatementResult::Rows { columns, types, values, .. }) => {
+            StatementResult::Rows { columns, types, values, time }
+        }
+        Some(error @ StatementResult::Error(_)) => error,
+        None => StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time },
+    })
+}
+
+/// Whether a statement the authorizer passed as `observed` may run from the statement cache
+/// with that verdict when `sql` is its whole text (see `verdicts`): nothing denied, and not a
+/// schema change or a statement recognised by its keyword.
+fn cacheable(observed: &Observed, sql: &str) -> bool {
+    observed.denied.is_none()
+        && !observed.ddl
+        && !matches!(leading_keyword(sql).as_str(), "VACUUM" | "REINDEX")
 }
 
 /// Steps a statement until it is done, discarding rows.

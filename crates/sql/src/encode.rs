@@ -46,16 +46,15 @@ pub(crate) fn read_rows(
     stmt: &mut rusqlite::Statement<'_>,
     budget: &mut ResultBudget,
 ) -> Result<Rows, ReadError> {
-    let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
-    // Values are encoded by their declared type; `types` then fills in the missing ones.
-    let decltypes: Vec<String> = stmt
-        .columns()
-        .map(|c| c.decl_type().map(str::to_ascii_lowercase).unwrap_or_default())
-        .collect();
-    let mut types = decltypes.clone();
+    // Columns are read once the statement has stepped: a statement prepared before another
+    // connection changed the schema is prepared again by its first step (`SELECT *` after
+    // `ALTER TABLE … ADD COLUMN`), and until then describes the old columns.
+    let mut described: Option<(Vec<String>, Vec<String>)> = None;
+    let mut types = Vec::new();
     let mut values = Vec::new();
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next()? {
+        let (_, decltypes) = described.get_or_insert_with(|| describe(row.as_ref()));
         let mut encoded = Vec::with_capacity(decltypes.len());
         let mut bytes = 0;
         for (i, decltype) in decltypes.iter().enumerate() {
@@ -65,7 +64,9 @@ pub(crate) fn read_rows(
         }
         budget.take(bytes).map_err(ReadError::Limit)?;
         if values.is_empty() {
-            // Columns without a declared type take the kind of the first row's value.
+            // Values are encoded by their declared type; columns without one take the kind of
+            // the first row's value.
+            types = decltypes.clone();
             for (i, t) in types.iter_mut().enumerate() {
                 if t.is_empty() {
                     *t = kind(row.get_ref(i)?).to_string();
@@ -74,7 +75,22 @@ pub(crate) fn read_rows(
         }
         values.push(encoded);
     }
+    drop(rows);
+    let (columns, decltypes) = described.unwrap_or_else(|| describe(stmt));
+    if values.is_empty() {
+        types = decltypes;
+    }
     Ok(Rows { columns, types, values })
+}
+
+/// A statement's column names and lower-case declared types (empty when undeclared).
+fn describe(stmt: &rusqlite::Statement<'_>) -> (Vec<String>, Vec<String>) {
+    let columns = stmt.column_names().map(str::to_string).collect();
+    let decltypes = stmt
+        .columns()
+        .map(|c| c.decl_type().map(str::to_ascii_lowercase).unwrap_or_default())
+        .collect();
+    (columns, decltypes)
 }
 
 /// Why [`read_rows`] stopped.

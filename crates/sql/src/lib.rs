@@ -95,6 +95,7 @@ pub mod result;
 mod schema;
 mod session;
 pub mod statement;
+mod verdicts;
 
 pub use db::{Applied, Apply, Db, Speculation, WriteRequest};
 pub use dump::dump;

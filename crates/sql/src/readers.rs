@@ -33,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rusqlite::fallible_iterator::FallibleIterator as _;
-use rusqlite::{Batch, Connection, OpenFlags};
+use rusqlite::{Batch, Connection, OpenFlags, OptionalExtension as _};
 
 use crate::encode::{self, ReadError};
 use crate::error::Result;
@@ -42,6 +42,7 @@ use crate::limits::{self, Limits, ResultBudget, Watchdog};
 use crate::policy::{Mode, Policy, leading_keyword};
 use crate::result::{StatementResult, error_message};
 use crate::statement::{Binder, Statement};
+use crate::verdicts::{self, Verdicts};
 
 /// rqlite's per-statement error for a write sent to the query endpoint.
 pub const QUERY_WRITE_ERROR: &str = "attempt to change database via query operation";
@@ -57,6 +58,8 @@ struct Reader {
     policy: Policy,
     /// Its statement timer.
     watchdog: Watchdog,
+    /// The authorizer's verdicts on client statements in its statement cache.
+    verdicts: Verdicts,
     /// The generation of the database file it is open on.
     generation: u64,
 }
@@ -144,12 +147,25 @@ impl Readers {
         transaction: bool,
         timeout: Option<Duration>,
     ) -> Result<Vec<StatementResult>> {
+        self.query_applied(statements, transaction, timeout).map(|(results, _)| results)
+    }
+
+    /// [`Readers::query_within`], and the applied log index stored in the database (0 before
+    /// the first apply), read on the same connection after the statements: the position is
+    /// committed with the data and only grows, so it covers everything the statements saw.
+    pub fn query_applied(
+        &self,
+        statements: &[Statement],
+        transaction: bool,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<StatementResult>, u64)> {
         let reader = self.pool.checkout()?;
         let time = self.pool.limits.time_for(timeout);
         let outcome = reader.run(statements, transaction, time, &self.pool.limits);
         if !reader.conn.is_autocommit() {
             let _ = reader.conn.execute_batch("ROLLBACK");
         }
+        let outcome = outcome.and_then(|results| Ok((results, reader.applied()?)));
         self.pool.checkin(reader);
         outcome
     }
@@ -249,7 +265,25 @@ impl Reader {
         let policy = Policy::default();
         policy.install(&mut conn)?;
         let watchdog = Watchdog::install(&mut conn)?;
-        Ok(Reader { conn, policy, watchdog, generation: generation.number })
+        conn.set_prepared_statement_cache_capacity(verdicts::STATEMENT_CACHE);
+        Ok(Reader {
+            conn,
+            policy,
+            watchdog,
+            verdicts: Verdicts::default(),
+            generation: generation.number,
+        })
+    }
+
+    /// The applied log index stored in the database (0 before the first apply).
+    fn applied(&self) -> Result<u64> {
+        let idx: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT idx FROM _keel_meta WHERE id = 1")?
+            .query_row([], |row| row.get(0))
+            .optional()?
+            .flatten();
+        Ok(idx.and_then(|i| u64::try_from(i).ok()).unwrap_or(0))
     }
 
     /// Runs statements on this connection.
@@ -260,6 +294,7 @@ impl Reader {
         time: Duration,
         limits: &Limits,
     ) -> Result<Vec<StatementResult>> {
+        self.verdicts.check_schema(&self.conn)?;
         if transaction {
             self.conn.execute_batch("BEGIN")?;
         }
@@ -289,8 +324,27 @@ impl Reader {
         let start = Instant::now();
         let _armed = self.watchdog.arm(time);
         let mut binder = Binder::new(&statement.params);
-        let mut batch = Batch::new(&self.conn, &statement.sql);
         let mut last = None;
+        if self.verdicts.get(&statement.sql).is_some() {
+            let mut prepared = match self.conn.prepare_cached(&statement.sql) {
+                Ok(prepared) => prepared,
+                Err(error) => return StatementResult::Error(error_message(&error)),
+            };
+            if let Err(error) = binder.bind(&mut prepared) {
+                return StatementResult::Error(error);
+            }
+            match encode::read_rows(&mut prepared, &mut ResultBudget::new(limits)) {
+                Ok(rows) => last = Some(rows),
+                Err(ReadError::Sqlite(error)) => {
+                    return StatementResult::Error(self.watchdog.message(&error));
+                }
+                Err(ReadError::Limit(error)) => return StatementResult::Error(error),
+            }
+            return conclude(last, &binder, start);
+        }
+        let mut batch = Batch::new(&self.conn, &statement.sql);
+        let mut count = 0;
+        let mut verdict = None;
         loop {
             self.policy.begin(Mode::Read);
             let next = batch.next();
@@ -307,6 +361,10 @@ impl Reader {
             if observed.writes || !prepared.readonly() || is_vacuum(&prepared) {
                 return StatementResult::Error(QUERY_WRITE_ERROR.to_string());
             }
+            count += 1;
+            if count == 1 && observed.denied.is_none() {
+                verdict = Some(observed);
+            }
             if let Err(error) = binder.bind(&mut prepared) {
                 return StatementResult::Error(error);
             }
@@ -318,19 +376,12 @@ impl Reader {
                 Err(ReadError::Limit(error)) => return StatementResult::Error(error),
             }
         }
-        if let Err(error) = binder.finish() {
-            return StatementResult::Error(error);
+        if count == 1
+            && let Some(verdict) = verdict
+        {
+            self.verdicts.remember(&statement.sql, verdict);
         }
-        let time = start.elapsed().as_secs_f64();
-        match last {
-            Some(rows) => StatementResult::Rows {
-                columns: rows.columns,
-                types: rows.types,
-                values: rows.values,
-                time,
-            },
-            None => StatementResult::Rows { columns: vec![], types: vec![], values: vec![], time },
-        }
+        conclude(last, &binder, start)
     }
 
     /// Whether all SQL statements in `sql` are read-only.
@@ -350,6 +401,24 @@ impl Reader {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+/// The result of a client statement whose SQL statements all ran: the last one's rows, timed
+/// from `start`, unless its parameters did not match.
+fn conclude(last: Option<encode::Rows>, binder: &Binder<'_>, start: Instant) -> StatementResult {
+    if let Err(error) = binder.finish() {
+        return StatementResult::Error(error);
+    }
+    let time = start.elapsed().as_secs_f64();
+    match last {
+        Some(rows) => StatementResult::Rows {
+            columns: rows.columns,
+            types: rows.types,
+            values: rows.values,
+            time,
+        },
+        None => StatementResult::Rows { columns: vec![], types: vec![], values: vec![], time },
     }
 }
 
