@@ -490,11 +490,11 @@ impl Db {
             return Ok(());
         };
         self.set_role(Role::Replica)?;
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        internal(&self.conn, "BEGIN IMMEDIATE")?;
         let outcome = self.apply_in_transaction(entries, last);
         match outcome {
             Ok(touched_shadow_tables) => {
-                if let Err(error) = self.conn.execute_batch("COMMIT") {
+                if let Err(error) = internal(&self.conn, "COMMIT") {
                     self.end_transaction();
                     return Err(error.into());
                 }
@@ -532,12 +532,13 @@ impl Db {
         }
         let membership = entries.iter().rev().find_map(|e| e.membership);
         let (term, index) = (to_sql_int(last.term)?, to_sql_int(last.index)?);
-        self.conn.execute(
-            "INSERT INTO _keel_meta (id, term, idx, membership) VALUES (1, ?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET term = excluded.term, idx = excluded.idx,
-                 membership = coalesce(excluded.membership, membership)",
-            params![term, index, membership],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO _keel_meta (id, term, idx, membership) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET term = excluded.term, idx = excluded.idx,
+                     membership = coalesce(excluded.membership, membership)",
+            )?
+            .execute(params![term, index, membership])?;
         Ok(touched_shadow_tables)
     }
 
@@ -585,17 +586,15 @@ impl Db {
         for table in tables {
             let kind: Option<String> = self
                 .conn
-                .query_row(
+                .prepare_cached(
                     "SELECT type FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
-                    [&table.name],
-                    |row| row.get(0),
                 )
-                .optional()
+                .and_then(|mut stmt| stmt.query_row([&table.name], |row| row.get(0)).optional())
                 .map_err(|e| e.to_string())?;
             shadow |= kind.as_deref() == Some("shadow");
             let mut stmt = self
                 .conn
-                .prepare("SELECT pk FROM pragma_table_info(?1) ORDER BY cid")
+                .prepare_cached("SELECT pk FROM pragma_table_info(?1) ORDER BY cid")
                 .map_err(|e| e.to_string())?;
             let pks: Vec<i64> = stmt
                 .query_map([&table.name], |row| row.get(0))
@@ -653,7 +652,7 @@ impl Db {
     fn end_transaction(&self) {
         self.policy.take();
         if !self.conn.is_autocommit()
-            && let Err(error) = self.conn.execute_batch("ROLLBACK")
+            && let Err(error) = internal(&self.conn, "ROLLBACK")
         {
             tracing::warn!(%error, "rollback failed");
         }
@@ -771,7 +770,7 @@ impl<'c> Speculator<'c> {
         requests: &[&WriteRequest],
         skip: &BTreeMap<(usize, usize), String>,
     ) -> std::result::Result<Attempt, Failure> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        internal(conn, "BEGIN IMMEDIATE")?;
         let sequences = read_sequences(conn)?;
         let mut speculator = Speculator {
             conn,
@@ -903,21 +902,17 @@ impl<'c> Speculator<'c> {
         Ok(())
     }
 
-    /// Runs one of Keel's own statements (no parameters, no rows) through the connection's
-    /// statement cache: a statement run once per client statement would otherwise be parsed
-    /// every time. Only for internal statements: a cached statement is not prepared again, so
-    /// the authorizer does not see it.
+    /// Runs one of Keel's own statements: see [`internal`].
     fn internal(&self, sql: &str) -> rusqlite::Result<()> {
-        self.conn.prepare_cached(sql)?.execute([])?;
-        Ok(())
+        internal(self.conn, sql)
     }
 
     /// Moves the session's changes into an `Op::Changes` and starts a new session.
     fn cut(&mut self) -> std::result::Result<(), Failure> {
         // Full-text indexes (FTS3/4/5) buffer their writes in memory until a savepoint or
         // commit; a savepoint makes them write their shadow tables, where the session sees it.
-        self.conn
-            .execute_batch(&format!("SAVEPOINT {FLUSH_SAVEPOINT}; RELEASE {FLUSH_SAVEPOINT};"))?;
+        self.internal(&format!("SAVEPOINT {FLUSH_SAVEPOINT}"))?;
+        self.internal(&format!("RELEASE {FLUSH_SAVEPOINT}"))?;
         if let Some(session) = self.session.take() {
             let changeset = session.changeset()?;
             drop(session);
@@ -1228,6 +1223,15 @@ fn cacheable(observed: &Observed, sql: &str) -> bool {
         && !matches!(leading_keyword(sql).as_str(), "VACUUM" | "REINDEX")
 }
 
+/// Runs one of Keel's own statements (no parameters, no rows) through the connection's
+/// statement cache: statements run for every batch or client statement would otherwise be
+/// parsed every time. Only for internal statements: a cached statement is not prepared again,
+/// so the authorizer does not see it.
+fn internal(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 /// Steps a statement until it is done, discarding rows.
 fn step_to_end(prepared: &mut rusqlite::Statement<'_>) -> rusqlite::Result<()> {
     let mut rows = prepared.raw_query();
@@ -1253,17 +1257,17 @@ fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 /// PRIMARY KEY is the rowid and never NULL; listing it anyway costs one index probe.
 fn nullable_key_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
     let without_rowid: Option<bool> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name = ?1",
-            [table],
-            |row| row.get(0),
-        )
+        )?
+        .query_row([table], |row| row.get(0))
         .optional()?;
     if without_rowid != Some(false) {
         return Ok(Vec::new());
     }
-    let mut stmt =
-        conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 AND \"notnull\" = 0")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT name FROM pragma_table_info(?1) WHERE pk > 0 AND \"notnull\" = 0",
+    )?;
     stmt.query_map([table], |row| row.get(0))?.collect()
 }
 
@@ -1279,15 +1283,15 @@ fn may_contain_ddl(sql: &str) -> bool {
 
 /// The contents of `sqlite_sequence` (AUTOINCREMENT counters), empty if it does not exist.
 fn read_sequences(conn: &Connection) -> rusqlite::Result<BTreeMap<String, i64>> {
-    let exists: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_sequence'",
-        [],
-        |row| row.get(0),
-    )?;
+    let exists: bool = conn
+        .prepare_cached(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_sequence'",
+        )?
+        .query_row([], |row| row.get(0))?;
     if !exists {
         return Ok(BTreeMap::new());
     }
-    let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence")?;
+    let mut stmt = conn.prepare_cached("SELECT name, seq FROM sqlite_sequence")?;
     let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     rows.collect()
 }
