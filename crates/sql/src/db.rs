@@ -1,6 +1,7 @@
-//! The write connection: speculative execution on the leader, apply on every node, install.
+//! The read-write connections: speculative execution on the leader, apply on every node,
+//! install.
 //!
-//! There is one [`Db`] per node, owning the only read-write SQLite connection. It has three
+//! There is one [`Db`] per node, owning the only read-write SQLite connections. It has three
 //! jobs:
 //!
 //! 1. [`Db::execute`] (leader only) runs a group of client requests inside one transaction
@@ -71,9 +72,14 @@
 //!
 //! ## How `apply` keeps replicas identical
 //!
-//! The apply connection runs with triggers disabled (`SQLITE_DBCONFIG_ENABLE_TRIGGER` off) and
-//! foreign keys off, because the changesets already contain what triggers and cascades did on
-//! the leader; `execute` switches both back on. `Op::Changes` is first validated against the
+//! `Db` holds two connections to the file, each set up once for its job: client SQL runs on one
+//! with foreign keys, triggers and defensive mode on; records are applied on the other, with
+//! triggers disabled (`SQLITE_DBCONFIG_ENABLE_TRIGGER` off) and foreign keys off, because the
+//! changesets already contain what triggers and cascades did on the leader, and defensive mode
+//! off (see below). Switching one connection between the two settings expired every prepared
+//! statement twice per batch (SQLite expires them on any such change), so each batch prepared
+//! all its statements again. `execute` sees what `apply` committed as any reader would, in its
+//! next transaction; the two never run at once (`&mut self`). `Op::Changes` is first validated against the
 //! local schema (every table exists, same column count and primary key), since SQLite would
 //! silently skip mismatching changes; then applied with a conflict handler that aborts on any
 //! conflict. Any failure rolls the whole batch back and returns [`Error::Corrupt`]: the node
@@ -83,8 +89,9 @@
 //!
 //! Virtual tables (FTS5) replicate through their shadow tables, which changesets write
 //! underneath the virtual table. FTS5 caches its index structure per connection and only
-//! notices commits of *other* connections, so after applying changes to a shadow table `apply`
-//! replaces the write connection with a fresh one.
+//! notices commits of *other* connections: the client connection sees the applier's commits as
+//! such, and after applying changes to a shadow table `apply` replaces its own connection with a
+//! fresh one.
 //!
 //! ## Not done here
 //!
@@ -179,16 +186,7 @@ pub struct Apply<'a> {
     pub membership: Option<&'a str>,
 }
 
-/// How the connection's foreign keys and triggers are set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    /// Speculative execution: enforce foreign keys, fire triggers.
-    Leader,
-    /// Applying changesets: neither (their effects are in the changesets).
-    Replica,
-}
-
-/// The single read-write connection of a node.
+/// The read-write side of a node's database: its client connection and its apply connection.
 ///
 /// Invariants:
 /// * No transaction is open between calls; every method leaves the connection in autocommit
@@ -200,8 +198,11 @@ enum Role {
 /// * `conn` is open on `generation`, which is the generation `CURRENT` names and the one
 ///   `live` holds; one `Db` per directory.
 pub struct Db {
-    /// The connection.
+    /// The connection client SQL runs on (speculation, retries' lookups, dumps): foreign keys,
+    /// triggers and defensive mode on, values capped by `limits`.
     conn: Connection,
+    /// The connection records are applied on: foreign keys, triggers and defensive mode off.
+    applier: Connection,
     /// The authorizer state of `conn`.
     policy: Policy,
     /// The statement timer of `conn`.
@@ -210,8 +211,8 @@ pub struct Db {
     limits: Limits,
     /// The authorizer's verdicts on client statements in `conn`'s statement cache.
     verdicts: Verdicts,
-    /// How foreign keys and triggers are currently set, if known.
-    role: Option<Role>,
+    /// Whether `conn`'s value cap matches `limits`.
+    capped: bool,
     /// The database directory.
     dir: PathBuf,
     /// The live generation, the file `conn` is open on.
@@ -263,14 +264,16 @@ impl Db {
     pub fn open(dir: &Path) -> Result<Db> {
         let generation = Arc::new(generation::open_dir(dir)?);
         let (conn, policy, watchdog) = Self::connect(&generation.path)?;
+        let applier = Self::connect_applier(&generation.path)?;
         let live = Arc::new(Live::new(generation.clone()));
         Ok(Db {
             conn,
+            applier,
             policy,
             watchdog,
             limits: Limits::default(),
             verdicts: Verdicts::default(),
-            role: None,
+            capped: false,
             dir: dir.to_path_buf(),
             generation,
             live,
@@ -281,11 +284,11 @@ impl Db {
     /// [`Db::readers`].
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
-        // The next set_role applies the value cap.
-        self.role = None;
+        // The next execute applies the value cap.
+        self.capped = false;
     }
 
-    /// Opens and configures the write connection.
+    /// Opens and configures the client connection (creating Keel's tables if needed).
     fn connect(path: &Path) -> Result<(Connection, Policy, Watchdog)> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -300,11 +303,29 @@ impl Db {
         conn.execute_batch(META_SCHEMA)?;
         conn.execute_batch(answers::SCHEMA)?;
         limits::harden(&conn)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, true)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
         let policy = Policy::default();
         policy.install(&mut conn)?;
         let watchdog = Watchdog::install(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(verdicts::STATEMENT_CACHE);
         Ok((conn, policy, watchdog))
+    }
+
+    /// Opens and configures the apply connection, on a file [`Db::connect`] has set up. Applying
+    /// takes what the leader made: no value cap of this node's, and writes to FTS shadow tables,
+    /// which defensive mode makes read-only.
+    fn connect_applier(path: &Path) -> Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        limits::harden(&conn)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, false)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, false)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+        limits::cap_values(&conn, None)?;
+        conn.set_prepared_statement_cache_capacity(verdicts::STATEMENT_CACHE);
+        Ok(conn)
     }
 
     /// The live generation's database file (it changes at every [`Db::install`]).
@@ -329,7 +350,7 @@ impl Db {
         ImageSource::new(self.live.clone())
     }
 
-    /// The write connection, for the crate's own read-only helpers (`load`).
+    /// The client connection, for the crate's own read-only helpers (`load`).
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -345,7 +366,7 @@ impl Db {
     /// The image is checked first (a SQLite file with a `_keel_meta` row); a bad one gives
     /// [`Error::InvalidInput`] and changes nothing. It is then renamed into the directory as
     /// the next generation, so it must be on the same file system to cost nothing (otherwise
-    /// it is copied), opened in WAL mode as the new write connection, and named in `CURRENT`;
+    /// it is copied), opened in WAL mode as the new write connections, and named in `CURRENT`;
     /// then the old generation's files are deleted. After a crash at any point the directory
     /// holds the old database or the new one, whole. Readers that began before this returns
     /// finish on the old file; every read that starts after sees the new one.
@@ -360,9 +381,10 @@ impl Db {
         // Open the new generation before it becomes CURRENT: if it cannot be opened, the old
         // database stays live, here and after a restart.
         let prepared = Self::connect(&path)
+            .and_then(|opened| Ok((opened, Self::connect_applier(&path)?)))
             .and_then(|opened| generation::prepare_current(&self.dir, number).map(|()| opened))
             .and_then(|opened| generation::commit_current(&self.dir).map(|()| opened));
-        let (conn, policy, watchdog) = match prepared {
+        let ((conn, policy, watchdog), applier) = match prepared {
             Ok(opened) => opened,
             Err(error) => {
                 if let Err(cleanup) = generation::remove_database(&path) {
@@ -373,14 +395,17 @@ impl Db {
         };
         // CURRENT names the new generation now; switch everything to it.
         let old_conn = std::mem::replace(&mut self.conn, conn);
+        let old_applier = std::mem::replace(&mut self.applier, applier);
         self.policy = policy;
         self.watchdog = watchdog;
         self.verdicts = Verdicts::default();
-        self.role = None;
+        self.capped = false;
         let old = std::mem::replace(&mut self.generation, Arc::new(Generation { number, path }));
         self.live.switch(self.generation.clone());
-        if let Err((_, error)) = old_conn.close() {
-            tracing::warn!(%error, "closing the old generation's write connection");
+        for old in [old_conn, old_applier] {
+            if let Err((_, error)) = old.close() {
+                tracing::warn!(%error, "closing a write connection of the old generation");
+            }
         }
         // Until the directory is synced, a crash may bring CURRENT back to the old generation,
         // whose files must then still exist.
@@ -398,7 +423,11 @@ impl Db {
     ///
     /// Errors are infrastructure failures only; SQL errors are per-statement results.
     pub fn execute(&mut self, requests: &[WriteRequest]) -> Result<Speculation> {
-        self.set_role(Role::Leader)?;
+        self.end_transaction();
+        if !self.capped {
+            limits::cap_values(&self.conn, Some(&self.limits))?;
+            self.capped = true;
+        }
         self.verdicts.check_schema(&self.conn)?;
         let plans = self.plan(requests)?;
         let run: Vec<&WriteRequest> = requests
@@ -489,30 +518,25 @@ impl Db {
         let Some(last) = entries.last() else {
             return Ok(());
         };
-        self.set_role(Role::Replica)?;
-        internal(&self.conn, "BEGIN IMMEDIATE")?;
+        self.end_transaction();
+        internal(&self.applier, "BEGIN IMMEDIATE")?;
         let outcome = self.apply_in_transaction(entries, last);
         match outcome {
             Ok(touched_shadow_tables) => {
-                if let Err(error) = internal(&self.conn, "COMMIT") {
-                    self.end_transaction();
+                if let Err(error) = internal(&self.applier, "COMMIT") {
+                    self.end_apply();
                     return Err(error.into());
                 }
                 if touched_shadow_tables {
                     // A virtual table (FTS5) caches its index structure per connection and only
                     // notices changes committed by *other* connections. Its shadow tables were
                     // just written underneath it, so start over with a fresh connection.
-                    let (conn, policy, watchdog) = Self::connect(&self.generation.path)?;
-                    self.conn = conn;
-                    self.policy = policy;
-                    self.watchdog = watchdog;
-                    self.verdicts = Verdicts::default();
-                    self.role = None;
+                    self.applier = Self::connect_applier(&self.generation.path)?;
                 }
                 Ok(())
             }
             Err(error) => {
-                self.end_transaction();
+                self.end_apply();
                 Err(error)
             }
         }
@@ -528,11 +552,11 @@ impl Db {
             }
             // After every entry, not once per call: the table's content must depend on the log
             // alone, not on how entries were grouped into calls (see `answers`).
-            answers::prune(&self.conn, entry.index)?;
+            answers::prune(&self.applier, entry.index)?;
         }
         let membership = entries.iter().rev().find_map(|e| e.membership);
         let (term, index) = (to_sql_int(last.term)?, to_sql_int(last.index)?);
-        self.conn
+        self.applier
             .prepare_cached(
                 "INSERT INTO _keel_meta (id, term, idx, membership) VALUES (1, ?1, ?2, ?3)
                  ON CONFLICT (id) DO UPDATE SET term = excluded.term, idx = excluded.idx,
@@ -550,14 +574,14 @@ impl Db {
             let at = || format!("entry {} (term {}) op {i}", entry.index, entry.term);
             match op {
                 Op::Ddl(sql) => self
-                    .conn
+                    .applier
                     .execute_batch(sql)
                     .map_err(|e| Error::Corrupt(format!("{}: DDL failed: {e}: {sql}", at())))?,
                 Op::Changes(changeset) => {
                     touched_shadow_tables |= self
                         .validate(changeset)
                         .map_err(|e| Error::Corrupt(format!("{}: {e}", at())))?;
-                    session::apply(&self.conn, changeset).map_err(|e| match e {
+                    session::apply(&self.applier, changeset).map_err(|e| match e {
                         ApplyError::Conflict { kind, table } => {
                             Error::Corrupt(format!("{}: conflict on table {table}: {kind}", at()))
                         }
@@ -568,7 +592,7 @@ impl Db {
                 }
             }
         }
-        answers::store(&self.conn, entry.index, &record.requests).map_err(|e| match e {
+        answers::store(&self.applier, entry.index, &record.requests).map_err(|e| match e {
             Error::Corrupt(m) => {
                 Error::Corrupt(format!("entry {} (term {}): {m}", entry.index, entry.term))
             }
@@ -585,7 +609,7 @@ impl Db {
         let mut shadow = false;
         for table in tables {
             let kind: Option<String> = self
-                .conn
+                .applier
                 .prepare_cached(
                     "SELECT type FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
                 )
@@ -593,7 +617,7 @@ impl Db {
                 .map_err(|e| e.to_string())?;
             shadow |= kind.as_deref() == Some("shadow");
             let mut stmt = self
-                .conn
+                .applier
                 .prepare_cached("SELECT pk FROM pragma_table_info(?1) ORDER BY cid")
                 .map_err(|e| e.to_string())?;
             let pks: Vec<i64> = stmt
@@ -628,25 +652,6 @@ impl Db {
         crate::dump::dump_connection(&self.conn)
     }
 
-    /// Switches foreign keys and triggers for `role`. Must run outside a transaction (SQLite
-    /// ignores `foreign_keys` changes inside one).
-    fn set_role(&mut self, role: Role) -> Result<()> {
-        self.end_transaction();
-        if self.role != Some(role) {
-            let on = role == Role::Leader;
-            self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, on)?;
-            self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, on)?;
-            // Client SQL runs defensively; applying a changeset writes FTS shadow tables, which
-            // defensive mode makes read-only.
-            self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, on)?;
-            // Client SQL builds values up to the node's limit; applying takes what the leader
-            // made, whatever this node's own limit.
-            limits::cap_values(&self.conn, on.then_some(&self.limits))?;
-            self.role = Some(role);
-        }
-        Ok(())
-    }
-
     /// Rolls back any open transaction (and leaves the authorizer off). Never fails: after a
     /// failed ROLLBACK SQLite has ended the transaction anyway.
     fn end_transaction(&self) {
@@ -655,6 +660,16 @@ impl Db {
             && let Err(error) = internal(&self.conn, "ROLLBACK")
         {
             tracing::warn!(%error, "rollback failed");
+        }
+    }
+
+    /// Rolls back any open transaction of the apply connection. Never fails, like
+    /// [`Db::end_transaction`].
+    fn end_apply(&self) {
+        if !self.applier.is_autocommit()
+            && let Err(error) = internal(&self.applier, "ROLLBACK")
+        {
+            tracing::warn!(%error, "rollback of an apply failed");
         }
     }
 }

@@ -24,7 +24,7 @@
 //! ```
 //!
 //! * [`statement`]: the rqlite request body → [`Statement`]s (rqlite's parsing rules, limits).
-//! * [`db`]: [`Db`], the single read-write connection: [`Db::execute`] (speculative execution
+//! * [`db`]: [`Db`], the read-write connections: [`Db::execute`] (speculative execution
 //!   with session capture, always rolled back), [`Db::apply`] (the state machine) and
 //!   [`Db::install`] (a snapshot image becomes the database).
 //! * `generation`: the database directory, `CURRENT` and the generations of the database file
