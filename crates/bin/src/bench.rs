@@ -4,12 +4,21 @@
 //! concurrent loops, each inserting one row per request, for `duration` after a warm-up, and
 //! prints throughput, latency percentiles and errors. It is a measuring tool, not a test: it
 //! asserts nothing except that the server answers.
+//!
+//! The client is kept lean so the figures measure the server: over `http://` each client owns
+//! one keep-alive HTTP/1.1 connection (hyper's low-level client) and sends pre-built requests;
+//! `https://` goes through reqwest (TLS is not what it measures).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::{SendRequest, handshake};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use crate::parse_duration;
@@ -143,75 +152,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         client.get(&probe).send().await?.error_for_status()?;
     }
 
+    // Over plain HTTP each client owns one keep-alive connection of hyper's low-level client
+    // (the figures should measure the server, not reqwest); HTTPS keeps reqwest.
+    let direct = DirectTarget::parse(&args.url, &extra)?.map(Arc::new);
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let (client, stop, measuring) = (client.clone(), stop.clone(), measuring.clone());
-        let (workload, execute, query) = (args.workload, execute.clone(), query.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            let insert = serde_json::to_vec(&json!([[
-                "INSERT INTO bench(client, payload) VALUES(?, ?)",
-                c,
-                "x".repeat(64)
-            ]]))
-            .expect("static JSON");
-            let bulk = serde_json::to_vec(&vec![
-                json!([
-                    "INSERT INTO bench(client, payload) VALUES(?, ?)",
-                    c,
-                    "x".repeat(64)
-                ]);
-                BULK_ROWS
-            ])
-            .expect("static JSON");
-            // A seeded xorshift picks the rows to read: repeatable runs, no shared state.
-            let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ (c as u64 + 1);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let start = Instant::now();
-                let read = |id: u64| {
-                    let id = (id % READ_ROWS as u64) as i64 + 1;
-                    client
-                        .post(&query)
-                        .json(&json!([["SELECT payload FROM bench_read WHERE id = ?", id]]))
-                };
-                let write = |body: &Vec<u8>| {
-                    client
-                        .post(&execute)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                };
-                let request = match workload {
-                    Workload::Insert | Workload::Failover | Workload::Bootstrap => write(&insert),
-                    Workload::Bulk => write(&bulk),
-                    Workload::Read => read(seed),
-                    Workload::Mixed if n.is_multiple_of(10) => write(&insert),
-                    Workload::Mixed => read(seed),
-                };
-                let ok = match request.send().await {
-                    Ok(r) if r.status().is_success() => r
-                        .bytes()
-                        .await
-                        .is_ok_and(|b| !String::from_utf8_lossy(&b).contains("\"error\"")),
-                    _ => false,
-                };
-                if measuring.load(Ordering::Relaxed) {
-                    if ok {
-                        latencies.push(start.elapsed());
-                    } else {
-                        errors += 1;
-                    }
-                }
-            }
-            (latencies, errors)
-        }));
+        let flags = Flags { stop: stop.clone(), measuring: measuring.clone() };
+        let plan = ClientPlan::new(args.workload, c);
+        tasks.push(match &direct {
+            Some(target) => tokio::spawn(direct_client(target.clone(), plan, flags)),
+            None => tokio::spawn(reqwest_client(
+                client.clone(),
+                execute.clone(),
+                query.clone(),
+                plan,
+                flags,
+            )),
+        });
     }
     tokio::time::sleep(args.warmup).await;
     measuring.store(true, Ordering::Relaxed);
@@ -293,6 +252,248 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pause after a failed connection before the next attempt, so a dead server is not spun on.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
+/// The substring of an answer's body that marks a failed statement.
+const ERROR_MARK: &[u8] = b"\"error\"";
+
+/// Flags every client loop watches.
+struct Flags {
+    /// Set when the clients should finish.
+    stop: Arc<AtomicBool>,
+    /// Set while requests count towards the figures (after the warm-up).
+    measuring: Arc<AtomicBool>,
+}
+
+/// What one client sends, with its write bodies serialised once.
+struct ClientPlan {
+    /// The workload.
+    workload: Workload,
+    /// The xorshift state that picks the rows to read: repeatable runs, no shared state.
+    seed: u64,
+    /// Requests made so far (the `mixed` workload writes every tenth).
+    n: u64,
+    /// The body of one single-row INSERT.
+    insert: Bytes,
+    /// The body of one `bulk` request.
+    bulk: Bytes,
+}
+
+/// One request of a [`ClientPlan`].
+enum Step {
+    /// POST this body to `/db/execute`.
+    Write(Bytes),
+    /// A point SELECT of this row id through `/db/query`.
+    Read(i64),
+}
+
+impl ClientPlan {
+    /// The plan of client number `c`.
+    fn new(workload: Workload, c: usize) -> ClientPlan {
+        let row = json!(["INSERT INTO bench(client, payload) VALUES(?, ?)", c, "x".repeat(64)]);
+        let insert = serde_json::to_vec(&json!([row])).unwrap_or_default();
+        let bulk = serde_json::to_vec(&vec![row; BULK_ROWS]).unwrap_or_default();
+        ClientPlan {
+            workload,
+            seed: 0x9E37_79B9_7F4A_7C15_u64 ^ (c as u64 + 1),
+            n: 0,
+            insert: Bytes::from(insert),
+            bulk: Bytes::from(bulk),
+        }
+    }
+
+    /// The next request to send.
+    fn next(&mut self) -> Step {
+        self.n += 1;
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let read = Step::Read((self.seed % READ_ROWS as u64) as i64 + 1);
+        match self.workload {
+            Workload::Insert | Workload::Failover | Workload::Bootstrap => {
+                Step::Write(self.insert.clone())
+            }
+            Workload::Bulk => Step::Write(self.bulk.clone()),
+            Workload::Read => read,
+            Workload::Mixed if self.n.is_multiple_of(10) => Step::Write(self.insert.clone()),
+            Workload::Mixed => read,
+        }
+    }
+}
+
+/// The JSON body of a point SELECT of row `id` (the shape `serde_json` gives, built cheaply).
+fn read_body(id: i64) -> Bytes {
+    Bytes::from(format!("[[\"SELECT payload FROM bench_read WHERE id = ?\",{id}]]"))
+}
+
+/// Whether an answer succeeded: a 2xx status and no statement error in the body.
+fn answer_ok(status: hyper::StatusCode, body: &[u8]) -> bool {
+    status.is_success() && !body.windows(ERROR_MARK.len()).any(|w| w == ERROR_MARK)
+}
+
+/// One client over reqwest (used for `https://` URLs): returns its measured latencies and
+/// errors.
+async fn reqwest_client(
+    client: reqwest::Client,
+    execute: String,
+    query: String,
+    mut plan: ClientPlan,
+    flags: Flags,
+) -> (Vec<Duration>, u64) {
+    let mut latencies = Vec::new();
+    let mut errors = 0u64;
+    while !flags.stop.load(Ordering::Relaxed) {
+        let start = Instant::now();
+        let (url, body) = match plan.next() {
+            Step::Write(body) => (&execute, body),
+            Step::Read(id) => (&query, read_body(id)),
+        };
+        let request = client.post(url).header(CONTENT_TYPE, "application/json").body(body);
+        let ok = match request.send().await {
+            Ok(r) => {
+                let status = r.status();
+                r.bytes().await.is_ok_and(|b| answer_ok(status, &b))
+            }
+            Err(_) => false,
+        };
+        if flags.measuring.load(Ordering::Relaxed) {
+            if ok {
+                latencies.push(start.elapsed());
+            } else {
+                errors += 1;
+            }
+        }
+    }
+    (latencies, errors)
+}
+
+/// A plain-HTTP node the clients reach over their own connections, with everything that does
+/// not change per request built once.
+struct DirectTarget {
+    /// `host:port` to connect to.
+    addr: String,
+    /// `/db/execute` with its query string.
+    execute: hyper::Uri,
+    /// `/db/query` with its query string.
+    query: hyper::Uri,
+    /// `Host` and `Content-Type`.
+    headers: hyper::HeaderMap,
+}
+
+impl DirectTarget {
+    /// The target of an `http://` URL (with `extra`, the `&…` query string of every request);
+    /// `None` for any other scheme (those go through reqwest).
+    fn parse(url: &str, extra: &str) -> anyhow::Result<Option<DirectTarget>> {
+        let uri: hyper::Uri = url.parse().with_context(|| format!("--url {url}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Ok(None);
+        }
+        let authority = uri.authority().with_context(|| format!("--url {url}: no host"))?;
+        let host = authority.host();
+        let addr = format!("{host}:{}", authority.port_u16().unwrap_or(80));
+        let host_header = match authority.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let prefix = uri.path().trim_end_matches('/');
+        let path = |endpoint: &str| -> anyhow::Result<hyper::Uri> {
+            format!("{prefix}/db/{endpoint}?{extra}")
+                .parse()
+                .with_context(|| format!("--url {url} with --params {extra}"))
+        };
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(HOST, host_header.parse().with_context(|| format!("--url {url}"))?);
+        headers.insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+        Ok(Some(DirectTarget { addr, execute: path("execute")?, query: path("query")?, headers }))
+    }
+
+    /// A new HTTP/1.1 connection (TCP_NODELAY), driven by a task of its own until dropped.
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "bench connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The request for `step`.
+    fn request(&self, step: Step) -> hyper::Request<Full<Bytes>> {
+        let (uri, body) = match step {
+            Step::Write(body) => (&self.execute, body),
+            Step::Read(id) => (&self.query, read_body(id)),
+        };
+        let mut request = hyper::Request::new(Full::new(body));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Sends `request` on `sender` and reads the whole answer: whether it succeeded (see
+/// [`answer_ok`]), or an error if the connection failed.
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<bool, hyper::Error> {
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(answer_ok(status, &body))
+}
+
+/// One client over one keep-alive connection of its own (reconnecting after a failure, which
+/// counts as an error): returns its measured latencies and errors.
+async fn direct_client(
+    target: Arc<DirectTarget>,
+    mut plan: ClientPlan,
+    flags: Flags,
+) -> (Vec<Duration>, u64) {
+    let mut latencies = Vec::new();
+    let mut errors = 0u64;
+    let mut connection: Option<SendRequest<Full<Bytes>>> = None;
+    while !flags.stop.load(Ordering::Relaxed) {
+        let sender = match connection.as_mut() {
+            Some(sender) => sender,
+            None => match target.connect().await {
+                Ok(sender) => connection.insert(sender),
+                Err(e) => {
+                    tracing::debug!(error = %e, "bench connection failed");
+                    if flags.measuring.load(Ordering::Relaxed) {
+                        errors += 1;
+                    }
+                    tokio::time::sleep(RECONNECT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let start = Instant::now();
+        let result = exchange(sender, target.request(plan.next())).await;
+        let measuring = flags.measuring.load(Ordering::Relaxed);
+        match result {
+            Ok(true) if measuring => latencies.push(start.elapsed()),
+            Ok(_) if measuring => errors += 1,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "bench connection failed");
+                if measuring {
+                    errors += 1;
+                }
+                connection = None;
+                tokio::time::sleep(RECONNECT_BACKOFF).await;
+            }
+        }
+    }
+    (latencies, errors)
 }
 
 /// Samples the leader's view of every replica's lag for `duration`; per node, percentiles.
@@ -583,4 +784,35 @@ async fn failover_trials(
         bail!("{lost} acknowledged writes are missing");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_target_from_url() {
+        let t = DirectTarget::parse("http://127.0.0.1:4701/", "&level=none").unwrap().unwrap();
+        assert_eq!(t.addr, "127.0.0.1:4701");
+        assert_eq!(t.execute, "/db/execute?&level=none");
+        assert_eq!(t.query, "/db/query?&level=none");
+        assert_eq!(t.headers[HOST], "127.0.0.1:4701");
+        let t = DirectTarget::parse("http://localhost/keel", "").unwrap().unwrap();
+        assert_eq!(t.addr, "localhost:80");
+        assert_eq!(t.headers[HOST], "localhost");
+        assert_eq!(t.execute, "/keel/db/execute?");
+        assert!(DirectTarget::parse("https://127.0.0.1:4701", "").unwrap().is_none());
+    }
+
+    #[test]
+    fn answers() {
+        let ok = hyper::StatusCode::OK;
+        assert!(answer_ok(ok, br#"{"results":[{"last_insert_id":1}]}"#));
+        assert!(!answer_ok(ok, br#"{"results":[{"error":"no such table: t"}]}"#));
+        assert!(!answer_ok(hyper::StatusCode::SERVICE_UNAVAILABLE, b"{}"));
+        assert_eq!(read_body(7), r#"[["SELECT payload FROM bench_read WHERE id = ?",7]]"#);
+        let expected =
+            serde_json::to_vec(&json!([["SELECT payload FROM bench_read WHERE id = ?", 7]]));
+        assert_eq!(read_body(7), expected.unwrap());
+    }
 }
