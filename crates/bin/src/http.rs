@@ -38,6 +38,10 @@ const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long a read waits for this node to apply what it needs (`min_lsn`, read index) unless
 /// `timeout=` says otherwise.
 const READ_WAIT: Duration = Duration::from_secs(5);
+/// How long a read may run on the async worker that received it before it is moved to a
+/// blocking thread (see [`sql::Readers::try_query_applied`]): a point read takes microseconds,
+/// and the hand-off to a blocking thread and back costs more than that.
+const INLINE_READ: Duration = Duration::from_millis(1);
 /// How long a forwarded request may take unless `timeout=` says otherwise.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -745,10 +749,16 @@ async fn read(
     // The answer's lsn is read from the database AFTER the query: the applied position is
     // committed with the data and only grows, so it covers everything the query saw, and a
     // client that sends it back as min_lsn never reads older data (monotonic reads).
-    let results = tokio::task::spawn_blocking(move || {
-        readers.query_applied(&statements, transaction, db_timeout)
-    })
-    .await;
+    let results = match readers.try_query_applied(&statements, transaction, db_timeout, INLINE_READ)
+    {
+        Some(outcome) => Ok(outcome),
+        None => {
+            tokio::task::spawn_blocking(move || {
+                readers.query_applied(&statements, transaction, db_timeout)
+            })
+            .await
+        }
+    };
     match results {
         Ok(Ok((results, lsn))) => {
             node.metrics.reads.inc();

@@ -146,6 +146,11 @@ impl Watchdog {
         Armed { watchdog: self }
     }
 
+    /// Whether the watchdog interrupted the statement armed last.
+    pub(crate) fn fired(&self) -> bool {
+        self.state.fired.load(Ordering::Relaxed)
+    }
+
     /// The error message for a statement that failed with `error`: the time limit's, if the
     /// watchdog interrupted it, else SQLite's.
     pub(crate) fn message(&self, error: &rusqlite::Error) -> String {

@@ -161,13 +161,38 @@ impl Readers {
     ) -> Result<(Vec<StatementResult>, u64)> {
         let reader = self.pool.checkout()?;
         let time = self.pool.limits.time_for(timeout);
-        let outcome = reader.run(statements, transaction, time, &self.pool.limits);
-        if !reader.conn.is_autocommit() {
-            let _ = reader.conn.execute_batch("ROLLBACK");
-        }
-        let outcome = outcome.and_then(|results| Ok((results, reader.applied()?)));
+        let outcome = reader.run_applied(statements, transaction, time, &self.pool.limits);
         self.pool.checkin(reader);
         outcome
+    }
+
+    /// [`Readers::query_applied`] of one statement, on the calling thread, if it is cheap: only
+    /// with a connection that is free right now, and only if the statement finishes within
+    /// `budget` (the smaller time limit still applies). `None` otherwise, and what it did is
+    /// discarded (a read has no effects): then call [`Readers::query_applied`] from a thread
+    /// that may block.
+    ///
+    /// For callers on an async runtime: a point read costs microseconds, far less than handing
+    /// it to a blocking thread and back, while a long one still moves off the runtime's thread
+    /// after `budget`.
+    pub fn try_query_applied(
+        &self,
+        statements: &[Statement],
+        transaction: bool,
+        timeout: Option<Duration>,
+        budget: Duration,
+    ) -> Option<Result<(Vec<StatementResult>, u64)>> {
+        if statements.len() != 1 {
+            return None;
+        }
+        let reader = self.pool.try_checkout()?;
+        let time = self.pool.limits.time_for(timeout);
+        let inline = budget.min(time);
+        let outcome = reader.run_applied(statements, transaction, inline, &self.pool.limits);
+        // Interrupted by the budget, not by the statement's own limit: run it again elsewhere.
+        let over_budget = inline < time && reader.watchdog.fired();
+        self.pool.checkin(reader);
+        (!over_budget).then_some(outcome)
     }
 
     /// Whether every statement is read-only and may be served by a read connection. A statement
@@ -215,6 +240,20 @@ impl Pool {
             self.returned.notify_one();
         }
         reader
+    }
+
+    /// Takes an idle connection on the current generation if there is one and fewer than
+    /// `size` are in use; never waits and never opens a connection.
+    fn try_checkout(&self) -> Option<Reader> {
+        // Held while choosing, as in `checkout`: no install switches generations meanwhile.
+        let generation = self.live.read();
+        let mut state = self.lock();
+        if state.busy >= self.size {
+            return None;
+        }
+        let position = state.idle.iter().rposition(|r| r.generation == generation.number)?;
+        state.busy += 1;
+        Some(state.idle.swap_remove(position))
     }
 
     /// Returns a connection; one of an older generation is closed instead.
@@ -273,6 +312,22 @@ impl Reader {
             verdicts: Verdicts::default(),
             generation: generation.number,
         })
+    }
+
+    /// Runs statements ([`Reader::run`]), leaves no transaction open, and reads the applied
+    /// log index afterwards (see [`Readers::query_applied`]).
+    fn run_applied(
+        &self,
+        statements: &[Statement],
+        transaction: bool,
+        time: Duration,
+        limits: &Limits,
+    ) -> Result<(Vec<StatementResult>, u64)> {
+        let outcome = self.run(statements, transaction, time, limits);
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        outcome.and_then(|results| Ok((results, self.applied()?)))
     }
 
     /// The applied log index stored in the database (0 before the first apply).
