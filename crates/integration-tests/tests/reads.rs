@@ -13,7 +13,7 @@
 //!   (rqlite's `stale read`) when the node has not heard from a leader for that long.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -216,7 +216,8 @@ fn unreachable_min_lsn_answers_503_with_the_applied_index() {
 
 /// Monotonic reads across replicas: a client that keeps the highest lsn it has seen and sends
 /// it as `min_lsn`, alternating between a follower and a learner while a writer inserts rows,
-/// never sees the row count go down.
+/// never sees the row count go down; once it also holds the writer's last lsn, it sees every
+/// row.
 #[test]
 fn min_lsn_token_gives_monotonic_reads_across_replicas() {
     const WRITES: i64 = 200;
@@ -227,11 +228,12 @@ fn min_lsn_token_gives_monotonic_reads_across_replicas() {
     let mut highest = create_table(&c, leader);
 
     let done = AtomicBool::new(false);
+    let last_write = AtomicU64::new(0);
     let reads = std::thread::scope(|s| {
         s.spawn(|| {
             let _done = SetOnDrop(&done);
             for i in 0..WRITES {
-                insert(&c, leader, i, "monotonic");
+                last_write.fetch_max(insert(&c, leader, i, "monotonic"), Ordering::SeqCst);
             }
         });
         let mut count = 0;
@@ -243,6 +245,8 @@ fn min_lsn_token_gives_monotonic_reads_across_replicas() {
         while rounds_after_done < 2 {
             if done.load(Ordering::SeqCst) {
                 rounds_after_done += 1;
+                // The writer hands over its token: the reads must now cover every write.
+                highest = highest.max(last_write.load(Ordering::SeqCst));
             }
             let node = if reads.is_multiple_of(2) { follower } else { learner };
             let params = format!("level=none&min_lsn={highest}");
