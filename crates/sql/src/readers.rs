@@ -385,15 +385,9 @@ impl Reader {
                 Ok(prepared) => prepared,
                 Err(error) => return StatementResult::Error(error_message(&error)),
             };
-            if let Err(error) = binder.bind(&mut prepared) {
-                return StatementResult::Error(error);
-            }
-            match encode::read_rows(&mut prepared, &mut ResultBudget::new(limits)) {
+            match self.read_bound(&mut prepared, &mut binder, limits) {
                 Ok(rows) => last = Some(rows),
-                Err(ReadError::Sqlite(error)) => {
-                    return StatementResult::Error(self.watchdog.message(&error));
-                }
-                Err(ReadError::Limit(error)) => return StatementResult::Error(error),
+                Err(failed) => return failed,
             }
             return conclude(last, &binder, start);
         }
@@ -420,15 +414,9 @@ impl Reader {
             if count == 1 && observed.denied.is_none() {
                 verdict = Some(observed);
             }
-            if let Err(error) = binder.bind(&mut prepared) {
-                return StatementResult::Error(error);
-            }
-            match encode::read_rows(&mut prepared, &mut ResultBudget::new(limits)) {
+            match self.read_bound(&mut prepared, &mut binder, limits) {
                 Ok(rows) => last = Some(rows),
-                Err(ReadError::Sqlite(error)) => {
-                    return StatementResult::Error(self.watchdog.message(&error));
-                }
-                Err(ReadError::Limit(error)) => return StatementResult::Error(error),
+                Err(failed) => return failed,
             }
         }
         if count == 1
@@ -437,6 +425,21 @@ impl Reader {
             self.verdicts.remember(&statement.sql, verdict);
         }
         conclude(last, &binder, start)
+    }
+
+    /// Binds the statement's parameters and reads its rows within `limits`; a failure comes
+    /// back as the statement's error result.
+    fn read_bound(
+        &self,
+        prepared: &mut rusqlite::Statement<'_>,
+        binder: &mut Binder<'_>,
+        limits: &Limits,
+    ) -> std::result::Result<encode::Rows, StatementResult> {
+        binder.bind(prepared).map_err(StatementResult::Error)?;
+        encode::read_rows(prepared, &mut ResultBudget::new(limits)).map_err(|error| match error {
+            ReadError::Sqlite(error) => StatementResult::Error(self.watchdog.message(&error)),
+            ReadError::Limit(error) => StatementResult::Error(error),
+        })
     }
 
     /// Whether all SQL statements in `sql` are read-only.

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use sql::{Apply, Db, Readers, Statement, StatementResult, WriteRequest};
+mod support;
+
+use sql::{Db, Readers, Statement, StatementResult};
 
 /// A database with a table `t` of 3 rows, applied at index 2, and a pool of `size` readers.
 fn setup(dir: &std::path::Path, size: usize) -> (Db, Readers) {
@@ -12,16 +14,8 @@ fn setup(dir: &std::path::Path, size: usize) -> (Db, Readers) {
         (1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)"),
         (2, "INSERT INTO t (v) VALUES (1), (2), (3)"),
     ] {
-        let request = WriteRequest {
-            statements: vec![Statement::new(sql)],
-            transaction: false,
-            rows: false,
-            request_id: None,
-            timeout: None,
-        };
-        let speculation = db.execute(&[request]).unwrap();
-        let entry = Apply { term: 1, index, record: Some(&speculation.record), membership: None };
-        db.apply(&[entry]).unwrap();
+        let results = support::commit(&mut db, index, &[support::request(sql, vec![])]);
+        assert!(!results[0].is_error(), "{results:?}");
     }
     let readers = db.readers(size).unwrap();
     (db, readers)

@@ -6,36 +6,20 @@
 //! makes it also write `n`, whose primary key may hold NULL, which sessions cannot record; the
 //! write path refuses such a row only if it knows the statement now writes `n`.
 
-use sql::statement::{Params, Value};
-use sql::{Apply, Db, Statement, StatementResult, WriteRequest};
+mod support;
+
+use sql::statement::Value;
+use sql::{Db, Statement, StatementResult, WriteRequest};
+use support::commit;
 
 const INSERT: &str = "INSERT INTO t (v) VALUES (?)";
 const TRIGGER: &str =
     "CREATE TRIGGER copy AFTER INSERT ON t BEGIN INSERT INTO n (k, v) VALUES (NULL, new.v); END";
 const NULL_KEY: &str = "NULL in the PRIMARY KEY of table n";
 
-/// A request of one statement with one positional parameter, or none.
+/// A request of `sql` with one positional parameter, or none.
 fn request(sql: &str, param: Option<i64>) -> WriteRequest {
-    let params = match param {
-        Some(p) => Params::Positional(vec![Value::Integer(p)]),
-        None => Params::None,
-    };
-    let statement = Statement { sql: sql.to_string(), params };
-    WriteRequest {
-        statements: vec![statement],
-        transaction: false,
-        rows: false,
-        request_id: None,
-        timeout: None,
-    }
-}
-
-/// Executes `requests` and applies the record at `index`; returns every statement's result.
-fn commit(db: &mut Db, index: u64, requests: &[WriteRequest]) -> Vec<StatementResult> {
-    let speculation = db.execute(requests).unwrap();
-    let entry = Apply { term: 1, index, record: Some(&speculation.record), membership: None };
-    db.apply(&[entry]).unwrap();
-    speculation.results.concat()
+    support::request(sql, param.map(Value::Integer).into_iter().collect())
 }
 
 /// A database with tables `t` and `n`, where `INSERT` has run (and is cached) twice.
