@@ -29,6 +29,7 @@
 //! state is a correct answer) and is closed when it comes back. Connections are opened lazily
 //! after an install, up to the pool size.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,10 @@ pub(crate) struct Pool {
     state: Mutex<State>,
     /// Signalled when a connection is returned.
     returned: Condvar,
+    /// Reads running on their caller's thread ([`Readers::try_query_applied`]).
+    inline: AtomicUsize,
+    /// The most reads that may do so at once.
+    max_inline: usize,
 }
 
 /// The mutable part of a [`Pool`].
@@ -124,6 +129,9 @@ impl Readers {
             limits,
             state: Mutex::new(State { idle, busy: 0 }),
             returned: Condvar::new(),
+            inline: AtomicUsize::new(0),
+            // One thread of the caller's runtime (one per core) always stays free.
+            max_inline: std::thread::available_parallelism().map_or(1, |n| n.get() - 1).max(1),
         });
         live.register(&pool);
         Ok(Readers { pool })
@@ -166,15 +174,19 @@ impl Readers {
         outcome
     }
 
-    /// [`Readers::query_applied`] of one statement, on the calling thread, if it is cheap: only
-    /// with a connection that is free right now, and only if the statement finishes within
-    /// `budget` (the smaller time limit still applies). `None` otherwise, and what it did is
-    /// discarded (a read has no effects): then call [`Readers::query_applied`] from a thread
-    /// that may block.
+    /// [`Readers::query_applied`] of one statement, on the calling thread, if it is cheap. `None`
+    /// otherwise, and what it did is discarded (a read has no effects): then call
+    /// [`Readers::query_applied`] from a thread that may block.
     ///
     /// For callers on an async runtime: a point read costs microseconds, far less than handing
-    /// it to a blocking thread and back, while a long one still moves off the runtime's thread
-    /// after `budget`.
+    /// it to a blocking thread and back. A read runs here only
+    /// * with a connection that is free right now,
+    /// * if the same text ran before on that connection in less than half of `budget`,
+    /// * while fewer reads than the machine has cores, less one, run this way (so a read that
+    ///   turns out slow never holds every thread of the runtime),
+    /// * and only until `budget` has passed (the smaller time limit still applies). The budget
+    ///   is enforced by the progress handler, between virtual machine steps: one step that runs
+    ///   long (`count(*)` of a large table is one) is why the first two conditions exist.
     pub fn try_query_applied(
         &self,
         statements: &[Statement],
@@ -182,17 +194,29 @@ impl Readers {
         timeout: Option<Duration>,
         budget: Duration,
     ) -> Option<Result<(Vec<StatementResult>, u64)>> {
-        if statements.len() != 1 {
+        let [statement] = statements else {
+            return None;
+        };
+        let pool = &self.pool;
+        if pool.inline.fetch_add(1, Ordering::AcqRel) >= pool.max_inline {
+            pool.inline.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let reader = self.pool.try_checkout()?;
-        let time = self.pool.limits.time_for(timeout);
-        let inline = budget.min(time);
-        let outcome = reader.run_applied(statements, transaction, inline, &self.pool.limits);
-        // Interrupted by the budget, not by the statement's own limit: run it again elsewhere.
-        let over_budget = inline < time && reader.watchdog.fired();
-        self.pool.checkin(reader);
-        (!over_budget).then_some(outcome)
+        let outcome = pool.try_checkout().and_then(|reader| {
+            let cheap = reader.verdicts.last_run(&statement.sql).is_some_and(|t| t < budget / 2);
+            let outcome = cheap.then(|| {
+                let time = pool.limits.time_for(timeout);
+                let inline = budget.min(time);
+                let outcome = reader.run_applied(statements, transaction, inline, &pool.limits);
+                // Interrupted by the budget, not by the statement's own limit: run it again.
+                let over_budget = inline < time && reader.watchdog.fired();
+                (!over_budget).then_some(outcome)
+            });
+            pool.checkin(reader);
+            outcome.flatten()
+        });
+        pool.inline.fetch_sub(1, Ordering::AcqRel);
+        outcome
     }
 
     /// Whether every statement is read-only and may be served by a read connection. A statement
@@ -369,7 +393,8 @@ impl Reader {
     }
 
     /// Runs one client statement; several SQL statements in its text run in order and the last
-    /// one gives the result.
+    /// one gives the result. Notes how long it took, for a text kept in the statement cache
+    /// (see [`Readers::try_query_applied`]).
     fn run_statement(
         &self,
         statement: &Statement,
@@ -377,6 +402,19 @@ impl Reader {
         limits: &Limits,
     ) -> StatementResult {
         let start = Instant::now();
+        let result = self.run_statement_timed(statement, time, limits, start);
+        self.verdicts.ran(&statement.sql, start.elapsed());
+        result
+    }
+
+    /// The body of [`Reader::run_statement`], timed from `start`.
+    fn run_statement_timed(
+        &self,
+        statement: &Statement,
+        time: Duration,
+        limits: &Limits,
+        start: Instant,
+    ) -> StatementResult {
         let _armed = self.watchdog.arm(time);
         let mut binder = Binder::new(&statement.params);
         let mut last = None;

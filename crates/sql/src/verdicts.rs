@@ -25,6 +25,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::time::Duration;
 
 use rusqlite::Connection;
 
@@ -41,8 +42,8 @@ pub(crate) const STATEMENT_CACHE: usize = MAX_TEXTS;
 /// docs). Single-threaded, like the connection it belongs to.
 #[derive(Debug, Default)]
 pub(crate) struct Verdicts {
-    /// Verdict per SQL text.
-    texts: RefCell<HashMap<String, Observed>>,
+    /// Verdict per SQL text, and how long its last run took, if known.
+    texts: RefCell<HashMap<String, (Observed, Option<Duration>)>>,
     /// The schema cookie the verdicts were made under; `None` when unknown.
     schema: Cell<Option<i64>>,
 }
@@ -50,7 +51,19 @@ pub(crate) struct Verdicts {
 impl Verdicts {
     /// The stored verdict on `sql`, if it may run from the statement cache.
     pub(crate) fn get(&self, sql: &str) -> Option<Observed> {
-        self.texts.borrow().get(sql).cloned()
+        self.texts.borrow().get(sql).map(|(observed, _)| observed.clone())
+    }
+
+    /// How long the last run of `sql` took, if it is kept and has run.
+    pub(crate) fn last_run(&self, sql: &str) -> Option<Duration> {
+        self.texts.borrow().get(sql).and_then(|(_, took)| *took)
+    }
+
+    /// Notes how long a run of `sql` took, if it is kept.
+    pub(crate) fn ran(&self, sql: &str, took: Duration) {
+        if let Some((_, last)) = self.texts.borrow_mut().get_mut(sql) {
+            *last = Some(took);
+        }
     }
 
     /// Stores the verdict on `sql`, a text of one statement with a clean verdict.
@@ -59,7 +72,7 @@ impl Verdicts {
         if texts.len() >= MAX_TEXTS {
             texts.clear();
         }
-        texts.insert(sql.to_string(), observed);
+        texts.insert(sql.to_string(), (observed, None));
     }
 
     /// Forgets every verdict and every cached statement of `conn`.
