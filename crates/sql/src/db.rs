@@ -251,7 +251,7 @@ const META_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _keel_meta (
 );
 INSERT OR IGNORE INTO _keel_meta (id) VALUES (1);";
 
-/// How long the write connection waits for a lock (readers never block it in WAL mode; this
+/// How long the write connections wait for a lock (readers never block them in WAL mode; this
 /// only covers checkpoints and snapshot copies).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -732,7 +732,7 @@ struct Attempt {
     results: Vec<Vec<StatementResult>>,
 }
 
-/// What watches client statements on the write connection.
+/// What watches client statements on the client connection.
 #[derive(Clone, Copy)]
 struct Checks<'c> {
     /// The authorizer.
@@ -747,7 +747,7 @@ struct Checks<'c> {
 
 /// One attempt at executing a group of requests: the transaction's state while it is open.
 struct Speculator<'c> {
-    /// The write connection, inside `BEGIN`.
+    /// The client connection, inside `BEGIN`.
     conn: &'c Connection,
     /// Its authorizer, timer and limits.
     checks: Checks<'c>,

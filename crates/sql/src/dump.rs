@@ -1,6 +1,6 @@
 //! A deterministic text dump of a database, for comparing replicas in tests.
 //!
-//! [`dump`] (a file) and [`crate::Db::dump`] (the live write connection) list the schema (every
+//! [`dump`] (a file) and [`crate::Db::dump`] (the live client connection) list the schema (every
 //! object of `sqlite_schema`, sorted by type and name), then every row of every table with its
 //! rowid (tables WITHOUT ROWID are sorted by all columns), then `sqlite_sequence`. Two replicas
 //! that applied the same records must produce the same dump, byte for byte. Values are printed

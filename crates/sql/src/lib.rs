@@ -62,7 +62,7 @@
 //!   (foreign-key actions of DROP TABLE) are recorded by a separate session and replayed before
 //!   it. Replicas apply with foreign keys and triggers off.
 //! * Full-text indexes work, through their shadow tables; each applied write to them reopens
-//!   the write connection (a few hundred microseconds).
+//!   the apply connection (a few hundred microseconds).
 //! * One statement's changes are held in memory (session, changeset, record); a huge UPDATE
 //!   makes a huge record. There is no cap yet beyond the request limits in [`statement`].
 //! * Images, installs, backups and loads stream through files and SQLite's page cache; none

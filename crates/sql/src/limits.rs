@@ -10,7 +10,7 @@
 //!   every connection that runs client SQL.
 //! * `Watchdog` is a progress handler that interrupts the running statement once it has run
 //!   longer than its time limit ([`Limits::statement_time`], or less per request: rqlite's
-//!   `db_timeout`). The write connection runs every client write in turn, so one statement that
+//!   `db_timeout`). The client connection runs every client write in turn, so one statement that
 //!   never ends (a recursive CTE without a bound) would otherwise stop every write of the
 //!   cluster.
 //! * [`Limits::max_result_rows`] and [`Limits::max_result_bytes`] bound what one query may make

@@ -32,7 +32,7 @@ pub(crate) enum Mode {
     /// Internal statements: allow everything, record nothing.
     #[default]
     Off,
-    /// A client statement on the write connection.
+    /// A client statement on the client connection of `Db` (speculation).
     Write,
     /// A client statement on a read connection.
     Read,

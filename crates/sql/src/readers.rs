@@ -1,7 +1,7 @@
 //! A pool of read-only connections for queries, never the write connection.
 //!
 //! `bin` serves `/db/query` (and read-only `/db/request` batches) from [`Readers::query`], on
-//! any node, while the write connection keeps applying. In WAL mode each read transaction sees
+//! any node, while the apply connection keeps applying. In WAL mode each read transaction sees
 //! one consistent snapshot of committed data, and readers never block the writer (rqlite's
 //! `db/DESIGN.md` uses the same split). [`Readers::is_read_only`] lets `bin` decide whether a
 //! `/db/request` batch can stay here or must go to the leader as a write.

@@ -16,7 +16,7 @@
 //! SQLite silently prepares a stale statement again when it next runs, without the authorizer
 //! switched on. So [`Verdicts::check_schema`] compares the schema cookie (`PRAGMA
 //! schema_version`) before each use and forgets everything, statements included, when it
-//! moved; the write connection also forgets after running client DDL (the speculation's
+//! moved; `Db`'s client connection also forgets after running client DDL (the speculation's
 //! rollback then moves the schema back to a cookie already seen), and a new connection starts
 //! with new verdicts. On a read connection the writer may change the schema between the check
 //! and the statement's step; the statement is then prepared again unchecked, which is harmless
