@@ -67,6 +67,7 @@
 //!   `Drop` does not run and the `keel` processes keep running until killed by hand.
 
 pub mod chaos;
+pub mod tour;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{Display, Write as _};
