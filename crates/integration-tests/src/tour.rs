@@ -32,6 +32,8 @@ pub struct TourCommand {
     /// The comment lines written before it (they explain steps a tour runner acts on, such as
     /// killing the leader).
     pub comments: Vec<String>,
+    /// In a transcript block (commands after `$ `), the output shown after the command.
+    pub shown: Option<String>,
 }
 
 /// The fenced code blocks of `markdown` as (info string, lines before the fence, body).
@@ -136,14 +138,18 @@ pub fn marked_blocks(markdown: &str) -> Result<Vec<Vec<TourCommand>>, String> {
     Ok(blocks)
 }
 
-/// Splits a shell block into commands (see the module docs).
+/// Splits a shell block into commands (see the module docs). A block with lines that start with
+/// `$ ` is a transcript: those lines (and their continuation lines) are the commands, and the
+/// lines after each, up to the next `$ `, are the output it shows.
 pub fn parse_commands(block: &str) -> Result<Vec<TourCommand>, String> {
+    if block.lines().any(|l| l.starts_with("$ ")) {
+        return parse_transcript(block);
+    }
     let mut commands: Vec<TourCommand> = Vec::new();
     let mut comments = Vec::new();
     let mut current = String::new();
-    let mut quote: Option<char> = None;
     for line in block.lines() {
-        if current.is_empty() && quote.is_none() {
+        if current.is_empty() {
             let trimmed = line.trim();
             if trimmed.is_empty() {
                 continue;
@@ -165,23 +171,14 @@ pub fn parse_commands(block: &str) -> Result<Vec<TourCommand>, String> {
                 continue;
             }
         }
-        let mut escaped = false;
-        for c in line.chars() {
-            match (quote, c) {
-                (_, _) if escaped => escaped = false,
-                (None, '\\') | (Some('"'), '\\') => escaped = true,
-                (None, '\'' | '"') => quote = Some(c),
-                (Some(q), c) if c == q => quote = None,
-                _ => {}
-            }
-        }
         current.push_str(line);
         current.push('\n');
-        if quote.is_none() && !escaped {
+        if is_complete(&current) {
             commands.push(TourCommand {
                 text: current.trim_end().to_string(),
                 expect: None,
                 comments: std::mem::take(&mut comments),
+                shown: None,
             });
             current.clear();
         }
@@ -190,6 +187,102 @@ pub fn parse_commands(block: &str) -> Result<Vec<TourCommand>, String> {
         return Err(format!("unterminated command (an open quote?):\n{current}"));
     }
     Ok(commands)
+}
+
+/// Splits a transcript block: `$ command` lines, each followed by the output it shows.
+fn parse_transcript(block: &str) -> Result<Vec<TourCommand>, String> {
+    let mut commands: Vec<TourCommand> = Vec::new();
+    let mut lines = block.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(first) = line.strip_prefix("$ ") else {
+            let Some(last) = commands.last_mut() else {
+                return Err(format!("a transcript starts with `{line}`, not with `$ `"));
+            };
+            let shown = last.shown.get_or_insert_with(String::new);
+            shown.push_str(line);
+            shown.push('\n');
+            continue;
+        };
+        let mut text = first.to_string();
+        while !is_complete(&text) {
+            let Some(next) = lines.next() else {
+                return Err(format!("unterminated command (an open quote?):\n{text}"));
+            };
+            text.push('\n');
+            text.push_str(next);
+        }
+        commands.push(TourCommand { text, expect: None, comments: Vec::new(), shown: None });
+    }
+    Ok(commands)
+}
+
+/// Whether `text` is a whole shell command: no quote left open, no `\` at the end of its last
+/// line.
+fn is_complete(text: &str) -> bool {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    // The open quote: `'`, `"`, or `$` for bash's `$'…'`, in which `\` escapes as in `"…"`.
+    let mut previous = ' ';
+    for c in text.chars() {
+        match (quote, c) {
+            (_, _) if escaped => escaped = false,
+            (None | Some('"' | '$'), '\\') => escaped = true,
+            (None, '\'') if previous == '$' => quote = Some('$'),
+            (None, '\'' | '"') => quote = Some(c),
+            (Some('$'), '\'') => quote = None,
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+        previous = c;
+    }
+    quote.is_none() && !escaped
+}
+
+/// Whether `actual` has the shape of `shown`, an output a page shows: the same JSON structure
+/// (the keys shown are there, arrays have as many elements, values have the same JSON type),
+/// whatever the values. Outputs that are not JSON are not compared (headers, text).
+pub fn same_shape(shown: &str, actual: &str) -> Result<(), String> {
+    let parse = |text: &str| -> Option<Vec<Value>> {
+        if let Ok(whole) = serde_json::from_str::<Value>(text) {
+            return Some(vec![whole]);
+        }
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    if shown.trim().is_empty() {
+        return Ok(());
+    }
+    let Some(shown) = parse(shown) else { return Ok(()) };
+    let actual = parse(actual).ok_or("not JSON, but the page shows JSON")?;
+    if shown.len() != actual.len() {
+        return Err(format!("{} JSON answers, the page shows {}", actual.len(), shown.len()));
+    }
+    shown.iter().zip(&actual).try_for_each(|(s, a)| shape_at("$", s, a))
+}
+
+fn shape_at(path: &str, shown: &Value, actual: &Value) -> Result<(), String> {
+    match (shown, actual) {
+        (Value::Object(want), Value::Object(have)) => want.iter().try_for_each(|(key, value)| {
+            let found = have.get(key).ok_or_else(|| format!("{path}: no key \"{key}\""))?;
+            shape_at(&format!("{path}.{key}"), value, found)
+        }),
+        (Value::Array(want), Value::Array(have)) if want.len() == have.len() => want
+            .iter()
+            .zip(have)
+            .enumerate()
+            .try_for_each(|(i, (w, h))| shape_at(&format!("{path}[{i}]"), w, h)),
+        (Value::Array(want), Value::Array(have)) => {
+            Err(format!("{path}: {} elements, the page shows {}", have.len(), want.len()))
+        }
+        (Value::Number(_), Value::Number(_))
+        | (Value::String(_), Value::String(_))
+        | (Value::Bool(_), Value::Bool(_))
+        | (Value::Null, Value::Null) => Ok(()),
+        _ => Err(format!("{path}: {actual}, the page shows {shown}")),
+    }
 }
 
 /// What `…` becomes when an expected answer is parsed.
@@ -315,6 +408,37 @@ mod tests {
         assert_eq!(blocks.len(), 1);
         assert_eq!(blocks[0].len(), 2);
         assert!(marked_blocks("<!-- ci: run -->\n```json\n{}\n```\n").is_err());
+    }
+
+    #[test]
+    fn transcripts_split_commands_from_their_output() {
+        let block = "$ curl -d '[\n  \"x\"\n]'\n{\"a\": 1}\n$ echo 1 \\\n  2\n1 2\n$ true\n";
+        let commands = parse_commands(block).unwrap();
+        assert_eq!(commands.len(), 3, "{commands:?}");
+        assert_eq!(commands[0].text, "curl -d '[\n  \"x\"\n]'");
+        assert_eq!(commands[0].shown.as_deref(), Some("{\"a\": 1}\n"));
+        assert_eq!(commands[1].text, "echo 1 \\\n  2");
+        assert_eq!(commands[2].shown, None);
+        assert!(parse_commands("$ echo 'open\n").is_err());
+        let ansi = parse_commands("$ printf $'it\\'s\\n'\nit's\n").unwrap();
+        assert_eq!(ansi.len(), 1, "{ansi:?}");
+        assert_eq!(ansi[0].shown.as_deref(), Some("it's\n"));
+    }
+
+    #[test]
+    fn shown_outputs_compare_by_shape() {
+        same_shape(
+            "{\"lsn\": 8, \"r\": [{}, {\"t\": 0.1}]}",
+            "{\"lsn\": 9, \"r\": [{}, {\"t\": 2}], \"x\": 1}",
+        )
+        .unwrap();
+        assert!(same_shape("{\"r\": [{}]}", "{\"r\": [{}, {}]}").is_err());
+        assert!(same_shape("{\"e\": \"x\"}", "{\"e\": 1}").is_err());
+        assert!(same_shape("{\"e\": \"x\"}", "{}").is_err());
+        same_shape("[1,4001]\n[1,4003]\n", "[2,4001]\n[2,4003]\n").unwrap();
+        assert!(same_shape("[1]\n[2]\n", "[1]\n").is_err());
+        same_shape("HTTP/1.1 301 Moved Permanently\n", "HTTP/1.1 200 OK\n").unwrap();
+        assert!(same_shape("{}", "not json").is_err());
     }
 
     #[test]

@@ -14,7 +14,6 @@
 //! acting on the one step the tour only describes in a comment (killing the leader), then
 //! sends SIGINT and checks that every process of the group is gone.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -117,12 +116,17 @@ fn run_readme(readme: &Path, ready_timeout: Duration) -> Result<(), String> {
     }
     println!("== {start}   (in {})", dir.display());
     let mut cluster = Group::start(Command::new("sh").arg("-c").arg(&start).current_dir(dir))?;
-    let outcome = cluster.wait_ready(ready_timeout).and_then(|()| run_tour(&commands, &cluster));
+    let scratch = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let outcome = cluster
+        .wait_ready(ready_timeout)
+        .and_then(|()| Shell::start(scratch.path()))
+        .and_then(|mut shell| run_tour(&commands, &cluster, &mut shell, Check::Strict));
     let stopped = cluster.interrupt();
     outcome.and(stopped)
 }
 
 fn run_docs(keel: &Path, pages: &[PathBuf]) -> Result<(), String> {
+    let keel = std::fs::canonicalize(keel).map_err(|e| format!("{}: {e}", keel.display()))?;
     for page in pages {
         let blocks = tour::marked_blocks(&read(page)?)?;
         if blocks.is_empty() {
@@ -130,79 +134,70 @@ fn run_docs(keel: &Path, pages: &[PathBuf]) -> Result<(), String> {
         }
         let data = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         println!("== {} ({} blocks) against a fresh `keel local`", page.display(), blocks.len());
-        let mut command = Command::new(keel);
+        let mut command = Command::new(&keel);
         command.arg("local").arg("--data-dir").arg(data.path().join("local"));
         command.current_dir(data.path());
         let mut cluster = Group::start(&mut command)?;
         let outcome = cluster
             .wait_ready(Duration::from_secs(120))
-            .and_then(|()| blocks.iter().try_for_each(|b| run_tour(b, &cluster)));
+            .and_then(|()| Shell::start(data.path()))
+            .and_then(|mut shell| {
+                blocks.iter().try_for_each(|b| run_tour(b, &cluster, &mut shell, Check::Shown))
+            });
         let stopped = cluster.interrupt();
         outcome.and(stopped).map_err(|e| format!("{}: {e}", page.display()))?;
     }
     Ok(())
 }
 
-/// Runs `commands` in order against a running cluster.
-fn run_tour(commands: &[TourCommand], cluster: &Group) -> Result<(), String> {
+/// How answers without a `# ->` line are checked.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// The README's tour: every command prints something, and no JSON answer carries an error.
+    Strict,
+    /// A docs page, which also shows refusals on purpose: an answer has the shape of the output
+    /// the page shows after the command.
+    Shown,
+}
+
+/// Runs `commands` in order against a running cluster, in `shell`.
+fn run_tour(
+    commands: &[TourCommand],
+    cluster: &Group,
+    shell: &mut Shell,
+    check: Check,
+) -> Result<(), String> {
     for command in commands {
         if command.comments.iter().any(|c| c.starts_with("Kill the leader")) {
             kill_leader(cluster)?;
         }
         let shown = command.text.lines().next().unwrap_or_default();
-        let output = run_command(&command.text)?;
-        check_answer(command, &output)
+        let output = shell.run(&command.text)?;
+        check_answer(command, &output, check)
             .map_err(|e| format!("`{}` answered:\n{output}\nwhich is wrong: {e}", command.text))?;
         println!("ok  {shown}{}", if command.text.contains('\n') { " …" } else { "" });
     }
     Ok(())
 }
 
-fn run_command(text: &str) -> Result<String, String> {
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg(text)
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run bash: {e}"))?;
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(format!("`{text}` did not finish within {COMMAND_TIMEOUT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    child.stdout.take().map(|mut s| s.read_to_string(&mut stdout));
-    child.stderr.take().map(|mut s| s.read_to_string(&mut stderr));
-    if !status.success() {
-        return Err(format!("`{text}` failed ({status}):\n{stdout}{stderr}"));
-    }
-    Ok(stdout)
-}
-
 /// Checks one answer (see the module docs of [`integration_tests::tour`]).
-fn check_answer(command: &TourCommand, output: &str) -> Result<(), String> {
-    if output.trim().is_empty() {
-        return Err("it printed nothing".into());
-    }
+fn check_answer(command: &TourCommand, output: &str, check: Check) -> Result<(), String> {
     let json: Option<Value> = serde_json::from_str(output).ok();
     if let Some(expect) = &command.expect {
         let expected = tour::parse_expected(expect)?;
-        let actual = json.ok_or("not JSON, but the README shows a JSON answer")?;
+        let actual = json.ok_or("not JSON, but a JSON answer is shown")?;
         return tour::matches(&expected, &actual);
     }
-    match json.as_ref().map(tour::answer_errors) {
-        Some(errors) if !errors.is_empty() => Err(errors.join("; ")),
-        _ => Ok(()),
+    if let Some(shown) = &command.shown {
+        tour::same_shape(shown, output)?;
+    }
+    match check {
+        Check::Shown => Ok(()),
+        Check::Strict if output.trim().is_empty() => Err("it printed nothing".into()),
+        Check::Strict => match json.as_ref().map(tour::answer_errors) {
+            Some(errors) if !errors.is_empty() => Err(errors.join("; ")),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -251,6 +246,75 @@ fn ready(node: &str) -> bool {
 fn signal(pid: i32, signal: i32) {
     // SAFETY: kill(2) has no memory effects; a stale pid only yields ESRCH.
     unsafe { libc::kill(pid, signal) };
+}
+
+/// One bash process that runs a tour's commands one after another, as a user's terminal would:
+/// a variable one command sets is there for the next. Each command's output goes to files of
+/// its own, and its exit status to a file that appears when it is done.
+struct Shell {
+    bash: Child,
+    input: std::process::ChildStdin,
+    dir: tempfile::TempDir,
+    count: usize,
+}
+
+impl Shell {
+    /// Starts bash in `cwd` (files the commands write, such as backups, land there).
+    fn start(cwd: &Path) -> Result<Shell, String> {
+        let mut bash = Command::new("bash")
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run bash: {e}"))?;
+        let input = bash.stdin.take().ok_or("bash has no stdin")?;
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        Ok(Shell { bash, input, dir, count: 0 })
+    }
+
+    /// Runs `text` and returns what it printed on stdout; an error if it failed or hung.
+    fn run(&mut self, text: &str) -> Result<String, String> {
+        use std::io::Write as _;
+        self.count += 1;
+        let file = |name: &str| self.dir.path().join(format!("{name}.{}", self.count));
+        let (out, err, status) = (file("out"), file("err"), file("status"));
+        let script = format!(
+            "{{\n{text}\n}} >'{}' 2>'{}' </dev/null; echo $? >'{}.part'; mv '{}.part' '{}'\n",
+            out.display(),
+            err.display(),
+            status.display(),
+            status.display(),
+            status.display()
+        );
+        self.input
+            .write_all(script.as_bytes())
+            .and_then(|()| self.input.flush())
+            .map_err(|e| format!("bash went away: {e}"))?;
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let code = loop {
+            if let Ok(code) = std::fs::read_to_string(&status) {
+                break code.trim().to_string();
+            }
+            if Instant::now() > deadline {
+                return Err(format!("`{text}` did not finish within {COMMAND_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+        if code != "0" {
+            let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+            return Err(format!("`{text}` failed (exit status {code}):\n{stdout}{stderr}"));
+        }
+        Ok(stdout)
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.bash.kill();
+        let _ = self.bash.wait();
+    }
 }
 
 /// A process of the group, from `/proc`.
