@@ -85,6 +85,17 @@ pub async fn start_cluster(
     quiet: bool,
 ) -> anyhow::Result<Vec<LocalNode>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A port already taken would let the readiness checks below reach whatever holds it (say
+    // another `keel local`) and call this cluster ready while its own node has exited.
+    let last = u32::from(base_port) + 2 * u32::try_from(voters + learners).unwrap_or(u32::MAX);
+    for port in u32::from(base_port)..last.min(u32::from(u16::MAX) + 1) {
+        let port = u16::try_from(port).unwrap_or(u16::MAX);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!(
+                "127.0.0.1:{port} is in use (another keel local?); stop it or pick another --base-port"
+            );
+        }
+    }
     let mut nodes = Vec::new();
     for id in 1..=voters + learners {
         let node = spawn_node(dir, id, base_port, id > voters, extra)?;
