@@ -128,6 +128,8 @@ impl Harness {
             max_result_rows: 10_000,
             max_result_bytes: 1 << 20,
             statement_time: Duration::from_millis(100),
+            // The schema's ON DELETE CASCADE must run, as with `keel serve --fk`.
+            foreign_keys: true,
         });
         let request = WriteRequest {
             statements: SCHEMA.iter().map(|s| Statement::new(*s)).collect(),

@@ -17,6 +17,11 @@
 //!   file REPLACES the database (every user table, view, index and trigger is dropped first,
 //!   as rqlite does); SQL text is executed as it is. Progress is logged.
 //!
+//! The answer has rqlite's shape (see [`load_answer`]): `{"results": []}` for a SQLite file;
+//! for SQL text, `/db/execute`'s answer with one result, the counters the text's last statement
+//! left or the error that stopped it (rqlite runs the whole text as one statement). Keel adds
+//! its counters beside `results`.
+//!
 //! IMPLEMENTATION CAVEATS: a load is not atomic beyond one batch: if it fails half way (a bad
 //! statement, a lost leadership), the batches before stay applied and the answer says how many
 //! statements were; loading again from the start is safe for a SQLite file (it replaces). A
@@ -393,7 +398,7 @@ async fn load(
         })
     };
     drop(tx);
-    let (mut statements, mut batches, mut lsn) = (0u64, 0u64, 0);
+    let mut progress = Progress::default();
     let failure = loop {
         let Some(batch) = rx.recv().await else { break None };
         let batch = match batch {
@@ -410,28 +415,29 @@ async fn load(
         };
         match node.leader.write(request, durability).await {
             Ok(outcome) => {
-                if let Some((i, msg)) =
-                    outcome.results.iter().enumerate().find_map(|(i, r)| match r {
-                        sql::StatementResult::Error(m) => Some((i, m.clone())),
-                        _ => None,
-                    })
-                {
-                    let body = json!({
-                        "error": format!("statement {} of the load failed: {msg}; that batch was rolled back", statements + i as u64 + 1),
-                        "statements_applied": statements,
-                        "lsn": lsn,
-                    });
-                    break Some(json_response(StatusCode::BAD_REQUEST, &body, false));
+                let error = outcome.results.iter().enumerate().find_map(|(i, r)| match r {
+                    sql::StatementResult::Error(m) => Some((i, m.clone())),
+                    _ => None,
+                });
+                if let Some((i, message)) = error {
+                    progress.failed = Some((progress.statements + i as u64 + 1, message));
+                    break None;
                 }
-                statements += n;
-                batches += 1;
-                lsn = outcome.lsn;
-                if batches % PROGRESS_EVERY == 0 {
-                    tracing::info!(batches, statements, lsn, "load progress");
+                progress.statements += n;
+                progress.batches += 1;
+                progress.lsn = outcome.lsn;
+                progress.last = outcome.results.last().cloned();
+                if progress.batches % PROGRESS_EVERY == 0 {
+                    tracing::info!(
+                        progress.batches,
+                        progress.statements,
+                        progress.lsn,
+                        "load progress"
+                    );
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, statements, "load stopped");
+                tracing::warn!(error = %e, progress.statements, "load stopped");
                 break Some(write_error(e));
             }
         }
@@ -441,16 +447,103 @@ async fn load(
     if let Some(r) = failure {
         return r;
     }
-    tracing::info!(statements, batches, lsn, took = ?started.elapsed(), "load finished");
-    let body = json!({
-        "results": [],
-        "statements": statements,
-        "batches": batches,
+    let answer = load_answer(&progress, kind, bytes, started.elapsed(), p.has("timings"));
+    match &progress.failed {
+        Some((statement, error)) => {
+            tracing::warn!(statement, error = %error, applied = progress.statements, "load failed");
+        }
+        None => tracing::info!(
+            progress.statements,
+            progress.batches,
+            progress.lsn,
+            took = ?started.elapsed(),
+            "load finished"
+        ),
+    }
+    answer.map_or_else(
+        |body| json_response(StatusCode::BAD_REQUEST, &body, false),
+        |body| json_response(StatusCode::OK, &body, p.has("pretty")),
+    )
+}
+
+/// How far a load got.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Statements applied (of the batches that succeeded).
+    statements: u64,
+    /// Batches applied.
+    batches: u64,
+    /// The log index of the last batch applied, 0 before the first.
+    lsn: u64,
+    /// The result of the last statement applied.
+    last: Option<sql::StatementResult>,
+    /// The failed statement (1-based position among the statements run) and its error; its
+    /// batch was rolled back.
+    failed: Option<(u64, String)>,
+}
+
+/// The answer to a load that ran to its end or to a failing statement: `Ok` for 200, `Err` for
+/// 400.
+///
+/// rqlite (`http/service.go`, `handleLoad`) answers a SQLite file with `{"results": []}`, and runs
+/// SQL text as ONE statement of an execute request (`RollbackOnError`), so its answer is
+/// `/db/execute`'s with one result: the counters the text's last statement left, or the error
+/// that stopped it, with 200 either way. Keel answers the same `results` and adds its counters:
+/// `statements`, `batches`, `bytes`, `lsn`, `time`; after a failure `statements_applied` (the
+/// statements before the failing one's batch, which stay applied) and `failed_statement`.
+/// A failing statement of a SQLite file's load (rqlite's cannot fail that way) answers 400 with
+/// Keel's `error`.
+fn load_answer(
+    progress: &Progress,
+    kind: LoadKind,
+    bytes: u64,
+    took: std::time::Duration,
+    timings: bool,
+) -> Result<serde_json::Value, serde_json::Value> {
+    let time = took.as_secs_f64();
+    let format = sql::Format { timings, ..sql::Format::default() };
+    if let Some((statement, message)) = &progress.failed {
+        if kind == LoadKind::Sqlite {
+            return Err(json!({
+                "error": format!("statement {statement} of the load failed: {message}; that batch was rolled back"),
+                "statements_applied": progress.statements,
+                "lsn": progress.lsn,
+            }));
+        }
+        return Ok(json!({
+            "results": [sql::StatementResult::Error(message.clone()).to_json(&format, false)],
+            "statements_applied": progress.statements,
+            "failed_statement": statement,
+            "batches": progress.batches,
+            "bytes": bytes,
+            "lsn": progress.lsn,
+            "time": time,
+        }));
+    }
+    let results = match kind {
+        LoadKind::Sqlite => json!([]),
+        LoadKind::Text => {
+            let last = match &progress.last {
+                Some(sql::StatementResult::Exec { last_insert_id, rows_affected, .. }) => {
+                    sql::StatementResult::Exec {
+                        last_insert_id: *last_insert_id,
+                        rows_affected: *rows_affected,
+                        time,
+                    }
+                }
+                _ => sql::StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time },
+            };
+            json!([last.to_json(&format, false)])
+        }
+    };
+    Ok(json!({
+        "results": results,
+        "statements": progress.statements,
+        "batches": progress.batches,
         "bytes": bytes,
-        "lsn": lsn,
-        "time": started.elapsed().as_secs_f64(),
-    });
-    json_response(StatusCode::OK, &body, p.has("pretty"))
+        "lsn": progress.lsn,
+        "time": time,
+    }))
 }
 
 /// Writes a request body to `path` chunk by chunk; returns its size.
@@ -602,8 +695,29 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     if !status.is_success() {
         anyhow::bail!("restore failed: HTTP {status}: {body}");
     }
+    if let Some(error) = load_error(&body) {
+        anyhow::bail!("restore failed: {error}: {body}");
+    }
     eprintln!("restored from {}: {body}", args.file.display());
     Ok(())
+}
+
+/// The error a load's 200 answer reports, if any: a statement of SQL text that failed (in
+/// `results`, as rqlite reports it), or a request-level `error`.
+fn load_error(body: &str) -> Option<String> {
+    let answer: serde_json::Value = serde_json::from_str(body).ok()?;
+    if let Some(error) = answer["error"].as_str() {
+        return Some(error.to_string());
+    }
+    let results = answer["results"].as_array()?;
+    let error = results.iter().find_map(|r| r["error"].as_str())?;
+    Some(match answer["failed_statement"].as_u64() {
+        Some(n) => format!(
+            "statement {n} failed: {error}; its batch was rolled back, {} statements before it stay applied",
+            answer["statements_applied"]
+        ),
+        None => error.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -632,6 +746,26 @@ mod tests {
         let mut w = ChunkWriter { tx, buf: Vec::new() };
         let err = w.write_all(&vec![0u8; CHUNK]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn load_errors() {
+        assert_eq!(load_error(r#"{"results":[{"last_insert_id":3}],"lsn":4}"#), None);
+        assert_eq!(load_error(r#"{"results":[]}"#), None);
+        assert_eq!(load_error("not json"), None);
+        assert_eq!(
+            load_error(
+                r#"{"results":[{"error":"no such table: x"}],"failed_statement":7,"statements_applied":5}"#
+            )
+            .as_deref(),
+            Some(
+                "statement 7 failed: no such table: x; its batch was rolled back, 5 statements before it stay applied"
+            )
+        );
+        assert_eq!(
+            load_error(r#"{"results":[],"error":"leader not found"}"#).as_deref(),
+            Some("leader not found")
+        );
     }
 
     #[test]

@@ -161,6 +161,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         ensure_certs(&dir, total)?;
         extra = vec!["--tls-dir".to_string(), dir.display().to_string()];
     }
+    if args.fk {
+        extra.push("--fk".to_string());
+    }
     let start =
         start_cluster(&args.data_dir, args.nodes, args.learners, args.base_port, &extra, false);
     let mut nodes = tokio::select! {

@@ -190,6 +190,12 @@ pub struct ServeArgs {
     /// return; more is an error for that statement.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_result_bytes: usize,
+    /// Enforce foreign key constraints (and run their ON DELETE/ON UPDATE actions) in client
+    /// SQL, as rqlite's `-fk`; off by default, as there. The leader enforces them; what its
+    /// statements did reaches every node as rows, so replicas stay identical either way. Give
+    /// every node the same setting: whichever node leads decides.
+    #[arg(long)]
+    pub fk: bool,
     /// Plants a known bug, to show that the fault harness (`keel-chaos`) catches it. Never
     /// use it for data you care about.
     #[arg(long, hide = true, value_enum)]
@@ -232,6 +238,9 @@ pub struct LocalArgs {
     /// `<data-dir>/tls` by `keel certs` if missing.
     #[arg(long)]
     pub tls: bool,
+    /// Start every node with `--fk`: foreign key constraints enforced.
+    #[arg(long)]
+    pub fk: bool,
 }
 
 /// Parses a durability mode (`semi-sync`, `sync`, `replicas:K`).

@@ -26,6 +26,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_result_rows: args.max_result_rows,
         max_result_bytes: args.max_result_bytes,
         statement_time: args.max_statement_time,
+        foreign_keys: args.fk,
     });
     let readers = db.readers(args.readers.max(1)).context("opening read connections")?;
     let image_source = db.image_source();

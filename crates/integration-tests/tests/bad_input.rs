@@ -25,10 +25,11 @@ fn assert_refused(c: &TestCluster, node: NodeId, statement: serde_json::Value) {
 /// Malformed bodies, SQL errors and statements a replicated database must refuse (ATTACH,
 /// explicit transactions, VACUUM, writable PRAGMAs, writes through the read endpoint), sent to
 /// the leader and to a follower. No node crashes, nothing refused is applied anywhere, and the
-/// cluster still takes writes afterwards.
+/// cluster still takes writes afterwards. The nodes run with `--fk`, to show that a client's
+/// `PRAGMA foreign_keys=OFF` cannot turn enforcement off.
 #[test]
 fn bad_input_is_refused_and_the_cluster_carries_on() {
-    let c = TestCluster::start(3, 0);
+    let c = TestCluster::start_with(3, 0, &["--fk"]);
     let leader = c.leader();
     let follower = c.followers(leader)[0];
     c.execute_ok(

@@ -96,10 +96,11 @@ fn writes_through_leader_and_follower_reach_every_node() {
 /// Statements whose effects a naive statement-shipping replica would get wrong: functions with
 /// random or time-dependent results, tables without a primary key, AUTOINCREMENT, triggers,
 /// cascading foreign keys, DDL inside a request, a transaction that fails midway, WITHOUT ROWID
-/// tables and BLOBs. Every node must end with the leader's exact database.
+/// tables and BLOBs. Every node must end with the leader's exact database. The nodes run with
+/// `--fk`, so that the cascade happens on the leader and reaches the others as rows.
 #[test]
 fn tricky_statements_replicate_identically() {
-    let c = TestCluster::start(3, 0);
+    let c = TestCluster::start_with(3, 0, &["--fk"]);
     let leader = c.leader();
     let follower = c.followers(leader)[0];
 

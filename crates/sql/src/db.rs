@@ -56,9 +56,19 @@
 //! to be exact, a scope whose SQL may contain DDL cuts the session when it starts, so no op cut
 //! inside it holds changes from before it. Nothing else needs undoing because nothing commits.
 //!
-//! Results: `Exec` with `rows_affected` (`sqlite3_changes`, only for statements that write rows)
-//! and `last_insert_id` (only for statements that insert), or `Rows` when the request asked for
-//! rows (`/db/request`) and the statement returns columns. Errors are per statement; with
+//! Results: `Exec` with `last_insert_id` and `rows_affected` read from the connection right after
+//! the statement (`sqlite3_last_insert_rowid`, `sqlite3_changes`), whatever the statement was, as
+//! rqlite reports them; or `Rows` when the request asked for rows (`/db/request`) and the
+//! statement returns columns. A statement that inserts or writes no rows (DDL, a SELECT sent as a
+//! write) therefore shows what the last one that did left, possibly in an earlier request: every
+//! request runs on this one connection in log order, as on rqlite's single write connection.
+//! Keel's own statements between client statements (savepoints, reads of the schema and of
+//! `sqlite_sequence`) leave both values alone; the writes of `apply` run on the other connection.
+//! A group run again after a statement that ended the transaction (below) starts from the rowid
+//! the first attempt started from; `sqlite3_changes` cannot be set back, so a statement before
+//! the first row write of such a group shows the thrown-away attempt's count. The client
+//! connection is new after a restart or an install, and a new leader's has not run the records
+//! it applied: there both values start at 0. Errors are per statement; with
 //! `transaction` the request stops at its first error and its effects vanish, without it every
 //! statement is attempted and a failing one has no effect. A transaction request whose
 //! statements leave a deferred foreign-key violation fails with "FOREIGN KEY constraint failed"
@@ -73,8 +83,9 @@
 //! ## How `apply` keeps replicas identical
 //!
 //! `Db` holds two connections to the file, each set up once for its job: client SQL runs on one
-//! with foreign keys, triggers and defensive mode on; records are applied on the other, with
-//! triggers disabled (`SQLITE_DBCONFIG_ENABLE_TRIGGER` off) and foreign keys off, because the
+//! with triggers and defensive mode on, and foreign keys as [`Limits::foreign_keys`] says (`keel
+//! serve --fk`); records are applied on the other, with triggers disabled
+//! (`SQLITE_DBCONFIG_ENABLE_TRIGGER` off) and foreign keys off, because the
 //! changesets already contain what triggers and cascades did on the leader, and defensive mode
 //! off (see below). Switching one connection between the two settings expired every prepared
 //! statement twice per batch (SQLite expires them on any such change), so each batch prepared
@@ -198,8 +209,8 @@ pub struct Apply<'a> {
 /// * `conn` is open on `generation`, which is the generation `CURRENT` names and the one
 ///   `live` holds; one `Db` per directory.
 pub struct Db {
-    /// The connection client SQL runs on (speculation, retries' lookups, dumps): foreign keys,
-    /// triggers and defensive mode on, values capped by `limits`.
+    /// The connection client SQL runs on (speculation, retries' lookups, dumps): triggers and
+    /// defensive mode on, foreign keys as `limits` says, values capped by `limits`.
     conn: Connection,
     /// The connection records are applied on: foreign keys, triggers and defensive mode off.
     applier: Connection,
@@ -211,7 +222,7 @@ pub struct Db {
     limits: Limits,
     /// The authorizer's verdicts on client statements in `conn`'s statement cache.
     verdicts: Verdicts,
-    /// Whether `conn`'s value cap matches `limits`.
+    /// Whether `conn`'s value cap and foreign-key setting match `limits`.
     capped: bool,
     /// The database directory.
     dir: PathBuf,
@@ -302,8 +313,13 @@ impl Db {
         conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         conn.execute_batch(META_SCHEMA)?;
         conn.execute_batch(answers::SCHEMA)?;
+        // Client statements see the connection's counters (see the module docs); the first one
+        // must not see the setup's insert: a DELETE of no row sets sqlite3_changes() to 0.
+        conn.execute_batch("DELETE FROM _keel_meta WHERE 0")?;
+        set_last_insert_rowid(&conn, 0);
         limits::harden(&conn)?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, true)?;
+        // Foreign keys follow `Limits::foreign_keys`, set before client SQL runs (`execute`).
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, false)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
         let policy = Policy::default();
         policy.install(&mut conn)?;
@@ -426,6 +442,8 @@ impl Db {
         self.end_transaction();
         if !self.capped {
             limits::cap_values(&self.conn, Some(&self.limits))?;
+            self.conn
+                .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, self.limits.foreign_keys)?;
             self.capped = true;
         }
         self.verdicts.check_schema(&self.conn)?;
@@ -437,7 +455,11 @@ impl Db {
             .map(|(request, _)| request)
             .collect();
         let mut skip: BTreeMap<(usize, usize), String> = BTreeMap::new();
+        let last_rowid = self.conn.last_insert_rowid();
         let attempt = loop {
+            // A retry starts from the rowid the first attempt started from, so that results
+            // do not show what the thrown-away attempt inserted.
+            set_last_insert_rowid(&self.conn, last_rowid);
             let outcome = Speculator::run(
                 Checks {
                     policy: &self.policy,
@@ -1069,7 +1091,7 @@ impl<'c> Speculator<'c> {
         if let Err(error) = binder.bind(prepared) {
             return Ok(StatementResult::Error(error));
         }
-        let result = self.run_dml(prepared, observed, rows, time);
+        let result = self.run_dml(prepared, rows, time);
         if !result.is_error()
             && let Some(error) = self.check_primary_keys(&observed.written)?
         {
@@ -1082,7 +1104,6 @@ impl<'c> Speculator<'c> {
     fn run_dml(
         &self,
         prepared: &mut rusqlite::Statement<'_>,
-        observed: &Observed,
         rows: bool,
         time: Duration,
     ) -> StatementResult {
@@ -1112,13 +1133,16 @@ impl<'c> Speculator<'c> {
             }
         }
         drop(armed);
+        self.counters()
+    }
+
+    /// An `Exec` result with the connection's counters as the statement just run left them:
+    /// `sqlite3_last_insert_rowid` and `sqlite3_changes`, whatever the statement was, as rqlite
+    /// reports them (see the module docs).
+    fn counters(&self) -> StatementResult {
         StatementResult::Exec {
-            last_insert_id: if observed.inserts { self.conn.last_insert_rowid() } else { 0 },
-            rows_affected: if observed.dml {
-                i64::try_from(self.conn.changes()).unwrap_or(i64::MAX)
-            } else {
-                0
-            },
+            last_insert_id: self.conn.last_insert_rowid(),
+            rows_affected: i64::try_from(self.conn.changes()).unwrap_or(i64::MAX),
             time: 0.0,
         }
     }
@@ -1206,7 +1230,7 @@ impl<'c> Speculator<'c> {
             _ => {}
         }
         self.ops.push(Op::Ddl(text));
-        Ok(StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time: 0.0 })
+        Ok(self.counters())
     }
 }
 
@@ -1245,6 +1269,14 @@ fn cacheable(observed: &Observed, sql: &str) -> bool {
 fn internal(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())
+}
+
+/// Sets the connection's `sqlite3_last_insert_rowid()`.
+fn set_last_insert_rowid(conn: &Connection, rowid: i64) {
+    // SAFETY: the handle is valid while `conn` lives (it is borrowed for the call), and the
+    // call only stores an integer in the connection, which no other thread uses meanwhile
+    // (`Connection` is not `Sync`).
+    unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(conn.handle(), rowid) }
 }
 
 /// Steps a statement until it is done, discarding rows.

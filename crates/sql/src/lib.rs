@@ -69,13 +69,14 @@
 //!   holds a whole database in memory. An install renames the image, so the image must be on
 //!   the database directory's file system to be free (otherwise it is copied first).
 //! * A load is a sequence of ordinary writes: each batch is atomic, the whole load is not, and
-//!   rows load with foreign keys enforced (see [`load`]).
+//!   rows load with foreign keys enforced when they are on (see [`load`]).
 //! * Replicas must run the same SQLite version as the leader for DDL (including `CREATE TABLE
 //!   … AS SELECT` and `ANALYZE`) to produce identical results; the bundled SQLite guarantees
 //!   this for one build of Keel.
-//! * Results differ from rqlite in two small ways: `last_insert_id` and `rows_affected` are 0
-//!   for statements that do not insert or write rows (rqlite reports the connection's last
-//!   values), and a failing statement never leaves partial effects.
+//! * `last_insert_id` and `rows_affected` are the client connection's values after each
+//!   statement, as rqlite reports them; they carry over from one request to the next on the
+//!   leader, and start at 0 on a new leader (see [`db`]). A failing statement never leaves
+//!   partial effects.
 
 pub mod answers;
 pub mod backup;

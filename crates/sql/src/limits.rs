@@ -29,7 +29,8 @@ use rusqlite::Connection;
 use rusqlite::config::DbConfig;
 use rusqlite::limits::Limit;
 
-/// Per-statement limits of a node, set with [`crate::Db::set_limits`].
+/// Per-statement limits of a node, and how its client SQL runs, set with
+/// [`crate::Db::set_limits`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// The most rows one statement may return.
@@ -39,6 +40,10 @@ pub struct Limits {
     /// The longest one client statement may run before it is interrupted. A request may ask for
     /// less (`db_timeout`), never for more.
     pub statement_time: Duration,
+    /// Enforce foreign keys (and run their actions) in client SQL: `keel serve --fk`, off by
+    /// default as rqlite's `-fk`. Only the leader's speculation enforces them; the effects of
+    /// foreign-key actions are in the records, which every node applies with foreign keys off.
+    pub foreign_keys: bool,
 }
 
 impl Default for Limits {
@@ -47,6 +52,7 @@ impl Default for Limits {
             max_result_rows: 1_000_000,
             max_result_bytes: 64 << 20,
             statement_time: Duration::from_secs(30),
+            foreign_keys: false,
         }
     }
 }

@@ -33,9 +33,10 @@
 //!
 //! IMPLEMENTATION CAVEATS
 //!
-//! * Rows load with foreign keys enforced (the leader speculates with them on). Tables are
-//!   loaded parents first, but rows of a table referencing later rows of itself, or tables in a
-//!   reference cycle, can fail with a foreign key error; so can dropping such tables.
+//! * With foreign keys on (`keel serve --fk`, [`crate::Limits::foreign_keys`]) rows load with
+//!   them enforced. Tables are loaded parents first, but rows of a table referencing later rows
+//!   of itself, or tables in a reference cycle, can then fail with a foreign key error; so can
+//!   dropping such tables.
 //! * The `sqlite_sequence` and `sqlite_stat1` tables themselves stay in the target once they
 //!   exist (SQLite does not drop them), and `user_version` is not copied.
 //! * Virtual tables are created and their rows inserted through them, which rebuilds a full-text

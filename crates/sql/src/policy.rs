@@ -51,11 +51,6 @@ pub(crate) struct Observed {
     pub(crate) creates_table_from_select: bool,
     /// Functions called, lower-case, each with whether the call sits inside a view or trigger.
     pub(crate) functions: Vec<(String, bool)>,
-    /// The statement itself (not a trigger) inserts, updates or deletes rows, so
-    /// `sqlite3_changes` describes it.
-    pub(crate) dml: bool,
-    /// The statement itself inserts rows, so `sqlite3_last_insert_rowid` describes it.
-    pub(crate) inserts: bool,
     /// Client tables the statement (or a trigger it fires) inserts into or updates, lower-case.
     pub(crate) written: Vec<String>,
     /// Read mode: the statement would change the database or connection state.
@@ -203,21 +198,11 @@ fn authorize(state: &mut State, ctx: &AuthContext<'_>) -> Authorization {
     if mode == Mode::Off {
         return Authorization::Allow;
     }
-    let top_level = ctx.accessor.is_none();
     if let AuthAction::Insert { table_name } | AuthAction::Update { table_name, .. } = ctx.action {
         let lower = table_name.to_ascii_lowercase();
         if !lower.starts_with("sqlite_") && !state.observed.written.contains(&lower) {
             state.observed.written.push(lower);
         }
-    }
-    if let AuthAction::Insert { table_name }
-    | AuthAction::Update { table_name, .. }
-    | AuthAction::Delete { table_name } = ctx.action
-        && top_level
-        && !SCHEMA_TABLES.iter().any(|t| t.eq_ignore_ascii_case(table_name))
-    {
-        state.observed.dml = true;
-        state.observed.inserts |= matches!(ctx.action, AuthAction::Insert { .. });
     }
     let verdict = verdict(state, ctx);
     if mode == Mode::Read {
@@ -242,7 +227,7 @@ fn authorize(state: &mut State, ctx: &AuthContext<'_>) -> Authorization {
         }
         Verdict::Ddl(target) => {
             state.ddl_seen = true;
-            if top_level {
+            if ctx.accessor.is_none() {
                 state.observed.ddl = true;
                 if let Some(target) = target {
                     state.observed.targets.push(target);
@@ -373,6 +358,9 @@ fn pragma(name: &str, value: Option<&str>, schema: Option<&str>) -> Verdict {
                 Verdict::Ddl(None)
             }
         }
+        Some(_) if name == "foreign_keys" => Verdict::Deny(
+            "PRAGMA foreign_keys = … is not supported: foreign keys are a node setting (keel serve --fk), the same on every node".to_string(),
+        ),
         Some(_) if known => Verdict::Deny(format!(
             "PRAGMA {name} = … is not supported: it changes connection or file settings, which are not replicated"
         )),

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use rusqlite::config::DbConfig;
 use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::{Batch, Connection, OpenFlags, OptionalExtension as _};
 
@@ -328,6 +329,9 @@ impl Reader {
         let policy = Policy::default();
         policy.install(&mut conn)?;
         let watchdog = Watchdog::install(&mut conn)?;
+        // Reads never write, so this only decides what `PRAGMA foreign_keys` answers: the same
+        // as on the client connection, as rqlite's read-only connection does.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, limits.foreign_keys)?;
         conn.set_prepared_statement_cache_capacity(verdicts::STATEMENT_CACHE);
         Ok(Reader {
             conn,

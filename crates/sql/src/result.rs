@@ -33,12 +33,14 @@ pub struct Format {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StatementResult {
-    /// A statement that changed (or could have changed) rows.
+    /// A statement run as a write, whatever it did.
     Exec {
-        /// The rowid of the row this statement inserted last, or 0 if it inserted none.
+        /// `sqlite3_last_insert_rowid()` after the statement: the rowid of the last row
+        /// inserted into a rowid table on the connection, by this statement or an earlier one.
         last_insert_id: i64,
-        /// The rows this statement inserted, updated or deleted (`sqlite3_changes`, so rows
-        /// changed by triggers and foreign-key actions do not count); 0 for other statements.
+        /// `sqlite3_changes()` after the statement: the rows the last INSERT, UPDATE or DELETE
+        /// on the connection (this statement or an earlier one) changed itself, not through
+        /// triggers or foreign-key actions.
         rows_affected: i64,
         /// Execution time in seconds.
         time: f64,

@@ -6,7 +6,8 @@
 //! Keel's (`_keel_*`); shadow tables of virtual tables (FTS) are left to their virtual table,
 //! whose rows are copied through it. Tables are ordered parents before children by their
 //! foreign keys, so that rows load with foreign keys enforced (as they are when `Db::execute`
-//! runs them); tables in a foreign-key cycle keep their schema order.
+//! runs them with `Limits::foreign_keys` on); tables in a foreign-key cycle keep their schema
+//! order.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

@@ -14,6 +14,8 @@
 //!   `/db/request` would, marking a request answered as a retry with `[duplicate of lsn N]`,
 //!   then the record, whose stored answers show as `request ID: RESULTS`. The record is applied
 //!   at the next index (`index N` when the group has an id, to read duplicates against).
+//! * `fk true|false` — foreign keys in client SQL on both databases (`keel serve --fk`; off
+//!   until set, as in `keel serve`), for the requests and queries that follow.
 //! * `skip N` — the next record is applied N indexes later (e.g. to cross the retention window).
 //! * `requests [on=leader|replica]` — lists the stored request answers (`_keel_requests`).
 //! * `apply [on=leader|replica|both]` — applies the last record again.
@@ -186,6 +188,15 @@ impl goldenscript::Runner for Runner {
                 args.reject_next()?;
                 self.execute(apply, on[1], format)?
             }
+            "fk" => {
+                let on: bool = args.next_pos().ok_or("true or false not given")?.parse()?;
+                args.reject_next()?;
+                let limits = sql::Limits { foreign_keys: on, ..sql::Limits::default() };
+                self.leader.set_limits(limits);
+                self.replica.set_limits(limits);
+                self.readers = [self.leader.readers(2)?, self.replica.readers(2)?];
+                String::new()
+            }
             "skip" => {
                 let n: u64 = args.next_pos().ok_or("count not given")?.parse()?;
                 args.reject_next()?;
@@ -318,11 +329,13 @@ scripts!(
     autoincrement,
     capture,
     ddl,
+    foreign_keys,
     nondeterminism,
     params,
     query,
     rejected,
     requests,
+    results,
     transactions,
     triggers
 );
