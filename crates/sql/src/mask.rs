@@ -246,8 +246,12 @@ fn name_of(sql: &str, token: &Token) -> Option<String> {
     let text = &sql[token.start..token.end];
     match token.kind {
         Kind::Word => Some(text.to_string()),
-        Kind::Quoted if text.len() >= 2 => {
-            let (open, inner) = (text.as_bytes()[0], &text[1..text.len() - 1]);
+        Kind::Quoted => {
+            // An unterminated identifier runs to the end of the text, without its closing quote.
+            let open = text.as_bytes()[0];
+            let close = if open == b'[' { ']' } else { char::from(open) };
+            let inner = &text[1..];
+            let inner = inner.strip_suffix(close).unwrap_or(inner);
             Some(match open {
                 b'"' => inner.replace("\"\"", "\""),
                 b'`' => inner.replace("``", "`"),
@@ -560,7 +564,10 @@ impl Statement<'_> {
             let token = &self.tokens[arg];
             let text = &self.sql[token.start..token.end];
             let value = match token.kind {
-                Kind::Str => text[1..text.len().saturating_sub(1).max(1)].replace("''", "'"),
+                Kind::Str => {
+                    let inner = &text[1..];
+                    inner.strip_suffix('\'').unwrap_or(inner).replace("''", "'")
+                }
                 _ => name_of(self.sql, token).unwrap_or_else(|| text.to_string()),
             };
             sql.push_str(&format!("({})", quote(&value)));
@@ -691,6 +698,23 @@ mod tests {
     #[test_case("SELECT * FROM _keel_meta", "SELECT * FROM _keel_meta"; "keel read is the authorizer's")]
     fn rewrites(sql: &str, expected: &str) {
         assert_eq!(masked(sql), expected);
+    }
+
+    /// No text makes `mask` panic: every prefix of texts with quotes, comments and multi-byte
+    /// characters cut at every place.
+    #[test]
+    fn never_panics() {
+        for text in [
+            "PRAGMA table_list = 'é'",
+            "PRAGMA main.table_list(\"é\")",
+            "SELECT * FROM [sqlite_master] WHERE name = 'é' -- é\n",
+            "SELECT * FROM `é`.sqlite_master /* é */; WITH RECURSIVE x AS (SELECT 1) SELECT * FROM pragma_table_list(\"é\") é",
+            "CREATE TRIGGER é AFTER INSERT ON t BEGIN SELECT 'é'; END; SELECT _keel_é FROM main.sqlite_schema",
+        ] {
+            for (end, _) in text.char_indices().chain([(text.len(), ' ')]) {
+                let _ = mask(&text[..end]);
+            }
+        }
     }
 
     #[test]

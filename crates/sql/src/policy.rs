@@ -693,6 +693,33 @@ mod tests {
         }
     }
 
+    /// Full-text tables read and write their shadow tables (and FTS3/4 look at the schema)
+    /// from statements of their own, prepared while the client's statement is prepared or
+    /// steps; none of that is refused.
+    #[test_case("fts4")]
+    #[test_case("fts5")]
+    fn full_text_tables_still_work(module: &str) {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        let policy = Policy::default();
+        policy.install(&mut conn).unwrap();
+        for (mode, sql) in [
+            (Mode::Write, format!("CREATE VIRTUAL TABLE ft USING {module} (body)")),
+            (Mode::Write, "INSERT INTO ft (body) VALUES ('hello world')".to_string()),
+            (Mode::Read, "SELECT rowid FROM ft WHERE ft MATCH 'hello'".to_string()),
+            (Mode::Write, "DELETE FROM ft WHERE rowid = 1".to_string()),
+            (Mode::Write, "DROP TABLE ft".to_string()),
+        ] {
+            policy.begin(mode);
+            let prepared = conn.prepare(&sql);
+            assert_eq!(policy.take().denied, None, "{sql}");
+            let mut prepared = prepared.unwrap();
+            let stepping = policy.stepping();
+            let outcome = prepared.raw_query().next().map(|_| ());
+            assert_eq!(stepping.refusal(), None, "{sql}");
+            outcome.unwrap();
+        }
+    }
+
     #[test_case("CREATE INDEX _keel_i ON t (v)")]
     #[test_case("CREATE TRIGGER _keel_tr AFTER INSERT ON t BEGIN SELECT 1; END")]
     #[test_case("CREATE VIEW _keel_v AS SELECT 1")]
