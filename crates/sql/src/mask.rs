@@ -35,7 +35,8 @@
 //! that read (it only allows reads of `sqlite_master` made through the CTE). Statements that
 //! cannot carry a WITH clause are not rewritten: `CREATE VIEW` and `CREATE TRIGGER` that name a
 //! listing or a `_keel_*` object are refused instead ([`Masked::Refused`]), because their body
-//! would be resolved later, outside any rewrite. `rowid` of the shadowed `sqlite_master` is not
+//! would be resolved later, outside any rewrite. (An unqualified column named `_keel_…` in
+//! such a body is refused too: the scanner cannot tell it from a table.) `rowid` of the shadowed `sqlite_master` is not
 //! available (a CTE has none).
 
 use std::borrow::Cow;
@@ -368,7 +369,10 @@ impl Statement<'_> {
         let mut listed = None;
         for i in 0..self.tokens.len() {
             let Some(name) = self.name(i) else { continue };
-            if name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("_keel_")) {
+            // `x._keel_…` is a column of x, not one of Keel's tables.
+            if name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("_keel_"))
+                && !self.punct(i.wrapping_sub(1), b'.')
+            {
                 keel.get_or_insert(name.clone());
             }
             let Some(listing) = Listing::of(&name) else { continue };
@@ -696,6 +700,11 @@ mod tests {
         "after trigger"
     )]
     #[test_case("SELECT * FROM _keel_meta", "SELECT * FROM _keel_meta"; "keel read is the authorizer's")]
+    #[test_case(
+        "CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET n = new._keel_n; END",
+        "CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET n = new._keel_n; END";
+        "qualified column named like keel"
+    )]
     fn rewrites(sql: &str, expected: &str) {
         assert_eq!(masked(sql), expected);
     }
