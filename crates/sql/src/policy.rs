@@ -629,7 +629,14 @@ mod tests {
         }
         let mut prepared = prepared.unwrap();
         let stepping = policy.stepping();
-        let outcome = prepared.raw_query().next().map(|_| ());
+        let mut rows = prepared.raw_query();
+        let outcome = loop {
+            match rows.next() {
+                Ok(Some(_)) => {}
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
         let denied = stepping.refusal();
         match outcome {
             Ok(()) => None,
