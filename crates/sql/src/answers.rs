@@ -25,7 +25,9 @@
 //! `_keel_requests (id TEXT PRIMARY KEY, lsn INTEGER NOT NULL, results TEXT NOT NULL)` holds the
 //! log index of the entry that carried the request and its results as JSON (the serde form of
 //! [`StatementResult`], see [`encode`]). An index on `lsn` keeps pruning cheap. Clients cannot
-//! write it (the authorizer denies writes and DDL on `_keel_*` tables), and dumps leave it out.
+//! read or write it, nor see it listed (the authorizer refuses every client action on `_keel_*`
+//! tables and `mask` hides them from `sqlite_master`): one client's stored results are no
+//! other client's business. Dumps and backups leave it out.
 //!
 //! ## Retention
 //!

@@ -38,6 +38,7 @@
 //! BEGIN IMMEDIATE; remember sqlite_sequence
 //! for each request:            (transaction=true: SAVEPOINT keel_request)
 //!   for each statement:        (transaction=false: SAVEPOINT keel_statement)
+//!     mask the text (`mask`: listings of the schema leave Keel's tables out)
 //!     prepare (the authorizer in `policy` denies what cannot be replicated, spots DDL)
 //!     DML → step; the session records the rows
 //!     DDL → cut: session changeset → Op::Changes; run the DDL under a side session that
@@ -128,6 +129,7 @@ use crate::error::{Error, Result};
 use crate::generation::{self, Generation, Live};
 use crate::image::{self, ImageSource};
 use crate::limits::{self, Limits, ResultBudget, Watchdog};
+use crate::mask::{Masked, mask};
 use crate::policy::{Mode, Observed, Policy, leading_keyword};
 use crate::readers::Readers;
 use crate::result::{StatementResult, error_message};
@@ -975,9 +977,13 @@ impl<'c> Speculator<'c> {
         let rows = request.rows;
         let time = self.checks.limits.time_for(request.timeout);
         let mut binder = Binder::new(&statement.params);
+        let sql = match mask(&statement.sql) {
+            Masked::Text(sql) => sql,
+            Masked::Refused(reason) => return Ok(Ran::Result(StatementResult::Error(reason))),
+        };
         if let Some(observed) = self.checks.verdicts.get(&statement.sql) {
             let conn = self.conn;
-            let mut prepared = match conn.prepare_cached(&statement.sql) {
+            let mut prepared = match conn.prepare_cached(&sql) {
                 Ok(prepared) => prepared,
                 Err(error) => {
                     return Ok(Ran::Result(StatementResult::Error(error_message(&error))));
@@ -991,7 +997,7 @@ impl<'c> Speculator<'c> {
                 Err(ended) => ended,
             });
         }
-        let mut batch = Batch::new(self.conn, &statement.sql);
+        let mut batch = Batch::new(self.conn, &sql);
         let mut last = None;
         let mut count = 0;
         let mut verdict = None;
@@ -1111,6 +1117,9 @@ impl<'c> Speculator<'c> {
         // Armed only while the client's statement steps: Keel's own statements around it must
         // never be interrupted.
         let armed = watchdog.arm(time);
+        let stepping = self.checks.policy.stepping();
+        let message =
+            |error: &rusqlite::Error| stepping.refusal().unwrap_or_else(|| watchdog.message(error));
         if rows && prepared.column_count() > 0 {
             let mut budget = ResultBudget::new(self.checks.limits);
             return match encode::read_rows(prepared, &mut budget) {
@@ -1120,7 +1129,7 @@ impl<'c> Speculator<'c> {
                     values: rows.values,
                     time: 0.0,
                 },
-                Err(ReadError::Sqlite(error)) => StatementResult::Error(watchdog.message(&error)),
+                Err(ReadError::Sqlite(error)) => StatementResult::Error(message(&error)),
                 Err(ReadError::Limit(error)) => StatementResult::Error(error),
             };
         }
@@ -1129,7 +1138,7 @@ impl<'c> Speculator<'c> {
             match query.next() {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(error) => return StatementResult::Error(watchdog.message(&error)),
+                Err(error) => return StatementResult::Error(message(&error)),
             }
         }
         drop(armed);
@@ -1210,15 +1219,17 @@ impl<'c> Speculator<'c> {
         )?;
         let outcome = {
             let _armed = self.checks.watchdog.arm(time);
-            step_to_end(prepared)
+            let stepping = self.checks.policy.stepping();
+            step_to_end(prepared).map_err(|error| (stepping.refusal(), error))
         };
         // Statements cached under the old schema are stale now, and again after the rollback.
         self.checks.verdicts.forget(self.conn);
         let side_changes = if outcome.is_ok() { Some(side.changeset()) } else { None };
         drop(side);
         self.session = Some(new_session(self.conn)?);
-        if let Err(error) = outcome {
-            return Ok(StatementResult::Error(self.checks.watchdog.message(&error)));
+        if let Err((refusal, error)) = outcome {
+            let message = refusal.unwrap_or_else(|| self.checks.watchdog.message(&error));
+            return Ok(StatementResult::Error(message));
         }
         match side_changes {
             Some(Ok(changes)) if !changes.is_empty() => self.ops.push(Op::Changes(changes)),

@@ -37,7 +37,10 @@
 //! * [`changes`]: changesets decoded into named row changes, for the change stream.
 //! * [`answers`]: the stored answers of requests with a request id (`_keel_requests`), so that a
 //!   retry is answered with the original results and `lsn` instead of running twice.
-//! * `policy`: the SQLite authorizer deciding what client SQL may do and spotting DDL.
+//! * `mask`: client statements that list the schema (`sqlite_master`, `PRAGMA table_list`, …)
+//!   rewritten to leave Keel's `_keel_*` tables out.
+//! * `policy`: the SQLite authorizer deciding what client SQL may do and spotting DDL; it also
+//!   refuses every client access to Keel's tables.
 //! * `determinism`: rejects `CREATE TABLE … AS SELECT` that would differ between replicas.
 //! * `session`: the unsafe FFI wrapper over SQLite's session extension.
 //! * [`readers`]: [`Readers`], the read-only connection pool, following installs.
@@ -90,6 +93,7 @@ mod generation;
 pub mod image;
 pub mod limits;
 pub mod load;
+mod mask;
 mod policy;
 pub mod readers;
 pub mod result;

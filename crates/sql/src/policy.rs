@@ -19,12 +19,22 @@
 //! the determinism check in `determinism`). In [`Mode::Read`] nothing but `load_extension()` is
 //! denied; instead actions that make a statement not read-only are recorded.
 //!
+//! In every client mode, and in [`Mode::Step`] while a client statement steps
+//! ([`Policy::stepping`]), Keel's bookkeeping stays out of reach ([`concealed`]): reads of
+//! `_keel_*` tables (through views and triggers too), pragmas about them, and reads of
+//! `sqlite_master`/`sqlite_stat1` other than through the filtering CTE that `mask` puts in front
+//! of client statements are refused with a reason; new objects named `_keel_*` are refused
+//! too. SQLite's own statements inside a schema change read `sqlite_master` with no accessor,
+//! after the DDL action; those are allowed.
+//!
 //! Not reported by the authorizer, hence checked by [`leading_keyword`] on the statement text:
 //! `VACUUM` (incl. `VACUUM INTO`) and `REINDEX` without arguments.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+
+use crate::mask;
 
 /// How the authorizer treats the statement being prepared.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,6 +46,8 @@ pub(crate) enum Mode {
     Write,
     /// A client statement on a read connection.
     Read,
+    /// A client statement stepping (see [`Policy::stepping`]): only Keel's tables are guarded.
+    Step,
 }
 
 /// What the authorizer saw while one client statement was prepared.
@@ -97,6 +109,16 @@ impl Policy {
         *state = State { mode, ..State::default() };
     }
 
+    /// Guards a prepared client statement while it steps, until the returned value is dropped
+    /// (then the authorizer is off). SQLite calls the authorizer while a statement steps when a
+    /// table-valued pragma (`pragma_table_info(?)`) prepares its pragma, whose argument is only
+    /// known then, and when a statement is prepared again after a schema change; in this mode
+    /// only the rules that keep Keel's tables hidden apply (see [`concealed`]).
+    pub(crate) fn stepping(&self) -> Stepping<'_> {
+        self.begin(Mode::Step);
+        Stepping { policy: self }
+    }
+
     /// Returns what was observed since [`Policy::begin`] and switches the authorizer off.
     pub(crate) fn take(&self) -> Observed {
         let mut state = self.lock();
@@ -109,6 +131,26 @@ impl Policy {
     /// Locks the state; a poisoned lock is still usable (the state is plain data).
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The authorizer in [`Mode::Step`] while this lives (see [`Policy::stepping`]).
+pub(crate) struct Stepping<'p> {
+    /// The policy to switch off when dropped.
+    policy: &'p Policy,
+}
+
+impl Stepping<'_> {
+    /// The reason the authorizer refused something while the statement stepped, if it did:
+    /// the statement's error then is this reason rather than SQLite's "not authorized".
+    pub(crate) fn refusal(&self) -> Option<String> {
+        self.policy.lock().observed.denied.clone()
+    }
+}
+
+impl Drop for Stepping<'_> {
+    fn drop(&mut self) {
+        self.policy.take();
     }
 }
 
@@ -205,6 +247,16 @@ fn authorize(state: &mut State, ctx: &AuthContext<'_>) -> Authorization {
         }
     }
     let verdict = verdict(state, ctx);
+    if matches!(verdict, Verdict::Ddl(_)) {
+        state.ddl_seen = true;
+    }
+    if let Some(reason) = concealed(state, ctx) {
+        state.observed.denied.get_or_insert(reason);
+        return Authorization::Deny;
+    }
+    if mode == Mode::Step {
+        return Authorization::Allow;
+    }
     if mode == Mode::Read {
         // Reads deny only what could load code; anything else that is not a plain read just
         // marks the statement as not read-only.
@@ -226,7 +278,6 @@ fn authorize(state: &mut State, ctx: &AuthContext<'_>) -> Authorization {
             Authorization::Deny
         }
         Verdict::Ddl(target) => {
-            state.ddl_seen = true;
             if ctx.accessor.is_none() {
                 state.observed.ddl = true;
                 if let Some(target) = target {
@@ -310,16 +361,71 @@ fn verdict(state: &mut State, ctx: &AuthContext<'_>) -> Verdict {
         A::CreateVtable { table_name, .. } | A::DropVtable { table_name, .. } => {
             ddl_on(table_name, true)
         }
-        A::CreateIndex { table_name, .. }
-        | A::DropIndex { table_name, .. }
-        | A::CreateTrigger { table_name, .. }
-        | A::DropTrigger { table_name, .. } => ddl_on(table_name, false),
+        A::CreateIndex { index_name: name, table_name }
+        | A::CreateTrigger { trigger_name: name, table_name } => {
+            if is_keel(name) { Verdict::Deny(reserved(name)) } else { ddl_on(table_name, false) }
+        }
+        A::DropIndex { table_name, .. } | A::DropTrigger { table_name, .. } => {
+            ddl_on(table_name, false)
+        }
         A::CreateView { view_name } | A::DropView { view_name } => ddl_on(view_name, false),
         A::Reindex { .. } => Verdict::Ddl(None),
         // ANALYZE visits every table, Keel's included; the statistics are deterministic.
         A::Analyze { .. } => Verdict::Ddl(None),
         _ => Verdict::Deny("this kind of statement is not supported".into()),
     }
+}
+
+/// Whether a client action would reveal Keel's bookkeeping, and the reason to refuse it. Applies
+/// in every client mode, [`Mode::Step`] included:
+///
+/// * reading a `_keel_*` table, directly or through a view or trigger (SQLite reports the
+///   underlying table, with the view or trigger as accessor);
+/// * a pragma about a `_keel_*` object (`PRAGMA table_info(_keel_meta)`, also as the
+///   table-valued `pragma_table_info('_keel_meta')`, whose pragma runs while stepping);
+/// * reading `sqlite_master` or `sqlite_stat1`, which list Keel's tables, other than through
+///   the filtering CTE `mask` puts in front of a client statement (the CTE is the accessor) or
+///   by SQLite's own statements inside a schema change (no accessor, after the DDL action):
+///   this refuses views and triggers over them and any spelling `mask` missed.
+fn concealed(state: &State, ctx: &AuthContext<'_>) -> Option<String> {
+    match ctx.action {
+        AuthAction::Read { table_name, .. } if is_keel(table_name) => Some(internal(table_name)),
+        AuthAction::Pragma { pragma_value: Some(value), .. } if is_keel(value) => {
+            Some(internal(value))
+        }
+        AuthAction::Read { table_name, .. } => {
+            let lower = table_name.to_ascii_lowercase();
+            let cte = match lower.as_str() {
+                "sqlite_master" | "sqlite_schema" => mask::MASTER_CTE,
+                "sqlite_stat1" => mask::STAT1_CTE,
+                _ => return None,
+            };
+            if ctx.database_name.is_some_and(|db| !db.eq_ignore_ascii_case("main")) {
+                return None;
+            }
+            match ctx.accessor {
+                Some(accessor) if accessor == cte => None,
+                // SQLite's own statements: those of a schema change, and while stepping (where
+                // a statement prepared again is one that passed these rules, and ANALYZE
+                // reloads the statistics).
+                None if state.ddl_seen || state.mode == Mode::Step => None,
+                _ => Some(format!(
+                    "reading {lower} is only supported by name in a client statement, not through a view or trigger: it lists Keel's internal tables"
+                )),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The refusal of an action on Keel's table (or index) `name`.
+fn internal(name: &str) -> String {
+    format!("{name} is an internal table of Keel")
+}
+
+/// The refusal of a new object named like Keel's.
+fn reserved(name: &str) -> String {
+    format!("{name}: names starting with {KEEL_PREFIX} are reserved for Keel's internal tables")
 }
 
 /// Rules for a row write (INSERT/UPDATE/DELETE) to `table`; `in_ddl` when the statement is a
@@ -481,6 +587,141 @@ mod tests {
         let observed = observe(Mode::Read, sql);
         assert_eq!(observed.writes, writes);
         assert_eq!(observed.denied, None);
+    }
+
+    const KEEL: &str = "_keel_meta is an internal table of Keel";
+    const VIA_VIEW: &str = "reading sqlite_master is only supported by name in a client statement, not through a view or trigger: it lists Keel's internal tables";
+
+    /// Prepares `sql` (after `mask`) in `mode` on a database with a view over `_keel_meta` and
+    /// one over `sqlite_master` (made before the rules existed), steps it under
+    /// [`Policy::stepping`], and returns the first refusal, if any.
+    fn refusal(mode: Mode, sql: &str) -> Option<String> {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE TABLE _keel_meta (id);
+             CREATE VIEW old_keel AS SELECT * FROM _keel_meta;
+             CREATE VIEW old_master AS SELECT * FROM sqlite_master;",
+        )
+        .unwrap();
+        let policy = Policy::default();
+        policy.install(&mut conn).unwrap();
+        let sql = match mask::mask(sql) {
+            mask::Masked::Text(sql) => sql.into_owned(),
+            mask::Masked::Refused(reason) => return Some(reason),
+        };
+        policy.begin(mode);
+        let prepared = conn.prepare(&sql);
+        let observed = policy.take();
+        if let Some(denied) = observed.denied {
+            return Some(denied);
+        }
+        let mut prepared = prepared.unwrap();
+        let stepping = policy.stepping();
+        let mut rows = prepared.raw_query();
+        let outcome = loop {
+            match rows.next() {
+                Ok(Some(_)) => {}
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        let denied = stepping.refusal();
+        match outcome {
+            Ok(()) => None,
+            Err(error) => Some(denied.unwrap_or_else(|| error.to_string())),
+        }
+    }
+
+    #[test_case("SELECT * FROM _keel_meta", Some(KEEL))]
+    #[test_case("SELECT * FROM old_keel", Some(KEEL); "through a view")]
+    #[test_case(
+        "SELECT (SELECT count(*) FROM \"_KEEL_META\")",
+        Some("_KEEL_META is an internal table of Keel")
+    )]
+    #[test_case("PRAGMA table_info(_keel_meta)", Some(KEEL))]
+    #[test_case("PRAGMA index_list('_keel_meta')", Some(KEEL))]
+    #[test_case("SELECT * FROM pragma_table_info('_keel_meta')", Some(KEEL); "pragma function")]
+    #[test_case("SELECT * FROM old_master", Some(VIA_VIEW))]
+    #[test_case("SELECT * FROM sqlite_master", None; "masked")]
+    #[test_case("SELECT * FROM main.sqlite_schema", None; "masked schema")]
+    #[test_case("PRAGMA table_list", None)]
+    #[test_case("SELECT * FROM pragma_table_info('t')", None)]
+    #[test_case("PRAGMA table_info(t)", None)]
+    fn concealed_in_every_mode(sql: &str, expected: Option<&str>) {
+        for mode in [Mode::Read, Mode::Write] {
+            assert_eq!(refusal(mode, sql).as_deref(), expected, "{mode:?}: {sql}");
+        }
+    }
+
+    /// Reads of `sqlite_master` that did not go through `mask` are refused; SQLite's own reads
+    /// inside schema changes are not.
+    #[test_case("SELECT * FROM sqlite_master", Some(VIA_VIEW))]
+    #[test_case("CREATE TABLE c AS SELECT 1 AS a", None)]
+    #[test_case("CREATE TABLE u (a)", None)]
+    #[test_case("CREATE INDEX i ON t (v)", None)]
+    #[test_case("ALTER TABLE t ADD COLUMN w", None)]
+    #[test_case("ALTER TABLE t RENAME TO t2", None)]
+    #[test_case("ALTER TABLE t RENAME COLUMN v TO w", None)]
+    #[test_case("ALTER TABLE t DROP COLUMN v", None)]
+    #[test_case("CREATE VIEW w AS SELECT * FROM t", None)]
+    #[test_case("CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END", None)]
+    #[test_case("DROP VIEW old_master", None)]
+    #[test_case("DROP TABLE t", None)]
+    #[test_case("ANALYZE", None)]
+    fn unmasked_reads_of_the_schema(sql: &str, refusal: Option<&str>) {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE TABLE _keel_meta (id);
+             CREATE VIEW old_master AS SELECT * FROM sqlite_master;",
+        )
+        .unwrap();
+        let policy = Policy::default();
+        policy.install(&mut conn).unwrap();
+        policy.begin(Mode::Write);
+        let prepared = conn.prepare(sql);
+        let denied = policy.take().denied;
+        assert_eq!(denied.as_deref(), refusal, "{sql}");
+        if refusal.is_none() {
+            let mut prepared = prepared.unwrap();
+            let _stepping = policy.stepping();
+            prepared.raw_query().next().unwrap();
+        }
+    }
+
+    /// Full-text tables read and write their shadow tables (and FTS3/4 look at the schema)
+    /// from statements of their own, prepared while the client's statement is prepared or
+    /// steps; none of that is refused.
+    #[test_case("fts4")]
+    #[test_case("fts5")]
+    fn full_text_tables_still_work(module: &str) {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        let policy = Policy::default();
+        policy.install(&mut conn).unwrap();
+        for (mode, sql) in [
+            (Mode::Write, format!("CREATE VIRTUAL TABLE ft USING {module} (body)")),
+            (Mode::Write, "INSERT INTO ft (body) VALUES ('hello world')".to_string()),
+            (Mode::Read, "SELECT rowid FROM ft WHERE ft MATCH 'hello'".to_string()),
+            (Mode::Write, "DELETE FROM ft WHERE rowid = 1".to_string()),
+            (Mode::Write, "DROP TABLE ft".to_string()),
+        ] {
+            policy.begin(mode);
+            let prepared = conn.prepare(&sql);
+            assert_eq!(policy.take().denied, None, "{sql}");
+            let mut prepared = prepared.unwrap();
+            let stepping = policy.stepping();
+            let outcome = prepared.raw_query().next().map(|_| ());
+            assert_eq!(stepping.refusal(), None, "{sql}");
+            outcome.unwrap();
+        }
+    }
+
+    #[test_case("CREATE INDEX _keel_i ON t (v)")]
+    #[test_case("CREATE TRIGGER _keel_tr AFTER INSERT ON t BEGIN SELECT 1; END")]
+    #[test_case("CREATE VIEW _keel_v AS SELECT 1")]
+    #[test_case("CREATE INDEX i ON _keel_meta (id)")]
+    fn keel_names_are_reserved(sql: &str) {
+        let denied = observe(Mode::Write, sql).denied.unwrap();
+        assert!(denied.contains("_keel_"), "{sql}: {denied}");
     }
 
     #[test_case("  VACUUM", "VACUUM")]

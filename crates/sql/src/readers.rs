@@ -11,7 +11,9 @@
 //! error `attempt to change database via query operation`, detected before it runs from
 //! `sqlite3_stmt_readonly` plus the authorizer (`policy`, read mode), which also catches what
 //! `sqlite3_stmt_readonly` calls read-only but is not a query: ATTACH, BEGIN/COMMIT, SAVEPOINT,
-//! pragma assignments; and VACUUM by its keyword.
+//! pragma assignments; and VACUUM by its keyword. Client text goes through `mask` first, and
+//! statements step under `policy`'s step mode, so Keel's `_keel_*` tables stay out
+//! of reach here as on the leader.
 //!
 //! `query` blocks the calling thread (call it from `spawn_blocking`) while it waits for a free
 //! connection and runs the statements. Not done here: consistency levels (the caller waits for
@@ -41,6 +43,7 @@ use crate::encode::{self, ReadError};
 use crate::error::Result;
 use crate::generation::{Generation, Live};
 use crate::limits::{self, Limits, ResultBudget, Watchdog};
+use crate::mask::{Masked, mask};
 use crate::policy::{Mode, Policy, leading_keyword};
 use crate::result::{StatementResult, error_message};
 use crate::statement::{Binder, Statement};
@@ -422,8 +425,12 @@ impl Reader {
         let _armed = self.watchdog.arm(time);
         let mut binder = Binder::new(&statement.params);
         let mut last = None;
+        let sql = match mask(&statement.sql) {
+            Masked::Text(sql) => sql,
+            Masked::Refused(reason) => return StatementResult::Error(reason),
+        };
         if self.verdicts.get(&statement.sql).is_some() {
-            let mut prepared = match self.conn.prepare_cached(&statement.sql) {
+            let mut prepared = match self.conn.prepare_cached(&sql) {
                 Ok(prepared) => prepared,
                 Err(error) => return StatementResult::Error(error_message(&error)),
             };
@@ -433,7 +440,7 @@ impl Reader {
             }
             return conclude(last, &binder, start);
         }
-        let mut batch = Batch::new(&self.conn, &statement.sql);
+        let mut batch = Batch::new(&self.conn, &sql);
         let mut count = 0;
         let mut verdict = None;
         loop {
@@ -478,15 +485,22 @@ impl Reader {
         limits: &Limits,
     ) -> std::result::Result<encode::Rows, StatementResult> {
         binder.bind(prepared).map_err(StatementResult::Error)?;
+        let stepping = self.policy.stepping();
         encode::read_rows(prepared, &mut ResultBudget::new(limits)).map_err(|error| match error {
-            ReadError::Sqlite(error) => StatementResult::Error(self.watchdog.message(&error)),
+            ReadError::Sqlite(error) => StatementResult::Error(
+                stepping.refusal().unwrap_or_else(|| self.watchdog.message(&error)),
+            ),
             ReadError::Limit(error) => StatementResult::Error(error),
         })
     }
 
     /// Whether all SQL statements in `sql` are read-only.
     fn is_read_only(&self, sql: &str) -> bool {
-        let mut batch = Batch::new(&self.conn, sql);
+        let Masked::Text(sql) = mask(sql) else {
+            // Refused: the leader answers with the reason.
+            return false;
+        };
+        let mut batch = Batch::new(&self.conn, &sql);
         loop {
             self.policy.begin(Mode::Read);
             let next = batch.next();

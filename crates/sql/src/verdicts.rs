@@ -8,6 +8,9 @@
 //! client mode. A text found here is taken from the statement cache and run with the stored
 //! verdict, without parsing it or calling the authorizer again.
 //!
+//! Verdicts are keyed on the client's text; the statement cache holds the text `mask`
+//! made of it (the same one for the same text), which is what was prepared and judged.
+//!
 //! Only texts that hold exactly one statement with a clean verdict are kept: nothing denied,
 //! no schema change, no `VACUUM`/`REINDEX` (those need their text), and on read connections
 //! nothing that writes. Everything else takes the full path every time.

@@ -517,3 +517,64 @@ fn answers_travel_in_snapshots() {
     assert_eq!(retry.duplicates, vec![Some(2)]);
     assert_eq!(retry.results, first.results);
 }
+
+/// The `name` column of `results[i]`'s rows.
+fn names_in(results: &[StatementResult], i: usize) -> Vec<String> {
+    match &results[i] {
+        StatementResult::Rows { values, .. } => {
+            values.iter().map(|row| row[1].as_str().unwrap_or_default().to_string()).collect()
+        }
+        other => panic!("statement {i}: {other:?}"),
+    }
+}
+
+/// Keel's tables stay out of client SQL on every path: a write that copies `sqlite_master`
+/// (its masked text is what replicates, so the replica's copy is the same), a write request that
+/// returns rows (`/db/request` on the leader), and the read pool (`/db/query`); reading them is
+/// refused on each.
+#[test]
+fn bookkeeping_is_hidden_on_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let mut replica = Db::open(&dir.path().join("replica")).unwrap();
+    write(
+        &mut leader,
+        &mut [&mut replica],
+        1,
+        &["CREATE TABLE t (a)", "CREATE TABLE copy AS SELECT type, name FROM main.sqlite_master"],
+    );
+    for db in [&leader, &replica] {
+        let results = db
+            .readers(1)
+            .unwrap()
+            .query(
+                &[
+                    Statement::new("SELECT type, name FROM copy ORDER BY name"),
+                    Statement::new("SELECT * FROM sqlite_schema ORDER BY name"),
+                    Statement::new("PRAGMA table_list"),
+                    Statement::new("SELECT * FROM _keel_meta"),
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(names_in(&results, 0), ["t"]);
+        assert_eq!(names_in(&results, 1), ["copy", "t"]);
+        assert!(!names_in(&results, 2).iter().any(|n| n.starts_with("_keel_")), "{results:?}");
+        assert_eq!(
+            results[3],
+            StatementResult::Error("_keel_meta is an internal table of Keel".into())
+        );
+    }
+    let rows = |sql: &str| WriteRequest { rows: true, ..request(&[sql]) };
+    let speculation = leader
+        .execute(&[
+            rows("SELECT * FROM sqlite_master ORDER BY name"),
+            rows("SELECT * FROM _keel_requests"),
+        ])
+        .unwrap();
+    assert_eq!(names_in(&speculation.results[0], 0), ["copy", "t"]);
+    assert_eq!(
+        speculation.results[1],
+        [StatementResult::Error("_keel_requests is an internal table of Keel".into())]
+    );
+}
