@@ -31,7 +31,8 @@
 //!
 //! The database facts come from a read connection (`PRAGMA database_list`, `page_count`,
 //! `page_size`) and the directory sizes from walking the data directory, both on a blocking
-//! thread, so `/status` never waits for the write connection.
+//! thread, so `/status` never waits for the write connection; when no read connection is free
+//! within [`DISK_WAIT`], `/status` answers without them. A `key` outside `store` skips them.
 //!
 //! Not reported (rqlite internals Keel does not have): BoltDB and transport statistics, the
 //! write queue (`http.queue`), CDC and auto-vacuum state, SQLite memory and pool statistics.
@@ -46,6 +47,9 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use crate::http::{Node, Params, json_response};
+
+/// How long `/status` waits for a read connection and the data directory's sizes.
+const DISK_WAIT: Duration = Duration::from_secs(2);
 
 /// What `/status` reports about how the node was started (flags of `keel serve`).
 #[derive(Clone, Debug)]
@@ -78,21 +82,32 @@ pub async fn status(
     Query(p): Query<Vec<(String, String)>>,
 ) -> Response {
     let p = Params(p);
-    let body = document(&node).await;
-    match p.get("key").filter(|k| !k.is_empty()) {
+    let key = p.get("key").filter(|k| !k.is_empty());
+    // Only `store` holds what is read from disk and the database.
+    let disk = key.is_none_or(|k| k == "store" || k.starts_with("store."));
+    let body = document(&node, disk).await;
+    match key {
         // rqlite re-encodes the sub-document compactly, whatever `pretty` says.
         Some(key) => json_response(StatusCode::OK, &sub_json(&body, key), false),
         None => json_response(StatusCode::OK, &body, p.has("pretty")),
     }
 }
 
-/// The whole `/status` document (see the module docs).
-pub async fn document(node: &Node) -> Value {
+/// The whole `/status` document (see the module docs); without `disk`, the facts read from
+/// disk and the database are left out (zero sizes, no `sqlite3` facts but the version).
+pub async fn document(node: &Node, disk: bool) -> Value {
     let s = raft::cluster::state(&node.raft);
     let settings = &node.settings;
-    let disk = {
+    let disk = if disk {
         let (readers, dir) = (node.readers.clone(), node.data_dir.clone());
-        tokio::task::spawn_blocking(move || Disk::read(&readers, &dir)).await.unwrap_or_default()
+        let read = tokio::task::spawn_blocking(move || Disk::read(&readers, &dir));
+        // Every read connection may be busy: answer without the database facts then.
+        match tokio::time::timeout(DISK_WAIT, read).await {
+            Ok(Ok(disk)) => disk,
+            _ => Disk::default(),
+        }
+    } else {
+        Disk::default()
     };
     let mut node_section = json!({
         "start_time": rfc3339(settings.started),
@@ -307,7 +322,6 @@ fn snapshot_json(c: raft::SnapshotCounts) -> Value {
 }
 
 /// What `/status` reads from disk and the database, on a blocking thread.
-#[derive(Default)]
 struct Disk {
     /// Bytes under the data directory.
     dir_size: u64,
@@ -315,6 +329,12 @@ struct Disk {
     log_size: u64,
     /// rqlite's `store.sqlite3` section.
     sqlite: Value,
+}
+
+impl Default for Disk {
+    fn default() -> Disk {
+        Disk { dir_size: 0, log_size: 0, sqlite: json!({ "version": rusqlite::version() }) }
+    }
 }
 
 impl Disk {
