@@ -362,3 +362,30 @@ fn blob_array_and_qualify_columns() {
     assert_eq!(result["columns"], json!(["t.id", "t.b"]), "{}", request.body);
     assert_eq!(result["values"], json!([[1, [222, 173, 190, 239]]]), "{}", request.body);
 }
+
+/// `linearizable_timeout` bounds how long a linearizable read waits for its read index
+/// (rqlite's `QueryRequest.LinearizableTimeout`, `http/service.go` `handleQuery`): with both
+/// followers paused the leader cannot confirm its leadership, and the read is answered 503
+/// once the bound passes.
+#[test]
+fn linearizable_timeout_bounds_the_read_index_wait() {
+    let c = TestCluster::start(3, 0);
+    let leader = c.leader();
+    let followers = c.followers(leader);
+    for &f in &followers {
+        c.pause(f);
+    }
+    let started = std::time::Instant::now();
+    let reply = c.query_with(
+        leader,
+        "SELECT 1",
+        "level=linearizable&linearizable_timeout=10ms&timeout=20s",
+    );
+    let elapsed = started.elapsed();
+    for &f in &followers {
+        c.resume(f);
+    }
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.body.contains("linearizable_timeout"), "{}", reply.body);
+    assert!(elapsed < Duration::from_secs(5), "answered after {elapsed:?}");
+}
