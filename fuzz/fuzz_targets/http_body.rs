@@ -21,9 +21,10 @@
 //!   two-line dispatch on the content type is replicated here; running both branches on every
 //!   input covers either content type.
 //!
-//! Not reachable from a library, hence not fuzzed here: the duration parser of `timeout=`,
-//! `db_timeout=` and `--` flags (`keel`'s `parse_duration`) and the `level=` match, both in the
-//! binary crate.
+//! Not reachable from a library, hence not fuzzed here: rqlite's query-string checks and the Go
+//! duration parser of `timeout=`, `db_timeout=` and the like (`keel`'s `params::validate` and
+//! `params::go_duration`, unit-tested there), the duration parser of `--` flags (`keel`'s
+//! `parse_duration`) and the `level=` match, all in the binary crate.
 //!
 //! Errors are the expected answer to most inputs; the target checks that nothing panics and
 //! that what parses respects the documented limits (`MAX_STATEMENTS`, `MAX_SQL_LEN`, no empty

@@ -8,8 +8,15 @@
 //! - `/db/query` (and read-only `/db/request`): `level=none` reads this node's data; `weak`,
 //!   `linearizable` and `strong` need the leader (forwarded like writes) and pass a Raft barrier
 //!   there first. Reads run on the read-only connection pool, never the write connection.
-//! - `/status`, `/nodes`, `/leader`, `/readyz`: what this node knows of itself and the cluster.
+//! - `/status` ([`crate::status`]), `/nodes`, `/leader`, `/readyz`: what this node knows of
+//!   itself and the cluster.
 //! - `/join`: asked by a starting node to be added (forwarded to the leader).
+//!
+//! Before any handler, every request's query string passes rqlite's checks
+//! ([`crate::params`]), and every answer gets rqlite's headers ([`crate::headers`]). Handlers
+//! honour rqlite's `associative`, `blob_array`, `timings`, `transaction`, `redirect`,
+//! `raft_index`, `qualify_columns`, `db_timeout`, `linearizable_timeout`, `freshness` and
+//! `level`; the others rqlite knows are accepted and ignored (`docs/http-api.md` lists each).
 //!
 //! Every database answer carries `lsn`: the log index of the write's record, or for a read the
 //! index this node had applied when it served it. Errors map to HTTP status in one place,
@@ -27,8 +34,6 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::parse_duration;
-
 /// Header marking a request forwarded by another node, so it is never forwarded twice.
 const FORWARDED: &str = "x-keel-forwarded";
 /// Largest request body accepted.
@@ -44,6 +49,10 @@ const READ_WAIT: Duration = Duration::from_secs(5);
 const INLINE_READ: Duration = Duration::from_millis(1);
 /// How long a forwarded request may take unless `timeout=` says otherwise.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long past the election timeout a follower may go without hearing from its leader before
+/// `/readyz` says the leader cannot be reached (heartbeats come many times per election
+/// timeout; this leaves room for a busy machine).
+const LEADER_SILENCE: Duration = Duration::from_secs(1);
 
 /// What the HTTP handlers share: this node's handles.
 pub struct Node {
@@ -86,6 +95,8 @@ pub struct Node {
     pub(crate) log: raft::LogReader,
     /// How this node reaches other nodes (schemes and TLS clients).
     pub(crate) peers: crate::tls::PeerClients,
+    /// How the node was started, for `/status` and `/readyz`.
+    pub(crate) settings: crate::status::Settings,
 }
 
 /// The handles [`Node::new`] bundles.
@@ -122,6 +133,8 @@ pub struct Parts {
     pub log: raft::LogReader,
     /// How this node reaches other nodes.
     pub peers: crate::tls::PeerClients,
+    /// How the node was started.
+    pub settings: crate::status::Settings,
 }
 
 impl Node {
@@ -146,6 +159,7 @@ impl Node {
             unsafe_stale_reads,
             log,
             peers,
+            settings,
         } = parts;
         Node {
             id,
@@ -167,6 +181,7 @@ impl Node {
             unsafe_stale_reads,
             log,
             peers,
+            settings,
         }
     }
 
@@ -181,7 +196,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/execute", post(execute))
         .route("/db/query", get(query).post(query))
         .route("/db/request", post(request))
-        .route("/status", get(status))
+        .route("/status", get(crate::status::status))
         .route("/nodes", get(nodes))
         .route("/leader", get(get_leader))
         .route("/readyz", get(readyz))
@@ -302,7 +317,7 @@ impl Params {
     pub(crate) fn duration(&self, key: &str) -> Result<Option<Duration>, Response> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => parse_duration(v)
+            Some(v) => crate::params::go_duration(v)
                 .map(Some)
                 .map_err(|_| bad_request(format!("{key} is not a valid duration"))),
         }
@@ -535,6 +550,7 @@ pub(crate) async fn to_leader(node: &Node, p: &Params, req: &Incoming) -> Option
             let status = resp.status();
             let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
             let location = resp.headers().get(header::LOCATION).cloned();
+            let served_by = resp.headers().get(crate::headers::SERVED_BY).cloned();
             match resp.bytes().await {
                 Ok(bytes) => {
                     let mut r = (status, bytes).into_response();
@@ -543,6 +559,9 @@ pub(crate) async fn to_leader(node: &Node, p: &Params, req: &Incoming) -> Option
                     }
                     if let Some(l) = location {
                         r.headers_mut().insert(header::LOCATION, l);
+                    }
+                    if let Some(by) = served_by {
+                        r.headers_mut().insert(crate::headers::SERVED_BY, by);
                     }
                     r
                 }
@@ -575,7 +594,21 @@ async fn execute(
     req: Incoming,
 ) -> Response {
     let p = Params(p);
-    leader_write(&node, &p, &req, false, Instant::now()).await
+    served_by(&node, leader_write(&node, &p, &req, false, Instant::now()).await)
+}
+
+/// Marks a database answer with `X-RQLITE-SERVED-BY`: the Raft address of the node that ran
+/// it. A forwarded answer keeps the leader's; errors other than per-statement ones get none.
+fn served_by(node: &Node, mut response: Response) -> Response {
+    let ok = response.status() == StatusCode::OK;
+    let headers = response.headers_mut();
+    if ok
+        && !headers.contains_key(crate::headers::SERVED_BY)
+        && let Ok(addr) = HeaderValue::from_str(&node.me.raft_addr)
+    {
+        headers.insert(crate::headers::SERVED_BY, addr);
+    }
+    response
 }
 
 /// Routes a write to the leader (forwarding it, or answering 301) and runs it there. If this
@@ -606,6 +639,7 @@ async fn leader_write(
             Ok(s) => s,
             Err(r) => return r,
         };
+        let qualify = (rows && p.has("qualify_columns")).then(|| sql_texts(&statements));
         let request = sql::WriteRequest {
             statements,
             transaction: p.has("transaction"),
@@ -614,8 +648,14 @@ async fn leader_write(
             timeout: db_timeout,
         };
         match node.leader.write(request, durability).await {
-            Ok(outcome) => {
+            Ok(mut outcome) => {
                 node.metrics.writes.inc();
+                if let Some(texts) = qualify {
+                    outcome.results = match qualify_columns(node, texts, outcome.results).await {
+                        Ok(results) => results,
+                        Err(r) => return r,
+                    };
+                }
                 let label = durability.to_string();
                 node.metrics
                     .commit_seconds
@@ -653,7 +693,7 @@ async fn query(
             Err(r) => return r,
         }
     };
-    read(&node, &p, &req, statements, false, start).await
+    served_by(&node, read(&node, &p, &req, statements, false, start).await)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -722,16 +762,31 @@ async fn read(
         Level::Linearizable => {
             // Read index: the leader confirms its leadership with a quorum and names the
             // index to apply through; then this node, whichever it is, reads its own copy.
-            let index = if raft::client::leader_term(&node.raft).is_ok() {
-                raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex)
-                    .await
-                    .map_err(|e| write_error(e.into()))
-            } else {
-                remote_read_index(node).await
+            // `linearizable_timeout` bounds both steps (rqlite's name), else `timeout`.
+            let limit = match p.duration("linearizable_timeout") {
+                Ok(t) => t.unwrap_or(timeout),
+                Err(r) => return r,
             };
+            let index = async {
+                if raft::client::leader_term(&node.raft).is_ok() {
+                    raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex)
+                        .await
+                        .map_err(|e| write_error(e.into()))
+                } else {
+                    remote_read_index(node).await
+                }
+            };
+            let started = Instant::now();
+            let index = tokio::time::timeout(limit, index).await.unwrap_or_else(|_| {
+                Err(unavailable(format!(
+                    "the leader did not confirm a read index within {:.3}s (linearizable_timeout)",
+                    limit.as_secs_f64()
+                )))
+            });
             match index {
                 Ok(index) => {
-                    if let Err(r) = wait_applied(node, index, timeout).await {
+                    let left = limit.saturating_sub(started.elapsed());
+                    if let Err(r) = wait_applied(node, index, left).await {
                         return r;
                     }
                 }
@@ -746,6 +801,7 @@ async fn read(
     }
     let readers = node.readers.clone();
     let transaction = p.has("transaction");
+    let qualify = p.has("qualify_columns").then(|| sql_texts(&statements));
     // The answer's lsn is read from the database AFTER the query: the applied position is
     // committed with the data and only grows, so it covers everything the query saw, and a
     // client that sends it back as min_lsn never reads older data (monotonic reads).
@@ -760,8 +816,14 @@ async fn read(
         }
     };
     match results {
-        Ok(Ok((results, lsn))) => {
+        Ok(Ok((mut results, lsn))) => {
             node.metrics.reads.inc();
+            if let Some(texts) = qualify {
+                results = match qualify_columns(node, texts, results).await {
+                    Ok(results) => results,
+                    Err(r) => return r,
+                };
+            }
             db_answer(results_json(&results, p, in_request), lsn.max(node.applied()), p, start)
         }
         Ok(Err(sql::Error::InvalidInput(m))) => bad_request(m),
@@ -792,9 +854,44 @@ async fn request(
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     if read_only {
-        return read(&node, &p, &req, statements, true, start).await;
+        return served_by(&node, read(&node, &p, &req, statements, true, start).await);
     }
-    leader_write(&node, &p, &req, true, start).await
+    served_by(&node, leader_write(&node, &p, &req, true, start).await)
+}
+
+/// The SQL text of each statement (what [`qualify_columns`] prepares again).
+fn sql_texts(statements: &[sql::Statement]) -> Vec<String> {
+    statements.iter().map(|s| s.sql.clone()).collect()
+}
+
+/// rqlite's `qualify_columns`: each column of a rows result that comes from a table is named
+/// `table.column` (expressions keep their name), as rqlite's `qualifyRowColumns` does with
+/// `sqlite3_column_table_name`. The statements are prepared again on a read connection; a
+/// statement that cannot be prepared there keeps its names, as in rqlite.
+async fn qualify_columns(
+    node: &Node,
+    texts: Vec<String>,
+    mut results: Vec<sql::StatementResult>,
+) -> Result<Vec<sql::StatementResult>, Response> {
+    let readers = node.readers.clone();
+    tokio::task::spawn_blocking(move || {
+        for (text, result) in texts.iter().zip(results.iter_mut()) {
+            if let sql::StatementResult::Rows { columns, .. } = result
+                && !columns.is_empty()
+                && let Ok(tables) = readers.column_tables(text)
+                && tables.len() == columns.len()
+            {
+                for (column, table) in columns.iter_mut().zip(tables) {
+                    if let Some(table) = table.filter(|t| !t.is_empty()) {
+                        *column = format!("{table}.{column}");
+                    }
+                }
+            }
+        }
+        results
+    })
+    .await
+    .map_err(|e| error_response(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 /// Refuses a `level=none` read on a non-leader that has not heard from a leader within
@@ -894,77 +991,8 @@ fn node_json(
     })
 }
 
-/// The snapshot counters of `/status`; indexes are `null` when there is none.
-fn snapshot_json(c: raft::SnapshotCounts) -> Value {
-    let index = |i: u64| if i == 0 { Value::Null } else { json!(i) };
-    json!({
-        "index": index(c.current_index),
-        "size": c.current_size,
-        "built": c.built,
-        "last_built_index": index(c.last_built_index),
-        "sent": c.sent,
-        "send_failures": c.send_failures,
-        "received": c.received,
-        "receive_failures": c.receive_failures,
-        "installed": c.installed,
-        "last_installed_index": index(c.last_installed_index),
-        "bytes_sent": c.bytes_sent,
-        "bytes_received": c.bytes_received,
-    })
-}
-
-async fn status(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, String)>>) -> Response {
-    let p = Params(p);
-    let s = raft::cluster::state(&node.raft);
-    let leader = s.leader_id.and_then(|id| s.members.iter().find(|m| m.id == id));
-    let raft_state = match s.role {
-        raft::cluster::Role::Leader => "Leader",
-        raft::cluster::Role::Follower => "Follower",
-        raft::cluster::Role::Candidate => "Candidate",
-        raft::cluster::Role::Learner => "Learner",
-        raft::cluster::Role::Shutdown => "Shutdown",
-    };
-    let body = json!({
-        "node": {
-            "id": s.id,
-            "role": s.role,
-            "term": s.term,
-            "leader_id": s.leader_id,
-            "last_log_index": s.last_log_index,
-            "commit_index": s.commit_index,
-            "applied_index": s.applied_index,
-            "snapshot_index": s.snapshot_index,
-            "http_addr": node.me.http_addr,
-            "raft_addr": node.me.raft_addr,
-            "stopped": s.stopped,
-        },
-        "cluster": {
-            "members": s.members,
-        },
-        "replication": replication_json(&node, &s),
-        "snapshot": snapshot_json(node.snapshots.read()),
-        // rqlite-compatible subtree, read by existing clients.
-        "store": {
-            "node_id": s.id.to_string(),
-            "leader": {
-                "node_id": leader.map(|l| l.id.to_string()).unwrap_or_default(),
-                "addr": leader.map(|l| l.node.raft_addr.clone()).unwrap_or_default(),
-            },
-            "raft": {
-                "state": raft_state,
-                "term": s.term,
-                "applied_index": s.applied_index,
-                "commit_index": s.commit_index,
-                "last_log_index": s.last_log_index,
-            },
-        },
-        "http": { "bind_addr": node.me.http_addr },
-    });
-    json_response(StatusCode::OK, &body, p.has("pretty"))
-}
-
 /// On the leader, each other member's replication progress; `null` elsewhere.
-fn replication_json(node: &Node, s: &raft::cluster::State) -> Value {
+pub(crate) fn replication_json(node: &Node, s: &raft::cluster::State) -> Value {
     let Some(matched) = &s.matched else { return Value::Null };
     let now = Instant::now();
     let members = s.members.iter().filter(|m| m.id != s.id).map(|m| {
@@ -1040,19 +1068,88 @@ async fn get_leader(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
+/// `GET /readyz`, as rqlite's `handleReadyz`: a plain-text check list, 200 when every check
+/// passes, else 503 at the first that fails.
+///
+/// * `[+]node ok`: the node answers HTTP. With `?noleader`, that is the whole answer.
+/// * `[+]leader ok`: a leader is known (`leader does not exist` otherwise) and reachable: this
+///   node leads, or heard from the leader within the election timeout plus
+///   [`LEADER_SILENCE`] (`leader not contactable` otherwise).
+/// * `[+]store ok`: Raft runs (`store not ready` once it stopped on a fatal error).
+/// * `[+]sync ok`, with `?sync` only: this node has applied what the leader had committed when
+///   it last heard from it (the leader: its own commit index), within `timeout` (30 s).
+/// * `[+]db ok`: the database answers `SELECT 1` on a read connection within `timeout`.
 async fn readyz(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, String)>>) -> Response {
     let p = Params(p);
+    let not_ready = |text: String| (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
     if p.has("noleader") {
         return (StatusCode::OK, "[+]node ok").into_response();
     }
+    let timeout = match p.duration("timeout") {
+        Ok(t) => t.unwrap_or(FORWARD_TIMEOUT),
+        Err(r) => return r,
+    };
     let s = raft::cluster::state(&node.raft);
-    if s.stopped.is_some() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "[+]node ok\n[-]store stopped").into_response();
+    if let Err(why) = leader_reachable(&node, &s) {
+        return not_ready(format!("[+]node ok\n[+]{why}"));
     }
-    match s.leader_id {
-        Some(_) => (StatusCode::OK, "[+]node ok\n[+]leader ok\n[+]store ok").into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "[+]node ok\n[+]leader does not exist")
-            .into_response(),
+    let leading = raft::client::leader_term(&node.raft).is_ok();
+    let contact = node.contact.last();
+    if let Some(reason) = &s.stopped {
+        return not_ready(format!("[+]node ok\n[+]leader ok\n[+]store not ready: {reason}"));
+    }
+    let mut text = String::from("[+]node ok\n[+]leader ok\n[+]store ok");
+    if p.has("sync") {
+        let target = if leading { s.commit_index } else { contact.map_or(0, |(_, c)| c) }.max(1);
+        let mut applied = node.applied.clone();
+        if tokio::time::timeout(timeout, applied.wait_for(|a| *a >= target)).await.is_err() {
+            return not_ready(format!(
+                "{text}\n[+]sync timeout waiting for applied index {target} (applied {})",
+                node.applied()
+            ));
+        }
+        text.push_str("\n[+]sync ok");
+    }
+    let readers = node.readers.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        readers.query_within(&[sql::Statement::new("SELECT 1")], false, Some(timeout))
+    });
+    let answer = match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(Ok(results))) => match results.as_slice() {
+            [sql::StatementResult::Rows { values, .. }] if values == &[vec![json!(1)]] => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {:.3}s", timeout.as_secs_f64())),
+    };
+    match answer {
+        Ok(()) => {
+            text.push_str("\n[+]db ok");
+            (StatusCode::OK, text).into_response()
+        }
+        Err(why) => not_ready(format!("{text}\n[+]db not ok: {why}")),
+    }
+}
+
+/// Whether this node has a leader it can reach: it leads, or it heard from the leader within the
+/// election timeout plus [`LEADER_SILENCE`]. `Err` says why not, in `/readyz`'s words.
+pub(crate) fn leader_reachable(node: &Node, s: &raft::cluster::State) -> Result<(), String> {
+    let Some(leader) = s.leader_id else {
+        return Err("leader does not exist".into());
+    };
+    if leader == node.id && raft::client::leader_term(&node.raft).is_ok() {
+        return Ok(());
+    }
+    match node.contact.last() {
+        None => Err(format!("leader not contactable: node {leader} has not been heard from")),
+        Some((at, _)) if at.elapsed() > node.settings.election_timeout + LEADER_SILENCE => {
+            Err(format!(
+                "leader not contactable: last heard from node {leader} {:.3}s ago",
+                at.elapsed().as_secs_f64()
+            ))
+        }
+        Some(_) => Ok(()),
     }
 }
 

@@ -25,12 +25,15 @@ mod bench_bootstrap;
 mod certs;
 mod changes;
 mod console;
+mod headers;
 mod http;
 mod local;
 mod metrics;
 mod node;
+mod params;
 mod serve;
 mod shell;
+mod status;
 mod tls;
 
 use std::path::PathBuf;
@@ -92,6 +95,11 @@ pub struct ServeArgs {
     /// The Raft address other nodes are told to use, when it differs from `--raft-addr`.
     #[arg(long, value_name = "HOST:PORT")]
     pub raft_adv_addr: Option<String>,
+    /// The value of the `Access-Control-Allow-Origin` header on every client API answer, for
+    /// browser applications served from another origin (rqlite's `-http-allow-origin`), such
+    /// as `https://example.com`. Without it the header is not sent.
+    #[arg(long, value_name = "ORIGIN")]
+    pub http_allow_origin: Option<String>,
     /// Directory for the database, the Raft log and snapshots. Created if missing.
     #[arg(long, default_value = "./keel-data")]
     pub data_dir: PathBuf,

@@ -16,6 +16,11 @@ use crate::http;
 
 /// Runs a node until SIGINT/SIGTERM, or until Raft stops on a fatal error (then exits non-zero).
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (started, started_at) = (std::time::SystemTime::now(), Instant::now());
+    let headers = Arc::new(crate::headers::Headers::new(
+        args.http_allow_origin.as_deref(),
+        args.auth.is_some(),
+    )?);
     let dir = args.data_dir.clone();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
@@ -100,6 +105,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         unsafe_stale_reads: args.unsafe_plant_bug.contains(&crate::PlantedBug::StaleLinearizable),
         log,
         peers: peers.clone(),
+        settings: crate::status::Settings {
+            http_bind: args.http_addr.clone(),
+            auth: args.auth.is_some(),
+            tls: tls.api.is_some(),
+            allow_origin: args.http_allow_origin.clone(),
+            heartbeat: args.heartbeat,
+            election_timeout: args.election_timeout,
+            snapshot_entries: args.snapshot_entries,
+            trailing_logs: args.trailing_logs,
+            started,
+            started_at,
+        },
     }));
 
     let mut node_router = raft::network::router_with(raft.clone(), contact, tls.node.is_some())
@@ -134,7 +151,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .merge(crate::auth::router(auth.clone()))
             .layer(axum::middleware::from_fn_with_state(auth, crate::auth::guard));
     }
-    let client_router = crate::serve::client_layers(client_router, limits);
+    // Outermost: rqlite's headers and preflights, then its parameter checks (both before
+    // authentication, as in rqlite).
+    let client_router = crate::serve::client_layers(client_router, limits)
+        .layer(axum::middleware::from_fn(crate::params::check))
+        .layer(axum::middleware::from_fn_with_state(headers, crate::headers::apply));
     tokio::spawn(crate::serve::serve(http_listener, client_router, limits, tls.api.clone()));
     tokio::spawn(report_applied(args.id, raft.clone(), replica.applied(), peers.clone()));
     tokio::spawn(raft::cluster::log_leadership(raft.clone()));

@@ -23,7 +23,8 @@
 //!   integer (`4.0` → `4`), as Go's encoder does; other values use the shortest form that reads
 //!   back exactly. Infinity becomes `null` (JSON has no infinities).
 //!
-//! Not implemented: rqlite's `qualify_columns` option (column names as `table.column`).
+//! Column names are the statement's own; rqlite's `qualify_columns` (`table.column`) is applied
+//! afterwards by the caller, from [`crate::Readers::column_tables`].
 
 use crate::limits::ResultBudget;
 use rusqlite::types::ValueRef;

@@ -4,7 +4,9 @@
 //! any node, while the apply connection keeps applying. In WAL mode each read transaction sees
 //! one consistent snapshot of committed data, and readers never block the writer (rqlite's
 //! `db/DESIGN.md` uses the same split). [`Readers::is_read_only`] lets `bin` decide whether a
-//! `/db/request` batch can stay here or must go to the leader as a write.
+//! `/db/request` batch can stay here or must go to the leader as a write, and
+//! [`Readers::column_tables`] names the table each result column comes from (rqlite's
+//! `qualify_columns`), by preparing the statement again without running it.
 //!
 //! Every connection is opened `SQLITE_OPEN_READ_ONLY` with `query_only` on, so nothing here can
 //! write even by mistake. A statement that would write is answered with rqlite's per-statement
@@ -221,6 +223,16 @@ impl Readers {
         });
         pool.inline.fetch_sub(1, Ordering::AcqRel);
         outcome
+    }
+
+    /// The table each result column of `sql` comes from, `None` for a column that is not a
+    /// table's (an expression), for rqlite's `qualify_columns`. When `sql` holds several
+    /// statements, the last one's: it is the one whose rows a result holds.
+    pub fn column_tables(&self, sql: &str) -> Result<Vec<Option<String>>> {
+        let reader = self.pool.checkout()?;
+        let tables = reader.column_tables(sql);
+        self.pool.checkin(reader);
+        tables
     }
 
     /// Whether every statement is read-only and may be served by a read connection. A statement
@@ -492,6 +504,26 @@ impl Reader {
             ),
             ReadError::Limit(error) => StatementResult::Error(error),
         })
+    }
+
+    /// See [`Readers::column_tables`]. Statements are prepared, never run.
+    fn column_tables(&self, sql: &str) -> Result<Vec<Option<String>>> {
+        let mut batch = Batch::new(&self.conn, sql);
+        let mut tables = Vec::new();
+        loop {
+            self.policy.begin(Mode::Read);
+            let next = batch.next();
+            self.policy.take();
+            match next? {
+                Some(prepared) => {
+                    tables = prepared
+                        .columns_with_metadata()
+                        .map(|c| c.table_name().map(str::to_string))
+                        .collect();
+                }
+                None => return Ok(tables),
+            }
+        }
     }
 
     /// Whether all SQL statements in `sql` are read-only.
