@@ -152,6 +152,7 @@ pub type Needs = &'static [&'static [Perm]];
 pub fn required(method: &Method, path: &str) -> Needs {
     match (method, path) {
         (_, "/db/execute") => &[&[Perm::Execute]],
+        (_, p) if p.starts_with("/db/queue/") => &[&[Perm::Execute]],
         (_, "/db/query") => &[&[Perm::Query]],
         (_, "/db/request") => &[&[Perm::Query], &[Perm::Execute]],
         (_, "/db/changes") => &[&[Perm::Query]],

@@ -10,6 +10,7 @@
 //!   there first. Reads run on the read-only connection pool, never the write connection.
 //! - `/status`, `/nodes`, `/leader`, `/readyz`: what this node knows of itself and the cluster.
 //! - `/join`: asked by a starting node to be added (forwarded to the leader).
+//! - `/db/execute?queue` and `/db/queue/{n}`: queued writes, handled by [`crate::queue`].
 //!
 //! Every database answer carries `lsn`: the log index of the write's record, or for a read the
 //! index this node had applied when it served it. Errors map to HTTP status in one place,
@@ -86,6 +87,8 @@ pub struct Node {
     pub(crate) log: raft::LogReader,
     /// How this node reaches other nodes (schemes and TLS clients).
     pub(crate) peers: crate::tls::PeerClients,
+    /// The write queue of `/db/execute?queue`.
+    pub(crate) queue: crate::queue::Queue,
 }
 
 /// The handles [`Node::new`] bundles.
@@ -122,6 +125,8 @@ pub struct Parts {
     pub log: raft::LogReader,
     /// How this node reaches other nodes.
     pub peers: crate::tls::PeerClients,
+    /// The write queue of `/db/execute?queue`.
+    pub queue: crate::queue::Queue,
 }
 
 impl Node {
@@ -146,6 +151,7 @@ impl Node {
             unsafe_stale_reads,
             log,
             peers,
+            queue,
         } = parts;
         Node {
             id,
@@ -167,6 +173,7 @@ impl Node {
             unsafe_stale_reads,
             log,
             peers,
+            queue,
         }
     }
 
@@ -181,6 +188,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/execute", post(execute))
         .route("/db/query", get(query).post(query))
         .route("/db/request", post(request))
+        .route("/db/queue/{sequence_number}", get(crate::queue::outcome))
         .route("/status", get(status))
         .route("/nodes", get(nodes))
         .route("/leader", get(get_leader))
@@ -200,6 +208,10 @@ pub fn internal_router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/keel/applied", post(applied_report))
         .route("/keel/read-index", post(read_index))
+        // A batch of another node's queued writes. No body limit of its own: each request in it
+        // passed the client API's limit on that node, and a batch holds at most
+        // --write-queue-batch-size of them.
+        .route("/keel/queue", post(crate::queue::flush_here).layer(DefaultBodyLimit::disable()))
         .with_state(node)
 }
 
@@ -575,6 +587,9 @@ async fn execute(
     req: Incoming,
 ) -> Response {
     let p = Params(p);
+    if p.has("queue") {
+        return crate::queue::enqueue(&node, &p, &req).await;
+    }
     leader_write(&node, &p, &req, false, Instant::now()).await
 }
 
@@ -958,7 +973,7 @@ async fn status(State(node): State<Arc<Node>>, Query(p): Query<Vec<(String, Stri
                 "last_log_index": s.last_log_index,
             },
         },
-        "http": { "bind_addr": node.me.http_addr },
+        "http": { "bind_addr": node.me.http_addr, "queue": node.queue.status_json() },
     });
     json_response(StatusCode::OK, &body, p.has("pretty"))
 }

@@ -82,6 +82,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         raft_addr: advertised(&args.raft_addr, args.raft_adv_addr.as_deref(), "raft")?,
         http_addr: advertised(&args.http_addr, args.http_adv_addr.as_deref(), "http")?,
     };
+    let (queue, queue_receiver) = crate::queue::Queue::new(
+        args.id,
+        crate::queue::Options {
+            capacity: usize::try_from(args.write_queue_capacity).unwrap_or(usize::MAX),
+            batch_size: usize::try_from(args.write_queue_batch_size).unwrap_or(usize::MAX),
+            timeout: args.write_queue_timeout,
+            transaction: args.write_queue_tx,
+            ..Default::default()
+        },
+    );
     let state = Arc::new(http::Node::new(http::Parts {
         id: args.id,
         me: me.clone(),
@@ -99,7 +109,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         unsafe_stale_reads: args.unsafe_plant_bug.contains(&crate::PlantedBug::StaleLinearizable),
         log,
         peers: peers.clone(),
+        queue: queue.clone(),
     }));
+    tokio::spawn(crate::queue::flush::run(state.clone(), queue_receiver));
 
     let mut node_router = raft::network::router_with(raft.clone(), contact, tls.node.is_some())
         .merge(http::internal_router(state.clone()));
@@ -191,10 +203,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match reason {
         None => {
             tracing::info!("shutting down");
+            // Queued writes live in memory: commit them while this node can still reach the
+            // leader (or lead), or say how many are lost.
+            queue.drain(crate::queue::DRAIN).await;
             let _ = raft.shutdown().await;
             Ok(())
         }
         Some(reason) => {
+            queue.report_lost();
             let _ = raft.shutdown().await;
             anyhow::bail!("raft stopped: {reason}")
         }

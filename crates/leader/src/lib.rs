@@ -158,6 +158,37 @@ impl Leader {
         }
     }
 
+    /// Executes `requests` with semi-sync durability, in the given order: every request joins
+    /// the writer's queue before any answer is awaited, so they are speculated in this order
+    /// (usually in one record, since they arrive together). One answer per request, in order.
+    ///
+    /// For callers that hand over several independent writes at once, such as the queue of
+    /// `POST /db/execute?queue`; a request refused because the writer's queue is full gets
+    /// [`Error::Unavailable`] without the others being affected.
+    pub async fn write_all(&self, requests: Vec<sql::WriteRequest>) -> Vec<Result<Outcome>> {
+        let waiting: Vec<_> = requests
+            .into_iter()
+            .map(|request| {
+                let size = request.statements.iter().map(|s| s.sql.len() + 16).sum();
+                let (reply, rx) = oneshot::channel();
+                self.tx
+                    .try_send(Pending { request, size, reply })
+                    .map(|()| rx)
+                    .map_err(|_| Error::Unavailable("write queue full".to_string()))
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            outcomes.push(match w {
+                Ok(rx) => {
+                    rx.await.unwrap_or_else(|_| Err(Error::Internal("writer stopped".to_string())))
+                }
+                Err(e) => Err(e),
+            });
+        }
+        outcomes
+    }
+
     /// The members other than this node (voters and learners).
     fn others(&self) -> Vec<raft::NodeId> {
         let state = raft::cluster::state(&self.raft);
