@@ -1,7 +1,8 @@
 //! The write path: one writer per leader, group commit, speculative execution, conditional
 //! proposal.
 //!
-//! A client write becomes a [`sql::WriteRequest`] and is sent to [`Leader::write`]. One task
+//! A client write becomes a [`sql::WriteRequest`] and is sent to [`Leader::write`] (or, several
+//! at once in a given order, such as a batch of queued writes, to [`Leader::write_all`]). One task
 //! (`run`) owns the write path:
 //!
 //! 1. Take the next batch of queued requests ([`batch::Batch`] decides how many: group commit).
