@@ -676,5 +676,7 @@ mod tests {
             assert!(!required(&method, path).is_empty(), "{method} {path}");
         }
         assert_eq!(required(&Method::GET, "/unknown"), &[&[Perm::All]]);
+        // A queued write's outcome is for those who may queue writes.
+        assert_eq!(required(&Method::GET, "/db/queue/1765050001000000003"), &[&[Perm::Execute]]);
     }
 }

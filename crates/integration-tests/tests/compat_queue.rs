@@ -63,6 +63,8 @@ fn insert(v: &str) -> Value {
 /// `GET /db/queue/{n}` and counts it in `/metrics`. An empty body with `wait` is rqlite's
 /// checkpoint (`queuedExecute` lets `no statements` through when `wait` is set).
 /// `/status` has rqlite's `http.queue._default.sequence_number`, the last number flushed.
+/// A write queued on a follower while the leader is dead is flushed once a new leader is
+/// elected.
 #[test]
 fn queued_writes_commit_and_report_their_outcome() {
     let c = TestCluster::start(3, 0);
@@ -126,6 +128,20 @@ fn queued_writes_commit_and_report_their_outcome() {
     assert!(flushed.as_i64().is_some_and(|n| n >= f2), "{status}");
     assert_eq!(status["http"]["queue"]["_default"]["max_size"], 1024, "rqlite's default");
     c.assert_consistent();
+
+    // The leader dies: a write queued on a follower stays in the follower's queue, its flush is
+    // retried (rqlite's `runQueue` retries the same way), and it commits once, under the new
+    // leader. A client that finds no leader during the election is refused, and retries.
+    c.kill(leader);
+    let seq = wait_for(TIMEOUT, "the follower to accept a queued write", || {
+        let r = queue(&c, follower, "", insert("after-failover"));
+        (r.status == 200).then(|| accepted(&r))
+    });
+    assert_eq!(finished(&c, follower, seq)["state"], "committed");
+    let now = c.leader();
+    assert_ne!(now, leader);
+    let count = c.query(now, "SELECT count(*) FROM q WHERE v = 'after-failover'", Level::Strong);
+    assert_eq!(count.rows(0), vec![vec![json!(1)]], "committed exactly once");
 }
 
 /// A malformed queued request is refused at once with a normal execute's 400 and message
