@@ -1,5 +1,6 @@
-//! One node, wired in one place: database, state machine, Raft, write path, HTTP servers,
-//! bootstrap or join, and shutdown.
+//! One node, wired in one place: database, state machine, Raft, write path, write queue (and
+//! its flusher), HTTP servers, bootstrap or join, and shutdown (which flushes the write queue
+//! first).
 //!
 //! Data directory layout: `db/` (the database, with its applied log position inside; see
 //! [`sql::Db::open`]), `raft/` (the WAL: Raft log segments, vote, committed position),

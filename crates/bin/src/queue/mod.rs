@@ -299,7 +299,11 @@ impl Queue {
             tracing::info!(queued, "flushing the write queue before exit");
         }
         let _ = tokio::time::timeout(limit, depth.wait_for(|d| *d == 0)).await;
-        self.report_lost()
+        let lost = self.report_lost();
+        if queued > 0 && lost == 0 {
+            tracing::info!(queued, "write queue flushed");
+        }
+        lost
     }
 
     /// Logs the queued writes that were not flushed (when the node stops) and returns how many.
@@ -313,7 +317,8 @@ impl Queue {
                     lost,
                     first,
                     last,
-                    "queued writes were not committed before the node stopped and are lost"
+                    "queued writes were not flushed before the node stopped: they are lost, \
+                     unless a flush under way had already reached the leader"
                 );
                 lost
             }
