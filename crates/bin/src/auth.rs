@@ -152,6 +152,7 @@ pub type Needs = &'static [&'static [Perm]];
 pub fn required(method: &Method, path: &str) -> Needs {
     match (method, path) {
         (_, "/db/execute") => &[&[Perm::Execute]],
+        (_, p) if p.starts_with("/db/queue/") => &[&[Perm::Execute]],
         (_, "/db/query") => &[&[Perm::Query]],
         (_, "/db/request") => &[&[Perm::Query], &[Perm::Execute]],
         (_, "/db/changes") => &[&[Perm::Query]],
@@ -675,5 +676,7 @@ mod tests {
             assert!(!required(&method, path).is_empty(), "{method} {path}");
         }
         assert_eq!(required(&Method::GET, "/unknown"), &[&[Perm::All]]);
+        // A queued write's outcome is for those who may queue writes.
+        assert_eq!(required(&Method::GET, "/db/queue/1765050001000000003"), &[&[Perm::Execute]]);
     }
 }

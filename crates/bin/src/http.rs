@@ -11,6 +11,7 @@
 //! - `/status` ([`crate::status`]), `/nodes`, `/leader`, `/readyz`: what this node knows of
 //!   itself and the cluster.
 //! - `/join`: asked by a starting node to be added (forwarded to the leader).
+//! - `/db/execute?queue` and `/db/queue/{n}`: queued writes, handled by [`crate::queue`].
 //!
 //! Before any handler, every request's query string passes rqlite's checks
 //! ([`crate::params`]), and every answer gets rqlite's headers ([`crate::headers`]). Handlers
@@ -97,6 +98,8 @@ pub struct Node {
     pub(crate) peers: crate::tls::PeerClients,
     /// How the node was started, for `/status` and `/readyz`.
     pub(crate) settings: crate::status::Settings,
+    /// The write queue of `/db/execute?queue`.
+    pub(crate) queue: crate::queue::Queue,
 }
 
 /// The handles [`Node::new`] bundles.
@@ -135,6 +138,8 @@ pub struct Parts {
     pub peers: crate::tls::PeerClients,
     /// How the node was started.
     pub settings: crate::status::Settings,
+    /// The write queue of `/db/execute?queue`.
+    pub queue: crate::queue::Queue,
 }
 
 impl Node {
@@ -160,6 +165,7 @@ impl Node {
             log,
             peers,
             settings,
+            queue,
         } = parts;
         Node {
             id,
@@ -182,6 +188,7 @@ impl Node {
             log,
             peers,
             settings,
+            queue,
         }
     }
 
@@ -196,6 +203,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/execute", post(execute))
         .route("/db/query", get(query).post(query))
         .route("/db/request", post(request))
+        .route("/db/queue/{sequence_number}", get(crate::queue::outcome))
         .route("/status", get(crate::status::status))
         .route("/nodes", get(nodes))
         .route("/leader", get(get_leader))
@@ -215,6 +223,10 @@ pub fn internal_router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/keel/applied", post(applied_report))
         .route("/keel/read-index", post(read_index))
+        // A batch of another node's queued writes. No body limit of its own: each request in it
+        // passed the client API's limit on that node, and a batch holds at most
+        // --write-queue-batch-size of them.
+        .route("/keel/queue", post(crate::queue::flush_here).layer(DefaultBodyLimit::disable()))
         .with_state(node)
 }
 
@@ -594,6 +606,9 @@ async fn execute(
     req: Incoming,
 ) -> Response {
     let p = Params(p);
+    if p.has("queue") {
+        return crate::queue::enqueue(&node, &p, &req).await;
+    }
     served_by(&node, leader_write(&node, &p, &req, false, Instant::now()).await)
 }
 

@@ -11,6 +11,8 @@
 //! - `keel shell` is an interactive SQL shell against any node ([`shell`]).
 //! - `keel changes` prints the committed row changes of a running cluster ([`changes`]).
 //! - Every node serves a web console at `/console` ([`console`]).
+//! - Queued writes (`/db/execute?queue`) are batched and flushed by each node's write queue
+//!   ([`queue`]).
 //!
 //! Logs go to stderr; `RUST_LOG` selects what is shown (default `info`).
 
@@ -31,6 +33,7 @@ mod local;
 mod metrics;
 mod node;
 mod params;
+mod queue;
 mod serve;
 mod shell;
 mod status;
@@ -204,6 +207,21 @@ pub struct ServeArgs {
     /// every node the same setting: whichever node leads decides.
     #[arg(long)]
     pub fk: bool,
+    /// Queued writes (`/db/execute?queue`) waiting to be flushed at most; further ones are
+    /// answered 503 with `Retry-After` (rqlite's `-write-queue-capacity`).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub write_queue_capacity: u64,
+    /// Queued writes flushed together at most (rqlite's `-write-queue-batch-size`).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub write_queue_batch_size: u64,
+    /// How long the first queued write of a batch waits for others before the batch is
+    /// flushed; 0 flushes only full batches (rqlite's `-write-queue-timeout`).
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub write_queue_timeout: Duration,
+    /// Flush each batch of queued writes as one transaction: one failing statement fails the
+    /// whole batch (rqlite's `-write-queue-tx`).
+    #[arg(long)]
+    pub write_queue_tx: bool,
     /// Plants a known bug, to show that the fault harness (`keel-chaos`) catches it. Never
     /// use it for data you care about.
     #[arg(long, hide = true, value_enum)]

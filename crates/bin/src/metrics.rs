@@ -34,6 +34,18 @@ pub struct Metrics {
     lag_entries: IntGaugeVec,
     /// On the leader: age of the oldest record each other member has not applied.
     lag_seconds: prometheus::GaugeVec,
+    /// Queued writes accepted (`/db/execute?queue`).
+    pub queue_accepted: IntCounter,
+    /// Queued writes refused because the queue was full.
+    pub queue_refused: IntCounter,
+    /// Queued writes committed.
+    pub queue_committed: IntCounter,
+    /// Queued writes failed (a statement's error, or refused by the leader).
+    pub queue_failed: IntCounter,
+    /// Flush attempts that left queued writes to retry (no leader, forward failed, …).
+    pub queue_retries: IntCounter,
+    /// Queued writes accepted and not yet committed or failed.
+    pub queue_depth: IntGauge,
 }
 
 impl Default for Metrics {
@@ -89,6 +101,26 @@ impl Metrics {
             &["node"],
         )
         .expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let queue_accepted =
+            counter("keel_queued_writes_accepted_total", "Queued writes accepted (?queue)");
+        let queue_refused =
+            counter("keel_queued_writes_refused_total", "Queued writes refused: queue full");
+        let queue_committed =
+            counter("keel_queued_writes_committed_total", "Queued writes committed");
+        let queue_failed = counter(
+            "keel_queued_writes_failed_total",
+            "Queued writes failed (a statement's error, or refused by the leader)",
+        );
+        let queue_retries = counter(
+            "keel_queue_flush_retries_total",
+            "Flush attempts that left queued writes to retry (no leader, forward failed, ...)",
+        );
+        let queue_depth = IntGauge::new(
+            "keel_queue_depth",
+            "Queued writes accepted, not committed or failed yet",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(commit_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(writes.clone()),
@@ -100,6 +132,12 @@ impl Metrics {
             Box::new(is_leader.clone()),
             Box::new(lag_entries.clone()),
             Box::new(lag_seconds.clone()),
+            Box::new(queue_accepted.clone()),
+            Box::new(queue_refused.clone()),
+            Box::new(queue_committed.clone()),
+            Box::new(queue_failed.clone()),
+            Box::new(queue_retries.clone()),
+            Box::new(queue_depth.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -119,6 +157,12 @@ impl Metrics {
             is_leader,
             lag_entries,
             lag_seconds,
+            queue_accepted,
+            queue_refused,
+            queue_committed,
+            queue_failed,
+            queue_retries,
+            queue_depth,
         }
     }
 

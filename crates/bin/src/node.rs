@@ -1,5 +1,6 @@
-//! One node, wired in one place: database, state machine, Raft, write path, HTTP servers,
-//! bootstrap or join, and shutdown.
+//! One node, wired in one place: database, state machine, Raft, write path, write queue (and
+//! its flusher), HTTP servers, bootstrap or join, and shutdown (which flushes the write queue
+//! first).
 //!
 //! Data directory layout: `db/` (the database, with its applied log position inside; see
 //! [`sql::Db::open`]), `raft/` (the WAL: Raft log segments, vote, committed position),
@@ -88,6 +89,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         raft_addr: advertised(&args.raft_addr, args.raft_adv_addr.as_deref(), "raft")?,
         http_addr: advertised(&args.http_addr, args.http_adv_addr.as_deref(), "http")?,
     };
+    let (queue, queue_receiver) = crate::queue::Queue::new(
+        args.id,
+        crate::queue::Options {
+            capacity: usize::try_from(args.write_queue_capacity).unwrap_or(usize::MAX),
+            batch_size: usize::try_from(args.write_queue_batch_size).unwrap_or(usize::MAX),
+            timeout: args.write_queue_timeout,
+            transaction: args.write_queue_tx,
+            ..Default::default()
+        },
+    );
     let state = Arc::new(http::Node::new(http::Parts {
         id: args.id,
         me: me.clone(),
@@ -117,7 +128,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             started,
             started_at,
         },
+        queue: queue.clone(),
     }));
+    tokio::spawn(crate::queue::flush::run(state.clone(), queue_receiver));
 
     let mut node_router = raft::network::router_with(raft.clone(), contact, tls.node.is_some())
         .merge(http::internal_router(state.clone()));
@@ -213,10 +226,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match reason {
         None => {
             tracing::info!("shutting down");
+            // Queued writes live in memory: commit them while this node can still reach the
+            // leader (or lead), or say how many are lost.
+            queue.drain(crate::queue::DRAIN).await;
             let _ = raft.shutdown().await;
             Ok(())
         }
         Some(reason) => {
+            queue.report_lost();
             let _ = raft.shutdown().await;
             anyhow::bail!("raft stopped: {reason}")
         }

@@ -228,6 +228,8 @@ fn http(node: &Node) -> Value {
         "advertised_addr": node.me.http_addr,
         "auth": if settings.auth { "enabled" } else { "disabled" },
         "tls": { "enabled": settings.tls.to_string() },
+        // rqlite's queue statistics: `http.queue._default.sequence_number`.
+        "queue": node.queue.status_json(),
     });
     if let Some(origin) = &settings.allow_origin {
         http["allow_origin"] = json!(origin);

@@ -1,7 +1,8 @@
 //! The write path: one writer per leader, group commit, speculative execution, conditional
 //! proposal.
 //!
-//! A client write becomes a [`sql::WriteRequest`] and is sent to [`Leader::write`]. One task
+//! A client write becomes a [`sql::WriteRequest`] and is sent to [`Leader::write`] (or, several
+//! at once in a given order, such as a batch of queued writes, to [`Leader::write_all`]). One task
 //! (`run`) owns the write path:
 //!
 //! 1. Take the next batch of queued requests ([`batch::Batch`] decides how many: group commit).
@@ -156,6 +157,37 @@ impl Leader {
                 Err(Error::NotReplicated { lsn: outcome.lsn, durability, unconfirmed })
             }
         }
+    }
+
+    /// Executes `requests` with semi-sync durability, in the given order: every request joins
+    /// the writer's queue before any answer is awaited, so they are speculated in this order
+    /// (usually in one record, since they arrive together). One answer per request, in order.
+    ///
+    /// For callers that hand over several independent writes at once, such as the queue of
+    /// `POST /db/execute?queue`; a request refused because the writer's queue is full gets
+    /// [`Error::Unavailable`] without the others being affected.
+    pub async fn write_all(&self, requests: Vec<sql::WriteRequest>) -> Vec<Result<Outcome>> {
+        let waiting: Vec<_> = requests
+            .into_iter()
+            .map(|request| {
+                let size = request.statements.iter().map(|s| s.sql.len() + 16).sum();
+                let (reply, rx) = oneshot::channel();
+                self.tx
+                    .try_send(Pending { request, size, reply })
+                    .map(|()| rx)
+                    .map_err(|_| Error::Unavailable("write queue full".to_string()))
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            outcomes.push(match w {
+                Ok(rx) => {
+                    rx.await.unwrap_or_else(|_| Err(Error::Internal("writer stopped".to_string())))
+                }
+                Err(e) => Err(e),
+            });
+        }
+        outcomes
     }
 
     /// The members other than this node (voters and learners).

@@ -1,0 +1,494 @@
+//! Queued writes: `POST /db/execute?queue`, rqlite's asynchronous write path, and
+//! `GET /db/queue/{sequence_number}`, Keel's way to learn how each one ended.
+//!
+//! How a queued write flows:
+//!
+//! 1. [`enqueue`] (the `/db/execute` handler, when `queue` is present) checks that a leader is
+//!    known (rqlite's leader check, skipped with `noleader`), parses and validates the body
+//!    exactly as a normal execute does (a malformed one is a 400 at once), and pushes the
+//!    request onto this node's queue ([`Queue::push`]). The answer is immediate:
+//!    `{"results": [], "sequence_number": N}`; N comes from the [`ledger::Ledger`], grows on
+//!    each node and starts from the wall clock, so it keeps growing across restarts. A full
+//!    queue answers 503 with `Retry-After` and takes nothing: a request either has a number
+//!    and is queued, or is refused.
+//! 2. One task per node, [`flush::run`], takes the queue in batches (`--write-queue-batch-size`
+//!    requests, or whatever arrived within `--write-queue-timeout` of the first) and runs each
+//!    batch through the ordinary write path: on the leader [`leader::Leader::write_all`], from
+//!    any other node forwarded to the leader's `/keel/queue` (Raft port), which does the same.
+//!    Each request is its own write (as rqlite's batch is not a transaction) unless
+//!    `--write-queue-tx` makes the batch one transaction. So queued writes are replicated and
+//!    committed like any other write (semi-sync: a majority has them durably).
+//! 3. Each request ends committed (at an lsn) or failed (with the error); [`verdict`] decides,
+//!    and transient failures (no leader, leadership changed, a forward that failed, an outcome
+//!    the leader could not tell) are retried with backoff instead. Every flushed request carries
+//!    a request id (the client's `request_id`, else one made from the node and its number), so
+//!    a retry of a write that did commit is answered from the stored answer, never run twice.
+//! 4. The outcome is recorded in the ledger, counted in `/metrics`, logged if it failed, and
+//!    handed to a client waiting with `wait`.
+//!
+//! What it does not do: keep the queue on disk. A queued write lives in the memory of the node
+//! that queued it until it is committed; if that node dies first, it is lost (rqlite's queue
+//! is in memory too). On SIGINT/SIGTERM the node flushes what it can within [`DRAIN`] and logs
+//! what it could not ([`Queue::drain`]).
+
+pub mod flush;
+pub mod ledger;
+pub mod verdict;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::http::{
+    Incoming, Node, Params, bad_request, error_response, json_response, unavailable,
+};
+pub use ledger::{Lookup, Outcome, Seq};
+
+/// How long `wait` waits for the request's batch unless `timeout=` says otherwise (rqlite's
+/// `defaultTimeout`).
+const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a stopping node tries to flush its queue before it gives up on what is left.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// Settings of the write queue (`--write-queue-*`, rqlite's flags and defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Requests waiting to be flushed at most; more are refused with 503.
+    pub capacity: usize,
+    /// Requests per flushed batch at most.
+    pub batch_size: usize,
+    /// How long the first request of a batch waits for others; zero: a batch is flushed only
+    /// when it is full (rqlite's meaning of 0).
+    pub timeout: Duration,
+    /// Run each flushed batch as one transaction.
+    pub transaction: bool,
+    /// How many outcomes are kept, and for how long.
+    pub retention: ledger::Retention,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            capacity: 1024,
+            batch_size: 128,
+            timeout: Duration::from_millis(50),
+            transaction: false,
+            retention: ledger::Retention::default(),
+        }
+    }
+}
+
+/// One queued request as it travels to the leader (`/keel/queue`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    /// Its sequence number on the node that queued it.
+    pub seq: Seq,
+    /// The statements, in rqlite's JSON form (an array, validated when queued; empty for a
+    /// `wait` checkpoint).
+    pub statements: Value,
+    /// `?transaction`: the request's statements stand or fall together.
+    pub transaction: bool,
+    /// `?db_timeout`, in milliseconds.
+    pub db_timeout_ms: Option<u64>,
+    /// The idempotency key the write is proposed with.
+    pub request_id: String,
+}
+
+impl Request {
+    /// The number of statements.
+    fn len(&self) -> usize {
+        self.statements.as_array().map_or(0, Vec::len)
+    }
+}
+
+/// One flush: requests in queue order (`/keel/queue`'s body).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Batch {
+    /// The requests (only those with statements).
+    pub requests: Vec<Request>,
+    /// Run them as one transaction (`--write-queue-tx`).
+    pub transaction: bool,
+    /// The request id of that one transaction.
+    pub id: String,
+}
+
+/// A request in the queue.
+struct Item {
+    /// What to flush.
+    request: Request,
+    /// When it was queued (the batch timer starts at its first request's arrival).
+    arrived: Instant,
+    /// A client waiting for the outcome (`wait`).
+    waiter: Option<oneshot::Sender<Outcome>>,
+}
+
+/// Why a request was not queued.
+#[derive(Debug)]
+pub enum Refused {
+    /// The queue holds `--write-queue-capacity` requests.
+    Full,
+    /// The node is shutting down.
+    Closing,
+}
+
+/// Handle to this node's write queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    /// The shared state.
+    inner: Arc<Inner>,
+}
+
+/// What every handle shares.
+struct Inner {
+    /// This node's id (in generated request ids).
+    node: raft::NodeId,
+    /// The settings.
+    options: Options,
+    /// Sequence numbers and outcomes; also held while pushing, so numbers enter the channel
+    /// in order.
+    ledger: Mutex<ledger::Ledger>,
+    /// Into the flusher; bounded by the capacity.
+    tx: mpsc::Sender<Item>,
+    /// Pending requests, for [`Queue::drain`].
+    depth: watch::Sender<u64>,
+    /// Set when the node stops: refuse new requests, flush without waiting for the timer.
+    closing: watch::Sender<bool>,
+    /// When a stopping node stops retrying.
+    give_up_at: Mutex<Option<Instant>>,
+}
+
+/// The receiving end of the queue, for [`flush::run`].
+pub struct Receiver {
+    /// Queued requests, in order.
+    rx: mpsc::Receiver<Item>,
+}
+
+impl Queue {
+    /// Creates node `node`'s queue; the flusher ([`flush::run`]) takes the [`Receiver`].
+    pub fn new(node: raft::NodeId, options: Options) -> (Queue, Receiver) {
+        let (tx, rx) = mpsc::channel(options.capacity.max(1));
+        // rqlite's start: the wall clock in nanoseconds.
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX / 2));
+        let inner = Inner {
+            node,
+            options,
+            ledger: Mutex::new(ledger::Ledger::new(start, options.retention)),
+            tx,
+            depth: watch::channel(0).0,
+            closing: watch::channel(false).0,
+            give_up_at: Mutex::new(None),
+        };
+        (Queue { inner: Arc::new(inner) }, Receiver { rx })
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, ledger::Ledger> {
+        self.inner.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `request` and returns its sequence number, or refuses it without queueing
+    /// anything. A request without a request id gets `keel-queue:<node>:<number>`.
+    fn push(
+        &self,
+        mut request: Request,
+        waiter: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<Seq, Refused> {
+        if *self.inner.closing.borrow() {
+            return Err(Refused::Closing);
+        }
+        let mut ledger = self.ledger();
+        let permit = self.inner.tx.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => Refused::Full,
+            mpsc::error::TrySendError::Closed(()) => Refused::Closing,
+        })?;
+        let seq = ledger.assign();
+        request.seq = seq;
+        if request.request_id.is_empty() {
+            request.request_id = format!("keel-queue:{}:{seq}", self.inner.node);
+        }
+        permit.send(Item { request, arrived: Instant::now(), waiter });
+        self.inner.depth.send_replace(ledger.depth());
+        Ok(seq)
+    }
+
+    /// Records the outcomes of a flushed batch and tells waiting clients.
+    fn finish(&self, items: Vec<Item>, outcomes: Vec<Outcome>) {
+        let now = Instant::now();
+        let mut waiters = Vec::new();
+        let mut finished = Vec::with_capacity(items.len());
+        for (item, outcome) in items.into_iter().zip(outcomes) {
+            if let Some(w) = item.waiter {
+                waiters.push((w, outcome.clone()));
+            }
+            finished.push((item.request.seq, outcome));
+        }
+        {
+            let mut ledger = self.ledger();
+            ledger.finish(finished, now);
+            self.inner.depth.send_replace(ledger.depth());
+        }
+        for (w, outcome) in waiters {
+            let _ = w.send(outcome);
+        }
+    }
+
+    /// What is known about `seq`.
+    pub fn lookup(&self, seq: Seq) -> Lookup {
+        self.ledger().lookup(seq, Instant::now())
+    }
+
+    /// How many requests are queued and not finished.
+    pub fn depth(&self) -> u64 {
+        self.ledger().depth()
+    }
+
+    /// The last finished sequence number (0 if none since start): rqlite's
+    /// `http.queue._default.sequence_number`.
+    pub fn sequence_number(&self) -> Seq {
+        self.ledger().flushed()
+    }
+
+    /// The queue's part of `/status` (`http.queue`), in rqlite's shape plus `depth` and
+    /// `transaction`.
+    pub fn status_json(&self) -> Value {
+        let o = &self.inner.options;
+        let (flushed, depth) = (self.sequence_number(), self.depth());
+        json!({ "_default": {
+            "max_size": o.capacity,
+            "batch_size": o.batch_size,
+            "timeout": format!("{:?}", o.timeout),
+            "transaction": o.transaction,
+            "sequence_number": flushed,
+            "depth": depth,
+        }})
+    }
+
+    /// Whether the node is stopping.
+    fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    /// Whether a stopping node has run out of time to flush.
+    fn gave_up(&self) -> bool {
+        let at = *self.inner.give_up_at.lock().unwrap_or_else(PoisonError::into_inner);
+        at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// For a stopping node: refuses new requests, flushes what is queued for up to `limit`, and
+    /// logs what could not be flushed (those writes are lost). Returns how many were lost.
+    pub async fn drain(&self, limit: Duration) -> u64 {
+        *self.inner.give_up_at.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + limit);
+        self.inner.closing.send_replace(true);
+        let mut depth = self.inner.depth.subscribe();
+        let queued = *depth.borrow();
+        if queued > 0 {
+            tracing::info!(queued, "flushing the write queue before exit");
+        }
+        let _ = tokio::time::timeout(limit, depth.wait_for(|d| *d == 0)).await;
+        let lost = self.report_lost();
+        if queued > 0 && lost == 0 {
+            tracing::info!(queued, "write queue flushed");
+        }
+        lost
+    }
+
+    /// Logs the queued writes that were not flushed (when the node stops) and returns how many.
+    pub fn report_lost(&self) -> u64 {
+        let pending = self.ledger().pending();
+        match pending {
+            None => 0,
+            Some((first, last)) => {
+                let lost = (last - first + 1).unsigned_abs();
+                tracing::error!(
+                    lost,
+                    first,
+                    last,
+                    "queued writes were not flushed before the node stopped: they are lost, \
+                     unless a flush under way had already reached the leader"
+                );
+                lost
+            }
+        }
+    }
+}
+
+/// `POST /db/execute?queue[&wait]`: validates and queues the request, answering at once (or,
+/// with `wait`, once its batch is flushed). rqlite: `http/service.go`, `queuedExecute`.
+pub(crate) async fn enqueue(node: &Node, p: &Params, req: &Incoming) -> Response {
+    // rqlite checks for a leader first, so that a node cut off from its cluster does not
+    // accept writes it cannot flush.
+    if !p.has("noleader") && raft::cluster::leader(&node.raft).is_none() {
+        return unavailable("leader not found");
+    }
+    let wait = p.has("wait");
+    let timeout = match p.duration("timeout") {
+        Ok(t) => t.unwrap_or(WAIT_TIMEOUT),
+        Err(r) => return r,
+    };
+    let db_timeout = match p.duration("db_timeout") {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let statements = match parse(&req.headers, &req.body) {
+        Ok(s) => s,
+        // rqlite lets an empty request through with `wait`: a checkpoint that returns once
+        // everything queued before it is flushed.
+        Err(Parsed::Empty) if wait => Value::Array(Vec::new()),
+        Err(Parsed::Empty) => return bad_request("no statements"),
+        Err(Parsed::Invalid(message)) => return bad_request(message),
+    };
+    let request = Request {
+        seq: 0,
+        statements,
+        transaction: p.has("transaction"),
+        db_timeout_ms: db_timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        request_id: p.get("request_id").unwrap_or_default().to_string(),
+    };
+    let (waiter, outcome) = if wait {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let start = Instant::now();
+    let seq = match node.queue.push(request, waiter) {
+        Ok(seq) => seq,
+        Err(Refused::Full) => {
+            node.metrics.queue_refused.inc();
+            return unavailable(format!(
+                "write queue full ({} requests waiting, --write-queue-capacity); nothing was queued, retry later",
+                node.queue.options().capacity
+            ));
+        }
+        Err(Refused::Closing) => {
+            return unavailable("the node is shutting down; nothing was queued");
+        }
+    };
+    node.metrics.queue_accepted.inc();
+    node.metrics.queue_depth.inc();
+    let mut body = json!({ "results": [], "sequence_number": seq });
+    if let Some(outcome) = outcome {
+        match tokio::time::timeout(timeout, outcome).await {
+            Ok(Ok(outcome)) => add_outcome(&mut body, &outcome),
+            Ok(Err(_)) => {
+                return unavailable(format!(
+                    "the node stopped before queued write {seq} was flushed; it is lost"
+                ));
+            }
+            // rqlite's answer; the write stays queued and may still commit.
+            Err(_) => return error_response(StatusCode::REQUEST_TIMEOUT, "queue wait timeout"),
+        }
+    }
+    if p.has("timings") {
+        body["time"] = json!(start.elapsed().as_secs_f64());
+    }
+    json_response(StatusCode::OK, &body, p.has("pretty"))
+}
+
+/// With `wait`: Keel adds the lsn of a committed write, and the error of a failed one.
+fn add_outcome(body: &mut Value, outcome: &Outcome) {
+    match outcome {
+        Outcome::Committed { lsn } => body["lsn"] = json!(lsn),
+        Outcome::Failed { error, lsn, .. } => {
+            body["error"] = json!(error);
+            if let Some(lsn) = lsn {
+                body["lsn"] = json!(lsn);
+            }
+        }
+    }
+}
+
+/// Why a body was not queued.
+enum Parsed {
+    /// No statements (`[]` or an empty text body).
+    Empty,
+    /// Malformed, with the message of a normal execute.
+    Invalid(String),
+}
+
+/// Validates a request body as `/db/execute` does and returns its statements in rqlite's JSON
+/// form (a `text/plain` body becomes one statement).
+fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Value, Parsed> {
+    let text_plain = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if text_plain {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| Parsed::Invalid("body is not UTF-8".to_string()))?;
+        if text.trim().is_empty() {
+            return Err(Parsed::Empty);
+        }
+        sql::statements_from_text(text).map_err(|e| Parsed::Invalid(e.to_string()))?;
+        return Ok(json!([text]));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|_| Parsed::Invalid("invalid JSON body".to_string()))?;
+    if value.as_array().is_some_and(Vec::is_empty) {
+        return Err(Parsed::Empty);
+    }
+    sql::parse_statements(&value).map_err(|e| Parsed::Invalid(e.to_string()))?;
+    Ok(value)
+}
+
+/// `GET /db/queue/{sequence_number}`: how a queued write of this node ended.
+///
+/// `{"sequence_number": n, "state": "pending"}`, `{…, "state": "committed", "lsn": 17}` or
+/// `{…, "state": "failed", "error": "…"}`; 404 for a number this node did not hand out since it
+/// started, or whose outcome is older than the retention.
+pub(crate) async fn outcome(State(node): State<Arc<Node>>, Path(n): Path<String>) -> Response {
+    let Ok(seq) = n.parse::<Seq>() else {
+        return bad_request(format!("{n} is not a sequence number"));
+    };
+    let mut body = match node.queue.lookup(seq) {
+        Lookup::Pending => json!({ "state": "pending" }),
+        Lookup::Done(outcome) => {
+            serde_json::to_value(&outcome).expect("an outcome serializes to JSON")
+        }
+        Lookup::Unknown => {
+            let r = node.queue.options().retention;
+            return error_response(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "sequence number {seq} is unknown to node {}: it was not queued here since the node started, or its outcome has expired (outcomes are kept {} s, at most {})",
+                    node.id,
+                    r.max_age.as_secs(),
+                    r.max_outcomes
+                ),
+            );
+        }
+    };
+    body["sequence_number"] = json!(seq);
+    json_response(StatusCode::OK, &body, false)
+}
+
+/// `POST /keel/queue` (Raft port): another node's flushed batch, run here if this node leads.
+/// Answers one [`verdict::Verdict`] per request.
+pub(crate) async fn flush_here(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let batch: Batch = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(format!("invalid queue batch: {e}")),
+    };
+    let verdicts = if raft::client::leader_term(&node.raft).is_ok() {
+        flush::execute(&node, &batch).await
+    } else {
+        let why = format!("node {} is not the leader", node.id);
+        vec![verdict::Verdict::Retry(why); batch.requests.len()]
+    };
+    let value = serde_json::to_value(&verdicts).expect("verdicts serialize to JSON");
+    json_response(StatusCode::OK, &value, false)
+}
