@@ -452,36 +452,7 @@ fn decimal(value: u128, scale: u128) -> String {
 /// A time as Go's `time.Time` JSON form, in UTC: RFC 3339 with nanoseconds, trailing zeros
 /// trimmed (`2026-12-06T19:51:18.5Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    let nanos = since.subsec_nanos();
-    let fraction = if nanos == 0 {
-        String::new()
-    } else {
-        format!(".{}", format!("{nanos:09}").trim_end_matches('0'))
-    };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    sql::rfc3339_utc(t.duration_since(UNIX_EPOCH).unwrap_or_default())
 }
 
 /// Bytes as go-humanize's `Bytes` (SI units): `512 B`, `4.1 kB`, `83 MB`.

@@ -194,6 +194,19 @@ pub(crate) struct Time {
     offset: i32,
 }
 
+/// A time since the Unix epoch as Go's `time.Time` JSON form in UTC: RFC 3339 with nanoseconds,
+/// trailing zeros trimmed (`2026-12-06T19:51:18.5Z`), as rqlite's `/status` shows times.
+pub fn rfc3339_utc(since_epoch: std::time::Duration) -> String {
+    let secs = since_epoch.as_secs();
+    Time {
+        days: i64::try_from(secs / 86_400).unwrap_or(i64::MAX),
+        seconds: u32::try_from(secs % 86_400).unwrap_or(0),
+        nanos: since_epoch.subsec_nanos(),
+        offset: 0,
+    }
+    .to_rfc3339()
+}
+
 impl Time {
     /// Formats like Go's `time.RFC3339Nano`, which is what `time.Time` marshals to in JSON.
     pub(crate) fn to_rfc3339(self) -> String {

@@ -104,6 +104,7 @@ mod verdicts;
 
 pub use db::{Applied, Apply, Db, Speculation, WriteRequest};
 pub use dump::dump;
+pub use encode::rfc3339_utc;
 pub use error::{Error, Result};
 pub use image::ImageSource;
 pub use limits::Limits;
