@@ -14,7 +14,7 @@
 //! - Queued writes (`/db/execute?queue`) are batched and flushed by each node's write queue
 //!   ([`queue`]).
 //!
-//! Logs go to stderr; `RUST_LOG` selects what is shown (default `info`).
+//! Logs go to stderr; `RUST_LOG` selects what is shown (default `info,openraft=warn`).
 
 // Handlers return early with a ready `Response` as the error; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
