@@ -63,6 +63,9 @@ enum Cmd {
         /// The keel binary.
         #[arg(long)]
         keel: PathBuf,
+        /// Print what each command answered (to refresh a page's outputs).
+        #[arg(long)]
+        show: bool,
         /// The pages.
         pages: Vec<PathBuf>,
     },
@@ -78,7 +81,7 @@ fn main() -> ExitCode {
         Cmd::Readme { readme, ready_timeout_secs } => {
             run_readme(&readme, Duration::from_secs(ready_timeout_secs))
         }
-        Cmd::Docs { keel, pages } => run_docs(&keel, &pages),
+        Cmd::Docs { keel, show, pages } => run_docs(&keel, &pages, show),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,12 +123,12 @@ fn run_readme(readme: &Path, ready_timeout: Duration) -> Result<(), String> {
     let outcome = cluster
         .wait_ready(ready_timeout)
         .and_then(|()| Shell::start(scratch.path()))
-        .and_then(|mut shell| run_tour(&commands, &cluster, &mut shell, Check::Strict));
+        .and_then(|mut shell| run_tour(&commands, &cluster, &mut shell, Check::Strict, false));
     let stopped = cluster.interrupt();
     outcome.and(stopped)
 }
 
-fn run_docs(keel: &Path, pages: &[PathBuf]) -> Result<(), String> {
+fn run_docs(keel: &Path, pages: &[PathBuf], show: bool) -> Result<(), String> {
     let keel = std::fs::canonicalize(keel).map_err(|e| format!("{}: {e}", keel.display()))?;
     for page in pages {
         let blocks = tour::marked_blocks(&read(page)?)?;
@@ -142,7 +145,9 @@ fn run_docs(keel: &Path, pages: &[PathBuf]) -> Result<(), String> {
             .wait_ready(Duration::from_secs(120))
             .and_then(|()| Shell::start(data.path()))
             .and_then(|mut shell| {
-                blocks.iter().try_for_each(|b| run_tour(b, &cluster, &mut shell, Check::Shown))
+                blocks
+                    .iter()
+                    .try_for_each(|b| run_tour(b, &cluster, &mut shell, Check::Shown, show))
             });
         let stopped = cluster.interrupt();
         outcome.and(stopped).map_err(|e| format!("{}: {e}", page.display()))?;
@@ -166,6 +171,7 @@ fn run_tour(
     cluster: &Group,
     shell: &mut Shell,
     check: Check,
+    show: bool,
 ) -> Result<(), String> {
     for command in commands {
         if command.comments.iter().any(|c| c.starts_with("Kill the leader")) {
@@ -176,6 +182,9 @@ fn run_tour(
         check_answer(command, &output, check)
             .map_err(|e| format!("`{}` answered:\n{output}\nwhich is wrong: {e}", command.text))?;
         println!("ok  {shown}{}", if command.text.contains('\n') { " …" } else { "" });
+        if show {
+            println!("{output}");
+        }
     }
     Ok(())
 }
