@@ -453,19 +453,56 @@ fn error_kind(e: &leader::Error) -> &'static str {
     }
 }
 
+/// A statement body as sent: SQL text (`text/plain`, one statement) or rqlite's JSON array.
+pub(crate) enum Body<'a> {
+    /// A `text/plain` body.
+    Text(&'a str),
+    /// Anything else, parsed as JSON.
+    Json(Value),
+}
+
+impl<'a> Body<'a> {
+    /// Decodes a body by its content type; a body that is not UTF-8 text or not JSON is a 400.
+    pub(crate) fn decode(headers: &HeaderMap, body: &'a [u8]) -> Result<Body<'a>, Response> {
+        let text_plain = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain"));
+        if text_plain {
+            let text = std::str::from_utf8(body).map_err(|_| bad_request("body is not UTF-8"))?;
+            return Ok(Body::Text(text));
+        }
+        serde_json::from_slice(body).map(Body::Json).map_err(|_| bad_request("invalid JSON body"))
+    }
+
+    /// Whether it holds no statement: blank text, or `[]`.
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Body::Text(text) => text.trim().is_empty(),
+            Body::Json(value) => value.as_array().is_some_and(Vec::is_empty),
+        }
+    }
+
+    /// Its statements; a malformed body is a 400 with rqlite's message.
+    pub(crate) fn statements(&self) -> Result<Vec<sql::Statement>, Response> {
+        match self {
+            Body::Text(text) => sql::statements_from_text(text).map_err(bad_request),
+            Body::Json(value) => sql::parse_statements(value).map_err(bad_request),
+        }
+    }
+
+    /// rqlite's JSON form of it (text becomes an array of one statement).
+    pub(crate) fn into_json(self) -> Value {
+        match self {
+            Body::Text(text) => json!([text]),
+            Body::Json(value) => value,
+        }
+    }
+}
+
 /// Parses a statement body: JSON array (rqlite's format) or, for `text/plain`, one statement.
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<sql::Statement>, Response> {
-    let text_plain = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/plain"));
-    if text_plain {
-        let text = std::str::from_utf8(body).map_err(|_| bad_request("body is not UTF-8"))?;
-        return sql::statements_from_text(text).map_err(bad_request);
-    }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|_| bad_request("invalid JSON body"))?;
-    sql::parse_statements(&value).map_err(bad_request)
+    Body::decode(headers, body)?.statements()
 }
 
 /// Where a request that needs the leader goes, as decided by [`route_to_leader`].

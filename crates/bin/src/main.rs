@@ -274,27 +274,25 @@ pub fn parse_durability(s: &str) -> Result<leader::Durability, String> {
     s.parse()
 }
 
-/// Parses durations like `500ms`, `2s`, `1m`, `1h` (Go-style, as rqlite's parameters).
+/// Parses a flag's duration: Go's syntax (`500ms`, `2s`, `1m30s`, as rqlite's flags and
+/// parameters, [`params::go_duration`]), or a bare number of seconds (`3`, `1.5`); not negative.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 =
-        num.parse().map_err(|_| format!("'{s}' is not a valid duration (try 500ms, 2s, 1m)"))?;
-    let scale = match unit {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" | "" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("'{s}' is not a valid duration (try 500ms, 2s, 1m)")),
+    let invalid = || format!("'{s}' is not a valid duration (try 500ms, 2s, 1m)");
+    if s.starts_with('-') {
+        return Err(invalid());
+    }
+    let duration = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=1e9).contains(&secs) => {
+            Duration::from_secs_f64(secs)
+        }
+        Ok(_) => return Err(format!("'{s}' is out of range")),
+        Err(_) => params::go_duration(s).map_err(|()| invalid())?,
     };
-    let secs = n * scale;
-    if !(0.0..=1e9).contains(&secs) {
+    if duration > Duration::from_secs(1_000_000_000) {
         return Err(format!("'{s}' is out of range"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(duration)
 }
 
 /// Caps glibc's malloc arenas at two. By default glibc gives each busy thread an arena of its

@@ -11,7 +11,7 @@
 //!   (the compiler's), `kubernetes_hint`.
 //! * `os`: `pid`, `ppid`, `page_size`, `executable`, `hostname`.
 //! * `http`: `bind_addr`, `auth` (`enabled`/`disabled`), `tls.enabled` (`"true"`/`"false"`, a
-//!   string as in rqlite), `allow_origin` when set; Keel adds `advertised_addr`.
+//!   string as in rqlite), `allow_origin` when set, `queue`; Keel adds `advertised_addr`.
 //! * `node`: `start_time`, `current_time` (RFC 3339 with nanoseconds, as Go's `time.Time`),
 //!   `uptime` (Go's duration format). Keel's own node fields (`id`, `role`, `term`, the log
 //!   indexes, addresses, `stopped`) live in the same object: no name is shared, so rqlite's
@@ -34,8 +34,9 @@
 //! thread, so `/status` never waits for the write connection; when no read connection is free
 //! within [`DISK_WAIT`], `/status` answers without them. A `key` outside `store` skips them.
 //!
-//! Not reported (rqlite internals Keel does not have): BoltDB and transport statistics, the
-//! write queue (`http.queue`), CDC and auto-vacuum state, SQLite memory and pool statistics.
+//! `http.queue._default` is the write queue's ([`crate::queue::Queue::status_json`]). Not
+//! reported (rqlite internals Keel does not have): BoltDB and transport statistics, CDC and
+//! auto-vacuum state, SQLite memory and pool statistics.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -40,13 +40,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::http::{
-    Incoming, Node, Params, bad_request, error_response, json_response, unavailable,
+    Body, Incoming, Node, Params, bad_request, error_response, json_response, unavailable,
 };
 pub use ledger::{Lookup, Outcome, Seq};
 
@@ -343,13 +343,23 @@ pub(crate) async fn enqueue(node: &Node, p: &Params, req: &Incoming) -> Response
         Ok(t) => t,
         Err(r) => return r,
     };
-    let statements = match parse(&req.headers, &req.body) {
-        Ok(s) => s,
+    // Validated as `/db/execute` validates it, so a malformed request is a 400 now rather than
+    // a failure at flush time.
+    let body = match Body::decode(&req.headers, &req.body) {
+        Ok(body) => body,
+        Err(r) => return r,
+    };
+    let statements = if body.is_empty() {
         // rqlite lets an empty request through with `wait`: a checkpoint that returns once
         // everything queued before it is flushed.
-        Err(Parsed::Empty) if wait => Value::Array(Vec::new()),
-        Err(Parsed::Empty) => return bad_request("no statements"),
-        Err(Parsed::Invalid(message)) => return bad_request(message),
+        if !wait {
+            return bad_request("no statements");
+        }
+        Value::Array(Vec::new())
+    } else if let Err(r) = body.statements() {
+        return r;
+    } else {
+        body.into_json()
     };
     let request = Request {
         seq: 0,
@@ -410,39 +420,6 @@ fn add_outcome(body: &mut Value, outcome: &Outcome) {
             }
         }
     }
-}
-
-/// Why a body was not queued.
-enum Parsed {
-    /// No statements (`[]` or an empty text body).
-    Empty,
-    /// Malformed, with the message of a normal execute.
-    Invalid(String),
-}
-
-/// Validates a request body as `/db/execute` does and returns its statements in rqlite's JSON
-/// form (a `text/plain` body becomes one statement).
-fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Value, Parsed> {
-    let text_plain = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/plain"));
-    if text_plain {
-        let text = std::str::from_utf8(body)
-            .map_err(|_| Parsed::Invalid("body is not UTF-8".to_string()))?;
-        if text.trim().is_empty() {
-            return Err(Parsed::Empty);
-        }
-        sql::statements_from_text(text).map_err(|e| Parsed::Invalid(e.to_string()))?;
-        return Ok(json!([text]));
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|_| Parsed::Invalid("invalid JSON body".to_string()))?;
-    if value.as_array().is_some_and(Vec::is_empty) {
-        return Err(Parsed::Empty);
-    }
-    sql::parse_statements(&value).map_err(|e| Parsed::Invalid(e.to_string()))?;
-    Ok(value)
 }
 
 /// `GET /db/queue/{sequence_number}`: how a queued write of this node ended.
