@@ -152,7 +152,7 @@ async fn peer_status(
         );
     };
     let url = format!("{}://{}/status", node.peers.api_scheme, member.node.http_addr);
-    let mut relay = node.client.get(&url).timeout(PEER_TIMEOUT);
+    let mut relay = node.peers.api.get(&url).timeout(PEER_TIMEOUT);
     // The member decides what the caller may see, as if asked directly.
     if let Some(credentials) = headers.get(header::AUTHORIZATION) {
         relay = relay.header(header::AUTHORIZATION, credentials.clone());

@@ -1,7 +1,7 @@
 //! `keel`: the Keel server binary.
 //!
 //! - `keel serve` runs one node: the SQLite database, the Raft node and the HTTP API
-//!   ([`node`], [`http`]).
+//!   ([`run`], the [`node`] crate, [`http`]).
 //! - `keel local` starts a local cluster of `keel serve` child processes for trying Keel out
 //!   ([`local`]).
 //! - `keel bench` measures a running cluster ([`mod@bench`]).
@@ -11,8 +11,6 @@
 //! - `keel shell` is an interactive SQL shell against any node ([`shell`]).
 //! - `keel changes` prints the committed row changes of a running cluster ([`changes`]).
 //! - Every node serves a web console at `/console` ([`console`]).
-//! - Queued writes (`/db/execute?queue`) are batched and flushed by each node's write queue
-//!   ([`queue`]).
 //!
 //! Logs go to stderr; `RUST_LOG` selects what is shown (default `info,openraft=warn`).
 
@@ -30,10 +28,8 @@ mod console;
 mod headers;
 mod http;
 mod local;
-mod metrics;
-mod node;
 mod params;
-mod queue;
+mod run;
 mod serve;
 mod shell;
 mod status;
@@ -349,7 +345,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(node::serve(args)),
+        Command::Serve(args) => runtime.block_on(run::serve(args)),
         Command::Local(args) => runtime.block_on(local::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Admin(args) => runtime.block_on(admin::run(args)),

@@ -34,13 +34,13 @@
 //! thread, so `/status` never waits for the write connection; when no read connection is free
 //! within [`DISK_WAIT`], `/status` answers without them. A `key` outside `store` skips them.
 //!
-//! `http.queue._default` is the write queue's ([`crate::queue::Queue::status_json`]). Not
+//! `http.queue._default` is the write queue's ([`node::queue::Queue::status_json`]). Not
 //! reported (rqlite internals Keel does not have): BoltDB and transport statistics, CDC and
 //! auto-vacuum state, SQLite memory and pool statistics.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -51,31 +51,6 @@ use crate::http::{Node, Params, json_response};
 
 /// How long `/status` waits for a read connection and the data directory's sizes.
 const DISK_WAIT: Duration = Duration::from_secs(2);
-
-/// What `/status` reports about how the node was started (flags of `keel serve`).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// The address the client API listens on (`--http-addr`).
-    pub http_bind: String,
-    /// Whether clients need credentials (`--auth`).
-    pub auth: bool,
-    /// Whether the client API is served over HTTPS.
-    pub tls: bool,
-    /// The `Access-Control-Allow-Origin` value (`--http-allow-origin`), if any.
-    pub allow_origin: Option<String>,
-    /// The leader's heartbeat interval (`--heartbeat`).
-    pub heartbeat: Duration,
-    /// The minimum election timeout (`--election-timeout`).
-    pub election_timeout: Duration,
-    /// Log entries between snapshots (`--snapshot-entries`).
-    pub snapshot_entries: u64,
-    /// Log entries kept behind a snapshot (`--trailing-logs`).
-    pub trailing_logs: u64,
-    /// When the node started (wall clock).
-    pub started: SystemTime,
-    /// When the node started (monotonic, for the uptime).
-    pub started_at: Instant,
-}
 
 /// `GET /status[?key=a.b][&pretty]`.
 pub async fn status(
@@ -128,7 +103,7 @@ pub async fn document(node: &Node, disk: bool) -> Value {
         "node": node_section,
         "store": store(node, &s, &disk),
         "cluster": { "members": s.members },
-        "replication": crate::http::replication_json(node, &s),
+        "replication": crate::http::cluster::replication_json(node, &s),
         "snapshot": snapshot_json(node.snapshots.read()),
     })
 }
@@ -271,7 +246,7 @@ fn store(node: &Node, s: &raft::cluster::State, disk: &Disk) -> Value {
     let settings = &node.settings;
     json!({
         "open": true,
-        "ready": s.stopped.is_none() && crate::http::leader_reachable(node, s).is_ok(),
+        "ready": s.stopped.is_none() && node.leader_reachable(s).is_ok(),
         "node_id": s.id.to_string(),
         "addr": node.me.raft_addr,
         "leader": {

@@ -31,7 +31,7 @@
 //! `--tls-client-ca` requires client certificates from that CA. Clients verify that
 //! certificate in the ordinary way (host name or IP address in its SANs). A node calling
 //! another node's client API (forwarding to the leader, joining, readiness probes) uses
-//! [`PeerClients::api`]: it trusts the cluster CA and `KEEL_CACERT`, and presents its node
+//! [`node::Peers::api`]: it trusts the cluster CA and `KEEL_CACERT`, and presents its node
 //! certificate in case the API asks for one.
 //!
 //! What this module does not do: certificate revocation (CRLs, OCSP), reloading certificates
@@ -539,116 +539,65 @@ pub async fn require_node(
     }
 }
 
-/// The `/keel/applied` check: a report naming node `claimed` must come from that node when
-/// the transport proved the sender. Logs a refusal under `keel::audit`.
-pub fn check_reporter(
-    proven: Option<raft::network::PeerNode>,
-    claimed: raft::NodeId,
-) -> Result<(), Response> {
-    match proven {
-        Some(raft::network::PeerNode(node)) if node != claimed => {
-            tracing::warn!(
-                target: "keel::audit",
-                claimed,
-                certificate_node = node,
-                "refused an applied report: the sender's certificate is for another node"
-            );
-            Err((
-                StatusCode::FORBIDDEN,
-                format!("this report claims node {claimed}, but the certificate is node {node}'s"),
-            )
-                .into_response())
+/// How a node reaches other nodes ([`node::Peers`]): over HTTPS to their client APIs if
+/// `api_https`, and with mutual TLS between nodes if `tls` is given. Under mutual TLS a joining
+/// node must prove its identity ([`verify_node`]).
+pub fn peers(api_https: bool, tls: Option<Arc<NodeTls>>) -> anyhow::Result<node::Peers> {
+    let mut api = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none());
+    if api_https {
+        let mut roots = extra_roots()?;
+        if let Some(tls) = &tls {
+            roots.roots.extend(tls.roots.roots.iter().cloned());
         }
-        _ => Ok(()),
-    }
-}
-
-/// How a node reaches other nodes over HTTP outside Raft's own RPCs.
-#[derive(Clone)]
-pub struct PeerClients {
-    /// `http` or `https`: the scheme of other nodes' client APIs (the same as this node's).
-    pub api_scheme: &'static str,
-    /// Client for other nodes' client APIs (forwarding, joins, probes). Never follows
-    /// redirects.
-    pub api: reqwest::Client,
-    /// `http` or `https`: the scheme of other nodes' Raft addresses.
-    pub node_scheme: &'static str,
-    /// Client for other nodes' Raft addresses (`/keel/*`): under mutual TLS it presents this
-    /// node's certificate and accepts any node of the cluster.
-    pub node: reqwest::Client,
-    /// This node's TLS material, when node-to-node TLS is on.
-    pub tls: Option<Arc<NodeTls>>,
-}
-
-impl PeerClients {
-    /// The clients of a node serving its client API over HTTPS if `api_https`, and mutual TLS
-    /// between nodes if `tls` is given.
-    pub fn new(api_https: bool, tls: Option<Arc<NodeTls>>) -> anyhow::Result<PeerClients> {
-        let mut api = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none());
-        if api_https {
-            let mut roots = extra_roots()?;
-            if let Some(tls) = &tls {
-                roots.roots.extend(tls.roots.roots.iter().cloned());
-            }
-            let builder = ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .context("TLS protocol versions")?
-                .with_root_certificates(roots);
-            let mut config = match &tls {
-                Some(tls) => builder
-                    .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())
-                    .context("the node certificate and key")?,
-                None => builder.with_no_client_auth(),
-            };
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            api = api.tls_backend_preconfigured(config);
-        }
-        let node = match &tls {
-            Some(tls) => tls.client(None)?,
-            None => reqwest::Client::builder().no_proxy().tcp_nodelay(true).build()?,
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots);
+        let mut config = match &tls {
+            Some(tls) => builder
+                .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())
+                .context("the node certificate and key")?,
+            None => builder.with_no_client_auth(),
         };
-        Ok(PeerClients {
-            api_scheme: if api_https { "https" } else { "http" },
-            api: api.build()?,
-            node_scheme: if tls.is_some() { "https" } else { "http" },
-            node,
-            tls,
-        })
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        api = api.tls_backend_preconfigured(config);
     }
+    let node = match &tls {
+        Some(tls) => tls.client(None)?,
+        None => reqwest::Client::builder().no_proxy().tcp_nodelay(true).build()?,
+    };
+    let verify = tls.clone().map(|tls| -> node::peer::VerifyNode {
+        Arc::new(move |id, raft_addr| Box::pin(verify_node(tls.clone(), id, raft_addr)))
+    });
+    Ok(node::Peers {
+        api_scheme: if api_https { "https" } else { "http" },
+        api: api.build()?,
+        node_scheme: if tls.is_some() { "https" } else { "http" },
+        node,
+        verify,
+    })
+}
 
-    /// Checks, under mutual TLS, that the server at `raft_addr` holds node `id`'s certificate
-    /// of this cluster (a TLS handshake that proves it). Without node TLS there is nothing to
-    /// check.
-    pub async fn verify_node(&self, id: raft::NodeId, raft_addr: &str) -> Result<(), String> {
-        let Some(tls) = &self.tls else { return Ok(()) };
-        let client = tls.client(Some(id)).map_err(|e| format!("{e:#}"))?;
-        let url = format!("https://{raft_addr}/keel/identity");
-        // Any HTTP answer proves the handshake, and with it the identity.
-        match client.get(&url).timeout(std::time::Duration::from_secs(10)).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!(
-                "the node at {raft_addr} did not prove that it is node {id} of cluster '{}': {}",
-                tls.identity.cluster,
-                error_chain(&e)
-            )),
-        }
+/// Checks, under mutual TLS, that the server at `raft_addr` holds node `id`'s certificate of
+/// this cluster (a TLS handshake that proves it).
+async fn verify_node(tls: Arc<NodeTls>, id: raft::NodeId, raft_addr: String) -> Result<(), String> {
+    let client = tls.client(Some(id)).map_err(|e| format!("{e:#}"))?;
+    let url = format!("https://{raft_addr}/keel/identity");
+    // Any HTTP answer proves the handshake, and with it the identity.
+    match client.get(&url).timeout(std::time::Duration::from_secs(10)).send().await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "the node at {raft_addr} did not prove that it is node {id} of cluster '{}': {}",
+            tls.identity.cluster,
+            error_chain(&e)
+        )),
     }
 }
 
-/// An error with its sources, `a: b: c` (reqwest hides the TLS reason in a source).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use node::membership::error_chain;
 
 /// The roots in `KEEL_CACERT`, if set; empty otherwise.
 fn extra_roots() -> anyhow::Result<RootCertStore> {

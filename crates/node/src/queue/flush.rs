@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::verdict::{self, Verdict};
 use super::{Batch, Item, Outcome, Queue, Receiver};
-use crate::http::Node;
+use crate::Node;
 
 /// First pause after a transient failure.
 const RETRY_MIN: Duration = Duration::from_millis(100);

@@ -142,7 +142,7 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         // Export every error kind from the start, at zero, so dashboards see the series.
-        for kind in crate::http::ERROR_KINDS {
+        for kind in crate::error::KINDS {
             errors.with_label_values(&[kind]).reset();
         }
         Metrics {

@@ -1,0 +1,212 @@
+//! `/db/execute`, `/db/query` and `/db/request`: rqlite's query parameters into the node's
+//! typed calls ([`node::WriteCall`], [`node::ReadCall`]), and the answers into rqlite's
+//! envelope (`results`, plus Keel's `lsn`).
+//!
+//! - A write (and `/db/request` with one) is routed first ([`super::to_leader`]): on a node
+//!   that does not lead it is forwarded to the leader (or answered 301 with `?redirect`)
+//!   before the body is even parsed. On the leader it runs through [`node::Node::write`]; if
+//!   leadership is lost before the append (nothing was written), it is routed again to
+//!   whoever leads now, a few times.
+//! - A read runs through [`node::Node::read`]; `weak` and `strong` on a node that does not
+//!   lead come back as [`node::Error::NotLeader`] and are forwarded the same way.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::{Incoming, Node, Params, bad_request, error_response, json_response, node_error};
+
+/// How many times a write is routed again after leadership moved before it was appended.
+const REROUTES: u32 = 3;
+
+fn results_json(results: &[sql::StatementResult], p: &Params, in_request: bool) -> Vec<Value> {
+    let format = p.format();
+    results.iter().map(|r| r.to_json(&format, in_request)).collect()
+}
+
+fn db_answer(results: Vec<Value>, lsn: wal::Lsn, p: &Params, start: Instant) -> Response {
+    let mut body = json!({ "results": results, "lsn": lsn });
+    if p.has("timings") {
+        body["time"] = json!(start.elapsed().as_secs_f64());
+    }
+    if p.has("raft_index") {
+        body["raft_index"] = json!(lsn);
+    }
+    json_response(StatusCode::OK, &body, p.has("pretty"))
+}
+
+pub(crate) async fn execute(
+    State(node): State<Arc<Node>>,
+    Query(p): Query<Vec<(String, String)>>,
+    req: Incoming,
+) -> Response {
+    let p = Params(p);
+    if p.has("queue") {
+        return super::queue::enqueue(&node, &p, &req).await;
+    }
+    served_by(&node, write(&node, &p, &req, false, Instant::now()).await)
+}
+
+/// Marks a database answer with `X-RQLITE-SERVED-BY`: the Raft address of the node that ran
+/// it. A forwarded answer keeps the leader's; errors other than per-statement ones get none.
+fn served_by(node: &Node, mut response: Response) -> Response {
+    let ok = response.status() == StatusCode::OK;
+    let headers = response.headers_mut();
+    if ok
+        && !headers.contains_key(crate::headers::SERVED_BY)
+        && let Ok(addr) = HeaderValue::from_str(&node.me.raft_addr)
+    {
+        headers.insert(crate::headers::SERVED_BY, addr);
+    }
+    response
+}
+
+/// Routes a write to the leader and runs it there (see the module docs).
+async fn write(node: &Node, p: &Params, req: &Incoming, rows: bool, start: Instant) -> Response {
+    let durability = match p.durability(node.durability) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let db_timeout = match p.duration("db_timeout") {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut attempts = 0;
+    loop {
+        if let Some(r) = super::to_leader(node, p, req).await {
+            return r;
+        }
+        let statements = match super::parse_body(&req.headers, &req.body) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let call = node::WriteCall {
+            request: sql::WriteRequest {
+                statements,
+                transaction: p.has("transaction"),
+                rows,
+                request_id: p.get("request_id").map(str::to_string),
+                timeout: db_timeout,
+            },
+            durability,
+            qualify_columns: p.has("qualify_columns"),
+            received: start,
+        };
+        match node.write(call).await {
+            Ok(outcome) => {
+                return db_answer(results_json(&outcome.results, p, rows), outcome.lsn, p, start);
+            }
+            Err(node::Error::Leader(leader::Error::NotLeader { .. })) if attempts < REROUTES => {
+                attempts += 1
+            }
+            Err(e) => {
+                if let node::Error::Leader(e @ leader::Error::NotLeader { .. }) = &e {
+                    node.count_error(e);
+                }
+                return node_error(e, p.has("pretty"));
+            }
+        }
+    }
+}
+
+pub(crate) async fn query(
+    State(node): State<Arc<Node>>,
+    Query(p): Query<Vec<(String, String)>>,
+    req: Incoming,
+) -> Response {
+    let p = Params(p);
+    let start = Instant::now();
+    let statements = if req.method == Method::GET {
+        match p.get("q") {
+            Some(q) if !q.is_empty() => match sql::statements_from_text(q) {
+                Ok(s) => s,
+                Err(e) => return bad_request(e),
+            },
+            _ => return bad_request("query parameter not set"),
+        }
+    } else {
+        match super::parse_body(&req.headers, &req.body) {
+            Ok(s) => s,
+            Err(r) => return r,
+        }
+    };
+    served_by(&node, read(&node, &p, &req, statements, false, start).await)
+}
+
+/// The read call a request's parameters ask for; a malformed parameter is a 400.
+fn read_call(p: &Params, statements: Vec<sql::Statement>) -> Result<node::ReadCall, Response> {
+    let db_timeout = p.duration("db_timeout")?;
+    let freshness = p.duration("freshness")?;
+    if p.has("freshness_strict") && freshness.is_none() {
+        return Err(bad_request("freshness_strict requires freshness"));
+    }
+    let min_lsn = match p.get("min_lsn").map(str::parse::<wal::Lsn>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Err(bad_request("min_lsn must be a log index (a whole number)")),
+    };
+    let level = node::Level::parse(p.get("level"));
+    let timeout = p.duration("timeout")?;
+    Ok(node::ReadCall {
+        statements,
+        transaction: p.has("transaction"),
+        level,
+        freshness,
+        freshness_strict: p.has("freshness_strict"),
+        min_lsn,
+        timeout,
+        // Only a linearizable read looks at it (as before: a bad value elsewhere is ignored).
+        linearizable_timeout: match level {
+            node::Level::Linearizable => p.duration("linearizable_timeout")?,
+            _ => None,
+        },
+        db_timeout,
+        qualify_columns: p.has("qualify_columns"),
+    })
+}
+
+async fn read(
+    node: &Node,
+    p: &Params,
+    req: &Incoming,
+    statements: Vec<sql::Statement>,
+    in_request: bool,
+    start: Instant,
+) -> Response {
+    let call = match read_call(p, statements) {
+        Ok(call) => call,
+        Err(r) => return r,
+    };
+    match node.read(call).await {
+        Ok(outcome) => {
+            db_answer(results_json(&outcome.results, p, in_request), outcome.lsn, p, start)
+        }
+        Err(node::Error::NotLeader { leader }) => super::to(node, p, req, &leader).await,
+        Err(e) => node_error(e, p.has("pretty")),
+    }
+}
+
+pub(crate) async fn request(
+    State(node): State<Arc<Node>>,
+    Query(p): Query<Vec<(String, String)>>,
+    req: Incoming,
+) -> Response {
+    let p = Params(p);
+    let start = Instant::now();
+    let statements = match super::parse_body(&req.headers, &req.body) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (statements, read_only) = match node.is_read_only(statements).await {
+        Ok(v) => v,
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if read_only {
+        return served_by(&node, read(&node, &p, &req, statements, true, start).await);
+    }
+    served_by(&node, write(&node, &p, &req, true, start).await)
+}

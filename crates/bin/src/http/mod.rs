@@ -1,0 +1,415 @@
+//! The client HTTP API, rqlite-compatible (`shared/reference/rqlite-api.md`), on axum: an
+//! adapter from HTTP to the node's typed calls ([`node::Node`]).
+//!
+//! Routes by audience:
+//!
+//! - [`db`]: `/db/execute`, `/db/query`, `/db/request`: SQL. A request that needs the leader
+//!   is routed by the node ([`node::Node::route`]); this layer forwards it unchanged to the
+//!   leader (or answers 301 with `?redirect`) before its body is even parsed.
+//! - [`queue`]: `/db/execute?queue` and `/db/queue/{n}`: queued writes.
+//! - [`cluster`]: `/nodes`, `/leader`, `/readyz`, `/join`, `/metrics`; `/status` is
+//!   [`crate::status`].
+//! - admin ([`crate::admin`]), backups and loads ([`crate::backup`]), the change stream
+//!   ([`crate::changes`]) and the web console ([`crate::console`]).
+//!
+//! Node-to-node routes are the node's own ([`node::peer::router`]), served on the Raft
+//! address.
+//!
+//! Before any handler, every request's query string passes rqlite's checks
+//! ([`crate::params`]), and every answer gets rqlite's headers ([`crate::headers`]). Handlers
+//! honour rqlite's `associative`, `blob_array`, `timings`, `transaction`, `redirect`,
+//! `raft_index`, `qualify_columns`, `db_timeout`, `linearizable_timeout`, `freshness` and
+//! `level`; the others rqlite knows are accepted and ignored (`docs/http-api.md` lists each).
+//!
+//! Every database answer carries `lsn`: the log index of the write's record, or for a read the
+//! index this node had applied when it served it. Errors map to HTTP status in one place,
+//! [`node_error`]; SQL errors are per-statement and answered 200, as rqlite does.
+
+pub(crate) mod cluster;
+pub(crate) mod db;
+pub(crate) mod queue;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub(crate) use node::Node;
+
+/// Header marking a request forwarded by another node, so it is never forwarded twice.
+const FORWARDED: &str = "x-keel-forwarded";
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 << 20;
+/// How long a forwarded request may take unless `timeout=` says otherwise.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client API router.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/db/execute", post(db::execute))
+        .route("/db/query", get(db::query).post(db::query))
+        .route("/db/request", post(db::request))
+        .route("/db/queue/{sequence_number}", get(queue::outcome))
+        .route("/status", get(crate::status::status))
+        .route("/nodes", get(cluster::nodes))
+        .route("/leader", get(cluster::get_leader))
+        .route("/readyz", get(cluster::readyz))
+        .route("/join", post(cluster::join))
+        .route("/metrics", get(cluster::metrics))
+        .with_state(node.clone())
+        .merge(crate::admin::router(node.clone()))
+        .merge(crate::backup::router(node.clone()))
+        .merge(crate::changes::router(node.clone()))
+        .merge(crate::console::router(node))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// A request as received, kept whole so that it can be forwarded to the leader unchanged.
+pub(crate) struct Incoming {
+    /// The HTTP method.
+    pub(crate) method: Method,
+    /// Path and query.
+    pub(crate) uri: Uri,
+    /// The headers (content type and credentials are forwarded).
+    pub(crate) headers: HeaderMap,
+    /// The body, within the router's body limit.
+    pub(crate) body: Bytes,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Incoming {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (method, uri, headers) =
+            (req.method().clone(), req.uri().clone(), req.headers().clone());
+        let body = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        Ok(Incoming { method, uri, headers, body })
+    }
+}
+
+/// The answer to a body that could not be read: 408 if it stopped arriving (the body idle
+/// timeout, `--http-body-timeout`), else axum's (413 over the size limit, 400 otherwise).
+fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> Response {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving (--http-body-timeout)",
+            );
+        }
+        source = error.source();
+    }
+    rejection.into_response()
+}
+
+/// Query-string parameters. rqlite's flags are presence-only (`?transaction`).
+pub(crate) struct Params(pub(crate) Vec<(String, String)>);
+
+impl Params {
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn duration(&self, key: &str) -> Result<Option<Duration>, Response> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => crate::params::go_duration(v)
+                .map(Some)
+                .map_err(|_| bad_request(format!("{key} is not a valid duration"))),
+        }
+    }
+
+    /// The write's `durability=`, or `default` when absent; a bad value is a 400.
+    pub(crate) fn durability(
+        &self,
+        default: leader::Durability,
+    ) -> Result<leader::Durability, Response> {
+        match self.get("durability") {
+            None => Ok(default),
+            Some(d) => d.parse().map_err(bad_request),
+        }
+    }
+
+    fn format(&self) -> sql::Format {
+        sql::Format {
+            associative: self.has("associative"),
+            blob_array: self.has("blob_array"),
+            timings: self.has("timings"),
+        }
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, value: &Value, pretty: bool) -> Response {
+    let body = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
+    let body = body.expect("serializing a serde_json::Value cannot fail");
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+        .into_response()
+}
+
+pub(crate) fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    json_response(status, &json!({ "error": message.to_string() }), false)
+}
+
+pub(crate) fn bad_request(message: impl std::fmt::Display) -> Response {
+    error_response(StatusCode::BAD_REQUEST, message)
+}
+
+pub(crate) fn unavailable(message: impl std::fmt::Display) -> Response {
+    retry_after(error_response(StatusCode::SERVICE_UNAVAILABLE, message))
+}
+
+/// Maps a write-path error to its HTTP answer.
+pub(crate) fn write_error(e: leader::Error) -> Response {
+    let message = node::error::describe(&e);
+    match e {
+        leader::Error::NotLeader { .. }
+        | leader::Error::Unavailable(_)
+        | leader::Error::Unknown(_) => unavailable(message),
+        leader::Error::NotReplicated { lsn, unconfirmed, .. } => {
+            let body = json!({
+                "error": message,
+                "committed": true,
+                "lsn": lsn,
+                "unconfirmed": unconfirmed,
+            });
+            retry_after(json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false))
+        }
+        leader::Error::InvalidInput(_) => bad_request(message),
+        leader::Error::Internal(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, message),
+    }
+}
+
+/// Maps a node error to its HTTP answer. [`node::Error::NotLeader`] is answered 503 here:
+/// handlers that can forward do so before they get this far.
+pub(crate) fn node_error(e: node::Error, pretty: bool) -> Response {
+    match e {
+        node::Error::Leader(e) => write_error(e),
+        node::Error::NotLeader { .. } => unavailable("leader not found"),
+        node::Error::InvalidInput(m) => bad_request(m),
+        node::Error::Unavailable(m) => unavailable(m),
+        e @ node::Error::NotApplied { applied, .. } => {
+            let body = json!({ "error": e.to_string(), "applied_index": applied });
+            retry_after(json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false))
+        }
+        node::Error::Stale(why) => {
+            json_response(StatusCode::OK, &json!({ "results": [], "error": why }), pretty)
+        }
+        node::Error::Forbidden(m) => error_response(StatusCode::FORBIDDEN, m),
+        node::Error::Internal(m) => error_response(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
+/// Adds `Retry-After: 1`.
+fn retry_after(mut r: Response) -> Response {
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// A statement body as sent: SQL text (`text/plain`, one statement) or rqlite's JSON array.
+pub(crate) enum Body<'a> {
+    /// A `text/plain` body.
+    Text(&'a str),
+    /// Anything else, parsed as JSON.
+    Json(Value),
+}
+
+impl<'a> Body<'a> {
+    /// Decodes a body by its content type; a body that is not UTF-8 text or not JSON is a 400.
+    pub(crate) fn decode(headers: &HeaderMap, body: &'a [u8]) -> Result<Body<'a>, Response> {
+        let text_plain = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain"));
+        if text_plain {
+            let text = std::str::from_utf8(body).map_err(|_| bad_request("body is not UTF-8"))?;
+            return Ok(Body::Text(text));
+        }
+        serde_json::from_slice(body).map(Body::Json).map_err(|_| bad_request("invalid JSON body"))
+    }
+
+    /// Whether it holds no statement: blank text, or `[]`.
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Body::Text(text) => text.trim().is_empty(),
+            Body::Json(value) => value.as_array().is_some_and(Vec::is_empty),
+        }
+    }
+
+    /// Its statements; a malformed body is a 400 with rqlite's message.
+    pub(crate) fn statements(&self) -> Result<Vec<sql::Statement>, Response> {
+        match self {
+            Body::Text(text) => sql::statements_from_text(text).map_err(bad_request),
+            Body::Json(value) => sql::parse_statements(value).map_err(bad_request),
+        }
+    }
+
+    /// rqlite's JSON form of it (text becomes an array of one statement).
+    pub(crate) fn into_json(self) -> Value {
+        match self {
+            Body::Text(text) => json!([text]),
+            Body::Json(value) => value,
+        }
+    }
+}
+
+/// Parses a statement body: JSON array (rqlite's format) or, for `text/plain`, one statement.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<sql::Statement>, Response> {
+    Body::decode(headers, body)?.statements()
+}
+
+/// Where a request that needs the leader goes, as decided by [`route_to_leader`].
+pub(crate) enum Route {
+    /// This node leads: serve it here.
+    Here,
+    /// Answer this at once (a 301 with `?redirect`, or 503 when no leader is known).
+    Answer(Response),
+    /// Forward it to the leader.
+    Forward {
+        /// The same path and query on the leader.
+        url: String,
+        /// The leader's id, for errors.
+        leader: raft::NodeId,
+        /// How long the forwarded request may take.
+        timeout: Duration,
+    },
+}
+
+/// Decides where a request that needs the leader goes, from the node's routing
+/// ([`node::Node::route`]).
+pub(crate) async fn route_to_leader(
+    node: &Node,
+    p: &Params,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Route {
+    match node.route().await {
+        node::Route::Here => Route::Here,
+        node::Route::NoLeader => Route::Answer(unavailable("leader not found")),
+        node::Route::Leader(leader) => route_elsewhere(node, p, uri, headers, &leader),
+    }
+}
+
+/// How a request reaches `leader`, another node: a 301 with `?redirect`, else forwarded.
+fn route_elsewhere(
+    node: &Node,
+    p: &Params,
+    uri: &Uri,
+    headers: &HeaderMap,
+    leader: &raft::cluster::Member,
+) -> Route {
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let url = node.peers.api_url(&leader.node, path_and_query);
+    if p.has("redirect") {
+        let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
+        if let Ok(v) = HeaderValue::from_str(&url) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return Route::Answer(r);
+    }
+    if headers.contains_key(FORWARDED) {
+        // Forwarded to us by a node that thought we lead; we don't. Don't bounce it around.
+        return Route::Answer(unavailable("leader not found"));
+    }
+    // `timeout=` also bounds the leader's own waits (min_lsn, durability): give the forward
+    // room beyond it, so the leader's answer arrives instead of a forwarding error.
+    let timeout = match p.duration("timeout") {
+        Ok(t) => t.map_or(FORWARD_TIMEOUT, |t| t + Duration::from_secs(5)),
+        Err(r) => return Route::Answer(r),
+    };
+    Route::Forward { url, leader: leader.id, timeout }
+}
+
+/// A request to the leader carrying the caller's method, content type and credentials, marked
+/// as forwarded. No timeout is set; the caller adds one where the body is bounded.
+pub(crate) fn forward_request(
+    node: &Node,
+    method: &Method,
+    url: &str,
+    headers: &HeaderMap,
+) -> reqwest::RequestBuilder {
+    let mut forward =
+        node.peers.api.request(method.clone(), url).header(FORWARDED, node.id.to_string());
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+        if let Some(v) = headers.get(&name) {
+            forward = forward.header(name, v.clone());
+        }
+    }
+    forward
+}
+
+/// If this node cannot serve the request because it needs the leader and this node is not it,
+/// returns the answer: a 301 to the leader (`?redirect`), the leader's own answer (forwarded),
+/// or 503 when no leader is known. `None` means: serve it here.
+pub(crate) async fn to_leader(node: &Node, p: &Params, req: &Incoming) -> Option<Response> {
+    match route_to_leader(node, p, &req.uri, &req.headers).await {
+        Route::Here => None,
+        Route::Answer(r) => Some(r),
+        Route::Forward { url, leader, timeout } => {
+            Some(forward(node, req, &url, leader, timeout).await)
+        }
+    }
+}
+
+/// The answer of a node that does not lead to a request that needs `leader`: a 301 with
+/// `?redirect`, else the leader's own answer to the request forwarded.
+pub(crate) async fn to(
+    node: &Node,
+    p: &Params,
+    req: &Incoming,
+    leader: &raft::cluster::Member,
+) -> Response {
+    match route_elsewhere(node, p, &req.uri, &req.headers, leader) {
+        Route::Here => unreachable!("route_elsewhere never answers Here"),
+        Route::Answer(r) => r,
+        Route::Forward { url, leader, timeout } => forward(node, req, &url, leader, timeout).await,
+    }
+}
+
+/// Sends `req` to `url` on the leader and relays its answer (status, body, content type,
+/// location, served-by).
+async fn forward(
+    node: &Node,
+    req: &Incoming,
+    url: &str,
+    leader: raft::NodeId,
+    timeout: Duration,
+) -> Response {
+    let Incoming { method, headers, body, .. } = req;
+    let forward = forward_request(node, method, url, headers).timeout(timeout).body(body.clone());
+    match forward.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+            let location = resp.headers().get(header::LOCATION).cloned();
+            let served_by = resp.headers().get(crate::headers::SERVED_BY).cloned();
+            match resp.bytes().await {
+                Ok(bytes) => {
+                    let mut r = (status, bytes).into_response();
+                    if let Some(ct) = content_type {
+                        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+                    }
+                    if let Some(l) = location {
+                        r.headers_mut().insert(header::LOCATION, l);
+                    }
+                    if let Some(by) = served_by {
+                        r.headers_mut().insert(crate::headers::SERVED_BY, by);
+                    }
+                    r
+                }
+                Err(e) => unavailable(format!("reading the leader's answer failed: {e}")),
+            }
+        }
+        Err(e) => unavailable(format!("forwarding to leader {leader} failed: {e}")),
+    }
+}

@@ -1,0 +1,202 @@
+//! `keel serve`: one node, from its flags. Builds the node's configuration, starts it
+//! ([`node::Node::start`]: database, state machine, Raft, writer, write queue), serves the
+//! node-to-node routes ([`node::peer::router`]) on the Raft address and the client API
+//! ([`crate::http`]) on the HTTP address, each with its TLS, bootstraps or joins, and on
+//! SIGINT/SIGTERM shuts down (the node flushes its write queue first).
+//!
+//! Data directory layout: `db/` (the database, with its applied log position inside; see
+//! [`sql::Db::open`]), `raft/` (the WAL: Raft log segments, vote, committed position),
+//! `snapshots/`, and `tmp/` (backups and loads being spooled; emptied at start).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::http;
+use crate::{PlantedBug, ServeArgs};
+
+/// Runs a node until SIGINT/SIGTERM, or until Raft stops on a fatal error (then exits non-zero).
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (started, started_at) = (std::time::SystemTime::now(), Instant::now());
+    let headers = Arc::new(crate::headers::Headers::new(
+        args.http_allow_origin.as_deref(),
+        args.auth.is_some(),
+    )?);
+    // Certificates are checked before anything listens: a bad file fails the start.
+    let tls = crate::tls::ServeTls::from_args(&args)?;
+    let peers = crate::tls::peers(tls.api.is_some(), tls.node.clone())?;
+    let credentials = join_credentials(args.join_as.as_deref())?;
+
+    // Bind first, so a port in use fails the start instead of a half-started node.
+    let raft_listener = TcpListener::bind(&args.raft_addr)
+        .await
+        .with_context(|| format!("binding Raft address {}", args.raft_addr))?;
+    let http_listener = TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP address {}", args.http_addr))?;
+
+    let planted = |bug| args.unsafe_plant_bug.contains(&bug);
+    let config = node::Config {
+        id: args.id,
+        data_dir: args.data_dir.clone(),
+        me: raft::Node {
+            raft_addr: advertised(&args.raft_addr, args.raft_adv_addr.as_deref(), "raft")?,
+            http_addr: advertised(&args.http_addr, args.http_adv_addr.as_deref(), "http")?,
+        },
+        limits: sql::Limits {
+            max_result_rows: args.max_result_rows,
+            max_result_bytes: args.max_result_bytes,
+            statement_time: args.max_statement_time,
+            foreign_keys: args.fk,
+        },
+        readers: args.readers,
+        raft: raft::Options {
+            heartbeat_interval: args.heartbeat,
+            election_timeout_min: args.election_timeout,
+            snapshot_entries: args.snapshot_entries,
+            max_in_snapshot_log_to_keep: args.trailing_logs,
+            wal: wal::Options {
+                sync_marks: args.wal_sync_marks,
+                unsafe_skip_fsync: planted(PlantedBug::SkipFsync),
+                ..wal::Options::default()
+            },
+            transport: tls
+                .node
+                .as_ref()
+                .map_or_else(raft::network::Transport::plain, |t| t.transport()),
+        },
+        durability: args.durability,
+        sync_timeout: args.sync_timeout,
+        queue: node::queue::Options {
+            capacity: usize::try_from(args.write_queue_capacity).unwrap_or(usize::MAX),
+            batch_size: usize::try_from(args.write_queue_batch_size).unwrap_or(usize::MAX),
+            timeout: args.write_queue_timeout,
+            transaction: args.write_queue_tx,
+            ..Default::default()
+        },
+        peers,
+        settings: node::Settings {
+            http_bind: args.http_addr.clone(),
+            auth: args.auth.is_some(),
+            tls: tls.api.is_some(),
+            allow_origin: args.http_allow_origin.clone(),
+            heartbeat: args.heartbeat,
+            election_timeout: args.election_timeout,
+            snapshot_entries: args.snapshot_entries,
+            trailing_logs: args.trailing_logs,
+            started,
+            started_at,
+        },
+        planted: node::PlantedBugs {
+            ack_before_commit: planted(PlantedBug::AckBeforeCommit),
+            stale_linearizable: planted(PlantedBug::StaleLinearizable),
+        },
+    };
+    let node = node::Node::start(config).await?;
+
+    let mut node_router = node::peer::router(node.clone(), tls.node.is_some());
+    if let Some(node_tls) = &tls.node {
+        // Every node-to-node route: a node certificate of this cluster, or 403.
+        node_router = node_router.layer(axum::middleware::from_fn_with_state(
+            node_tls.clone(),
+            crate::tls::require_node,
+        ));
+    }
+    let limits = crate::serve::Limits {
+        max_connections: args.max_connections,
+        max_requests: args.max_concurrent_requests,
+        header_timeout: args.http_header_timeout,
+        body_timeout: args.http_body_timeout,
+    };
+    let node_config = tls.node.as_ref().map(|t| t.server_config());
+    tokio::spawn(crate::serve::serve(raft_listener, node_router, limits, node_config));
+    let mut client_router = http::router(node.clone());
+    if let Some(path) = &args.auth {
+        let auth = Arc::new(crate::auth::Auth::load(path)?);
+        tracing::info!(file = %path.display(), "client API requires credentials (--auth)");
+        if tls.api.is_none() {
+            tracing::warn!(
+                "--auth without HTTPS: passwords cross the network in clear text with every \
+                 request; serve the client API with --tls-cert/--tls-key or --tls-dir"
+            );
+        }
+        tokio::spawn(crate::auth::reload_on_sighup(auth.clone()));
+        client_router = client_router
+            .merge(crate::auth::router(auth.clone()))
+            .layer(axum::middleware::from_fn_with_state(auth, crate::auth::guard));
+    }
+    // Outermost: rqlite's headers and preflights, then its parameter checks (both before
+    // authentication, as in rqlite).
+    let client_router = crate::serve::client_layers(client_router, limits)
+        .layer(axum::middleware::from_fn(crate::params::check))
+        .layer(axum::middleware::from_fn_with_state(headers, crate::headers::apply));
+    tokio::spawn(crate::serve::serve(http_listener, client_router, limits, tls.api.clone()));
+    for bug in &args.unsafe_plant_bug {
+        tracing::error!(
+            ?bug,
+            "a bug is planted on purpose (--unsafe-plant-bug): do not trust this node with data"
+        );
+    }
+    if let Some(node_tls) = &tls.node {
+        tracing::info!(identity = %node_tls.identity().uri(), "mutual TLS between nodes");
+    }
+    tracing::info!(id = args.id, https = tls.api.is_some(), http = %args.http_addr, raft = %args.raft_addr, data = %args.data_dir.display(), "node started");
+
+    node.bootstrap_or_join(&args.join, !args.learner, credentials).await?;
+
+    let reason = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = node.stopped() => Some(reason),
+    };
+    match reason {
+        None => {
+            tracing::info!("shutting down");
+            // Queued writes live in memory: the node commits them while it can still reach
+            // the leader (or lead), or says how many are lost.
+            node.shutdown().await;
+            Ok(())
+        }
+        Some(reason) => {
+            node.shutdown_after_failure().await;
+            anyhow::bail!("raft stopped: {reason}")
+        }
+    }
+}
+
+/// `--join-as USER:PASSWORD`, split.
+fn join_credentials(join_as: Option<&str>) -> anyhow::Result<Option<(String, String)>> {
+    match join_as {
+        None => Ok(None),
+        Some(c) => match c.split_once(':') {
+            Some((user, password)) => Ok(Some((user.to_string(), password.to_string()))),
+            None => anyhow::bail!("--join-as must be USER:PASSWORD"),
+        },
+    }
+}
+
+/// The address the cluster is told for a listener bound to `bind`: `adv` if given, else `bind`,
+/// which must then name a host others can reach (not `0.0.0.0` or `[::]`).
+fn advertised(bind: &str, adv: Option<&str>, what: &str) -> anyhow::Result<String> {
+    if let Some(adv) = adv {
+        return Ok(adv.to_string());
+    }
+    let unspecified = bind.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified());
+    if unspecified {
+        anyhow::bail!(
+            "--{what}-addr {bind} listens on every interface, but other nodes cannot reach \
+             that address: give the address to advertise with --{what}-adv-addr HOST:PORT"
+        );
+    }
+    Ok(bind.to_string())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on Unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,323 @@
+//! Keel's node as typed calls: the service layer between the HTTP adapters of the `keel`
+//! binary and the engine crates (`sql`, `raft`, `leader`, `follower`).
+//!
+//! [`Node::start`] opens the database, starts Raft, the writer ([`leader::Leader`]) and the
+//! state machine ([`follower::Replica`], which runs on every node, the leader included), and
+//! the write queue's flusher. It decides who talks to the database on which thread: the one
+//! read-write connection is shared by the writer (speculation) and the state machine (apply)
+//! behind one mutex, and never handed to anything else; reads run on the read-only pool
+//! ([`sql::Readers`]), inline on the async worker when they finish within [`read::INLINE_READ`],
+//! else on a blocking thread.
+//!
+//! The calls, each in its own module:
+//!
+//! - [`route`]: who serves a request that needs the leader. The node answers "here", "node N
+//!   leads, here is its address" or "no leader"; forwarding or redirecting is the HTTP layer's
+//!   job, because it holds the request as received.
+//! - [`write`]: a write with its durability and request id, through the writer.
+//! - [`read`]: a read at a consistency level (`none`, `weak`, `linearizable`, `strong`), with
+//!   `freshness`, `min_lsn` and `qualify_columns`; the read-index protocol of a linearizable
+//!   read on a follower lives here.
+//! - [`health`]: `/readyz`'s checks and the member list of `/nodes` with reachability probes.
+//! - [`membership`]: adding a node (with proof of its identity under mutual TLS) and joining a
+//!   cluster on start.
+//! - [`peer`]: the node-to-node protocol in one place: Raft's own RPCs (from
+//!   [`raft::network`]) plus Keel's (`/keel/applied`, `/keel/read-index`, `/keel/queue`), both
+//!   their routes and their calls.
+//! - [`queue`]: the write queue of `/db/execute?queue`.
+//! - [`metrics`]: Prometheus counters, updated where things happen.
+//!
+//! Errors ([`Error`]) say what the caller should do; the HTTP layer maps each to one answer.
+//! What this crate does not do: parse HTTP requests, build rqlite's JSON envelopes, TLS,
+//! authentication, or the CLI. Those are the `keel` binary's.
+
+#![allow(clippy::result_large_err)]
+
+pub mod error;
+pub mod health;
+pub mod membership;
+pub mod metrics;
+pub mod peer;
+pub mod queue;
+pub mod read;
+pub mod route;
+pub mod write;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+pub use error::Error;
+pub use peer::Peers;
+pub use read::{Level, ReadCall, ReadOutcome};
+pub use route::Route;
+pub use write::WriteCall;
+
+/// Bugs a node can be started with on purpose (`--unsafe-plant-bug`), so the fault campaign
+/// can prove it catches them. All off in any real use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlantedBugs {
+    /// Acknowledge writes before they are committed.
+    pub ack_before_commit: bool,
+    /// Serve `linearizable` reads from the local copy without a read index.
+    pub stale_linearizable: bool,
+}
+
+/// How the node was started, as `/status` reports it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The client API's bind address.
+    pub http_bind: String,
+    /// Whether the client API requires credentials.
+    pub auth: bool,
+    /// Whether the client API is served over HTTPS.
+    pub tls: bool,
+    /// `--http-allow-origin`, if set.
+    pub allow_origin: Option<String>,
+    /// Raft's heartbeat interval.
+    pub heartbeat: Duration,
+    /// Raft's minimum election timeout.
+    pub election_timeout: Duration,
+    /// Log entries between snapshots.
+    pub snapshot_entries: u64,
+    /// Log entries kept behind a snapshot.
+    pub trailing_logs: u64,
+    /// When the node started (wall clock).
+    pub started: SystemTime,
+    /// When the node started (monotonic).
+    pub started_at: Instant,
+}
+
+/// What [`Node::start`] needs.
+pub struct Config {
+    /// This node's id.
+    pub id: raft::NodeId,
+    /// The data directory: `db/`, `raft/`, `snapshots/`, `tmp/`.
+    pub data_dir: PathBuf,
+    /// The addresses other nodes and clients are told to use.
+    pub me: raft::Node,
+    /// Limits on client SQL.
+    pub limits: sql::Limits,
+    /// Read-only connections in the pool.
+    pub readers: usize,
+    /// Raft's settings, with the transport to other nodes.
+    pub raft: raft::Options,
+    /// Durability of writes that do not ask for one.
+    pub durability: leader::Durability,
+    /// How long `sync` and `replicas:K` writes wait for replicas.
+    pub sync_timeout: Duration,
+    /// The write queue's settings.
+    pub queue: queue::Options,
+    /// How this node reaches other nodes.
+    pub peers: Peers,
+    /// How the node was started, for `/status`.
+    pub settings: Settings,
+    /// Bugs planted on purpose.
+    pub planted: PlantedBugs,
+}
+
+/// One running node. Shared by the HTTP handlers behind an `Arc`.
+///
+/// The fields are the node's handles, readable by the adapters that report on them (`/status`,
+/// backups, the change stream, the console); changing state goes through the methods.
+pub struct Node {
+    /// This node's id.
+    pub id: raft::NodeId,
+    /// This node's addresses.
+    pub me: raft::Node,
+    /// The Raft node.
+    pub raft: raft::Raft,
+    /// The writer.
+    pub leader: leader::Leader,
+    /// Read-only connections.
+    pub readers: Arc<sql::Readers>,
+    /// The applied log index, published by the state machine after every apply.
+    pub applied: watch::Receiver<wal::Lsn>,
+    /// Followers' applied positions (meaningful on the leader).
+    pub progress: Arc<leader::Progress>,
+    /// When this node last heard from a leader.
+    pub contact: Arc<raft::network::Contact>,
+    /// Durability of writes that do not ask for one.
+    pub durability: leader::Durability,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// Serializes membership changes: Raft allows one at a time, and concurrent joins would
+    /// otherwise fail each other.
+    pub membership: tokio::sync::Mutex<()>,
+    /// The write connection (loads read the schema they replace from it).
+    pub db: Arc<Mutex<sql::Db>>,
+    /// Consistent copies of the database, for backups.
+    pub image_source: sql::ImageSource,
+    /// The node's data directory (backups and loads spool under `tmp/` in it).
+    pub data_dir: PathBuf,
+    /// Snapshot counters, for `/status`.
+    pub snapshots: Arc<raft::SnapshotStats>,
+    /// Reads this node's Raft log (the change stream).
+    pub log: raft::LogReader,
+    /// How this node reaches other nodes.
+    pub peers: Peers,
+    /// How the node was started.
+    pub settings: Settings,
+    /// The write queue of `/db/execute?queue`.
+    pub queue: queue::Queue,
+    /// Bugs planted on purpose.
+    pub planted: PlantedBugs,
+}
+
+impl Node {
+    /// Opens the node's database in `config.data_dir`, starts Raft, the writer, the state
+    /// machine, the write queue's flusher and the applied-position reports to the leader.
+    /// Does not bootstrap or join a cluster (see [`Node::bootstrap_or_join`]) and serves
+    /// nothing: the caller serves [`peer::router`] on the Raft address and its client API.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        let db_dir = dir.join("db");
+        let mut db = sql::Db::open(&db_dir)
+            .with_context(|| format!("opening database in {}", db_dir.display()))?;
+        db.set_limits(config.limits);
+        let readers = db.readers(config.readers.max(1)).context("opening read connections")?;
+        let image_source = db.image_source();
+        let db = Arc::new(Mutex::new(db));
+        let replica = follower::Replica::new(db.clone()).context("reading the applied position")?;
+        // Spooled backups and loads of a previous run are garbage now.
+        let _ = std::fs::remove_dir_all(dir.join("tmp"));
+
+        let raft::Started { raft, stats: snapshots, log } =
+            raft::start_node(config.id, &dir, &config.raft, Arc::new(replica.clone())).await?;
+        let progress = Arc::new(leader::Progress::default());
+        let leader = leader::Leader::spawn(
+            raft.clone(),
+            db.clone(),
+            replica.applied(),
+            progress.clone(),
+            leader::Options {
+                sync_timeout: config.sync_timeout,
+                unsafe_ack_before_commit: config.planted.ack_before_commit,
+                ..Default::default()
+            },
+        );
+        let (queue, queue_receiver) = queue::Queue::new(config.id, config.queue);
+        let node = Arc::new(Node {
+            id: config.id,
+            me: config.me,
+            raft: raft.clone(),
+            leader,
+            readers: Arc::new(readers),
+            applied: replica.applied(),
+            progress,
+            contact: Arc::new(raft::network::Contact::default()),
+            durability: config.durability,
+            metrics: metrics::Metrics::new(),
+            membership: tokio::sync::Mutex::new(()),
+            db,
+            image_source,
+            data_dir: dir,
+            snapshots,
+            log,
+            peers: config.peers,
+            settings: config.settings,
+            queue,
+            planted: config.planted,
+        });
+        tokio::spawn(queue::flush::run(node.clone(), queue_receiver));
+        tokio::spawn(peer::report_applied(node.clone()));
+        tokio::spawn(raft::cluster::log_leadership(raft));
+        Ok(node)
+    }
+
+    /// The log index this node has applied.
+    pub fn applied(&self) -> wal::Lsn {
+        *self.applied.borrow()
+    }
+
+    /// Whether this node leads now.
+    pub fn is_leader(&self) -> bool {
+        raft::client::leader_term(&self.raft).is_ok()
+    }
+
+    /// Brings a fresh node into a cluster: with no `join` URLs it bootstraps a one-node
+    /// cluster; otherwise it asks the cluster to add it (in the background, retrying; Raft
+    /// is shut down if that fails for good). A member that joined as a voter but stopped
+    /// before its promotion asks again. Anything else: nothing to do.
+    pub async fn bootstrap_or_join(
+        self: &Arc<Self>,
+        join: &[String],
+        voter: bool,
+        credentials: Option<(String, String)>,
+    ) -> anyhow::Result<()> {
+        if !raft::cluster::is_initialized(&self.raft).await? {
+            if join.is_empty() {
+                tracing::info!(
+                    "empty data directory and no --join: bootstrapping a one-node cluster"
+                );
+                raft::cluster::initialize(&self.raft, self.id, self.me.clone()).await?;
+                return Ok(());
+            }
+            self.join_in_background(
+                join.to_vec(),
+                voter,
+                credentials,
+                "could not join the cluster",
+            );
+        } else if !join.is_empty() {
+            let me_now = raft::cluster::member(&self.raft, self.id);
+            if voter && me_now.as_ref().is_some_and(|m| !m.voter) {
+                // Joined as a voter but stopped before the promotion (the node is added as a
+                // learner first and promoted once caught up): ask again, or it stays a learner.
+                tracing::info!("a learner started without --learner: asking to be made a voter");
+                self.join_in_background(
+                    join.to_vec(),
+                    true,
+                    credentials,
+                    "could not become a voter",
+                );
+            } else {
+                tracing::info!("already a cluster member; --join ignored");
+            }
+        }
+        Ok(())
+    }
+
+    fn join_in_background(
+        self: &Arc<Self>,
+        join: Vec<String>,
+        voter: bool,
+        credentials: Option<(String, String)>,
+        failure: &'static str,
+    ) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let me = node.me.clone();
+            if let Err(e) =
+                membership::join_cluster(node.id, me, &join, voter, credentials, &node.peers).await
+            {
+                tracing::error!(error = %e, "{failure}; stopping");
+                let _ = node.raft.shutdown().await;
+            }
+        });
+    }
+
+    /// Waits until Raft stops on a fatal error, and returns why.
+    pub async fn stopped(&self) -> String {
+        raft::cluster::stopped(&self.raft).await
+    }
+
+    /// Stops the node: flushes the write queue for up to [`queue::DRAIN`] while this node can
+    /// still reach the leader (or lead), then shuts Raft down.
+    pub async fn shutdown(&self) {
+        self.queue.drain(queue::DRAIN).await;
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// Stops a node whose Raft already stopped on a fatal error: says how many queued writes
+    /// are lost, and shuts Raft down.
+    pub async fn shutdown_after_failure(&self) {
+        self.queue.report_lost();
+        let _ = self.raft.shutdown().await;
+    }
+}

@@ -1,0 +1,250 @@
+//! The node-to-node protocol in one place: what nodes say to each other besides the client API.
+//!
+//! Served on the Raft address by [`router`]:
+//!
+//! | route | from | what |
+//! |---|---|---|
+//! | `/raft/*` | the leader, candidates | Raft's own RPCs ([`raft::network`]) |
+//! | `POST /keel/applied` | every follower, after applies and once a second | its applied index ([`report_applied`]); `sync` and `replicas:K` writes wait on these, and lag is measured from them |
+//! | `POST /keel/read-index` | a follower serving a linearizable read | the leader confirms its leadership with a quorum and answers `{"index": n}` ([`Node::remote_read_index`]) |
+//! | `POST /keel/queue` | a follower's write-queue flusher | a batch of queued writes, run here if this node leads ([`crate::queue::flush`]) |
+//!
+//! Under mutual TLS the binary puts a layer in front of the router that refuses any sender
+//! without a node certificate of this cluster and records the proven node id as a
+//! [`raft::network::PeerNode`]; an applied report naming another node is refused here
+//! ([`check_reporter`]).
+//!
+//! [`Peers`] is how this node reaches others: over their client API (forwarding, joins,
+//! probes) and their Raft address (the calls above).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::future::BoxFuture;
+
+use crate::{Error, Node};
+
+/// How long a call to another node may take.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an applied report may take (a newer one follows).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Proves that the server at a Raft address is the node it claims to be (under mutual TLS: a
+/// handshake with that node's certificate). `Err` says why not.
+pub type VerifyNode =
+    Arc<dyn Fn(raft::NodeId, String) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// How a node reaches other nodes over HTTP outside Raft's own RPCs.
+#[derive(Clone)]
+pub struct Peers {
+    /// `http` or `https`: the scheme of other nodes' client APIs (the same as this node's).
+    pub api_scheme: &'static str,
+    /// Client for other nodes' client APIs (forwarding, joins, probes). Never follows
+    /// redirects.
+    pub api: reqwest::Client,
+    /// `http` or `https`: the scheme of other nodes' Raft addresses.
+    pub node_scheme: &'static str,
+    /// Client for other nodes' Raft addresses (`/keel/*`): under mutual TLS it presents this
+    /// node's certificate and accepts any node of the cluster.
+    pub node: reqwest::Client,
+    /// Identity proof for joins; `None` when nodes do not use mutual TLS (nothing to prove).
+    pub verify: Option<VerifyNode>,
+}
+
+impl Peers {
+    /// Plain HTTP to every node, nothing to prove.
+    pub fn plain() -> reqwest::Result<Peers> {
+        let builder = || {
+            reqwest::Client::builder()
+                .no_proxy()
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        Ok(Peers {
+            api_scheme: "http",
+            api: builder().build()?,
+            node_scheme: "http",
+            node: builder().build()?,
+            verify: None,
+        })
+    }
+
+    /// Checks that the server at `raft_addr` is node `id` (see [`VerifyNode`]).
+    pub async fn verify_node(&self, id: raft::NodeId, raft_addr: &str) -> Result<(), String> {
+        match &self.verify {
+            None => Ok(()),
+            Some(verify) => verify(id, raft_addr.to_string()).await,
+        }
+    }
+
+    /// The client API URL of a member.
+    pub fn api_url(&self, member: &raft::Node, path_and_query: &str) -> String {
+        format!("{}://{}{}", self.api_scheme, member.http_addr, path_and_query)
+    }
+
+    /// The URL of a node-to-node route of a member.
+    fn node_url(&self, member: &raft::Node, path: &str) -> String {
+        format!("{}://{}{}", self.node_scheme, member.raft_addr, path)
+    }
+}
+
+/// Every node-to-node route: Raft's (senders checked against their certificates when
+/// `verify_senders`) and Keel's.
+pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
+    raft::network::router_with(node.raft.clone(), node.contact.clone(), verify_senders).merge(
+        Router::new()
+            .route("/keel/applied", post(applied))
+            .route("/keel/read-index", post(read_index))
+            // A batch of another node's queued writes. No body limit of its own: each request
+            // in it passed the client API's limit on that node, and a batch holds at most
+            // --write-queue-batch-size of them.
+            .route("/keel/queue", post(queue_batch).layer(DefaultBodyLimit::disable()))
+            .with_state(node),
+    )
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+    let body = serde_json::to_vec(value).expect("serializing a serde_json::Value cannot fail");
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+        .into_response()
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    json(status, &serde_json::json!({ "error": message.to_string() }))
+}
+
+/// A follower's report of its applied index.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AppliedReport {
+    /// The reporting node.
+    id: raft::NodeId,
+    /// Its applied index.
+    applied: wal::Lsn,
+}
+
+async fn applied(
+    State(node): State<Arc<Node>>,
+    peer: Option<axum::Extension<raft::network::PeerNode>>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice::<AppliedReport>(&body) {
+        Ok(r) => {
+            if let Err(refused) = check_reporter(peer.map(|p| p.0), r.id) {
+                return refused;
+            }
+            node.progress.report(r.id, r.applied);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("invalid applied report: {e}")),
+    }
+}
+
+/// The `/keel/applied` check: a report naming node `claimed` must come from that node when
+/// the transport proved the sender. Logs a refusal under `keel::audit`.
+pub fn check_reporter(
+    proven: Option<raft::network::PeerNode>,
+    claimed: raft::NodeId,
+) -> Result<(), Response> {
+    match proven {
+        Some(raft::network::PeerNode(node)) if node != claimed => {
+            tracing::warn!(
+                target: "keel::audit",
+                claimed,
+                certificate_node = node,
+                "refused an applied report: the sender's certificate is for another node"
+            );
+            Err((
+                StatusCode::FORBIDDEN,
+                format!("this report claims node {claimed}, but the certificate is node {node}'s"),
+            )
+                .into_response())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Tells the leader how far this node has applied: after every apply, and once a second while
+/// idle (so a new leader learns it too). `sync` and `replicas:K` writes wait on these reports;
+/// lag in `/status` and `/metrics` comes from them. Reports are sent one at a time, so a burst
+/// of applies coalesces into the latest value.
+pub async fn report_applied(node: Arc<Node>) {
+    let mut applied = node.applied.clone();
+    loop {
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await {
+            return; // The state machine is gone: the node is stopping.
+        }
+        let index = *applied.borrow_and_update();
+        let Some(leader) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) else {
+            continue;
+        };
+        let url = node.peers.node_url(&leader.node, "/keel/applied");
+        let report = AppliedReport { id: node.id, applied: index };
+        let sent = node.peers.node.post(&url).json(&report).timeout(REPORT_TIMEOUT).send().await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "applied report to the leader failed");
+        }
+    }
+}
+
+/// Leader side of a follower's linearizable read: confirm leadership with a quorum and return
+/// the index the follower must apply before reading.
+async fn read_index(State(node): State<Arc<Node>>) -> Response {
+    match raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await {
+        Ok(index) => json(StatusCode::OK, &serde_json::json!({ "index": index })),
+        Err(e) => {
+            let e = leader::Error::from(e);
+            let status = match e {
+                leader::Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                leader::Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(status, crate::error::describe(&e))
+        }
+    }
+}
+
+impl Node {
+    /// Asks the leader for a read index (see [`read_index`]).
+    pub(crate) async fn remote_read_index(&self) -> Result<wal::Lsn, Error> {
+        let leader = self.other_leader_within_wait().await?;
+        let url = self.peers.node_url(&leader.node, "/keel/read-index");
+        let resp = self.peers.node.post(&url).timeout(PEER_TIMEOUT).send().await.map_err(|e| {
+            Error::Unavailable(format!("asking leader {} for a read index failed: {e}", leader.id))
+        })?;
+        let status = resp.status();
+        let value: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| Error::Unavailable(format!("bad read-index answer: {e}")))?;
+        match value["index"].as_u64() {
+            Some(index) if status.is_success() => Ok(index),
+            _ => Err(Error::Unavailable(format!(
+                "leader {} gave no read index: {}",
+                leader.id,
+                value["error"].as_str().unwrap_or("unknown error")
+            ))),
+        }
+    }
+}
+
+/// `POST /keel/queue`: another node's flushed batch, run here if this node leads. Answers one
+/// [`crate::queue::verdict::Verdict`] per request.
+async fn queue_batch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let batch: crate::queue::Batch = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid queue batch: {e}")),
+    };
+    let verdicts = if node.is_leader() {
+        crate::queue::flush::execute(&node, &batch).await
+    } else {
+        let why = format!("node {} is not the leader", node.id);
+        vec![crate::queue::verdict::Verdict::Retry(why); batch.requests.len()]
+    };
+    json(StatusCode::OK, &serde_json::to_value(&verdicts).expect("verdicts serialize to JSON"))
+}

@@ -1,0 +1,67 @@
+//! Who serves a request that needs the leader.
+//!
+//! During an election there is briefly no leader (or a stale one): [`Node::route`] waits up to
+//! [`LEADER_WAIT`] for one to emerge rather than failing at once. It only decides; forwarding
+//! the request or answering a redirect is the caller's (the HTTP layer holds the request as it
+//! arrived, and forwards it unchanged).
+
+use std::time::{Duration, Instant};
+
+use crate::Node;
+
+/// How long a request waits for a leader to emerge (an election) before it is refused.
+pub const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How often the wait looks again.
+const LEADER_POLL: Duration = Duration::from_millis(20);
+
+/// Where a request that needs the leader goes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// This node leads: serve it here.
+    Here,
+    /// Another node leads: send it there.
+    Leader(raft::cluster::Member),
+    /// No leader emerged within [`LEADER_WAIT`].
+    NoLeader,
+}
+
+impl Node {
+    /// Where a request that needs the leader goes (see the module docs).
+    pub async fn route(&self) -> Route {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            if self.is_leader() {
+                return Route::Here;
+            }
+            if let Some(l) = self.other_leader() {
+                return Route::Leader(l);
+            }
+            if Instant::now() >= deadline {
+                return Route::NoLeader;
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    /// The leader when it is another node, waiting up to [`LEADER_WAIT`] for one; else
+    /// `Unavailable`.
+    pub(crate) async fn other_leader_within_wait(
+        &self,
+    ) -> Result<raft::cluster::Member, crate::Error> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            if let Some(l) = self.other_leader() {
+                return Ok(l);
+            }
+            if Instant::now() >= deadline {
+                return Err(crate::Error::Unavailable("leader not found".into()));
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    /// The leader this node knows of, when it is another node.
+    fn other_leader(&self) -> Option<raft::cluster::Member> {
+        raft::cluster::leader(&self.raft).filter(|l| l.id != self.id)
+    }
+}
