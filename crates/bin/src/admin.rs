@@ -1,30 +1,7 @@
-//! Operator controls: leadership transfer and membership changes, over HTTP and as
-//! `keel admin` commands.
+//! `keel admin`: leadership transfer and membership changes of a running cluster, for a
+//! person at a terminal.
 //!
-//! # HTTP
-//!
-//! Every route needs the leader: on another node the request is forwarded to it before the
-//! body is parsed (`http::to_leader`), so any member's address works.
-//!
-//! - `POST /admin/promote?node=ID`: make node ID the leader ([`raft::cluster::transfer_leader`]:
-//!   wait until it has caught up, transfer, wait until it leads). A learner is made a voter
-//!   first. Naming the current leader changes nothing. Answer: `{"leader": ID, "term": T}`.
-//! - `POST /leader` (rqlite's step-down), optional body `{"id": "<node id>"}`: the same; without
-//!   an id, leadership goes to the most caught-up reachable voter ([`raft::cluster::successor`]).
-//! - `POST /admin/membership`, body `{"action": "add-voter" | "add-learner" | "promote" |
-//!   "demote", "id": N, "raft_addr": "…", "http_addr": "…"}` (addresses for `add-*` only):
-//!   add a voter or a learner, turn a learner into a voter or a voter into a learner. Answer:
-//!   `{"id": N, "voter": bool}`.
-//! - `DELETE /remove`, body `{"id": "<node id>"}` (rqlite's; a number works too): remove a
-//!   node from the membership, voter or learner, running or dead. Answer: `{"removed": N}`.
-//!
-//! Each change holds [`Node::membership`] from start to end, so changes made through this
-//! node (joins included) run one at a time. What would break the cluster is refused before
-//! anything changes, and errors map to status codes in one function, [`change_error`]: 400 for
-//! a request that cannot be carried out as asked (an unknown node), 409 for one that would
-//! leave the cluster unable to work (the last voter, the leader itself: transfer first) or that
-//! collides with a membership change in progress, 503 when it may work if retried (no leader,
-//! no quorum, a target that has not caught up).
+//! The HTTP routes are [`crate::http::admin`]; this module is the command line.
 //!
 //! # CLI
 //!
@@ -33,221 +10,14 @@
 //! prints a table of the members. [`run`] asks the given members for the leader (`GET
 //! /leader`) and talks to it, falling back to whichever member answers.
 //!
-//! # IMPLEMENTATION CAVEATS
-//!
-//! * A transfer whose target is not elected (it died after it was found caught up) leaves the
-//!   old leader refusing writes until the cluster elects a leader on its own, after an election
-//!   timeout; the answer is a 503 that says so. A node counts as dead once the leader has not
-//!   heard from it for about a second, so one killed just before the request is not yet
-//!   refused.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{Method, StatusCode};
-use axum::response::Response;
-use axum::routing::{delete, post};
+use axum::http::Method;
 use clap::Subcommand;
 use raft::NodeId;
-use raft::client::ClientError;
-use raft::cluster::{ChangeError, Deadlines};
 use serde_json::{Value, json};
-
-use crate::http::{
-    Incoming, Node, Params, bad_request, error_response, json_response, to_leader, unavailable,
-};
-
-/// How long a forwarded admin request may take: beyond the longest change (adding a voter
-/// that must catch up first, [`Deadlines::change`]). `to_leader` adds 5 s to a `timeout=`.
-fn forward_params() -> Params {
-    Params(vec![("timeout".to_string(), "115s".to_string())])
-}
-
-/// Admin routes, merged into the client API router.
-pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/admin/promote", post(promote))
-        .route("/admin/membership", post(membership))
-        .route("/leader", post(step_down))
-        .route("/remove", delete(remove))
-        .with_state(node)
-}
-
-/// Maps a refused or failed change to its HTTP answer.
-fn change_error(e: ChangeError) -> Response {
-    match e {
-        ChangeError::Invalid(m) => bad_request(m),
-        e @ (ChangeError::Unsafe(_) | ChangeError::InProgress(_)) => {
-            error_response(StatusCode::CONFLICT, e)
-        }
-        ChangeError::NotReady(m) => unavailable(m),
-        ChangeError::Client(ClientError::NotLeader { .. }) => {
-            unavailable("leadership changed during the request; retry")
-        }
-        ChangeError::Client(e @ (ClientError::NoQuorum(_) | ClientError::Unknown(_))) => {
-            unavailable(e)
-        }
-        ChangeError::Client(ClientError::Fatal(m)) => {
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, m)
-        }
-    }
-}
-
-/// Reads a node id given as a number or as a string of digits (rqlite sends strings).
-fn node_id(v: &Value) -> Result<NodeId, String> {
-    let id = match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    };
-    id.filter(|&id| id > 0).ok_or_else(|| format!("{v} is not a node id (a positive number)"))
-}
-
-/// Makes `id` the leader: a learner becomes a voter first, then leadership is transferred.
-async fn make_leader(node: &Node, id: NodeId) -> Response {
-    let deadlines = Deadlines::default();
-    let _one_at_a_time = node.membership.lock().await;
-    match raft::cluster::member(&node.raft, id) {
-        None => return bad_request(format!("node {id} is not a member of the cluster")),
-        Some(m) if !m.voter => {
-            tracing::info!(id, "promoting learner to voter before transferring leadership");
-            if let Err(e) = raft::cluster::set_voter(&node.raft, id, true, &deadlines).await {
-                return change_error(e);
-            }
-        }
-        Some(_) => {}
-    }
-    match raft::cluster::transfer_leader(&node.raft, id, &deadlines).await {
-        Ok(term) => json_response(StatusCode::OK, &json!({ "leader": id, "term": term }), false),
-        Err(e) => change_error(e),
-    }
-}
-
-/// `POST /admin/promote?node=ID`.
-async fn promote(
-    State(node): State<Arc<Node>>,
-    Query(q): Query<Vec<(String, String)>>,
-    req: Incoming,
-) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
-        return r;
-    }
-    let Some((_, id)) = q.iter().find(|(k, _)| k == "node") else {
-        return bad_request("name the node to promote: /admin/promote?node=<id>");
-    };
-    match node_id(&Value::String(id.clone())) {
-        Ok(id) => make_leader(&node, id).await,
-        Err(e) => bad_request(e),
-    }
-}
-
-/// `POST /leader`: rqlite's step-down, to the node in the body or to the best successor.
-async fn step_down(State(node): State<Arc<Node>>, req: Incoming) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
-        return r;
-    }
-    let named = if req.body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        match serde_json::from_slice::<Value>(&req.body) {
-            Ok(Value::Object(o)) => match o.get("id") {
-                None => None,
-                Some(v) => match node_id(v) {
-                    Ok(id) => Some(id),
-                    Err(e) => return bad_request(e),
-                },
-            },
-            _ => return bad_request("body must be empty or a JSON object {\"id\": \"<node id>\"}"),
-        }
-    };
-    let id = match named {
-        Some(id) => id,
-        None => match raft::cluster::successor(&node.raft) {
-            Some(id) => id,
-            None => {
-                return error_response(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "node {} cannot step down: no other voter is reachable to take over",
-                        node.id
-                    ),
-                );
-            }
-        },
-    };
-    make_leader(&node, id).await
-}
-
-/// `POST /admin/membership`.
-async fn membership(State(node): State<Arc<Node>>, req: Incoming) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
-        return r;
-    }
-    let req: Value = match serde_json::from_slice(&req.body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => return bad_request("body must be a JSON object {\"action\": …, \"id\": …}"),
-    };
-    let id = match req.get("id").map(node_id) {
-        Some(Ok(id)) => id,
-        Some(Err(e)) => return bad_request(e),
-        None => return bad_request("id is required"),
-    };
-    let action = req["action"].as_str().unwrap_or_default();
-    let deadlines = Deadlines::default();
-    let _one_at_a_time = node.membership.lock().await;
-    let result = match action {
-        "add-voter" | "add-learner" => {
-            let addr = |key: &str| req[key].as_str().map(str::trim).filter(|a| !a.is_empty());
-            let (Some(raft_addr), Some(http_addr)) = (addr("raft_addr"), addr("http_addr")) else {
-                return bad_request(format!("{action} needs raft_addr and http_addr"));
-            };
-            let target =
-                raft::Node { raft_addr: raft_addr.to_string(), http_addr: http_addr.to_string() };
-            let voter = action == "add-voter";
-            raft::cluster::add_member(&node.raft, id, target, voter, &deadlines).await
-        }
-        "promote" => raft::cluster::set_voter(&node.raft, id, true, &deadlines).await,
-        "demote" => raft::cluster::set_voter(&node.raft, id, false, &deadlines).await,
-        other => {
-            return bad_request(format!(
-                "unknown action {other:?}: use add-voter, add-learner, promote or demote"
-            ));
-        }
-    };
-    match result {
-        Ok(()) => {
-            let voter = matches!(action, "add-voter" | "promote");
-            json_response(StatusCode::OK, &json!({ "id": id, "voter": voter }), false)
-        }
-        Err(e) => change_error(e),
-    }
-}
-
-/// `DELETE /remove`.
-async fn remove(State(node): State<Arc<Node>>, req: Incoming) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
-        return r;
-    }
-    let id = match serde_json::from_slice::<Value>(&req.body) {
-        Ok(Value::Object(o)) => match o.get("id").map(node_id) {
-            Some(Ok(id)) => id,
-            Some(Err(e)) => return bad_request(e),
-            None => return bad_request("id is required: {\"id\": \"<node id>\"}"),
-        },
-        _ => return bad_request("body must be a JSON object {\"id\": \"<node id>\"}"),
-    };
-    let _one_at_a_time = node.membership.lock().await;
-    tracing::info!(id, "removing node");
-    match raft::cluster::remove_node(&node.raft, id, &Deadlines::default()).await {
-        Ok(()) => json_response(StatusCode::OK, &json!({ "removed": id }), false),
-        Err(e) => change_error(e),
-    }
-}
-
-// ---- keel admin -------------------------------------------------------------------------------
 
 /// Flags of `keel admin`.
 #[derive(Debug, Clone, clap::Args)]
@@ -505,17 +275,6 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn node_ids_are_numbers_or_strings_of_digits() {
-        assert_eq!(node_id(&json!(3)), Ok(3));
-        assert_eq!(node_id(&json!("3")), Ok(3));
-        assert_eq!(node_id(&json!(" 12 ")), Ok(12));
-        assert!(node_id(&json!(0)).is_err());
-        assert!(node_id(&json!("x")).is_err());
-        assert!(node_id(&json!(-1)).is_err());
-        assert!(node_id(&json!(null)).is_err());
-    }
 
     #[test]
     fn cluster_urls_get_a_scheme() {

@@ -1,8 +1,15 @@
-//! Membership: adding a node at its request ([`Node::add`]), and a starting node's side of
-//! it ([`join_cluster`]). Changes are serialized on the node ([`Node::membership`]): Raft allows
-//! one at a time, and concurrent joins would otherwise fail each other.
+//! Membership and leadership: adding a node at its request ([`Node::add`]) and a starting
+//! node's side of it ([`join_cluster`]); the operator's changes ([`Node::change`],
+//! [`Node::remove`]) and leadership transfers ([`Node::make_leader`], [`Node::step_down`]).
+//! Every call must run on the leader (route first). Changes are serialized on the node
+//! ([`Node::membership`]): Raft allows one at a time, and concurrent joins would otherwise
+//! fail each other. What would break the cluster is refused before anything changes; the
+//! errors ([`ChangeError`]) say what the caller should do.
 
 use std::time::{Duration, Instant};
+
+use raft::NodeId;
+use raft::cluster::{ChangeError, Deadlines};
 
 use crate::{Error, Node, Peers};
 
@@ -49,6 +56,86 @@ impl Node {
         tracing::info!(id = request.id, node = %target, voter = request.voter, "adding node");
         raft::cluster::add_node(&self.raft, request.id, target, request.voter, ADD_TIMEOUT).await?;
         Ok(())
+    }
+}
+
+/// An operator's membership change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Add node `id` at `node`'s addresses, as a voter or a learner.
+    Add {
+        /// Its id.
+        id: NodeId,
+        /// Its addresses.
+        node: raft::Node,
+        /// Voter or learner.
+        voter: bool,
+    },
+    /// Make member `id` a voter, or a learner.
+    SetVoter {
+        /// Its id.
+        id: NodeId,
+        /// Voter or learner.
+        voter: bool,
+    },
+}
+
+impl Node {
+    /// Makes `id` the leader: a learner becomes a voter first, then leadership is transferred
+    /// ([`raft::cluster::transfer_leader`]: wait until it has caught up, transfer, wait until it
+    /// leads). Returns the new leader's term.
+    pub async fn make_leader(&self, id: NodeId) -> Result<raft::Term, ChangeError> {
+        let deadlines = Deadlines::default();
+        let _one_at_a_time = self.membership.lock().await;
+        match raft::cluster::member(&self.raft, id) {
+            None => {
+                return Err(ChangeError::Invalid(format!(
+                    "node {id} is not a member of the cluster"
+                )));
+            }
+            Some(m) if !m.voter => {
+                tracing::info!(id, "promoting learner to voter before transferring leadership");
+                raft::cluster::set_voter(&self.raft, id, true, &deadlines).await?;
+            }
+            Some(_) => {}
+        }
+        raft::cluster::transfer_leader(&self.raft, id, &deadlines).await
+    }
+
+    /// rqlite's step-down: leadership goes to `to`, or without it to the most caught-up
+    /// reachable voter ([`raft::cluster::successor`]). Returns the new leader and its term.
+    pub async fn step_down(&self, to: Option<NodeId>) -> Result<(NodeId, raft::Term), ChangeError> {
+        let id = match to.or_else(|| raft::cluster::successor(&self.raft)) {
+            Some(id) => id,
+            None => {
+                return Err(ChangeError::Unsafe(format!(
+                    "node {} cannot step down: no other voter is reachable to take over",
+                    self.id
+                )));
+            }
+        };
+        Ok((id, self.make_leader(id).await?))
+    }
+
+    /// Carries out an operator's membership change.
+    pub async fn change(&self, change: Change) -> Result<(), ChangeError> {
+        let deadlines = Deadlines::default();
+        let _one_at_a_time = self.membership.lock().await;
+        match change {
+            Change::Add { id, node, voter } => {
+                raft::cluster::add_member(&self.raft, id, node, voter, &deadlines).await
+            }
+            Change::SetVoter { id, voter } => {
+                raft::cluster::set_voter(&self.raft, id, voter, &deadlines).await
+            }
+        }
+    }
+
+    /// Removes member `id`, voter or learner, running or dead.
+    pub async fn remove(&self, id: NodeId) -> Result<(), ChangeError> {
+        let _one_at_a_time = self.membership.lock().await;
+        tracing::info!(id, "removing node");
+        raft::cluster::remove_node(&self.raft, id, &Deadlines::default()).await
     }
 }
 

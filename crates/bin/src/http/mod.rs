@@ -25,6 +25,7 @@
 //! index this node had applied when it served it. Errors map to HTTP status in one place,
 //! [`node_error`]; SQL errors are per-statement and answered 200, as rqlite does.
 
+pub(crate) mod admin;
 pub(crate) mod cluster;
 pub(crate) mod db;
 pub(crate) mod queue;
@@ -63,7 +64,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/join", post(cluster::join))
         .route("/metrics", get(cluster::metrics))
         .with_state(node.clone())
-        .merge(crate::admin::router(node.clone()))
+        .merge(admin::router(node.clone()))
         .merge(crate::backup::router(node.clone()))
         .merge(crate::changes::router(node.clone()))
         .merge(crate::console::router(node))
