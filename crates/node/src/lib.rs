@@ -33,6 +33,7 @@
 
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod error;
 pub mod health;
 pub mod membership;

@@ -26,6 +26,7 @@
 //! [`node_error`]; SQL errors are per-statement and answered 200, as rqlite does.
 
 pub(crate) mod admin;
+pub(crate) mod backup;
 pub(crate) mod cluster;
 pub(crate) mod db;
 pub(crate) mod queue;
@@ -65,7 +66,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(cluster::metrics))
         .with_state(node.clone())
         .merge(admin::router(node.clone()))
-        .merge(crate::backup::router(node.clone()))
+        .merge(backup::router(node.clone()))
         .merge(crate::changes::router(node.clone()))
         .merge(crate::console::router(node))
         .layer(DefaultBodyLimit::max(MAX_BODY))
