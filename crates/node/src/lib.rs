@@ -34,6 +34,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+pub mod changes;
 pub mod error;
 pub mod health;
 pub mod membership;

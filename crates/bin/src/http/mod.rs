@@ -27,6 +27,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod backup;
+pub(crate) mod changes;
 pub(crate) mod cluster;
 pub(crate) mod db;
 pub(crate) mod queue;
@@ -67,7 +68,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node.clone())
         .merge(admin::router(node.clone()))
         .merge(backup::router(node.clone()))
-        .merge(crate::changes::router(node.clone()))
+        .merge(changes::router(node.clone()))
         .merge(crate::console::router(node))
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
