@@ -10,7 +10,7 @@
 //!   cluster ([`backup`]).
 //! - `keel shell` is an interactive SQL shell against any node ([`shell`]).
 //! - `keel changes` prints the committed row changes of a running cluster ([`changes`]).
-//! - Every node serves a web console at `/console` ([`console`]).
+//! - Every node serves a web console at `/console` ([`http::console`]).
 //!
 //! Logs go to stderr; `RUST_LOG` selects what is shown (default `info,openraft=warn`).
 
@@ -25,7 +25,6 @@ mod bench;
 mod bench_bootstrap;
 mod certs;
 mod changes;
-mod console;
 mod headers;
 mod http;
 mod local;
@@ -33,7 +32,6 @@ mod params;
 mod run;
 mod serve;
 mod shell;
-mod status;
 mod tls;
 
 use clap::Parser;

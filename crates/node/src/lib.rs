@@ -14,7 +14,7 @@
 //! - [`route`]: who serves a request that needs the leader. The node answers "here", "node N
 //!   leads, here is its address" or "no leader"; forwarding or redirecting is the HTTP layer's
 //!   job, because it holds the request as received.
-//! - [`write`]: a write with its durability and request id, through the writer.
+//! - [`mod@write`]: a write with its durability and request id, through the writer.
 //! - [`read`]: a read at a consistency level (`none`, `weak`, `linearizable`, `strong`), with
 //!   `freshness`, `min_lsn` and `qualify_columns`; the read-index protocol of a linearizable
 //!   read on a follower lives here.
@@ -32,6 +32,9 @@
 //! authentication, or the CLI. Those are the `keel` binary's.
 
 #![allow(clippy::result_large_err)]
+// Module tours name the private functions they describe; `cargo doc --document-private-items`
+// renders those links.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod backup;
 pub mod changes;

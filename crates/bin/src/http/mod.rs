@@ -7,10 +7,10 @@
 //!   is routed by the node ([`node::Node::route`]); this layer forwards it unchanged to the
 //!   leader (or answers 301 with `?redirect`) before its body is even parsed.
 //! - [`queue`]: `/db/execute?queue` and `/db/queue/{n}`: queued writes.
-//! - [`cluster`]: `/nodes`, `/leader`, `/readyz`, `/join`, `/metrics`; `/status` is
-//!   [`crate::status`].
-//! - admin ([`crate::admin`]), backups and loads ([`crate::backup`]), the change stream
-//!   ([`crate::changes`]) and the web console ([`crate::console`]).
+//! - [`cluster`]: `/nodes`, `/leader`, `/readyz`, `/join`, `/metrics`; [`status`]: `/status`.
+//! - [`admin`]: leadership transfer and membership changes, for operators.
+//! - [`backup`]: `/db/backup`, `/db/load`; [`changes`]: the change stream `/db/changes`.
+//! - [`console`]: the web console at `/console`, for people.
 //!
 //! Node-to-node routes are the node's own ([`node::peer::router`]), served on the Raft
 //! address.
@@ -29,8 +29,10 @@ pub(crate) mod admin;
 pub(crate) mod backup;
 pub(crate) mod changes;
 pub(crate) mod cluster;
+pub(crate) mod console;
 pub(crate) mod db;
 pub(crate) mod queue;
+pub(crate) mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +61,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/query", get(db::query).post(db::query))
         .route("/db/request", post(db::request))
         .route("/db/queue/{sequence_number}", get(queue::outcome))
-        .route("/status", get(crate::status::status))
+        .route("/status", get(status::status))
         .route("/nodes", get(cluster::nodes))
         .route("/leader", get(cluster::get_leader))
         .route("/readyz", get(cluster::readyz))
@@ -69,7 +71,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(admin::router(node.clone()))
         .merge(backup::router(node.clone()))
         .merge(changes::router(node.clone()))
-        .merge(crate::console::router(node))
+        .merge(console::router(node))
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 

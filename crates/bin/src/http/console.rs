@@ -101,21 +101,21 @@ fn etag(body: &str) -> HeaderValue {
 
 /// The page.
 static INDEX: Asset = Asset {
-    body: include_str!("../console/index.html"),
+    body: include_str!("../../console/index.html"),
     content_type: "text/html; charset=utf-8",
     etag: LazyLock::new(|| etag(INDEX.body)),
 };
 
 /// The script.
 static SCRIPT: Asset = Asset {
-    body: include_str!("../console/console.js"),
+    body: include_str!("../../console/console.js"),
     content_type: "text/javascript; charset=utf-8",
     etag: LazyLock::new(|| etag(SCRIPT.body)),
 };
 
 /// The style sheet.
 static STYLE: Asset = Asset {
-    body: include_str!("../console/console.css"),
+    body: include_str!("../../console/console.css"),
     content_type: "text/css; charset=utf-8",
     etag: LazyLock::new(|| etag(STYLE.body)),
 };
