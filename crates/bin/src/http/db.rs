@@ -210,3 +210,61 @@ pub(crate) async fn request(
     }
     served_by(&node, write(&node, &p, &req, true, start).await)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn call(pairs: &[(&str, &str)]) -> Result<node::ReadCall, StatusCode> {
+        let p = Params(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        read_call(&p, vec![sql::Statement::new("SELECT 1")]).map_err(|r| r.status())
+    }
+
+    #[test]
+    fn read_parameters_become_a_read_call() {
+        let c = call(&[]).unwrap();
+        assert_eq!(c.level, node::Level::Weak, "rqlite: no level means weak");
+        assert_eq!((c.freshness, c.min_lsn, c.timeout), (None, None, None));
+
+        let c = call(&[
+            ("level", "LINEARIZABLE"),
+            ("linearizable_timeout", "250ms"),
+            ("min_lsn", "42"),
+            ("timeout", "2s"),
+            ("db_timeout", "1s"),
+            ("transaction", ""),
+            ("qualify_columns", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.level, node::Level::Linearizable);
+        assert_eq!(c.linearizable_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(c.min_lsn, Some(42));
+        assert_eq!(c.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.db_timeout, Some(Duration::from_secs(1)));
+        assert!(c.transaction && c.qualify_columns);
+
+        let c = call(&[("level", "none"), ("freshness", "1s"), ("freshness_strict", "")]).unwrap();
+        assert_eq!((c.level, c.freshness), (node::Level::None, Some(Duration::from_secs(1))));
+        assert!(c.freshness_strict);
+        assert_eq!(call(&[("level", "auto")]).unwrap().level, node::Level::Auto);
+        // Only a linearizable read looks at linearizable_timeout.
+        assert!(call(&[("linearizable_timeout", "x")]).is_ok());
+    }
+
+    #[test]
+    fn bad_read_parameters_are_400s() {
+        for bad in [
+            &[("freshness_strict", "")][..],
+            &[("min_lsn", "-1")],
+            &[("min_lsn", "later")],
+            &[("freshness", "fresh")],
+            &[("timeout", "5 minutes")],
+            &[("db_timeout", "x")],
+            &[("level", "linearizable"), ("linearizable_timeout", "x")],
+        ] {
+            assert_eq!(call(bad).err(), Some(StatusCode::BAD_REQUEST), "{bad:?}");
+        }
+    }
+}

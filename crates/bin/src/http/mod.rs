@@ -418,3 +418,122 @@ async fn forward(
         Err(e) => unavailable(format!("forwarding to leader {leader} failed: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    async fn body_json(r: Response) -> Value {
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn retry_after(r: &Response) -> Option<&str> {
+        r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn params_are_presence_flags_values_and_go_durations() {
+        let p = params(&[("transaction", ""), ("timeout", "1m30s"), ("db_timeout", "soon")]);
+        assert!(p.has("transaction"));
+        assert!(!p.has("pretty"));
+        assert_eq!(p.get("timeout"), Some("1m30s"));
+        assert_eq!(p.duration("timeout").unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(p.duration("freshness").unwrap(), None);
+        assert_eq!(p.duration("db_timeout").unwrap_err().status(), StatusCode::BAD_REQUEST);
+        let default = leader::Durability::default();
+        assert_eq!(params(&[]).durability(default).unwrap(), default);
+        let asked = params(&[("durability", "sync")]).durability(default).unwrap();
+        assert_eq!(asked.to_string(), "sync");
+        let bad = params(&[("durability", "eventually")]).durability(default);
+        assert_eq!(bad.unwrap_err().status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn bodies_are_text_or_json_statements() {
+        let mut text = HeaderMap::new();
+        text.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        let body = Body::decode(&text, b"SELECT 1").unwrap();
+        assert_eq!(body.statements().unwrap().len(), 1);
+        assert!(Body::decode(&text, b"  ").unwrap().is_empty());
+        assert_eq!(Body::decode(&text, b"\xff").err().unwrap().status(), StatusCode::BAD_REQUEST);
+
+        let json = HeaderMap::new();
+        let body = Body::decode(&json, br#"["SELECT 1", ["SELECT ?", 2]]"#).unwrap();
+        assert_eq!(body.statements().unwrap().len(), 2);
+        assert!(Body::decode(&json, b"[]").unwrap().is_empty());
+        assert_eq!(Body::decode(&json, b"[").err().unwrap().status(), StatusCode::BAD_REQUEST);
+        let not_statements = Body::decode(&json, br#"{"a": 1}"#).unwrap();
+        assert_eq!(not_statements.statements().unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(Body::decode(&text, b"SELECT 2").unwrap().into_json(), json!(["SELECT 2"]));
+    }
+
+    #[tokio::test]
+    async fn write_errors_say_what_to_do() {
+        let r = write_error(leader::Error::NotLeader { leader: Some(2) });
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&r), Some("1"));
+        assert!(body_json(r).await["error"].as_str().unwrap().contains("nothing was written"));
+
+        let r = write_error(leader::Error::Unknown("lost leadership".into()));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body_json(r).await["error"].as_str().unwrap().contains("same request_id"));
+
+        let r = write_error(leader::Error::NotReplicated {
+            lsn: 7,
+            durability: "sync".parse().unwrap(),
+            unconfirmed: vec![3],
+        });
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&r), Some("1"));
+        let body = body_json(r).await;
+        assert_eq!((body["committed"].clone(), body["lsn"].clone()), (json!(true), json!(7)));
+        assert_eq!(body["unconfirmed"], json!([3]));
+
+        let r = write_error(leader::Error::InvalidInput("too big".into()));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(retry_after(&r), None);
+        let r = write_error(leader::Error::Internal("disk".into()));
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn node_errors_map_to_one_answer_each() {
+        let r = node_error(
+            node::Error::NotApplied {
+                index: 9,
+                applied: 4,
+                node: 2,
+                timeout: Duration::from_millis(1500),
+            },
+            false,
+        );
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&r), Some("1"));
+        let body = body_json(r).await;
+        assert_eq!(body["applied_index"], json!(4));
+        assert_eq!(
+            body["error"],
+            json!("min_lsn 9 not reached within 1.500s: node 2 has applied 4")
+        );
+
+        // rqlite answers a stale read 200, with the error in the body.
+        let r = node_error(node::Error::Stale("stale read: too old".into()), false);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body_json(r).await, json!({ "results": [], "error": "stale read: too old" }));
+
+        let status = |e| node_error(e, false).status();
+        assert_eq!(status(node::Error::InvalidInput("x".into())), StatusCode::BAD_REQUEST);
+        assert_eq!(status(node::Error::Unavailable("x".into())), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(node::Error::Forbidden("x".into())), StatusCode::FORBIDDEN);
+        assert_eq!(status(node::Error::Internal("x".into())), StatusCode::INTERNAL_SERVER_ERROR);
+        let leader_error = node::Error::Leader(leader::Error::InvalidInput("x".into()));
+        assert_eq!(status(leader_error), StatusCode::BAD_REQUEST);
+    }
+}
