@@ -246,12 +246,14 @@ pub async fn add_node(
 }
 
 /// Resolves when the Raft core stops (shutdown, or a fatal storage error such as a committed
-/// entry that cannot be applied). Returns the reason.
+/// entry that cannot be applied). Returns the reason with its whole cause chain: for a store
+/// failure, whether doing it again can succeed and what to do (see
+/// [`crate::state_machine::Error`]), then the store's own error.
 pub async fn stopped(raft: &Raft) -> String {
     let stopped = |m: &crate::Metrics| m.running_state.is_err() || m.state == ServerState::Shutdown;
     match raft.wait(None).metrics(stopped, "raft stopped").await {
         Ok(m) => match m.running_state {
-            Err(e) => e.to_string(),
+            Err(e) => crate::state_machine::chain(&e),
             Ok(()) => "shut down".to_string(),
         },
         Err(e) => e.to_string(),

@@ -20,7 +20,9 @@ use openraft::storage::RaftStateMachine;
 use openraft::{Membership, RaftSnapshotBuilder};
 use raft::network::{Contact, Network, router};
 use raft::snapshot::{SnapshotFile, SnapshotStats, checksum_file};
-use raft::state_machine::{Applied, Committed, SnapshotMeta, StateMachine, Store, log_id};
+use raft::state_machine::{
+    Applied, Committed, Result as StoreResult, SnapshotMeta, StateMachine, Store, log_id,
+};
 use raft::{Node, Options, Raft, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
 
@@ -93,11 +95,11 @@ fn read_position(path: &Path) -> io::Result<Position> {
 }
 
 impl Store for FakeStore {
-    fn applied(&self) -> io::Result<Option<Applied>> {
+    fn applied(&self) -> StoreResult<Option<Applied>> {
         Ok(self.position().map(|p| p.applied()))
     }
 
-    fn apply(&self, entries: &[Committed]) -> io::Result<()> {
+    fn apply(&self, entries: &[Committed]) -> StoreResult<()> {
         let mut applied = self.applied.lock().unwrap();
         for e in entries {
             let membership = e
@@ -109,7 +111,7 @@ impl Store for FakeStore {
         Ok(())
     }
 
-    fn snapshot_to(&self, path: &Path) -> io::Result<Option<Applied>> {
+    fn snapshot_to(&self, path: &Path) -> StoreResult<Option<Applied>> {
         let p = self.position();
         if let Some(p) = &p {
             write_image(path, p, self.payload)?;
@@ -119,7 +121,7 @@ impl Store for FakeStore {
         Ok(p.map(|p| p.applied()))
     }
 
-    fn install(&self, path: &Path) -> io::Result<()> {
+    fn install(&self, path: &Path) -> StoreResult<()> {
         let p = read_position(path)?;
         fs::rename(path, self.live())?;
         self.set(p);

@@ -39,7 +39,7 @@ use wal::{Lsn, Op, Record, Term};
 
 use super::{Db, internal};
 use crate::answers;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_environmental};
 use crate::generation::{self, Generation};
 use crate::image;
 use crate::meta;
@@ -172,41 +172,42 @@ impl Db {
     fn apply_record(&self, entry: &Apply<'_>, record: &Record) -> Result<bool> {
         let mut touched_shadow_tables = false;
         for (i, op) in record.ops.iter().enumerate() {
-            let at = || format!("entry {} (term {}) op {i}", entry.index, entry.term);
+            let at = format!("entry {} (term {}) op {i}", entry.index, entry.term);
             match op {
                 Op::Ddl(sql) => self
                     .applier
                     .execute_batch(sql)
-                    .map_err(|e| Error::Corrupt(format!("{}: DDL failed: {e}: {sql}", at())))?,
+                    .map_err(|e| failure(e, |e| format!("DDL failed: {e}: {sql}")))
+                    .map_err(|e| located(e, &at))?,
                 Op::Changes(changeset) => {
-                    touched_shadow_tables |= self
-                        .validate(changeset)
-                        .map_err(|e| Error::Corrupt(format!("{}: {e}", at())))?;
-                    session::apply(&self.applier, changeset).map_err(|e| match e {
-                        ApplyError::Conflict { kind, table } => {
-                            Error::Corrupt(format!("{}: conflict on table {table}: {kind}", at()))
-                        }
-                        ApplyError::Sqlite(e) => {
-                            Error::Corrupt(format!("{}: changeset apply failed: {e}", at()))
-                        }
-                    })?;
+                    touched_shadow_tables |=
+                        self.validate(changeset).map_err(|e| located(e, &at))?;
+                    session::apply(&self.applier, changeset)
+                        .map_err(|e| match e {
+                            ApplyError::Conflict { kind, table } => {
+                                Error::Corrupt(format!("conflict on table {table}: {kind}"))
+                            }
+                            ApplyError::Sqlite(e) => {
+                                failure(e, |e| format!("changeset apply failed: {e}"))
+                            }
+                        })
+                        .map_err(|e| located(e, &at))?;
                 }
             }
         }
-        answers::store(&self.applier, entry.index, &record.requests).map_err(|e| match e {
-            Error::Corrupt(m) => {
-                Error::Corrupt(format!("entry {} (term {}): {m}", entry.index, entry.term))
-            }
-            e => e,
-        })?;
+        let at = format!("entry {} (term {})", entry.index, entry.term);
+        answers::store(&self.applier, entry.index, &record.requests)
+            .map_err(|e| located(e, &at))?;
         Ok(touched_shadow_tables)
     }
 
     /// Checks that every table a changeset touches exists here with the same columns and
     /// primary key; SQLite's apply would silently skip changes that do not match. Returns
     /// whether one of the tables is a virtual table's shadow table.
-    fn validate(&self, changeset: &[u8]) -> std::result::Result<bool, String> {
-        let tables = session::tables(changeset).map_err(|e| format!("malformed changeset: {e}"))?;
+    fn validate(&self, changeset: &[u8]) -> Result<bool> {
+        let tables = session::tables(changeset)
+            .map_err(|e| failure(e, |e| format!("malformed changeset: {e}")))?;
+        let schema = |e: rusqlite::Error| failure(e, |e| format!("reading the local schema: {e}"));
         let mut shadow = false;
         for table in tables {
             let kind: Option<String> = self
@@ -215,18 +216,18 @@ impl Db {
                     "SELECT type FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
                 )
                 .and_then(|mut stmt| stmt.query_row([&table.name], |row| row.get(0)).optional())
-                .map_err(|e| e.to_string())?;
+                .map_err(schema)?;
             shadow |= kind.as_deref() == Some("shadow");
             let mut stmt = self
                 .applier
                 .prepare_cached("SELECT pk FROM pragma_table_info(?1) ORDER BY cid")
-                .map_err(|e| e.to_string())?;
+                .map_err(schema)?;
             let pks: Vec<i64> = stmt
                 .query_map([&table.name], |row| row.get(0))
                 .and_then(Iterator::collect)
-                .map_err(|e| e.to_string())?;
+                .map_err(schema)?;
             if pks.is_empty() {
-                return Err(format!("changeset for missing table {}", table.name));
+                return Err(Error::Corrupt(format!("changeset for missing table {}", table.name)));
             }
             // A rowid table without a PRIMARY KEY is recorded with the rowid as an extra first
             // primary-key column.
@@ -235,14 +236,14 @@ impl Db {
                 expected.insert(0, true);
             }
             if table.columns != expected.len() || table.primary_key != expected {
-                return Err(format!(
+                return Err(Error::Corrupt(format!(
                     "changeset for table {} has {} columns (primary key {:?}), the local table {} ({:?})",
                     table.name,
                     table.columns,
                     table.primary_key,
                     expected.len(),
                     expected
-                ));
+                )));
             }
         }
         Ok(shadow)
@@ -256,5 +257,20 @@ impl Db {
         {
             tracing::warn!(%error, "rollback of an apply failed");
         }
+    }
+}
+
+/// A SQLite error while applying: [`Error::Corrupt`] described by `describe` when doing it
+/// again fails the same way, SQLite's error as it is when the environment failed (see
+/// [`Error::is_deterministic`]).
+fn failure(error: rusqlite::Error, describe: impl FnOnce(&rusqlite::Error) -> String) -> Error {
+    if is_environmental(&error) { Error::Sqlite(error) } else { Error::Corrupt(describe(&error)) }
+}
+
+/// Names the entry (and op) a corruption happened in; other errors pass as they are.
+fn located(error: Error, at: &str) -> Error {
+    match error {
+        Error::Corrupt(message) => Error::Corrupt(format!("{at}: {message}")),
+        error => error,
     }
 }
