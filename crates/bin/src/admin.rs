@@ -204,8 +204,10 @@ async fn membership(State(node): State<Arc<Node>>, req: Incoming) -> Response {
             let (Some(raft_addr), Some(http_addr)) = (addr("raft_addr"), addr("http_addr")) else {
                 return bad_request(format!("{action} needs raft_addr and http_addr"));
             };
-            let target =
-                raft::Node { raft_addr: raft_addr.to_string(), http_addr: http_addr.to_string() };
+            let target = raft::MemberAddr {
+                raft_addr: raft_addr.to_string(),
+                http_addr: http_addr.to_string(),
+            };
             let voter = action == "add-voter";
             raft::cluster::add_member(&node.raft, id, target, voter, &deadlines).await
         }

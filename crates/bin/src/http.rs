@@ -60,7 +60,7 @@ pub struct Node {
     /// This node's id.
     pub(crate) id: raft::NodeId,
     /// This node's addresses.
-    pub(crate) me: raft::Node,
+    pub(crate) me: raft::MemberAddr,
     /// The Raft node.
     pub(crate) raft: raft::Raft,
     /// The write path.
@@ -107,7 +107,7 @@ pub struct Parts {
     /// This node's id.
     pub id: raft::NodeId,
     /// This node's addresses.
-    pub me: raft::Node,
+    pub me: raft::MemberAddr,
     /// The Raft node.
     pub raft: raft::Raft,
     /// The write path.
@@ -1244,7 +1244,7 @@ async fn join(
         tracing::warn!(target: "keel::audit", id = req.id, raft_addr = %req.raft_addr, error = %e, "refused a join");
         return error_response(StatusCode::FORBIDDEN, &e);
     }
-    let target = raft::Node { raft_addr: req.raft_addr, http_addr: req.http_addr };
+    let target = raft::MemberAddr { raft_addr: req.raft_addr, http_addr: req.http_addr };
     let _one_at_a_time = node.membership.lock().await;
     tracing::info!(id = req.id, node = %target, voter = req.voter, "adding node");
     match raft::cluster::add_node(&node.raft, req.id, target, req.voter, Duration::from_secs(60))

@@ -85,7 +85,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
-    let me = raft::Node {
+    let me = raft::MemberAddr {
         raft_addr: advertised(&args.raft_addr, args.raft_adv_addr.as_deref(), "raft")?,
         http_addr: advertised(&args.http_addr, args.http_adv_addr.as_deref(), "http")?,
     };
@@ -294,7 +294,7 @@ async fn shutdown_signal() {
 /// up to five minutes while the cluster is unreachable or electing.
 async fn join_cluster(
     id: raft::NodeId,
-    me: raft::Node,
+    me: raft::MemberAddr,
     urls: &[String],
     voter: bool,
     credentials: Option<&str>,

@@ -1,4 +1,11 @@
-//! The state machine every node runs, the leader included: apply committed records to SQLite.
+//! The state machine: it runs on every node, the leader included, and applies committed
+//! records to SQLite. It is the only way the database changes.
+//!
+//! The crate is named after the role in the design (`follower`), but it is not the code of a
+//! node that follows: the leader runs it too, and applies its own records through it like
+//! any other node. Executing client SQL is the writer's job (the `leader` crate), which only
+//! speculates and proposes; the two crates never depend on each other and share the node's
+//! [`sql::Db`] behind one mutex.
 //!
 //! [`Replica`] implements [`raft::state_machine::Store`] on the node's single read-write
 //! [`sql::Db`]. openraft hands it committed entries only, in log order; [`Replica::apply`]
@@ -32,8 +39,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use raft::state_machine::{self, Applied, Committed, Store};
+use raft::state_machine::{self, Committed, Store};
 use tokio::sync::watch;
+use wal::Applied;
 
 /// The node's database as Raft's state machine. Cheap to clone.
 #[derive(Clone)]
@@ -87,8 +95,7 @@ impl Replica {
 
 impl Store for Replica {
     fn applied(&self) -> state_machine::Result<Option<Applied>> {
-        let a = self.lock().applied().map_err(store_error)?;
-        Ok(a.map(|a| Applied { term: a.term, index: a.index, membership: a.membership }))
+        self.lock().applied().map_err(store_error)
     }
 
     fn apply(&self, entries: &[Committed]) -> state_machine::Result<()> {
@@ -109,8 +116,7 @@ impl Store for Replica {
     }
 
     fn snapshot_to(&self, path: &Path) -> state_machine::Result<Option<Applied>> {
-        let a = self.images.write_image(path).map_err(store_error)?;
-        Ok(a.map(|a| Applied { term: a.term, index: a.index, membership: a.membership }))
+        self.images.write_image(path).map_err(store_error)
     }
 
     fn install(&self, path: &Path) -> state_machine::Result<()> {

@@ -64,7 +64,7 @@ async fn corrupt_entry_stops_the_node_with_its_reason() {
             .await
             .unwrap();
     let raft = started.raft;
-    let me = raft::Node { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
+    let me = raft::MemberAddr { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
     raft::cluster::initialize(&raft, 1, me).await.unwrap();
     let leads = |m: &raft::Metrics| m.current_leader == Some(1);
     raft.wait(Some(DEADLINE)).metrics(leads, "leads").await.unwrap();

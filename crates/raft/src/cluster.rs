@@ -39,7 +39,7 @@ use openraft::{ChangeMembers, Instant as _, ServerState};
 use serde::Serialize;
 
 use crate::client::ClientError;
-use crate::types::{Lsn, Node, NodeId, Term};
+use crate::types::{Lsn, MemberAddr, NodeId, Term};
 use crate::{Metrics, Raft};
 
 /// A node's role, as Keel names it.
@@ -64,7 +64,7 @@ pub struct Member {
     /// Its node id.
     pub id: NodeId,
     /// Its addresses.
-    pub node: Node,
+    pub node: MemberAddr,
     /// Whether it votes (false for learners).
     pub voter: bool,
 }
@@ -176,7 +176,7 @@ pub fn leader(raft: &Raft) -> Option<Member> {
 }
 
 /// Makes this node a one-node cluster. Harmless if it is already initialized.
-pub async fn initialize(raft: &Raft, id: NodeId, node: Node) -> Result<(), ClientError> {
+pub async fn initialize(raft: &Raft, id: NodeId, node: MemberAddr) -> Result<(), ClientError> {
     match raft.initialize(BTreeMap::from([(id, node)])).await {
         Ok(()) => Ok(()),
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
@@ -204,7 +204,7 @@ fn write_err(e: RaftError<crate::TypeConfig, ClientWriteError<crate::TypeConfig>
 pub async fn add_node(
     raft: &Raft,
     id: NodeId,
-    node: Node,
+    node: MemberAddr,
     voter: bool,
     timeout: Duration,
 ) -> Result<(), ClientError> {
@@ -537,7 +537,7 @@ fn change_err(e: RaftError<crate::TypeConfig, ClientWriteError<crate::TypeConfig
 /// Proposes `change` through joint consensus and waits up to `timeout` for it to commit.
 async fn change_membership(
     raft: &Raft,
-    change: ChangeMembers<NodeId, Node>,
+    change: ChangeMembers<NodeId, MemberAddr>,
     retain: bool,
     timeout: Duration,
 ) -> Result<(), ChangeError> {
@@ -631,7 +631,7 @@ pub fn successor(raft: &Raft) -> Option<NodeId> {
 pub async fn add_member(
     raft: &Raft,
     id: NodeId,
-    node: Node,
+    node: MemberAddr,
     voter: bool,
     deadlines: &Deadlines,
 ) -> Result<(), ChangeError> {

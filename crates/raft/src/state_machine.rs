@@ -58,6 +58,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
+use wal::Applied;
 
 mod error;
 
@@ -82,17 +83,6 @@ pub struct Committed {
     /// The row changes, for a normal entry; `None` for a blank or membership entry.
     pub record: Option<wal::Record>,
     /// The new membership as opaque JSON, for a membership entry.
-    pub membership: Option<String>,
-}
-
-/// The last applied position as the store keeps it.
-#[derive(Debug, Clone)]
-pub struct Applied {
-    /// Term of the last applied entry.
-    pub term: Term,
-    /// Index of the last applied entry.
-    pub index: Lsn,
-    /// The last applied membership (opaque JSON from [`Committed::membership`]), if any.
     pub membership: Option<String>,
 }
 

@@ -21,10 +21,11 @@ use openraft::{Membership, RaftSnapshotBuilder};
 use raft::network::{Contact, Network, router};
 use raft::snapshot::{SnapshotFile, SnapshotStats, checksum_file};
 use raft::state_machine::{
-    Applied, Committed, Result as StoreResult, SnapshotMeta, StateMachine, Store, log_id,
+    Committed, Result as StoreResult, SnapshotMeta, StateMachine, Store, log_id,
 };
-use raft::{Node, Options, Raft, StoredMembership, Vote};
+use raft::{MemberAddr, Options, Raft, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
+use wal::Applied;
 
 /// The header line of a [`FakeStore`] image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,13 +130,13 @@ impl Store for FakeStore {
     }
 }
 
-fn node(addr: &str) -> Node {
-    Node { raft_addr: addr.to_string(), http_addr: String::new() }
+fn node(addr: &str) -> MemberAddr {
+    MemberAddr { raft_addr: addr.to_string(), http_addr: String::new() }
 }
 
 /// A membership with `voters` as voters, as a store would keep it.
 fn membership_json(voters: &[(u64, &str)], at: (u64, u64)) -> String {
-    let nodes: BTreeMap<u64, Node> = voters.iter().map(|(id, a)| (*id, node(a))).collect();
+    let nodes: BTreeMap<u64, MemberAddr> = voters.iter().map(|(id, a)| (*id, node(a))).collect();
     let stored = StoredMembership::new(Some(log_id(at.0, at.1)), Membership::from(nodes));
     serde_json::to_string(&stored).unwrap()
 }
