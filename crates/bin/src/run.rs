@@ -41,7 +41,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = node::Config {
         id: args.id,
         data_dir: args.data_dir.clone(),
-        me: raft::Node {
+        me: raft::MemberAddr {
             raft_addr: advertised(&args.raft_addr, args.raft_adv_addr.as_deref(), "raft")?,
             http_addr: advertised(&args.http_addr, args.http_adv_addr.as_deref(), "http")?,
         },

@@ -1,4 +1,11 @@
-//! The state machine every node runs, the leader included: apply committed records to SQLite.
+//! The state machine: it runs on every node, the leader included, and applies committed
+//! records to SQLite. It is the only way the database changes.
+//!
+//! The crate is named after the role in the design (`follower`), but it is not the code of a
+//! node that follows: the leader runs it too, and applies its own records through it like
+//! any other node. Executing client SQL is the writer's job (the `leader` crate), which only
+//! speculates and proposes; the two crates never depend on each other and share the node's
+//! [`sql::Db`] behind one mutex.
 //!
 //! [`Replica`] implements [`raft::state_machine::Store`] on the node's single read-write
 //! [`sql::Db`]. openraft hands it committed entries only, in log order; [`Replica::apply`]
@@ -20,14 +27,21 @@
 //! the mutex for [`sql::Db::install`] (a rename, not a copy) and publishes the installed
 //! position on the watch.
 //!
+//! Errors keep their meaning: a [`sql::Error`] becomes a [`raft::state_machine::Error`] by
+//! [`sql::Error::is_deterministic`], with the `sql::Error` itself as the cause. A committed
+//! entry this database cannot apply as the leader did (`Corrupt`: a conflict, a missing table,
+//! a failing DDL statement) stops the node with a reason that says restarting will not help;
+//! a failure of the disk or the file system stops it too, with a reason that says to fix the
+//! cause and restart. Neither is retried here or skipped.
+//!
 //! What it does not do: decide what is committed (Raft does), or execute client SQL.
 
-use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use raft::state_machine::{Applied, Committed, Store};
+use raft::state_machine::{self, Committed, Store};
 use tokio::sync::watch;
+use wal::Applied;
 
 /// The node's database as Raft's state machine. Cheap to clone.
 #[derive(Clone)]
@@ -40,8 +54,15 @@ pub struct Replica {
     applied: Arc<watch::Sender<wal::Lsn>>,
 }
 
-fn io_err(e: sql::Error) -> io::Error {
-    io::Error::other(e.to_string())
+/// A database error as the state machine's: corruption when doing it again fails the same way
+/// ([`sql::Error::is_deterministic`]), else a failure of the environment. The `sql::Error`
+/// itself is kept as the cause, not its text.
+fn store_error(e: sql::Error) -> state_machine::Error {
+    if e.is_deterministic() {
+        state_machine::Error::corrupt(e)
+    } else {
+        state_machine::Error::transient(e)
+    }
 }
 
 impl Replica {
@@ -73,12 +94,11 @@ impl Replica {
 }
 
 impl Store for Replica {
-    fn applied(&self) -> io::Result<Option<Applied>> {
-        let a = self.lock().applied().map_err(io_err)?;
-        Ok(a.map(|a| Applied { term: a.term, index: a.index, membership: a.membership }))
+    fn applied(&self) -> state_machine::Result<Option<Applied>> {
+        self.lock().applied().map_err(store_error)
     }
 
-    fn apply(&self, entries: &[Committed]) -> io::Result<()> {
+    fn apply(&self, entries: &[Committed]) -> state_machine::Result<()> {
         let batch: Vec<sql::Apply<'_>> = entries
             .iter()
             .map(|e| sql::Apply {
@@ -88,22 +108,21 @@ impl Store for Replica {
                 membership: e.membership.as_deref(),
             })
             .collect();
-        self.lock().apply(&batch).map_err(io_err)?;
+        self.lock().apply(&batch).map_err(store_error)?;
         if let Some(last) = entries.last() {
             self.applied.send_replace(last.index);
         }
         Ok(())
     }
 
-    fn snapshot_to(&self, path: &Path) -> io::Result<Option<Applied>> {
-        let a = self.images.write_image(path).map_err(io_err)?;
-        Ok(a.map(|a| Applied { term: a.term, index: a.index, membership: a.membership }))
+    fn snapshot_to(&self, path: &Path) -> state_machine::Result<Option<Applied>> {
+        self.images.write_image(path).map_err(store_error)
     }
 
-    fn install(&self, path: &Path) -> io::Result<()> {
+    fn install(&self, path: &Path) -> state_machine::Result<()> {
         let mut db = self.lock();
-        db.install(path).map_err(io_err)?;
-        let index = db.applied().map_err(io_err)?.map_or(0, |a| a.index);
+        db.install(path).map_err(store_error)?;
+        let index = db.applied().map_err(store_error)?.map_or(0, |a| a.index);
         self.applied.send_replace(index);
         Ok(())
     }

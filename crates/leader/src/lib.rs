@@ -1,5 +1,12 @@
-//! The write path: one writer per leader, group commit, speculative execution, conditional
-//! proposal.
+//! The writer: the only code in Keel that executes client SQL. It speculates, proposes, and
+//! waits for durability; it runs on the node that leads, and only while it leads.
+//!
+//! The crate is named after the role in the design (`leader`), but what it holds is the write
+//! path: one writer per leader, group commit, speculative execution, conditional proposal.
+//! It never changes the database itself. Every change, this node's included, is applied by
+//! the state machine of the `follower` crate, which runs on every node, the leader included,
+//! once Raft has committed the record. The two crates never depend on each other; they share
+//! the node's [`sql::Db`] (speculation and apply take the same mutex) and meet in `bin`.
 //!
 //! A client write becomes a [`sql::WriteRequest`] and is sent to [`Leader::write`] (or, several
 //! at once in a given order, such as a batch of queued writes, to [`Leader::write_all`]). One task

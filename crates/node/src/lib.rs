@@ -103,7 +103,7 @@ pub struct Config {
     /// The data directory: `db/`, `raft/`, `snapshots/`, `tmp/`.
     pub data_dir: PathBuf,
     /// The addresses other nodes and clients are told to use.
-    pub me: raft::Node,
+    pub me: raft::MemberAddr,
     /// Limits on client SQL.
     pub limits: sql::Limits,
     /// Read-only connections in the pool.
@@ -132,7 +132,7 @@ pub struct Node {
     /// This node's id.
     pub id: raft::NodeId,
     /// This node's addresses.
-    pub me: raft::Node,
+    pub me: raft::MemberAddr,
     /// The Raft node.
     pub raft: raft::Raft,
     /// The writer.

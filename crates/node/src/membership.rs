@@ -51,7 +51,8 @@ impl Node {
             tracing::warn!(target: "keel::audit", id = request.id, raft_addr = %request.raft_addr, error = %e, "refused a join");
             return Err(Error::Forbidden(e));
         }
-        let target = raft::Node { raft_addr: request.raft_addr, http_addr: request.http_addr };
+        let target =
+            raft::MemberAddr { raft_addr: request.raft_addr, http_addr: request.http_addr };
         let _one_at_a_time = self.membership.lock().await;
         tracing::info!(id = request.id, node = %target, voter = request.voter, "adding node");
         raft::cluster::add_node(&self.raft, request.id, target, request.voter, ADD_TIMEOUT).await?;
@@ -67,7 +68,7 @@ pub enum Change {
         /// Its id.
         id: NodeId,
         /// Its addresses.
-        node: raft::Node,
+        node: raft::MemberAddr,
         /// Voter or learner.
         voter: bool,
     },
@@ -143,7 +144,7 @@ impl Node {
 /// up to five minutes while the cluster is unreachable or electing.
 pub async fn join_cluster(
     id: raft::NodeId,
-    me: raft::Node,
+    me: raft::MemberAddr,
     urls: &[String],
     voter: bool,
     credentials: Option<(String, String)>,

@@ -84,12 +84,12 @@ impl Peers {
     }
 
     /// The client API URL of a member.
-    pub fn api_url(&self, member: &raft::Node, path_and_query: &str) -> String {
+    pub fn api_url(&self, member: &raft::MemberAddr, path_and_query: &str) -> String {
         format!("{}://{}{}", self.api_scheme, member.http_addr, path_and_query)
     }
 
     /// The URL of a node-to-node route of a member.
-    fn node_url(&self, member: &raft::Node, path: &str) -> String {
+    fn node_url(&self, member: &raft::MemberAddr, path: &str) -> String {
         format!("{}://{}{}", self.node_scheme, member.raft_addr, path)
     }
 }

@@ -18,15 +18,17 @@
 //! Before changing anything these refuse, with a [`ChangeError`] that says why, what would
 //! leave the cluster unable to work: removing or demoting the last voter, removing or demoting
 //! the leader itself (transfer leadership first), or a new voter set whose reachable members are
-//! fewer than its quorum. One pure function, `check`, decides that over a `View`: plain values
-//! taken from the leader's metrics ("reachable" = acknowledged the leader within twice the
-//! longest election timeout, and at least a second). openraft allows one membership change at
-//! a time and reports a second as [`ChangeError::InProgress`]; callers also serialize their own
-//! changes (the HTTP layer holds one mutex around each).
+//! fewer than its quorum. One pure function, `check` (in the `check` module), decides that
+//! over a `View`: plain values taken from the leader's metrics ("reachable" = acknowledged the
+//! leader within twice the longest election timeout, and at least a second). openraft allows
+//! one membership change at a time and reports a second as [`ChangeError::InProgress`];
+//! callers also serialize their own changes (the HTTP layer holds one mutex around each).
 //!
 //! What they deliberately do not do: force a membership on a cluster that has lost its quorum.
 //! A change is itself a Raft entry and needs a quorum to commit; a cluster that lost a majority
 //! of its voters cannot be reconfigured this way.
+
+mod check;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -38,8 +40,9 @@ use openraft::errors::{
 use openraft::{ChangeMembers, Instant as _, ServerState};
 use serde::Serialize;
 
+use self::check::{View, VoterChange, check};
 use crate::client::ClientError;
-use crate::types::{Lsn, Node, NodeId, Term};
+use crate::types::{Lsn, MemberAddr, NodeId, Term};
 use crate::{Metrics, Raft};
 
 /// A node's role, as Keel names it.
@@ -64,7 +67,7 @@ pub struct Member {
     /// Its node id.
     pub id: NodeId,
     /// Its addresses.
-    pub node: Node,
+    pub node: MemberAddr,
     /// Whether it votes (false for learners).
     pub voter: bool,
 }
@@ -176,7 +179,7 @@ pub fn leader(raft: &Raft) -> Option<Member> {
 }
 
 /// Makes this node a one-node cluster. Harmless if it is already initialized.
-pub async fn initialize(raft: &Raft, id: NodeId, node: Node) -> Result<(), ClientError> {
+pub async fn initialize(raft: &Raft, id: NodeId, node: MemberAddr) -> Result<(), ClientError> {
     match raft.initialize(BTreeMap::from([(id, node)])).await {
         Ok(()) => Ok(()),
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
@@ -204,7 +207,7 @@ fn write_err(e: RaftError<crate::TypeConfig, ClientWriteError<crate::TypeConfig>
 pub async fn add_node(
     raft: &Raft,
     id: NodeId,
-    node: Node,
+    node: MemberAddr,
     voter: bool,
     timeout: Duration,
 ) -> Result<(), ClientError> {
@@ -246,12 +249,14 @@ pub async fn add_node(
 }
 
 /// Resolves when the Raft core stops (shutdown, or a fatal storage error such as a committed
-/// entry that cannot be applied). Returns the reason.
+/// entry that cannot be applied). Returns the reason with its whole cause chain: for a store
+/// failure, whether doing it again can succeed and what to do (see
+/// [`crate::state_machine::Error`]), then the store's own error.
 pub async fn stopped(raft: &Raft) -> String {
     let stopped = |m: &crate::Metrics| m.running_state.is_err() || m.state == ServerState::Shutdown;
     match raft.wait(None).metrics(stopped, "raft stopped").await {
         Ok(m) => match m.running_state {
-            Err(e) => e.to_string(),
+            Err(e) => crate::state_machine::chain(&e),
             Ok(()) => "shut down".to_string(),
         },
         Err(e) => e.to_string(),
@@ -346,123 +351,6 @@ fn voter_ids(m: &Metrics) -> BTreeSet<NodeId> {
     m.membership_config.membership().voter_ids().collect()
 }
 
-/// What the leader knows when it judges a voter change: plain values taken from its metrics,
-/// so [`check`] is a pure function.
-#[derive(Debug, Clone)]
-struct View {
-    /// The leader (this node).
-    leader: NodeId,
-    /// Every member, voter or learner.
-    members: BTreeSet<NodeId>,
-    /// The voters of the effective membership.
-    voters: BTreeSet<NodeId>,
-    /// The members the leader heard from recently (the leader included).
-    reachable: BTreeSet<NodeId>,
-    /// The log index of the effective membership if it is not committed yet: a change is in
-    /// flight.
-    pending: Option<Lsn>,
-}
-
-impl View {
-    /// The view of the leader whose metrics are `m`; a member it has not heard from within
-    /// `window` counts as unreachable.
-    fn of(m: &Metrics, window: Duration) -> View {
-        let membership = m.membership_config.membership();
-        let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-        let reachable = members.iter().copied().filter(|&id| reachable(m, id, window)).collect();
-        let effective = m.membership_config.log_id();
-        View {
-            leader: m.id,
-            voters: membership.voter_ids().collect(),
-            members,
-            reachable,
-            pending: (effective != m.committed_membership_config.log_id())
-                .then(|| effective.as_ref().map_or(0, |l| l.index)),
-        }
-    }
-}
-
-/// A change of the voter set, as [`check`] judges it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum VoterChange {
-    /// A learner becomes a voter.
-    Promote(NodeId),
-    /// A voter becomes a learner.
-    Demote(NodeId),
-    /// A member (voter or learner) leaves the cluster.
-    Remove(NodeId),
-}
-
-/// Whether `change` may be made, judged on `view`. Refuses:
-///
-/// - a node that is not a member ([`ChangeError::Invalid`]);
-/// - any change while the last one has not committed ([`ChangeError::InProgress`]);
-/// - demoting or removing the last voter, or the leader itself ([`ChangeError::Unsafe`]);
-/// - any voter change while the leader cannot reach a quorum of the current voters: it could
-///   not commit ([`ClientError::NoQuorum`]);
-/// - a voter set with fewer reachable members than its quorum: the cluster could not commit
-///   anything after it ([`ChangeError::Unsafe`]).
-///
-/// Promoting a voter, demoting a learner and removing a learner leave the voters as they are
-/// and pass the voter checks; callers skip the no-ops before asking.
-fn check(view: &View, change: VoterChange) -> Result<(), ChangeError> {
-    let (id, verb) = match change {
-        VoterChange::Promote(id) => (id, "promoting"),
-        VoterChange::Demote(id) => (id, "demoting"),
-        VoterChange::Remove(id) => (id, "removing"),
-    };
-    if !view.members.contains(&id) {
-        return Err(ChangeError::Invalid(format!("node {id} is not a member of the cluster")));
-    }
-    if let Some(index) = view.pending {
-        return Err(ChangeError::InProgress(format!(
-            "the membership at log index {index} is not committed yet"
-        )));
-    }
-    let mut after = view.voters.clone();
-    match change {
-        VoterChange::Promote(id) => {
-            after.insert(id);
-        }
-        VoterChange::Demote(id) | VoterChange::Remove(id) if view.voters.contains(&id) => {
-            if view.voters.len() == 1 {
-                return Err(ChangeError::Unsafe(format!(
-                    "node {id} is the last voter: {verb} it would leave no voter to elect a leader or commit anything; add another voter first"
-                )));
-            }
-            if id == view.leader {
-                return Err(ChangeError::Unsafe(format!(
-                    "node {id} is the leader: transfer leadership to another voter first, then retry {verb} it"
-                )));
-            }
-            after.remove(&id);
-        }
-        VoterChange::Demote(_) | VoterChange::Remove(_) => {}
-    }
-    if after == view.voters {
-        return Ok(());
-    }
-    let up = |voters: &BTreeSet<NodeId>| -> Vec<NodeId> {
-        voters.iter().copied().filter(|v| view.reachable.contains(v)).collect()
-    };
-    let up_before = up(&view.voters);
-    if up_before.len() < view.voters.len() / 2 + 1 {
-        return Err(ClientError::NoQuorum(format!(
-            "only voters {up_before:?} of {:?} are reachable, fewer than a quorum: no membership change can commit",
-            view.voters
-        ))
-        .into());
-    }
-    let up_after = up(&after);
-    let quorum = after.len() / 2 + 1;
-    if up_after.len() < quorum {
-        return Err(ChangeError::Unsafe(format!(
-            "{verb} node {id} would leave voters {after:?}, of which only {up_after:?} are reachable: fewer than the {quorum} a quorum needs; bring the others back first"
-        )));
-    }
-    Ok(())
-}
-
 /// Waits until `id`'s log matches the leader's through `index` and the leader has heard from
 /// it within `window`, up to `timeout`. A node the leader heard from once but not within
 /// `window` is refused at once: it is down, or cut off.
@@ -535,7 +423,7 @@ fn change_err(e: RaftError<crate::TypeConfig, ClientWriteError<crate::TypeConfig
 /// Proposes `change` through joint consensus and waits up to `timeout` for it to commit.
 async fn change_membership(
     raft: &Raft,
-    change: ChangeMembers<NodeId, Node>,
+    change: ChangeMembers<NodeId, MemberAddr>,
     retain: bool,
     timeout: Duration,
 ) -> Result<(), ChangeError> {
@@ -629,7 +517,7 @@ pub fn successor(raft: &Raft) -> Option<NodeId> {
 pub async fn add_member(
     raft: &Raft,
     id: NodeId,
-    node: Node,
+    node: MemberAddr,
     voter: bool,
     deadlines: &Deadlines,
 ) -> Result<(), ChangeError> {
@@ -736,78 +624,4 @@ pub async fn remove_node(
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     };
     change_membership(raft, change, false, deadlines.change).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A view of leader 1 with `voters` and `learners`, of which `down` are unreachable.
-    fn view(voters: &[NodeId], learners: &[NodeId], down: &[NodeId]) -> View {
-        let members: BTreeSet<NodeId> = voters.iter().chain(learners).copied().collect();
-        View {
-            leader: 1,
-            reachable: members.iter().copied().filter(|id| !down.contains(id)).collect(),
-            members,
-            voters: voters.iter().copied().collect(),
-            pending: None,
-        }
-    }
-
-    /// What `check` answers, in short: "ok", or the variant and a word of its message.
-    fn verdict(view: &View, change: VoterChange) -> String {
-        match check(view, change) {
-            Ok(()) => "ok".to_string(),
-            Err(ChangeError::Invalid(m)) => format!("invalid: {m}"),
-            Err(ChangeError::Unsafe(m)) => format!("unsafe: {m}"),
-            Err(ChangeError::InProgress(m)) => format!("in progress: {m}"),
-            Err(ChangeError::Client(ClientError::NoQuorum(m))) => format!("no quorum: {m}"),
-            Err(e) => format!("other: {e}"),
-        }
-    }
-
-    #[test]
-    fn check_refuses_what_would_break_the_cluster() {
-        use VoterChange::{Demote, Promote, Remove};
-        let cases: &[(View, VoterChange, &str)] = &[
-            // Plain changes.
-            (view(&[1, 2, 3], &[4], &[]), Promote(4), "ok"),
-            (view(&[1, 2, 3], &[4], &[]), Demote(2), "ok"),
-            (view(&[1, 2, 3], &[4], &[]), Remove(3), "ok"),
-            (view(&[1, 2, 3], &[4], &[]), Remove(4), "ok"),
-            // A dead voter can be removed while the rest form a quorum of the new set.
-            (view(&[1, 2, 3], &[], &[3]), Remove(3), "ok"),
-            // A dead learner can always be removed; voters are untouched.
-            (view(&[1, 2, 3], &[4], &[2, 3, 4]), Remove(4), "ok"),
-            // Unknown nodes.
-            (view(&[1, 2, 3], &[], &[]), Promote(9), "invalid: node 9 is not a member"),
-            (view(&[1, 2, 3], &[], &[]), Remove(9), "invalid: node 9 is not a member"),
-            // The last voter and the leader itself.
-            (view(&[1], &[2], &[]), Remove(1), "unsafe: node 1 is the last voter"),
-            (view(&[1], &[2], &[]), Demote(1), "unsafe: node 1 is the last voter"),
-            (view(&[1, 2, 3], &[], &[]), Demote(1), "unsafe: node 1 is the leader"),
-            (view(&[1, 2, 3], &[], &[]), Remove(1), "unsafe: node 1 is the leader"),
-            // Removing a live voter while another is dead leaves 2 voters, 1 reachable.
-            (view(&[1, 2, 3], &[], &[3]), Remove(2), "unsafe: removing node 2 would leave"),
-            (view(&[1, 2, 3], &[], &[3]), Demote(2), "unsafe: demoting node 2 would leave"),
-            // With a quorum of the current voters gone nothing can commit.
-            (view(&[1, 2, 3], &[], &[2, 3]), Remove(3), "no quorum: only voters [1]"),
-            (view(&[1, 2, 3], &[4], &[2, 3]), Promote(4), "no quorum: only voters [1]"),
-            // An unreachable learner would make 4 voters with 2 reachable.
-            (view(&[1, 2, 3], &[4], &[3, 4]), Promote(4), "unsafe: promoting node 4"),
-        ];
-        for (view, change, expected) in cases {
-            let got = verdict(view, *change);
-            assert!(got.starts_with(expected), "{change:?} on {view:?}: got {got:?}");
-        }
-    }
-
-    #[test]
-    fn check_refuses_while_a_change_is_in_flight() {
-        let mut v = view(&[1, 2, 3], &[4], &[]);
-        v.pending = Some(17);
-        let got = verdict(&v, VoterChange::Promote(4));
-        assert_eq!(got, "in progress: the membership at log index 17 is not committed yet");
-        assert!(verdict(&v, VoterChange::Remove(9)).starts_with("invalid"));
-    }
 }

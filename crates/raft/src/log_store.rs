@@ -479,7 +479,7 @@ mod tests {
     use openraft::Membership;
 
     use super::*;
-    use crate::types::Node;
+    use crate::types::MemberAddr;
 
     fn round_trip(entry: Entry) {
         let frame = encode_entry(&entry).unwrap();
@@ -497,7 +497,7 @@ mod tests {
         };
         round_trip(Entry { log_id: id, payload: EntryPayload::Normal(record) });
         round_trip(Entry { log_id: id, payload: EntryPayload::Normal(Record::default()) });
-        let node = Node { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
+        let node = MemberAddr { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
         let membership = Membership::new(
             vec![BTreeSet::from([1, 2])],
             BTreeMap::from([(1, node.clone()), (2, node)]),

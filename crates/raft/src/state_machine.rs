@@ -5,7 +5,13 @@
 //! hands a whole batch to [`Store::apply`], which must make the batch and the new applied
 //! position durable together (one SQLite transaction in `follower`). If that fails the error
 //! goes back to openraft, which stops this node: a replica that cannot apply a committed entry
-//! stops rather than diverges.
+//! stops rather than diverges, and never skips it.
+//!
+//! The store's errors are typed ([`Error`]): [`Error::Corrupt`] when doing it again fails the
+//! same way (the node's data must be replaced), [`Error::Transient`] when the environment
+//! failed (fix it and restart). They reach openraft inside the `io::Error` it requires, with
+//! their kind and cause chain, so the reason the node stops (`cluster::stopped`) says which
+//! it was and what to do (see the `error` module).
 //!
 //! # Snapshots
 //!
@@ -52,6 +58,11 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
+use wal::Applied;
+
+mod error;
+
+pub use error::{Cause, Error, Result, chain};
 
 pub use crate::snapshot::{SnapshotCounts, SnapshotFile, SnapshotStats};
 use crate::snapshot::{TempFile, building_path, is_leftover, remove_if_exists};
@@ -75,35 +86,26 @@ pub struct Committed {
     pub membership: Option<String>,
 }
 
-/// The last applied position as the store keeps it.
-#[derive(Debug, Clone)]
-pub struct Applied {
-    /// Term of the last applied entry.
-    pub term: Term,
-    /// Index of the last applied entry.
-    pub index: Lsn,
-    /// The last applied membership (opaque JSON from [`Committed::membership`]), if any.
-    pub membership: Option<String>,
-}
-
 /// The node's database, as the state machine needs it. Every method blocks; the adapter calls
-/// them from `spawn_blocking`.
+/// them from `spawn_blocking`. Errors say whether doing it again can succeed ([`Error`]).
 pub trait Store: Send + Sync + 'static {
     /// The last applied position stored with the data, `None` for an empty database.
-    fn applied(&self) -> io::Result<Option<Applied>>;
+    fn applied(&self) -> Result<Option<Applied>>;
     /// Applies committed entries, in order, atomically together with the new applied position.
-    fn apply(&self, entries: &[Committed]) -> io::Result<()>;
+    /// On error nothing of the batch is applied; [`Error::Corrupt`] when an entry cannot be
+    /// applied here as the leader applied it.
+    fn apply(&self, entries: &[Committed]) -> Result<()>;
     /// Writes a consistent image of the database (including its applied position and
     /// membership) to `path`, fsynced, and returns the applied position the image holds. Must
     /// not stop applies while it copies (it reads from its own connection), because a large
     /// database takes a while, and must not hold the database in memory. The state machine
     /// never runs two of these at once.
-    fn snapshot_to(&self, path: &Path) -> io::Result<Option<Applied>>;
+    fn snapshot_to(&self, path: &Path) -> Result<Option<Applied>>;
     /// Makes the image at `path` (written by [`Store::snapshot_to`] on some node, complete and
     /// fsynced) the live database, atomically: after a crash at any point the node has either
     /// its old database or the new one. The store takes the file over (it may rename it), so
     /// the caller must not use `path` afterwards.
-    fn install(&self, path: &Path) -> io::Result<()>;
+    fn install(&self, path: &Path) -> Result<()>;
 }
 
 /// The openraft state machine over a [`Store`]. Cheap to clone; clones share the store, the
@@ -155,6 +157,15 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 
 fn membership_json(m: &StoredMembership) -> io::Result<String> {
     serde_json::to_string(m).map_err(other)
+}
+
+/// The membership a store keeps as JSON ([`Committed::membership`]); JSON that does not parse
+/// is corruption.
+fn stored_membership(json: Option<String>) -> io::Result<StoredMembership> {
+    match json {
+        Some(json) => serde_json::from_str(&json).map_err(|e| Error::corrupt(e).into_io()),
+        None => Ok(StoredMembership::default()),
+    }
 }
 
 fn index_of(meta: &SnapshotMeta) -> Lsn {
@@ -286,16 +297,13 @@ impl StateMachine {
     fn build_blocking(&self) -> io::Result<Snapshot> {
         let started = Instant::now();
         let tmp = TempFile::new(building_path(&self.dir));
-        let applied = self.store.snapshot_to(tmp.path())?;
+        let applied = self.store.snapshot_to(tmp.path()).map_err(Error::into_io)?;
         let copied = started.elapsed();
         let (last_log_id, membership) = match applied {
             Some(a) => (Some(log_id(a.term, a.index)), a.membership),
             None => (None, None),
         };
-        let last_membership = match membership {
-            Some(json) => serde_json::from_str(&json).map_err(other)?,
-            None => StoredMembership::default(),
-        };
+        let last_membership = stored_membership(membership)?;
         let meta = SnapshotMeta { last_log_id, last_membership };
         let mut file = SnapshotFile::open_and_checksum(tmp.path())?;
         let published = self.publish(tmp, &mut file, &meta)?;
@@ -361,19 +369,17 @@ impl StateMachine {
         let path = file.path().to_path_buf();
         let len = file.len();
         drop(file);
-        self.store.install(&path)?;
+        self.store.install(&path).map_err(Error::into_io)?;
         // openraft now takes `meta.last_log_id` as applied; the image must hold exactly that,
         // or the next applies would land on the wrong state. (The image was checksummed in
         // transit, so a mismatch is a bug on the sending side: stop rather than diverge.)
-        let holds = self.store.applied()?.map(|a| log_id(a.term, a.index));
+        let holds = self.store.applied().map_err(Error::into_io)?.map(|a| log_id(a.term, a.index));
         if holds != meta.last_log_id {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "installed snapshot image holds position {holds:?}, its meta says {:?}",
-                    meta.last_log_id
-                ),
-            ));
+            let message = format!(
+                "installed snapshot image holds position {holds:?}, its meta says {:?}",
+                meta.last_log_id
+            );
+            return Err(Error::corrupt(message).into_io());
         }
         let _guard = self.publish.lock().expect("snapshot publish mutex poisoned");
         self.write_stored(&StoredMeta {
@@ -426,10 +432,14 @@ impl StateMachine {
         let store = self.store.clone();
         let first = batch[0].index;
         let last = batch[batch.len() - 1].index;
-        Self::blocking(move || store.apply(&batch)).await.map_err(|e| {
-            tracing::error!(first, last, error = %e, "cannot apply committed entries; stopping");
-            e
-        })?;
+        let applied = tokio::task::spawn_blocking(move || store.apply(&batch))
+            .await
+            .map_err(|e| Error::transient(e).into_io())?;
+        if let Err(e) = applied {
+            let deterministic = e.is_deterministic();
+            tracing::error!(first, last, deterministic, error = %chain(&e), "cannot apply committed entries; stopping");
+            return Err(e.into_io());
+        }
         for r in responders {
             r.send(());
         }
@@ -443,16 +453,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let store = self.store.clone();
-        let applied = Self::blocking(move || store.applied()).await?;
+        let applied = Self::blocking(move || store.applied().map_err(Error::into_io)).await?;
         match applied {
             None => Ok((None, StoredMembership::default())),
-            Some(a) => {
-                let membership = match a.membership {
-                    Some(json) => serde_json::from_str(&json).map_err(other)?,
-                    None => StoredMembership::default(),
-                };
-                Ok((Some(log_id(a.term, a.index)), membership))
-            }
+            Some(a) => Ok((Some(log_id(a.term, a.index)), stored_membership(a.membership)?)),
         }
     }
 
@@ -463,7 +467,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = Vec::new();
         let mut responders = Vec::new();
         let mut bytes = 0;
-        while let Some((entry, responder)) = entries.try_next().await? {
+        // An entry the log cannot read is `InvalidData`: corruption, as the store's would be.
+        let next = |e: io::Error| Error::from(e).into_io();
+        while let Some((entry, responder)) = entries.try_next().await.map_err(next)? {
             let term = entry.log_id.leader_id.term;
             let index = entry.log_id.index;
             let (record, membership) = match entry.payload {

@@ -16,20 +16,26 @@ pub type Term = wal::Term;
 /// A log index: the position of an entry in the Raft log, which is also its LSN.
 pub type Lsn = wal::Lsn;
 
-/// Where to reach a node: its Raft (node-to-node) address and its client HTTP address.
+/// Where to reach a member of the cluster: its Raft (node-to-node) address and its client
+/// HTTP address, as it advertises them. openraft keeps one per member in every membership
+/// config (its `Node` type), so this is part of the Raft log and of snapshots on disk: its
+/// serialized form (`{"raft_addr": …, "http_addr": …}`) must not change.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Node {
+pub struct MemberAddr {
     /// `host:port` of the node's Raft RPC listener.
     pub raft_addr: String,
     /// `host:port` of the node's client HTTP API.
     pub http_addr: String,
 }
 
-impl fmt::Display for Node {
+impl fmt::Display for MemberAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{{raft: {}, http: {}}}", self.raft_addr, self.http_addr)
     }
 }
+
+/// The name openraft's configuration gives [`MemberAddr`], for code written against it.
+pub(crate) type Node = MemberAddr;
 
 openraft::declare_raft_types!(
     /// Keel's Raft types: entries carry a [`wal::Record`]; applying answers nothing, because the
@@ -38,7 +44,7 @@ openraft::declare_raft_types!(
         D = wal::Record,
         R = (),
         NodeId = NodeId,
-        Node = Node,
+        Node = MemberAddr,
         Term = Term,
         LeaderId = openraft::impls::leader_id_std::LeaderId<Term, NodeId>,
 );
@@ -51,3 +57,19 @@ pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 /// A membership config together with the log id that introduced it.
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Membership configs in the Raft log and in snapshots hold this form; a change would
+    /// make existing data directories unreadable.
+    #[test]
+    fn serialized_form_is_stable() {
+        let addr =
+            MemberAddr { raft_addr: "10.0.0.1:4002".into(), http_addr: "10.0.0.1:4001".into() };
+        let json = r#"{"raft_addr":"10.0.0.1:4002","http_addr":"10.0.0.1:4001"}"#;
+        assert_eq!(serde_json::to_string(&addr).unwrap(), json);
+        assert_eq!(serde_json::from_str::<MemberAddr>(json).unwrap(), addr);
+    }
+}

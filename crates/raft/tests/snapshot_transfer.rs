@@ -20,9 +20,12 @@ use openraft::storage::RaftStateMachine;
 use openraft::{Membership, RaftSnapshotBuilder};
 use raft::network::{Contact, Network, router};
 use raft::snapshot::{SnapshotFile, SnapshotStats, checksum_file};
-use raft::state_machine::{Applied, Committed, SnapshotMeta, StateMachine, Store, log_id};
-use raft::{Node, Options, Raft, StoredMembership, Vote};
+use raft::state_machine::{
+    Committed, Result as StoreResult, SnapshotMeta, StateMachine, Store, log_id,
+};
+use raft::{MemberAddr, Options, Raft, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
+use wal::Applied;
 
 /// The header line of a [`FakeStore`] image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,11 +96,11 @@ fn read_position(path: &Path) -> io::Result<Position> {
 }
 
 impl Store for FakeStore {
-    fn applied(&self) -> io::Result<Option<Applied>> {
+    fn applied(&self) -> StoreResult<Option<Applied>> {
         Ok(self.position().map(|p| p.applied()))
     }
 
-    fn apply(&self, entries: &[Committed]) -> io::Result<()> {
+    fn apply(&self, entries: &[Committed]) -> StoreResult<()> {
         let mut applied = self.applied.lock().unwrap();
         for e in entries {
             let membership = e
@@ -109,7 +112,7 @@ impl Store for FakeStore {
         Ok(())
     }
 
-    fn snapshot_to(&self, path: &Path) -> io::Result<Option<Applied>> {
+    fn snapshot_to(&self, path: &Path) -> StoreResult<Option<Applied>> {
         let p = self.position();
         if let Some(p) = &p {
             write_image(path, p, self.payload)?;
@@ -119,7 +122,7 @@ impl Store for FakeStore {
         Ok(p.map(|p| p.applied()))
     }
 
-    fn install(&self, path: &Path) -> io::Result<()> {
+    fn install(&self, path: &Path) -> StoreResult<()> {
         let p = read_position(path)?;
         fs::rename(path, self.live())?;
         self.set(p);
@@ -127,13 +130,13 @@ impl Store for FakeStore {
     }
 }
 
-fn node(addr: &str) -> Node {
-    Node { raft_addr: addr.to_string(), http_addr: String::new() }
+fn node(addr: &str) -> MemberAddr {
+    MemberAddr { raft_addr: addr.to_string(), http_addr: String::new() }
 }
 
 /// A membership with `voters` as voters, as a store would keep it.
 fn membership_json(voters: &[(u64, &str)], at: (u64, u64)) -> String {
-    let nodes: BTreeMap<u64, Node> = voters.iter().map(|(id, a)| (*id, node(a))).collect();
+    let nodes: BTreeMap<u64, MemberAddr> = voters.iter().map(|(id, a)| (*id, node(a))).collect();
     let stored = StoredMembership::new(Some(log_id(at.0, at.1)), Membership::from(nodes));
     serde_json::to_string(&stored).unwrap()
 }

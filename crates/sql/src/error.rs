@@ -10,6 +10,12 @@
 //!   missing table, a column-count mismatch, a failing DDL statement). The node must stop rather
 //!   than diverge.
 //! * [`Error::Io`]: file-system work around the database directory, images or loads failed.
+//!
+//! [`Error::is_deterministic`] (toyDB's name) sorts them for a replica that failed to apply a
+//! committed entry: doing it again fails the same way (`Corrupt`, `InvalidInput`, SQLite
+//! errors about the data or the SQL), or the environment failed and the same call may succeed
+//! later (`Io`, SQLite's I/O, full-disk, busy, out-of-memory errors). Either way the node
+//! stops; the answer decides what the operator is told to do.
 
 /// The `sql` crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -29,4 +35,65 @@ pub enum Error {
     /// A file operation failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether doing the same thing again on this node fails the same way: the input, the data
+    /// or the database file is at fault, not the environment. `false` for failures of the disk,
+    /// the file system, memory or locks, which may pass once the cause is fixed.
+    pub fn is_deterministic(&self) -> bool {
+        match self {
+            Error::InvalidInput(_) | Error::Corrupt(_) => true,
+            Error::Sqlite(error) => !is_environmental(error),
+            Error::Io(_) => false,
+        }
+    }
+}
+
+/// Whether a SQLite error comes from the environment (I/O, space, memory, locks, permissions)
+/// rather than from the SQL or the data; errors without a SQLite code (type conversions) are
+/// about the data.
+pub(crate) fn is_environmental(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            C::SystemIoFailure
+                | C::DiskFull
+                | C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::OutOfMemory
+                | C::CannotOpen
+                | C::ReadOnly
+                | C::PermissionDenied
+                | C::FileLockingProtocolFailed
+                | C::NoLargeFileSupport
+                | C::OperationInterrupted
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::ffi;
+    use test_case::test_case;
+
+    use super::*;
+
+    fn sqlite(code: i32) -> Error {
+        Error::Sqlite(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None))
+    }
+
+    #[test_case(Error::Corrupt("conflict".into()), true; "corrupt")]
+    #[test_case(Error::InvalidInput("not an image".into()), true; "invalid input")]
+    #[test_case(sqlite(ffi::SQLITE_CONSTRAINT), true; "constraint")]
+    #[test_case(sqlite(ffi::SQLITE_ERROR), true; "sql error")]
+    #[test_case(sqlite(ffi::SQLITE_CORRUPT), true; "corrupt file")]
+    #[test_case(sqlite(ffi::SQLITE_IOERR), false; "disk io")]
+    #[test_case(sqlite(ffi::SQLITE_FULL), false; "disk full")]
+    #[test_case(sqlite(ffi::SQLITE_BUSY), false; "busy")]
+    #[test_case(Error::Io(std::io::Error::other("EIO")), false; "io")]
+    fn deterministic(error: Error, expect: bool) {
+        assert_eq!(error.is_deterministic(), expect, "{error}");
+    }
 }

@@ -22,6 +22,8 @@
 //!
 //! [`Live`] is the in-memory side: the current generation, shared by the [`crate::Db`], its
 //! [`crate::Readers`] pools and its [`crate::ImageSource`]s, so that they follow installs.
+//! Pools that keep idle connections register as a [`Holder`], a trait declared here, so that
+//! this module does not depend on `readers` (which depends on it).
 //!
 //! Not done here: anything SQLite. This module moves files and names them.
 
@@ -31,7 +33,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, Weak};
 
 use crate::error::Result;
-use crate::readers::Pool;
 
 /// The name of the file naming the live generation.
 const CURRENT: &str = "CURRENT";
@@ -217,7 +218,14 @@ pub(crate) struct Live {
     /// The live generation.
     current: RwLock<Arc<Generation>>,
     /// The reader pools on this database, to drop their idle connections at a switch.
-    pools: Mutex<Vec<Weak<Pool>>>,
+    pools: Mutex<Vec<Weak<dyn Holder>>>,
+}
+
+/// Something that keeps idle connections to generation files (a reader pool), and must let go
+/// of those on old generations when [`Live::switch`] moves on.
+pub(crate) trait Holder: Send + Sync {
+    /// Closes the idle connections of generations other than `current`.
+    fn drop_stale(&self, current: u64);
 }
 
 impl Live {
@@ -236,18 +244,19 @@ impl Live {
         self.read().number
     }
 
-    /// Registers a reader pool, whose idle connections each switch drops.
-    pub(crate) fn register(&self, pool: &Arc<Pool>) {
+    /// Registers a reader pool, whose idle connections each switch drops; it stays registered
+    /// while it lives.
+    pub(crate) fn register(&self, pool: Weak<dyn Holder>) {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         pools.retain(|pool| pool.strong_count() > 0);
-        pools.push(Arc::downgrade(pool));
+        pools.push(pool);
     }
 
     /// Makes `next` the current generation and closes idle reader connections of older ones.
     pub(crate) fn switch(&self, next: Arc<Generation>) {
         let number = next.number;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
-        let pools: Vec<Arc<Pool>> = self
+        let pools: Vec<Arc<dyn Holder>> = self
             .pools
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -25,9 +25,11 @@ use std::time::Duration;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::{Applied, read_applied};
+use wal::Applied;
+
 use crate::error::{Error, Result};
 use crate::generation::{Live, remove_database};
+use crate::meta::read_applied;
 
 /// How long the image connection waits for a lock (only a checkpoint can make it wait).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -24,11 +24,15 @@
 //! ```
 //!
 //! * [`statement`]: the rqlite request body → [`Statement`]s (rqlite's parsing rules, limits).
-//! * [`db`]: [`Db`], the read-write connections: [`Db::execute`] (speculative execution
-//!   with session capture, always rolled back), [`Db::apply`] (the state machine) and
-//!   [`Db::install`] (a snapshot image becomes the database).
+//! * [`db`]: [`Db`], the read-write connections, one file per job: `db::speculation`
+//!   ([`Db::execute`]: speculative execution with session capture, always rolled back) and
+//!   `db::apply` ([`Db::apply`], the state machine, and [`Db::install`], a snapshot image
+//!   becomes the database).
+//! * `meta`: the applied position ([`wal::Applied`]) and Keel's bookkeeping tables inside the
+//!   database, plus the catalog reads speculation needs; shared by `db` and [`image`].
 //! * `generation`: the database directory, `CURRENT` and the generations of the database file
-//!   that make an install a rename.
+//!   that make an install a rename. It declares the small `Holder` trait that reader pools
+//!   implement, so it does not depend on [`readers`].
 //! * [`image`]: [`ImageSource`], consistent images of the database from a read transaction of
 //!   its own, so that snapshots of big databases do not stop applies.
 //! * [`backup`] and [`load`]: user backups (a SQLite file without Keel's tables, or a
@@ -47,6 +51,10 @@
 //! * `encode` and [`result`]: values to rqlite's JSON ([`StatementResult::to_json`]).
 //! * [`mod@dump`]: a deterministic text dump for comparing replicas; [`describe_changeset`]
 //!   prints a changeset row by row.
+//!
+//! Modules depend on each other one way (no two modules refer to each other): `db` uses
+//! `image`, `readers`, `generation` and `meta`; `image` and `readers` use `generation` and
+//! `meta`, never `db`.
 //!
 //! ## Why row-based records
 //!
@@ -94,6 +102,7 @@ pub mod image;
 pub mod limits;
 pub mod load;
 mod mask;
+mod meta;
 mod policy;
 pub mod readers;
 pub mod result;
@@ -102,7 +111,7 @@ mod session;
 pub mod statement;
 mod verdicts;
 
-pub use db::{Applied, Apply, Db, Speculation, WriteRequest};
+pub use db::{Apply, Db, Speculation, WriteRequest};
 pub use dump::dump;
 pub use encode::rfc3339_utc;
 pub use error::{Error, Result};

@@ -43,7 +43,7 @@ use rusqlite::{Batch, Connection, OpenFlags, OptionalExtension as _};
 
 use crate::encode::{self, ReadError};
 use crate::error::Result;
-use crate::generation::{Generation, Live};
+use crate::generation::{Generation, Holder, Live};
 use crate::limits::{self, Limits, ResultBudget, Watchdog};
 use crate::mask::{Masked, mask};
 use crate::policy::{Mode, Policy, leading_keyword};
@@ -83,9 +83,9 @@ pub struct Readers {
     pool: Arc<Pool>,
 }
 
-/// The state of a [`Readers`] pool, shared with the `Live` generation so installs can close
-/// idle connections of the old generation.
-pub(crate) struct Pool {
+/// The state of a [`Readers`] pool, registered with the `Live` generation as a `Holder` so
+/// installs can close idle connections of the old generation.
+struct Pool {
     /// The Db's current generation.
     live: Arc<Live>,
     /// The most connections in use at once.
@@ -139,7 +139,8 @@ impl Readers {
             // One thread of the caller's runtime (one per core) always stays free.
             max_inline: std::thread::available_parallelism().map_or(1, |n| n.get() - 1).max(1),
         });
-        live.register(&pool);
+        let holder: Arc<dyn Holder> = pool.clone();
+        live.register(Arc::downgrade(&holder));
         Ok(Readers { pool })
     }
 
@@ -312,9 +313,10 @@ impl Pool {
         self.returned.notify_one();
         drop(stale);
     }
+}
 
-    /// Closes the idle connections of generations other than `current`.
-    pub(crate) fn drop_stale(&self, current: u64) {
+impl Holder for Pool {
+    fn drop_stale(&self, current: u64) {
         let stale: Vec<Reader> = {
             let mut state = self.lock();
             let (keep, stale) =

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use sql::{Applied, Apply, Db, Readers, Statement, StatementResult, WriteRequest};
+use sql::{Apply, Db, Readers, Statement, StatementResult, WriteRequest};
+use wal::Applied;
 
 /// One request with the given statements.
 fn request(statements: &[&str]) -> WriteRequest {

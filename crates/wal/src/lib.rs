@@ -80,3 +80,18 @@ pub type Lsn = u64;
 
 /// A Raft term: the election epoch of the leader that created an entry.
 pub type Term = u64;
+
+/// The last log entry a database has applied, as stored inside that database (`sql` keeps it
+/// in `_keel_meta`, in the transaction that applies the entries) and as the Raft state machine
+/// reports it (`raft::state_machine::Store`). Defined here, the crate both depend on, so the
+/// two speak of one type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The term of that entry.
+    pub term: Term,
+    /// Its index.
+    pub index: Lsn,
+    /// The last membership configuration applied, serialized by the Raft layer (opaque JSON
+    /// here), if any.
+    pub membership: Option<String>,
+}

@@ -164,8 +164,10 @@ async fn membership(State(node): State<Arc<Node>>, req: Incoming) -> Response {
             let (Some(raft_addr), Some(http_addr)) = (addr("raft_addr"), addr("http_addr")) else {
                 return bad_request(format!("{action} needs raft_addr and http_addr"));
             };
-            let node =
-                raft::Node { raft_addr: raft_addr.to_string(), http_addr: http_addr.to_string() };
+            let node = raft::MemberAddr {
+                raft_addr: raft_addr.to_string(),
+                http_addr: http_addr.to_string(),
+            };
             Change::Add { id, node, voter: action == "add-voter" }
         }
         "promote" => Change::SetVoter { id, voter: true },

@@ -1,0 +1,93 @@
+//! A replica that cannot apply a committed entry stops, says why, and applies nothing of it.
+//!
+//! One node, a real Raft log and a real SQLite database: the node commits a record whose
+//! changeset names a table this database does not have (as if it had diverged from the
+//! leader that computed the record). Applying it fails with `sql::Error::Corrupt`; the node
+//! must stop (openraft's fatal storage error), with a reason that keeps the database's own
+//! message and says that restarting will not help, and must not skip the entry.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use follower::Replica;
+use sql::{Db, Statement, WriteRequest};
+use wal::{Op, Record};
+
+/// How long any step may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A record inserting a row into table `t`, computed on a database of its own that has `t`,
+/// without the DDL that made it: applied where `t` does not exist, it is corruption.
+fn insert_into_missing_table(dir: &Path) -> Record {
+    let mut other = Db::open(dir).unwrap();
+    let request = |sql: &str| WriteRequest {
+        statements: vec![Statement::new(sql)],
+        transaction: false,
+        timeout: None,
+        rows: false,
+        request_id: None,
+    };
+    let speculation = other
+        .execute(&[
+            request("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"),
+            request("INSERT INTO t VALUES (1, 'x')"),
+        ])
+        .unwrap();
+    let ops: Vec<Op> =
+        speculation.record.ops.into_iter().filter(|op| matches!(op, Op::Changes(_))).collect();
+    assert_eq!(ops.len(), 1, "the insert's changeset");
+    Record { ops, requests: Vec::new() }
+}
+
+/// The term this node leads in, once its core says it leads (a moment after its metrics do).
+async fn leader_term(raft: &raft::Raft) -> raft::Term {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match raft::client::leader_term(raft) {
+            Ok(term) => return term,
+            Err(e) if tokio::time::Instant::now() >= deadline => panic!("never led: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_entry_stops_the_node_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = insert_into_missing_table(&dir.path().join("other"));
+    let db = Arc::new(Mutex::new(Db::open(&dir.path().join("db")).unwrap()));
+    let replica = Replica::new(db.clone()).unwrap();
+    let applied = replica.applied();
+    let started =
+        raft::start_node(1, &dir.path().join("node"), &raft::Options::default(), Arc::new(replica))
+            .await
+            .unwrap();
+    let raft = started.raft;
+    let me = raft::MemberAddr { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
+    raft::cluster::initialize(&raft, 1, me).await.unwrap();
+    let leads = |m: &raft::Metrics| m.current_leader == Some(1);
+    raft.wait(Some(DEADLINE)).metrics(leads, "leads").await.unwrap();
+    let term = leader_term(&raft).await;
+    let before = raft::client::wait_caught_up(&raft, DEADLINE).await.unwrap();
+
+    // The proposal never gets an answer of its own: the node stops while applying it.
+    let proposal = {
+        let raft = raft.clone();
+        tokio::spawn(async move { raft::client::propose(&raft, record, term, DEADLINE).await })
+    };
+    let reason = tokio::time::timeout(DEADLINE, raft::cluster::stopped(&raft))
+        .await
+        .expect("the node stops");
+
+    let bad = before + 1;
+    assert!(reason.contains(&format!("entry {bad} (term {term})")), "{reason}");
+    assert!(reason.contains("changeset for missing table t"), "{reason}");
+    assert!(reason.contains("restarting will not help"), "{reason}");
+    assert!(proposal.await.unwrap().is_err(), "a stopped node acknowledges nothing");
+    // Not skipped: neither the watch nor the database moved past the entry before it.
+    assert_eq!(*applied.borrow(), before);
+    let stored = db.lock().unwrap().applied().unwrap().map(|a| a.index);
+    assert_eq!(stored, Some(before));
+    let _ = raft.shutdown().await;
+}

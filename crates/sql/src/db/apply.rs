@@ -1,0 +1,276 @@
+//! Applying committed records, and installing a snapshot image: the only ways the database
+//! changes.
+//!
+//! [`Db::apply`] (every node, the leader included) applies committed records in one transaction
+//! together with the new applied position, which is stored in the database itself
+//! (`_keel_meta`, see [`crate::meta`]), so data and position can never disagree after a crash,
+//! and with the answers of requests that carried a request id (`_keel_requests`, see
+//! [`crate::answers`]). [`Db::install`] (a node behind the leader's log) replaces the whole
+//! database by an image received in a Raft snapshot, by renaming the image into the database
+//! directory as the next generation (see `generation`): no copy, whatever the size.
+//!
+//! ## How `apply` keeps replicas identical
+//!
+//! Records are applied on the apply connection (see the parent module): triggers and foreign
+//! keys off, because the changesets already contain what triggers and cascades did on the
+//! leader, and defensive mode off, because FTS shadow tables are written directly.
+//! `Op::Changes` is first validated against the local schema (every table exists, same column
+//! count and primary key), since SQLite would silently skip mismatching changes; then applied
+//! with a conflict handler that aborts on any conflict. Any failure rolls the whole batch back.
+//! A failure that applying again would repeat (a conflict, a missing table, a failing DDL
+//! statement, a malformed record) is [`Error::Corrupt`]: this replica cannot apply the entry as
+//! the leader did, and the node must stop rather than diverge. A failure of the environment
+//! (disk I/O, a full disk, a lock held too long) stays [`Error::Sqlite`], so the caller can tell
+//! the two apart ([`Error::is_deterministic`]). `Op::Ddl` runs as SQL text; `CREATE TABLE … AS
+//! SELECT` rows are created there and only there (sessions do not record them, verified), and
+//! `execute` rejects the non-deterministic kind.
+//!
+//! Virtual tables (FTS5) replicate through their shadow tables, which changesets write
+//! underneath the virtual table. FTS5 caches its index structure per connection and only
+//! notices commits of *other* connections: the client connection sees the applier's commits as
+//! such, and after applying changes to a shadow table `apply` replaces its own connection with a
+//! fresh one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::OptionalExtension as _;
+use wal::{Lsn, Op, Record, Term};
+
+use super::{Db, internal};
+use crate::answers;
+use crate::error::{Error, Result, is_environmental};
+use crate::generation::{self, Generation};
+use crate::image;
+use crate::meta;
+use crate::session::{self, ApplyError};
+use crate::verdicts::Verdicts;
+
+/// One committed log entry for [`Db::apply`].
+#[derive(Clone, Copy, Debug)]
+pub struct Apply<'a> {
+    /// The entry's term.
+    pub term: Term,
+    /// The entry's index.
+    pub index: Lsn,
+    /// The record of a normal entry; `None` for blank and membership entries.
+    pub record: Option<&'a Record>,
+    /// The serialized membership of a membership entry, stored as the new membership.
+    pub membership: Option<&'a str>,
+}
+
+impl Db {
+    /// Makes the database image at `image` (written by [`crate::ImageSource::write_image`] on some
+    /// node: complete, fsynced, rollback-journal mode) the live database, taking the file over.
+    ///
+    /// The image is checked first (a SQLite file with a `_keel_meta` row); a bad one gives
+    /// [`Error::InvalidInput`] and changes nothing. It is then renamed into the directory as
+    /// the next generation, so it must be on the same file system to cost nothing (otherwise
+    /// it is copied), opened in WAL mode as the new write connections, and named in `CURRENT`;
+    /// then the old generation's files are deleted. After a crash at any point the directory
+    /// holds the old database or the new one, whole. Readers that began before this returns
+    /// finish on the old file; every read that starts after sees the new one.
+    pub fn install(&mut self, image: &Path) -> Result<()> {
+        image::check(image)?;
+        self.end_transaction();
+        let number = self.generation.number + 1;
+        let path = self.dir.join(generation::file_name(number));
+        // Left by an earlier install that failed before switching CURRENT.
+        generation::remove_database(&path)?;
+        generation::move_into(image, &self.dir, &path)?;
+        // Open the new generation before it becomes CURRENT: if it cannot be opened, the old
+        // database stays live, here and after a restart.
+        let prepared = Self::connect(&path)
+            .and_then(|opened| Ok((opened, Self::connect_applier(&path)?)))
+            .and_then(|opened| generation::prepare_current(&self.dir, number).map(|()| opened))
+            .and_then(|opened| generation::commit_current(&self.dir).map(|()| opened));
+        let ((conn, policy, watchdog), applier) = match prepared {
+            Ok(opened) => opened,
+            Err(error) => {
+                if let Err(cleanup) = generation::remove_database(&path) {
+                    tracing::warn!(error = %cleanup, "cannot delete the refused generation");
+                }
+                return Err(error);
+            }
+        };
+        // CURRENT names the new generation now; switch everything to it.
+        let old_conn = std::mem::replace(&mut self.conn, conn);
+        let old_applier = std::mem::replace(&mut self.applier, applier);
+        self.policy = policy;
+        self.watchdog = watchdog;
+        self.verdicts = Verdicts::default();
+        self.capped = false;
+        let old = std::mem::replace(&mut self.generation, Arc::new(Generation { number, path }));
+        self.live.switch(self.generation.clone());
+        for old in [old_conn, old_applier] {
+            if let Err((_, error)) = old.close() {
+                tracing::warn!(%error, "closing a write connection of the old generation");
+            }
+        }
+        // Until the directory is synced, a crash may bring CURRENT back to the old generation,
+        // whose files must then still exist.
+        generation::sync_dir(&self.dir)?;
+        if let Err(error) = generation::remove_database(&old.path) {
+            tracing::warn!(%error, file = %old.path.display(), "cannot delete the old generation; it goes at the next open");
+        }
+        tracing::info!(generation = number, "installed database image");
+        Ok(())
+    }
+
+    /// Applies committed entries in one SQLite transaction together with the new applied
+    /// position (the last entry's) and membership (the last given). Each record's request
+    /// answers are stored with the entry's index, and answers older than the retention window
+    /// are pruned after each entry ([`crate::answers`]). On error nothing is applied;
+    /// [`Error::Corrupt`] means a record cannot be applied identically here.
+    pub fn apply(&mut self, entries: &[Apply<'_>]) -> Result<()> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        self.end_transaction();
+        internal(&self.applier, "BEGIN IMMEDIATE")?;
+        let outcome = self.apply_in_transaction(entries, last);
+        match outcome {
+            Ok(touched_shadow_tables) => {
+                if let Err(error) = internal(&self.applier, "COMMIT") {
+                    self.end_apply();
+                    return Err(error.into());
+                }
+                if touched_shadow_tables {
+                    // A virtual table (FTS5) caches its index structure per connection and only
+                    // notices changes committed by *other* connections. Its shadow tables were
+                    // just written underneath it, so start over with a fresh connection.
+                    self.applier = Self::connect_applier(&self.generation.path)?;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.end_apply();
+                Err(error)
+            }
+        }
+    }
+
+    /// The body of [`Db::apply`], inside its transaction. Returns whether a changeset wrote a
+    /// virtual table's shadow tables.
+    fn apply_in_transaction(&self, entries: &[Apply<'_>], last: &Apply<'_>) -> Result<bool> {
+        let mut touched_shadow_tables = false;
+        for entry in entries {
+            if let Some(record) = entry.record {
+                touched_shadow_tables |= self.apply_record(entry, record)?;
+            }
+            // After every entry, not once per call: the table's content must depend on the log
+            // alone, not on how entries were grouped into calls (see `answers`).
+            answers::prune(&self.applier, entry.index)?;
+        }
+        let membership = entries.iter().rev().find_map(|e| e.membership);
+        meta::write_applied(&self.applier, last.term, last.index, membership)?;
+        Ok(touched_shadow_tables)
+    }
+
+    /// Applies one entry's record: its ops, then its request answers. Returns whether a
+    /// changeset wrote a virtual table's shadow tables.
+    fn apply_record(&self, entry: &Apply<'_>, record: &Record) -> Result<bool> {
+        let mut touched_shadow_tables = false;
+        for (i, op) in record.ops.iter().enumerate() {
+            let at = format!("entry {} (term {}) op {i}", entry.index, entry.term);
+            match op {
+                Op::Ddl(sql) => self
+                    .applier
+                    .execute_batch(sql)
+                    .map_err(|e| failure(e, |e| format!("DDL failed: {e}: {sql}")))
+                    .map_err(|e| located(e, &at))?,
+                Op::Changes(changeset) => {
+                    touched_shadow_tables |=
+                        self.validate(changeset).map_err(|e| located(e, &at))?;
+                    session::apply(&self.applier, changeset)
+                        .map_err(|e| match e {
+                            ApplyError::Conflict { kind, table } => {
+                                Error::Corrupt(format!("conflict on table {table}: {kind}"))
+                            }
+                            ApplyError::Sqlite(e) => {
+                                failure(e, |e| format!("changeset apply failed: {e}"))
+                            }
+                        })
+                        .map_err(|e| located(e, &at))?;
+                }
+            }
+        }
+        let at = format!("entry {} (term {})", entry.index, entry.term);
+        answers::store(&self.applier, entry.index, &record.requests)
+            .map_err(|e| located(e, &at))?;
+        Ok(touched_shadow_tables)
+    }
+
+    /// Checks that every table a changeset touches exists here with the same columns and
+    /// primary key; SQLite's apply would silently skip changes that do not match. Returns
+    /// whether one of the tables is a virtual table's shadow table.
+    fn validate(&self, changeset: &[u8]) -> Result<bool> {
+        let tables = session::tables(changeset)
+            .map_err(|e| failure(e, |e| format!("malformed changeset: {e}")))?;
+        let schema = |e: rusqlite::Error| failure(e, |e| format!("reading the local schema: {e}"));
+        let mut shadow = false;
+        for table in tables {
+            let kind: Option<String> = self
+                .applier
+                .prepare_cached(
+                    "SELECT type FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+                )
+                .and_then(|mut stmt| stmt.query_row([&table.name], |row| row.get(0)).optional())
+                .map_err(schema)?;
+            shadow |= kind.as_deref() == Some("shadow");
+            let mut stmt = self
+                .applier
+                .prepare_cached("SELECT pk FROM pragma_table_info(?1) ORDER BY cid")
+                .map_err(schema)?;
+            let pks: Vec<i64> = stmt
+                .query_map([&table.name], |row| row.get(0))
+                .and_then(Iterator::collect)
+                .map_err(schema)?;
+            if pks.is_empty() {
+                return Err(Error::Corrupt(format!("changeset for missing table {}", table.name)));
+            }
+            // A rowid table without a PRIMARY KEY is recorded with the rowid as an extra first
+            // primary-key column.
+            let mut expected: Vec<bool> = pks.iter().map(|&pk| pk > 0).collect();
+            if !expected.contains(&true) {
+                expected.insert(0, true);
+            }
+            if table.columns != expected.len() || table.primary_key != expected {
+                return Err(Error::Corrupt(format!(
+                    "changeset for table {} has {} columns (primary key {:?}), the local table {} ({:?})",
+                    table.name,
+                    table.columns,
+                    table.primary_key,
+                    expected.len(),
+                    expected
+                )));
+            }
+        }
+        Ok(shadow)
+    }
+
+    /// Rolls back any open transaction of the apply connection. Never fails, like
+    /// [`Db::end_transaction`].
+    fn end_apply(&self) {
+        if !self.applier.is_autocommit()
+            && let Err(error) = internal(&self.applier, "ROLLBACK")
+        {
+            tracing::warn!(%error, "rollback of an apply failed");
+        }
+    }
+}
+
+/// A SQLite error while applying: [`Error::Corrupt`] described by `describe` when doing it
+/// again fails the same way, SQLite's error as it is when the environment failed (see
+/// [`Error::is_deterministic`]).
+fn failure(error: rusqlite::Error, describe: impl FnOnce(&rusqlite::Error) -> String) -> Error {
+    if is_environmental(&error) { Error::Sqlite(error) } else { Error::Corrupt(describe(&error)) }
+}
+
+/// Names the entry (and op) a corruption happened in; other errors pass as they are.
+fn located(error: Error, at: &str) -> Error {
+    match error {
+        Error::Corrupt(message) => Error::Corrupt(format!("{at}: {message}")),
+        error => error,
+    }
+}
