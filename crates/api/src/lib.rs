@@ -33,9 +33,25 @@ pub mod failure;
 pub mod internal;
 pub mod load;
 pub mod queue;
+pub mod sse;
 pub mod status;
 
+#[cfg(feature = "client")]
+pub mod blocking;
+#[cfg(feature = "client")]
+mod client;
+#[cfg(feature = "client")]
+mod error;
+
+#[cfg(feature = "client")]
+pub use client::{
+    Call, ChangeStream, Client, ClientBuilder, Credentials, Download, FIRST_PAUSE, MAX_PAUSE,
+    Readiness, base_url, describe,
+};
+
 pub use db::{Answer, Durability, Level, Statement, StatementResult};
+#[cfg(feature = "client")]
+pub use error::{Error, Result};
 pub use failure::ErrorAnswer;
 
 /// A log position: the index of a Raft entry (a record of writes). Answers carry it as `lsn`.
