@@ -9,15 +9,16 @@
 //! same operations for a person at a terminal, one line of result or error each; `status`
 //! prints a table of the members. [`run`] asks the given members for the leader (`GET
 //! /leader`) and talks to it, falling back to whichever member answers.
-//!
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use axum::http::Method;
+use anyhow::bail;
 use clap::Subcommand;
+use keel_api::cluster::MembershipChange;
+use keel_api::status::Role;
 use raft::NodeId;
-use serde_json::{Value, json};
+
+// ---- keel admin -------------------------------------------------------------------------------
 
 /// Flags of `keel admin`.
 #[derive(Debug, Clone, clap::Args)]
@@ -98,51 +99,55 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
 /// Carries out one `keel admin` command, printing its result.
 async fn execute(args: AdminArgs) -> anyhow::Result<()> {
     let cluster = Cluster::new(&args.cluster, args.timeout, args.cacert.as_deref())?;
+    let client = &cluster.client;
     match args.command {
         AdminCommand::Status => {
             print!("{}", cluster.status().await?);
         }
         AdminCommand::Promote { id: None, .. } => {
-            let answer = cluster.call(Method::POST, "/leader", None).await?;
-            println!("node {} is now the leader (term {})", answer["leader"], answer["term"]);
+            let answer = client.step_down(None).await.map_err(failed)?;
+            println!("node {} is now the leader (term {})", answer.leader, answer.term);
         }
         AdminCommand::Promote { id: Some(id), voter_only: false } => {
-            let answer =
-                cluster.call(Method::POST, &format!("/admin/promote?node={id}"), None).await?;
-            println!("node {} is now the leader (term {})", answer["leader"], answer["term"]);
+            let answer = client.promote(id).await.map_err(failed)?;
+            println!("node {} is now the leader (term {})", answer.leader, answer.term);
         }
         AdminCommand::Promote { id: Some(id), voter_only: true } => {
-            let body = json!({ "action": "promote", "id": id });
-            cluster.call(Method::POST, "/admin/membership", Some(body)).await?;
+            client.set_voter(id, true).await.map_err(failed)?;
             println!("node {id} is now a voter");
         }
         AdminCommand::Demote { id } => {
-            let body = json!({ "action": "demote", "id": id });
-            cluster.call(Method::POST, "/admin/membership", Some(body)).await?;
+            client.set_voter(id, false).await.map_err(failed)?;
             println!("node {id} is now a learner");
         }
         AdminCommand::Add { id, raft_addr, http_addr, learner } => {
-            let action = if learner { "add-learner" } else { "add-voter" };
-            let body = json!({ "action": action, "id": id, "raft_addr": raft_addr, "http_addr": http_addr });
-            cluster.call(Method::POST, "/admin/membership", Some(body)).await?;
+            let change = MembershipChange::add(id, !learner, raft_addr.clone(), http_addr.clone());
+            client.change_membership(&change).await.map_err(failed)?;
             let role = if learner { "learner" } else { "voter" };
             println!("node {id} added as a {role} (raft {raft_addr}, http {http_addr})");
         }
         AdminCommand::Remove { id } => {
-            let body = json!({ "id": id.to_string() });
-            cluster.call(Method::DELETE, "/remove", Some(body)).await?;
+            client.remove(id).await.map_err(failed)?;
             println!("node {id} removed from the cluster");
         }
     }
     Ok(())
 }
 
+/// A failed call in `keel admin`'s words: the server's reason and status, or which members
+/// did not answer.
+fn failed(e: keel_api::Error) -> anyhow::Error {
+    match e {
+        keel_api::Error::Unreachable(why) => anyhow::anyhow!("no cluster member answered ({why})"),
+        other => other.into(),
+    }
+}
+
 /// The cluster as `keel admin` reaches it: the member URLs it was given.
 struct Cluster {
-    /// HTTP client; no proxy, since members are usually on private addresses.
-    client: reqwest::Client,
-    /// Base URLs (`http://host:port`) of the members to ask, in order.
-    urls: Vec<String>,
+    /// The client: finds the leader among the members (`GET /leader`) and sends to it. One
+    /// attempt per command, as a person at a terminal retries by hand.
+    client: keel_api::Client,
 }
 
 impl Cluster {
@@ -151,117 +156,86 @@ impl Cluster {
         timeout: Duration,
         cacert: Option<&std::path::Path>,
     ) -> anyhow::Result<Cluster> {
-        let urls: Vec<String> = urls
-            .iter()
-            .map(|u| u.trim().trim_end_matches('/'))
-            .filter(|u| !u.is_empty())
-            .map(|u| if u.contains("://") { u.to_string() } else { format!("http://{u}") })
-            .collect();
+        let urls: Vec<&str> = urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()).collect();
         if urls.is_empty() {
             bail!("--cluster names no member URL");
         }
-        let client = crate::tls::client_builder(cacert)?.timeout(timeout).build()?;
-        Ok(Cluster { client, urls })
+        let client = keel_api::Client::builder(urls)
+            .http(crate::tls::client_builder(cacert)?)
+            .timeout(timeout)
+            .retry_for(Duration::ZERO)
+            .build()?;
+        Ok(Cluster { client })
     }
 
-    /// The base URL of the leader, from the first member that answers `GET /leader`; that
-    /// member's own URL if it knows no leader (it then answers requests itself, with a 503 that
-    /// says why).
-    async fn leader(&self) -> anyhow::Result<String> {
-        let mut errors = Vec::new();
-        for url in &self.urls {
-            let resp = self.client.get(format!("{url}/leader")).timeout(LEADER_PROBE).send().await;
-            match resp {
-                Ok(r) if r.status().is_success() => {
-                    let leader: Value = r.json().await.unwrap_or_default();
-                    return Ok(leader["api_addr"].as_str().map_or(url.clone(), str::to_string));
-                }
-                Ok(_) => return Ok(url.clone()),
-                Err(e) => errors.push(format!("{url}: {}", root_cause(&e))),
-            }
-        }
-        bail!("no cluster member answered ({})", errors.join("; "))
-    }
-
-    /// Sends a request to the leader; the answer's JSON, or an error with the server's reason.
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let base = self.leader().await?;
-        let mut req = self.client.request(method, format!("{base}{path}"));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.with_context(|| format!("{base}{path}"))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let reason = value["error"].as_str().map_or(text.trim().to_string(), str::to_string);
-            bail!("{reason} (HTTP {})", status.as_u16());
-        }
-        Ok(value)
-    }
-
-    /// The members as a table, from the leader's `/status` and `/nodes`.
+    /// The members as a table, from the leader's `/status` and `/nodes` (from the first
+    /// member that answers when none knows a leader: it says why in its own view).
     async fn status(&self) -> anyhow::Result<String> {
-        let status = self.call(Method::GET, "/status", None).await?;
-        let nodes = self.call(Method::GET, "/nodes?nonvoters&ver=2", None).await?;
-        let me = &status["node"];
-        let mut out = String::new();
-        if me["role"] == "leader" {
-            out.push_str(&format!(
-                "leader: node {}, term {}, commit index {}\n",
-                me["id"], me["term"], me["commit_index"]
-            ));
-        } else {
-            out.push_str(&format!(
-                "no leader: node {}'s view ({}), term {}\n",
-                me["id"],
-                me["role"].as_str().unwrap_or("?"),
-                me["term"]
-            ));
-        }
-        let mut rows = vec![["ID", "ROLE", "HTTP", "APPLIED", "LAG"].map(String::from)];
-        for n in nodes["nodes"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let id = n["id"].as_str().unwrap_or("?").to_string();
-            let is_me = me["id"].as_u64().is_some_and(|me| me.to_string() == id);
-            let role = if n["leader"] == true {
-                "leader"
-            } else if n["voter"] == true {
-                "follower"
-            } else {
-                "learner"
-            };
-            let http = n["api_addr"].as_str().unwrap_or("?").trim_start_matches("http://");
-            let applied = if is_me { &me["applied_index"] } else { &n["applied_index"] };
-            let applied = applied.as_u64().map_or("-".to_string(), |a| a.to_string());
-            let lag = if n["leader"] == true {
-                "-".to_string()
-            } else if n["reachable"] == false {
-                "unreachable".to_string()
-            } else {
-                match (n["lag_entries"].as_u64(), n["lag_ms"].as_u64()) {
-                    (Some(0), _) => "0".to_string(),
-                    (Some(e), Some(ms)) => format!("{e} ({ms} ms)"),
-                    (Some(e), None) => e.to_string(),
-                    (None, _) => "-".to_string(),
-                }
-            };
-            rows.push([id, role.to_string(), http.to_string(), applied, lag]);
-        }
-        let widths: Vec<usize> =
-            (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
-        for row in &rows {
-            let cells: Vec<String> =
-                row.iter().zip(&widths).map(|(cell, &w)| format!("{cell:<w$}")).collect();
-            out.push_str(cells.join("  ").trim_end());
-            out.push('\n');
-        }
-        Ok(out)
+        let node = match self.client.find_leader().await {
+            Ok(leader) => self.client.on(&leader)?,
+            Err(_) => self.client.clone(),
+        };
+        let status = node.status().await.map_err(failed)?;
+        let nodes = node.nodes().await.map_err(failed)?;
+        Ok(table(&status.node, &nodes))
     }
 }
 
-/// Timeout of the `GET /leader` probe that finds the leader.
-const LEADER_PROBE: Duration = Duration::from_secs(5);
+/// `keel admin status`'s table: a line about leadership, then one row per member.
+fn table(me: &keel_api::status::Node, nodes: &[keel_api::cluster::NodeInfo]) -> String {
+    let mut out = String::new();
+    if me.role == Role::Leader {
+        out.push_str(&format!(
+            "leader: node {}, term {}, commit index {}\n",
+            me.id, me.term, me.commit_index
+        ));
+    } else {
+        out.push_str(&format!(
+            "no leader: node {}'s view ({}), term {}\n",
+            me.id,
+            me.role.as_str(),
+            me.term
+        ));
+    }
+    let mut rows = vec![["ID", "ROLE", "HTTP", "APPLIED", "LAG"].map(String::from)];
+    for n in nodes {
+        let is_me = me.id.to_string() == n.id;
+        let role = if n.leader {
+            "leader"
+        } else if n.voter {
+            "follower"
+        } else {
+            "learner"
+        };
+        let http = n.api_addr.trim_start_matches("http://");
+        let progress = n.replication.as_ref();
+        let applied =
+            if is_me { Some(me.applied_index) } else { progress.and_then(|p| p.applied_index) };
+        let applied = applied.map_or("-".to_string(), |a| a.to_string());
+        let lag = if n.leader {
+            "-".to_string()
+        } else if !n.reachable {
+            "unreachable".to_string()
+        } else {
+            match (progress.and_then(|p| p.lag_entries), progress.and_then(|p| p.lag_ms)) {
+                (Some(0), _) => "0".to_string(),
+                (Some(e), Some(ms)) => format!("{e} ({ms} ms)"),
+                (Some(e), None) => e.to_string(),
+                (None, _) => "-".to_string(),
+            }
+        };
+        rows.push([n.id.clone(), role.to_string(), http.to_string(), applied, lag]);
+    }
+    let widths: Vec<usize> =
+        (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    for row in &rows {
+        let cells: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, &w)| format!("{cell:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
 
 /// The innermost error of a chain (reqwest's own message is only "error sending request").
 pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -280,6 +254,7 @@ mod tests {
     fn cluster_urls_get_a_scheme() {
         let urls = ["127.0.0.1:4001/".to_string(), " https://a:1 ".to_string(), String::new()];
         let c = Cluster::new(&urls, Duration::from_secs(1), None).unwrap();
-        assert_eq!(c.urls, vec!["http://127.0.0.1:4001", "https://a:1"]);
+        assert_eq!(c.client.nodes_known(), vec!["http://127.0.0.1:4001", "https://a:1"]);
+        assert!(Cluster::new(&[String::new()], Duration::from_secs(1), None).is_err());
     }
 }

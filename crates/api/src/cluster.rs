@@ -1,0 +1,171 @@
+//! Membership: `GET /nodes`, `GET /leader`, `POST /join`, and the admin routes
+//! (`POST /admin/promote`, `POST /leader`, `POST /admin/membership`, `DELETE /remove`).
+//!
+//! A member is described by [`NodeInfo`] in rqlite's shape: its id as a *string*, `api_addr`
+//! (a URL), `addr` (its Raft address), `voter`, `reachable` and `leader`. On the leader, each
+//! other member also carries Keel's [`Replication`] fields, which rqlite clients ignore.
+//! `/nodes` answers a map by id, or with `?ver=2` a [`NodeList`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Lsn, NodeId, Term};
+
+/// A member as `/nodes` and `/leader` describe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its Raft address, `host:port`.
+    pub addr: String,
+    /// Its client API, `http://host:port` (or `https://`).
+    pub api_addr: String,
+    /// Its node id, as a string (rqlite's).
+    pub id: String,
+    /// Whether it leads.
+    pub leader: bool,
+    /// Whether it answered a readiness probe (`/readyz?noleader`, 1 s).
+    pub reachable: bool,
+    /// Voter or learner.
+    pub voter: bool,
+    /// On the leader, for each other member: how far it has come.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
+}
+
+impl NodeInfo {
+    /// The id as a number, if it is one.
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.id.parse().ok()
+    }
+}
+
+/// A member's replication progress, as the leader sees it (`/status` `replication`, and the
+/// extra fields of `/nodes` on the leader). `null` where the leader does not know yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replication {
+    /// The index it reports having applied.
+    pub applied_index: Option<Lsn>,
+    /// Entries the leader has that it has not applied.
+    pub lag_entries: Option<u64>,
+    /// Milliseconds since the leader proposed the oldest record it has not applied.
+    pub lag_ms: Option<u64>,
+    /// The log index Raft has matched on it.
+    pub matched_index: Option<Lsn>,
+    /// `follower` (a voter) or `learner`.
+    pub role: String,
+}
+
+/// `/nodes?ver=2`: the members as a list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeList {
+    /// The members (voters only, unless `?nonvoters`).
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// `/nodes` without `ver=2`: the members keyed by id.
+pub type NodeMap = BTreeMap<String, NodeInfo>;
+
+/// `POST /join`: a starting node asks to be added.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Its HTTP address, `host:port`.
+    pub http_addr: String,
+    /// Its node id (positive).
+    pub id: NodeId,
+    /// Its Raft address, `host:port`.
+    pub raft_addr: String,
+    /// Voter (the default) or learner.
+    #[serde(default = "yes")]
+    pub voter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The answer of `POST /join`: `{}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {}
+
+/// The answer of a leadership transfer (`POST /admin/promote`, `POST /leader`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderChanged {
+    /// The new leader.
+    pub leader: NodeId,
+    /// Its term.
+    pub term: Term,
+}
+
+/// The body of `POST /leader` (rqlite's step-down) and `DELETE /remove`: a node id, which
+/// Keel accepts as a number or a string of digits and rqlite sends as a string.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRef {
+    /// The node id, as rqlite sends it (a string); omitted for a step-down to whoever is best.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<serde_json::Value>,
+}
+
+impl NodeRef {
+    /// `{"id": "<id>"}`, rqlite's spelling.
+    pub fn to(id: NodeId) -> NodeRef {
+        NodeRef { id: Some(id.to_string().into()) }
+    }
+}
+
+/// What `POST /admin/membership` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Add a voter (a learner first, promoted once caught up).
+    AddVoter,
+    /// Add a learner.
+    AddLearner,
+    /// Make a learner a voter.
+    Promote,
+    /// Make a voter a learner.
+    Demote,
+}
+
+/// The body of `POST /admin/membership`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipChange {
+    /// What to do.
+    pub action: Action,
+    /// With `add-*`: the node's HTTP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
+    /// The node.
+    pub id: NodeId,
+    /// With `add-*`: the node's Raft address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_addr: Option<String>,
+}
+
+impl MembershipChange {
+    /// `promote` or `demote`, which name only the node.
+    pub fn of(action: Action, id: NodeId) -> MembershipChange {
+        MembershipChange { action, id, http_addr: None, raft_addr: None }
+    }
+
+    /// `add-voter` or `add-learner` of a node at these addresses.
+    pub fn add(id: NodeId, voter: bool, raft_addr: String, http_addr: String) -> Self {
+        let action = if voter { Action::AddVoter } else { Action::AddLearner };
+        MembershipChange { action, id, http_addr: Some(http_addr), raft_addr: Some(raft_addr) }
+    }
+}
+
+/// The answer of `POST /admin/membership`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipChanged {
+    /// The node.
+    pub id: NodeId,
+    /// Whether it is a voter now.
+    pub voter: bool,
+}
+
+/// The answer of `DELETE /remove`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    /// The node removed.
+    pub removed: NodeId,
+}

@@ -1,0 +1,37 @@
+//! Node-to-node calls on the Raft port besides Raft's own: not a client API, and free to change
+//! between versions (every node of a cluster runs the same one).
+//!
+//! * `POST /keel/applied`, body [`AppliedReport`]: a non-leader's applied index, after every
+//!   apply and once a second while idle; answered 204. The leader's `sync` and `replicas:K`
+//!   writes wait on these reports.
+//! * `POST /keel/read-index`, no body, answer [`ReadIndex`]: the leader confirms its leadership
+//!   with a quorum and returns the index a follower must apply before a linearizable read.
+//! * `POST /keel/queue`, body [`queue::Batch`](crate::queue::Batch), answer one
+//!   [`queue::Verdict`](crate::queue::Verdict) per request: a follower's flushed write queue.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Lsn, NodeId};
+
+/// The route of [`AppliedReport`].
+pub const APPLIED_PATH: &str = "/keel/applied";
+/// The route of [`ReadIndex`].
+pub const READ_INDEX_PATH: &str = "/keel/read-index";
+/// The route of a queue batch.
+pub const QUEUE_PATH: &str = "/keel/queue";
+
+/// A node's report of its applied index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedReport {
+    /// Its applied index.
+    pub applied: Lsn,
+    /// The reporting node.
+    pub id: NodeId,
+}
+
+/// The leader's answer to a read-index request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndex {
+    /// The index to apply before reading.
+    pub index: Lsn,
+}
