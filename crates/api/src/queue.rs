@@ -7,8 +7,9 @@ use serde_json::Value;
 use crate::Lsn;
 use crate::db::StatementResult;
 
-/// A queued request's sequence number on the node that queued it.
-pub type Seq = u64;
+/// A queued request's sequence number on the node that queued it (rqlite's int64: it starts
+/// from the wall clock in nanoseconds).
+pub type Seq = i64;
 
 /// The answer of `POST /db/execute?queue`. Without `wait` it is `{"results": [],
 /// "sequence_number": n}`; with `wait`, Keel adds the outcome: `lsn` when it committed, `error`

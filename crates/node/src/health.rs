@@ -42,20 +42,8 @@ pub struct MemberView {
     pub replication: Option<Replication>,
 }
 
-/// A member's replication progress, as the leader sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Replication {
-    /// Voter or learner (`follower` / `learner`).
-    pub voter: bool,
-    /// The last log index known to match the leader's.
-    pub matched_index: Option<wal::Lsn>,
-    /// The last applied index it reported.
-    pub applied_index: Option<wal::Lsn>,
-    /// Entries committed on the leader that it has not applied.
-    pub lag_entries: Option<u64>,
-    /// Age of the oldest of those entries, in milliseconds.
-    pub lag_ms: Option<u64>,
-}
+/// A member's replication progress, as the leader sees it (the wire type).
+pub use keel_api::cluster::Replication;
 
 impl Node {
     /// rqlite's `/readyz` checks (`handleReadyz`), stopping at the first that fails:
@@ -197,7 +185,7 @@ impl Node {
         }
         let lag = self.progress.lag(m.id, s.last_log_index, now);
         Some(Replication {
-            voter: m.voter,
+            role: if m.voter { "follower" } else { "learner" }.to_string(),
             matched_index: matched.get(&m.id).copied().flatten(),
             applied_index: self.progress.applied(m.id),
             lag_entries: lag.map(|l| l.entries),

@@ -22,23 +22,8 @@ const JOIN_RETRY: Duration = Duration::from_millis(500);
 /// How long one join attempt may take.
 const JOIN_ATTEMPT: Duration = Duration::from_secs(120);
 
-/// A starting node's request to be added to the cluster.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct JoinRequest {
-    /// Its node id.
-    pub id: raft::NodeId,
-    /// Its Raft address.
-    pub raft_addr: String,
-    /// Its HTTP address.
-    pub http_addr: String,
-    /// Voter (default) or learner.
-    #[serde(default = "yes")]
-    pub voter: bool,
-}
-
-fn yes() -> bool {
-    true
-}
+/// A starting node's request to be added to the cluster (`POST /join`).
+pub use keel_api::cluster::JoinRequest;
 
 impl Node {
     /// Adds the node of `request` to the cluster. This node must lead (route first). Under

@@ -28,6 +28,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::future::BoxFuture;
 
+use keel_api::internal::{APPLIED_PATH, AppliedReport, QUEUE_PATH, READ_INDEX_PATH, ReadIndex};
+
 use crate::{Error, Node};
 
 /// How long a call to another node may take.
@@ -99,33 +101,24 @@ impl Peers {
 pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
     raft::network::router_with(node.raft.clone(), node.contact.clone(), verify_senders).merge(
         Router::new()
-            .route("/keel/applied", post(applied))
-            .route("/keel/read-index", post(read_index))
+            .route(APPLIED_PATH, post(applied))
+            .route(READ_INDEX_PATH, post(read_index))
             // A batch of another node's queued writes. No body limit of its own: each request
             // in it passed the client API's limit on that node, and a batch holds at most
             // --write-queue-batch-size of them.
-            .route("/keel/queue", post(queue_batch).layer(DefaultBodyLimit::disable()))
+            .route(QUEUE_PATH, post(queue_batch).layer(DefaultBodyLimit::disable()))
             .with_state(node),
     )
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response {
-    let body = serde_json::to_vec(value).expect("serializing a serde_json::Value cannot fail");
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
+    let body = serde_json::to_vec(value).expect("the node-to-node answers serialize to JSON");
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
         .into_response()
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    json(status, &serde_json::json!({ "error": message.to_string() }))
-}
-
-/// A follower's report of its applied index.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct AppliedReport {
-    /// The reporting node.
-    id: raft::NodeId,
-    /// Its applied index.
-    applied: wal::Lsn,
+    json(status, &keel_api::ErrorAnswer::new(message.to_string()))
 }
 
 async fn applied(
@@ -183,7 +176,7 @@ pub async fn report_applied(node: Arc<Node>) {
         let Some(leader) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) else {
             continue;
         };
-        let url = node.peers.node_url(&leader.node, "/keel/applied");
+        let url = node.peers.node_url(&leader.node, APPLIED_PATH);
         let report = AppliedReport { id: node.id, applied: index };
         let sent = node.peers.node.post(&url).json(&report).timeout(REPORT_TIMEOUT).send().await;
         if let Err(e) = sent {
@@ -196,7 +189,7 @@ pub async fn report_applied(node: Arc<Node>) {
 /// the index the follower must apply before reading.
 async fn read_index(State(node): State<Arc<Node>>) -> Response {
     match raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await {
-        Ok(index) => json(StatusCode::OK, &serde_json::json!({ "index": index })),
+        Ok(index) => json(StatusCode::OK, &ReadIndex { index }),
         Err(e) => {
             let e = leader::Error::from(e);
             let status = match e {
@@ -213,23 +206,23 @@ impl Node {
     /// Asks the leader for a read index (see [`read_index`]).
     pub(crate) async fn remote_read_index(&self) -> Result<wal::Lsn, Error> {
         let leader = self.other_leader_within_wait().await?;
-        let url = self.peers.node_url(&leader.node, "/keel/read-index");
+        let url = self.peers.node_url(&leader.node, READ_INDEX_PATH);
         let resp = self.peers.node.post(&url).timeout(PEER_TIMEOUT).send().await.map_err(|e| {
             Error::Unavailable(format!("asking leader {} for a read index failed: {e}", leader.id))
         })?;
         let status = resp.status();
-        let value: serde_json::Value = resp
-            .json()
+        let body = resp
+            .bytes()
             .await
             .map_err(|e| Error::Unavailable(format!("bad read-index answer: {e}")))?;
-        match value["index"].as_u64() {
-            Some(index) if status.is_success() => Ok(index),
-            _ => Err(Error::Unavailable(format!(
-                "leader {} gave no read index: {}",
-                leader.id,
-                value["error"].as_str().unwrap_or("unknown error")
-            ))),
+        if status.is_success() {
+            let answer: ReadIndex = serde_json::from_slice(&body)
+                .map_err(|e| Error::Unavailable(format!("bad read-index answer: {e}")))?;
+            return Ok(answer.index);
         }
+        let why = serde_json::from_slice::<keel_api::ErrorAnswer>(&body)
+            .map_or_else(|_| "unknown error".to_string(), |a| a.error);
+        Err(Error::Unavailable(format!("leader {} gave no read index: {why}", leader.id)))
     }
 }
 
@@ -246,5 +239,5 @@ async fn queue_batch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         let why = format!("node {} is not the leader", node.id);
         vec![crate::queue::verdict::Verdict::Retry(why); batch.requests.len()]
     };
-    json(StatusCode::OK, &serde_json::to_value(&verdicts).expect("verdicts serialize to JSON"))
+    json(StatusCode::OK, &verdicts)
 }

@@ -36,11 +36,12 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, post};
+use keel_api::cluster::{LeaderChanged, MembershipChanged, Removed};
 use node::membership::Change;
 use raft::NodeId;
 use raft::client::ClientError;
 use raft::cluster::ChangeError;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{
     Incoming, Node, Params, bad_request, error_response, json_response, to_leader, unavailable,
@@ -94,7 +95,7 @@ fn node_id(v: &Value) -> Result<NodeId, String> {
 }
 
 fn leader_answer(id: NodeId, term: raft::Term) -> Response {
-    json_response(StatusCode::OK, &json!({ "leader": id, "term": term }), false)
+    json_response(StatusCode::OK, &LeaderChanged { leader: id, term }, false)
 }
 
 /// `POST /admin/promote?node=ID`.
@@ -181,7 +182,7 @@ async fn membership(State(node): State<Arc<Node>>, req: Incoming) -> Response {
     match node.change(change).await {
         Ok(()) => {
             let voter = matches!(action, "add-voter" | "promote");
-            json_response(StatusCode::OK, &json!({ "id": id, "voter": voter }), false)
+            json_response(StatusCode::OK, &MembershipChanged { id, voter }, false)
         }
         Err(e) => change_error(e),
     }
@@ -201,13 +202,15 @@ async fn remove(State(node): State<Arc<Node>>, req: Incoming) -> Response {
         _ => return bad_request("body must be a JSON object {\"id\": \"<node id>\"}"),
     };
     match node.remove(id).await {
-        Ok(()) => json_response(StatusCode::OK, &json!({ "removed": id }), false),
+        Ok(()) => json_response(StatusCode::OK, &Removed { removed: id }, false),
         Err(e) => change_error(e),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -2,13 +2,15 @@
 //! `/join` (a starting node asking to be added) and `/metrics`. The facts come from the node
 //! ([`node::health`], [`node::membership`]); this module only shapes them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use keel_api::cluster::{Joined, NodeInfo, NodeList, NodeMap};
+use serde_json::Value;
 
 use super::{Incoming, Node, Params, bad_request, json_response, node_error, unavailable};
 
@@ -16,35 +18,26 @@ use super::{Incoming, Node, Params, bad_request, json_response, node_error, unav
 /// otherwise.
 const READYZ_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn node_json(node: &Node, m: &raft::cluster::Member, leader: bool, reachable: bool) -> Value {
-    json!({
-        "id": m.id.to_string(),
-        "api_addr": node.peers.api_url(&m.node, ""),
-        "addr": m.node.raft_addr,
-        "voter": m.voter,
-        "reachable": reachable,
-        "leader": leader,
-    })
-}
-
-/// A member's replication progress as JSON (rqlite clients ignore the extra keys).
-fn replication_entry(r: &node::health::Replication) -> Value {
-    json!({
-        "role": if r.voter { "follower" } else { "learner" },
-        "matched_index": r.matched_index,
-        "applied_index": r.applied_index,
-        "lag_entries": r.lag_entries,
-        "lag_ms": r.lag_ms,
-    })
+fn node_info(node: &Node, m: &raft::cluster::Member, leader: bool, reachable: bool) -> NodeInfo {
+    NodeInfo {
+        id: m.id.to_string(),
+        api_addr: node.peers.api_url(&m.node, ""),
+        addr: m.node.raft_addr.clone(),
+        voter: m.voter,
+        reachable,
+        leader,
+        replication: None,
+    }
 }
 
 /// On the leader, each other member's replication progress; `null` elsewhere.
 pub(crate) fn replication_json(node: &Node, s: &raft::cluster::State) -> Value {
     match node.replication_all(s) {
         None => Value::Null,
-        Some(all) => Value::Object(
-            all.iter().map(|(id, r)| (id.to_string(), replication_entry(r))).collect(),
-        ),
+        Some(all) => serde_json::to_value(
+            all.into_iter().map(|(id, r)| (id.to_string(), r)).collect::<BTreeMap<_, _>>(),
+        )
+        .expect("replication progress serializes to JSON"),
     }
 }
 
@@ -54,26 +47,21 @@ pub(crate) async fn nodes(
 ) -> Response {
     let p = Params(p);
     let members = node.members(p.has("nonvoters")).await;
-    let list = members.iter().map(|m| {
-        let mut entry = node_json(&node, &m.member, m.leader, m.reachable);
-        if let (Some(obj), Some(Value::Object(extra))) =
-            (entry.as_object_mut(), m.replication.as_ref().map(replication_entry))
-        {
-            obj.extend(extra);
-        }
-        (m.member.id.to_string(), entry)
+    let list = members.into_iter().map(|m| NodeInfo {
+        replication: m.replication,
+        ..node_info(&node, &m.member, m.leader, m.reachable)
     });
-    let body = if p.get("ver") == Some("2") {
-        json!({ "nodes": list.map(|(_, n)| n).collect::<Vec<_>>() })
+    if p.get("ver") == Some("2") {
+        json_response(StatusCode::OK, &NodeList { nodes: list.collect() }, p.has("pretty"))
     } else {
-        Value::Object(list.collect())
-    };
-    json_response(StatusCode::OK, &body, p.has("pretty"))
+        let map: NodeMap = list.map(|n| (n.id.clone(), n)).collect();
+        json_response(StatusCode::OK, &map, p.has("pretty"))
+    }
 }
 
 pub(crate) async fn get_leader(State(node): State<Arc<Node>>) -> Response {
     match raft::cluster::leader(&node.raft) {
-        Some(m) => json_response(StatusCode::OK, &node_json(&node, &m, true, true), false),
+        Some(m) => json_response(StatusCode::OK, &node_info(&node, &m, true, true), false),
         None => unavailable("leader not found"),
     }
 }
@@ -112,7 +100,7 @@ pub(crate) async fn join(
         Err(e) => return bad_request(format!("invalid join request: {e}")),
     };
     match node.add(request).await {
-        Ok(()) => json_response(StatusCode::OK, &json!({}), false),
+        Ok(()) => json_response(StatusCode::OK, &Joined {}, false),
         Err(e) => node_error(e, false),
     }
 }

@@ -45,6 +45,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use keel_api::ErrorAnswer;
 pub(crate) use node::Node;
 
 /// Header marking a request forwarded by another node, so it is never forwarded twice.
@@ -155,15 +156,19 @@ impl Params {
     }
 }
 
-pub(crate) fn json_response(status: StatusCode, value: &Value, pretty: bool) -> Response {
+pub(crate) fn json_response(
+    status: StatusCode,
+    value: &impl serde::Serialize,
+    pretty: bool,
+) -> Response {
     let body = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
-    let body = body.expect("serializing a serde_json::Value cannot fail");
+    let body = body.expect("answers are JSON values or wire types, which serialize");
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
         .into_response()
 }
 
 pub(crate) fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    json_response(status, &json!({ "error": message.to_string() }), false)
+    json_response(status, &ErrorAnswer::new(message.to_string()), false)
 }
 
 pub(crate) fn bad_request(message: impl std::fmt::Display) -> Response {
@@ -182,12 +187,7 @@ pub(crate) fn write_error(e: leader::Error) -> Response {
         | leader::Error::Unavailable(_)
         | leader::Error::Unknown(_) => unavailable(message),
         leader::Error::NotReplicated { lsn, unconfirmed, .. } => {
-            let body = json!({
-                "error": message,
-                "committed": true,
-                "lsn": lsn,
-                "unconfirmed": unconfirmed,
-            });
+            let body = ErrorAnswer::not_replicated(message, lsn, unconfirmed);
             retry_after(json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false))
         }
         leader::Error::InvalidInput(_) => bad_request(message),
@@ -204,11 +204,12 @@ pub(crate) fn node_error(e: node::Error, pretty: bool) -> Response {
         node::Error::InvalidInput(m) => bad_request(m),
         node::Error::Unavailable(m) => unavailable(m),
         e @ node::Error::NotApplied { applied, .. } => {
-            let body = json!({ "error": e.to_string(), "applied_index": applied });
+            let body =
+                ErrorAnswer { applied_index: Some(applied), ..ErrorAnswer::new(e.to_string()) };
             retry_after(json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false))
         }
         node::Error::Stale(why) => {
-            json_response(StatusCode::OK, &json!({ "results": [], "error": why }), pretty)
+            json_response(StatusCode::OK, &keel_api::Answer::refused(why), pretty)
         }
         node::Error::Forbidden(m) => error_response(StatusCode::FORBIDDEN, m),
         node::Error::Internal(m) => error_response(StatusCode::INTERNAL_SERVER_ERROR, m),

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use node::queue::{Lookup, Outcome, Refused, Request, Seq};
-use serde_json::{Value, json};
+use keel_api::queue::{self as wire, Queued};
+use node::queue::{Lookup, Refused, Request, Seq};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{
@@ -83,10 +84,11 @@ pub(crate) async fn enqueue(node: &Node, p: &Params, req: &Incoming) -> Response
     };
     node.metrics.queue_accepted.inc();
     node.metrics.queue_depth.inc();
-    let mut body = json!({ "results": [], "sequence_number": seq });
+    let mut body = Queued::new(seq);
     if let Some(outcome) = outcome {
         match tokio::time::timeout(timeout, outcome).await {
-            Ok(Ok(outcome)) => add_outcome(&mut body, &outcome),
+            // With `wait`: Keel adds the lsn of a committed write, and the error of a failed one.
+            Ok(Ok(outcome)) => body = body.with_outcome(&outcome),
             Ok(Err(_)) => {
                 return unavailable(format!(
                     "the node stopped before queued write {seq} was flushed; it is lost"
@@ -97,22 +99,9 @@ pub(crate) async fn enqueue(node: &Node, p: &Params, req: &Incoming) -> Response
         }
     }
     if p.has("timings") {
-        body["time"] = json!(start.elapsed().as_secs_f64());
+        body.time = Some(start.elapsed().as_secs_f64());
     }
     json_response(StatusCode::OK, &body, p.has("pretty"))
-}
-
-/// With `wait`: Keel adds the lsn of a committed write, and the error of a failed one.
-fn add_outcome(body: &mut Value, outcome: &Outcome) {
-    match outcome {
-        Outcome::Committed { lsn } => body["lsn"] = json!(lsn),
-        Outcome::Failed { error, lsn, .. } => {
-            body["error"] = json!(error);
-            if let Some(lsn) = lsn {
-                body["lsn"] = json!(lsn);
-            }
-        }
-    }
 }
 
 /// `GET /db/queue/{sequence_number}`: how a queued write of this node ended.
@@ -124,11 +113,9 @@ pub(crate) async fn outcome(State(node): State<Arc<Node>>, Path(n): Path<String>
     let Ok(seq) = n.parse::<Seq>() else {
         return bad_request(format!("{n} is not a sequence number"));
     };
-    let mut body = match node.queue.lookup(seq) {
-        Lookup::Pending => json!({ "state": "pending" }),
-        Lookup::Done(outcome) => {
-            serde_json::to_value(&outcome).expect("an outcome serializes to JSON")
-        }
+    let state = match node.queue.lookup(seq) {
+        Lookup::Pending => wire::State::Pending,
+        Lookup::Done(outcome) => wire::State::from(outcome),
         Lookup::Unknown => {
             let r = node.queue.options().retention;
             return error_response(
@@ -142,6 +129,5 @@ pub(crate) async fn outcome(State(node): State<Arc<Node>>, Path(n): Path<String>
             );
         }
     };
-    body["sequence_number"] = json!(seq);
-    json_response(StatusCode::OK, &body, false)
+    json_response(StatusCode::OK, &wire::Lookup { sequence_number: seq, state }, false)
 }

@@ -95,7 +95,8 @@ async fn flush(node: &Node, items: &[Item], last_lsn: &mut wal::Lsn) -> Option<V
     let (first, last) = (items[0].request.seq, items[items.len() - 1].request.seq);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     // Requests without statements (checkpoints) have nothing to write.
-    let mut todo: Vec<usize> = (0..items.len()).filter(|&i| items[i].request.len() > 0).collect();
+    let mut todo: Vec<usize> =
+        (0..items.len()).filter(|&i| super::statement_count(&items[i].request) > 0).collect();
     let mut delay = RETRY_MIN;
     while !todo.is_empty() {
         let batch = Batch {
@@ -208,7 +209,8 @@ pub async fn execute(node: &Node, batch: &Batch) -> Vec<Verdict> {
             }
             // Validated when queued; only a damaged batch gets here.
             Err(e) => {
-                verdicts[i] = Some(Verdict::Done(Outcome::failed(&e.to_string(), None, None)))
+                verdicts[i] =
+                    Some(Verdict::Done(crate::queue::ledger::failed(&e.to_string(), None, None)))
             }
         }
     }

@@ -40,36 +40,11 @@ impl Default for Retention {
     }
 }
 
-/// How a queued write ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum Outcome {
-    /// Every statement succeeded; the changes are in the record at `lsn`. A request without
-    /// statements (a `wait` checkpoint) carries the latest lsn the queue committed before it.
-    Committed {
-        /// The log index of the record holding the write.
-        lsn: wal::Lsn,
-    },
-    /// A statement failed (SQL error), or the request was refused, or (with
-    /// `--write-queue-tx`) another request of its batch failed and took it down with it.
-    Failed {
-        /// The reason: SQLite's message, or Keel's.
-        error: String,
-        /// The index (from 0) of the failed statement within the request, if one failed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        statement: Option<usize>,
-        /// When other statements of the request did take effect (without `transaction`, each
-        /// statement stands alone, as in rqlite): the log index of their record.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        lsn: Option<wal::Lsn>,
-    },
-}
+pub use keel_api::queue::Outcome;
 
-impl Outcome {
-    /// A failure, with the message cut to [`MAX_ERROR_LEN`] bytes.
-    pub fn failed(error: &str, statement: Option<usize>, lsn: Option<wal::Lsn>) -> Outcome {
-        Outcome::Failed { error: truncate(error), statement, lsn }
-    }
+/// A failure, with the message cut to [`MAX_ERROR_LEN`] bytes.
+pub fn failed(error: &str, statement: Option<usize>, lsn: Option<wal::Lsn>) -> Outcome {
+    Outcome::Failed { error: truncate(error), statement, lsn }
 }
 
 /// Cuts `s` to at most [`MAX_ERROR_LEN`] bytes, on a character boundary.
@@ -206,7 +181,7 @@ mod tests {
         assert_eq!((a, b, c), (1001, 1002, 1003));
         assert_eq!(l.depth(), 3);
         assert_eq!(l.pending(), Some((1001, 1003)));
-        l.finish([(a, committed(7)), (b, Outcome::failed("no such table: t", Some(0), None))], now);
+        l.finish([(a, committed(7)), (b, failed("no such table: t", Some(0), None))], now);
         assert_eq!(l.lookup(a, now), Lookup::Done(committed(7)));
         assert!(matches!(l.lookup(b, now), Lookup::Done(Outcome::Failed { .. })));
         assert_eq!(l.lookup(c, now), Lookup::Pending);
@@ -241,9 +216,7 @@ mod tests {
     #[test]
     fn long_errors_are_cut_on_a_character_boundary() {
         let long = "é".repeat(MAX_ERROR_LEN);
-        let Outcome::Failed { error, .. } = Outcome::failed(&long, None, None) else {
-            unreachable!()
-        };
+        let Outcome::Failed { error, .. } = failed(&long, None, None) else { unreachable!() };
         assert!(error.len() <= MAX_ERROR_LEN + "…".len());
         assert!(error.ends_with('…'));
     }

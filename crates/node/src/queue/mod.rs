@@ -75,38 +75,13 @@ impl Default for Options {
     }
 }
 
-/// One queued request as it travels to the leader (`/keel/queue`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Request {
-    /// Its sequence number on the node that queued it.
-    pub seq: Seq,
-    /// The statements, in rqlite's JSON form (an array, validated when queued; empty for a
-    /// `wait` checkpoint).
-    pub statements: Value,
-    /// `?transaction`: the request's statements stand or fall together.
-    pub transaction: bool,
-    /// `?db_timeout`, in milliseconds.
-    pub db_timeout_ms: Option<u64>,
-    /// The idempotency key the write is proposed with.
-    pub request_id: String,
-}
+/// One queued request as it travels to the leader, and one flush (`/keel/queue`'s body): the
+/// wire types.
+pub use keel_api::queue::{Batch, Request};
 
-impl Request {
-    /// The number of statements.
-    fn len(&self) -> usize {
-        self.statements.as_array().map_or(0, Vec::len)
-    }
-}
-
-/// One flush: requests in queue order (`/keel/queue`'s body).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Batch {
-    /// The requests (only those with statements).
-    pub requests: Vec<Request>,
-    /// Run them as one transaction (`--write-queue-tx`).
-    pub transaction: bool,
-    /// The request id of that one transaction.
-    pub id: String,
+/// The number of statements of a queued request.
+fn statement_count(request: &Request) -> usize {
+    request.statements.as_array().map_or(0, Vec::len)
 }
 
 /// A request in the queue.

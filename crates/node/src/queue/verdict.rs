@@ -11,15 +11,9 @@
 
 use super::ledger::{Outcome, Seq};
 
-/// The result of one attempt at flushing one queued request.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Final: record it.
-    Done(Outcome),
-    /// Transient: try again later (the reason, for the log).
-    Retry(String),
-}
+/// The result of one attempt at flushing one queued request (the wire type: `/keel/queue`
+/// answers one per request).
+pub use keel_api::queue::Verdict;
 
 /// A request's outcome from its statements' results, once its record is committed at `lsn`.
 /// The first failed statement fails the request; without `transaction` the statements that
@@ -35,7 +29,7 @@ pub fn of_results(results: &[sql::StatementResult], transaction: bool, lsn: wal:
             let some_succeeded =
                 results.iter().any(|r| !matches!(r, sql::StatementResult::Error(_)));
             let lsn = (!transaction && some_succeeded).then_some(lsn);
-            Outcome::failed(message, Some(i), lsn)
+            crate::queue::ledger::failed(message, Some(i), lsn)
         }
     }
 }
@@ -48,7 +42,7 @@ pub fn of_write(answer: leader::Result<leader::Outcome>, transaction: bool) -> V
         // so this does not happen, but the write is committed either way).
         Err(leader::Error::NotReplicated { lsn, .. }) => Verdict::Done(Outcome::Committed { lsn }),
         Err(leader::Error::InvalidInput(message)) => {
-            Verdict::Done(Outcome::failed(&message, None, None))
+            Verdict::Done(crate::queue::ledger::failed(&message, None, None))
         }
         Err(e) => Verdict::Retry(e.to_string()),
     }
@@ -93,9 +87,9 @@ pub fn split_transaction(
     (0..counts.len())
         .map(|r| {
             Verdict::Done(if r == culprit {
-                Outcome::failed(message, Some(statement), None)
+                crate::queue::ledger::failed(message, Some(statement), None)
             } else {
-                Outcome::failed(
+                crate::queue::ledger::failed(
                     &format!(
                         "rolled back with its batch (--write-queue-tx): queued write {culprit_seq} failed: {message}"
                     ),
@@ -125,15 +119,18 @@ mod tests {
         assert_eq!(of_results(&[ok(), ok()], false, 7), Outcome::Committed { lsn: 7 });
         assert_eq!(
             of_results(&[ok(), err("boom"), ok()], false, 7),
-            Outcome::failed("boom", Some(1), Some(7)),
+            crate::queue::ledger::failed("boom", Some(1), Some(7)),
             "without a transaction the others took effect"
         );
         assert_eq!(
             of_results(&[ok(), err("boom")], true, 7),
-            Outcome::failed("boom", Some(1), None),
+            crate::queue::ledger::failed("boom", Some(1), None),
             "a failed transaction took no effect"
         );
-        assert_eq!(of_results(&[err("boom")], false, 7), Outcome::failed("boom", Some(0), None));
+        assert_eq!(
+            of_results(&[err("boom")], false, 7),
+            crate::queue::ledger::failed("boom", Some(0), None)
+        );
     }
 
     #[test]
@@ -143,14 +140,14 @@ mod tests {
         let unknown = of_write(Err(leader::Error::Unknown("timed out".into())), false);
         assert!(matches!(unknown, Verdict::Retry(_)));
         let refused = of_write(Err(leader::Error::InvalidInput("too big".into())), false);
-        assert_eq!(refused, Verdict::Done(Outcome::failed("too big", None, None)));
+        assert_eq!(refused, Verdict::Done(crate::queue::ledger::failed("too big", None, None)));
     }
 
     #[test]
     fn a_failed_batch_transaction_fails_every_request() {
         let answer = Ok(leader::Outcome { results: vec![ok(), ok(), err("boom")], lsn: 3 });
         let verdicts = split_transaction(answer, &[1, 2, 1], &[10, 11, 12]);
-        assert_eq!(verdicts[1], Verdict::Done(Outcome::failed("boom", Some(1), None)));
+        assert_eq!(verdicts[1], Verdict::Done(crate::queue::ledger::failed("boom", Some(1), None)));
         for other in [&verdicts[0], &verdicts[2]] {
             let Verdict::Done(Outcome::Failed { error, .. }) = other else { panic!("{other:?}") };
             assert!(error.contains("queued write 11 failed: boom"), "{error}");
