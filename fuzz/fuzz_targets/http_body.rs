@@ -24,7 +24,7 @@
 //! Not reachable from a library, hence not fuzzed here: rqlite's query-string checks and the Go
 //! duration parser of `timeout=`, `db_timeout=` and the like (`keel`'s `params::validate` and
 //! `params::go_duration`, unit-tested there), the duration parser of `--` flags (`keel`'s
-//! `parse_duration`) and the `level=` match, all in the binary crate.
+//! `parse_duration`) and the `level=` match (`node::Level::parse`), outside the crates fuzzed here.
 //!
 //! Errors are the expected answer to most inputs; the target checks that nothing panics and
 //! that what parses respects the documented limits (`MAX_STATEMENTS`, `MAX_SQL_LEN`, no empty
