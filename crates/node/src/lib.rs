@@ -126,50 +126,51 @@ pub struct Config {
 
 /// One running node. Shared by the HTTP handlers behind an `Arc`.
 ///
-/// The fields are the node's handles, readable by the adapters that report on them (`/status`,
-/// backups, the change stream, the console); changing state goes through the methods.
+/// Its handles are its own: callers go through its methods (the calls of the modules below,
+/// and read-only accessors for the facts `/status` and the console report, such as
+/// [`Node::cluster`] and [`Node::settings`]).
 pub struct Node {
     /// This node's id.
-    pub id: raft::NodeId,
+    pub(crate) id: raft::NodeId,
     /// This node's addresses.
-    pub me: raft::MemberAddr,
+    pub(crate) me: raft::MemberAddr,
     /// The Raft node.
-    pub raft: raft::Raft,
+    pub(crate) raft: raft::Raft,
     /// The writer.
-    pub leader: leader::Leader,
+    pub(crate) leader: leader::Leader,
     /// Read-only connections.
-    pub readers: Arc<sql::Readers>,
+    pub(crate) readers: Arc<sql::Readers>,
     /// The applied log index, published by the state machine after every apply.
-    pub applied: watch::Receiver<wal::Lsn>,
+    pub(crate) applied: watch::Receiver<wal::Lsn>,
     /// Followers' applied positions (meaningful on the leader).
-    pub progress: Arc<leader::Progress>,
+    pub(crate) progress: Arc<leader::Progress>,
     /// When this node last heard from a leader.
-    pub contact: Arc<raft::network::Contact>,
+    pub(crate) contact: Arc<raft::network::Contact>,
     /// Durability of writes that do not ask for one.
-    pub durability: leader::Durability,
+    pub(crate) durability: leader::Durability,
     /// Prometheus metrics.
-    pub metrics: metrics::Metrics,
+    pub(crate) metrics: metrics::Metrics,
     /// Serializes membership changes: Raft allows one at a time, and concurrent joins would
     /// otherwise fail each other.
-    pub membership: tokio::sync::Mutex<()>,
+    pub(crate) membership: tokio::sync::Mutex<()>,
     /// The write connection (loads read the schema they replace from it).
-    pub db: Arc<Mutex<sql::Db>>,
+    pub(crate) db: Arc<Mutex<sql::Db>>,
     /// Consistent copies of the database, for backups.
-    pub image_source: sql::ImageSource,
+    pub(crate) image_source: sql::ImageSource,
     /// The node's data directory (backups and loads spool under `tmp/` in it).
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Snapshot counters, for `/status`.
-    pub snapshots: Arc<raft::SnapshotStats>,
+    pub(crate) snapshots: Arc<raft::SnapshotStats>,
     /// Reads this node's Raft log (the change stream).
-    pub log: raft::LogReader,
+    pub(crate) log: raft::LogReader,
     /// How this node reaches other nodes.
-    pub peers: Peers,
+    pub(crate) peers: Peers,
     /// How the node was started.
-    pub settings: Settings,
+    pub(crate) settings: Settings,
     /// The write queue of `/db/execute?queue`.
-    pub queue: queue::Queue,
+    pub(crate) queue: queue::Queue,
     /// Bugs planted on purpose.
-    pub planted: PlantedBugs,
+    pub(crate) planted: PlantedBugs,
 }
 
 impl Node {
@@ -233,6 +234,82 @@ impl Node {
         tokio::spawn(peer::report_applied(node.clone()));
         tokio::spawn(raft::cluster::log_leadership(raft));
         Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> raft::NodeId {
+        self.id
+    }
+
+    /// The addresses this node is known by.
+    pub fn me(&self) -> &raft::MemberAddr {
+        &self.me
+    }
+
+    /// Durability of writes that do not ask for one.
+    pub fn durability(&self) -> leader::Durability {
+        self.durability
+    }
+
+    /// How this node reaches other nodes.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// The node's counters (the HTTP layer counts what only it sees, such as refused queue
+    /// requests).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// `/metrics`: the counters, with the gauges read from Raft and replication progress now.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(&self.raft, &self.progress)
+    }
+
+    /// The write queue.
+    pub fn queue(&self) -> &queue::Queue {
+        &self.queue
+    }
+
+    /// How the node was started.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Snapshot counters.
+    pub fn snapshots(&self) -> &raft::SnapshotStats {
+        &self.snapshots
+    }
+
+    /// The read-only connections (for facts about the database, off the write connection).
+    pub fn readers(&self) -> Arc<sql::Readers> {
+        self.readers.clone()
+    }
+
+    /// When this node last heard from a leader, and the commit index the leader had then.
+    pub fn last_contact(&self) -> Option<(Instant, wal::Lsn)> {
+        self.contact.last()
+    }
+
+    /// What Raft knows of the cluster now: members, leader, term, log positions.
+    pub fn cluster(&self) -> raft::cluster::State {
+        raft::cluster::state(&self.raft)
+    }
+
+    /// Member `id`, if it is one.
+    pub fn member(&self, id: raft::NodeId) -> Option<raft::cluster::Member> {
+        raft::cluster::member(&self.raft, id)
+    }
+
+    /// The leader this node knows of, if any (this node included).
+    pub fn leader_member(&self) -> Option<raft::cluster::Member> {
+        raft::cluster::leader(&self.raft)
     }
 
     /// The log index this node has applied.

@@ -180,7 +180,7 @@ async fn load(
     req: Request,
 ) -> Response {
     let p = Params(p);
-    let durability = match p.durability(node.durability) {
+    let durability = match p.durability(node.durability()) {
         Ok(d) => d,
         Err(r) => return r,
     };

@@ -21,7 +21,7 @@ const READYZ_TIMEOUT: Duration = Duration::from_secs(30);
 fn node_info(node: &Node, m: &raft::cluster::Member, leader: bool, reachable: bool) -> NodeInfo {
     NodeInfo {
         id: m.id.to_string(),
-        api_addr: node.peers.api_url(&m.node, ""),
+        api_addr: node.peers().api_url(&m.node, ""),
         addr: m.node.raft_addr.clone(),
         voter: m.voter,
         reachable,
@@ -60,7 +60,7 @@ pub(crate) async fn nodes(
 }
 
 pub(crate) async fn get_leader(State(node): State<Arc<Node>>) -> Response {
-    match raft::cluster::leader(&node.raft) {
+    match node.leader_member() {
         Some(m) => json_response(StatusCode::OK, &node_info(&node, &m, true, true), false),
         None => unavailable("leader not found"),
     }
@@ -106,7 +106,7 @@ pub(crate) async fn join(
 }
 
 pub(crate) async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let text = node.metrics.render(&node.raft, &node.progress);
+    let text = node.metrics_text();
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],

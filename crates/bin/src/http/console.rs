@@ -145,14 +145,14 @@ async fn peer_status(
             format!("{id:?} is not a node id (a positive number)"),
         );
     };
-    let Some(member) = raft::cluster::member(&node.raft, id) else {
+    let Some(member) = node.member(id) else {
         return error_response(
             StatusCode::NOT_FOUND,
             format!("node {id} is not a member of the cluster"),
         );
     };
-    let url = format!("{}://{}/status", node.peers.api_scheme, member.node.http_addr);
-    let mut relay = node.peers.api.get(&url).timeout(PEER_TIMEOUT);
+    let url = format!("{}://{}/status", node.peers().api_scheme, member.node.http_addr);
+    let mut relay = node.peers().api.get(&url).timeout(PEER_TIMEOUT);
     // The member decides what the caller may see, as if asked directly.
     if let Some(credentials) = headers.get(header::AUTHORIZATION) {
         relay = relay.header(header::AUTHORIZATION, credentials.clone());

@@ -58,7 +58,7 @@ fn served_by(node: &Node, mut response: Response) -> Response {
     let headers = response.headers_mut();
     if ok
         && !headers.contains_key(crate::headers::SERVED_BY)
-        && let Ok(addr) = HeaderValue::from_str(&node.me.raft_addr)
+        && let Ok(addr) = HeaderValue::from_str(&node.me().raft_addr)
     {
         headers.insert(crate::headers::SERVED_BY, addr);
     }
@@ -67,7 +67,7 @@ fn served_by(node: &Node, mut response: Response) -> Response {
 
 /// Routes a write to the leader and runs it there (see the module docs).
 async fn write(node: &Node, p: &Params, req: &Incoming, rows: bool, start: Instant) -> Response {
-    let durability = match p.durability(node.durability) {
+    let durability = match p.durability(node.durability()) {
         Ok(d) => d,
         Err(r) => return r,
     };

@@ -315,7 +315,7 @@ fn route_elsewhere(
     leader: &raft::cluster::Member,
 ) -> Route {
     let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let url = node.peers.api_url(&leader.node, path_and_query);
+    let url = node.peers().api_url(&leader.node, path_and_query);
     if p.has("redirect") {
         let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
         if let Ok(v) = HeaderValue::from_str(&url) {
@@ -345,7 +345,7 @@ pub(crate) fn forward_request(
     headers: &HeaderMap,
 ) -> reqwest::RequestBuilder {
     let mut forward =
-        node.peers.api.request(method.clone(), url).header(FORWARDED, node.id.to_string());
+        node.peers().api.request(method.clone(), url).header(FORWARDED, node.id().to_string());
     for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
         if let Some(v) = headers.get(&name) {
             forward = forward.header(name, v.clone());

@@ -25,7 +25,7 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) async fn enqueue(node: &Node, p: &Params, req: &Incoming) -> Response {
     // rqlite checks for a leader first, so that a node cut off from its cluster does not
     // accept writes it cannot flush.
-    if !p.has("noleader") && raft::cluster::leader(&node.raft).is_none() {
+    if !p.has("noleader") && node.leader_member().is_none() {
         return unavailable("leader not found");
     }
     let wait = p.has("wait");
@@ -69,21 +69,21 @@ pub(crate) async fn enqueue(node: &Node, p: &Params, req: &Incoming) -> Response
         (None, None)
     };
     let start = Instant::now();
-    let seq = match node.queue.push(request, waiter) {
+    let seq = match node.queue().push(request, waiter) {
         Ok(seq) => seq,
         Err(Refused::Full) => {
-            node.metrics.queue_refused.inc();
+            node.metrics().queue_refused.inc();
             return unavailable(format!(
                 "write queue full ({} requests waiting, --write-queue-capacity); nothing was queued, retry later",
-                node.queue.options().capacity
+                node.queue().options().capacity
             ));
         }
         Err(Refused::Closing) => {
             return unavailable("the node is shutting down; nothing was queued");
         }
     };
-    node.metrics.queue_accepted.inc();
-    node.metrics.queue_depth.inc();
+    node.metrics().queue_accepted.inc();
+    node.metrics().queue_depth.inc();
     let mut body = Queued::new(seq);
     if let Some(outcome) = outcome {
         match tokio::time::timeout(timeout, outcome).await {
@@ -113,16 +113,16 @@ pub(crate) async fn outcome(State(node): State<Arc<Node>>, Path(n): Path<String>
     let Ok(seq) = n.parse::<Seq>() else {
         return bad_request(format!("{n} is not a sequence number"));
     };
-    let state = match node.queue.lookup(seq) {
+    let state = match node.queue().lookup(seq) {
         Lookup::Pending => wire::State::Pending,
         Lookup::Done(outcome) => wire::State::from(outcome),
         Lookup::Unknown => {
-            let r = node.queue.options().retention;
+            let r = node.queue().options().retention;
             return error_response(
                 StatusCode::NOT_FOUND,
                 format!(
                     "sequence number {seq} is unknown to node {}: it was not queued here since the node started, or its outcome has expired (outcomes are kept {} s, at most {})",
-                    node.id,
+                    node.id(),
                     r.max_age.as_secs(),
                     r.max_outcomes
                 ),

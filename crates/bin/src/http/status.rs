@@ -72,10 +72,10 @@ pub async fn status(
 /// The whole `/status` document (see the module docs); without `disk`, the facts read from
 /// disk and the database are left out (zero sizes, no `sqlite3` facts but the version).
 pub async fn document(node: &Node, disk: bool) -> Value {
-    let s = raft::cluster::state(&node.raft);
-    let settings = &node.settings;
+    let s = node.cluster();
+    let settings = node.settings();
     let disk = if disk {
-        let (readers, dir) = (node.readers.clone(), node.data_dir.clone());
+        let (readers, dir) = (node.readers(), node.data_dir().to_path_buf());
         let read = tokio::task::spawn_blocking(move || Disk::read(&readers, &dir));
         // Every read connection may be busy: answer without the database facts then.
         match tokio::time::timeout(DISK_WAIT, read).await {
@@ -104,7 +104,7 @@ pub async fn document(node: &Node, disk: bool) -> Value {
         "store": store(node, &s, &disk),
         "cluster": { "members": s.members },
         "replication": crate::http::cluster::replication_json(node, &s),
-        "snapshot": snapshot_json(node.snapshots.read()),
+        "snapshot": snapshot_json(node.snapshots().read()),
     })
 }
 
@@ -119,8 +119,8 @@ fn keel_node(node: &Node, s: &raft::cluster::State) -> Value {
         "commit_index": s.commit_index,
         "applied_index": s.applied_index,
         "snapshot_index": s.snapshot_index,
-        "http_addr": node.me.http_addr,
-        "raft_addr": node.me.raft_addr,
+        "http_addr": node.me().http_addr,
+        "raft_addr": node.me().raft_addr,
         "stopped": s.stopped,
     })
 }
@@ -198,14 +198,14 @@ fn hostname() -> Option<String> {
 
 /// rqlite's `http` section.
 fn http(node: &Node) -> Value {
-    let settings = &node.settings;
+    let settings = node.settings();
     let mut http = json!({
         "bind_addr": settings.http_bind,
-        "advertised_addr": node.me.http_addr,
+        "advertised_addr": node.me().http_addr,
         "auth": if settings.auth { "enabled" } else { "disabled" },
         "tls": { "enabled": settings.tls.to_string() },
         // rqlite's queue statistics: `http.queue._default.sequence_number`.
-        "queue": node.queue.status_json(),
+        "queue": node.queue().status_json(),
     });
     if let Some(origin) = &settings.allow_origin {
         http["allow_origin"] = json!(origin);
@@ -228,8 +228,7 @@ fn store(node: &Node, s: &raft::cluster::State, disk: &Disk) -> Value {
     let last_contact = if s.role == raft::cluster::Role::Leader {
         json!(0)
     } else {
-        node.contact
-            .last()
+        node.last_contact()
             .map_or(json!("never"), |(at, _)| json!(go_duration_string(at.elapsed())))
     };
     let nodes: Vec<Value> = s
@@ -243,12 +242,12 @@ fn store(node: &Node, s: &raft::cluster::State, disk: &Disk) -> Value {
             })
         })
         .collect();
-    let settings = &node.settings;
+    let settings = node.settings();
     json!({
         "open": true,
         "ready": s.stopped.is_none() && node.leader_reachable(s).is_ok(),
         "node_id": s.id.to_string(),
-        "addr": node.me.raft_addr,
+        "addr": node.me().raft_addr,
         "leader": {
             "node_id": leader.map(|l| l.id.to_string()).unwrap_or_default(),
             "addr": leader.map(|l| l.node.raft_addr.clone()).unwrap_or_default(),
@@ -273,7 +272,7 @@ fn store(node: &Node, s: &raft::cluster::State, disk: &Disk) -> Value {
         "snapshot_threshold": settings.snapshot_entries,
         "trailing_logs": settings.trailing_logs,
         "nodes": nodes,
-        "dir": node.data_dir.display().to_string(),
+        "dir": node.data_dir().display().to_string(),
         "dir_size": disk.dir_size,
         "dir_size_friendly": friendly_bytes(disk.dir_size),
         "sqlite3": disk.sqlite.clone(),
