@@ -12,14 +12,14 @@
 //!   `Raft`, checking senders and recording [`Contact`]. The handlers are thin: each RPC's work
 //!   is a transport-free method of the server state, which [`memory`] calls too.
 //! - `transfer`: the streamed snapshot transfer, both ends (below).
-//! - `memory`: the same RPCs without HTTP, between nodes of one process, through a
+//! - [`memory`]: the same RPCs without HTTP, between nodes of one process, through a
 //!   [`memory::Switchboard`] a test controls (partitions, dropped or held messages, a log of
 //!   every message). The `keel` binary never builds one.
 //!
 //! # Snapshots are streamed
 //!
 //! `POST /raft/snapshot` carries the database image as the raw request body, streamed from the
-//! image file in blocks ([`Peer::full_snapshot`]), with a `Content-Length` and the vote, meta,
+//! image file in blocks (`Peer::full_snapshot`), with a `Content-Length` and the vote, meta,
 //! length and CRC-32 as JSON in the `x-keel-snapshot` header. The receiver ([`router`]) streams
 //! the body into `receiving-<term>-<index>-<nanos>-<n>.tmp` in the snapshot directory,
 //! computing the checksum as it goes, checks length and checksum, fsyncs, and only then hands the
@@ -63,6 +63,7 @@ use crate::state_machine::SnapshotMeta;
 use crate::types::{NodeId, Vote};
 
 mod client;
+pub mod memory;
 mod server;
 mod transfer;
 

@@ -64,6 +64,11 @@ impl Server {
         Server { raft, contact, verify_senders, snapshots: Arc::default() }
     }
 
+    /// The node this server hands RPCs to.
+    pub(super) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
     /// The snapshot directory and counters. The router is built from the `Raft` alone, so they
     /// are asked of the state machine (through openraft's state machine task) once.
     pub(super) async fn snapshots(&self) -> Result<Snapshots, String> {
