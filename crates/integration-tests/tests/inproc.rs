@@ -50,6 +50,7 @@ async fn three() -> (Cluster, u64) {
     let c = Cluster::new(3).await.unwrap();
     let leader = c.leader().await.unwrap();
     c.execute(leader, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await.unwrap();
+    c.assert_consistent().await.unwrap();
     (c, leader)
 }
 
@@ -175,6 +176,11 @@ async fn a_held_append_delays_only_its_follower_and_commit_needs_one_of_two() {
     let next = c.node(leader).state().last_log_index + 1;
     c.board().hold_next(Match::carrying(next).to(f));
     assert_eq!(c.execute(leader, "INSERT INTO t VALUES (1, 'x')").await.unwrap(), next);
+    // Committed with g alone; the append to f may not even have been sent yet.
+    let to_f = Match::carrying(next).to(f);
+    let wait = c.options().wait;
+    let sent = |log: &[Message]| log.iter().any(|m| to_f.matches(m));
+    c.board().wait_for("the append to f", wait, sent).await.unwrap();
     let held = carrying(&c, next, f);
     assert_eq!(held.iter().map(|m| m.fate).collect::<Vec<_>>(), vec![Fate::Held]);
     assert!(c.node(f).state().last_log_index < next, "f has no other way to get entry {next}");
