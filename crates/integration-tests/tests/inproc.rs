@@ -10,6 +10,8 @@
 //!   (retransmitted) or held (commit goes on with the other follower; with both held it waits).
 //! - a leader change between the writer's term check and its proposal: the conditional
 //!   proposal fails cleanly and nothing speculated is visible anywhere.
+//! - snapshot: a node behind the leader's purged log catches up by a snapshot streamed through
+//!   the switchboard.
 //!
 //! These live in one file (one test binary) because each binary links the whole stack.
 
@@ -292,4 +294,34 @@ async fn nothing_crosses_a_cut_link() {
     c.heal();
     c.assert_consistent().await.unwrap();
     assert_eq!(count_local(&c, f), 1);
+}
+
+/// A node that missed entries the leader has purged catches up by a snapshot, streamed through
+/// the switchboard into its snapshot directory and installed as its database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
+    trace();
+    let mut options = integration_tests::inproc::Options::default();
+    options.raft.snapshot_entries = 5;
+    options.raft.max_in_snapshot_log_to_keep = 0;
+    let mut c = Cluster::with_options(3, options).await.unwrap();
+    let leader = c.leader().await.unwrap();
+    let f = others(&c, leader)[0];
+    let created =
+        c.execute(leader, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await.unwrap();
+    c.crash(f).await.unwrap();
+    for i in 1..=20 {
+        c.execute(leader, &format!("INSERT INTO t VALUES ({i}, 'x')")).await.unwrap();
+    }
+    // f has nothing after the table's creation; once the leader's log no longer holds the
+    // entry after it, a snapshot is the only way for f to catch up.
+    let raft = &c.node(leader).raft;
+    let purged = |m: &raft::Metrics| m.purged.is_some_and(|p| p.index > created);
+    raft.wait(Some(c.options().wait)).metrics(purged, "the leader purging").await.unwrap();
+
+    c.restart(f).await.unwrap();
+    c.assert_consistent().await.unwrap();
+    assert_eq!(count_local(&c, f), 20);
+    let snapshots = c.board().matching(&Match::kind(Kind::Snapshot).to(f));
+    assert!(snapshots.iter().any(|m| m.fate == Fate::Delivered), "{snapshots:#?}");
 }
