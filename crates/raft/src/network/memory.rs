@@ -429,24 +429,21 @@ impl Switchboard {
         let mut board = self.lock();
         let seq = board.log.len() as u64;
         let mut message = Message { seq, from, to, kind, entries, fate: Fate::Delivered };
-        let action = if board.cut.contains(&(from, to)) {
-            message.fate = Fate::Cut;
-            None
+        let decided = if board.cut.contains(&(from, to)) {
+            Decided::Lost(Fate::Cut)
         } else {
-            take_rule(&mut board.rules, &message)
-        };
-        let decided = match action {
-            _ if message.fate == Fate::Cut => Decided::Lost(Fate::Cut),
-            Some(Action::Drop) => Decided::Lost(Fate::Dropped),
-            Some(Action::Hold) => {
-                let (signal, released) = oneshot::channel();
-                board.held.insert(seq, signal);
-                Decided::Hold(released)
+            match take_rule(&mut board.rules, &message) {
+                Some(Action::Drop) => Decided::Lost(Fate::Dropped),
+                Some(Action::Hold) => {
+                    let (signal, released) = oneshot::channel();
+                    board.held.insert(seq, signal);
+                    Decided::Hold(released)
+                }
+                None => match board.servers.get(&to) {
+                    Some(server) => Decided::Deliver(server.clone()),
+                    None => Decided::Lost(Fate::Down),
+                },
             }
-            None => match board.servers.get(&to) {
-                Some(server) => Decided::Deliver(server.clone()),
-                None => Decided::Lost(Fate::Down),
-            },
         };
         message.fate = match &decided {
             Decided::Lost(fate) => *fate,
