@@ -57,6 +57,10 @@
 //! * No assertions about timing or performance; a slow machine only makes tests slower, up to
 //!   the deadlines.
 //!
+//! Protocol cases that need the network in the test's hands (a partition at one exact message,
+//! a leader change between two steps of the writer) run on [`inproc::Cluster`] instead: real
+//! nodes in one process over an in-memory network.
+//!
 //! # IMPLEMENTATION CAVEATS
 //!
 //! * A port is free when it is picked and taken when the node binds it; something else can grab
@@ -67,6 +71,7 @@
 //!   `Drop` does not run and the `keel` processes keep running until killed by hand.
 
 pub mod chaos;
+pub mod inproc;
 pub mod tour;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -197,6 +197,14 @@ impl Leader {
         outcomes
     }
 
+    /// How many requests wait in the writer's queue, not yet taken by the writer. A request
+    /// that has left the queue is in the writer's current batch (or, when that batch was
+    /// full, the next one); the writer reads the batch's term in the same step as it takes
+    /// the batch's first request, before any `.await`.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// The members other than this node (voters and learners).
     fn others(&self) -> Vec<raft::NodeId> {
         let state = raft::cluster::state(&self.raft);

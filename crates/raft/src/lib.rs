@@ -20,8 +20,10 @@
 //!   proposal), with openraft's errors folded into one enum.
 //! - [`cluster`]: members, roles and positions read from Raft's metrics; bootstrap and joins.
 //! - [`network`]: node-to-node RPC as HTTP/JSON (append, vote, snapshot, transfer-leader), the
-//!   client side on reqwest and the server side as an axum router.
-//! - [`Options`] and [`start`]: build a running [`Raft`] from a data directory.
+//!   client side on reqwest and the server side as an axum router; and
+//!   [`network::memory`], the same RPCs between nodes of one process, for tests.
+//! - [`Options`] and [`start`]: build a running [`Raft`] from a data directory
+//!   ([`start_with`]: over a network of the caller's choice).
 //!
 //! What it deliberately does not do: execute SQL, talk to clients, or decide durability modes
 //! (the `leader` crate does that on top of [`Raft`]).
@@ -142,6 +144,27 @@ pub async fn start_node(
     options: &Options,
     store: Arc<dyn state_machine::Store>,
 ) -> Result<Started, Error> {
+    let transport = options.transport.clone();
+    start_with(id, dir, options, store, |stats| {
+        network::Network::with_transport(id, stats, transport)
+    })
+    .await
+}
+
+/// [`start_node`] over the network `network` builds from the node's snapshot counters:
+/// the HTTP [`network::Network`] (what [`start_node`] passes, over `options.transport`), or a
+/// test's in-memory [`network::memory::Network`] (then `options.transport` is not used).
+pub async fn start_with<N>(
+    id: NodeId,
+    dir: &Path,
+    options: &Options,
+    store: Arc<dyn state_machine::Store>,
+    network: impl FnOnce(Arc<SnapshotStats>) -> N,
+) -> Result<Started, Error>
+where
+    N: openraft::network::RaftNetworkFactory<TypeConfig>,
+    N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = snapshot::SnapshotFile>,
+{
     let ms = |d: Duration| d.as_millis() as u64;
     let config = openraft::Config {
         cluster_name: "keel".to_string(),
@@ -168,7 +191,7 @@ pub async fn start_node(
     let log = log_store::LogStore::open_with(&dir.join("raft"), options.wal.clone())?;
     let sm = state_machine::StateMachine::open(&dir.join("snapshots"), store)?;
     let stats = sm.stats();
-    let network = network::Network::with_transport(id, stats.clone(), options.transport.clone());
+    let network = network(stats.clone());
     let reader = LogReader::new(log.clone());
     let raft = Raft::new(id, Arc::new(config), network, log, sm)
         .await

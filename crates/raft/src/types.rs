@@ -34,9 +34,6 @@ impl fmt::Display for MemberAddr {
     }
 }
 
-/// The name openraft's configuration gives [`MemberAddr`], for code written against it.
-pub(crate) type Node = MemberAddr;
-
 openraft::declare_raft_types!(
     /// Keel's Raft types: entries carry a [`wal::Record`]; applying answers nothing, because the
     /// leader computed every statement's result when it executed the request speculatively.
