@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::OptionalSend;
 use openraft::errors::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
@@ -15,7 +16,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, Snapshot};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -258,12 +258,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: Snapshot<
-            openraft::alias::CommittedLeaderIdOf<TypeConfig>,
-            NodeId,
-            MemberAddr,
-            SnapshotFile,
-        >,
+        snapshot: super::OutgoingSnapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {

@@ -51,6 +51,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use openraft::OptionalSend;
 use openraft::errors::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
@@ -60,7 +61,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, Snapshot};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
 
@@ -655,12 +655,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: Snapshot<
-            openraft::alias::CommittedLeaderIdOf<TypeConfig>,
-            NodeId,
-            MemberAddr,
-            SnapshotFile,
-        >,
+        snapshot: super::OutgoingSnapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {

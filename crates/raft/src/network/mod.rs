@@ -70,6 +70,14 @@ mod transfer;
 pub use client::{Network, Peer, Transport};
 pub use server::{router, router_with};
 
+/// A snapshot as openraft hands it to the network to send: its meta and the image file.
+pub(crate) type OutgoingSnapshot = openraft::Snapshot<
+    openraft::alias::CommittedLeaderIdOf<crate::types::TypeConfig>,
+    NodeId,
+    crate::types::MemberAddr,
+    crate::snapshot::SnapshotFile,
+>;
+
 /// A snapshot transfer fails when the connection takes no new block for this long.
 pub const SNAPSHOT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use futures::{Stream, StreamExt};
+use openraft::OptionalSend;
 use openraft::errors::{NetworkError, ReplicationClosed, StreamingError, Timeout};
 use openraft::network::{RPCOption, RPCTypes};
 use openraft::raft::SnapshotResponse;
-use openraft::{OptionalSend, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::Peer;
@@ -24,7 +24,7 @@ use super::server::Snapshots;
 use super::{SNAPSHOT_HEADER, SnapshotHeader};
 use crate::snapshot::{BLOCK, SnapshotFile, SnapshotStats, TempFile, receiving_path};
 use crate::state_machine::mb_per_s;
-use crate::types::{MemberAddr, NodeId, TypeConfig, Vote};
+use crate::types::{NodeId, TypeConfig, Vote};
 
 /// Size of the blocks a snapshot is read in for sending.
 pub(super) const SEND_BLOCK: usize = 256 << 10;
@@ -128,12 +128,7 @@ impl Peer {
     pub(super) async fn send_snapshot(
         &self,
         vote: Vote,
-        snapshot: Snapshot<
-            openraft::alias::CommittedLeaderIdOf<TypeConfig>,
-            NodeId,
-            MemberAddr,
-            SnapshotFile,
-        >,
+        snapshot: super::OutgoingSnapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
