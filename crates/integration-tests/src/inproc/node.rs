@@ -1,4 +1,4 @@
-//! One node of an in-process cluster, wired as `keel serve` wires one (`crates/bin/src/node.rs`),
+//! One node of an in-process cluster, wired as `node::Node::start` (`crates/node`) wires one,
 //! minus HTTP: the database, the follower's state machine on it, Raft over the switchboard, and
 //! the leader's writer.
 //!
