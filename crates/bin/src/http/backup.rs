@@ -32,8 +32,9 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt as _;
+use keel_api::ErrorAnswer;
+use keel_api::load::LoadAnswer;
 use node::backup::{Format, LoadKind, Progress, TempFile, write_backup};
-use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 
@@ -243,51 +244,46 @@ fn load_answer(
     bytes: u64,
     took: std::time::Duration,
     timings: bool,
-) -> Result<serde_json::Value, serde_json::Value> {
+) -> Result<LoadAnswer, ErrorAnswer> {
     let time = took.as_secs_f64();
-    let format = sql::Format { timings, ..sql::Format::default() };
+    let answer = LoadAnswer {
+        batches: Some(progress.batches),
+        bytes: Some(bytes),
+        lsn: Some(progress.lsn),
+        time: Some(time),
+        ..LoadAnswer::default()
+    };
     if let Some((statement, message)) = &progress.failed {
         if kind == LoadKind::Sqlite {
-            return Err(json!({
-                "error": format!("statement {statement} of the load failed: {message}; that batch was rolled back"),
-                "statements_applied": progress.statements,
-                "lsn": progress.lsn,
-            }));
+            return Err(ErrorAnswer {
+                statements_applied: Some(progress.statements),
+                lsn: Some(progress.lsn),
+                ..ErrorAnswer::new(format!(
+                    "statement {statement} of the load failed: {message}; that batch was rolled back"
+                ))
+            });
         }
-        return Ok(json!({
-            "results": [sql::StatementResult::Error(message.clone()).to_json(&format, false)],
-            "statements_applied": progress.statements,
-            "failed_statement": statement,
-            "batches": progress.batches,
-            "bytes": bytes,
-            "lsn": progress.lsn,
-            "time": time,
-        }));
+        return Ok(LoadAnswer {
+            results: vec![keel_api::StatementResult::error(message.clone())],
+            statements_applied: Some(progress.statements),
+            failed_statement: Some(*statement),
+            ..answer
+        });
     }
     let results = match kind {
-        LoadKind::Sqlite => json!([]),
+        LoadKind::Sqlite => Vec::new(),
         LoadKind::Text => {
-            let last = match &progress.last {
+            let (last_insert_id, rows_affected) = match &progress.last {
                 Some(sql::StatementResult::Exec { last_insert_id, rows_affected, .. }) => {
-                    sql::StatementResult::Exec {
-                        last_insert_id: *last_insert_id,
-                        rows_affected: *rows_affected,
-                        time,
-                    }
+                    (*last_insert_id, *rows_affected)
                 }
-                _ => sql::StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time },
+                _ => (0, 0),
             };
-            json!([last.to_json(&format, false)])
+            let last = keel_api::StatementResult::exec(last_insert_id, rows_affected);
+            vec![if timings { last.with_time(time) } else { last }]
         }
     };
-    Ok(json!({
-        "results": results,
-        "statements": progress.statements,
-        "batches": progress.batches,
-        "bytes": bytes,
-        "lsn": progress.lsn,
-        "time": time,
-    }))
+    Ok(LoadAnswer { results, statements: Some(progress.statements), ..answer })
 }
 
 /// Writes a request body to `path` chunk by chunk; returns its size.

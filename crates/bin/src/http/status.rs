@@ -34,7 +34,7 @@
 //! thread, so `/status` never waits for the write connection; when no read connection is free
 //! within [`DISK_WAIT`], `/status` answers without them. A `key` outside `store` skips them.
 //!
-//! `http.queue._default` is the write queue's ([`node::queue::Queue::status_json`]). Not
+//! `http.queue._default` is the write queue's ([`node::queue::Queue::status`]). Not
 //! reported (rqlite internals Keel does not have): BoltDB and transport statistics, CDC and
 //! auto-vacuum state, SQLite memory and pool statistics.
 
@@ -205,7 +205,7 @@ fn http(node: &Node) -> Value {
         "auth": if settings.auth { "enabled" } else { "disabled" },
         "tls": { "enabled": settings.tls.to_string() },
         // rqlite's queue statistics: `http.queue._default.sequence_number`.
-        "queue": node.queue().status_json(),
+        "queue": keel_api::status::Queues { default: node.queue().status() },
     });
     if let Some(origin) = &settings.allow_origin {
         http["allow_origin"] = json!(origin);

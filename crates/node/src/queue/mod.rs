@@ -39,7 +39,6 @@ pub mod verdict;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use ledger::{Lookup, Outcome, Seq};
@@ -226,19 +225,18 @@ impl Queue {
         self.ledger().flushed()
     }
 
-    /// The queue's part of `/status` (`http.queue`), in rqlite's shape plus `depth` and
-    /// `transaction`.
-    pub fn status_json(&self) -> Value {
+    /// The queue's part of `/status` (`http.queue._default`), in rqlite's shape plus `depth`
+    /// and `transaction`.
+    pub fn status(&self) -> keel_api::queue::QueueStatus {
         let o = &self.inner.options;
-        let (flushed, depth) = (self.sequence_number(), self.depth());
-        json!({ "_default": {
-            "max_size": o.capacity,
-            "batch_size": o.batch_size,
-            "timeout": format!("{:?}", o.timeout),
-            "transaction": o.transaction,
-            "sequence_number": flushed,
-            "depth": depth,
-        }})
+        keel_api::queue::QueueStatus {
+            max_size: o.capacity,
+            batch_size: o.batch_size,
+            timeout: format!("{:?}", o.timeout),
+            transaction: o.transaction,
+            sequence_number: self.sequence_number(),
+            depth: usize::try_from(self.depth()).unwrap_or(usize::MAX),
+        }
     }
 
     /// Whether the node is stopping.
