@@ -2,7 +2,6 @@
 //! `/join` (a starting node asking to be added) and `/metrics`. The facts come from the node
 //! ([`node::health`], [`node::membership`]); this module only shapes them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_api::cluster::{Joined, NodeInfo, NodeList, NodeMap};
-use serde_json::Value;
 
 use super::{Incoming, Node, Params, bad_request, json_response, node_error, unavailable};
 
@@ -27,17 +25,6 @@ fn node_info(node: &Node, m: &raft::cluster::Member, leader: bool, reachable: bo
         reachable,
         leader,
         replication: None,
-    }
-}
-
-/// On the leader, each other member's replication progress; `null` elsewhere.
-pub(crate) fn replication_json(node: &Node, s: &raft::cluster::State) -> Value {
-    match node.replication_all(s) {
-        None => Value::Null,
-        Some(all) => serde_json::to_value(
-            all.into_iter().map(|(id, r)| (id.to_string(), r)).collect::<BTreeMap<_, _>>(),
-        )
-        .expect("replication progress serializes to JSON"),
     }
 }
 

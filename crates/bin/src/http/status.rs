@@ -45,6 +45,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use keel_api::status::{self, Status};
 use serde_json::{Value, json};
 
 use crate::http::{Node, Params, json_response};
@@ -62,6 +63,7 @@ pub async fn status(
     // Only `store` holds what is read from disk and the database.
     let disk = key.is_none_or(|k| k == "store" || k.starts_with("store."));
     let body = document(&node, disk).await;
+    let body = serde_json::to_value(&body).expect("the status document serializes to JSON");
     match key {
         // rqlite re-encodes the sub-document compactly, whatever `pretty` says.
         Some(key) => json_response(StatusCode::OK, &sub_json(&body, key), false),
@@ -71,9 +73,8 @@ pub async fn status(
 
 /// The whole `/status` document (see the module docs); without `disk`, the facts read from
 /// disk and the database are left out (zero sizes, no `sqlite3` facts but the version).
-pub async fn document(node: &Node, disk: bool) -> Value {
+async fn document(node: &Node, disk: bool) -> Status {
     let s = node.cluster();
-    let settings = node.settings();
     let disk = if disk {
         let (readers, dir) = (node.readers(), node.data_dir().to_path_buf());
         let read = tokio::task::spawn_blocking(move || Disk::read(&readers, &dir));
@@ -85,60 +86,70 @@ pub async fn document(node: &Node, disk: bool) -> Value {
     } else {
         Disk::default()
     };
-    let mut node_section = json!({
-        "start_time": rfc3339(settings.started),
-        "current_time": rfc3339(SystemTime::now()),
-        "uptime": go_duration_string(settings.started_at.elapsed()),
+    let members = s.members.iter().map(|m| status::Member {
+        id: m.id,
+        node: status::Addresses {
+            http_addr: m.node.http_addr.clone(),
+            raft_addr: m.node.raft_addr.clone(),
+        },
+        voter: m.voter,
     });
-    if let (Some(section), Value::Object(keel)) =
-        (node_section.as_object_mut(), keel_node(node, &s))
-    {
-        section.extend(keel);
+    Status {
+        build: build(),
+        runtime: runtime(),
+        os: os(),
+        http: http(node),
+        node: node_section(node, &s),
+        store: store(node, &s, disk),
+        cluster: status::Cluster { members: members.collect() },
+        replication: node
+            .replication_all(&s)
+            .map(|all| all.into_iter().map(|(id, r)| (id.to_string(), r)).collect()),
+        snapshot: snapshot(node.snapshots().read()),
     }
-    json!({
-        "build": build(),
-        "runtime": runtime(),
-        "os": os(),
-        "http": http(node),
-        "node": node_section,
-        "store": store(node, &s, &disk),
-        "cluster": { "members": s.members },
-        "replication": crate::http::cluster::replication_json(node, &s),
-        "snapshot": snapshot_json(node.snapshots().read()),
-    })
 }
 
-/// Keel's own facts about the node, kept in the `node` section beside rqlite's.
-fn keel_node(node: &Node, s: &raft::cluster::State) -> Value {
-    json!({
-        "id": s.id,
-        "role": s.role,
-        "term": s.term,
-        "leader_id": s.leader_id,
-        "last_log_index": s.last_log_index,
-        "commit_index": s.commit_index,
-        "applied_index": s.applied_index,
-        "snapshot_index": s.snapshot_index,
-        "http_addr": node.me().http_addr,
-        "raft_addr": node.me().raft_addr,
-        "stopped": s.stopped,
-    })
+/// rqlite's `node` times, and Keel's own facts about the node in the same object.
+fn node_section(node: &Node, s: &raft::cluster::State) -> status::Node {
+    let settings = node.settings();
+    status::Node {
+        start_time: rfc3339(settings.started),
+        current_time: rfc3339(SystemTime::now()),
+        uptime: go_duration_string(settings.started_at.elapsed()),
+        id: s.id,
+        role: match s.role {
+            raft::cluster::Role::Leader => status::Role::Leader,
+            raft::cluster::Role::Follower => status::Role::Follower,
+            raft::cluster::Role::Candidate => status::Role::Candidate,
+            raft::cluster::Role::Learner => status::Role::Learner,
+            raft::cluster::Role::Shutdown => status::Role::Shutdown,
+        },
+        term: s.term,
+        leader_id: s.leader_id,
+        last_log_index: s.last_log_index,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        snapshot_index: s.snapshot_index,
+        http_addr: node.me().http_addr.clone(),
+        raft_addr: node.me().raft_addr.clone(),
+        stopped: s.stopped.clone(),
+    }
 }
 
 /// rqlite's `build` section.
-fn build() -> Value {
+fn build() -> status::Build {
     let built = env!("KEEL_BUILD_UNIX_TIME").parse().unwrap_or(0);
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "commit": env!("KEEL_GIT_COMMIT"),
-        "branch": env!("KEEL_GIT_BRANCH"),
-        "build_time": rfc3339(UNIX_EPOCH + Duration::from_secs(built)),
-        "compiler_toolchain": "rustc",
-    })
+    status::Build {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: env!("KEEL_GIT_COMMIT").into(),
+        branch: env!("KEEL_GIT_BRANCH").into(),
+        build_time: rfc3339(UNIX_EPOCH + Duration::from_secs(built)),
+        compiler_toolchain: "rustc".into(),
+    }
 }
 
 /// rqlite's `runtime` section, with Go's field names and spellings.
-fn runtime() -> Value {
+fn runtime() -> status::Runtime {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (workers, tasks) = tokio::runtime::Handle::try_current().map_or((cpus, 0), |h| {
         let m = h.metrics();
@@ -155,33 +166,28 @@ fn runtime() -> Value {
         "macos" => "darwin",
         other => other,
     };
-    json!({
-        "GOARCH": goarch,
-        "GOOS": goos,
-        "GOMAXPROCS": workers,
-        "num_cpu": cpus,
-        "num_goroutine": tasks,
-        "version": env!("KEEL_RUSTC_VERSION"),
-        "kubernetes_hint": std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
-    })
+    status::Runtime {
+        GOARCH: goarch.into(),
+        GOOS: goos.into(),
+        GOMAXPROCS: workers,
+        num_cpu: cpus,
+        num_goroutine: tasks,
+        version: env!("KEEL_RUSTC_VERSION").into(),
+        kubernetes_hint: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+    }
 }
 
 /// rqlite's `os` section.
-fn os() -> Value {
+fn os() -> status::Os {
     // SAFETY: getppid and sysconf take no pointers and cannot fail in a way that matters here.
     let (ppid, page_size) = unsafe { (libc::getppid(), libc::sysconf(libc::_SC_PAGESIZE)) };
-    let mut os = json!({
-        "pid": std::process::id(),
-        "ppid": ppid,
-        "page_size": page_size,
-    });
-    if let Ok(exe) = std::env::current_exe() {
-        os["executable"] = json!(exe.display().to_string());
+    status::Os {
+        pid: std::process::id(),
+        ppid,
+        page_size,
+        executable: std::env::current_exe().ok().map(|exe| exe.display().to_string()),
+        hostname: hostname(),
     }
-    if let Some(host) = hostname() {
-        os["hostname"] = json!(host);
-    }
-    os
 }
 
 /// The machine's host name (`gethostname`).
@@ -197,24 +203,21 @@ fn hostname() -> Option<String> {
 }
 
 /// rqlite's `http` section.
-fn http(node: &Node) -> Value {
+fn http(node: &Node) -> status::Http {
     let settings = node.settings();
-    let mut http = json!({
-        "bind_addr": settings.http_bind,
-        "advertised_addr": node.me().http_addr,
-        "auth": if settings.auth { "enabled" } else { "disabled" },
-        "tls": { "enabled": settings.tls.to_string() },
+    status::Http {
+        bind_addr: settings.http_bind.clone(),
+        advertised_addr: node.me().http_addr.clone(),
+        auth: if settings.auth { "enabled" } else { "disabled" }.into(),
+        tls: status::Tls { enabled: settings.tls.to_string() },
         // rqlite's queue statistics: `http.queue._default.sequence_number`.
-        "queue": keel_api::status::Queues { default: node.queue().status() },
-    });
-    if let Some(origin) = &settings.allow_origin {
-        http["allow_origin"] = json!(origin);
+        queue: status::Queues { default: node.queue().status() },
+        allow_origin: settings.allow_origin.clone(),
     }
-    http
 }
 
 /// rqlite's `store` section.
-fn store(node: &Node, s: &raft::cluster::State, disk: &Disk) -> Value {
+fn store(node: &Node, s: &raft::cluster::State, disk: Disk) -> status::Store {
     let leader = s.leader_id.and_then(|id| s.members.iter().find(|m| m.id == id));
     let voter = s.members.iter().find(|m| m.id == s.id).is_some_and(|m| m.voter);
     let state = match s.role {
@@ -226,76 +229,72 @@ fn store(node: &Node, s: &raft::cluster::State, disk: &Disk) -> Value {
     // hashicorp/raft's `last_contact`: 0 on the leader, else the time since the leader was
     // last heard from, or "never".
     let last_contact = if s.role == raft::cluster::Role::Leader {
-        json!(0)
+        status::LastContact::Leader(0)
     } else {
-        node.last_contact()
-            .map_or(json!("never"), |(at, _)| json!(go_duration_string(at.elapsed())))
+        status::LastContact::Since(
+            node.last_contact()
+                .map_or_else(|| "never".into(), |(at, _)| go_duration_string(at.elapsed())),
+        )
     };
-    let nodes: Vec<Value> = s
-        .members
-        .iter()
-        .map(|m| {
-            json!({
-                "id": m.id.to_string(),
-                "addr": m.node.raft_addr,
-                "suffrage": if m.voter { "voter" } else { "nonvoter" },
-            })
-        })
-        .collect();
+    let nodes = s.members.iter().map(|m| status::StoreNode {
+        id: m.id.to_string(),
+        addr: m.node.raft_addr.clone(),
+        suffrage: if m.voter { "voter" } else { "nonvoter" }.into(),
+    });
     let settings = node.settings();
-    json!({
-        "open": true,
-        "ready": s.stopped.is_none() && node.leader_reachable(s).is_ok(),
-        "node_id": s.id.to_string(),
-        "addr": node.me().raft_addr,
-        "leader": {
-            "node_id": leader.map(|l| l.id.to_string()).unwrap_or_default(),
-            "addr": leader.map(|l| l.node.raft_addr.clone()).unwrap_or_default(),
+    status::Store {
+        open: true,
+        ready: s.stopped.is_none() && node.leader_reachable(s).is_ok(),
+        node_id: s.id.to_string(),
+        addr: node.me().raft_addr.clone(),
+        leader: status::StoreLeader {
+            node_id: leader.map(|l| l.id.to_string()).unwrap_or_default(),
+            addr: leader.map(|l| l.node.raft_addr.clone()).unwrap_or_default(),
         },
-        "raft": {
-            "state": state,
-            "term": s.term,
-            "applied_index": s.applied_index,
-            "commit_index": s.commit_index,
-            "last_log_index": s.last_log_index,
-            "last_snapshot_index": s.snapshot_index.unwrap_or(0),
-            "num_peers": s.members.iter().filter(|m| m.voter && m.id != s.id).count(),
-            "voter": voter,
-            "last_contact": last_contact,
-            "log_size": disk.log_size,
-            "log_size_friendly": friendly_bytes(disk.log_size),
+        raft: status::Raft {
+            state: state.into(),
+            term: s.term,
+            applied_index: s.applied_index,
+            commit_index: s.commit_index,
+            last_log_index: s.last_log_index,
+            last_snapshot_index: s.snapshot_index.unwrap_or(0),
+            num_peers: s.members.iter().filter(|m| m.voter && m.id != s.id).count(),
+            voter,
+            last_contact,
+            log_size: disk.log_size,
+            log_size_friendly: friendly_bytes(disk.log_size),
         },
-        "fsm_index": s.applied_index,
-        "db_applied_index": s.applied_index,
-        "heartbeat_timeout": go_duration_string(settings.heartbeat),
-        "election_timeout": go_duration_string(settings.election_timeout),
-        "snapshot_threshold": settings.snapshot_entries,
-        "trailing_logs": settings.trailing_logs,
-        "nodes": nodes,
-        "dir": node.data_dir().display().to_string(),
-        "dir_size": disk.dir_size,
-        "dir_size_friendly": friendly_bytes(disk.dir_size),
-        "sqlite3": disk.sqlite.clone(),
-    })
+        fsm_index: s.applied_index,
+        db_applied_index: s.applied_index,
+        heartbeat_timeout: go_duration_string(settings.heartbeat),
+        election_timeout: go_duration_string(settings.election_timeout),
+        snapshot_threshold: settings.snapshot_entries,
+        trailing_logs: settings.trailing_logs,
+        nodes: nodes.collect(),
+        dir: node.data_dir().display().to_string(),
+        dir_size: disk.dir_size,
+        dir_size_friendly: friendly_bytes(disk.dir_size),
+        sqlite3: disk.sqlite,
+    }
 }
 
 /// The snapshot counters of Keel's `snapshot` section; indexes are `null` when there is none.
-fn snapshot_json(c: raft::SnapshotCounts) -> Value {
-    let index = |i: u64| if i == 0 { Value::Null } else { json!(i) };
-    json!({
-        "index": index(c.current_index),
-        "size": c.current_size,
-        "built": c.built,
-        "last_built_index": index(c.last_built_index),
-        "sent": c.sent,
-        "send_failures": c.send_failures,
-        "received": c.received,
-        "receive_failures": c.receive_failures,
-        "installed": c.installed,
-        "last_installed_index": index(c.last_installed_index),
-        "bytes_sent": c.bytes_sent,
-        "bytes_received": c.bytes_received,
-    })
+fn snapshot(c: raft::SnapshotCounts) -> status::Snapshot {
+    let index = |i: u64| (i != 0).then_some(i);
+    status::Snapshot {
+        index: index(c.current_index),
+        size: c.current_size,
+        built: c.built,
+        last_built_index: index(c.last_built_index),
+        sent: c.sent,
+        send_failures: c.send_failures,
+        received: c.received,
+        receive_failures: c.receive_failures,
+        installed: c.installed,
+        last_installed_index: index(c.last_installed_index),
+        bytes_sent: c.bytes_sent,
+        bytes_received: c.bytes_received,
+    }
 }
 
 /// What `/status` reads from disk and the database, on a blocking thread.
@@ -305,12 +304,13 @@ struct Disk {
     /// Bytes of the Raft log (`raft/`).
     log_size: u64,
     /// rqlite's `store.sqlite3` section.
-    sqlite: Value,
+    sqlite: status::Sqlite3,
 }
 
 impl Default for Disk {
     fn default() -> Disk {
-        Disk { dir_size: 0, log_size: 0, sqlite: json!({ "version": rusqlite::version() }) }
+        let sqlite = status::Sqlite3 { version: rusqlite::version().into(), ..Default::default() };
+        Disk { dir_size: 0, log_size: 0, sqlite }
     }
 }
 
@@ -327,8 +327,8 @@ impl Disk {
 
 /// rqlite's `store.sqlite3` section: `version`, `path`, `size` (the file), `db_size` (pages
 /// times page size), `wal_size`, `page_size`, `page_count`.
-fn sqlite(readers: &sql::Readers) -> Value {
-    let mut out = json!({ "version": rusqlite::version() });
+fn sqlite(readers: &sql::Readers) -> status::Sqlite3 {
+    let mut out = status::Sqlite3 { version: rusqlite::version().into(), ..Default::default() };
     let statements =
         ["PRAGMA database_list", "PRAGMA page_count", "PRAGMA page_size"].map(sql::Statement::new);
     let Ok(results) = readers.query(&statements, true) else { return out };
@@ -343,18 +343,18 @@ fn sqlite(readers: &sql::Readers) -> Value {
     {
         let path = PathBuf::from(file);
         let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        out["path"] = json!(file);
-        out["size"] = json!(len(&path));
+        out.path = Some(file.to_string());
+        out.size = Some(len(&path));
         let mut wal = path.into_os_string();
         wal.push("-wal");
-        out["wal_size"] = json!(len(Path::new(&wal)));
+        out.wal_size = Some(len(Path::new(&wal)));
     }
     let number = |i: usize| first(i).and_then(|(_, row)| row.first().and_then(Value::as_u64));
     if let (Some(pages), Some(page_size)) = (number(1), number(2)) {
-        out["page_count"] = json!(pages);
-        out["page_size"] = json!(page_size);
-        out["db_size"] = json!(pages * page_size);
-        out["db_size_friendly"] = json!(friendly_bytes(pages * page_size));
+        out.page_count = Some(pages);
+        out.page_size = Some(page_size);
+        out.db_size = Some(pages * page_size);
+        out.db_size_friendly = Some(friendly_bytes(pages * page_size));
     }
     out
 }
