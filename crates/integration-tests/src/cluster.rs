@@ -12,16 +12,12 @@ use std::process::ExitStatus;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use reqwest::blocking::Client;
+use keel_api::status::{Role, Status};
 use reqwest::header::HeaderMap;
-use serde_json::Value;
 
+use crate::api::Clients;
 use crate::process::{Node, Process, free_ports, keel_binary, read_purge_point};
-use crate::status::{NodeStatus, SnapshotStatus};
-use crate::{
-    LOG_TAIL_LINES, Lsn, NodeId, POLL_INTERVAL, REQUEST_TIMEOUT, START_ATTEMPTS, TIMEOUT, lock,
-    poll,
-};
+use crate::{LOG_TAIL_LINES, Lsn, NodeId, POLL_INTERVAL, START_ATTEMPTS, TIMEOUT, lock, poll};
 
 /// Why [`TestCluster::boot`] failed.
 #[derive(Debug)]
@@ -73,9 +69,8 @@ impl Display for StartError {
 pub struct TestCluster {
     /// The nodes by id.
     pub(crate) nodes: BTreeMap<NodeId, Node>,
-    /// The HTTP client; never follows redirects, never uses a proxy, never pools connections (a
-    /// pooled connection to a killed process would fail the next request).
-    pub(crate) client: Client,
+    /// The clients requests go out with (raw HTTP and `keel_api`).
+    pub(crate) clients: Clients,
     /// The cluster's directory: one data directory and one log file per node.
     pub(crate) dir: tempfile::TempDir,
     /// This cluster's turn among the clusters of this test process (released last, after the
@@ -196,15 +191,8 @@ impl TestCluster {
                 },
             );
         }
-        let client = Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .timeout(REQUEST_TIMEOUT)
-            .default_headers(headers)
-            .build()
-            .expect("cannot build HTTP client");
-        Self { nodes, client, dir, _slot: slot }
+        let clients = Clients::new(&bootstrap_http, headers);
+        Self { nodes, clients, dir, _slot: slot }
     }
 
     /// Starts node 1, then joins the others one at a time; see the module docs.
@@ -212,7 +200,7 @@ impl TestCluster {
         let bootstrap = self.node(1);
         bootstrap.spawn();
         self.await_start(1, "node 1 to bootstrap and become ready", || {
-            self.ready(1) && self.try_status(1).is_some_and(|s| s.role == "leader")
+            self.ready(1) && self.try_status(1).is_some_and(|s| s.node.role == Role::Leader)
         })?;
         for node in self.nodes.values().filter(|node| node.id != 1) {
             node.spawn();
@@ -264,30 +252,13 @@ impl TestCluster {
     fn is_member(&self, id: NodeId) -> bool {
         let learner = self.node(id).learner;
         let listed = self.members(id).is_some_and(|members| members.get(&id) == Some(&!learner));
-        let role = self.try_status(id).map(|status| status.role).unwrap_or_default();
-        let role_ok =
-            if learner { role == "learner" } else { role == "follower" || role == "leader" };
+        let role = self.try_status(id).map(|status| status.node.role);
+        let role_ok = if learner {
+            role == Some(Role::Learner)
+        } else {
+            matches!(role, Some(Role::Follower | Role::Leader))
+        };
         listed && role_ok
-    }
-
-    /// Node `id`'s `/nodes?nonvoters`, as a map from node id to its `voter` flag; `None` if the
-    /// node does not answer.
-    fn members(&self, id: NodeId) -> Option<BTreeMap<NodeId, bool>> {
-        let reply = self.try_get(id, "/nodes?nonvoters")?;
-        if reply.status != 200 {
-            return None;
-        }
-        let nodes: Value = serde_json::from_str(&reply.body).ok()?;
-        nodes
-            .as_object()?
-            .iter()
-            .map(|(key, node)| Some((key.parse().ok()?, node["voter"].as_bool()?)))
-            .collect()
-    }
-
-    /// Whether node `id`'s `/readyz` answers 200.
-    fn ready(&self, id: NodeId) -> bool {
-        self.try_get(id, "/readyz").is_some_and(|reply| reply.status == 200)
     }
 
     /// The node with id `id`; panics if there is none.
@@ -433,7 +404,7 @@ impl TestCluster {
                 "node {id} did not join: {error}; the leader (node {leader:?}) lists (id, voter) \
                  {:?}; node {id}'s status: {:?}",
                 leader.and_then(|leader| self.members(leader)),
-                self.try_status(id)
+                self.try_status(id).map(|status| describe(&status))
             );
         }
     }
@@ -513,43 +484,15 @@ impl TestCluster {
 
     // ---- Waiting on the cluster --------------------------------------------------------------
 
-    /// Node `id`'s `/status` node subtree; panics if it does not answer.
-    pub fn status(&self, id: NodeId) -> NodeStatus {
-        let reply = self.get(id, "/status");
-        assert_eq!(reply.status, 200, "node {id} /status: {}", reply.body);
-        NodeStatus::parse(&reply.json())
-            .unwrap_or_else(|| panic!("node {id} /status lacks node fields: {}", reply.body))
-    }
-
-    /// Node `id`'s `/status` node subtree, or `None` if it is down, paused or does not answer.
-    pub fn try_status(&self, id: NodeId) -> Option<NodeStatus> {
-        let reply = self.try_get(id, "/status")?;
-        if reply.status != 200 {
-            return None;
-        }
-        NodeStatus::parse(&serde_json::from_str(&reply.body).ok()?)
-    }
-
-    /// Node `id`'s `/status` `snapshot` subtree; panics if the node does not answer or serves
-    /// no such subtree.
-    pub fn snapshot_status(&self, id: NodeId) -> SnapshotStatus {
-        let reply = self.get(id, "/status");
-        assert_eq!(reply.status, 200, "node {id} /status: {}", reply.body);
-        let status = reply.json();
-        status.get("snapshot").and_then(SnapshotStatus::parse).unwrap_or_else(|| {
-            panic!("node {id} /status has no complete `snapshot` subtree: {status}")
-        })
-    }
-
     /// The leader right now, if a majority of all voters (counting only those that answer)
     /// names the same leader in the same term and that node says it leads.
     fn current_leader(&self) -> Option<NodeId> {
         let majority = self.voters().len() / 2 + 1;
-        let statuses: Vec<NodeStatus> =
-            self.voters().into_iter().filter_map(|id| self.try_status(id)).collect();
+        let statuses: Vec<keel_api::status::Node> =
+            self.voters().into_iter().filter_map(|id| Some(self.try_status(id)?.node)).collect();
         statuses
             .iter()
-            .filter(|s| s.role == "leader" && s.leader_id == Some(s.id))
+            .filter(|s| s.role == Role::Leader && s.leader_id == Some(s.id))
             .find(|leader| {
                 statuses
                     .iter()
@@ -568,7 +511,7 @@ impl TestCluster {
                 .voters()
                 .into_iter()
                 .map(|id| match self.try_status(id) {
-                    Some(status) => format!("{status:?}"),
+                    Some(status) => describe(&status),
                     None => format!("node {id}: no answer"),
                 })
                 .collect();
@@ -580,10 +523,10 @@ impl TestCluster {
     pub fn wait_applied(&self, id: NodeId, lsn: Lsn) {
         let applied = poll(TIMEOUT, || {
             self.assert_alive(id);
-            self.try_status(id).filter(|s| s.applied_index >= lsn)
+            self.try_status(id).filter(|s| s.node.applied_index >= lsn)
         });
         if applied.is_none() {
-            let now = self.try_status(id);
+            let now = self.try_status(id).map(|status| describe(&status));
             panic!(
                 "timed out after {TIMEOUT:?} waiting for node {id} to apply lsn {lsn}; its status now: {now:?}"
             );
@@ -629,4 +572,19 @@ impl Drop for TestCluster {
             panic!("nodes exited on their own during the test: {crashed:?}");
         }
     }
+}
+
+/// What a failure message shows of a node's `/status`: its Raft state, not the whole document.
+fn describe(status: &Status) -> String {
+    let node = &status.node;
+    format!(
+        "node {} {} term {} leader {:?} log {} commit {} applied {}",
+        node.id,
+        node.role.as_str(),
+        node.term,
+        node.leader_id,
+        node.last_log_index,
+        node.commit_index,
+        node.applied_index
+    )
 }

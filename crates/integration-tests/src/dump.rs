@@ -53,7 +53,7 @@ impl TestCluster {
             } else if is_without_rowid(create) {
                 let columns =
                     self.query(id, &format!("SELECT * FROM {table} LIMIT 0"), Level::None);
-                let count = columns.result(0)["columns"].as_array().map_or(0, Vec::len);
+                let count = columns.result(0).columns().len();
                 let order: Vec<String> = (1..=count).map(|i| i.to_string()).collect();
                 format!("SELECT * FROM {table} ORDER BY {}", order.join(", "))
             } else {
@@ -62,7 +62,7 @@ impl TestCluster {
             let result = self.query(id, &sql, Level::None);
             tables.insert(
                 name.to_string(),
-                json!({"columns": result.result(0)["columns"], "values": result.rows(0)}),
+                json!({"columns": result.result(0).columns, "values": result.rows(0)}),
             );
         }
         json!({"schema": schema, "tables": tables})
@@ -78,7 +78,7 @@ impl TestCluster {
     /// Like [`TestCluster::assert_consistent`], comparing [`TestCluster::dump_with`]`(summaries)`.
     pub fn assert_consistent_with(&self, summaries: &[(&str, &str)]) -> Value {
         let leader = self.leader();
-        let lsn = self.status(leader).commit_index;
+        let lsn = self.status(leader).node.commit_index;
         self.wait_all_applied(lsn);
         let expected = self.dump_with(leader, summaries);
         for id in self.up().into_iter().filter(|&id| id != leader) {

@@ -45,7 +45,7 @@
 //! ([`TIMEOUT`]) and fails with a message naming the condition. Short sleeps between polls are
 //! the only sleeps.
 //!
-//! Everything is blocking (`reqwest::blocking`, `std::thread`): tests that need concurrency use
+//! Everything is blocking (`keel_api::blocking`, `reqwest::blocking`, `std::thread`): tests that need concurrency use
 //! `std::thread::scope`, and every method takes `&self`, so a [`TestCluster`] can be shared by
 //! the writer threads and the thread that restarts nodes under them.
 //!
@@ -53,9 +53,10 @@
 //!
 //! * `process`: building `keel`, picking ports, one node's process (start, signal, reap, log).
 //! * `cluster`: [`TestCluster`]: boot and join, topology, growing, faults, waiting.
-//! * `http`: requests to one node, raw ([`Reply`], [`RawReply`]) and the database calls
-//!   ([`Response`]).
-//! * `status`: what `/status` says ([`NodeStatus`], [`SnapshotStatus`]).
+//! * `api`: the calls whose answers tests read, through `keel_api` with its wire types
+//!   ([`Response`], [`Status`]); [`TestCluster::client`] for a client of the whole cluster.
+//! * `http`: raw requests to one node ([`Reply`], [`RawReply`]), for tests about bytes,
+//!   statuses and headers.
 //! * `dump`: comparing nodes ([`TestCluster::dump`], [`TestCluster::assert_consistent`]).
 //! * [`chaos`]: `keel-chaos`, the fault harness with network faults; [`tour`]: the documentation
 //!   run as a test.
@@ -77,23 +78,25 @@
 //! * If the test process itself is killed (not a panic: SIGKILL, or an aborted `cargo test`),
 //!   `Drop` does not run and the `keel` processes keep running until killed by hand.
 
+mod api;
 pub mod chaos;
 mod cluster;
 mod dump;
 mod http;
 mod process;
-mod status;
 pub mod tour;
 
 use std::fmt::Display;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+pub use api::Response;
 pub use cluster::TestCluster;
 pub use dump::assert_same_dump;
-pub use http::{Level, RawReply, Reply, Response};
+pub use http::{RawReply, Reply};
+pub use keel_api::Level;
+pub use keel_api::status::{Role, Status};
 pub use process::{free_ports, keel_binary};
-pub use status::{NodeStatus, SnapshotStatus};
 
 /// A node's id, as passed to `keel serve --id`. Nodes of a [`TestCluster`] are numbered from 1:
 /// voters first, then learners.

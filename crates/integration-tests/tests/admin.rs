@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use integration_tests::{NodeId, Reply, Response, TIMEOUT, TestCluster, keel_binary, wait_for};
+use integration_tests::{NodeId, Reply, Role, TIMEOUT, TestCluster, keel_binary, wait_for};
 use serde_json::{Value, json};
 
 /// Acknowledged writes the load test waits for before and after the promotion.
@@ -47,7 +47,7 @@ fn membership(c: &TestCluster, via: NodeId) -> Vec<(NodeId, bool)> {
 fn wait_everyone_follows(c: &TestCluster, ids: &[NodeId], leader: NodeId) {
     for &id in ids {
         wait_for(TIMEOUT, format!("node {id} to follow node {leader}"), || {
-            c.try_status(id).filter(|s| s.leader_id == Some(leader))
+            c.try_status(id).filter(|s| s.node.leader_id == Some(leader))
         });
     }
 }
@@ -106,7 +106,7 @@ fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
                 let reply = c.post(to, &format!("/db/execute?request_id=w{n}"), insert.clone());
                 match reply.status {
                     200 => {
-                        Response(reply.json()).assert_ok();
+                        reply.answer().assert_ok();
                         acked.lock().unwrap().insert(n);
                         break;
                     }
@@ -137,7 +137,7 @@ fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
 
     assert_eq!(promoted["leader"], json!(target), "{promoted}");
     assert_eq!(c.leader(), target);
-    let term = c.status(target).term;
+    let term = c.status(target).node.term;
     assert_eq!(promoted["term"], json!(term), "{promoted}");
     eprintln!("writes refused with 503 during the handover: {}", refusals.load(Ordering::Relaxed));
 
@@ -160,7 +160,7 @@ fn promoting_a_learner_makes_it_a_voter_and_the_leader() {
     let c = TestCluster::start(3, 1);
     let learner = c.learners()[0];
     let old = c.leader();
-    let before = c.status(old).term;
+    let before = c.status(old).node.term;
     c.execute_ok(
         old,
         json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO t(v) VALUES('a')"]),
@@ -170,7 +170,7 @@ fn promoting_a_learner_makes_it_a_voter_and_the_leader() {
     assert_eq!(answer["leader"], json!(learner), "{answer}");
     assert!(answer["term"].as_u64().unwrap() > before, "{answer}");
 
-    let status = c.status(learner);
+    let status = c.status(learner).node;
     assert_eq!((status.role.as_str(), status.leader_id), ("leader", Some(learner)), "{status:?}");
     let voters: Vec<NodeId> =
         membership(&c, learner).into_iter().filter(|&(_, v)| v).map(|(id, _)| id).collect();
@@ -237,7 +237,7 @@ fn refusals_and_membership_changes() {
     let leader = c.leader();
     let followers = c.followers(leader);
     let (a, b) = (followers[0], followers[1]);
-    let term = c.status(leader).term;
+    let term = c.status(leader).node.term;
     let change = |via: NodeId, action: &str, id: NodeId| {
         c.post(via, "/admin/membership", json!({"action": action, "id": id}).to_string())
     };
@@ -271,7 +271,7 @@ fn refusals_and_membership_changes() {
     expected.sort_unstable();
     assert_eq!(membership(&c, leader), expected);
     wait_for(TIMEOUT, format!("node {a} to see itself as a learner"), || {
-        c.try_status(a).filter(|s| s.role == "learner")
+        c.try_status(a).filter(|s| s.node.role == Role::Learner)
     });
     let remove_last = c.delete(leader, "/remove", json!({"id": leader}).to_string());
     refused("remove the last voter", remove_last, 409, "last voter");
@@ -365,7 +365,7 @@ fn keel_admin_prints_status_and_promotes() {
     let out = keel_admin(&["promote", &target.to_string(), "--cluster", &url]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "promote failed: {}", String::from_utf8_lossy(&out.stderr));
-    let term = c.status(target).term;
+    let term = c.status(target).node.term;
     assert_eq!(stdout.trim(), format!("node {target} is now the leader (term {term})"));
     assert_eq!(c.leader(), target);
 

@@ -56,7 +56,7 @@ fn write_ok(
         "node {id} /db/execute durability={durability:?} {statements}: {}",
         reply.body
     );
-    let response = Response(reply.json());
+    let response = reply.answer();
     response.assert_ok();
     (response, took)
 }
@@ -163,7 +163,7 @@ fn sync_write_is_visible_on_every_node_at_once() {
         let endpoint = if i % 2 == 0 { "/db/execute" } else { "/db/request" };
         let (reply, _) = write(&c, leader, endpoint, Some("sync"), &statements);
         assert_eq!(reply.status, 200, "{endpoint}?durability=sync, row {i}: {}", reply.body);
-        let response = Response(reply.json());
+        let response = reply.answer();
         response.assert_ok();
         let lsn = response.lsn();
         for node in c.ids() {
@@ -506,7 +506,7 @@ fn bad_durability_is_refused() {
                     "node {node} {endpoint}?durability={durability}: {}",
                     reply.body
                 );
-                let response = Response(reply.json());
+                let response = reply.answer();
                 response.assert_ok();
                 last = response.lsn();
             }
