@@ -47,6 +47,15 @@ impl Reply {
         })
     }
 
+    /// Parses the body as `T` (one of `keel_api`'s wire types); panics with the body if it is
+    /// not one.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_str(&self.body).unwrap_or_else(|error| {
+            let name = std::any::type_name::<T>();
+            panic!("answer (status {}) is not a {name} ({error}): {}", self.status, self.body)
+        })
+    }
+
     /// Parses the body as a database answer; panics with the body if it is not one.
     pub fn answer(&self) -> Response {
         let answer = serde_json::from_str(&self.body).unwrap_or_else(|error| {

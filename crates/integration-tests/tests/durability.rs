@@ -102,7 +102,7 @@ fn replication(c: &TestCluster, id: NodeId) -> Value {
 
 /// `lag_entries` of member `node` in the leader's `/status`, if known.
 fn lag_entries(c: &TestCluster, leader: NodeId, node: NodeId) -> Option<u64> {
-    replication(c, leader)[node.to_string()]["lag_entries"].as_u64()
+    c.status(leader).replication?.get(&node.to_string())?.lag_entries
 }
 
 /// Node `id`'s `/metrics`, as text.
