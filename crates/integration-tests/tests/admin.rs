@@ -8,8 +8,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use integration_tests::{NodeId, Reply, Response, TIMEOUT, TestCluster, keel_binary, wait_for};
-use serde_json::{Value, json};
+use integration_tests::{NodeId, Reply, Role, TIMEOUT, TestCluster, keel_binary, wait_for};
+use keel_api::ErrorAnswer;
+use keel_api::cluster::{LeaderChanged, MembershipChanged, NodeMap, Removed};
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
 /// Acknowledged writes the load test waits for before and after the promotion.
 const WRITES_PER_PHASE: usize = 60;
@@ -17,28 +20,24 @@ const WRITES_PER_PHASE: usize = 60;
 /// Concurrent writer threads in the load test.
 const WRITERS: i64 = 4;
 
-/// Asserts a 200 answer and returns its JSON.
-fn ok(what: &str, reply: Reply) -> Value {
+/// Asserts a 200 answer and returns it as `T`.
+fn ok<T: DeserializeOwned>(what: &str, reply: Reply) -> T {
     assert_eq!(reply.status, 200, "{what}: {}", reply.body);
-    reply.json()
+    reply.parse()
 }
 
 /// Asserts an error answer with `status` whose message contains `needle`.
 fn refused(what: &str, reply: Reply, status: u16, needle: &str) {
     assert_eq!(reply.status, status, "{what}: {}", reply.body);
-    let error = reply.json()["error"].as_str().unwrap_or_default().to_string();
+    let error = reply.parse::<ErrorAnswer>().error;
     assert!(error.contains(needle), "{what}: error {error:?} should mention {needle:?}");
 }
 
 /// Node `via`'s `/nodes?nonvoters` as `{id: voter}`.
 fn membership(c: &TestCluster, via: NodeId) -> Vec<(NodeId, bool)> {
-    let nodes = ok("/nodes", c.get(via, "/nodes?nonvoters"));
-    let mut members: Vec<(NodeId, bool)> = nodes
-        .as_object()
-        .expect("/nodes is an object")
-        .iter()
-        .map(|(id, n)| (id.parse().unwrap(), n["voter"].as_bool().unwrap()))
-        .collect();
+    let nodes: NodeMap = ok("/nodes", c.get(via, "/nodes?nonvoters"));
+    let mut members: Vec<(NodeId, bool)> =
+        nodes.iter().map(|(id, n)| (id.parse().unwrap(), n.voter)).collect();
     members.sort_unstable();
     members
 }
@@ -47,7 +46,7 @@ fn membership(c: &TestCluster, via: NodeId) -> Vec<(NodeId, bool)> {
 fn wait_everyone_follows(c: &TestCluster, ids: &[NodeId], leader: NodeId) {
     for &id in ids {
         wait_for(TIMEOUT, format!("node {id} to follow node {leader}"), || {
-            c.try_status(id).filter(|s| s.leader_id == Some(leader))
+            c.try_status(id).filter(|s| s.node.leader_id == Some(leader))
         });
     }
 }
@@ -106,7 +105,7 @@ fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
                 let reply = c.post(to, &format!("/db/execute?request_id=w{n}"), insert.clone());
                 match reply.status {
                     200 => {
-                        Response(reply.json()).assert_ok();
+                        reply.answer().assert_ok();
                         acked.lock().unwrap().insert(n);
                         break;
                     }
@@ -124,7 +123,8 @@ fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             wait_for_more("before the promotion");
             // Sent to the third node: the request is forwarded to the leader.
-            let answer = ok("promote", c.post(other, &format!("/admin/promote?node={target}"), ""));
+            let answer: LeaderChanged =
+                ok("promote", c.post(other, &format!("/admin/promote?node={target}"), ""));
             wait_for_more("after the promotion");
             answer
         }));
@@ -135,10 +135,10 @@ fn promoting_a_follower_under_write_load_loses_no_acknowledged_write() {
         result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     });
 
-    assert_eq!(promoted["leader"], json!(target), "{promoted}");
+    assert_eq!(promoted.leader, target, "{promoted:?}");
     assert_eq!(c.leader(), target);
-    let term = c.status(target).term;
-    assert_eq!(promoted["term"], json!(term), "{promoted}");
+    let term = c.status(target).node.term;
+    assert_eq!(promoted.term, term, "{promoted:?}");
     eprintln!("writes refused with 503 during the handover: {}", refusals.load(Ordering::Relaxed));
 
     c.assert_consistent();
@@ -160,17 +160,18 @@ fn promoting_a_learner_makes_it_a_voter_and_the_leader() {
     let c = TestCluster::start(3, 1);
     let learner = c.learners()[0];
     let old = c.leader();
-    let before = c.status(old).term;
+    let before = c.status(old).node.term;
     c.execute_ok(
         old,
         json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO t(v) VALUES('a')"]),
     );
 
-    let answer = ok("promote learner", c.post(old, &format!("/admin/promote?node={learner}"), ""));
-    assert_eq!(answer["leader"], json!(learner), "{answer}");
-    assert!(answer["term"].as_u64().unwrap() > before, "{answer}");
+    let answer: LeaderChanged =
+        ok("promote learner", c.post(old, &format!("/admin/promote?node={learner}"), ""));
+    assert_eq!(answer.leader, learner, "{answer:?}");
+    assert!(answer.term > before, "{answer:?}");
 
-    let status = c.status(learner);
+    let status = c.status(learner).node;
     assert_eq!((status.role.as_str(), status.leader_id), ("leader", Some(learner)), "{status:?}");
     let voters: Vec<NodeId> =
         membership(&c, learner).into_iter().filter(|&(_, v)| v).map(|(id, _)| id).collect();
@@ -199,9 +200,9 @@ fn removing_a_dead_voter_restores_quorum_math_of_two() {
 
     c.kill(dead);
     // Sent to the follower (forwarded), with the id as a string as rqlite clients send it.
-    let answer =
+    let answer: Removed =
         ok("remove", c.delete(survivor, "/remove", json!({"id": dead.to_string()}).to_string()));
-    assert_eq!(answer["removed"], json!(dead), "{answer}");
+    assert_eq!(answer.removed, dead, "{answer:?}");
     let mut expected = vec![(leader, true), (survivor, true)];
     expected.sort_unstable();
     wait_for(TIMEOUT, "both remaining nodes to list only each other", || {
@@ -237,7 +238,7 @@ fn refusals_and_membership_changes() {
     let leader = c.leader();
     let followers = c.followers(leader);
     let (a, b) = (followers[0], followers[1]);
-    let term = c.status(leader).term;
+    let term = c.status(leader).node.term;
     let change = |via: NodeId, action: &str, id: NodeId| {
         c.post(via, "/admin/membership", json!({"action": action, "id": id}).to_string())
     };
@@ -261,17 +262,18 @@ fn refusals_and_membership_changes() {
     );
 
     // Promoting the leader changes nothing.
-    let same = ok("promote the leader", c.post(b, &format!("/admin/promote?node={leader}"), ""));
-    assert_eq!((same["leader"].clone(), same["term"].clone()), (json!(leader), json!(term)));
+    let same: LeaderChanged =
+        ok("promote the leader", c.post(b, &format!("/admin/promote?node={leader}"), ""));
+    assert_eq!((same.leader, same.term), (leader, term));
 
     // Demote both followers: the leader is the last voter.
-    assert_eq!(ok("demote a", change(b, "demote", a))["voter"], json!(false));
-    assert_eq!(ok("demote b", change(leader, "demote", b))["voter"], json!(false));
+    assert!(!ok::<MembershipChanged>("demote a", change(b, "demote", a)).voter);
+    assert!(!ok::<MembershipChanged>("demote b", change(leader, "demote", b)).voter);
     let mut expected = vec![(leader, true), (a, false), (b, false)];
     expected.sort_unstable();
     assert_eq!(membership(&c, leader), expected);
     wait_for(TIMEOUT, format!("node {a} to see itself as a learner"), || {
-        c.try_status(a).filter(|s| s.role == "learner")
+        c.try_status(a).filter(|s| s.node.role == Role::Learner)
     });
     let remove_last = c.delete(leader, "/remove", json!({"id": leader}).to_string());
     refused("remove the last voter", remove_last, 409, "last voter");
@@ -288,21 +290,20 @@ fn refusals_and_membership_changes() {
     assert_same_data(&c, &c.ids(), leader, lsn);
 
     // Promote a back to voter, then hand it leadership the rqlite way.
-    assert_eq!(ok("promote a", change(b, "promote", a))["voter"], json!(true));
-    let moved =
+    assert!(ok::<MembershipChanged>("promote a", change(b, "promote", a)).voter);
+    let moved: LeaderChanged =
         ok("POST /leader to a", c.post(b, "/leader", json!({"id": a.to_string()}).to_string()));
-    assert_eq!(moved["leader"], json!(a), "{moved}");
+    assert_eq!(moved.leader, a, "{moved:?}");
     wait_everyone_follows(&c, &c.ids(), a);
     // Without an id, leadership goes to the other voter: the old leader.
-    let back = ok("POST /leader without id", c.post(a, "/leader", ""));
-    assert_eq!(back["leader"], json!(leader), "{back}");
+    let back: LeaderChanged = ok("POST /leader without id", c.post(a, "/leader", ""));
+    assert_eq!(back.leader, leader, "{back:?}");
     wait_everyone_follows(&c, &c.ids(), leader);
 
     // A learner can be removed outright.
-    assert_eq!(
-        ok("remove learner b", c.delete(a, "/remove", json!({"id": b}).to_string()))["removed"],
-        json!(b)
-    );
+    let removed: Removed =
+        ok("remove learner b", c.delete(a, "/remove", json!({"id": b}).to_string()));
+    assert_eq!(removed.removed, b);
     expected = vec![(leader, true), (a, true)];
     expected.sort_unstable();
     wait_for(TIMEOUT, "the leader to list only the voters", || {
@@ -365,7 +366,7 @@ fn keel_admin_prints_status_and_promotes() {
     let out = keel_admin(&["promote", &target.to_string(), "--cluster", &url]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "promote failed: {}", String::from_utf8_lossy(&out.stderr));
-    let term = c.status(target).term;
+    let term = c.status(target).node.term;
     assert_eq!(stdout.trim(), format!("node {target} is now the leader (term {term})"));
     assert_eq!(c.leader(), target);
 

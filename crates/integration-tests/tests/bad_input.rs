@@ -2,7 +2,7 @@
 //! statements that would break replication are refused with a clear error, and afterwards the
 //! cluster still takes writes and every node holds the same data.
 
-use integration_tests::{Level, NodeId, Response, TestCluster};
+use integration_tests::{Level, NodeId, TestCluster};
 use serde_json::json;
 
 /// Asserts that `statement`, sent alone to `/db/execute` on `node`, is refused: either the request
@@ -12,7 +12,7 @@ fn assert_refused(c: &TestCluster, node: NodeId, statement: serde_json::Value) {
     match reply.status {
         400 => assert!(!reply.body.trim().is_empty(), "a 400 for {statement} says why"),
         200 => {
-            let response = Response(reply.json());
+            let response = reply.answer();
             let error = response
                 .error(0)
                 .unwrap_or_else(|| panic!("node {node} accepted {statement}: {}", reply.body));

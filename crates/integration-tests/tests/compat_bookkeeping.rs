@@ -25,7 +25,7 @@ fn assert_refused(c: &TestCluster, id: u64, sql: &str, table: &str) {
         .error(0)
         .unwrap_or_else(|| panic!("node {id}: {sql} was not refused: {response:?}"));
     assert!(error.contains(table), "node {id}: {sql}: {error}");
-    assert!(response.result(0).get("values").is_none(), "node {id}: {sql}: {response:?}");
+    assert!(response.result(0).values.is_none(), "node {id}: {sql}: {response:?}");
 }
 
 /// Whether any listed name is one of Keel's.

@@ -56,7 +56,7 @@ fn write_ok(
         "node {id} /db/execute durability={durability:?} {statements}: {}",
         reply.body
     );
-    let response = Response(reply.json());
+    let response = reply.answer();
     response.assert_ok();
     (response, took)
 }
@@ -102,7 +102,7 @@ fn replication(c: &TestCluster, id: NodeId) -> Value {
 
 /// `lag_entries` of member `node` in the leader's `/status`, if known.
 fn lag_entries(c: &TestCluster, leader: NodeId, node: NodeId) -> Option<u64> {
-    replication(c, leader)[node.to_string()]["lag_entries"].as_u64()
+    c.status(leader).replication?.get(&node.to_string())?.lag_entries
 }
 
 /// Node `id`'s `/metrics`, as text.
@@ -163,7 +163,7 @@ fn sync_write_is_visible_on_every_node_at_once() {
         let endpoint = if i % 2 == 0 { "/db/execute" } else { "/db/request" };
         let (reply, _) = write(&c, leader, endpoint, Some("sync"), &statements);
         assert_eq!(reply.status, 200, "{endpoint}?durability=sync, row {i}: {}", reply.body);
-        let response = Response(reply.json());
+        let response = reply.answer();
         response.assert_ok();
         let lsn = response.lsn();
         for node in c.ids() {
@@ -506,7 +506,7 @@ fn bad_durability_is_refused() {
                     "node {node} {endpoint}?durability={durability}: {}",
                     reply.body
                 );
-                let response = Response(reply.json());
+                let response = reply.answer();
                 response.assert_ok();
                 last = response.lsn();
             }

@@ -56,7 +56,7 @@ fn killed_leader_is_replaced_and_catches_up_after_restart() {
     }
     let leader = c.leader();
     assert_eq!(
-        c.status(old).leader_id,
+        c.status(old).node.leader_id,
         Some(leader),
         "the restarted node follows the current leader"
     );

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use integration_tests::{TIMEOUT, TestCluster, wait_for};
+use integration_tests::{Role, TIMEOUT, TestCluster, wait_for};
 use serde_json::json;
 
 #[test]
@@ -11,7 +11,7 @@ fn frozen_leader_is_replaced_and_steps_down_when_it_wakes() {
     let c = TestCluster::start(3, 0);
     let old = c.leader();
     c.execute_ok(old, json!(["CREATE TABLE f (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]));
-    let old_term = c.status(old).term;
+    let old_term = c.status(old).node.term;
 
     c.pause(old);
     let frozen_at = Instant::now();
@@ -30,7 +30,7 @@ fn frozen_leader_is_replaced_and_steps_down_when_it_wakes() {
             let l = c.leader();
             (l != old).then_some(l)
         });
-        let new_term = c.status(new).term;
+        let new_term = c.status(new).node.term;
         assert!(new_term > old_term, "the new leader's term {new_term} is later than {old_term}");
 
         let mut acked = Vec::new();
@@ -51,8 +51,8 @@ fn frozen_leader_is_replaced_and_steps_down_when_it_wakes() {
 
     // The old leader learns of the new term and follows the new leader.
     wait_for(TIMEOUT, "the old leader to step down and follow the new one", || {
-        let s = c.try_status(old)?;
-        (s.role == "follower" && s.term >= new_term && s.leader_id == Some(new)).then_some(())
+        let s = c.try_status(old)?.node;
+        (s.role == Role::Follower && s.term >= new_term && s.leader_id == Some(new)).then_some(())
     });
 
     // Its write was either refused or re-routed to the new leader; if acknowledged, it is kept.
@@ -98,7 +98,7 @@ fn restarted_old_leader_does_not_answer_no_op_writes_from_a_stale_copy() {
     }
     c.restart(old);
     wait_for(TIMEOUT, "the restarted node to believe it leads its old term", || {
-        (c.try_status(old)?.role == "leader").then_some(())
+        (c.try_status(old)?.node.role == Role::Leader).then_some(())
     });
     // On its stale copy v is 1, so this changes nothing there; the truth is v = 2.
     let answer =

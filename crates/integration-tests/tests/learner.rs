@@ -1,7 +1,7 @@
 //! Learners (`--learner`) are asynchronous read replicas: they receive every write, serve reads
 //! of their own data, forward writes, and are never needed for a commit nor elected.
 
-use integration_tests::{Level, TestCluster};
+use integration_tests::{Level, Role, TestCluster};
 use serde_json::json;
 
 /// A learner joins as a non-voter, receives the data, serves `level=none` reads from it and
@@ -13,8 +13,8 @@ fn learner_receives_writes_and_serves_local_reads() {
     let leader = c.leader();
     assert_ne!(leader, learner);
 
-    let status = c.status(learner);
-    assert_eq!(status.role, "learner", "{status:?}");
+    let status = c.status(learner).node;
+    assert_eq!(status.role, Role::Learner, "{status:?}");
     assert_eq!(status.leader_id, Some(leader), "{status:?}");
     let nodes = c.get(leader, "/nodes?nonvoters").json();
     for id in c.ids() {
@@ -59,6 +59,6 @@ fn learner_receives_writes_and_serves_local_reads() {
     c.restart(learner);
     c.execute_ok(leader, json!(["INSERT INTO l(v) VALUES('after restart')"]));
     c.assert_consistent();
-    assert_eq!(c.status(learner).role, "learner");
+    assert_eq!(c.status(learner).node.role, Role::Learner);
     assert_eq!(c.rows(learner, "SELECT count(*) FROM l"), vec![vec![json!(14)]]);
 }

@@ -61,7 +61,7 @@ fn insert(c: &TestCluster, node: NodeId, id: i64, v: &str) -> Lsn {
 fn read_ok(c: &TestCluster, node: NodeId, sql: &str, params: &str) -> Response {
     let reply = c.query_with(node, sql, params);
     assert_eq!(reply.status, 200, "node {node} ?{params} {sql}: {}", reply.body);
-    let response = Response(reply.json());
+    let response = reply.answer();
     response.assert_ok();
     response
 }
@@ -69,10 +69,10 @@ fn read_ok(c: &TestCluster, node: NodeId, sql: &str, params: &str) -> Response {
 /// The single integer a one-row, one-column query returned (0 for NULL).
 fn single_int(read: &Response) -> i64 {
     let rows = read.rows(0);
-    assert_eq!(rows.len(), 1, "one row expected: {}", read.0);
+    assert_eq!(rows.len(), 1, "one row expected: {read}");
     match &rows[0][0] {
         Value::Null => 0,
-        value => value.as_i64().unwrap_or_else(|| panic!("not an integer: {}", read.0)),
+        value => value.as_i64().unwrap_or_else(|| panic!("not an integer: {read}")),
     }
 }
 
@@ -104,8 +104,7 @@ fn min_lsn_reads_see_the_write_on_followers_and_learners() {
             assert_eq!(
                 read.rows(0),
                 vec![vec![json!(v)]],
-                "row {i} (lsn {lsn}) on node {node} with min_lsn={lsn}: {}",
-                read.0
+                "row {i} (lsn {lsn}) on node {node} with min_lsn={lsn}: {read}",
             );
             assert!(
                 read.lsn() >= lsn,
@@ -203,13 +202,13 @@ fn unreachable_min_lsn_answers_503_with_the_applied_index() {
         "node {learner} ?{params} (write at lsn {written}): {}",
         reply.body
     );
-    let read = Response(reply.json());
+    let read = reply.answer();
     read.assert_ok();
     assert!(
         read.lsn() >= next,
         "node {learner} served min_lsn={next} at applied index {}: {}",
         read.lsn(),
-        read.0
+        read
     );
     c.assert_consistent();
 }
@@ -365,7 +364,7 @@ fn linearizable_reads_on_replicas_are_never_stale_across_failover() {
                 id += 1;
                 let statements = json!([["INSERT INTO t(id, v) VALUES(?, 'failover')", id]]);
                 match c.try_execute(learner, "", &statements) {
-                    Ok(answer) if answer.0.get("error").is_none() && answer.error(0).is_none() => {
+                    Ok(answer) if answer.0.error.is_none() && answer.error(0).is_none() => {
                         *shared.acked.lock().unwrap_or_else(PoisonError::into_inner) =
                             (id, answer.lsn());
                         shared.acked_ids.lock().unwrap_or_else(PoisonError::into_inner).push(id);
@@ -386,9 +385,9 @@ fn linearizable_reads_on_replicas_are_never_stale_across_failover() {
                         .try_query_with(node, "SELECT max(id) FROM t", "level=linearizable")
                         .ok()
                         .filter(|reply| reply.status == 200)
-                        .and_then(|reply| serde_json::from_str::<Value>(&reply.body).ok())
+                        .and_then(|reply| serde_json::from_str(&reply.body).ok())
                         .map(Response)
-                        .filter(|read| read.0.get("error").is_none() && read.error(0).is_none());
+                        .filter(|read| read.0.error.is_none() && read.error(0).is_none());
                     let Some(read) = answer else {
                         shared.read_errors.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(20));
@@ -498,11 +497,7 @@ fn freshness_refuses_reads_on_a_follower_cut_off_from_the_leader() {
         let body = reply.json();
         let refused = body["error"].as_str().is_some_and(|error| error.contains("stale read"));
         if !refused {
-            assert_eq!(
-                Response(body.clone()).assert_ok().rows(0),
-                expected,
-                "node {follower} ?{params}"
-            );
+            assert_eq!(reply.answer().assert_ok().rows(0), expected, "node {follower} ?{params}");
         }
         refused.then_some(body)
     });

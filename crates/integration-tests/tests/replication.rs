@@ -42,7 +42,7 @@ fn writes_through_leader_and_follower_reach_every_node() {
         json!(["SELECT k FROM kv ORDER BY k", "SELECT 1"]).to_string(),
     );
     assert_eq!(posted.status, 200, "{}", posted.body);
-    let posted = integration_tests::Response(posted.json());
+    let posted = posted.answer();
     assert_eq!(posted.rows(0), vec![vec![json!("via-follower")], vec![json!("via-leader")]]);
     assert_eq!(posted.rows(1), vec![vec![json!(1)]]);
 
@@ -65,7 +65,7 @@ fn writes_through_leader_and_follower_reach_every_node() {
     assert_eq!(absent.rows(0), vec![vec![json!(0)]], "a redirected write is not executed");
     let followed = c.post_url(&location, body);
     assert_eq!(followed.status, 200, "{}", followed.body);
-    integration_tests::Response(followed.json()).assert_ok();
+    followed.answer().assert_ok();
 
     // Every node agrees on who leads.
     for id in c.ids() {

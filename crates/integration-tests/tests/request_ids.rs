@@ -68,7 +68,7 @@ fn a_retry_gets_the_original_answer_and_applies_nothing() {
     let post = |body: &Value| {
         let reply = c.post(leader, "/db/request?request_id=ret", body.to_string());
         assert_eq!(reply.status, 200, "{}", reply.body);
-        Response(reply.json())
+        reply.answer()
     };
     let first = post(&returning);
     assert_eq!(first.rows(0), vec![vec![json!("c"), json!("3")]]);

@@ -166,7 +166,7 @@ fn big_compacted_cluster(mib: u64) -> (TestCluster, usize) {
     let filled = started.elapsed();
     let small = next;
     insert_until(&c, leader, &mut next, "a snapshot of the big table", |leader| {
-        c.status(leader).snapshot_index.is_some_and(|index| index >= big_lsn)
+        c.status(leader).snapshot.index.is_some_and(|index| index >= big_lsn)
     });
     eprintln!(
         "{small} small writes in {compacted:.1?}, {mib} MiB in {:.1?}, {} small writes in {:.1?}; \
@@ -174,7 +174,7 @@ fn big_compacted_cluster(mib: u64) -> (TestCluster, usize) {
         filled - compacted,
         next - small,
         started.elapsed() - filled,
-        c.status(leader).snapshot_index,
+        c.status(leader).snapshot.index,
         c.purged_index(leader)
     );
     (c, next)
@@ -218,7 +218,7 @@ fn follower_catches_up_from_the_log() {
         "{WRITES} write requests from {THREADS} threads in {elapsed:.1?} ({:.0}/s), up to lsn {lsn}",
         WRITES as f64 / elapsed.as_secs_f64()
     );
-    assert_eq!(c.status(leader).snapshot_index, None, "the leader took a snapshot");
+    assert_eq!(c.status(leader).snapshot.index, None, "the leader took a snapshot");
     assert_eq!(c.purged_index(leader), None, "the leader compacted its log");
 
     let restarted = Instant::now();
@@ -245,8 +245,8 @@ fn follower_past_compaction_catches_up_through_a_snapshot() {
         leader,
         json!(["CREATE TABLE load (id INTEGER PRIMARY KEY, n INT NOT NULL UNIQUE)"]),
     );
-    c.wait_applied(stopped, c.status(leader).commit_index);
-    let behind_from = c.status(stopped).last_log_index;
+    c.wait_applied(stopped, c.status(leader).node.commit_index);
+    let behind_from = c.status(stopped).node.last_log_index;
 
     c.stop(stopped);
     let started = Instant::now();
@@ -259,12 +259,12 @@ fn follower_past_compaction_catches_up_through_a_snapshot() {
     let lsn = insert_until(&c, leader, &mut next, &what, |leader| {
         c.purged_index(leader).is_some_and(|purged| purged > behind_from)
     });
-    let lsn = lsn.max(c.status(leader).commit_index);
+    let lsn = lsn.max(c.status(leader).node.commit_index);
     eprintln!(
         "{next} write requests in {:.1?}; leader snapshot at {:?}, log purged through {:?}, \
          the follower stopped at {behind_from}",
         started.elapsed(),
-        c.status(leader).snapshot_index,
+        c.status(leader).snapshot.index,
         c.purged_index(leader)
     );
 
@@ -289,7 +289,7 @@ fn new_node_joins_a_big_database() {
 
     let started = Instant::now();
     let added = c.add_node(false);
-    let lsn = c.status(c.leader()).commit_index;
+    let lsn = c.status(c.leader()).node.commit_index;
     c.wait_applied(added, lsn);
     eprintln!("node {added} joined and applied lsn {lsn} in {:.1?}", started.elapsed());
     c.assert_consistent_with(BIG_SUMMARY);
@@ -320,7 +320,7 @@ fn kill_during_snapshot_install_then_restart_converges() {
     const MIB_OF_DATA: u64 = 64;
     let (mut c, rows) = big_compacted_cluster(MIB_OF_DATA);
 
-    let target = c.status(c.leader()).commit_index;
+    let target = c.status(c.leader()).node.commit_index;
     let added = c.launch_node(false);
     let snapshots = c.data_dir(added).join("snapshots");
     // Watch closely (the file exists only while the transfer runs), and give up early if the
@@ -334,9 +334,9 @@ fn kill_during_snapshot_install_then_restart_converges() {
         probes += 1;
         if probes.is_multiple_of(100)
             && let Some(status) = c.try_status(added)
-            && status.applied_index >= target
+            && status.node.applied_index >= target
         {
-            return Some(Err(format!("node {added} caught up first: {status:?}")));
+            return Some(Err(format!("node {added} caught up first: {:?}", status.node)));
         }
         None
     });
@@ -357,7 +357,7 @@ fn kill_during_snapshot_install_then_restart_converges() {
 
     let started = Instant::now();
     c.restart(added);
-    let lsn = c.status(c.leader()).commit_index;
+    let lsn = c.status(c.leader()).node.commit_index;
     c.wait_applied(added, lsn);
     eprintln!("node {added} restarted and applied lsn {lsn} in {:.1?}", started.elapsed());
     c.assert_consistent_with(BIG_SUMMARY);

@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use reqwest::blocking::Client;
-use serde_json::Value;
+use keel_api::blocking::Client;
+use keel_api::status::{Role, Status};
 
 use super::net::Net;
 
@@ -83,8 +83,25 @@ pub struct Cluster {
     pub nodes: Vec<ChaosNode>,
     /// The network.
     pub net: Net,
+    /// How the cluster was laid out.
     layout: Layout,
-    client: Client,
+    /// `keel_api` with a 20 s timeout, for membership changes and the workload's setup.
+    calls: Client,
+    /// `keel_api` with a 2 s timeout, for status and readiness polls.
+    probes: Client,
+}
+
+/// A `keel_api` client of the node at `url` alone: one attempt of at most `timeout`, no
+/// generated request ids, no idle connections. The checker must see each node's own answer to
+/// exactly the request it recorded, so the client's failover and retries stay off.
+pub fn pinned(url: &str, timeout: Duration) -> anyhow::Result<Client> {
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0);
+    let builder = keel_api::Client::builder([url])
+        .http(http)
+        .timeout(timeout)
+        .retry_for(Duration::ZERO)
+        .request_ids(false);
+    Ok(Client::from_builder(builder)?)
 }
 
 impl Cluster {
@@ -126,13 +143,10 @@ impl Cluster {
                 mounted: false,
             });
         }
-        let client = Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(5))
-            .build()?;
-        let mut cluster = Cluster { nodes, net, layout, client };
+        let first = format!("http://{}", nodes[0].http);
+        let calls = pinned(&first, Duration::from_secs(20))?;
+        let probes = pinned(&first, Duration::from_secs(2))?;
+        let mut cluster = Cluster { nodes, net, layout, calls, probes };
         if cluster.layout.tmpfs {
             for i in 1..=count {
                 cluster.mount(i)?;
@@ -265,7 +279,7 @@ impl Cluster {
     pub fn start(&mut self) -> anyhow::Result<()> {
         self.spawn(1, None)?;
         self.wait_until(Duration::from_secs(30), "node 1 to bootstrap", |c| {
-            c.status(1).is_some_and(|s| s["node"]["role"] == "leader")
+            c.status(1).is_some_and(|s| s.node.role == Role::Leader)
         })?;
         for i in 2..=self.nodes.len() {
             let join = format!("http://{}", self.nodes[0].http);
@@ -297,43 +311,41 @@ impl Cluster {
         }
     }
 
-    /// GET `path` on node `i`, as JSON; `None` on any failure.
-    pub fn get_json(&self, i: usize, path: &str) -> Option<Value> {
-        let url = format!("http://{}{}", self.nodes[i - 1].http, path);
-        let resp = self.client.get(url).timeout(Duration::from_secs(2)).send().ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().ok()
+    /// `base`, pinned to node `i`.
+    fn on(&self, base: &Client, i: usize) -> Option<Client> {
+        base.on(&format!("http://{}", self.nodes[i - 1].http)).ok()
     }
 
-    /// Node `i`'s `/status`.
-    pub fn status(&self, i: usize) -> Option<Value> {
-        self.get_json(i, "/status")
+    /// A `keel_api` client of node `i` alone (see [`pinned`]), with a 20 s timeout.
+    pub fn api(&self, i: usize) -> anyhow::Result<Client> {
+        Ok(self.calls.on(&format!("http://{}", self.nodes[i - 1].http))?)
+    }
+
+    /// Node `i`'s `/status`; `None` on any failure.
+    pub fn status(&self, i: usize) -> Option<Status> {
+        self.on(&self.probes, i)?.status().ok()
     }
 
     /// Whether node `i` answers `/readyz` with 200.
     pub fn ready(&self, i: usize) -> bool {
-        let url = format!("http://{}/readyz", self.nodes[i - 1].http);
-        self.client
-            .get(url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .is_ok_and(|r| r.status().is_success())
+        self.on(&self.probes, i)
+            .and_then(|client| client.ready(false, false).ok())
+            .is_some_and(|readiness| readiness.ready)
     }
 
     /// Whether node `i` lists itself as a member with the right voter flag.
     pub fn is_member(&self, i: usize) -> bool {
         let learner = self.nodes[i - 1].learner;
-        self.get_json(i, "/nodes?nonvoters")
-            .is_some_and(|nodes| nodes[i.to_string()]["voter"].as_bool() == Some(!learner))
+        let Some(nodes) = self.on(&self.probes, i).and_then(|client| client.nodes().ok()) else {
+            return false;
+        };
+        nodes.iter().any(|node| node.node_id() == Some(i as u64) && node.voter != learner)
     }
 
     /// The leader as most nodes that answer see it: a node that says it leads.
     pub fn leader(&self) -> Option<usize> {
         (1..=self.nodes.len()).find(|&i| {
-            !self.nodes[i - 1].paused
-                && self.status(i).is_some_and(|s| s["node"]["role"] == "leader")
+            !self.nodes[i - 1].paused && self.status(i).is_some_and(|s| s.node.role == Role::Leader)
         })
     }
 
@@ -476,37 +488,6 @@ impl Cluster {
             }
         }
         Ok(())
-    }
-
-    /// POSTs `body` to `path` on node `i`; the status and body, or the transport error.
-    pub fn post(&self, i: usize, path: &str, body: String) -> Result<(u16, String), String> {
-        self.send(reqwest::Method::POST, i, path, body)
-    }
-
-    /// DELETEs with `body` at `path` on node `i`.
-    pub fn delete(&self, i: usize, path: &str, body: String) -> Result<(u16, String), String> {
-        self.send(reqwest::Method::DELETE, i, path, body)
-    }
-
-    /// Sends a JSON `body` with `method` to `path` on node `i`.
-    fn send(
-        &self,
-        method: reqwest::Method,
-        i: usize,
-        path: &str,
-        body: String,
-    ) -> Result<(u16, String), String> {
-        let url = format!("http://{}{}", self.nodes[i - 1].http, path);
-        let resp = self
-            .client
-            .request(method, url)
-            .header("content-type", "application/json")
-            .body(body)
-            .timeout(Duration::from_secs(20))
-            .send()
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.text().unwrap_or_default()))
     }
 
     /// The directory of the run.

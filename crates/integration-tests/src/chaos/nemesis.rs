@@ -210,14 +210,14 @@ fn inject(
                 voters.iter().copied().filter(|&v| Some(v) != leader).collect();
             let (Some(l), false) = (leader, followers.is_empty()) else { return Ok(false) };
             let i = pick(rng, &followers, 1)[0];
-            let body = serde_json::json!({ "id": i }).to_string();
-            match cluster.delete(l, "/remove", body) {
-                Ok((200, _)) => {
+            match cluster.api(l)?.remove(i as u64) {
+                Ok(_) => {
                     cluster.kill(i);
                     cluster.nodes[i - 1].removed = true;
                     history.fault("member", format!("node {i} removed"));
                 }
-                Ok((status, text)) => {
+                Err(keel_api::Error::Refused { status, answer }) => {
+                    let text = answer.error;
                     history.fault("member", format!("removing node {i} refused: {status} {text}"));
                     return Ok(false);
                 }
@@ -243,7 +243,7 @@ fn inject(
                 voters.iter().copied().filter(|&v| Some(v) != leader).collect();
             let (Some(l), false) = (leader, followers.is_empty()) else { return Ok(false) };
             let i = pick(rng, &followers, 1)[0];
-            let answer = cluster.post(l, &format!("/admin/promote?node={i}"), String::new());
+            let answer = cluster.api(l)?.promote(i as u64);
             history.fault("promote", format!("node {i} (was {l}): {answer:?}"));
         }
     }

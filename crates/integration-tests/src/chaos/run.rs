@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use keel_api::status::Role;
+use keel_api::{Level, Statement};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
 use super::check::{self, Findings};
@@ -153,13 +154,14 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     let mut cluster = Cluster::new(net, layout)?;
     cluster.start().context("starting the cluster")?;
     let leader = cluster.leader().context("no leader after start")?;
-    let (status, body) = cluster
-        .post(leader, "/db/execute?durability=sync", config.workload.setup().to_string())
-        .map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(
-        status == 200 && !body.contains("\"error\""),
-        "schema setup failed: {status} {body}"
-    );
+    let setup: Vec<Statement> = serde_json::from_value(config.workload.setup())?;
+    let api = cluster.api(leader)?;
+    let answer = api
+        .send(api.inner().write(setup).durability(keel_api::Durability::Sync))
+        .context("schema setup failed")?;
+    if let Some((_, error)) = answer.first_error() {
+        anyhow::bail!("schema setup failed: {error}");
+    }
 
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -173,15 +175,15 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         std::thread::spawn(move || sample_leaders(&urls, &stop))
     };
     let shared = Arc::new(workload::Shared::default());
-    let client = Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(0)
-        .build()?;
+    // One client per node, each pinned to it: the history records which node was asked.
+    let nodes = urls
+        .iter()
+        .map(|url| cluster::pinned(url, workload::TIMEOUT))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut clients = Vec::new();
     for process in 0..config.clients {
-        let (urls, learners, history, shared, client) =
-            (urls.clone(), learners.clone(), history.clone(), shared.clone(), client.clone());
+        let (nodes, learners, history, shared) =
+            (nodes.clone(), learners.clone(), history.clone(), shared.clone());
         let workload = config.workload;
         let seed = config.seed.wrapping_mul(31).wrapping_add(process as u64 + 1);
         clients.push(std::thread::spawn(move || {
@@ -191,10 +193,10 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
                 let index = if inv.learner && !learners.is_empty() {
                     learners[rng.gen_range(0..learners.len())]
                 } else {
-                    rng.gen_range(0..urls.len())
+                    rng.gen_range(0..nodes.len())
                 };
                 let call = history.now();
-                let done = workload::perform(&client, &urls[index], &inv, Duration::from_secs(6));
+                let done = workload::perform(&nodes[index], &inv);
                 let ret = (done.outcome != Outcome::Info).then(|| history.now());
                 history.push(Op {
                     process,
@@ -234,7 +236,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     }
     if !recovered {
         let statuses: Vec<Value> =
-            (1..=count).map(|i| cluster.status(i).unwrap_or(Value::Null)).collect();
+            (1..=count).map(|i| cluster.status(i).map_or(Value::Null, |s| json!(s.node))).collect();
         findings_extra.push(format!(
             "recovery: the cluster did not recover within 60 s after healing: {}",
             json!(statuses)
@@ -271,18 +273,16 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
 
 /// Samples `/status` of every node every 100 ms until `stop`; returns term → leaders seen.
 fn sample_leaders(urls: &[String], stop: &AtomicBool) -> BTreeMap<u64, BTreeSet<usize>> {
-    let client = Client::builder().no_proxy().timeout(Duration::from_millis(500)).build();
-    let Ok(client) = client else { return BTreeMap::new() };
+    let nodes: anyhow::Result<Vec<_>> =
+        urls.iter().map(|url| cluster::pinned(url, Duration::from_millis(500))).collect();
+    let Ok(nodes) = nodes else { return BTreeMap::new() };
     let mut leaders: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
-        for (i, url) in urls.iter().enumerate() {
-            let status: Option<Value> =
-                client.get(format!("{url}/status")).send().ok().and_then(|r| r.json().ok());
-            if let Some(s) = status
-                && s["node"]["role"] == "leader"
-                && let Some(term) = s["node"]["term"].as_u64()
+        for (i, node) in nodes.iter().enumerate() {
+            if let Ok(s) = node.status()
+                && s.node.role == Role::Leader
             {
-                leaders.entry(term).or_default().insert(i + 1);
+                leaders.entry(s.node.term).or_default().insert(i + 1);
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -293,9 +293,9 @@ fn sample_leaders(urls: &[String], stop: &AtomicBool) -> BTreeMap<u64, BTreeSet<
 /// The leader, if every node runs, answers, and has applied the leader's commit index.
 fn caught_up(cluster: &Cluster) -> Option<usize> {
     let leader = cluster.leader()?;
-    let commit = cluster.status(leader)?["node"]["commit_index"].as_u64()?;
+    let commit = cluster.status(leader)?.node.commit_index;
     for i in 1..=cluster.nodes.len() {
-        let applied = cluster.status(i)?["node"]["applied_index"].as_u64()?;
+        let applied = cluster.status(i)?.node.applied_index;
         if applied < commit || !cluster.is_member(i) {
             return None;
         }
@@ -321,25 +321,24 @@ fn final_reads(
         return;
     };
     let query = workload.dump_query();
-    let body = json!([query]).to_string();
-    let read = |i: usize, level: &str| -> Option<Value> {
-        let (status, text) =
-            cluster.post(i, &format!("/db/query?level={level}"), body.clone()).ok()?;
-        (status == 200).then(|| serde_json::from_str(&text).ok()).flatten()
+    let read = |i: usize, level: Level| -> Option<Vec<Vec<Value>>> {
+        let api = cluster.api(i).ok()?;
+        let answer = api.send(api.inner().read([query]).level(level)).ok()?;
+        Some(answer.results.first()?.values().to_vec())
     };
     let call = history.now();
-    let Some(answer) = read(leader, "linearizable") else {
+    let Some(rows) = read(leader, Level::Linearizable) else {
         violations.push("final read through the leader failed".into());
         return;
     };
     let ret = history.now();
-    let rows = answer["results"][0]["values"].clone();
+    let rows = json!(rows);
     for i in 1..=cluster.nodes.len() {
-        match read(i, "none") {
-            Some(a) if a["results"][0]["values"] == rows => {}
+        match read(i, Level::None).map(|copy| json!(copy)) {
+            Some(copy) if copy == rows => {}
             other => violations.push(format!(
                 "convergence: node {i}'s copy differs from the leader's (node {leader}): {} vs {}",
-                other.map_or("no answer".into(), |a| a["results"][0]["values"].to_string()),
+                other.map_or("no answer".into(), |copy| copy.to_string()),
                 rows
             )),
         }

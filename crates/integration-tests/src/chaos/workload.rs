@@ -14,9 +14,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use keel_api::Statement;
+use keel_api::blocking::Client;
 use rand::Rng;
 use rand::rngs::StdRng;
-use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
 use super::history::Outcome;
@@ -294,84 +295,73 @@ pub struct Completion {
     pub error: Option<String>,
 }
 
-/// Sends `inv` to `base` (a node's `http://host:port`) and classifies the answer.
-pub fn perform(client: &Client, base: &str, inv: &Invocation, timeout: Duration) -> Completion {
-    let (path, params, body) = match &inv.request {
-        Request::Execute { params, body } => ("/db/execute", *params, body),
-        Request::Mixed { params, body } => ("/db/request", *params, body),
-        Request::Query { params, body } => ("/db/query", *params, body),
+/// How long one operation may take before its outcome counts as unknown.
+pub const TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Sends `inv` to the node `client` is pinned to (see [`super::cluster::pinned`]) and
+/// classifies the answer.
+///
+/// Nothing sent (the connection failed) and answers that say nothing was written are
+/// failures; a write whose answer did not come, or says it may have been committed, is
+/// `info` (a read is simply failed). A refused read or write and a statement's error are
+/// failures; the rest is `ok`, with the answer's results and lsn as the result.
+pub fn perform(client: &Client, inv: &Invocation) -> Completion {
+    let (params, body) = match &inv.request {
+        Request::Execute { params, body } => (*params, body),
+        Request::Mixed { params, body } => (*params, body),
+        Request::Query { params, body } => (*params, body),
     };
-    let url =
-        if params.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{params}") };
     let unclear = if inv.writes { Outcome::Info } else { Outcome::Fail };
-    let resp = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .timeout(timeout)
-        .send();
-    let resp = match resp {
-        Ok(r) => r,
-        Err(e) if e.is_connect() => {
-            // Refused or unreachable: nothing was sent.
-            return Completion {
-                outcome: Outcome::Fail,
-                result: Value::Null,
-                error: Some(e.to_string()),
-            };
-        }
-        Err(e) => {
-            return Completion {
-                outcome: unclear,
-                result: Value::Null,
-                error: Some(e.to_string()),
-            };
-        }
+    let failed =
+        |outcome, error: String| Completion { outcome, result: Value::Null, error: Some(error) };
+    let statements: Vec<Statement> = match serde_json::from_value(body.clone()) {
+        Ok(statements) => statements,
+        Err(e) => return failed(Outcome::Fail, format!("not statements: {e}")),
     };
-    let status = resp.status().as_u16();
-    let text = match resp.text() {
-        Ok(t) => t,
-        Err(e) => {
-            return Completion {
-                outcome: unclear,
-                result: Value::Null,
-                error: Some(e.to_string()),
-            };
-        }
+    let api = client.inner();
+    let mut call = match &inv.request {
+        Request::Execute { .. } => api.write(statements),
+        Request::Mixed { .. } => api.unified(statements),
+        Request::Query { .. } => api.read(statements),
     };
-    let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    if status != 200 {
-        let error = answer["error"]
-            .as_str()
-            .map_or_else(|| format!("HTTP {status}: {text}"), |e| format!("HTTP {status}: {e}"));
-        // Answers that say nothing was written are definite failures; 4xx are refusals.
-        let definite = (400..500).contains(&status)
-            || error.contains("nothing was written")
-            || error.contains("leader not found");
-        let outcome = if definite { Outcome::Fail } else { unclear };
-        return Completion { outcome, result: Value::Null, error: Some(error) };
-    }
-    if let Some(error) = answer["error"].as_str() {
-        return Completion {
-            outcome: Outcome::Fail,
-            result: Value::Null,
-            error: Some(error.to_string()),
+    for param in params.split('&').filter(|p| !p.is_empty()) {
+        call = match param.split_once('=') {
+            Some((name, value)) => call.raw_param(name, Some(value)),
+            None => call.raw_param(param, None),
         };
     }
-    let results = answer["results"].as_array().cloned().unwrap_or_default();
-    if let Some(e) = results.iter().find_map(|r| r["error"].as_str()) {
-        // A statement failed: the request (one statement, or a transaction) was rolled back.
-        return Completion {
-            outcome: Outcome::Fail,
-            result: Value::Null,
-            error: Some(e.to_string()),
-        };
+    let answer = match client.send(call) {
+        Ok(answer) => answer,
+        // Refused or unreachable: nothing was sent. (A read that was sent and not answered
+        // ends here too, and is a failure either way.)
+        Err(keel_api::Error::Unreachable(e)) => return failed(Outcome::Fail, e),
+        Err(keel_api::Error::Refused { status, answer }) => {
+            let error = format!("HTTP {status}: {}", answer.error);
+            // Answers that say nothing was written are definite failures; 4xx are refusals.
+            let definite = (400..500).contains(&status) || says_nothing_written(&error);
+            return failed(if definite { Outcome::Fail } else { unclear }, error);
+        }
+        Err(keel_api::Error::OutcomeUnknown(e)) => {
+            let outcome = if says_nothing_written(&e) { Outcome::Fail } else { unclear };
+            return failed(outcome, e);
+        }
+        Err(e) => return failed(unclear, e.to_string()),
+    };
+    if let Some((_, error)) = answer.first_error() {
+        // A stale read, or a statement failed: the request (one statement, or a transaction)
+        // was rolled back.
+        return failed(Outcome::Fail, error.to_string());
     }
     Completion {
         outcome: Outcome::Ok,
-        result: json!({ "results": results, "lsn": answer["lsn"] }),
+        result: json!({ "results": answer.results, "lsn": answer.lsn }),
         error: None,
     }
+}
+
+/// Whether an error says the request wrote nothing.
+fn says_nothing_written(error: &str) -> bool {
+    error.contains("nothing was written") || error.contains("leader not found")
 }
 
 /// Rows of result `i` of an ok completion's results.
