@@ -491,12 +491,7 @@ impl Shell {
         let status = self.cluster.call(async |c| c.status().await)?;
         let node = &status.node;
         let text = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
-        println!(
-            "node:        {} ({}) at {}",
-            node.id,
-            node.role.as_str(),
-            self.cluster.current()
-        );
+        println!("node:        {} ({}) at {}", node.id, node.role.as_str(), self.cluster.current());
         println!("leader:      {}", text(node.leader_id));
         println!("term:        {}", node.term);
         println!(
