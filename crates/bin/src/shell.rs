@@ -107,7 +107,6 @@ pub fn run(args: ShellArgs) -> anyhow::Result<()> {
     )?;
     let mut shell = Shell {
         cluster,
-        cacert: args.cacert,
         level: args.consistency,
         durability: args.durability,
         timer: false,
@@ -256,8 +255,6 @@ fn history_path() -> Option<PathBuf> {
 struct Shell {
     /// The cluster, and the node in use.
     cluster: Cluster,
-    /// `--cacert`, for `.backup` and `.restore`.
-    cacert: Option<PathBuf>,
     /// Read level of queries; `None` leaves it to the server (weak).
     level: Option<Level>,
     /// Durability of writes; `None` leaves it to the cluster's default.
@@ -366,28 +363,18 @@ impl Shell {
                 println!("node {} at {} (raft {})", leader.id, leader.api_addr, leader.addr);
             }
             Command::Backup(file) => {
-                let url = self.live_node()?;
-                let args = crate::backup::BackupArgs {
-                    url,
-                    file,
-                    format: "sqlite".to_string(),
-                    compress: false,
-                    noleader: false,
-                    cacert: self.cacert.clone(),
-                };
-                let partial = args.file.with_extension("partial");
-                let done = self.block_on(crate::backup::run_backup(args));
+                let partial = file.with_extension("partial");
+                let client = self.cluster.client();
+                let done = self.block_on(crate::backup::write_backup(client, &[], &file));
                 if done.is_err() {
-                    // `keel backup` writes under this name and renames when complete.
+                    // Written under this name and renamed when complete.
                     let _ = std::fs::remove_file(partial);
                 }
                 done?;
             }
             Command::Restore(file) => {
-                let url = self.live_node()?;
                 self.schema_changed = true;
-                let args = crate::backup::RestoreArgs { url, file, cacert: self.cacert.clone() };
-                self.block_on(crate::backup::run_restore(args))?;
+                self.block_on(crate::backup::restore(self.cluster.client(), &file))?;
             }
             Command::Consistency(None) => match self.level {
                 Some(level) => println!("consistency: {level}"),
@@ -527,13 +514,6 @@ impl Shell {
     fn block_on(&self, future: impl Future<Output = anyhow::Result<()>>) -> Result<(), String> {
         self.cluster.block_on(future)?.map_err(|e| format!("{e:#}"))
     }
-
-    /// The URL of a node that answers (failing over if needed), for commands that make their
-    /// own requests.
-    fn live_node(&mut self) -> Result<String, String> {
-        self.cluster.call(async |c| c.ready(true, false).await)?;
-        Ok(self.cluster.current())
-    }
 }
 
 /// The wire form of a durability mode.
@@ -632,7 +612,6 @@ mod tests {
         let cluster = client::tests::once(&url);
         let shell = Shell {
             cluster,
-            cacert: None,
             level: Some(Level::None),
             durability: Some(leader::Durability::Replicas(2)),
             timer: false,

@@ -99,6 +99,11 @@ impl Cluster {
         })
     }
 
+    /// The client, for commands that make their own calls ([`crate::backup`]).
+    pub fn client(&self) -> &keel_api::Client {
+        &self.client
+    }
+
     /// The base URL of the node in use.
     pub fn current(&self) -> String {
         self.client.nodes_known().swap_remove(0)
