@@ -84,9 +84,12 @@ pub struct ClientBuilder {
     on_unanswered: Option<Observer>,
 }
 
+/// What [`ClientBuilder::on_unanswered`] registers: told a node's base URL and why.
+type Notify = dyn Fn(&str, &str) + Send + Sync;
+
 /// A function told of each node that did not answer: its base URL, and why in a few words.
 #[derive(Clone)]
-struct Observer(Arc<dyn Fn(&str, &str) + Send + Sync>);
+struct Observer(Arc<Notify>);
 
 impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
