@@ -622,6 +622,9 @@ mod tests {
 
     #[test]
     fn statements_carry_the_settings_and_a_fresh_request_id_each() {
+        // Calls watch for Ctrl-C: keep another test's press from landing here.
+        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        interrupt::clear();
         let (mut shell, requests) = shell_on_fake_node();
         let request_id = |line: &str| {
             let at = line.find("request_id=").expect("a request id");

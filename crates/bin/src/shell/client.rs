@@ -268,6 +268,9 @@ pub(crate) mod tests {
 
     #[test]
     fn errors_are_the_server_text() {
+        // Calls watch for Ctrl-C: keep another test's press from landing here.
+        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(PoisonError::into_inner);
+        interrupt::clear();
         let answers = [
             ("503 Service Unavailable", r#"{"error":"leader not found"}"#),
             ("500 Internal Server Error", "boom\n"),
