@@ -1,11 +1,16 @@
 //! `keel backup URL FILE` and `keel restore URL FILE`: stream a backup of a running cluster to
 //! a file, or a file into it (`/db/backup` and `/db/load`, [`crate::http::backup`]), with a
 //! progress bar.
+//!
+//! Both go through [`keel_api::Client`]: [`write_backup`] through [`keel_api::Client::backup`]
+//! (on the leader the client finds, or with `noleader` on the node given) and [`restore`]
+//! through [`keel_api::Client::load`] (on the leader). `keel shell`'s `.backup` and `.restore`
+//! call the same two functions with the shell's client. Neither is retried once its body has
+//! started to flow; a backup is written under a temporary name and renamed when complete.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use axum::http::header;
 use futures::StreamExt as _;
 use node::backup::{GZIP_MAGIC, SQLITE_MAGIC, read_head};
 use tokio::io::AsyncWriteExt as _;
@@ -66,58 +71,83 @@ fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-fn base_url(url: &str) -> String {
-    let url = url.trim_end_matches('/');
-    if url.contains("://") { url.to_string() } else { format!("http://{url}") }
+/// A client of the node at `url`, trusting `cacert` (see [`crate::tls::client_builder`]).
+fn client(url: &str, cacert: Option<&Path>) -> anyhow::Result<keel_api::Client> {
+    let client =
+        keel_api::Client::builder([url]).http(crate::tls::client_builder(cacert)?).build()?;
+    Ok(client)
+}
+
+/// A failed call in these commands' words: a refusal as `HTTP <status>: <body>`.
+fn failed(what: &str, e: keel_api::Error) -> anyhow::Error {
+    match (e.status(), e.answer()) {
+        (Some(status), Some(answer)) => {
+            let status = reqwest::StatusCode::from_u16(status)
+                .map_or_else(|_| status.to_string(), |s| s.to_string());
+            let body = serde_json::to_string(answer).unwrap_or_else(|_| answer.error.clone());
+            anyhow::anyhow!("{what} failed: HTTP {status}: {body}")
+        }
+        _ => anyhow::Error::new(e).context(format!("{what} failed")),
+    }
 }
 
 /// `keel backup URL FILE`: streams a backup to FILE with a progress bar.
 pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
-    let mut query = Vec::new();
+    let mut params = Vec::new();
     if args.format == "sql" {
-        query.push("fmt=sql");
+        params.push(("fmt", Some("sql")));
     }
     if args.compress {
-        query.push("compress");
+        params.push(("compress", None));
     }
     if args.noleader {
-        query.push("noleader");
+        params.push(("noleader", None));
     }
-    let url = format!("{}/db/backup?{}", base_url(&args.url), query.join("&"));
-    let client = crate::tls::client_builder(args.cacert.as_deref())?.build()?;
-    let resp = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        anyhow::bail!("backup failed: HTTP {status}: {body}");
-    }
-    let tmp = args.file.with_extension("partial");
-    let mut file = tokio::fs::File::create(&tmp)
+    let client = client(&args.url, args.cacert.as_deref())?;
+    write_backup(&client, &params, &args.file).await
+}
+
+/// Streams a backup (`/db/backup` with `params`, such as `fmt=sql`) to `file`, under a
+/// temporary name (`.partial`) until it is complete and synced.
+pub async fn write_backup(
+    client: &keel_api::Client,
+    params: &[(&str, Option<&str>)],
+    file: &Path,
+) -> anyhow::Result<()> {
+    let mut download = client.backup(params).await.map_err(|e| failed("backup", e))?;
+    let tmp = file.with_extension("partial");
+    let mut out = tokio::fs::File::create(&tmp)
         .await
         .with_context(|| format!("creating {}", tmp.display()))?;
-    let bar = progress_bar(resp.content_length(), "backup");
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.context("the backup stream broke off; nothing was written")?;
-        file.write_all(&chunk).await?;
+    let bar = progress_bar(download.content_length(), "backup");
+    while let Some(chunk) =
+        download.chunk().await.context("the backup stream broke off; nothing was written")?
+    {
+        out.write_all(&chunk).await?;
         bar.inc(chunk.len() as u64);
     }
-    file.sync_all().await?;
-    drop(file);
-    tokio::fs::rename(&tmp, &args.file).await?;
+    out.sync_all().await?;
+    drop(out);
+    tokio::fs::rename(&tmp, file).await?;
     bar.finish();
-    eprintln!("wrote {} ({} bytes)", args.file.display(), bar.position());
+    eprintln!("wrote {} ({} bytes)", file.display(), bar.position());
     Ok(())
 }
 
 /// `keel restore URL FILE`: streams FILE to `/db/load` with a progress bar.
 pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let file = tokio::fs::File::open(&args.file)
-        .await
-        .with_context(|| format!("opening {}", args.file.display()))?;
+    let client = client(&args.url, args.cacert.as_deref())?;
+    restore(&client, &args.file).await
+}
+
+/// Streams `path` to `/db/load` on the leader with a progress bar, as a SQLite file (or gzip)
+/// or as SQL text, by its first bytes. Errors: the load was refused, or a statement failed.
+pub async fn restore(client: &keel_api::Client, path: &Path) -> anyhow::Result<()> {
+    let file =
+        tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
     let size = file.metadata().await?.len();
     let mut head = [0u8; 16];
-    let n = read_head(&args.file, &mut head)?;
+    let n = read_head(path, &mut head)?;
     let content_type = if (n == 16 && head == *SQLITE_MAGIC) || (n >= 2 && head[..2] == GZIP_MAGIC)
     {
         "application/octet-stream"
@@ -132,45 +162,16 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
         chunk
     });
-    let url = format!("{}/db/load", base_url(&args.url));
-    let client = crate::tls::client_builder(args.cacert.as_deref())?.build()?;
-    let resp = client
-        .post(&url)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::CONTENT_LENGTH, size)
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+    let body = reqwest::Body::wrap_stream(stream);
+    let answer = client.load(body, content_type, Some(size)).await;
     bar.finish_with_message("uploaded; the leader is applying it");
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        anyhow::bail!("restore failed: HTTP {status}: {body}");
+    let answer = answer.map_err(|e| failed("restore", e))?;
+    let text = serde_json::to_string(&answer)?;
+    if let Some(error) = answer.failure() {
+        anyhow::bail!("restore failed: {error}: {text}");
     }
-    if let Some(error) = load_error(&body) {
-        anyhow::bail!("restore failed: {error}: {body}");
-    }
-    eprintln!("restored from {}: {body}", args.file.display());
+    eprintln!("restored from {}: {text}", path.display());
     Ok(())
-}
-
-/// The error a load's 200 answer reports, if any: a statement of SQL text that failed (in
-/// `results`, as rqlite reports it), or a request-level `error`.
-fn load_error(body: &str) -> Option<String> {
-    let answer: serde_json::Value = serde_json::from_str(body).ok()?;
-    if let Some(error) = answer["error"].as_str() {
-        return Some(error.to_string());
-    }
-    let results = answer["results"].as_array()?;
-    let error = results.iter().find_map(|r| r["error"].as_str())?;
-    Some(match answer["failed_statement"].as_u64() {
-        Some(n) => format!(
-            "statement {n} failed: {error}; its batch was rolled back, {} statements before it stay applied",
-            answer["statements_applied"]
-        ),
-        None => error.to_string(),
-    })
 }
 
 #[cfg(test)]
@@ -178,28 +179,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn load_errors() {
-        assert_eq!(load_error(r#"{"results":[{"last_insert_id":3}],"lsn":4}"#), None);
-        assert_eq!(load_error(r#"{"results":[]}"#), None);
-        assert_eq!(load_error("not json"), None);
+    fn refusals_read_as_status_and_body() {
+        let refused = keel_api::Error::Refused {
+            status: 400,
+            answer: Box::new(keel_api::ErrorAnswer::new("tables= is only supported with fmt=sql")),
+        };
         assert_eq!(
-            load_error(
-                r#"{"results":[{"error":"no such table: x"}],"failed_statement":7,"statements_applied":5}"#
-            )
-            .as_deref(),
-            Some(
-                "statement 7 failed: no such table: x; its batch was rolled back, 5 statements before it stay applied"
-            )
+            failed("backup", refused).to_string(),
+            r#"backup failed: HTTP 400 Bad Request: {"error":"tables= is only supported with fmt=sql"}"#
         );
+        let unreachable = keel_api::Error::Unreachable("http://h:1: Connection refused".into());
         assert_eq!(
-            load_error(r#"{"results":[],"error":"leader not found"}"#).as_deref(),
-            Some("leader not found")
+            format!("{:#}", failed("restore", unreachable)),
+            "restore failed: no node answered: http://h:1: Connection refused"
         );
     }
 
     #[test]
-    fn urls() {
-        assert_eq!(base_url("127.0.0.1:4001/"), "http://127.0.0.1:4001");
-        assert_eq!(base_url("https://h:1"), "https://h:1");
+    fn urls_get_a_scheme() {
+        let c = client("127.0.0.1:4001/", None).unwrap();
+        assert_eq!(c.nodes_known(), ["http://127.0.0.1:4001"]);
+        assert!(client("ftp://h", None).is_err());
     }
 }

@@ -10,12 +10,17 @@
 //! whether the new node received a snapshot, the peak RSS of the new node and of the leader
 //! during the join (the leader's high-water mark is reset just before), and the time a
 //! restart of the new node takes to be ready again.
+//!
+//! It talks to the cluster through [`keel_api::Client`]: the fill through a client of every
+//! node that finds the leader and retries a write with its request id (so a retried fill
+//! request never inserts twice), the status polls through one pinned to the node asked
+//! ([`keel_api::Client::on`]), one attempt each.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::bench::BenchArgs;
 use crate::local::{LocalNode, spawn_node, start_cluster, stop_all};
@@ -85,14 +90,13 @@ async fn measure(
     snapshot_entries: usize,
     flags: &[String],
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
-    let first = format!("http://{}", nodes[0].http);
-    post_ok(
-        &client,
-        &format!("{first}/db/execute"),
-        json!(["CREATE TABLE big (id INTEGER PRIMARY KEY, v BLOB)"]),
-    )
-    .await?;
+    let writes =
+        crate::local::client_builder(nodes, flags)?.timeout(Duration::from_secs(60)).build()?;
+    let polls = crate::local::client_builder(nodes, flags)?
+        .timeout(Duration::from_secs(5))
+        .retry_for(Duration::ZERO)
+        .build()?;
+    write(&writes, "CREATE TABLE big (id INTEGER PRIMARY KEY, v BLOB)".into()).await?;
 
     // Fill.
     let fill_started = Instant::now();
@@ -106,15 +110,14 @@ async fn measure(
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut fillers = Vec::new();
     for _ in 0..FILLERS {
-        let (client, next, bar, url) =
-            (client.clone(), next.clone(), bar.clone(), format!("{first}/db/execute"));
+        let (client, next, bar) = (writes.clone(), next.clone(), bar.clone());
         fillers.push(tokio::spawn(async move {
             let sql = format!(
                 "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {ROWS_PER_REQUEST}) \
                  INSERT INTO big(v) SELECT randomblob({ROW}) FROM c"
             );
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
-                post_ok(&client, &url, json!([sql])).await?;
+                write(&client, sql.clone()).await?;
                 bar.inc(1);
             }
             anyhow::Ok(())
@@ -126,17 +129,16 @@ async fn measure(
     bar.finish_and_clear();
     let fill = fill_started.elapsed();
 
-    let leader_id = leader(&client, nodes).await?;
+    let leader = polls.on(&writes.find_leader().await?)?;
+    let status = leader.status().await?;
+    let leader_id = status.node.id;
     let leader_idx = nodes.iter().position(|n| n.id == leader_id).context("unknown leader")?;
-    let leader_http = format!("http://{}", nodes[leader_idx].http);
-    let status = get_json(&client, &format!("{leader_http}/status")).await?;
-    let target = status["node"]["commit_index"].as_u64().context("no commit_index")?;
+    let target = status.node.commit_index;
     // Let the leader finish compacting (its policy builds once `snapshot_entries` entries
     // follow the last snapshot), so the join measures a snapshot transfer, not a build.
     let deadline = Instant::now() + Duration::from_secs(600);
     let snapshot_index = loop {
-        let s = get_json(&client, &format!("{leader_http}/status")).await?;
-        let index = s["snapshot"]["index"].as_u64().unwrap_or(0);
+        let index = leader.status().await?.snapshot.index.unwrap_or(0);
         if index + snapshot_entries as u64 > target {
             break index;
         }
@@ -168,25 +170,24 @@ async fn measure(
     let id = nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
     let join_started = Instant::now();
     nodes.push(spawn_node(dir, id, args.base_port, false, flags)?);
-    let new_http = format!("http://{}", nodes.last().map(|n| n.http.clone()).unwrap_or_default());
+    let new_http = nodes.last().map(|n| n.http.clone()).unwrap_or_default();
+    let new = polls.on(&format!("{}://{new_http}", crate::local::scheme(flags)))?;
     let new_pid = nodes.last().and_then(|n| n.child.id()).context("new node exited")?;
-    let ready = wait_applied(&client, &new_http, target, nodes.last_mut()).await?;
+    let ready = wait_applied(&new, target, nodes.last_mut()).await?;
     let join = join_started.elapsed();
     let new_rss = peak_rss(new_pid);
     let leader_rss = peak_rss(leader_pid);
-    let new_status = get_json(&client, &format!("{new_http}/status")).await?;
-    let installed = new_status["snapshot"]["installed"].as_u64().unwrap_or(0);
-    let received = new_status["snapshot"]["bytes_received"].as_u64().unwrap_or(0);
+    let new_status = new.status().await?;
+    let installed = new_status.snapshot.installed;
+    let received = new_status.snapshot.bytes_received;
 
     // Restart the new node.
     let node = nodes.last_mut().context("no new node")?;
     stop_all(std::slice::from_mut(node)).await;
     let restart_started = Instant::now();
     node.restart()?;
-    let target = get_json(&client, &format!("{leader_http}/status")).await?["node"]["commit_index"]
-        .as_u64()
-        .unwrap_or(target);
-    wait_applied(&client, &new_http, target, Some(node)).await?;
+    let target = leader.status().await.map_or(target, |s| s.node.commit_index);
+    wait_applied(&new, target, Some(node)).await?;
     let restart = restart_started.elapsed();
 
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
@@ -251,10 +252,9 @@ fn reset_peak_rss(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
-/// Waits until the node at `url` has applied `target`; returns how long it took.
+/// Waits until the node `client` is pinned to has applied `target`; returns how long it took.
 async fn wait_applied(
-    client: &reqwest::Client,
-    url: &str,
+    client: &keel_api::Client,
     target: u64,
     mut node: Option<&mut LocalNode>,
 ) -> anyhow::Result<Duration> {
@@ -266,56 +266,25 @@ async fn wait_applied(
         {
             bail!("node {} exited ({status}); see {}", n.id, n.log.display());
         }
-        if let Ok(s) = get_json(client, &format!("{url}/status")).await
-            && s["node"]["applied_index"].as_u64().unwrap_or(0) >= target
-        {
+        if client.status().await.is_ok_and(|s| s.node.applied_index >= target) {
             return Ok(started.elapsed());
         }
         if Instant::now() > deadline {
+            let url = client.nodes_known().swap_remove(0);
             bail!("{url} did not apply index {target} within an hour");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-async fn leader(client: &reqwest::Client, nodes: &[LocalNode]) -> anyhow::Result<u64> {
-    for n in nodes {
-        if let Ok(v) = get_json(client, &format!("http://{}/leader", n.http)).await
-            && let Some(id) = v["id"].as_str().and_then(|id| id.parse().ok())
-        {
-            return Ok(id);
-        }
+/// Runs one write on the leader (retried with its request id by the client, so at most once);
+/// a statement's error is an error.
+async fn write(client: &keel_api::Client, sql: String) -> anyhow::Result<()> {
+    let answer = client.execute([sql]).await?;
+    if let Some((_, e)) = answer.first_error() {
+        bail!("{e}");
     }
-    bail!("no leader")
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
-    let r = client.get(url).timeout(Duration::from_secs(5)).send().await?;
-    Ok(r.error_for_status()?.json().await?)
-}
-
-/// Posts a write; retries a few times on 5xx or connection errors (a retried fill request may
-/// insert twice, which only changes the size a little).
-async fn post_ok(client: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<()> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let r = client.post(url).json(&body).timeout(Duration::from_secs(60)).send().await;
-        match r {
-            Ok(r) if r.status().is_success() => {
-                let v: Value = r.json().await?;
-                if let Some(e) = v["results"].get(0).and_then(|r| r["error"].as_str()) {
-                    bail!("{url}: {e}");
-                }
-                return Ok(());
-            }
-            Ok(r) if attempt < 5 && r.status().is_server_error() => {}
-            Ok(r) => bail!("{url}: HTTP {} {}", r.status(), r.text().await.unwrap_or_default()),
-            Err(e) if attempt < 5 => tracing::debug!(error = %e, "retrying"),
-            Err(e) => return Err(e.into()),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Ok(())
 }
 
 #[cfg(test)]

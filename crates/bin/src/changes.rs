@@ -1,14 +1,14 @@
 //! `keel changes`: prints the committed row changes of a running cluster as JSON lines, from
 //! its change stream (`GET /db/changes`, [`crate::http::changes`]), resuming on another member
-//! when a node goes away.
+//! when a node goes away. The stream is read with [`keel_api::Client::changes`], events are
+//! parsed by [`keel_api::sse`] and their ids are [`keel_api::changes::EventId`], the types the
+//! server writes them with.
 
 mod client;
-mod sse;
 
 use std::time::Duration;
 
 pub(crate) use crate::http::changes::KEEP_ALIVE;
-pub(crate) use node::changes::EventId;
 
 /// Flags of `keel changes`.
 #[derive(Debug, Clone, clap::Args)]

@@ -10,6 +10,10 @@
 //! [`crate::certs`] (only those missing), and every node runs with `--tls-dir` pointing there:
 //! HTTPS on the client API, mutual TLS between nodes. Extra `keel serve` flags that include
 //! `--tls-dir` make [`start_cluster`] speak HTTPS to the nodes, trusting that directory's CA.
+//!
+//! Readiness (`/readyz` of each node in turn) and the leader line are asked through
+//! [`keel_api::Client`], pinned to one node at a time ([`keel_api::Client::on`]);
+//! [`client_builder`] gives the benchmarks a client of the same nodes.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -110,7 +114,10 @@ pub async fn start_cluster(
         }
         nodes.push(node);
     }
-    let client = client_for(extra)?;
+    let client = client_builder(&nodes, extra)?
+        .timeout(Duration::from_secs(1))
+        .retry_for(Duration::ZERO)
+        .build()?;
     if let Err(e) = wait_ready(&client, &mut nodes, quiet, scheme(extra)).await {
         stop_all(&mut nodes).await;
         return Err(e);
@@ -170,20 +177,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         r = start => r?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
     };
-    let client = client_for(&extra)?;
     let scheme = scheme(&extra);
-    let leader: Option<serde_json::Value> =
-        match client.get(format!("{scheme}://{}/leader", nodes[0].http)).send().await {
-            Ok(r) => r.json().await.ok(),
-            Err(_) => None,
-        };
+    let client = client_builder(&nodes, &extra)?.retry_for(Duration::ZERO).build()?;
+    let leader = client.on(&format!("{scheme}://{}", nodes[0].http))?.leader().await.ok();
     println!();
     match leader {
-        Some(l) => println!(
-            "cluster ready: {total} nodes, leader is node {} ({})",
-            l["id"].as_str().unwrap_or("?"),
-            l["api_addr"].as_str().unwrap_or("?")
-        ),
+        Some(l) => {
+            println!("cluster ready: {total} nodes, leader is node {} ({})", l.id, l.api_addr)
+        }
         None => println!("cluster ready: {total} nodes"),
     }
     let example = &nodes[0].http;
@@ -244,14 +245,19 @@ fn tls_dir(extra: &[String]) -> Option<PathBuf> {
 }
 
 /// `https` if the nodes run with `--tls-dir`, else `http`.
-fn scheme(extra: &[String]) -> &'static str {
+pub fn scheme(extra: &[String]) -> &'static str {
     if tls_dir(extra).is_some() { "https" } else { "http" }
 }
 
-/// A client for the nodes: trusting the `--tls-dir` CA if there is one.
-fn client_for(extra: &[String]) -> anyhow::Result<reqwest::Client> {
+/// A client builder for `nodes`, started with the extra `keel serve` flags `extra`: every
+/// node's URL, in HTTPS and trusting the `--tls-dir` CA if there is one.
+pub fn client_builder(
+    nodes: &[LocalNode],
+    extra: &[String],
+) -> anyhow::Result<keel_api::ClientBuilder> {
     let ca = tls_dir(extra).map(|dir| dir.join("ca.pem"));
-    Ok(crate::tls::client_builder(ca.as_deref())?.build()?)
+    let urls = nodes.iter().map(|n| format!("{}://{}", scheme(extra), n.http));
+    Ok(keel_api::Client::builder(urls).http(crate::tls::client_builder(ca.as_deref())?))
 }
 
 /// Creates the certificates of nodes `1..=nodes` in `dir` that are missing (cluster id
@@ -277,8 +283,9 @@ fn ensure_certs(dir: &std::path::Path, nodes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until each node in turn answers `/readyz` with 200 (60 s in all), or exits.
 async fn wait_ready(
-    client: &reqwest::Client,
+    client: &keel_api::Client,
     nodes: &mut [LocalNode],
     quiet: bool,
     scheme: &str,
@@ -289,14 +296,8 @@ async fn wait_ready(
             if let Ok(Some(status)) = n.child.try_wait() {
                 bail!("node {} exited during startup ({status}); see {}", n.id, n.log.display());
             }
-            let url = format!("{scheme}://{}/readyz", n.http);
-            if client
-                .get(&url)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
+            let node = client.on(&format!("{scheme}://{}", n.http))?;
+            if node.ready(false, false).await.is_ok_and(|r| r.ready) {
                 if !quiet {
                     println!("node {} ready{}", n.id, if n.learner { " (learner)" } else { "" });
                 }
@@ -311,6 +312,7 @@ async fn wait_ready(
     Ok(())
 }
 
+/// Stops every node: SIGTERM, then SIGKILL for those still running after 10 s.
 pub async fn stop_all(nodes: &mut [LocalNode]) {
     for n in nodes.iter() {
         if let Some(pid) = n.child.id() {

@@ -19,11 +19,13 @@
 //!   show `/nodes`, `/status` and `/leader`, stream a backup or a load with the code of
 //!   `keel backup` and `keel restore` ([`crate::backup`]), or change the session's settings.
 //!
-//! Every request goes through [`client::Cluster`], which moves to another node when the one
-//! in use stops answering, and says so. Repeating a request there is safe: each statement
-//! carries a fresh `request_id`, which makes the cluster answer a retried write with its first
-//! result instead of running it twice. A `503` (no leader yet during an election) is retried a
-//! few times, waiting as `Retry-After` asks; one that says the write is committed is not.
+//! Every request goes through [`client::Cluster`], the shell's [`keel_api::Client`], which
+//! moves to another node when the one in use stops answering, and the shell says so. Repeating
+//! a request there is safe: each statement carries a fresh `request_id` (the client gives every
+//! `/db/request` one), which makes the cluster answer a retried write with its first result
+//! instead of running it twice. A `503` (no leader yet during an election) is retried for up
+//! to [`RETRY_FOR`], waiting as `Retry-After` asks (at most a second); one that says the write
+//! is committed is not.
 //!
 //! Ctrl-C while a request runs gives the prompt back ([`interrupt`]): the shell stops waiting;
 //! the server is not told (HTTP has no way to), so a write may still take effect.
@@ -48,7 +50,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use reqwest::Method;
+use keel_api::{Statement, StatementResult};
 use rustyline::config::{CompletionType, Config};
 use rustyline::error::ReadlineError;
 use rustyline::history::{DefaultHistory, History as _};
@@ -62,10 +64,9 @@ use self::input::{Input, Item};
 const PROMPT: &str = "keel> ";
 /// The prompt while a statement goes on over several lines.
 const CONTINUATION_PROMPT: &str = "  ...> ";
-/// How many times a request answered `503` is sent again.
-const RETRIES_ON_UNAVAILABLE: usize = 5;
-/// The longest pause before sending a `503`-answered request again.
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long a request is retried (on another node, or until a leader is elected) before the
+/// shell shows its error.
+const RETRY_FOR: Duration = Duration::from_secs(5);
 /// Lines kept in the history file.
 const HISTORY_LINES: usize = 1000;
 
@@ -80,7 +81,7 @@ pub struct ShellArgs {
     pub user: Option<String>,
     /// Read level of queries: none, weak, linearizable, strong or auto (default: the
     /// server's, weak). `.consistency` changes it.
-    #[arg(long, value_name = "LEVEL", value_parser = Level::parse)]
+    #[arg(long, value_name = "LEVEL", value_parser = command::parse_level)]
     pub consistency: Option<Level>,
     /// Durability of writes: semi-sync, sync or replicas:K (default: the cluster's).
     /// `.durability` changes it.
@@ -97,16 +98,19 @@ pub struct ShellArgs {
 /// Runs the shell until end of input or `.quit`. With piped input, fails if any statement or
 /// command failed.
 pub fn run(args: ShellArgs) -> anyhow::Result<()> {
-    let cluster =
-        Cluster::new(&args.url, args.user.as_deref(), args.timeout, args.cacert.as_deref())?;
+    let cluster = Cluster::new(
+        &args.url,
+        args.user.as_deref(),
+        args.timeout,
+        RETRY_FOR,
+        args.cacert.as_deref(),
+    )?;
     let mut shell = Shell {
         cluster,
-        cacert: args.cacert,
         level: args.consistency,
         durability: args.durability,
         timer: false,
         schema_changed: true,
-        request_ids: RequestIds::new(),
     };
     if let Err(why) = shell.cluster.refresh() {
         eprintln!("warning: {why}; statements will be tried against it anyway");
@@ -142,7 +146,7 @@ fn interactive(shell: &mut Shell) -> anyhow::Result<()> {
     }
     println!(
         "Connected to {}. Statements end with ';'. Type .help for commands, .quit to leave.",
-        shell.cluster.current().url
+        shell.cluster.current()
     );
     let mut input = Input::default();
     'lines: loop {
@@ -247,35 +251,10 @@ fn history_path() -> Option<PathBuf> {
     }
 }
 
-/// Unique request ids for this shell's statements: `shell-<pid>-<start time>-<n>`.
-struct RequestIds {
-    /// What every id of this shell starts with.
-    prefix: String,
-    /// The number of the next id.
-    next: u64,
-}
-
-impl RequestIds {
-    fn new() -> RequestIds {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        RequestIds { prefix: format!("shell-{}-{started}", std::process::id()), next: 1 }
-    }
-
-    fn next(&mut self) -> String {
-        let id = format!("{}-{}", self.prefix, self.next);
-        self.next += 1;
-        id
-    }
-}
-
 /// A shell session: the connection and the settings its commands change.
 struct Shell {
     /// The cluster, and the node in use.
     cluster: Cluster,
-    /// `--cacert`, for `.backup` and `.restore`.
-    cacert: Option<PathBuf>,
     /// Read level of queries; `None` leaves it to the server (weak).
     level: Option<Level>,
     /// Durability of writes; `None` leaves it to the cluster's default.
@@ -284,8 +263,6 @@ struct Shell {
     timer: bool,
     /// The table names used for completion may be out of date.
     schema_changed: bool,
-    /// Request ids for writes.
-    request_ids: RequestIds,
 }
 
 impl Shell {
@@ -317,82 +294,52 @@ impl Shell {
         if self.timer && matches!(item, Item::Sql(_)) {
             println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
         }
-        // After the answer, so that keeping the node list fresh never delays one.
-        self.cluster.refresh_if_stale();
         outcome
     }
 
     /// Runs one SQL statement and prints its result.
     fn run_sql(&mut self, sql: &str) -> Result<(), String> {
-        let result = self.statement(json!([sql]))?;
-        print!("{}", describe_result(&result)?);
+        let result = self.statement(Statement::new(sql))?;
+        print!("{}", describe_result(&result));
         Ok(())
     }
 
-    /// Sends one statement (rqlite's JSON form: text, or `[text, params…]`) to `/db/request`
-    /// with the session's settings; returns its result object, or the error.
-    fn statement(&mut self, statement: Value) -> Result<Value, String> {
-        let mut query =
-            vec!["blob_array".to_string(), format!("request_id={}", self.request_ids.next())];
-        if let Some(level) = self.level {
-            query.push(format!("level={level}"));
+    /// Sends one statement to `/db/request` with the session's settings (the client adds a
+    /// fresh `request_id`); returns its result, or the error.
+    fn statement(&mut self, statement: Statement) -> Result<StatementResult, String> {
+        let (level, durability) = (self.level, self.durability.map(wire_durability));
+        let answer = self.cluster.call(async |client| {
+            let mut call = client.unified([statement]).blob_array();
+            if let Some(level) = level {
+                call = call.level(level);
+            }
+            if let Some(durability) = durability {
+                call = call.durability(durability);
+            }
+            call.send().await
+        })?;
+        if let Some(error) = &answer.error {
+            return Err(error.clone());
         }
-        if let Some(durability) = self.durability {
-            query.push(format!("durability={durability}"));
-        }
-        let path = format!("/db/request?{}", query.join("&"));
-        let reply = self.request(Method::POST, &path, Some(&json!([statement])))?;
-        let answer = reply.json()?;
-        if let Some(error) = answer.get("error").and_then(Value::as_str) {
-            return Err(error.to_string());
-        }
-        let result = answer["results"]
-            .get(0)
-            .cloned()
-            .ok_or_else(|| format!("the server answered without a result: {answer}"))?;
-        match result.get("error") {
-            Some(error) => Err(error.as_str().map_or_else(|| error.to_string(), str::to_string)),
+        let Some(result) = answer.results.into_iter().next() else {
+            return Err(format!("the server answered without a result (lsn {:?})", answer.lsn));
+        };
+        match result.error {
+            Some(error) => Err(error),
             None => Ok(result),
         }
     }
 
     /// The rows a query returned.
-    fn rows(&mut self, statement: Value) -> Result<Vec<Vec<Value>>, String> {
-        let result = self.statement(statement)?;
-        Ok(result["values"].as_array().map_or_else(Vec::new, |rows| {
-            rows.iter().map(|row| row.as_array().cloned().unwrap_or_default()).collect()
-        }))
-    }
-
-    /// [`Cluster::request`], sending a `503` again a few times (unless it says the write is
-    /// committed: sending that again would only wait again).
-    fn request(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<client::Reply, String> {
-        let mut attempt = 0;
-        loop {
-            let reply = self.cluster.request(method.clone(), path, body)?;
-            let unavailable = reply.status == reqwest::StatusCode::SERVICE_UNAVAILABLE;
-            let committed = serde_json::from_slice::<Value>(&reply.body)
-                .is_ok_and(|v| v.get("committed") == Some(&Value::Bool(true)));
-            if !unavailable || committed || attempt == RETRIES_ON_UNAVAILABLE {
-                return Ok(reply);
-            }
-            attempt += 1;
-            if interrupt::sleep(reply.retry_after.unwrap_or(MAX_RETRY_PAUSE).min(MAX_RETRY_PAUSE)) {
-                return Err(interrupt::CANCELLED.to_string());
-            }
-        }
+    fn rows(&mut self, statement: Statement) -> Result<Vec<Vec<Value>>, String> {
+        Ok(self.statement(statement)?.values.unwrap_or_default())
     }
 
     /// The user's tables and views, for `.tables` and completion.
     fn table_names(&mut self) -> Result<Vec<String>, String> {
-        let rows = self.rows(json!(
+        let rows = self.rows(Statement::new(
             "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') \
-             AND substr(name, 1, 7) <> 'sqlite_' AND substr(name, 1, 6) <> '_keel_' ORDER BY name"
+             AND substr(name, 1, 7) <> 'sqlite_' AND substr(name, 1, 6) <> '_keel_' ORDER BY name",
         ))?;
         Ok(rows.iter().filter_map(|row| row.first()?.as_str().map(str::to_string)).collect())
     }
@@ -412,37 +359,22 @@ impl Shell {
             Command::Nodes => self.nodes()?,
             Command::Status => self.status()?,
             Command::Leader => {
-                let leader = self.request(Method::GET, "/leader", None)?.json()?;
-                println!(
-                    "node {} at {} (raft {})",
-                    leader["id"].as_str().unwrap_or("?"),
-                    leader["api_addr"].as_str().unwrap_or("?"),
-                    leader["addr"].as_str().unwrap_or("?")
-                );
+                let leader = self.cluster.call(async |c| c.leader().await)?;
+                println!("node {} at {} (raft {})", leader.id, leader.api_addr, leader.addr);
             }
             Command::Backup(file) => {
-                let url = self.live_node()?;
-                let args = crate::backup::BackupArgs {
-                    url,
-                    file,
-                    format: "sqlite".to_string(),
-                    compress: false,
-                    noleader: false,
-                    cacert: self.cacert.clone(),
-                };
-                let partial = args.file.with_extension("partial");
-                let done = self.block_on(crate::backup::run_backup(args));
+                let partial = file.with_extension("partial");
+                let client = self.cluster.client();
+                let done = self.block_on(crate::backup::write_backup(client, &[], &file));
                 if done.is_err() {
-                    // `keel backup` writes under this name and renames when complete.
+                    // Written under this name and renamed when complete.
                     let _ = std::fs::remove_file(partial);
                 }
                 done?;
             }
             Command::Restore(file) => {
-                let url = self.live_node()?;
                 self.schema_changed = true;
-                let args = crate::backup::RestoreArgs { url, file, cacert: self.cacert.clone() };
-                self.block_on(crate::backup::run_restore(args))?;
+                self.block_on(crate::backup::restore(self.cluster.client(), &file))?;
             }
             Command::Consistency(None) => match self.level {
                 Some(level) => println!("consistency: {level}"),
@@ -478,8 +410,8 @@ impl Shell {
             if table.is_some() { "AND tbl_name LIKE ?" } else { "" }
         );
         let rows = self.rows(match table {
-            Some(table) => json!([sql, table]),
-            None => json!(sql),
+            Some(table) => Statement::new(sql).bind(table),
+            None => Statement::new(sql),
         })?;
         if rows.is_empty()
             && let Some(table) = table
@@ -503,8 +435,8 @@ impl Shell {
             if table.is_some() { "AND tbl_name LIKE ?" } else { "" }
         );
         let rows = self.rows(match table {
-            Some(table) => json!([sql, table]),
-            None => json!(sql),
+            Some(table) => Statement::new(sql).bind(table),
+            None => Statement::new(sql),
         })?;
         print!("{}", render::table_of(&["index".into(), "table".into()], &rows, "index"));
         Ok(())
@@ -513,26 +445,26 @@ impl Shell {
     /// `.nodes`: the cluster's nodes, as the node in use sees them.
     fn nodes(&mut self) -> Result<(), String> {
         let list = self.cluster.refresh()?;
-        let current = self.cluster.current().url.clone();
+        let current = self.cluster.current();
         let columns = ["id", "http", "raft", "role", "reachable", "shell"].map(String::from);
         let rows: Vec<Vec<Value>> = list
             .iter()
             .map(|node| {
-                let role = if node["leader"] == true {
+                let role = if node.leader {
                     "leader"
-                } else if node["voter"] == true {
+                } else if node.voter {
                     "voter"
                 } else {
                     "learner"
                 };
-                let http = node["api_addr"].as_str().unwrap_or("?");
-                let here = if client::base_url(http) == current { "*" } else { "" };
+                let url = keel_api::base_url(&node.api_addr).map(|(url, _)| url);
+                let here = if url.is_ok_and(|url| url == current) { "*" } else { "" };
                 vec![
-                    node["id"].clone(),
-                    json!(http),
-                    node["addr"].clone(),
+                    json!(node.id),
+                    json!(node.api_addr),
+                    json!(node.addr),
                     json!(role),
-                    json!(if node["reachable"] == true { "yes" } else { "no" }),
+                    json!(if node.reachable { "yes" } else { "no" }),
                     json!(here),
                 ]
             })
@@ -543,42 +475,31 @@ impl Shell {
 
     /// `.status`: the node in use, its view of the cluster and, on the leader, replication.
     fn status(&mut self) -> Result<(), String> {
-        let status = self.request(Method::GET, "/status", None)?.json()?;
-        let node = &status["node"];
-        let text = |v: &Value| match v {
-            Value::Null => "none".to_string(),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        println!(
-            "node:        {} ({}) at {}",
-            text(&node["id"]),
-            text(&node["role"]),
-            self.cluster.current().url
-        );
-        println!("leader:      {}", text(&node["leader_id"]));
-        println!("term:        {}", text(&node["term"]));
+        let status = self.cluster.call(async |c| c.status().await)?;
+        let node = &status.node;
+        let text = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
+        println!("node:        {} ({}) at {}", node.id, node.role.as_str(), self.cluster.current());
+        println!("leader:      {}", text(node.leader_id));
+        println!("term:        {}", node.term);
         println!(
             "log:         last {}, committed {}, applied {}",
-            text(&node["last_log_index"]),
-            text(&node["commit_index"]),
-            text(&node["applied_index"])
+            node.last_log_index, node.commit_index, node.applied_index
         );
-        println!("snapshot:    {}", text(&status["snapshot"]["index"]));
-        if let Some(stopped) = node.get("stopped").filter(|s| !s.is_null()) {
-            println!("stopped:     {}", text(stopped));
+        println!("snapshot:    {}", text(status.snapshot.index));
+        if let Some(stopped) = &node.stopped {
+            println!("stopped:     {stopped}");
         }
-        if let Some(replication) = status["replication"].as_object() {
+        if let Some(replication) = &status.replication {
             let columns = ["id", "role", "matched", "applied", "lag"].map(String::from);
             let rows: Vec<Vec<Value>> = replication
                 .iter()
                 .map(|(id, r)| {
                     vec![
                         json!(id),
-                        r["role"].clone(),
-                        r["matched_index"].clone(),
-                        r["applied_index"].clone(),
-                        r["lag_entries"].clone(),
+                        json!(r.role),
+                        json!(r.matched_index),
+                        json!(r.applied_index),
+                        json!(r.lag_entries),
                     ]
                 })
                 .collect();
@@ -593,36 +514,25 @@ impl Shell {
     fn block_on(&self, future: impl Future<Output = anyhow::Result<()>>) -> Result<(), String> {
         self.cluster.block_on(future)?.map_err(|e| format!("{e:#}"))
     }
+}
 
-    /// The URL of a node that answers (failing over if needed), for commands that make their
-    /// own requests.
-    fn live_node(&mut self) -> Result<String, String> {
-        self.request(Method::GET, "/readyz?noleader", None)?;
-        Ok(self.cluster.current().url.clone())
+/// The wire form of a durability mode.
+fn wire_durability(durability: leader::Durability) -> keel_api::Durability {
+    match durability {
+        leader::Durability::SemiSync => keel_api::Durability::SemiSync,
+        leader::Durability::Sync => keel_api::Durability::Sync,
+        leader::Durability::Replicas(k) => {
+            keel_api::Durability::Replicas(u32::try_from(k).unwrap_or(u32::MAX))
+        }
     }
 }
 
 /// What a statement's result shows: a table of rows, or how many rows a write changed.
-fn describe_result(result: &Value) -> Result<String, String> {
-    if let Some(columns) = result.get("columns").and_then(Value::as_array) {
-        let columns: Vec<String> = columns
-            .iter()
-            .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string))
-            .collect();
-        let rows: Vec<Vec<Value>> = match result.get("values") {
-            None => Vec::new(),
-            Some(Value::Array(rows)) => rows
-                .iter()
-                .map(|row| {
-                    row.as_array().cloned().ok_or_else(|| format!("a row is not a list: {row}"))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(other) => return Err(format!("the rows are not a list: {other}")),
-        };
-        return Ok(render::table(&columns, &rows));
+fn describe_result(result: &StatementResult) -> String {
+    match &result.columns {
+        Some(columns) => render::table(columns, result.values()),
+        None => format!("{}\n", render::rows_affected(result.rows_affected())),
     }
-    let affected = result.get("rows_affected").and_then(Value::as_i64).unwrap_or(0);
-    Ok(format!("{}\n", render::rows_affected(affected)))
 }
 
 /// Whether a statement may change the table list (for completion).
@@ -650,19 +560,24 @@ fn help() -> String {
 mod tests {
     use super::*;
 
+    fn result(json: Value) -> StatementResult {
+        serde_json::from_value(json).unwrap()
+    }
+
     #[test]
     fn results_show_rows_or_the_count_of_changed_rows() {
         let rows =
             json!({"columns": ["id", "v"], "types": ["integer", "text"], "values": [[1, null]]});
-        assert_eq!(describe_result(&rows).unwrap(), " id | v\n----+------\n  1 | NULL\n(1 row)\n");
+        assert_eq!(describe_result(&result(rows)), " id | v\n----+------\n  1 | NULL\n(1 row)\n");
         let none = json!({"columns": ["id"], "types": ["integer"]});
-        assert_eq!(describe_result(&none).unwrap(), " id\n----\n(0 rows)\n");
+        assert_eq!(describe_result(&result(none)), " id\n----\n(0 rows)\n");
         assert_eq!(
-            describe_result(&json!({"last_insert_id": 3, "rows_affected": 2})).unwrap(),
+            describe_result(&result(json!({"last_insert_id": 3, "rows_affected": 2}))),
             "2 rows affected\n"
         );
-        assert_eq!(describe_result(&json!({})).unwrap(), "0 rows affected\n");
-        assert!(describe_result(&json!({"columns": ["a"], "values": 3})).is_err());
+        assert_eq!(describe_result(&result(json!({}))), "0 rows affected\n");
+        let bad = json!({"columns": ["a"], "values": 3});
+        assert!(serde_json::from_value::<StatementResult>(bad).is_err(), "rows that are no list");
     }
 
     #[test]
@@ -681,11 +596,49 @@ mod tests {
         }
     }
 
+    /// A shell on a fake node that answers `/leader`, `/nodes` and `/db/request`.
+    fn shell_on_fake_node() -> (Shell, std::sync::mpsc::Receiver<String>) {
+        let (url, requests) = client::tests::serve(|request| {
+            let body = if request.contains("/leader") {
+                json!({"addr": "x:1", "api_addr": "http://127.0.0.1:9", "id": "1", "leader": true,
+                       "reachable": true, "voter": true})
+            } else if request.contains("/nodes") {
+                json!({"nodes": []})
+            } else {
+                json!({"results": [{"rows_affected": 1}], "lsn": 3})
+            };
+            ("200 OK", body.to_string())
+        });
+        let cluster = client::tests::once(&url);
+        let shell = Shell {
+            cluster,
+            level: Some(Level::None),
+            durability: Some(leader::Durability::Replicas(2)),
+            timer: false,
+            schema_changed: false,
+        };
+        (shell, requests)
+    }
+
     #[test]
-    fn request_ids_are_unique() {
-        let mut ids = RequestIds::new();
-        let (a, b) = (ids.next(), ids.next());
-        assert_ne!(a, b);
-        assert!(a.starts_with(&format!("shell-{}-", std::process::id())));
+    fn statements_carry_the_settings_and_a_fresh_request_id_each() {
+        // Calls watch for Ctrl-C: keep another test's press from landing here.
+        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        interrupt::clear();
+        let (mut shell, requests) = shell_on_fake_node();
+        let request_id = |line: &str| {
+            let at = line.find("request_id=").expect("a request id");
+            line[at..].split(['&', ' ']).next().unwrap().to_string()
+        };
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let result = shell.statement(Statement::new("INSERT INTO t VALUES (1)")).unwrap();
+            assert_eq!(result.rows_affected(), 1);
+            let line = requests.recv().unwrap();
+            assert!(line.starts_with("POST /db/request?blob_array&"), "{line}");
+            assert!(line.contains("level=none") && line.contains("durability=replicas%3A2"));
+            ids.push(request_id(&line));
+        }
+        assert_ne!(ids[0], ids[1]);
     }
 }

@@ -28,7 +28,7 @@
 //! One record (one LSN) can hold many changes. The id of the last event of a record is the
 //! record's LSN; the events before it in the same record have the id `<lsn>:<seq>` (`seq`
 //! counts from 0 within the record). Resuming after `<lsn>` starts at `lsn + 1`, and after
-//! `<lsn>:<seq>` inside the record after event `seq` ([`EventId::resume`]), so a connection
+//! `<lsn>:<seq>` inside the record after event `seq` ([`Position::after`]), so a connection
 //! dropped halfway through a big transaction loses nothing and repeats nothing. The
 //! `caught-up` event carries `{"lsn": n}` and the id `n`: everything through `n` has been
 //! sent. It is yielded when the stream reaches the node's applied index and the last id sent
@@ -47,9 +47,10 @@
 //!   been compacted away, the stream ends with an `end` event naming the first retained LSN.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
+
+/// An event's SSE id, `<lsn>` or `<lsn>:<seq>`: the wire type, which clients parse too.
+pub use keel_api::changes::EventId;
 
 use serde_json::{Value, json};
 use sql::changes::TableColumns;
@@ -114,46 +115,13 @@ pub struct Position {
     pub skip: u64,
 }
 
-/// An SSE event id: `<lsn>` (the last event of a record, or `caught-up`) or `<lsn>:<seq>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EventId {
-    /// The record's LSN.
-    pub lsn: wal::Lsn,
-    /// The event's position within the record, unless it is the record's last event.
-    pub seq: Option<u64>,
-}
-
-impl EventId {
-    /// Where to resume after this event.
-    pub fn resume(self) -> Option<Position> {
-        match self.seq {
-            None => Some(Position { lsn: self.lsn.checked_add(1)?, skip: 0 }),
-            Some(seq) => Some(Position { lsn: self.lsn, skip: seq.checked_add(1)? }),
-        }
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.seq {
-            None => write!(f, "{}", self.lsn),
-            Some(seq) => write!(f, "{}:{seq}", self.lsn),
-        }
-    }
-}
-
-impl FromStr for EventId {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let number = |part: &str| {
-            part.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("event id {s:?} is not <lsn> or <lsn>:<seq>"))
-        };
-        match s.split_once(':') {
-            None => Ok(EventId { lsn: number(s)?, seq: None }),
-            Some((lsn, seq)) => Ok(EventId { lsn: number(lsn)?, seq: Some(number(seq)?) }),
+impl Position {
+    /// Where to resume after the event `id`: the next record after a record's last event,
+    /// else the same record past event `seq`. `None` past the end of the log's numbers.
+    pub fn after(id: EventId) -> Option<Position> {
+        match id.seq {
+            None => Some(Position { lsn: id.lsn.checked_add(1)?, skip: 0 }),
+            Some(seq) => Some(Position { lsn: id.lsn, skip: seq.checked_add(1)? }),
         }
     }
 }
@@ -363,12 +331,12 @@ mod tests {
         ] {
             assert_eq!(text.parse::<EventId>().unwrap(), id);
             assert_eq!(id.to_string(), text);
-            assert_eq!(id.resume(), Some(resume));
+            assert_eq!(Position::after(id), Some(resume));
         }
         for bad in ["", "x", "-1", "1:", ":1", "1:2:3", "1.5"] {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?}");
         }
-        assert_eq!(EventId { lsn: u64::MAX, seq: None }.resume(), None);
+        assert_eq!(Position::after(EventId { lsn: u64::MAX, seq: None }), None);
     }
 
     #[test]

@@ -300,9 +300,12 @@ impl Client {
     }
 
     /// The members, voters and learners, as the node in use sees them (`/nodes?nonvoters&ver=2`;
-    /// on the leader with replication progress).
+    /// on the leader with replication progress). The client learns the ones it did not know,
+    /// to fail over to them.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
-        Ok(self.get::<NodeList>("/nodes?nonvoters&ver=2", Target::Any).await?.nodes)
+        let nodes = self.get::<NodeList>("/nodes?nonvoters&ver=2", Target::Any).await?.nodes;
+        self.learn(&nodes);
+        Ok(nodes)
     }
 
     /// The leader as the node in use knows it (`GET /leader`; a 503 when none is known).

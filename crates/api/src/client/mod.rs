@@ -21,8 +21,15 @@
 //!    a write is never applied twice. Writes get a fresh request id each unless
 //!    [`ClientBuilder::request_ids`] turns that off, or the caller gives one.
 //!
-//! The client learns the other members from `/nodes` when it finds the leader, so it can fail
-//! over to nodes it was not given.
+//! The client learns the other members from `/nodes` when it finds the leader (and from every
+//! [`Client::nodes`] answer), so it can fail over to nodes it was not given. A caller that
+//! wants to know when a node stops answering (to say so, or to log it) registers
+//! [`ClientBuilder::on_unanswered`].
+//!
+//! Timeouts: [`ClientBuilder::timeout`] bounds each attempt of an ordinary call, answer body
+//! included. Calls whose bodies stream (a backup, a load, the change stream) have no total
+//! timeout, since a big backup or a stream that follows the log for hours is not late;
+//! [`ChangeStream::next_event`] bounds the silence between events instead.
 //!
 //! # What it does not do
 //!
@@ -73,6 +80,21 @@ pub struct ClientBuilder {
     retry_for: Duration,
     /// Whether writes get a generated request id.
     request_ids: bool,
+    /// Told of every node that does not answer.
+    on_unanswered: Option<Observer>,
+}
+
+/// What [`ClientBuilder::on_unanswered`] registers: told a node's base URL and why.
+type Notify = dyn Fn(&str, &str) + Send + Sync;
+
+/// A function told of each node that did not answer: its base URL, and why in a few words.
+#[derive(Clone)]
+struct Observer(Arc<Notify>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl ClientBuilder {
@@ -98,7 +120,8 @@ impl ClientBuilder {
     }
 
     /// How long one attempt may take before it counts as unanswered and the next node is
-    /// tried (default 30 s: Keel's own forwarding waits up to that long).
+    /// tried (default 30 s: Keel's own forwarding waits up to that long). Streaming calls
+    /// (backup, load, change stream) are not bounded by it: see the module docs.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -121,6 +144,14 @@ impl ClientBuilder {
     /// can be retried safely (default: yes).
     pub fn request_ids(mut self, on: bool) -> Self {
         self.request_ids = on;
+        self
+    }
+
+    /// Calls `observer` with a node's base URL and the reason in a few words (`Connection
+    /// refused`, `timed out`) each time a call's attempt gets no answer from it, before the
+    /// client moves on. For a tool that says when it leaves a node, or a log.
+    pub fn on_unanswered(mut self, observer: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+        self.on_unanswered = Some(Observer(Arc::new(observer)));
         self
     }
 
@@ -149,17 +180,19 @@ impl ClientBuilder {
                 http = http.add_root_certificate(cert);
             }
         }
-        http = http
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.timeout);
+        // No client-wide total timeout: it would also end streaming bodies (see the module
+        // docs); ordinary attempts get `timeout` one by one.
+        http =
+            http.redirect(reqwest::redirect::Policy::none()).connect_timeout(self.connect_timeout);
         let http = http.build().map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         Ok(Client {
             shared: Arc::new(Shared {
                 http,
                 auth,
+                timeout: self.timeout,
                 retry_for: self.retry_for,
                 request_ids: self.request_ids,
+                on_unanswered: self.on_unanswered,
             }),
             state: Arc::new(Mutex::new(State { nodes, current: 0, leader: None })),
             pinned: false,
@@ -210,10 +243,14 @@ struct Shared {
     http: reqwest::Client,
     /// Basic-auth credentials.
     auth: Option<Credentials>,
+    /// Per-attempt timeout of calls that do not stream.
+    timeout: Duration,
     /// How long a call retries.
     retry_for: Duration,
     /// Whether writes get a generated request id.
     request_ids: bool,
+    /// Told of every node that does not answer.
+    on_unanswered: Option<Observer>,
 }
 
 /// What a client knows of the cluster.
@@ -285,6 +322,7 @@ impl Client {
             connect_timeout: Duration::from_secs(3),
             retry_for: Duration::from_secs(10),
             request_ids: true,
+            on_unanswered: None,
         }
     }
 
@@ -352,9 +390,15 @@ impl Client {
         let url = format!("{base}/nodes?nonvoters&ver=2");
         let request = self.http_request(Method::GET, &url).timeout(LEADER_PROBE);
         let Ok(answered) = self.perform(request).await else { return };
-        let Ok(list) = answered.reply.json::<NodeList>() else { return };
+        if let Ok(list) = answered.reply.json::<NodeList>() {
+            self.learn(&list.nodes);
+        }
+    }
+
+    /// Adds the members of `nodes` that the client does not know yet.
+    pub(crate) fn learn(&self, nodes: &[NodeInfo]) {
         let mut state = self.state();
-        for node in list.nodes {
+        for node in nodes {
             if let Ok((url, _)) = base_url(&node.api_addr)
                 && !state.nodes.contains(&url)
             {
@@ -388,6 +432,9 @@ impl Client {
                 }
                 Err((connect, why)) => {
                     self.unanswered(&base);
+                    if let Some(Observer(observer)) = &self.shared.on_unanswered {
+                        observer(&base, &why);
+                    }
                     failures.push(format!("{base}: {why}"));
                     (next::after_failure(connect), Err(why))
                 }
@@ -463,7 +510,8 @@ impl Client {
                 };
             }
         }
-        let mut request = self.http_request(attempt.method.clone(), url.as_str());
+        let mut request =
+            self.http_request(attempt.method.clone(), url.as_str()).timeout(self.shared.timeout);
         if let Some(body) = &attempt.body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")

@@ -1,7 +1,6 @@
 //! `keel changes`: follows `GET /db/changes` and prints each change as one JSON line.
 //!
-//! The command keeps the id of the last event it received (see the event ids in the parent
-//! module) and, when the connection drops (the node died, the network failed, the stream went
+//! The command keeps the id of the last event it received ([`EventId`]) and, when the connection drops (the node died, the network failed, the stream went
 //! silent for longer than three keep-alive intervals), reconnects with that id as
 //! `Last-Event-ID`: to the same node, or to another member from the last `/nodes` answer, in
 //! turn. Since every node streams the same log and the id says exactly which events were
@@ -12,17 +11,23 @@
 //! Fatal answers (400 for a bad start, 401/403 for missing credentials, 410 when the start has
 //! been compacted away, or the stream falling behind compaction) end the command with an error.
 //! Credentials go in the URL (`http://user:password@host:port`), as for the other commands.
+//!
+//! Each connection is one call of [`keel_api::Client::changes`] on a client pinned to the node
+//! ([`keel_api::Client::on`]) with retries off: which node to try next, how long to pause and
+//! when to give up (`--give-up-after`) is this loop's policy, because a change stream resumes
+//! from the last event received, which the client's retry of a whole call knows nothing of.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use serde_json::Value;
+use keel_api::ErrorAnswer;
+use keel_api::changes::EventId;
+use keel_api::sse::Event;
 
-use super::sse::{Parser, SseEvent};
-use super::{ChangesArgs, EventId, KEEP_ALIVE};
+use super::{ChangesArgs, KEEP_ALIVE};
 
-/// How long a connection attempt may take.
+/// How long a connection attempt (and the `/nodes` question) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A stream that sends nothing (not even a keep-alive) for this long is treated as dead.
 const SILENCE: Duration = Duration::from_secs(KEEP_ALIVE.as_secs() * 3);
@@ -58,17 +63,18 @@ pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
     if args.limit == Some(0) {
         return Ok(());
     }
-    let http = reqwest::Client::builder()
-        .no_proxy()
+    // One attempt per call: this loop is the command's own reconnection policy. The URL's
+    // credentials go to every node.
+    let client = keel_api::Client::builder([&args.url])
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
+        .timeout(CONNECT_TIMEOUT)
+        .retry_for(Duration::ZERO)
         .build()
-        .context("building the HTTP client")?;
-    let (first, credentials) = split_credentials(&args.url)?;
-    let http = Http { client: http, credentials };
+        .with_context(|| format!("{:?} is not a node's URL", args.url))?;
+    let first = client.nodes_known().swap_remove(0);
     let mut candidates = vec![first.clone()];
     // Learn the other members now, while the given node answers: it may be the one that dies.
-    if let Some(members) = members(&http, &first).await {
+    if let Some(members) = members(&client, &first).await {
         candidates = merge(&first, members);
     }
     let mut follower = Follower { args, last: None, printed: 0, out: std::io::stdout().lock() };
@@ -78,7 +84,7 @@ pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
     let mut failing_since: Option<Instant> = None;
     loop {
         let url = candidates[turn % candidates.len()].clone();
-        match follower.follow(&http, &url).await? {
+        match follower.follow(&client, &url).await? {
             Stop::Done => return Ok(()),
             Stop::Lost { reason, progressed } => {
                 let resume = follower.last.map_or_else(
@@ -91,7 +97,7 @@ pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
                     failed_round = 0;
                     backoff = MIN_BACKOFF;
                     // Refresh the members while this node may still answer.
-                    if let Some(members) = members(&http, &url).await {
+                    if let Some(members) = members(&client, &url).await {
                         candidates = merge(&first, members);
                     }
                 } else {
@@ -116,68 +122,52 @@ pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
 
 impl Follower {
     /// Streams from one node until the connection stops; `Err` for a fatal answer.
-    async fn follow(&mut self, http: &Http, url: &str) -> anyhow::Result<Stop> {
-        let request = match (self.last, self.args.from) {
-            (Some(id), _) => {
-                http.get(format!("{url}/db/changes")).header("Last-Event-ID", id.to_string())
-            }
-            (None, Some(from)) => http.get(format!("{url}/db/changes?from={from}")),
-            (None, None) => http.get(format!("{url}/db/changes")),
-        };
+    async fn follow(&mut self, client: &keel_api::Client, url: &str) -> anyhow::Result<Stop> {
         let lost = |reason: String| Ok(Stop::Lost { reason, progressed: false });
-        let mut response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => return lost(format!("cannot connect: {e}")),
+        let node = client.on(url)?;
+        let from = if self.last.is_some() { None } else { self.args.from };
+        let mut stream = match node.changes(from, self.last).await {
+            Ok(stream) => stream,
+            Err(keel_api::Error::Unreachable(why)) => {
+                return lost(format!("cannot connect: {why}"));
+            }
+            Err(e) => match e.status() {
+                // Retrying cannot fix a bad start, a compacted one, or missing credentials.
+                Some(status @ (400 | 401 | 403 | 410)) => {
+                    let message = e.answer().map_or_else(String::new, |a| a.error.clone());
+                    bail!("{url} answered {}: {message}", status_text(status));
+                }
+                Some(status) => return lost(format!("answered {}", status_text(status))),
+                None => return lost(e.to_string()),
+            },
         };
-        let status = response.status();
-        // Retrying cannot fix a bad start, a compacted one, or missing credentials.
-        let fatal = [
-            reqwest::StatusCode::BAD_REQUEST,
-            reqwest::StatusCode::UNAUTHORIZED,
-            reqwest::StatusCode::FORBIDDEN,
-            reqwest::StatusCode::GONE,
-        ];
-        if fatal.contains(&status) {
-            let body = response.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
-                .unwrap_or(body);
-            bail!("{url} answered {status}: {message}");
-        }
-        if !status.is_success() {
-            return lost(format!("answered {status}"));
-        }
-        let mut parser = Parser::default();
         let mut progressed = false;
         loop {
-            let chunk = match tokio::time::timeout(SILENCE, response.chunk()).await {
-                Err(_) => format!("no data or keep-alive for {SILENCE:?}"),
-                Ok(Err(e)) => format!("connection lost: {e}"),
-                Ok(Ok(None)) => "the server ended the stream".to_string(),
-                Ok(Ok(Some(bytes))) => {
+            let reason = match stream.next_event(SILENCE).await {
+                Ok(Some(event)) => {
                     progressed = true;
-                    for event in parser.feed(&bytes) {
-                        if let Some(stop) = self.handle(event)? {
-                            return Ok(stop);
-                        }
+                    if let Some(stop) = self.handle(event)? {
+                        return Ok(stop);
                     }
                     continue;
                 }
+                Ok(None) => "the server ended the stream".to_string(),
+                Err(keel_api::Error::Unexpected { message, .. }) => message,
+                Err(e) => e.to_string(),
             };
-            return Ok(Stop::Lost { reason: chunk, progressed });
+            return Ok(Stop::Lost { reason, progressed });
         }
     }
 
     /// Handles one event; `Some` stops the connection.
-    fn handle(&mut self, event: SseEvent) -> anyhow::Result<Option<Stop>> {
+    fn handle(&mut self, event: Event) -> anyhow::Result<Option<Stop>> {
         if event.event == "end" {
-            let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-            let message = data["error"].as_str().unwrap_or(&event.data).to_string();
-            if data.get("first_lsn").is_some() {
-                bail!("{message}");
+            let data = serde_json::from_str::<ErrorAnswer>(&event.data)
+                .unwrap_or_else(|_| ErrorAnswer::new(event.data.clone()));
+            if data.first_lsn.is_some() {
+                bail!("{}", data.error);
             }
-            return Ok(Some(Stop::Lost { reason: message, progressed: true }));
+            return Ok(Some(Stop::Lost { reason: data.error, progressed: true }));
         }
         let Some(id) = event.id.as_deref() else {
             return Ok(None); // Not an event of the change stream.
@@ -187,7 +177,7 @@ impl Follower {
         // A change comes after the last event; a `caught-up` may repeat its position.
         let repeat_allowed = event.event != "message";
         if let Some(last) = self.last
-            && (order(id) < order(last) || (order(id) == order(last) && !repeat_allowed))
+            && (id.order() < last.order() || (id.order() == last.order() && !repeat_allowed))
         {
             bail!("event {id} arrived after event {last}: the stream went backwards");
         }
@@ -208,66 +198,21 @@ impl Follower {
     }
 }
 
-/// Orders event ids as the stream sends them: by LSN, then by position in the record, the
-/// record's last event (no `seq`) after the others.
-fn order(id: EventId) -> (u64, u64) {
-    (id.lsn, id.seq.unwrap_or(u64::MAX))
-}
-
 /// The HTTP URLs of the cluster's members, asked of `url`; `None` if it does not answer.
-async fn members(http: &Http, url: &str) -> Option<Vec<String>> {
-    let answer = http
-        .get(format!("{url}/nodes?nonvoters&ver=2"))
-        .timeout(CONNECT_TIMEOUT)
-        .send()
-        .await
-        .ok()?
-        .json::<Value>()
-        .await
-        .ok()?;
-    let nodes = answer["nodes"].as_array()?;
+async fn members(client: &keel_api::Client, url: &str) -> Option<Vec<String>> {
+    let nodes = client.on(url).ok()?.nodes().await.ok()?;
     Some(
         nodes
-            .iter()
-            .filter_map(|n| n["api_addr"].as_str())
-            .map(|a| a.trim_end_matches('/').to_string())
+            .into_iter()
+            .filter_map(|n| keel_api::base_url(&n.api_addr).ok())
+            .map(|(u, _)| u)
             .collect(),
     )
 }
 
-/// A user name and its password, if any.
-type Credentials = (String, Option<String>);
-
-/// The HTTP client, with the credentials of the URL given on the command line (if any) for
-/// every node: the members' URLs from `/nodes` carry none.
-struct Http {
-    /// The client.
-    client: reqwest::Client,
-    /// User name and password, sent with HTTP basic authentication.
-    credentials: Option<Credentials>,
-}
-
-impl Http {
-    /// A GET request to `url`, with the credentials.
-    fn get(&self, url: String) -> reqwest::RequestBuilder {
-        let request = self.client.get(url);
-        match &self.credentials {
-            Some((user, password)) => request.basic_auth(user, password.as_deref()),
-            None => request,
-        }
-    }
-}
-
-/// Splits `http://user:password@host:port/` into the URL without credentials (and without a
-/// trailing slash) and the credentials.
-fn split_credentials(url: &str) -> anyhow::Result<(String, Option<Credentials>)> {
-    let mut parsed =
-        reqwest::Url::parse(url).with_context(|| format!("{url:?} is not a node's URL"))?;
-    let user = parsed.username().to_string();
-    let credentials = (!user.is_empty()).then(|| (user, parsed.password().map(str::to_string)));
-    let _ = parsed.set_username("");
-    let _ = parsed.set_password(None);
-    Ok((parsed.as_str().trim_end_matches('/').to_string(), credentials))
+/// A status code with its reason phrase, `410 Gone`.
+fn status_text(status: u16) -> String {
+    reqwest::StatusCode::from_u16(status).map_or_else(|_| status.to_string(), |s| s.to_string())
 }
 
 /// The URLs to try: the one given first, then the members.
@@ -286,28 +231,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_order_within_and_across_records() {
-        let id = |s: &str| s.parse::<EventId>().unwrap();
-        let sent = ["3:0", "3:1", "3", "4", "7:0", "7"];
-        for pair in sent.windows(2) {
-            assert!(order(id(pair[0])) < order(id(pair[1])), "{pair:?}");
-        }
-    }
-
-    #[test]
-    fn credentials_come_off_the_url() {
-        assert_eq!(
-            split_credentials("http://ann:s3cret@127.0.0.1:4001/").unwrap(),
-            (
-                "http://127.0.0.1:4001".to_string(),
-                Some(("ann".to_string(), Some("s3cret".to_string())))
-            )
-        );
-        assert_eq!(
-            split_credentials("http://127.0.0.1:4001").unwrap(),
-            ("http://127.0.0.1:4001".to_string(), None)
-        );
-        assert!(split_credentials("127.0.0.1 4001").is_err());
+    fn statuses_read_as_http_writes_them() {
+        assert_eq!(status_text(410), "410 Gone");
+        assert_eq!(status_text(400), "400 Bad Request");
     }
 
     #[test]

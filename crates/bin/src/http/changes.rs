@@ -37,7 +37,7 @@ fn start(params: &Params, headers: &HeaderMap, applied: wal::Lsn) -> Result<Posi
     if let Some(id) = headers.get("last-event-id") {
         let id = id.to_str().map_err(|_| "Last-Event-ID is not text".to_string())?;
         let id: EventId = id.parse()?;
-        return id.resume().ok_or_else(|| format!("Last-Event-ID {id} is out of range"));
+        return Position::after(id).ok_or_else(|| format!("Last-Event-ID {id} is out of range"));
     }
     match params.get("from") {
         None => Ok(Position { lsn: applied + 1, skip: 0 }),

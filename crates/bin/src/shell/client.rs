@@ -1,20 +1,20 @@
-//! The shell's connection to a cluster: HTTP requests to one node at a time, and failover to
-//! another node when that one stops answering.
+//! The shell's connection to a cluster: a [`keel_api::Client`] run on the shell's own runtime
+//! while Ctrl-C is watched, and the words the shell uses when a node stops answering.
 //!
-//! [`Cluster`] knows the cluster's nodes from `GET /nodes` (asked at start, after every switch,
-//! and, between commands, when the list is older than [`REFRESH_EVERY`]). [`Cluster::request`]
-//! sends to the node in use; when the request cannot be delivered or answered at all
-//! (connection refused or reset, timeout), it sends the same request to the other known nodes
-//! in turn (reachable leader first) and stays with the first that answers, saying so on
-//! stderr. Any HTTP answer, errors included, counts as answering: only a silent node is left.
+//! [`Cluster::call`] runs one client call. The client does the network work: it sends what
+//! needs the leader to the leader it finds (`GET /leader`) and remembers, everything else to
+//! the node in use; it moves to another node when one does not answer (connection refused or
+//! reset, no answer within `--timeout`), waits out a `503` while a leader is elected, and sends
+//! a statement again with its `request_id`, so that a retried write is answered with its first
+//! result instead of running twice; a `503` that says the write is committed is final. It
+//! keeps at this for at most the retry window the shell gives it ([`super::RETRY_FOR`]).
 //!
-//! Requests run on a single-threaded tokio runtime the cluster owns, with the client of the
-//! other `keel` commands ([`crate::tls::client_builder`]: `--cacert`, client certificates),
-//! while Ctrl-C is watched for ([`super::interrupt`]).
-//!
-//! Sending a request again is safe because the shell makes every request safe to repeat:
-//! reads change nothing, and each write carries a `request_id` that the cluster answers a
-//! retry of with the original result instead of running it again.
+//! What the shell adds is saying so: the client tells [`Cluster`] of every node that did not
+//! answer ([`keel_api::ClientBuilder::on_unanswered`]); when a call ends on another node in use
+//! than it started on, the shell prints `<node> is not answering (<why>); switched to <node>`,
+//! and when no node answered at all, the error names each node and why. Nodes are named by URL
+//! and, when `/nodes` has named it, id ([`Cluster::refresh`], at start, after a switch, and on
+//! `.nodes`; the client learns the members from the same answers).
 //!
 //! IMPLEMENTATION CAVEATS: a node that accepts connections but never answers (a stopped
 //! process) is only left after the request timeout (or Ctrl-C). Nodes are listed by the
@@ -22,107 +22,38 @@
 //! them differently (`localhost` for `127.0.0.1`), that node is listed twice, which costs a
 //! second try when it is down, nothing more.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use reqwest::{Client, Method, RequestBuilder};
-use serde_json::Value;
+use keel_api::cluster::NodeInfo;
 
 use super::interrupt;
-
-/// How long the node list is trusted before [`Cluster::refresh_if_stale`] asks again.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// How long to wait for a connection before trying another node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long a background refresh of the node list may take: it must not hold up the
-/// statement it precedes for long when the node is in trouble.
-const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Nodes that did not answer during the current call, in order, with the reason.
+type Unanswered = Arc<Mutex<Vec<(String, String)>>>;
 
-/// A node the shell may talk to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Known {
-    /// Base URL, such as `http://127.0.0.1:4001` (no trailing `/`).
-    pub url: String,
-    /// The node's id, once `/nodes` has named it.
-    pub id: Option<String>,
-}
-
-impl Known {
-    /// `http://… (node 2)`, or the URL alone when the id is not known.
-    fn describe(&self) -> String {
-        match &self.id {
-            Some(id) => format!("{} (node {id})", self.url),
-            None => self.url.clone(),
-        }
-    }
-}
-
-/// An HTTP answer.
-#[derive(Debug)]
-pub struct Reply {
-    /// The status code.
-    pub status: reqwest::StatusCode,
-    /// `Retry-After`, in whole seconds, if the server sent one.
-    pub retry_after: Option<Duration>,
-    /// The body.
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    /// The body as JSON, if it is a success; otherwise the server's error text.
-    pub fn json(&self) -> Result<Value, String> {
-        if !self.status.is_success() {
-            return Err(self.error_text());
-        }
-        serde_json::from_slice(&self.body)
-            .map_err(|_| format!("the server answered something that is not JSON: {}", self.text()))
-    }
-
-    /// The error an answer carries: its JSON `error`, or its text, with the status when the
-    /// body says nothing.
-    pub fn error_text(&self) -> String {
-        if let Ok(value) = serde_json::from_slice::<Value>(&self.body)
-            && let Some(error) = value.get("error").and_then(Value::as_str)
-        {
-            return error.to_string();
-        }
-        let text = self.text();
-        let text = text.trim();
-        if text.is_empty() { format!("HTTP {}", self.status) } else { text.to_string() }
-    }
-
-    /// The body as text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// The nodes of a cluster and the one the shell talks to.
-///
-/// Invariants:
-/// - `nodes` is never empty, and `current` indexes into it.
+/// The cluster the shell talks to, through the node in use.
 pub struct Cluster {
     /// Runs the requests (the shell itself is synchronous).
     runtime: tokio::runtime::Runtime,
-    /// The HTTP client (connection pool, timeouts, TLS roots).
-    http: Client,
-    /// Basic-auth credentials sent with every request.
-    user: Option<(String, Option<String>)>,
-    /// Every node known, without duplicates.
-    nodes: Vec<Known>,
-    /// The node in use.
-    current: usize,
-    /// When the node list was last read from the cluster.
-    refreshed: Option<Instant>,
+    /// The client: leader finding, failover, retries with the same request id.
+    client: keel_api::Client,
+    /// Filled by the client as nodes fail to answer; emptied before each call.
+    unanswered: Unanswered,
+    /// Node ids by base URL, from the last `/nodes` answer.
+    ids: HashMap<String, String>,
 }
 
 impl Cluster {
     /// A cluster reached through `url` (a node's HTTP URL; `http://` is added when missing),
-    /// with requests timing out after `timeout`, `user` (`NAME:PASSWORD`) sent as basic auth,
-    /// and `cacert` trusted for `https://` URLs (see [`crate::tls::client_builder`]). Nothing is
-    /// sent yet.
+    /// with each attempt timing out after `timeout`, calls retried for up to `retry_for`,
+    /// `user` (`NAME:PASSWORD`) sent as basic auth, and `cacert` trusted for `https://` URLs
+    /// (see [`crate::tls::client_builder`]). Nothing is sent yet.
     ///
     /// Errors: `url` is not an `http` or `https` URL with a host; the CA or client
     /// certificate cannot be read.
@@ -130,32 +61,31 @@ impl Cluster {
         url: &str,
         user: Option<&str>,
         timeout: Duration,
+        retry_for: Duration,
         cacert: Option<&Path>,
     ) -> anyhow::Result<Cluster> {
-        let base = base_url(url);
-        let parsed = reqwest::Url::parse(&base).map_err(|e| {
-            anyhow::anyhow!("'{url}' is not a node URL ({e}); try http://127.0.0.1:4001")
-        })?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            anyhow::bail!("'{url}' is not a node URL: use http://HOST:PORT or https://HOST:PORT");
-        }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let http = crate::tls::client_builder(cacert)?
-            .connect_timeout(CONNECT_TIMEOUT)
+        let unanswered = Unanswered::default();
+        let record = unanswered.clone();
+        let mut builder = keel_api::Client::builder([url])
+            .http(crate::tls::client_builder(cacert)?)
             .timeout(timeout)
-            .build()?;
-        let user = user.map(|u| match u.split_once(':') {
-            Some((name, password)) => (name.to_string(), Some(password.to_string())),
-            None => (u.to_string(), None),
-        });
-        Ok(Cluster {
-            runtime,
-            http,
-            user,
-            nodes: vec![Known { url: base, id: None }],
-            current: 0,
-            refreshed: None,
-        })
+            .connect_timeout(CONNECT_TIMEOUT)
+            .retry_for(retry_for)
+            .on_unanswered(move |node, why| {
+                let mut seen = record.lock().unwrap_or_else(PoisonError::into_inner);
+                seen.push((node.to_string(), why.to_string()));
+            });
+        if let Some(user) = user {
+            let (name, password) = match user.split_once(':') {
+                Some((name, password)) => (name, Some(password.to_string())),
+                None => (user, None),
+            };
+            builder = builder.basic_auth(name, password);
+        }
+        // reqwest's client registers its connector with the runtime it is built in.
+        let client = runtime.block_on(async { builder.build() })?;
+        Ok(Cluster { runtime, client, unanswered, ids: HashMap::new() })
     }
 
     /// Runs `future` (another command's requests) on the shell's runtime until it ends or
@@ -169,285 +99,231 @@ impl Cluster {
         })
     }
 
-    /// The node in use.
-    pub fn current(&self) -> &Known {
-        &self.nodes[self.current]
+    /// The client, for commands that make their own calls ([`crate::backup`]).
+    pub fn client(&self) -> &keel_api::Client {
+        &self.client
     }
 
-    /// Sends a request to the node in use, or, if it does not answer, to the first other node
-    /// that does (and uses that one from then on). `path` includes the query string. Errors:
-    /// no node answered; the message names each node and why.
-    pub fn request(
+    /// The base URL of the node in use.
+    pub fn current(&self) -> String {
+        self.client.nodes_known().swap_remove(0)
+    }
+
+    /// Runs one client call until it ends or Ctrl-C is pressed, and says so on stderr when
+    /// it ended on another node in use. Errors: the server's reason, the nodes that did not
+    /// answer and why, or [`interrupt::CANCELLED`].
+    pub fn call<T>(
         &mut self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Reply, String> {
-        let n = self.nodes.len();
-        let mut failures = Vec::new();
-        for k in 0..n {
-            let i = (self.current + k) % n;
-            match self.send(&self.nodes[i].url, method.clone(), path, body, None) {
-                Err(Failure::Cancelled) => return Err(interrupt::CANCELLED.to_string()),
-                Ok(reply) => {
-                    if k > 0 {
-                        eprintln!(
-                            "{}; switched to {}",
-                            failures.first().map_or("", String::as_str),
-                            self.nodes[i].describe()
-                        );
-                        self.current = i;
-                        self.refreshed = None;
-                        self.refresh_quietly();
-                    }
-                    return Ok(reply);
-                }
-                Err(Failure::Unanswered(why)) => {
-                    failures.push(format!("{} is not answering ({why})", self.nodes[i].describe()))
-                }
+        call: impl AsyncFnOnce(&keel_api::Client) -> keel_api::Result<T>,
+    ) -> Result<T, String> {
+        let before = self.current();
+        self.take_unanswered();
+        let client = self.client.clone();
+        let outcome = self.block_on(call(&client))?;
+        let unanswered = self.take_unanswered();
+        if let Err(keel_api::Error::Unreachable(why)) = &outcome {
+            return Err(self.none_answered(&unanswered).unwrap_or_else(|| why.clone()));
+        }
+        let after = self.current();
+        if after != before {
+            let why = unanswered.iter().find(|(node, _)| *node == before).or(unanswered.first());
+            let why = why.map_or_else(String::new, |(_, why)| format!(" ({why})"));
+            eprintln!(
+                "{} is not answering{why}; switched to {}",
+                self.describe(&before),
+                self.describe(&after)
+            );
+            // Best effort: the new node's peers, so the next switch can name them.
+            let _ = self.refresh();
+        }
+        outcome.map_err(|e| error_text(&e))
+    }
+
+    /// Reads the members from the node in use (`GET /nodes`, through [`Cluster::call`]), so
+    /// that the shell can name them and the client fail over to them.
+    pub fn refresh(&mut self) -> Result<Vec<NodeInfo>, String> {
+        let nodes = self.call(async |c| c.nodes().await)?;
+        for node in &nodes {
+            if let Ok((url, _)) = keel_api::base_url(&node.api_addr) {
+                self.ids.insert(url, node.id.clone());
             }
         }
-        Err(failures.join("; "))
+        Ok(nodes)
     }
 
-    /// Reads the node list from the cluster (`GET /nodes`) through [`Cluster::request`]; returns
-    /// the answer, each node an object with `id`, `api_addr`, `addr`, `voter`, `reachable` and
-    /// `leader`.
-    pub fn refresh(&mut self) -> Result<Vec<Value>, String> {
-        let reply = self.request(Method::GET, "/nodes?nonvoters&ver=2", None)?;
-        let answer = reply.json()?;
-        let list = answer["nodes"]
-            .as_array()
-            .cloned()
-            .ok_or_else(|| format!("/nodes answered without a node list: {answer}"))?;
-        self.learn(&list);
-        Ok(list)
-    }
-
-    /// [`Cluster::refresh`] when the list is older than [`REFRESH_EVERY`]; failures are left
-    /// to the request that follows.
-    pub fn refresh_if_stale(&mut self) {
-        if self.refreshed.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
-            // A failed refresh is tried again after as long, not before every command.
-            self.refreshed = Some(Instant::now());
-            self.refresh_quietly();
+    /// `http://… (node 2)`, or the URL alone when the id is not known.
+    pub fn describe(&self, url: &str) -> String {
+        match self.ids.get(url) {
+            Some(id) => format!("{url} (node {id})"),
+            None => url.to_string(),
         }
     }
 
-    /// Asks the node in use for the node list, without failing over: a node that does not
-    /// answer is dealt with by the next request.
-    fn refresh_quietly(&mut self) {
-        let url = self.current().url.clone();
-        let nodes = "/nodes?nonvoters&ver=2";
-        let reply = match self.send(&url, Method::GET, nodes, None, Some(REFRESH_TIMEOUT)) {
-            Ok(reply) => reply,
-            // The Ctrl-C is meant for the command this refresh precedes.
-            Err(Failure::Cancelled) => return interrupt::raise(),
-            Err(Failure::Unanswered(_)) => return,
-        };
-        if let Ok(answer) = reply.json()
-            && let Some(list) = answer["nodes"].as_array()
-        {
-            self.learn(list);
-        }
-    }
-
-    /// Replaces the node list with `/nodes`' (keeping the node in use, first): reachable
-    /// leader, other reachable nodes, then the rest.
-    fn learn(&mut self, list: &[Value]) {
-        let mut listed: Vec<(u8, Known)> = list
-            .iter()
-            .filter_map(|node| {
-                let url = base_url(node["api_addr"].as_str()?);
-                let id = node["id"].as_str().map(str::to_string);
-                let rank = match (node["reachable"] == true, node["leader"] == true) {
-                    (true, true) => 0,
-                    (true, false) => 1,
-                    _ => 2,
-                };
-                Some((rank, Known { url, id }))
-            })
-            .collect();
-        listed.sort_by_key(|(rank, _)| *rank);
-        let mut current = self.current().clone();
-        if let Some((_, named)) = listed.iter().find(|(_, k)| k.url == current.url) {
-            current.id.clone_from(&named.id);
-        }
-        let mut nodes = vec![current];
-        for (_, known) in listed {
-            if !nodes.iter().any(|k| k.url == known.url) {
-                nodes.push(known);
+    /// Every node that did not answer, once each with its first reason; `None` if the client
+    /// reported none.
+    fn none_answered(&self, unanswered: &[(String, String)]) -> Option<String> {
+        let mut named: Vec<&str> = Vec::new();
+        let mut lines = Vec::new();
+        for (node, why) in unanswered {
+            if !named.contains(&node.as_str()) {
+                named.push(node);
+                lines.push(format!("{} is not answering ({why})", self.describe(node)));
             }
         }
-        self.nodes = nodes;
-        self.current = 0;
-        self.refreshed = Some(Instant::now());
+        (!lines.is_empty()).then(|| lines.join("; "))
     }
 
-    /// One attempt against one node, within `timeout` if given (else the client's), until
-    /// it is answered or Ctrl-C is pressed ([`interrupt`]).
-    fn send(
-        &self,
-        base: &str,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        timeout: Option<Duration>,
-    ) -> Result<Reply, Failure> {
-        let mut request = self.http.request(method, format!("{base}{path}"));
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
-        if let Some((name, password)) = &self.user {
-            request = request.basic_auth(name, password.as_deref());
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        match self.block_on(perform(request)) {
-            Ok(answered) => answered.map_err(Failure::Unanswered),
-            Err(_) => Err(Failure::Cancelled),
-        }
+    /// What the client reported since the last look, emptied.
+    fn take_unanswered(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.unanswered.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
-/// Why one attempt got no answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Failure {
-    /// The node did not answer: connection refused or reset, timeout (the cause, in words).
-    Unanswered(String),
-    /// Ctrl-C.
-    Cancelled,
-}
-
-/// Sends a request and reads its answer. Errors: why there is none, in a few words.
-async fn perform(request: RequestBuilder) -> Result<Reply, String> {
-    let response = request.send().await.map_err(|e| describe(&e))?;
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body = response.bytes().await.map_err(|e| describe(&e))?.to_vec();
-    Ok(Reply { status, retry_after, body })
-}
-
-/// A node URL with `http://` added when it has no scheme, and no trailing `/`.
-pub fn base_url(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    if url.contains("://") { url.to_string() } else { format!("http://{url}") }
-}
-
-/// Why a request failed, in a few words: the innermost cause ("Connection refused"), not
-/// reqwest's "error sending request for url …".
-fn describe(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        return "timed out".to_string();
-    }
-    let mut cause: &dyn std::error::Error = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    let text = cause.to_string();
-    // io::Error renders as "Connection refused (os error 111)".
-    match text.find(" (os error") {
-        Some(at) => text[..at].to_string(),
-        None => text,
+/// A failed call in the shell's words: the server's own error text for a refusal (its JSON
+/// `error`, or its text, or the status when the body says nothing), else the client's.
+pub fn error_text(error: &keel_api::Error) -> String {
+    match error.answer() {
+        Some(answer) => answer.error.clone(),
+        None => error.to_string(),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
+pub(crate) mod tests {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::sync::mpsc;
+    use std::time::Instant;
 
     use super::*;
 
-    #[test]
-    fn urls_get_a_scheme_and_lose_the_slash() {
-        assert_eq!(base_url("127.0.0.1:4001/"), "http://127.0.0.1:4001");
-        assert_eq!(base_url(" https://h:1 "), "https://h:1");
+    /// A cluster of `url` that makes one attempt per call.
+    pub(crate) fn once(url: &str) -> Cluster {
+        Cluster::new(url, None, Duration::from_secs(2), Duration::ZERO, None).unwrap()
+    }
+
+    /// A server on a loopback port that answers every request (one per connection) with what
+    /// `answer` makes of its request line: a status line and a body. Returns its URL and the
+    /// request lines as they arrive.
+    pub(crate) fn serve(
+        answer: impl Fn(&str) -> (&'static str, String) + Send + 'static,
+    ) -> (String, mpsc::Receiver<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (seen, requests) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut reader = BufReader::new(stream.unwrap());
+                let (mut head, mut line, mut length) = (String::new(), String::new(), 0);
+                reader.read_line(&mut head).unwrap();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap();
+                    }
+                    line.clear();
+                }
+                reader.read_exact(&mut vec![0; length]).unwrap();
+                let (status, body) = answer(head.trim());
+                let _ = seen.send(head.trim().to_string());
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                reader.get_mut().write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        (url, requests)
     }
 
     #[test]
     fn bad_urls_are_refused_at_once() {
         for url in ["http://[bad", "ftp://x", "a b", ""] {
-            assert!(Cluster::new(url, None, Duration::from_secs(1), None).is_err(), "{url}");
+            assert!(
+                Cluster::new(url, None, Duration::from_secs(1), Duration::ZERO, None).is_err(),
+                "{url}"
+            );
         }
-        assert!(Cluster::new("localhost:4001", None, Duration::from_secs(1), None).is_ok());
+        let c = once("localhost:4001/");
+        assert_eq!(c.current(), "http://localhost:4001");
     }
 
     #[test]
-    fn learning_keeps_the_node_in_use_first_then_the_reachable_leader() {
-        let mut c = Cluster::new("localhost:4003", None, Duration::from_secs(1), None).unwrap();
-        c.learn(&[
-            json!({"id": "1", "api_addr": "http://127.0.0.1:4001", "reachable": false, "leader": false}),
-            json!({"id": "2", "api_addr": "http://127.0.0.1:4003", "reachable": true, "leader": false}),
-            json!({"id": "3", "api_addr": "http://127.0.0.1:4005", "reachable": true, "leader": true}),
-            json!({"id": "4"}),
-        ]);
-        let urls: Vec<&str> = c.nodes.iter().map(|k| k.url.as_str()).collect();
+    fn nodes_are_named_by_id_once_known() {
+        let mut c = once("localhost:4003");
+        assert_eq!(c.describe("http://localhost:4003"), "http://localhost:4003");
+        c.ids.insert("http://localhost:4003".into(), "2".into());
+        assert_eq!(c.describe("http://localhost:4003"), "http://localhost:4003 (node 2)");
+        let unanswered = [
+            ("http://localhost:4003".to_string(), "Connection refused".to_string()),
+            ("http://b:1".to_string(), "timed out".to_string()),
+            ("http://localhost:4003".to_string(), "Connection reset".to_string()),
+        ];
         assert_eq!(
-            urls,
-            [
-                "http://localhost:4003",
-                "http://127.0.0.1:4005",
-                "http://127.0.0.1:4003",
-                "http://127.0.0.1:4001"
-            ]
+            c.none_answered(&unanswered).unwrap(),
+            "http://localhost:4003 (node 2) is not answering (Connection refused); \
+             http://b:1 is not answering (timed out)"
         );
-        assert_eq!(c.current().url, "http://localhost:4003");
-
-        c.current = 1;
-        c.learn(&[
-            json!({"id": "3", "api_addr": "http://127.0.0.1:4005", "reachable": true, "leader": true}),
-        ]);
-        assert_eq!(c.nodes, [Known { url: "http://127.0.0.1:4005".into(), id: Some("3".into()) }]);
     }
 
     #[test]
     fn errors_are_the_server_text() {
-        let reply = |status: u16, body: &str| Reply {
-            status: reqwest::StatusCode::from_u16(status).unwrap(),
-            retry_after: None,
-            body: body.as_bytes().to_vec(),
-        };
-        assert_eq!(reply(503, r#"{"error":"leader not found"}"#).error_text(), "leader not found");
-        assert_eq!(reply(500, "boom\n").error_text(), "boom");
-        assert_eq!(reply(502, "").error_text(), "HTTP 502 Bad Gateway");
-        assert_eq!(
-            reply(400, r#"{"error":"no such table: t"}"#).json(),
-            Err("no such table: t".into())
-        );
-        assert_eq!(reply(200, r#"{"results":[]}"#).json(), Ok(json!({"results": []})));
-        assert!(reply(200, "<html>").json().unwrap_err().contains("not JSON"));
+        // Calls watch for Ctrl-C: keep another test's press from landing here.
+        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(PoisonError::into_inner);
+        interrupt::clear();
+        let answers = [
+            ("503 Service Unavailable", r#"{"error":"leader not found"}"#),
+            ("500 Internal Server Error", "boom\n"),
+            ("502 Bad Gateway", ""),
+            ("400 Bad Request", r#"{"error":"no such table: t"}"#),
+            ("200 OK", "<html>"),
+        ];
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (url, _) = serve(move |_| {
+            let (status, body) = answers[next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)];
+            (status, body.to_string())
+        });
+        let mut c = once(&url);
+        let mut status = || c.call(async |c| c.status().await).unwrap_err();
+        assert_eq!(status(), "leader not found");
+        assert_eq!(status(), "boom");
+        assert_eq!(status(), "HTTP 502 Bad Gateway");
+        assert_eq!(status(), "no such table: t");
+        assert!(status().contains("<html>"), "an answer that is not JSON is shown");
     }
 
     #[test]
     fn ctrl_c_cancels_a_request_that_gets_no_answer() {
-        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(PoisonError::into_inner);
         // A listener that never accepts: the kernel completes the connection, nobody answers.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", silent.local_addr().unwrap());
-        let mut c = Cluster::new(&url, None, Duration::from_secs(60), None).unwrap();
+        let mut c =
+            Cluster::new(&url, None, Duration::from_secs(60), Duration::from_secs(60), None)
+                .unwrap();
         interrupt::clear();
         interrupt::tests::press();
         let started = Instant::now();
-        assert_eq!(c.request(Method::GET, "/status", None).unwrap_err(), interrupt::CANCELLED);
+        assert_eq!(c.call(async |c| c.status().await).unwrap_err(), interrupt::CANCELLED);
         assert!(started.elapsed() < Duration::from_secs(30), "cancelled without waiting");
         assert!(!interrupt::take(), "the Ctrl-C was used up");
     }
 
     #[test]
     fn an_unreachable_cluster_names_every_node_tried() {
-        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(PoisonError::into_inner);
         interrupt::clear();
         // A port that was free a moment ago: nothing listens there.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut c =
-            Cluster::new(&format!("127.0.0.1:{port}"), None, Duration::from_secs(2), None).unwrap();
-        let error = c.request(Method::GET, "/status", None).unwrap_err();
+        let mut c = Cluster::new(
+            &format!("127.0.0.1:{port}"),
+            None,
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+            None,
+        )
+        .unwrap();
+        let error = c.call(async |c| c.status().await).unwrap_err();
         assert_eq!(error, format!("http://127.0.0.1:{port} is not answering (Connection refused)"));
     }
 }

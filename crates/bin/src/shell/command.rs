@@ -1,7 +1,6 @@
 //! Dot-commands: parsing a `.name args` line into a [`Command`], with a clear error for an
 //! unknown command or bad arguments. Running them is the shell's business (`shell::Shell`).
 
-use std::fmt;
 use std::path::PathBuf;
 
 /// Every dot-command with its arguments and what it does, for `.help` and completion.
@@ -26,54 +25,19 @@ pub const HELP: &[(&str, &str, &str)] = &[
     (".timer", "on|off", "show how long each statement takes"),
 ];
 
-/// A read consistency level the server accepts (`level=` of `/db/query` and `/db/request`).
-///
-/// The server reads an unknown level as `weak` (as rqlite does); the shell refuses it instead,
-/// so a typo is not silently a different guarantee.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// The answering node's own copy, whatever it is.
-    None,
-    /// The leader's copy, under its lease (the server's default).
-    Weak,
-    /// Any node's copy, once it has applied what the leader had committed (read index).
-    Linearizable,
-    /// Through the Raft log.
-    Strong,
-    /// `none` on a learner, `weak` elsewhere.
-    Auto,
-}
+/// A read consistency level (`level=` of `/db/query` and `/db/request`): the wire type.
+pub use keel_api::Level;
 
-impl Level {
-    /// Every level, in the order `.help` lists them.
-    pub const ALL: [Level; 5] =
-        [Level::None, Level::Weak, Level::Linearizable, Level::Strong, Level::Auto];
+/// Every level, in the order `.help` lists them.
+pub const LEVELS: [Level; 5] =
+    [Level::None, Level::Weak, Level::Linearizable, Level::Strong, Level::Auto];
 
-    /// The value of the `level` query parameter.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::None => "none",
-            Level::Weak => "weak",
-            Level::Linearizable => "linearizable",
-            Level::Strong => "strong",
-            Level::Auto => "auto",
-        }
-    }
-
-    /// Parses a level name, case-insensitively.
-    pub fn parse(name: &str) -> Result<Level, String> {
-        Level::ALL.into_iter().find(|l| l.as_str().eq_ignore_ascii_case(name)).ok_or_else(|| {
-            format!(
-                "unknown consistency level '{name}' (use none, weak, linearizable, strong or auto)"
-            )
-        })
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Parses a level name, case-insensitively. The server reads an unknown level as `weak` (as
+/// rqlite does); the shell refuses it instead, so a typo is not silently a different guarantee.
+pub fn parse_level(name: &str) -> Result<Level, String> {
+    LEVELS.into_iter().find(|l| l.as_str().eq_ignore_ascii_case(name)).ok_or_else(|| {
+        format!("unknown consistency level '{name}' (use none, weak, linearizable, strong or auto)")
+    })
 }
 
 /// A parsed dot-command.
@@ -142,7 +106,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         }
         ".consistency" => match at_most_one()? {
             None => Ok(Command::Consistency(None)),
-            Some(level) => Level::parse(&level).map(|l| Command::Consistency(Some(l))),
+            Some(level) => parse_level(&level).map(|l| Command::Consistency(Some(l))),
         },
         ".durability" => match at_most_one()? {
             None => Ok(Command::Durability(None)),

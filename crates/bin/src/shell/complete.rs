@@ -7,7 +7,7 @@
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::{Context, Helper, Highlighter, Hinter, Validator};
 
-use super::command::{HELP, Level};
+use super::command::{HELP, LEVELS};
 
 /// SQL keywords offered for completion.
 const KEYWORDS: &[&str] = &[
@@ -161,7 +161,7 @@ pub fn candidates(line: &str, pos: usize, tables: &[String]) -> (usize, Vec<Stri
                 let word = &before[start..];
                 let options: Vec<String> = match name {
                     ".schema" | ".indexes" | ".indices" => tables.to_vec(),
-                    ".consistency" => Level::ALL.iter().map(|l| l.as_str().to_string()).collect(),
+                    ".consistency" => LEVELS.iter().map(|l| l.as_str().to_string()).collect(),
                     ".durability" => DURABILITIES.iter().map(|d| d.to_string()).collect(),
                     ".timer" => vec!["on".into(), "off".into()],
                     _ => Vec::new(),

@@ -43,11 +43,6 @@ pub fn take() -> bool {
     INTERRUPTED.swap(false, Ordering::SeqCst)
 }
 
-/// Sets the flag again, for a wait that saw Ctrl-C but is not the one that should act on it.
-pub fn raise() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 /// Forgets a Ctrl-C pressed before the command that is about to run.
 pub fn clear() {
     INTERRUPTED.store(false, Ordering::SeqCst);
@@ -57,21 +52,6 @@ pub fn clear() {
 pub async fn wait() {
     while !take() {
         tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Sleeps for `duration`, or less if Ctrl-C is pressed meanwhile; returns whether it was.
-pub fn sleep(duration: Duration) -> bool {
-    let deadline = std::time::Instant::now() + duration;
-    loop {
-        if take() {
-            return true;
-        }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        std::thread::sleep(left.min(POLL));
     }
 }
 
@@ -98,16 +78,5 @@ pub(crate) mod tests {
         press();
         clear();
         assert!(!take());
-    }
-
-    #[test]
-    fn sleep_ends_early_on_ctrl_c() {
-        let _one = FLAG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        clear();
-        assert!(!sleep(Duration::from_millis(1)));
-        press();
-        let started = std::time::Instant::now();
-        assert!(sleep(Duration::from_secs(60)));
-        assert!(started.elapsed() < Duration::from_secs(30));
     }
 }
