@@ -52,7 +52,8 @@ use std::sync::Arc;
 /// An event's SSE id, `<lsn>` or `<lsn>:<seq>`: the wire type, which clients parse too.
 pub use keel_api::changes::EventId;
 
-use serde_json::{Value, json};
+use keel_api::changes::{CaughtUp, Change, Op, What};
+use serde_json::Value;
 use sql::changes::TableColumns;
 
 use crate::Node;
@@ -62,15 +63,15 @@ pub const CHUNK_ENTRIES: u64 = 256;
 /// Most log bytes read at once (at least one entry is read whatever its size).
 pub const CHUNK_BYTES: u64 = 1 << 20;
 
-/// One event of the stream.
+/// One event of the stream; the data of each is a wire type.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// The event type: `None` for a change, else `caught-up` or `end`.
-    pub kind: Option<&'static str>,
-    /// Its id, if it has one (`end` has none).
-    pub id: Option<EventId>,
-    /// Its data, a JSON object.
-    pub data: Value,
+pub enum Event {
+    /// A row change or a schema statement, with its id.
+    Change(EventId, Change),
+    /// `caught-up`: everything through `lsn` has been sent (its id is `lsn`).
+    CaughtUp(CaughtUp),
+    /// `end`: the stream stops, and why (no id).
+    End(keel_api::ErrorAnswer),
 }
 
 /// A start older than the log holds: `first` is the first LSN this node can stream.
@@ -186,11 +187,7 @@ impl ChangeStream {
                 if self.skip == 0 && self.announced.is_none_or(|a| a < through) {
                     // Everything through `through` is sent: say so, once.
                     self.announced = Some(through);
-                    return Some(Event {
-                        kind: Some("caught-up"),
-                        id: Some(EventId { lsn: through, seq: None }),
-                        data: json!({ "lsn": through }),
-                    });
+                    return Some(Event::CaughtUp(CaughtUp { lsn: through }));
                 }
                 if self.applied.changed().await.is_err() {
                     return None; // The node is stopping.
@@ -254,11 +251,8 @@ impl ChangeStream {
 
     /// Queues the `end` event and stops reading.
     fn end(&mut self, message: String, first_lsn: Option<wal::Lsn>) {
-        let mut data = json!({ "error": message });
-        if let Some(first) = first_lsn {
-            data["first_lsn"] = json!(first);
-        }
-        self.pending.push_back(Event { kind: Some("end"), id: None, data });
+        let end = keel_api::ErrorAnswer { first_lsn, ..keel_api::ErrorAnswer::new(message) };
+        self.pending.push_back(Event::End(end));
         self.ended = true;
     }
 }
@@ -276,46 +270,57 @@ fn record_events(
     readers: &sql::Readers,
     columns: &mut HashMap<String, Option<TableColumns>>,
 ) -> Result<Vec<(EventId, Event)>, String> {
-    let mut data: Vec<Value> = Vec::new();
+    let mut changes: Vec<(Op, What)> = Vec::new();
     for op in &record.ops {
         match op {
             wal::Op::Ddl(text) if is_sequence_fixup(text) => {}
             wal::Op::Ddl(text) => {
-                data.push(json!({ "lsn": lsn, "op": "ddl", "sql": text }));
+                changes.push((Op::Ddl, What::Ddl { sql: text.clone() }));
                 columns.clear();
             }
             wal::Op::Changes(changeset) => {
-                let changes = sql::changes::decode(changeset)
+                let decoded = sql::changes::decode(changeset)
                     .map_err(|e| format!("record at lsn {lsn}: {e}"))?;
-                for change in changes {
+                for change in decoded {
                     if !columns.contains_key(&change.table) {
                         let found = sql::changes::table_columns(readers, &change.table)
                             .map_err(|e| format!("schema of {}: {e}", change.table))?;
                         columns.insert(change.table.clone(), found);
                     }
                     let named = change.to_json(columns.get(&change.table).and_then(Option::as_ref));
-                    data.push(json!({
-                        "lsn": lsn,
-                        "table": change.table,
-                        "op": change.kind.as_str(),
-                        "key": named.key,
-                        "old": named.old,
-                        "new": named.new,
-                    }));
+                    let op = match change.kind {
+                        sql::changes::ChangeKind::Insert => Op::Insert,
+                        sql::changes::ChangeKind::Update => Op::Update,
+                        sql::changes::ChangeKind::Delete => Op::Delete,
+                    };
+                    let what = What::Row {
+                        key: row(named.key).unwrap_or_default(),
+                        old: row(named.old),
+                        new: row(named.new),
+                        table: change.table,
+                    };
+                    changes.push((op, what));
                 }
             }
         }
     }
-    let count = data.len();
-    Ok(data
+    let count = changes.len();
+    Ok(changes
         .into_iter()
         .enumerate()
-        .map(|(seq, mut value)| {
-            value["seq"] = json!(seq);
+        .map(|(seq, (op, what))| {
             let id = EventId { lsn, seq: (seq + 1 < count).then_some(seq as u64) };
-            (id, Event { kind: None, id: Some(id), data: value })
+            (id, Event::Change(id, Change { lsn, op, seq: seq as u64, what }))
         })
         .collect())
+}
+
+/// A row's values as a change names them: an object, or `None` for `null`.
+fn row(value: Value) -> Option<keel_api::db::Row> {
+    match value {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -72,14 +72,18 @@ async fn stream(
 
 /// A change stream event as an SSE event.
 fn sse(event: node::changes::Event) -> Event {
-    let mut sse = Event::default();
-    if let Some(kind) = event.kind {
-        sse = sse.event(kind);
+    fn data(value: &impl serde::Serialize) -> String {
+        serde_json::to_string(value).expect("change stream events serialize to JSON")
     }
-    if let Some(id) = event.id {
-        sse = sse.id(id.to_string());
+    match event {
+        node::changes::Event::Change(id, change) => {
+            Event::default().id(id.to_string()).data(data(&change))
+        }
+        node::changes::Event::CaughtUp(caught_up) => {
+            Event::default().event("caught-up").id(caught_up.lsn.to_string()).data(data(&caught_up))
+        }
+        node::changes::Event::End(end) => Event::default().event("end").data(data(&end)),
     }
-    sse.data(event.data.to_string())
 }
 
 /// The 410 answer for a start older than the log holds.

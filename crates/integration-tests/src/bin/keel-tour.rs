@@ -19,6 +19,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use integration_tests::chaos::cluster::pinned;
 use integration_tests::tour::{self, TourCommand};
 use serde_json::Value;
 
@@ -235,21 +236,20 @@ fn kill_leader(cluster: &Group) -> Result<(), String> {
     }
 }
 
+/// A client of `node` alone: one attempt of at most 2 s, no retries.
+fn client_of(node: &str) -> Option<keel_api::blocking::Client> {
+    pinned(&format!("http://{node}"), Duration::from_secs(2)).ok()
+}
+
 /// The HTTP address of the leader as `node` sees it (`GET /leader`).
 fn leader_of(node: &str) -> Option<String> {
-    let client =
-        reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
-    let answer: Value = client.get(format!("http://{node}/leader")).send().ok()?.json().ok()?;
-    let api = answer.get("api_addr")?.as_str()?;
+    let api = client_of(node)?.leader().ok()?.api_addr;
     Some(api.trim_start_matches("http://").trim_start_matches("https://").to_string())
 }
 
+/// Whether `node` answers `/readyz` with 200.
 fn ready(node: &str) -> bool {
-    let Ok(client) = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build()
-    else {
-        return false;
-    };
-    client.get(format!("http://{node}/readyz")).send().is_ok_and(|r| r.status().is_success())
+    client_of(node).and_then(|c| c.ready(false, false).ok()).is_some_and(|r| r.ready)
 }
 
 fn signal(pid: i32, signal: i32) {
