@@ -60,23 +60,6 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Plain HTTP to every node, nothing to prove.
-    pub fn plain() -> reqwest::Result<Peers> {
-        let builder = || {
-            reqwest::Client::builder()
-                .no_proxy()
-                .tcp_nodelay(true)
-                .redirect(reqwest::redirect::Policy::none())
-        };
-        Ok(Peers {
-            api_scheme: "http",
-            api: builder().build()?,
-            node_scheme: "http",
-            node: builder().build()?,
-            verify: None,
-        })
-    }
-
     /// Checks that the server at `raft_addr` is node `id` (see [`VerifyNode`]).
     pub async fn verify_node(&self, id: raft::NodeId, raft_addr: &str) -> Result<(), String> {
         match &self.verify {
