@@ -186,9 +186,11 @@ async fn read_index(State(node): State<Arc<Node>>) -> Response {
 }
 
 impl Node {
-    /// Asks the leader for a read index (see [`read_index`]).
-    pub(crate) async fn remote_read_index(&self) -> Result<wal::Lsn, Error> {
-        let leader = self.other_leader_within_wait().await?;
+    /// Asks `leader` for a read index (see [`read_index`]).
+    pub(crate) async fn remote_read_index(
+        &self,
+        leader: &raft::cluster::Member,
+    ) -> Result<wal::Lsn, Error> {
         let url = self.peers.node_url(&leader.node, READ_INDEX_PATH);
         let resp = self.peers.node.post(&url).timeout(PEER_TIMEOUT).send().await.map_err(|e| {
             Error::Unavailable(format!("asking leader {} for a read index failed: {e}", leader.id))

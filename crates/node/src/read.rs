@@ -174,12 +174,14 @@ impl Node {
     /// bounds both steps.
     async fn read_index_applied(&self, limit: Duration) -> Result<(), Error> {
         let index = async {
-            if self.is_leader() {
-                raft::client::barrier(&self.raft, raft::ReadPolicy::ReadIndex)
-                    .await
-                    .map_err(Error::from)
-            } else {
-                self.remote_read_index().await
+            match self.route().await {
+                crate::Route::Here => {
+                    raft::client::barrier(&self.raft, raft::ReadPolicy::ReadIndex)
+                        .await
+                        .map_err(Error::from)
+                }
+                crate::Route::Leader(leader) => self.remote_read_index(&leader).await,
+                crate::Route::NoLeader => Err(Error::Unavailable("leader not found".into())),
             }
         };
         let started = Instant::now();

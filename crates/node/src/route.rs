@@ -43,23 +43,6 @@ impl Node {
         }
     }
 
-    /// The leader when it is another node, waiting up to [`LEADER_WAIT`] for one; else
-    /// `Unavailable`.
-    pub(crate) async fn other_leader_within_wait(
-        &self,
-    ) -> Result<raft::cluster::Member, crate::Error> {
-        let deadline = Instant::now() + LEADER_WAIT;
-        loop {
-            if let Some(l) = self.other_leader() {
-                return Ok(l);
-            }
-            if Instant::now() >= deadline {
-                return Err(crate::Error::Unavailable("leader not found".into()));
-            }
-            tokio::time::sleep(LEADER_POLL).await;
-        }
-    }
-
     /// The leader this node knows of, when it is another node.
     fn other_leader(&self) -> Option<raft::cluster::Member> {
         raft::cluster::leader(&self.raft).filter(|l| l.id != self.id)

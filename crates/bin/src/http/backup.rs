@@ -98,7 +98,7 @@ async fn backup(
         match route_to_leader(&node, &p, req.uri(), req.headers()).await {
             Route::Here => {}
             Route::Answer(r) => return r,
-            Route::Forward { url, .. } => return forward(&node, Method::GET, &url, req).await,
+            Route::Forward(way) => return forward(&node, Method::GET, &way.url, req).await,
         }
     }
     let image = match node.backup_image(p.has("vacuum")).await {
@@ -188,7 +188,7 @@ async fn load(
     match route_to_leader(&node, &p, req.uri(), req.headers()).await {
         Route::Here => {}
         Route::Answer(r) => return r,
-        Route::Forward { url, .. } => return forward(&node, Method::POST, &url, req).await,
+        Route::Forward(way) => return forward(&node, Method::POST, &way.url, req).await,
     }
     let started = Instant::now();
     let binary = req

@@ -281,14 +281,17 @@ pub(crate) enum Route {
     /// Answer this at once (a 301 with `?redirect`, or 503 when no leader is known).
     Answer(Response),
     /// Forward it to the leader.
-    Forward {
-        /// The same path and query on the leader.
-        url: String,
-        /// The leader's id, for errors.
-        leader: raft::NodeId,
-        /// How long the forwarded request may take.
-        timeout: Duration,
-    },
+    Forward(Forward),
+}
+
+/// A request's way to the leader.
+pub(crate) struct Forward {
+    /// The same path and query on the leader.
+    pub(crate) url: String,
+    /// The leader's id, for errors.
+    leader: raft::NodeId,
+    /// How long the forwarded request may take.
+    timeout: Duration,
 }
 
 /// Decides where a request that needs the leader goes, from the node's routing
@@ -302,18 +305,22 @@ pub(crate) async fn route_to_leader(
     match node.route().await {
         node::Route::Here => Route::Here,
         node::Route::NoLeader => Route::Answer(unavailable("leader not found")),
-        node::Route::Leader(leader) => route_elsewhere(node, p, uri, headers, &leader),
+        node::Route::Leader(leader) => match route_elsewhere(node, p, uri, headers, &leader) {
+            Ok(way) => Route::Forward(way),
+            Err(answer) => Route::Answer(answer),
+        },
     }
 }
 
-/// How a request reaches `leader`, another node: a 301 with `?redirect`, else forwarded.
+/// How a request reaches `leader`, another node: forwarded, or `Err` with the answer to give
+/// instead (a 301 with `?redirect`).
 fn route_elsewhere(
     node: &Node,
     p: &Params,
     uri: &Uri,
     headers: &HeaderMap,
     leader: &raft::cluster::Member,
-) -> Route {
+) -> Result<Forward, Response> {
     let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     let url = node.peers().api_url(&leader.node, path_and_query);
     if p.has("redirect") {
@@ -321,19 +328,16 @@ fn route_elsewhere(
         if let Ok(v) = HeaderValue::from_str(&url) {
             r.headers_mut().insert(header::LOCATION, v);
         }
-        return Route::Answer(r);
+        return Err(r);
     }
     if headers.contains_key(FORWARDED) {
         // Forwarded to us by a node that thought we lead; we don't. Don't bounce it around.
-        return Route::Answer(unavailable("leader not found"));
+        return Err(unavailable("leader not found"));
     }
     // `timeout=` also bounds the leader's own waits (min_lsn, durability): give the forward
     // room beyond it, so the leader's answer arrives instead of a forwarding error.
-    let timeout = match p.duration("timeout") {
-        Ok(t) => t.map_or(FORWARD_TIMEOUT, |t| t + Duration::from_secs(5)),
-        Err(r) => return Route::Answer(r),
-    };
-    Route::Forward { url, leader: leader.id, timeout }
+    let timeout = p.duration("timeout")?.map_or(FORWARD_TIMEOUT, |t| t + Duration::from_secs(5));
+    Ok(Forward { url, leader: leader.id, timeout })
 }
 
 /// A request to the leader carrying the caller's method, content type and credentials, marked
@@ -361,9 +365,7 @@ pub(crate) async fn to_leader(node: &Node, p: &Params, req: &Incoming) -> Option
     match route_to_leader(node, p, &req.uri, &req.headers).await {
         Route::Here => None,
         Route::Answer(r) => Some(r),
-        Route::Forward { url, leader, timeout } => {
-            Some(forward(node, req, &url, leader, timeout).await)
-        }
+        Route::Forward(way) => Some(forward(node, req, &way).await),
     }
 }
 
@@ -376,23 +378,16 @@ pub(crate) async fn to(
     leader: &raft::cluster::Member,
 ) -> Response {
     match route_elsewhere(node, p, &req.uri, &req.headers, leader) {
-        Route::Here => unreachable!("route_elsewhere never answers Here"),
-        Route::Answer(r) => r,
-        Route::Forward { url, leader, timeout } => forward(node, req, &url, leader, timeout).await,
+        Ok(way) => forward(node, req, &way).await,
+        Err(answer) => answer,
     }
 }
 
 /// Sends `req` to `url` on the leader and relays its answer (status, body, content type,
 /// location, served-by).
-async fn forward(
-    node: &Node,
-    req: &Incoming,
-    url: &str,
-    leader: raft::NodeId,
-    timeout: Duration,
-) -> Response {
-    let Incoming { method, headers, body, .. } = req;
-    let forward = forward_request(node, method, url, headers).timeout(timeout).body(body.clone());
+async fn forward(node: &Node, req: &Incoming, way: &Forward) -> Response {
+    let (Incoming { method, headers, body, .. }, Forward { url, leader, timeout }) = (req, way);
+    let forward = forward_request(node, method, url, headers).timeout(*timeout).body(body.clone());
     match forward.send().await {
         Ok(resp) => {
             let status = resp.status();
