@@ -483,6 +483,8 @@ def report(results: str, markdown_file: str | None) -> int:
 
     row("1. insert, 64 clients, semi-sync (PG: ANY 1, on)",
         load(results, "keel-insert-64"), load(results, "pg-insert-64"), "tput", 1.5)
+    row("1b. insert, 16 clients, semi-sync (PG: ANY 1, on)",
+        load(results, "keel-insert-16"), load(results, "pg-insert-16"), "tput", 1.5)
     row("2. insert, 64 clients, sync (PG: ANY 2, remote_apply)",
         load(results, "keel-insert-64-sync"), load(results, "pg-insert-64-sync"), "tput", 1.5)
     row("3. insert p50, 1 client, semi-sync, vs floor",
@@ -495,6 +497,9 @@ def report(results: str, markdown_file: str | None) -> int:
         load(results, "keel-bulk-1"), load(results, "pg-bulk-1"), "rows")
     row("5. point reads, 16 clients, follower/standby",
         load(results, "keel-read-16"), load(results, "pg-read-16"), "tput", 1.0)
+
+    row("6. fan-out: insert, 64 clients, 3 voters + 6 learners vs 3 voters",
+        load(results, "keel-insert-64-fanout"), load(results, "keel-insert-64"), "tput", 0.8)
 
     header = ["workload", "Keel", "PostgreSQL / baseline", "ratio", "goal", "met?",
               "errors (Keel / baseline)"]
