@@ -380,6 +380,20 @@ def cell(r: dict | None, kind: str) -> tuple[str, float | None]:
         if v is None:
             return "FAILED (no rows_per_s)", None
         text = f"{fmt_num(v)} rows/s (p50 {fmt_ms(r.get('p50_ms'))} ms)"
+    elif kind == "lag":
+        # The worst learner's apply lag p99 (the leader's view, sampled every 20 ms).
+        lags = [l for l in (r.get("lag") or {}).values() if l.get("p99_ms") is not None]
+        if r.get("label"):
+            v = r.get("p99_ms")
+            text = f"{r['label']} {fmt_ms(v)} ms"
+        elif not lags:
+            return "FAILED (no lag samples)" if not r.get("failed") else "FAILED", None
+        else:
+            v = max(l["p99_ms"] for l in lags)
+            rate = r.get("rate")
+            text = (f"worst replica p99 {fmt_ms(v)} ms at "
+                    f"{fmt_num(r.get('throughput_per_s') or 0)}/s"
+                    + (f" (paced at {fmt_num(rate)}/s)" if rate else ""))
     else:
         v = r.get("p50_ms")
         if r.get("label"):
@@ -501,6 +515,10 @@ def report(results: str, markdown_file: str | None) -> int:
     row("6. fan-out: insert, 64 clients, 3 voters + 6 learners vs 3 voters",
         load(results, "keel-insert-64-fanout"), load(results, "keel-insert-64"), "tput", 0.8)
 
+    row("7. apply lag p99 of every replica, 3 voters + 6 learners, half the row-1 load",
+        load(results, "keel-lag-fanout"), {"p99_ms": 2.0, "errors": 0, "label": "goal"}, "lag",
+        1.0, lower_is_better=True)
+
     header = ["workload", "Keel", "PostgreSQL / baseline", "ratio", "goal", "met?",
               "errors (Keel / baseline)"]
 
@@ -529,6 +547,11 @@ def report(results: str, markdown_file: str | None) -> int:
         "(s1, s2). Throughput is transactions (requests) per second; latencies per transaction.",
         "Row 4b's PostgreSQL figure is one INSERT of 1,000 VALUES rows per transaction under "
         "semi-sync (ANY 1). SQLite runs in this process, with no replication.",
+        "Rows 6 and 7 compare Keel with itself: `keel local --learners 6` (3 voters, 6 learners) "
+        "against row 1's 3 voters. Row 7 paces 64 clients at half of row 1's throughput "
+        "(`keel bench --rate`) and takes the worst replica's apply lag p99 as the leader sees it "
+        "(`/status`, sampled every 20 ms: the age of the oldest entry the replica has not "
+        "reported applied).",
     ]
     failures = [f"{name[:-5]}: {r['failed']}" for name in sorted(os.listdir(results))
                 if name.endswith(".json")

@@ -49,6 +49,9 @@ pub struct Replication {
     pub lag_entries: Option<u64>,
     /// Milliseconds since the leader proposed the oldest record it has not applied.
     pub lag_ms: Option<u64>,
+    /// The same age in microseconds (sub-millisecond lags round to 0 in `lag_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_us: Option<u64>,
     /// The log index Raft has matched on it.
     pub matched_index: Option<Lsn>,
     /// `follower` (a voter) or `learner`.

@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// measuring, and print its p50/p99 in milliseconds and entries.
     #[arg(long)]
     pub lag: bool,
+    /// Send at most this many requests per second in all (spread evenly over the clients),
+    /// instead of each client sending its next request as soon as the last is answered. With
+    /// `--lag`, measures replicas' lag at a chosen load rather than at saturation.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -145,13 +150,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for c in 0..args.clients {
         let flags = Flags { stop: stop.clone(), measuring: measuring.clone() };
         let plan = ClientPlan::new(args.workload, c);
+        let pacer = Pacer::new(args.rate.map(|rate| rate / args.clients as f64));
         tasks.push(match &direct {
-            Some(target) => tokio::spawn(direct_client(target.clone(), plan, flags)),
+            Some(target) => tokio::spawn(direct_client(target.clone(), plan, pacer, flags)),
             None => tokio::spawn(reqwest_client(
                 client.clone(),
                 execute.clone(),
                 query.clone(),
                 plan,
+                pacer,
                 flags,
             )),
         });
@@ -192,6 +199,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "clients": args.clients,
         "params": args.params,
+        "rate": args.rate,
         "requests": latencies.len(),
         "errors": errors,
         "seconds": elapsed.as_secs_f64(),
@@ -210,9 +218,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{figures}");
     } else {
         println!(
-            "{:?} clients={} {}: {:.0} req/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, {} ok, {} errors",
+            "{:?} clients={}{} {}: {:.0} req/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, {} ok, {} errors",
             args.workload,
             args.clients,
+            args.rate.map(|r| format!(" rate={r}/s")).unwrap_or_default(),
             args.params,
             throughput,
             pct(0.50),
@@ -226,7 +235,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         for (node, l) in lag.iter().flatten() {
             println!(
-                "  node {node} apply lag: p50 {:.0} ms / {:.0} entries, p99 {:.0} ms / {:.0} entries ({} samples)",
+                "  node {node} apply lag: p50 {:.2} ms / {:.0} entries, p99 {:.2} ms / {:.0} entries ({} samples)",
                 l["p50_ms"].as_f64().unwrap_or(0.0),
                 l["p50_entries"].as_f64().unwrap_or(0.0),
                 l["p99_ms"].as_f64().unwrap_or(0.0),
@@ -319,6 +328,46 @@ fn leader_url(cluster: &keel_api::Client, http_addr: &str) -> String {
     format!("{scheme}://{http_addr}")
 }
 
+/// Parses `--rate`: a positive number of requests per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("'{s}' is not a positive number of requests per second")),
+    }
+}
+
+/// Spaces one client's requests `interval` apart (none when unpaced). The k-th request is sent
+/// no earlier than the start plus k intervals; a client that falls behind (the server answers
+/// slower than the rate) sends at once and starts its schedule anew, without a burst to catch
+/// up.
+struct Pacer {
+    /// Time between two requests; `None`: no pacing.
+    interval: Option<Duration>,
+    /// When the next request may go.
+    next: Option<tokio::time::Instant>,
+}
+
+impl Pacer {
+    /// A pacer for `rate` requests per second (`None`: as fast as answers come).
+    fn new(rate: Option<f64>) -> Pacer {
+        Pacer { interval: rate.map(|r| Duration::from_secs_f64(1.0 / r)), next: None }
+    }
+
+    /// Waits until the next request may be sent.
+    async fn wait(&mut self) {
+        let Some(interval) = self.interval else { return };
+        let now = tokio::time::Instant::now();
+        let at = match self.next {
+            Some(at) if at > now => {
+                tokio::time::sleep_until(at).await;
+                at
+            }
+            _ => now,
+        };
+        self.next = Some(at + interval);
+    }
+}
+
 /// Whether an answer succeeded: a 2xx status and no statement error in the body.
 fn answer_ok(status: hyper::StatusCode, body: &[u8]) -> bool {
     status.is_success() && !body.windows(ERROR_MARK.len()).any(|w| w == ERROR_MARK)
@@ -331,11 +380,13 @@ async fn reqwest_client(
     execute: String,
     query: String,
     mut plan: ClientPlan,
+    mut pacer: Pacer,
     flags: Flags,
 ) -> (Vec<Duration>, u64) {
     let mut latencies = Vec::new();
     let mut errors = 0u64;
     while !flags.stop.load(Ordering::Relaxed) {
+        pacer.wait().await;
         let start = Instant::now();
         let (url, body) = match plan.next() {
             Step::Write(body) => (&execute, body),
@@ -447,6 +498,7 @@ async fn exchange(
 async fn direct_client(
     target: Arc<DirectTarget>,
     mut plan: ClientPlan,
+    mut pacer: Pacer,
     flags: Flags,
 ) -> (Vec<Duration>, u64) {
     let mut latencies = Vec::new();
@@ -467,6 +519,7 @@ async fn direct_client(
                 }
             },
         };
+        pacer.wait().await;
         let start = Instant::now();
         let result = exchange(sender, target.request(plan.next())).await;
         let measuring = flags.measuring.load(Ordering::Relaxed);
@@ -529,9 +582,12 @@ async fn sample_lag(
             match &status.replication {
                 Some(replicas) => {
                     for (node, r) in replicas {
-                        if let (Some(ms), Some(entries)) = (r.lag_ms, r.lag_entries) {
+                        // Microseconds where the leader gives them (sub-millisecond lags).
+                        let ms =
+                            r.lag_us.map(|us| us as f64 / 1e3).or(r.lag_ms.map(|ms| ms as f64));
+                        if let (Some(ms), Some(entries)) = (ms, r.lag_entries) {
                             let e = samples.entry(node.clone()).or_default();
-                            e.0.push(ms as f64);
+                            e.0.push(ms);
                             e.1.push(entries as f64);
                         }
                     }
@@ -584,6 +640,38 @@ mod tests {
         assert_eq!(t.headers[HOST], "localhost");
         assert_eq!(t.execute, "/keel/db/execute?");
         assert!(DirectTarget::parse("https://127.0.0.1:4701", "").unwrap().is_none());
+    }
+
+    #[test]
+    fn rate_flag() {
+        assert_eq!(parse_rate("2500"), Ok(2500.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["0", "-3", "x", "inf", "NaN"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacer_spaces_requests() {
+        let mut pacer = Pacer::new(Some(100.0));
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..5 {
+            pacer.wait().await;
+        }
+        // The first goes at once, each later one 10 ms after the one before.
+        assert_eq!(t0.elapsed(), Duration::from_millis(40));
+        // Behind schedule: the next goes at once, and the schedule starts from there.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let t1 = tokio::time::Instant::now();
+        pacer.wait().await;
+        assert_eq!(t1.elapsed(), Duration::ZERO);
+        pacer.wait().await;
+        assert_eq!(t1.elapsed(), Duration::from_millis(10));
+        let mut unpaced = Pacer::new(None);
+        let t2 = tokio::time::Instant::now();
+        unpaced.wait().await;
+        unpaced.wait().await;
+        assert_eq!(t2.elapsed(), Duration::ZERO);
     }
 
     #[test]

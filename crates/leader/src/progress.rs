@@ -43,8 +43,11 @@ impl Default for Progress {
 pub struct Lag {
     /// Entries the leader has that the member has not applied.
     pub entries: Lsn,
-    /// How long ago the leader proposed the oldest record the member has not applied.
+    /// How long ago the leader proposed the oldest record the member has not applied, in
+    /// whole milliseconds.
     pub ms: u64,
+    /// The same age in microseconds.
+    pub us: u64,
 }
 
 impl Progress {
@@ -114,14 +117,14 @@ pub fn confirmed(
 /// Lag of a member that applied through `applied`, from the append times in `q`.
 fn lag_of(q: &VecDeque<(Lsn, Instant)>, applied: Lsn, last_log_index: Lsn, now: Instant) -> Lag {
     let entries = last_log_index.saturating_sub(applied);
-    let ms = if entries == 0 {
-        0
+    let age = if entries == 0 {
+        Duration::ZERO
     } else {
         // The oldest known record the member has not applied.
         let i = q.partition_point(|(lsn, _)| *lsn <= applied);
-        q.get(i).map_or(0, |(_, at)| now.saturating_duration_since(*at).as_millis() as u64)
+        q.get(i).map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at))
     };
-    Lag { entries, ms }
+    Lag { entries, ms: age.as_millis() as u64, us: age.as_micros() as u64 }
 }
 
 #[cfg(test)]
@@ -152,11 +155,11 @@ mod tests {
             [(5, t0), (6, t0 + Duration::from_millis(10)), (8, t0 + Duration::from_millis(30))]
                 .into();
         let now = t0 + Duration::from_millis(100);
-        assert_eq!(lag_of(&q, 8, 8, now), Lag { entries: 0, ms: 0 });
-        assert_eq!(lag_of(&q, 5, 8, now), Lag { entries: 3, ms: 90 });
-        assert_eq!(lag_of(&q, 6, 8, now), Lag { entries: 2, ms: 70 });
+        assert_eq!(lag_of(&q, 8, 8, now), Lag { entries: 0, ms: 0, us: 0 });
+        assert_eq!(lag_of(&q, 5, 8, now), Lag { entries: 3, ms: 90, us: 90_000 });
+        assert_eq!(lag_of(&q, 6, 8, now), Lag { entries: 2, ms: 70, us: 70_000 });
         // Older than anything remembered: the oldest known age is a lower bound.
-        assert_eq!(lag_of(&q, 1, 8, now), Lag { entries: 7, ms: 100 });
+        assert_eq!(lag_of(&q, 1, 8, now), Lag { entries: 7, ms: 100, us: 100_000 });
     }
 
     #[tokio::test(start_paused = true)]

@@ -190,6 +190,7 @@ impl Node {
             applied_index: self.progress.applied(m.id),
             lag_entries: lag.map(|l| l.entries),
             lag_ms: lag.map(|l| l.ms),
+            lag_us: lag.map(|l| l.us),
         })
     }
 
