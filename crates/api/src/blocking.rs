@@ -117,6 +117,15 @@ impl Client {
         self.run(self.inner.nodes())
     }
 
+    /// See [`crate::Client::request_outcome`].
+    pub fn request_outcome(
+        &self,
+        id: &str,
+        after_lsn: Option<crate::Lsn>,
+    ) -> Result<crate::requests::RequestOutcome> {
+        self.run(self.inner.request_outcome(id, after_lsn))
+    }
+
     /// See [`crate::Client::leader`].
     pub fn leader(&self) -> Result<NodeInfo> {
         self.run(self.inner.leader())

@@ -15,6 +15,7 @@
 //!   - [`failure`]: [`ErrorAnswer`], the body of every error answer.
 //!   - [`status`]: `/status`. [`cluster`]: `/nodes`, `/leader`, `/join`, the admin routes.
 //!   - [`queue`]: queued writes. [`load`]: `/db/load`. [`changes`]: the change stream.
+//!   - [`requests`]: what became of a write, by its request id.
 //!   - [`internal`]: the node-to-node calls beside Raft's own (not a client API).
 //! * **The client** (cargo feature `client`, on by default): [`Client`], async on tokio with
 //!   reqwest and rustls. It is given a list of node URLs, finds the leader and remembers it,
@@ -33,6 +34,7 @@ pub mod failure;
 pub mod internal;
 pub mod load;
 pub mod queue;
+pub mod requests;
 pub mod sse;
 pub mod status;
 

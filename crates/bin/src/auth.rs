@@ -152,7 +152,9 @@ pub type Needs = &'static [&'static [Perm]];
 pub fn required(method: &Method, path: &str) -> Needs {
     match (method, path) {
         (_, "/db/execute") => &[&[Perm::Execute]],
-        (_, p) if p.starts_with("/db/queue/") => &[&[Perm::Execute]],
+        (_, p) if p.starts_with("/db/queue/") || p.starts_with("/db/requests/") => {
+            &[&[Perm::Execute]]
+        }
         (_, "/db/query") => &[&[Perm::Query]],
         (_, "/db/request") => &[&[Perm::Query], &[Perm::Execute]],
         (_, "/db/changes") => &[&[Perm::Query]],
@@ -678,5 +680,7 @@ mod tests {
         assert_eq!(required(&Method::GET, "/unknown"), &[&[Perm::All]]);
         // A queued write's outcome is for those who may queue writes.
         assert_eq!(required(&Method::GET, "/db/queue/1765050001000000003"), &[&[Perm::Execute]]);
+        // So is a write's outcome by request id: stored results are no other client's business.
+        assert_eq!(required(&Method::GET, "/db/requests/abc"), &[&[Perm::Execute]]);
     }
 }

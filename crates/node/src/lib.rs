@@ -25,6 +25,7 @@
 //!   [`raft::network`]) plus Keel's (`/keel/applied`, `/keel/read-index`, `/keel/queue`), both
 //!   their routes and their calls.
 //! - [`queue`]: the write queue of `/db/execute?queue`.
+//! - [`outcome`]: what became of a write, looked up by its request id.
 //! - [`metrics`]: Prometheus counters, updated where things happen.
 //!
 //! Errors ([`Error`]) say what the caller should do; the HTTP layer maps each to one answer.
@@ -42,6 +43,7 @@ pub mod error;
 pub mod health;
 pub mod membership;
 pub mod metrics;
+pub mod outcome;
 pub mod peer;
 pub mod queue;
 pub mod read;
@@ -56,6 +58,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 pub use error::Error;
+pub use outcome::RequestOutcome;
 pub use peer::Peers;
 pub use read::{Level, ReadCall, ReadOutcome};
 pub use route::Route;

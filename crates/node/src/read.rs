@@ -172,7 +172,7 @@ impl Node {
     /// `linearizable`: the leader confirms its leadership with a quorum and names the index to
     /// apply through; then this node, whichever it is, waits until it has applied it. `limit`
     /// bounds both steps.
-    async fn read_index_applied(&self, limit: Duration) -> Result<(), Error> {
+    pub(crate) async fn read_index_applied(&self, limit: Duration) -> Result<(), Error> {
         let index = async {
             match self.route().await {
                 crate::Route::Here => {

@@ -74,6 +74,24 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<StatementResult>> {
         .map_err(|e| Error::Corrupt(format!("stored request answer is not valid: {e}")))
 }
 
+/// What a node knows of a request id at one applied position ([`crate::Readers::request_answer`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    /// The index of the entry that carried the request and its results, if stored here.
+    pub answer: Option<(Lsn, Vec<StatementResult>)>,
+    /// The applied log index the lookup saw (0 before the first apply).
+    pub applied: Lsn,
+}
+
+impl Lookup {
+    /// The oldest log index whose requests' answers are still kept at this applied position:
+    /// a request carried by an entry at or after it is found if it was applied; one before it
+    /// may have been pruned ([`RETENTION`]). 1 while nothing has been pruned.
+    pub fn oldest_kept(&self) -> Lsn {
+        self.applied.saturating_sub(RETENTION).max(1)
+    }
+}
+
 /// The stored answer of request `id`, if its entry was applied here and not yet pruned: the
 /// entry's index and the request's results.
 pub(crate) fn lookup(conn: &Connection, id: &str) -> Result<Option<(Lsn, Vec<StatementResult>)>> {

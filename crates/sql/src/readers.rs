@@ -41,6 +41,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::{Batch, Connection, OpenFlags, OptionalExtension as _};
 
+use crate::answers;
 use crate::encode::{self, ReadError};
 use crate::error::Result;
 use crate::generation::{Generation, Holder, Live};
@@ -247,6 +248,18 @@ impl Readers {
         self.pool.checkin(reader);
         read_only
     }
+
+    /// The stored answer of request `id` and the applied log index, both read in one read
+    /// transaction (see [`answers::Lookup`]). Blocks like [`Readers::query`].
+    pub fn request_answer(&self, id: &str) -> Result<answers::Lookup> {
+        let reader = self.pool.checkout()?;
+        let lookup = reader.request_answer(id);
+        if !reader.conn.is_autocommit() {
+            let _ = reader.conn.execute_batch("ROLLBACK");
+        }
+        self.pool.checkin(reader);
+        lookup
+    }
 }
 
 impl Pool {
@@ -373,6 +386,15 @@ impl Reader {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         outcome.and_then(|results| Ok((results, self.applied()?)))
+    }
+
+    /// See [`Readers::request_answer`].
+    fn request_answer(&self, id: &str) -> Result<answers::Lookup> {
+        self.conn.execute_batch("BEGIN")?;
+        let answer = answers::lookup(&self.conn, id)?;
+        let applied = self.applied()?;
+        self.conn.execute_batch("COMMIT")?;
+        Ok(answers::Lookup { answer, applied })
     }
 
     /// The applied log index stored in the database (0 before the first apply).

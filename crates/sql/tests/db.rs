@@ -393,6 +393,33 @@ fn retries_are_answered_from_any_replica() {
 }
 
 #[test]
+fn request_outcomes_are_looked_up_on_any_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let mut replica = Db::open(&dir.path().join("replica")).unwrap();
+    let readers = replica.readers(1).unwrap();
+    let unknown = readers.request_answer("abc").unwrap();
+    assert_eq!(unknown, sql::answers::Lookup { answer: None, applied: 0 });
+    assert_eq!(unknown.oldest_kept(), 1);
+
+    write(&mut leader, &mut [&mut replica], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"]);
+    let first = write_requests(
+        &mut leader,
+        &mut [&mut replica],
+        2,
+        &[with_id("abc", &["INSERT INTO t (v) VALUES ('x')"]), request(&["DELETE FROM t"])],
+    );
+    let found = readers.request_answer("abc").unwrap();
+    assert_eq!(found.answer, Some((2, first.results[0].clone())));
+    assert_eq!(found.applied, 2);
+    // A request without an id leaves nothing to look up; an unknown id is unknown at 2.
+    assert_eq!(readers.request_answer("other").unwrap().answer, None);
+    // The window of kept answers follows the applied position.
+    let later = sql::answers::Lookup { answer: None, applied: sql::answers::RETENTION + 10 };
+    assert_eq!(later.oldest_kept(), 10);
+}
+
+#[test]
 fn repeats_within_a_group_run_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut db = Db::open(&dir.path().join("db")).unwrap();

@@ -308,6 +308,23 @@ impl Client {
         Ok(nodes)
     }
 
+    /// What became of the write that carried request id `id` (`GET /db/requests/{id}`, on the
+    /// node in use): applied (with its original results) or not applied as of an lsn. A 410
+    /// (the id's answer may have been pruned) is [`Error::Refused`] with `first_lsn`.
+    /// `after_lsn`: an lsn this client had seen before sending the write, which lets the node
+    /// answer for older ids.
+    pub async fn request_outcome(
+        &self,
+        id: &str,
+        after_lsn: Option<Lsn>,
+    ) -> Result<crate::requests::RequestOutcome> {
+        let mut path = format!("/db/requests/{}", crate::requests::path_segment(id));
+        if let Some(after) = after_lsn {
+            path.push_str(&format!("?after_lsn={after}"));
+        }
+        self.get(&path, Target::Any).await
+    }
+
     /// The leader as the node in use knows it (`GET /leader`; a 503 when none is known).
     pub async fn leader(&self) -> Result<NodeInfo> {
         self.get("/leader", Target::Any).await

@@ -7,6 +7,7 @@
 //!   is routed by the node ([`node::Node::route`]); this layer forwards it unchanged to the
 //!   leader (or answers 301 with `?redirect`) before its body is even parsed.
 //! - [`queue`]: `/db/execute?queue` and `/db/queue/{n}`: queued writes.
+//! - [`requests`]: `/db/requests/{id}`: what became of a write, by its request id.
 //! - [`cluster`]: `/nodes`, `/leader`, `/readyz`, `/join`, `/metrics`; [`status`]: `/status`.
 //! - [`admin`]: leadership transfer and membership changes, for operators.
 //! - [`backup`]: `/db/backup`, `/db/load`; [`changes`]: the change stream `/db/changes`.
@@ -32,6 +33,7 @@ pub(crate) mod cluster;
 pub(crate) mod console;
 pub(crate) mod db;
 pub(crate) mod queue;
+pub(crate) mod requests;
 pub(crate) mod status;
 
 use std::sync::Arc;
@@ -62,6 +64,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/query", get(db::query).post(db::query))
         .route("/db/request", post(db::request))
         .route("/db/queue/{sequence_number}", get(queue::outcome))
+        .route("/db/requests/{request_id}", get(requests::outcome))
         .route("/status", get(status::status))
         .route("/nodes", get(cluster::nodes))
         .route("/leader", get(cluster::get_leader))
