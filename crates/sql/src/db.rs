@@ -64,6 +64,7 @@ use wal::Applied;
 pub use apply::Apply;
 pub use speculation::{Speculation, WriteRequest};
 
+use crate::checksum::Pins;
 use crate::error::{Error, Result};
 use crate::generation::{self, Generation, Live};
 use crate::image::ImageSource;
@@ -106,6 +107,8 @@ pub struct Db {
     generation: Arc<Generation>,
     /// The live generation as shared with reader pools and image sources.
     live: Arc<Live>,
+    /// Log indexes whose state checks want to read (`apply` splits its batches at them).
+    pins: Arc<Pins>,
 }
 
 impl std::fmt::Debug for Db {
@@ -129,6 +132,8 @@ impl Db {
         let (conn, policy, watchdog) = Self::connect(&generation.path)?;
         let applier = Self::connect_applier(&generation.path)?;
         let live = Arc::new(Live::new(generation.clone()));
+        let applied = meta::read_applied(&conn)?.map_or(0, |a| a.index);
+        let pins = Pins::new(live.clone(), applied);
         Ok(Db {
             conn,
             applier,
@@ -140,6 +145,7 @@ impl Db {
             dir: dir.to_path_buf(),
             generation,
             live,
+            pins,
         })
     }
 
@@ -209,6 +215,11 @@ impl Db {
     /// [`Readers`]).
     pub fn readers(&self, size: usize) -> Result<Readers> {
         Readers::open(self.live.clone(), size, self.limits)
+    }
+
+    /// The pins of table checks ([`crate::checksum`]): shared, they follow installs.
+    pub fn pins(&self) -> Arc<Pins> {
+        self.pins.clone()
     }
 
     /// Something that writes consistent images of this database from its own connection,

@@ -92,6 +92,7 @@
 pub mod answers;
 pub mod backup;
 pub mod changes;
+pub mod checksum;
 pub mod db;
 mod determinism;
 pub mod dump;

@@ -102,6 +102,9 @@ impl Db {
         self.capped = false;
         let old = std::mem::replace(&mut self.generation, Arc::new(Generation { number, path }));
         self.live.switch(self.generation.clone());
+        if let Ok(Some(applied)) = meta::read_applied(&self.conn) {
+            self.pins.applied(applied.index);
+        }
         for old in [old_conn, old_applier] {
             if let Err((_, error)) = old.close() {
                 tracing::warn!(%error, "closing a write connection of the old generation");
@@ -122,7 +125,21 @@ impl Db {
     /// answers are stored with the entry's index, and answers older than the retention window
     /// are pruned after each entry ([`crate::answers`]). On error nothing is applied;
     /// [`Error::Corrupt`] means a record cannot be applied identically here.
+    ///
+    /// A batch holding an index a table check has pinned ([`crate::checksum`]) is committed in
+    /// two parts, split after that index, and the pin takes its snapshot in between.
     pub fn apply(&mut self, entries: &[Apply<'_>]) -> Result<()> {
+        let mut rest = entries;
+        while let Some(at) = self.pins.split_at(rest.iter().map(|e| e.index)) {
+            let (through, after) = rest.split_at(at + 1);
+            self.apply_part(through)?;
+            rest = after;
+        }
+        self.apply_part(rest)
+    }
+
+    /// [`Db::apply`] of entries that no pin splits; tells the pins what is committed.
+    fn apply_part(&mut self, entries: &[Apply<'_>]) -> Result<()> {
         let Some(last) = entries.last() else {
             return Ok(());
         };
@@ -141,6 +158,7 @@ impl Db {
                     // just written underneath it, so start over with a fresh connection.
                     self.applier = Self::connect_applier(&self.generation.path)?;
                 }
+                self.pins.applied(last.index);
                 Ok(())
             }
             Err(error) => {
