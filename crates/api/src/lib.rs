@@ -15,7 +15,7 @@
 //!   - [`failure`]: [`ErrorAnswer`], the body of every error answer.
 //!   - [`status`]: `/status`. [`cluster`]: `/nodes`, `/leader`, `/join`, the admin routes.
 //!   - [`queue`]: queued writes. [`load`]: `/db/load`. [`changes`]: the change stream.
-//!   - [`requests`]: what became of a write, by its request id.
+//!   - [`requests`]: what became of a write, by its request id. [`checksum`]: table checks.
 //!   - [`internal`]: the node-to-node calls beside Raft's own (not a client API).
 //! * **The client** (cargo feature `client`, on by default): [`Client`], async on tokio with
 //!   reqwest and rustls. It is given a list of node URLs, finds the leader and remembers it,
@@ -28,6 +28,7 @@
 //! `keel-api = { version = "…", default-features = false }`.
 
 pub mod changes;
+pub mod checksum;
 pub mod cluster;
 pub mod db;
 pub mod failure;

@@ -20,6 +20,10 @@ pub struct Status {
     pub build: Build,
     /// Keel's: the members.
     pub cluster: Cluster,
+    /// Keel's: this node's data was found to differ from the other replicas' (`keel check`);
+    /// absent otherwise. It stays until the node's data is rebuilt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<crate::checksum::Divergence>,
     /// rqlite's `http`.
     pub http: Http,
     /// rqlite's `node` times, and Keel's facts about the node.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::{admin, backup, bench, certs, changes, params, shell};
+use crate::{admin, backup, bench, certs, changes, check, params, shell};
 
 /// Keel: a replicated SQL database with one leader, speaking rqlite's HTTP API.
 #[derive(Debug, Parser)]
@@ -41,6 +41,9 @@ pub enum Command {
     Shell(shell::ShellArgs),
     /// Print the committed row changes of a cluster, from a log position on, as JSON lines.
     Changes(changes::ChangesArgs),
+    /// Check that every replica holds the same data: checksums of every table at one log
+    /// index, compared (exit 0: identical, 1: different, 2: could not check).
+    Check(check::CheckArgs),
 }
 
 /// Flags of `keel serve`.

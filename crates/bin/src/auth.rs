@@ -157,7 +157,8 @@ pub fn required(method: &Method, path: &str) -> Needs {
         }
         (_, "/db/query") => &[&[Perm::Query]],
         (_, "/db/request") => &[&[Perm::Query], &[Perm::Execute]],
-        (_, "/db/changes") => &[&[Perm::Query]],
+        (_, "/db/changes" | "/db/checksum") => &[&[Perm::Query]],
+        (_, "/db/checksum/report") => &[&[Perm::Admin]],
         (_, "/db/backup") => &[&[Perm::Backup]],
         (_, "/db/load" | "/boot") => &[&[Perm::Load]],
         (_, "/status" | "/nodes" | "/metrics") => &[&[Perm::Status]],

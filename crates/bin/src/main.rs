@@ -25,6 +25,7 @@ mod bench;
 mod bench_bootstrap;
 mod certs;
 mod changes;
+mod check;
 mod headers;
 mod http;
 mod local;
@@ -103,5 +104,6 @@ fn main() -> anyhow::Result<()> {
         Command::Shell(args) => shell::run(args),
         Command::HashPassword => hash_password(),
         Command::Changes(args) => runtime.block_on(changes::run(args)),
+        Command::Check(args) => runtime.block_on(check::run(args)),
     }
 }

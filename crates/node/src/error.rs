@@ -43,6 +43,10 @@ pub enum Error {
     /// The caller could not prove who it is (a joining node without its certificate).
     #[error("{0}")]
     Forbidden(String),
+    /// A table check's snapshot cannot be served: the index was applied before it was pinned
+    /// (pin a later one), the pin is gone, or it was not reached in time.
+    #[error(transparent)]
+    Pin(#[from] sql::checksum::PinError),
     /// Something failed inside the node (a database error, a task that died).
     #[error("{0}")]
     Internal(String),

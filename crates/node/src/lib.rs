@@ -26,6 +26,7 @@
 //!   their routes and their calls.
 //! - [`queue`]: the write queue of `/db/execute?queue`.
 //! - [`outcome`]: what became of a write, looked up by its request id.
+//! - [`checksum`]: table checksums at a pinned log index, for `keel check`.
 //! - [`metrics`]: Prometheus counters, updated where things happen.
 //!
 //! Errors ([`Error`]) say what the caller should do; the HTTP layer maps each to one answer.
@@ -39,6 +40,7 @@
 
 pub mod backup;
 pub mod changes;
+pub mod checksum;
 pub mod error;
 pub mod health;
 pub mod membership;
@@ -160,6 +162,10 @@ pub struct Node {
     pub(crate) db: Arc<Mutex<sql::Db>>,
     /// Consistent copies of the database, for backups.
     pub(crate) image_source: sql::ImageSource,
+    /// Snapshots at pinned log indexes, for table checks.
+    pub(crate) pins: Arc<sql::checksum::Pins>,
+    /// What a table check found wrong with this node's data (also kept in the data dir).
+    pub(crate) divergence: Mutex<Option<keel_api::checksum::Divergence>>,
     /// The node's data directory (backups and loads spool under `tmp/` in it).
     pub(crate) data_dir: PathBuf,
     /// Snapshot counters, for `/status`.
@@ -191,6 +197,7 @@ impl Node {
         db.set_limits(config.limits);
         let readers = db.readers(config.readers.max(1)).context("opening read connections")?;
         let image_source = db.image_source();
+        let pins = db.pins();
         let db = Arc::new(Mutex::new(db));
         let replica = follower::Replica::new(db.clone()).context("reading the applied position")?;
         // Spooled backups and loads of a previous run are garbage now.
@@ -225,6 +232,8 @@ impl Node {
             membership: tokio::sync::Mutex::new(()),
             db,
             image_source,
+            pins,
+            divergence: Mutex::new(checksum::load_divergence(&dir)),
             data_dir: dir,
             snapshots,
             log,

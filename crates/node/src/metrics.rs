@@ -46,6 +46,12 @@ pub struct Metrics {
     pub queue_retries: IntCounter,
     /// Queued writes accepted and not yet committed or failed.
     pub queue_depth: IntGauge,
+    /// Rows this node checksummed for table checks.
+    pub checksum_rows: IntCounter,
+    /// When the last table check that reported to this node ended (Unix seconds).
+    pub check_last: Gauge,
+    /// Differing chunks table checks reported to this node.
+    pub check_mismatches: IntCounter,
 }
 
 impl Default for Metrics {
@@ -121,6 +127,17 @@ impl Metrics {
             "Queued writes accepted, not committed or failed yet",
         )
         .expect("valid metric");
+        let checksum_rows =
+            counter("keel_checksum_rows_total", "Rows this node checksummed for table checks");
+        let check_last = Gauge::new(
+            "keel_check_last_timestamp_seconds",
+            "When the last table check (keel check) reported to this node ended, Unix time",
+        )
+        .expect("valid metric");
+        let check_mismatches = counter(
+            "keel_check_mismatches_total",
+            "Differing chunks found by table checks that reported to this node",
+        );
         for c in [
             Box::new(commit_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(writes.clone()),
@@ -138,6 +155,9 @@ impl Metrics {
             Box::new(queue_failed.clone()),
             Box::new(queue_retries.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(checksum_rows.clone()),
+            Box::new(check_last.clone()),
+            Box::new(check_mismatches.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -163,6 +183,9 @@ impl Metrics {
             queue_failed,
             queue_retries,
             queue_depth,
+            checksum_rows,
+            check_last,
+            check_mismatches,
         }
     }
 

@@ -325,6 +325,69 @@ impl Client {
         self.get(&path, Target::Any).await
     }
 
+    /// The tables a table check covers on the node in use, read at log index `lsn`
+    /// (`GET /db/checksum?lsn=N`; the first call pins `lsn` there). `wait` bounds how long the
+    /// node waits to apply `lsn` (0: pin and answer at once, 503 if not applied yet).
+    pub async fn checksum_tables(
+        &self,
+        lsn: Lsn,
+        wait: Duration,
+        release: bool,
+    ) -> Result<crate::checksum::Tables> {
+        let mut path = format!("/db/checksum?lsn={lsn}&timeout={}", go_duration(wait));
+        if release {
+            path.push_str("&release");
+        }
+        self.get(&path, Target::Any).await
+    }
+
+    /// One chunk of `table` on the node in use at log index `lsn`: up to `limit` rows after key
+    /// `from` (hex, an earlier chunk's `last_key`), with each row's digest if `detail`.
+    pub async fn checksum_chunk(
+        &self,
+        lsn: Lsn,
+        table: &str,
+        from: Option<&str>,
+        limit: u64,
+        detail: bool,
+    ) -> Result<crate::checksum::Chunk> {
+        let mut query = vec![
+            ("lsn".to_string(), Some(lsn.to_string())),
+            ("table".to_string(), Some(table.to_string())),
+            ("limit".to_string(), Some(limit.to_string())),
+        ];
+        if let Some(from) = from {
+            query.push(("from".to_string(), Some(from.to_string())));
+        }
+        if detail {
+            query.push(("detail".to_string(), None));
+        }
+        let attempt = Attempt {
+            method: Method::GET,
+            path: "/db/checksum".into(),
+            query,
+            body: None,
+            target: Target::Any,
+            safe: true,
+        };
+        self.send(&attempt).await?.json()
+    }
+
+    /// Tells the node in use what a table check found (`POST /db/checksum/report`).
+    pub async fn check_report(&self, report: &crate::checksum::CheckReport) -> Result<()> {
+        let body = serde_json::to_vec(report).map_err(|e| Error::Config(e.to_string()))?;
+        let attempt = Attempt {
+            method: Method::POST,
+            path: "/db/checksum/report".into(),
+            query: Vec::new(),
+            body: Some(body),
+            target: Target::Any,
+            safe: true,
+        };
+        self.send(&attempt).await?;
+        Ok(())
+    }
+
     /// The leader as the node in use knows it (`GET /leader`; a 503 when none is known).
     pub async fn leader(&self) -> Result<NodeInfo> {
         self.get("/leader", Target::Any).await

@@ -8,6 +8,7 @@
 //!   leader (or answers 301 with `?redirect`) before its body is even parsed.
 //! - [`queue`]: `/db/execute?queue` and `/db/queue/{n}`: queued writes.
 //! - [`requests`]: `/db/requests/{id}`: what became of a write, by its request id.
+//! - [`checksum`]: `/db/checksum`, `/db/checksum/report`: table checks (`keel check`).
 //! - [`cluster`]: `/nodes`, `/leader`, `/readyz`, `/join`, `/metrics`; [`status`]: `/status`.
 //! - [`admin`]: leadership transfer and membership changes, for operators.
 //! - [`backup`]: `/db/backup`, `/db/load`; [`changes`]: the change stream `/db/changes`.
@@ -29,6 +30,7 @@
 pub(crate) mod admin;
 pub(crate) mod backup;
 pub(crate) mod changes;
+pub(crate) mod checksum;
 pub(crate) mod cluster;
 pub(crate) mod console;
 pub(crate) mod db;
@@ -65,6 +67,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/db/request", post(db::request))
         .route("/db/queue/{sequence_number}", get(queue::outcome))
         .route("/db/requests/{request_id}", get(requests::outcome))
+        .route("/db/checksum", get(checksum::checksum))
+        .route("/db/checksum/report", post(checksum::report))
         .route("/status", get(status::status))
         .route("/nodes", get(cluster::nodes))
         .route("/leader", get(cluster::get_leader))
@@ -215,7 +219,26 @@ pub(crate) fn node_error(e: node::Error, pretty: bool) -> Response {
             json_response(StatusCode::OK, &keel_api::Answer::refused(why), pretty)
         }
         node::Error::Forbidden(m) => error_response(StatusCode::FORBIDDEN, m),
+        node::Error::Pin(e) => pin_error(e),
         node::Error::Internal(m) => error_response(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
+/// A table check's snapshot that cannot be served: 409 when the index was applied before it was
+/// pinned, 410 when the pin is gone, 503 when the index was not reached in time.
+fn pin_error(e: sql::checksum::PinError) -> Response {
+    use sql::checksum::PinError;
+    let message = e.to_string();
+    match e {
+        PinError::Passed { applied, .. } => {
+            let body = ErrorAnswer { applied_index: Some(applied), ..ErrorAnswer::new(message) };
+            json_response(StatusCode::CONFLICT, &body, false)
+        }
+        PinError::Gone { .. } => error_response(StatusCode::GONE, message),
+        PinError::NotReached { applied, .. } => {
+            let body = ErrorAnswer { applied_index: Some(applied), ..ErrorAnswer::new(message) };
+            retry_after(json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false))
+        }
     }
 }
 

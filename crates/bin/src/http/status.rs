@@ -102,6 +102,7 @@ async fn document(node: &Node, disk: bool) -> Status {
         node: node_section(node, &s),
         store: store(node, &s, disk),
         cluster: status::Cluster { members: members.collect() },
+        divergence: node.divergence(),
         replication: node
             .replication_all(&s)
             .map(|all| all.into_iter().map(|(id, r)| (id.to_string(), r)).collect()),
