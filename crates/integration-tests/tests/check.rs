@@ -1,0 +1,123 @@
+//! `keel check`: replica checksums at one log index, against real nodes. A row changed by hand
+//! in one follower's database file is found (that node, that table, that key, exit 1); checks
+//! under a write load find nothing (exit 0).
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use integration_tests::{TestCluster, keel_binary};
+use serde_json::json;
+
+/// Runs `keel check` against node `via`; returns its exit code and standard output.
+fn keel_check(c: &TestCluster, via: u64, extra: &[&str]) -> (i32, String) {
+    let output = Command::new(keel_binary())
+        .arg("check")
+        .arg("--cluster")
+        .arg(format!("http://{}", c.http_addr(via)))
+        .args(extra)
+        .output()
+        .expect("running keel check");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), format!("{stdout}\n(stderr: {stderr})"))
+}
+
+/// The live database file of node `id` (`db/CURRENT` names it).
+fn database_file(c: &TestCluster, id: u64) -> std::path::PathBuf {
+    let db = c.data_dir(id).join("db");
+    let current = std::fs::read_to_string(db.join("CURRENT")).expect("db/CURRENT");
+    db.join(current.trim())
+}
+
+#[test]
+fn a_row_changed_by_hand_is_found() {
+    let c = TestCluster::start(3, 1);
+    let leader = c.leader();
+    let lsn = c.execute_ok(
+        leader,
+        json!([
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v)",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, 'v' || i FROM n",
+            "CREATE TABLE other (k TEXT PRIMARY KEY) WITHOUT ROWID",
+            "INSERT INTO other VALUES ('a'), ('b')"
+        ]),
+    );
+    c.wait_all_applied(lsn);
+    let (code, out) = keel_check(&c, leader, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("t: ok (3000 rows"), "{out}");
+
+    // An operator edits one follower's file while it is stopped: an INTEGER becomes a REAL
+    // of the same value, which only an exact checksum tells apart.
+    let victim = c.followers(leader)[0];
+    c.stop(victim);
+    let conn = rusqlite::Connection::open(database_file(&c, victim)).unwrap();
+    assert_eq!(conn.execute("UPDATE t SET v = 2.0 WHERE id = 2345", []).unwrap(), 1);
+    drop(conn);
+    c.restart(victim);
+    c.wait_all_applied(lsn);
+
+    let (code, out) = keel_check(&c, leader, &["--chunk-rows", "500"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("t: DIFFERENT in 1 of 7 chunks"), "{out}");
+    assert!(out.contains(&format!("node(s) [{victim}]: keys after 2000 through 2500")), "{out}");
+    assert!(out.contains("differing keys: 2345"), "{out}");
+    assert!(out.contains("other: ok (2 rows"), "{out}");
+
+    // The node remembers it, across a restart, until rebuilt; the others agree.
+    c.restart(victim);
+    let divergence = c.status(victim).divergence.expect("the changed node says so");
+    assert_eq!(divergence.tables, vec!["t".to_string()]);
+    for id in c.ids().into_iter().filter(|&id| id != victim) {
+        assert_eq!(c.status(id).divergence, None, "node {id}");
+    }
+    let metrics = c.get(leader, "/metrics").body;
+    assert!(metrics.contains("keel_check_mismatches_total 1"), "{metrics}");
+}
+
+#[test]
+fn checks_under_writes_find_nothing() {
+    let c = TestCluster::start(3, 1);
+    let leader = c.leader();
+    c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, client, v)"]));
+    let url = format!("http://{}/db/execute", c.http_addr(leader));
+    let http = reqwest::blocking::Client::new();
+    let stop = AtomicBool::new(false);
+    let duration = Duration::from_secs(
+        std::env::var("KEEL_CHECK_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60),
+    );
+    let (checks, writes) = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let (http, url, stop) = (&http, &url, &stop);
+                s.spawn(move || {
+                    let mut ok = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        // Inserts and updates of rows other writers also touch.
+                        let body = json!([
+                            ["INSERT INTO t (client, v) VALUES (?, ?)", w, ok],
+                            ["UPDATE t SET v = v + 1 WHERE id % 16 = ?", w]
+                        ]);
+                        if http.post(url).json(&body).send().is_ok_and(|r| r.status().is_success())
+                        {
+                            ok += 1;
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let mut checks = 0;
+        while started.elapsed() < duration {
+            let (code, out) = keel_check(&c, leader, &["--chunk-rows", "200", "--max-rate", "0"]);
+            assert_eq!(code, 0, "check {checks} under load: {out}");
+            checks += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        (checks, writers.into_iter().map(|w| w.join().unwrap()).sum::<u64>())
+    });
+    println!("{checks} checks, 0 mismatches, during {writes} writes in {duration:?}");
+    assert!(checks >= 3 && writes >= 100, "{checks} checks during {writes} writes");
+}
