@@ -114,7 +114,7 @@ async fn check(args: &CheckArgs) -> Result<bool, CouldNotRun> {
         }
         members.push(Member { id, client: cluster.on(&n.api_addr).map_err(|e| fail(e.into()))? });
     }
-    let lsn = pin(&leader, &members, args.wait).await.map_err(fail)?;
+    let lsn = pin(&cluster, &leader, &members, args.wait).await.map_err(fail)?;
     eprintln!("checking {} members at log index {lsn}", members.len());
     let mut tables = BTreeSet::new();
     for m in &members {
@@ -152,8 +152,14 @@ async fn check(args: &CheckArgs) -> Result<bool, CouldNotRun> {
     Ok(ok)
 }
 
-/// Pins a log index on every member and makes sure the log reaches it; returns it.
-async fn pin(leader: &Client, members: &[Member], wait: Duration) -> anyhow::Result<u64> {
+/// Pins a log index on every member and makes sure the log reaches it; returns it. `leader`
+/// is pinned to the leader found at the start; `cluster` follows the leader.
+async fn pin(
+    cluster: &Client,
+    leader: &Client,
+    members: &[Member],
+    wait: Duration,
+) -> anyhow::Result<u64> {
     let mut margin = 2;
     for _ in 0..5 {
         let last =
@@ -175,15 +181,21 @@ async fn pin(leader: &Client, members: &[Member], wait: Duration) -> anyhow::Res
             margin *= 8; // writes are moving fast: aim further ahead
             continue;
         }
-        // Blank entries until the leader's log holds `lsn`.
+        // Blank entries until the log holds `lsn` (through whichever node leads: leadership
+        // may move meanwhile).
         let deadline = Instant::now() + wait;
         loop {
-            let read = leader.read(["SELECT 1"]).level(Level::Strong).send().await;
-            if read.context("a strong read on the leader")?.lsn.unwrap_or(0) >= lsn {
-                return Ok(lsn);
+            let read = cluster.read(["SELECT 1"]).level(Level::Strong).send().await;
+            match read {
+                Ok(answer) if answer.lsn.unwrap_or(0) >= lsn => return Ok(lsn),
+                Ok(_) => {}
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).context(format!("a strong read to reach log index {lsn}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
             if Instant::now() > deadline {
-                bail!("the leader's log did not reach {lsn} within {wait:?}");
+                bail!("the log did not reach {lsn} within {wait:?}");
             }
         }
     }

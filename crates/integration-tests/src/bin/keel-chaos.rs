@@ -251,6 +251,8 @@ fn main() -> ExitCode {
             };
             let mut failures = 0;
             let mut totals = [0u64; 5];
+            // Runs whose table checks found the replicas identical, and runs where they differed.
+            let (mut checksums_ok, mut checksums_different) = (0u64, 0u64);
             let mut faults_total: std::collections::BTreeMap<String, u64> = Default::default();
             let (mut acknowledged, mut lost) = (0u64, 0u64);
             let mut staleness = Vec::new();
@@ -270,6 +272,9 @@ fn main() -> ExitCode {
                     Ok((ok, summary)) => {
                         print!("{summary}");
                         if let Some(line) = summary.lines().find(|l| l.starts_with("chaos: ")) {
+                            checksums_ok += u64::from(line.contains(" checksums=ok "));
+                            checksums_different +=
+                                u64::from(line.contains(" checksums=DIFFERENT "));
                             for (i, field) in ["ops=", "ok=", "failed=", "unknown=", "violations="]
                                 .iter()
                                 .enumerate()
@@ -324,8 +329,17 @@ fn main() -> ExitCode {
                 println!("campaign {line}");
             }
             println!(
-                "campaign: runs={runs} failed_runs={failures}\nchaos: ops={} ok={} failed={} unknown={} violations={}",
-                totals[0], totals[1], totals[2], totals[3], totals[4]
+                "campaign: runs={runs} failed_runs={failures} runs_with_identical_replicas={checksums_ok}\nchaos: ops={} ok={} failed={} unknown={} checksums={} violations={}",
+                totals[0],
+                totals[1],
+                totals[2],
+                totals[3],
+                match (checksums_different, checksums_ok == runs) {
+                    (0, true) => "ok",
+                    (0, false) => "unchecked",
+                    _ => "DIFFERENT",
+                },
+                totals[4]
             );
             if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }

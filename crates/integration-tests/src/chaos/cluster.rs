@@ -47,6 +47,17 @@ pub struct Layout {
     pub tmpfs: bool,
 }
 
+/// What `keel check` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableCheck {
+    /// Every replica matched (exit 0).
+    Same,
+    /// Replicas differ (exit 1): its output.
+    Different(String),
+    /// It could not check (exit 2: a member down or behind): why.
+    NotRun(String),
+}
+
 /// One node.
 #[derive(Debug)]
 pub struct ChaosNode {
@@ -177,6 +188,35 @@ impl Cluster {
     /// Node `i` (1-based).
     pub fn node(&self, i: usize) -> &ChaosNode {
         &self.nodes[i - 1]
+    }
+
+    /// Runs `keel check` against every member (learners included): are the replicas
+    /// identical at one log index? `wait` bounds how long members may take to reach it.
+    pub fn table_check(&self, wait: Duration) -> TableCheck {
+        let output = std::process::Command::new(&self.layout.keel)
+            .arg("check")
+            .arg("--cluster")
+            .arg(self.urls().join(","))
+            .arg("--wait")
+            .arg(format!("{}ms", wait.as_millis()))
+            .args(["--max-rate", "0"])
+            .output();
+        match output {
+            Err(e) => TableCheck::NotRun(format!("cannot run keel check: {e}")),
+            Ok(out) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = text.trim().replace('\n', " | ");
+                match out.status.code() {
+                    Some(0) => TableCheck::Same,
+                    Some(1) => TableCheck::Different(text),
+                    _ => TableCheck::NotRun(text),
+                }
+            }
+        }
     }
 
     /// Every node's base URL, by index.

@@ -12,7 +12,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, TableCheck};
 use super::history::History;
 use super::net::Net;
 
@@ -72,13 +72,15 @@ impl Fault {
 /// Counts of faults injected, by kind.
 pub type FaultCounts = BTreeMap<&'static str, u64>;
 
-/// Runs the schedule until `until`, then heals. Returns the counts of faults injected.
+/// Runs the schedule until `until`, then heals. Returns the counts of faults injected. After
+/// every heal, `keel check` compares the replicas; its verdicts go to `checks`.
 pub fn run(
     cluster: &mut Cluster,
     faults: &[Fault],
     rng: &mut StdRng,
     history: &History,
     until: Instant,
+    checks: &mut Vec<TableCheck>,
 ) -> FaultCounts {
     let mut counts = FaultCounts::new();
     // Let the clients start against a healthy cluster.
@@ -92,6 +94,7 @@ pub fn run(
         }
         sleep_until(Instant::now() + Duration::from_millis(rng.gen_range(2000..5000)), until);
         heal(cluster, history);
+        checks.push(check_tables(cluster, history, Duration::from_secs(5)));
         sleep_until(Instant::now() + Duration::from_millis(rng.gen_range(1000..3000)), until);
     }
     counts
@@ -248,6 +251,19 @@ fn inject(
         }
     }
     Ok(true)
+}
+
+/// Runs `keel check` (members get `wait` to reach the pinned index) and records its verdict
+/// in the history.
+pub fn check_tables(cluster: &Cluster, history: &History, wait: Duration) -> TableCheck {
+    let verdict = cluster.table_check(wait);
+    let what = match &verdict {
+        TableCheck::Same => "replicas identical".to_string(),
+        TableCheck::Different(out) => format!("REPLICAS DIFFER: {out}"),
+        TableCheck::NotRun(why) => format!("not run: {why}"),
+    };
+    history.fault("check", what);
+    verdict
 }
 
 /// Undoes every fault: network, pauses, clocks, disks, fsync faults, dead and removed nodes.

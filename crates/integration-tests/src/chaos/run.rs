@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use super::check::{self, Findings};
-use super::cluster::{self, Cluster, Layout};
+use super::cluster::{self, Cluster, Layout, TableCheck};
 use super::history::{History, Op, Outcome};
 use super::nemesis::{self, Fault, FaultCounts};
 use super::net::Net;
@@ -71,17 +71,55 @@ pub struct Report {
     pub terms: usize,
     /// Seconds from the last heal to a fully caught-up cluster.
     pub recovery: Option<f64>,
+    /// What `keel check` found after each heal and at the end.
+    pub checksums: Checksums,
+}
+
+/// The verdicts of the run's table checks (`keel check` after every heal and at the end).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checksums {
+    /// Checks that found every replica identical.
+    pub same: usize,
+    /// Checks that found replicas different (each is also a violation).
+    pub different: usize,
+    /// Checks that could not run (a member still down or behind right after a heal).
+    pub not_run: usize,
+    /// Whether the final check, after recovery, found every replica identical.
+    pub final_same: bool,
+}
+
+impl Checksums {
+    fn of(checks: &[TableCheck], recovered: bool) -> Checksums {
+        let count = |f: fn(&TableCheck) -> bool| checks.iter().filter(|c| f(c)).count();
+        Checksums {
+            same: count(|c| *c == TableCheck::Same),
+            different: count(|c| matches!(c, TableCheck::Different(_))),
+            not_run: count(|c| matches!(c, TableCheck::NotRun(_))),
+            final_same: recovered && checks.last() == Some(&TableCheck::Same),
+        }
+    }
+
+    /// `ok` when no check found a difference and the final one found none; else what went
+    /// wrong.
+    pub fn word(&self) -> &'static str {
+        match (self.different, self.final_same) {
+            (0, true) => "ok",
+            (0, false) => "unchecked",
+            _ => "DIFFERENT",
+        }
+    }
 }
 
 impl Report {
     /// The one-line summary every run ends with.
     pub fn summary_line(&self) -> String {
         format!(
-            "chaos: ops={} ok={} failed={} unknown={} violations={}",
+            "chaos: ops={} ok={} failed={} unknown={} checksums={} violations={}",
             self.ops,
             self.ok,
             self.failed,
             self.unknown,
+            self.checksums.word(),
             self.findings.violations.len()
         )
     }
@@ -220,7 +258,8 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
 
     let mut rng = StdRng::seed_from_u64(config.seed);
     let fault_end = deadline.checked_sub(Duration::from_secs(2)).unwrap_or(deadline);
-    let counts = nemesis::run(&mut cluster, &faults, &mut rng, &history, fault_end);
+    let mut checks = Vec::new();
+    let counts = nemesis::run(&mut cluster, &faults, &mut rng, &history, fault_end, &mut checks);
     nemesis::heal(&mut cluster, &history);
     let healed = Instant::now();
 
@@ -244,7 +283,14 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     }
     if recovered {
         final_reads(&mut cluster, config.workload, &history, &mut findings_extra);
+        checks.push(nemesis::check_tables(&cluster, &history, Duration::from_secs(30)));
     }
+    for check in &checks {
+        if let TableCheck::Different(out) = check {
+            findings_extra.push(format!("checksums: keel check found replicas different: {out}"));
+        }
+    }
+    let checksums = Checksums::of(&checks, recovered);
     stop.store(true, Ordering::Relaxed);
     let sampled = sampler.join().unwrap_or_default();
     cluster.stop_all();
@@ -266,6 +312,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         left_out,
         terms: terms.len(),
         recovery,
+        checksums,
     };
     std::fs::write(config.dir.join("summary.txt"), describe(config, &report))?;
     Ok(report)
@@ -434,6 +481,15 @@ pub fn describe(config: &Config, report: &Report) -> String {
             entries[entries.len() - 1]
         );
     }
+    let c = &report.checksums;
+    let _ = writeln!(
+        s,
+        "table checks (keel check after each heal and at the end): {} identical, {} different, {} not run; final: {}",
+        c.same,
+        c.different,
+        c.not_run,
+        if c.final_same { "identical" } else { "not identical or not run" }
+    );
     for v in &f.violations {
         let _ = writeln!(s, "VIOLATION {v}");
     }
