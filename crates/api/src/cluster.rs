@@ -166,6 +166,21 @@ pub struct MembershipChanged {
     pub voter: bool,
 }
 
+/// The body of `POST /admin/rebuild` (on the node to rebuild, after its removal): the members
+/// to rejoin through.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebuild {
+    /// HTTP URLs of members.
+    pub join: Vec<String>,
+}
+
+/// The answer of `POST /admin/rebuild`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebuilding {
+    /// The node that deletes its data and rejoins.
+    pub rebuilding: NodeId,
+}
+
 /// The answer of `DELETE /remove`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removed {

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use keel_api::cluster::MembershipChange;
 use keel_api::status::Role;
@@ -84,6 +84,14 @@ pub enum AdminCommand {
         /// The node to remove.
         id: NodeId,
     },
+    /// Rebuild a node whose data differs from the other replicas' (`keel check` names it):
+    /// remove it, have it delete its data and rejoin, and wait until it has caught up from
+    /// the leader's snapshot. The node must be running and must not lead.
+    Rebuild {
+        /// The node to rebuild.
+        #[arg(long = "node")]
+        id: NodeId,
+    },
 }
 
 /// Runs `keel admin …`. A failure is printed as one line, `error: <reason>`, and exits with
@@ -130,8 +138,62 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             client.remove(id).await.map_err(failed)?;
             println!("node {id} removed from the cluster");
         }
+        AdminCommand::Rebuild { id } => rebuild(client, id, args.timeout).await?,
     }
     Ok(())
+}
+
+/// `keel admin rebuild --node ID` (see [`AdminCommand::Rebuild`]).
+async fn rebuild(client: &keel_api::Client, id: NodeId, timeout: Duration) -> anyhow::Result<()> {
+    let members = client.nodes().await.map_err(failed)?;
+    let Some(target) = members.iter().find(|m| m.node_id() == Some(id)) else {
+        bail!("node {id} is not a member of the cluster");
+    };
+    if target.leader {
+        bail!("node {id} leads: make another node the leader first (keel admin promote)");
+    }
+    let node = client.on(&target.api_addr)?;
+    // It must answer before it is removed: a removed node that cannot be told to rebuild
+    // would be left out of the cluster with its old data.
+    node.ready(true, false).await.with_context(|| format!("node {id} does not answer"))?;
+    let join: Vec<String> =
+        members.iter().filter(|m| m.node_id() != Some(id)).map(|m| m.api_addr.clone()).collect();
+    client.remove(id).await.map_err(failed)?;
+    println!("node {id} removed from the cluster; it deletes its data and rejoins");
+    // Its answer may be cut short when it restarts: what counts is that it comes back.
+    if let Err(e) = node.rebuild(&join).await {
+        tracing::debug!(error = %e, "the rebuild request had no complete answer");
+    }
+    let started = std::time::Instant::now();
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(Duration::from_millis(200));
+    loop {
+        progress.set_message(format!("waiting for node {id} to rejoin and catch up"));
+        // The leader's view: its member list carries each member's applied index.
+        let leader = match client.find_leader().await {
+            Ok(url) => Some(client.on(&url)?),
+            Err(_) => None,
+        };
+        if let Some(leader) = leader
+            && let Ok(status) = leader.status().await
+            && let Ok(members) = leader.nodes().await
+            && let Some(m) = members.iter().find(|m| m.node_id() == Some(id))
+            && m.replication.as_ref().and_then(|r| r.applied_index)
+                >= Some(status.node.commit_index)
+        {
+            progress.finish_and_clear();
+            println!(
+                "node {id} rebuilt: it rejoined with a fresh copy and caught up in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            progress.finish_and_clear();
+            bail!("node {id} did not rejoin and catch up within {timeout:?}; see its log");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A failed call in `keel admin`'s words: the server's reason and status, or which members

@@ -149,6 +149,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let reason = tokio::select! {
         _ = shutdown_signal() => None,
         reason = node.stopped() => Some(reason),
+        join = node.rebuild_requested() => {
+            node.shutdown().await;
+            return rebuild(&args, join);
+        }
     };
     match reason {
         None => {
@@ -163,6 +167,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!("raft stopped: {reason}")
         }
     }
+}
+
+/// Deletes this node's data and starts `keel serve` again in this process (same pid, same
+/// flags), joining through `join` unless the flags name members to join already (see
+/// [`node::rebuild`]). Returns only on failure.
+fn rebuild(args: &ServeArgs, join: Vec<String>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    node::rebuild::wipe(&args.data_dir)
+        .with_context(|| format!("deleting the data in {} to rebuild", args.data_dir.display()))?;
+    let mut argv = std::env::args_os();
+    let _program = argv.next();
+    let mut command = std::process::Command::new(
+        std::env::current_exe().context("finding this program to start it again")?,
+    );
+    command.args(argv);
+    if args.join.is_empty() {
+        command.arg("--join").arg(join.join(","));
+    }
+    tracing::warn!(data = %args.data_dir.display(), "data deleted; starting again to rejoin the cluster");
+    let error = command.exec();
+    Err(anyhow::anyhow!("starting again after deleting the data failed: {error}"))
 }
 
 /// `--join-as USER:PASSWORD`, split.

@@ -1,6 +1,6 @@
 //! `keel check`: replica checksums at one log index, against real nodes. A row changed by hand
-//! in one follower's database file is found (that node, that table, that key, exit 1); checks
-//! under a write load find nothing (exit 0).
+//! in one follower's database file is found (that node, that table, that key, exit 1) and
+//! `keel admin rebuild` repairs it; checks under a write load find nothing (exit 0).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +74,20 @@ fn a_row_changed_by_hand_is_found() {
     }
     let metrics = c.get(leader, "/metrics").body;
     assert!(metrics.contains("keel_check_mismatches_total 1"), "{metrics}");
+
+    // The repair is one command: the node leaves, deletes its data, rejoins from the leader.
+    let rebuilt = Command::new(keel_binary())
+        .args(["admin", "--cluster", &format!("http://{}", c.http_addr(leader))])
+        .args(["rebuild", "--node", &victim.to_string()])
+        .output()
+        .expect("running keel admin rebuild");
+    let said = String::from_utf8_lossy(&rebuilt.stdout).into_owned();
+    assert!(rebuilt.status.success(), "{said} {}", String::from_utf8_lossy(&rebuilt.stderr));
+    assert!(said.contains(&format!("node {victim} rebuilt")), "{said}");
+    assert_eq!(c.status(victim).divergence, None, "a rebuilt node starts clean");
+    let (code, out) = keel_check(&c, leader, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(c.rows(victim, "SELECT v FROM t WHERE id = 2345"), vec![vec![json!("v2345")]]);
 }
 
 #[test]

@@ -26,7 +26,8 @@
 //!   their routes and their calls.
 //! - [`queue`]: the write queue of `/db/execute?queue`.
 //! - [`outcome`]: what became of a write, looked up by its request id.
-//! - [`checksum`]: table checksums at a pinned log index, for `keel check`.
+//! - [`checksum`]: table checksums at a pinned log index, for `keel check`; [`rebuild`]: a
+//!   node whose data differs deletes it and rejoins.
 //! - [`metrics`]: Prometheus counters, updated where things happen.
 //!
 //! Errors ([`Error`]) say what the caller should do; the HTTP layer maps each to one answer.
@@ -49,6 +50,7 @@ pub mod outcome;
 pub mod peer;
 pub mod queue;
 pub mod read;
+pub mod rebuild;
 pub mod route;
 pub mod write;
 
@@ -166,6 +168,8 @@ pub struct Node {
     pub(crate) pins: Arc<sql::checksum::Pins>,
     /// What a table check found wrong with this node's data (also kept in the data dir).
     pub(crate) divergence: Mutex<Option<keel_api::checksum::Divergence>>,
+    /// Set when this node is asked to rebuild: the members to rejoin through.
+    pub(crate) rebuild: watch::Sender<Option<Vec<String>>>,
     /// The node's data directory (backups and loads spool under `tmp/` in it).
     pub(crate) data_dir: PathBuf,
     /// Snapshot counters, for `/status`.
@@ -234,6 +238,7 @@ impl Node {
             image_source,
             pins,
             divergence: Mutex::new(checksum::load_divergence(&dir)),
+            rebuild: watch::channel(None).0,
             data_dir: dir,
             snapshots,
             log,

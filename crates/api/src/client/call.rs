@@ -431,6 +431,23 @@ impl Client {
         self.send_json(Method::DELETE, "/remove", &NodeRef::to(id)).await
     }
 
+    /// Asks the node in use to rebuild: stop, delete its data, and rejoin through the members
+    /// at `join` (`POST /admin/rebuild`). Remove it from the membership first
+    /// ([`Client::remove`]); `keel admin rebuild` does both.
+    pub async fn rebuild(&self, join: &[String]) -> Result<crate::cluster::Rebuilding> {
+        let body = crate::cluster::Rebuild { join: join.to_vec() };
+        let body = serde_json::to_vec(&body).map_err(|e| Error::Config(e.to_string()))?;
+        let attempt = Attempt {
+            method: Method::POST,
+            path: "/admin/rebuild".into(),
+            query: Vec::new(),
+            body: Some(body),
+            target: Target::Any,
+            safe: false,
+        };
+        self.send(&attempt).await?.json()
+    }
+
     /// Makes node `id` the leader (`POST /admin/promote?node=ID`); a learner becomes a voter
     /// first.
     pub async fn promote(&self, id: NodeId) -> Result<LeaderChanged> {

@@ -14,6 +14,8 @@
 //!   `{"id": N, "voter": bool}`.
 //! - `DELETE /remove`, body `{"id": "<node id>"}` (rqlite's; a number works too): remove a
 //!   node from the membership, voter or learner, running or dead. Answer: `{"removed": N}`.
+//! - `POST /admin/rebuild` is the exception: it is served by the node it names (see
+//!   [`rebuild`]), never forwarded.
 //!
 //! Errors map to status codes in one function, [`change_error`]: 400 for a request that cannot
 //! be carried out as asked (an unknown node), 409 for one that would leave the cluster unable
@@ -61,7 +63,29 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/membership", post(membership))
         .route("/leader", post(step_down))
         .route("/remove", delete(remove))
+        .route("/admin/rebuild", post(rebuild))
         .with_state(node)
+}
+
+/// `POST /admin/rebuild`, body `{"join": ["http://…", …]}`: THIS node (never forwarded) stops,
+/// deletes its data and rejoins through those members ([`node::Node::request_rebuild`]); it
+/// should have been removed from the membership first. 202 `{"rebuilding": ID}`; 400 on the
+/// leader or without members to join.
+async fn rebuild(State(node): State<Arc<Node>>, req: Incoming) -> Response {
+    let body: keel_api::cluster::Rebuild = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad_request(format!("the body must be {{\"join\": [\"http://…\"]}}: {e}"));
+        }
+    };
+    match node.request_rebuild(body.join) {
+        Ok(()) => json_response(
+            StatusCode::ACCEPTED,
+            &keel_api::cluster::Rebuilding { rebuilding: node.id() },
+            false,
+        ),
+        Err(e) => super::node_error(e, false),
+    }
 }
 
 /// Maps a refused or failed change to its HTTP answer.
