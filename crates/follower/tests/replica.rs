@@ -1,7 +1,7 @@
-//! `Replica` as Raft's store: snapshots are written without the database mutex, and an
+//! `Replica` as Raft's store: snapshots are written without the database thread, and an
 //! install publishes the installed position.
 
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use follower::Replica;
@@ -16,16 +16,15 @@ fn write(replica: &Replica, index: u64, sql: &str) {
         request_id: None,
         timeout: None,
     };
-    let record = replica.db().lock().unwrap().execute(&[request]).unwrap().record;
+    let record = replica.db().run_blocking(move |db| db.execute(&[request])).unwrap().record;
     let entry = Committed { term: 1, index, record: Some(record), membership: None };
-    replica.apply(&[entry]).unwrap();
+    futures::executor::block_on(replica.apply(vec![entry])).unwrap();
 }
 
 #[test]
 fn snapshots_run_without_the_lock_and_installs_publish() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Mutex::new(sql::Db::open(&dir.path().join("a")).unwrap()));
-    let replica = Replica::new(db.clone()).unwrap();
+    let replica = Replica::new(sql::Db::open(&dir.path().join("a")).unwrap()).unwrap();
     write(&replica, 1, "CREATE TABLE t (v)");
     write(&replica, 2, "INSERT INTO t VALUES (1), (2)");
     assert_eq!(*replica.applied().borrow(), 2);
@@ -33,24 +32,31 @@ fn snapshots_run_without_the_lock_and_installs_publish() {
     // The image is written while someone else holds the database (the leader's writer, say).
     let image = dir.path().join("b").join("incoming.part");
     std::fs::create_dir_all(dir.path().join("b")).unwrap();
-    let held = db.lock().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (holding, held) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let hold = replica.db().run(move |_| {
+        holding.send(()).unwrap();
+        released.recv().unwrap();
+        Ok(())
+    });
+    held.recv().unwrap();
+    let (tx, rx) = mpsc::channel();
     let (writer, path) = (replica.clone(), image.clone());
     std::thread::spawn(move || tx.send(writer.snapshot_to(&path).unwrap()).unwrap());
     let applied =
-        rx.recv_timeout(Duration::from_secs(30)).expect("snapshot_to waited for the lock");
-    drop(held);
+        rx.recv_timeout(Duration::from_secs(30)).expect("snapshot_to waited for the thread");
+    release.send(()).unwrap();
+    futures::executor::block_on(hold).unwrap();
     assert_eq!(applied.map(|a| (a.term, a.index)), Some((1, 2)));
 
     // Another node installs it: its position and watch move to the image's.
-    let other =
-        Replica::new(Arc::new(Mutex::new(sql::Db::open(&dir.path().join("b")).unwrap()))).unwrap();
+    let other = Replica::new(sql::Db::open(&dir.path().join("b")).unwrap()).unwrap();
     let watch = other.applied();
     assert_eq!(*watch.borrow(), 0);
     other.install(&image).unwrap();
     assert_eq!(*watch.borrow(), 2);
     assert_eq!(Store::applied(&other).unwrap().map(|a| a.index), Some(2));
-    let dump = |r: &Replica| r.db().lock().unwrap().dump().unwrap();
+    let dump = |r: &Replica| r.db().run_blocking(|db| db.dump()).unwrap();
     assert_eq!(dump(&other), dump(&replica));
 
     // Snapshots follow the install: the other node's next image is of the installed database.

@@ -7,7 +7,7 @@
 //! message and says that restarting will not help, and must not skip the entry.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use follower::Replica;
@@ -56,8 +56,8 @@ async fn leader_term(raft: &raft::Raft) -> raft::Term {
 async fn corrupt_entry_stops_the_node_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let record = insert_into_missing_table(&dir.path().join("other"));
-    let db = Arc::new(Mutex::new(Db::open(&dir.path().join("db")).unwrap()));
-    let replica = Replica::new(db.clone()).unwrap();
+    let replica = Replica::new(Db::open(&dir.path().join("db")).unwrap()).unwrap();
+    let db = replica.db();
     let applied = replica.applied();
     let started =
         raft::start_node(1, &dir.path().join("node"), &raft::Options::default(), Arc::new(replica))
@@ -87,7 +87,45 @@ async fn corrupt_entry_stops_the_node_with_its_reason() {
     assert!(proposal.await.unwrap().is_err(), "a stopped node acknowledges nothing");
     // Not skipped: neither the watch nor the database moved past the entry before it.
     assert_eq!(*applied.borrow(), before);
-    let stored = db.lock().unwrap().applied().unwrap().map(|a| a.index);
+    let stored = db.run(|db| db.applied()).await.unwrap().map(|a| a.index);
     assert_eq!(stored, Some(before));
+    let _ = raft.shutdown().await;
+}
+
+/// A panic on the database thread (a broken invariant in some job) stops the node at its next
+/// apply, with the panic's message in the reason, instead of leaving it running with a
+/// database nothing can vouch for or hanging the apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_the_database_thread_stops_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::new(Db::open(&dir.path().join("db")).unwrap()).unwrap();
+    let db = replica.db();
+    let applied = replica.applied();
+    let started =
+        raft::start_node(1, &dir.path().join("node"), &raft::Options::default(), Arc::new(replica))
+            .await
+            .unwrap();
+    let raft = started.raft;
+    let me = raft::MemberAddr { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
+    raft::cluster::initialize(&raft, 1, me).await.unwrap();
+    let leads = |m: &raft::Metrics| m.current_leader == Some(1);
+    raft.wait(Some(DEADLINE)).metrics(leads, "leads").await.unwrap();
+    let before = raft::client::wait_caught_up(&raft, DEADLINE).await.unwrap();
+
+    let panicked = db.run::<(), _>(|_| panic!("planted invariant failure")).await.unwrap_err();
+    assert!(matches!(panicked, sql::Error::Stopped(_)), "{panicked}");
+
+    // The next committed entry cannot be applied: the node stops, and says why.
+    let barrier = {
+        let raft = raft.clone();
+        tokio::spawn(async move { raft::client::log_barrier(&raft).await })
+    };
+    let reason = tokio::time::timeout(DEADLINE, raft::cluster::stopped(&raft))
+        .await
+        .expect("the node stops");
+    assert!(reason.contains("planted invariant failure"), "{reason}");
+    assert!(reason.contains("database thread stopped"), "{reason}");
+    assert!(barrier.await.unwrap().is_err(), "a stopped node acknowledges nothing");
+    assert_eq!(*applied.borrow(), before);
     let _ = raft.shutdown().await;
 }

@@ -215,7 +215,7 @@ async fn a_held_append_delays_only_its_follower_and_commit_needs_one_of_two() {
 }
 
 /// The writer on `old` takes a request (fixing term T) and is stopped at its speculation by
-/// holding `old`'s database mutex. Meanwhile leadership moves to another node (T+1), which
+/// holding `old`'s database thread with a job that waits. Meanwhile leadership moves to another node (T+1), which
 /// writes, and back to `old` (T+2). When the speculation then runs, its proposal is
 /// conditional on T: it must be refused although `old` leads again, and nothing it speculated
 /// may reach any database.
@@ -229,10 +229,12 @@ async fn a_leader_change_between_speculation_and_proposal_fails_the_write_cleanl
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let db = c.node(old).db.clone();
     let holder = std::thread::spawn(move || {
-        let guard = db.lock().unwrap();
-        locked_tx.send(()).unwrap();
-        release_rx.recv().unwrap();
-        drop(guard);
+        db.run_blocking(move |_| {
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            Ok(())
+        })
+        .unwrap();
     });
     locked_rx.recv().unwrap();
 

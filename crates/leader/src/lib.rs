@@ -6,7 +6,8 @@
 //! It never changes the database itself. Every change, this node's included, is applied by
 //! the state machine of the `follower` crate, which runs on every node, the leader included,
 //! once Raft has committed the record. The two crates never depend on each other; they share
-//! the node's [`sql::Db`] (speculation and apply take the same mutex) and meet in `bin`.
+//! the node's database thread ([`sql::Worker`]: speculation and apply are jobs on the one
+//! thread that owns the read-write [`sql::Db`]) and meet in `node`.
 //!
 //! A client write becomes a [`sql::WriteRequest`] and is sent to [`Leader::write`] (or, several
 //! at once in a given order, such as a batch of queued writes, to [`Leader::write_all`]). One task
@@ -17,9 +18,9 @@
 //!    log ([`raft::client::wait_caught_up`]): a new leader must have applied what earlier
 //!    leaders committed, and a record whose answer timed out must land, before the next
 //!    speculation runs on top of them.
-//! 3. Speculate: [`sql::Db::execute`] runs every request in its own savepoint inside one
-//!    transaction with session capture, takes the changeset and rolls back. The database is
-//!    unchanged; the per-statement results are known.
+//! 3. Speculate: [`sql::Db::execute`], a job on the database thread, runs every request in its
+//!    own savepoint inside one transaction with session capture, takes the changeset and rolls
+//!    back. The database is unchanged; the per-statement results are known.
 //! 4. Propose the resulting [`wal::Record`] conditional on term T
 //!    ([`raft::client::propose`]) and wait until it is committed (a quorum has it durably) and
 //!    applied here. Only the apply changes the database, on every node alike.
@@ -48,7 +49,7 @@ pub mod durability;
 mod error;
 pub mod progress;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use durability::Durability;
@@ -122,7 +123,7 @@ impl Leader {
     /// Starts the writer task on the current tokio runtime.
     pub fn spawn(
         raft: raft::Raft,
-        db: Arc<Mutex<sql::Db>>,
+        db: sql::Worker,
         applied: tokio::sync::watch::Receiver<wal::Lsn>,
         progress: Arc<Progress>,
         options: Options,
@@ -216,7 +217,7 @@ impl Leader {
 /// dropped.
 async fn run(
     raft: raft::Raft,
-    db: Arc<Mutex<sql::Db>>,
+    db: sql::Worker,
     applied: tokio::sync::watch::Receiver<wal::Lsn>,
     progress: Arc<Progress>,
     options: Options,
@@ -276,7 +277,7 @@ async fn run(
 /// the planted ack-before-commit bug, which drains them before proposing.
 async fn commit(
     raft: &raft::Raft,
-    db: &Arc<Mutex<sql::Db>>,
+    db: &sql::Worker,
     applied: &tokio::sync::watch::Receiver<wal::Lsn>,
     progress: &Progress,
     options: &Options,
@@ -288,14 +289,7 @@ async fn commit(
     // Everything this leader appended (its term's blank entry included) must be applied before
     // speculating, or the changeset would be computed against a stale state.
     raft::client::wait_caught_up(raft, options.sync_timeout).await?;
-    let db = db.clone();
-    let speculation = tokio::task::spawn_blocking(move || {
-        let mut db = db.lock().expect("db mutex poisoned: a previous apply panicked");
-        db.execute(&requests)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("speculation task failed: {e}")))?
-    .map_err(|e| match e {
+    let speculation = db.run(move |db| db.execute(&requests)).await.map_err(|e| match e {
         sql::Error::InvalidInput(m) => Error::InvalidInput(m),
         e => Error::Internal(e.to_string()),
     })?;

@@ -156,10 +156,7 @@ fn produce_batches(
             let mut load = sql::load::FileLoad::open(&file.0).map_err(|e| {
                 anyhow::anyhow!("the body starts like a SQLite file but cannot be read: {e}")
             })?;
-            let drops = {
-                let db = node.db.lock().expect("db mutex poisoned");
-                sql::load::drop_user_objects(&db)?
-            };
+            let drops = node.db.run_blocking(|db| sql::load::drop_user_objects(db))?;
             if !drops.is_empty() && tx.blocking_send(Ok(drops)).is_err() {
                 return Ok(());
             }

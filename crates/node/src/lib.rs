@@ -4,8 +4,9 @@
 //! [`Node::start`] opens the database, starts Raft, the writer ([`leader::Leader`]) and the
 //! state machine ([`follower::Replica`], which runs on every node, the leader included), and
 //! the write queue's flusher. It decides who talks to the database on which thread: the one
-//! read-write connection is shared by the writer (speculation) and the state machine (apply)
-//! behind one mutex, and never handed to anything else; reads run on the read-only pool
+//! read-write `Db` lives on the node's database thread ([`sql::Worker`]), which runs the
+//! writer's speculations, the state machine's applies and a load's schema read as jobs, one
+//! after another; reads never go through it: they run on the read-only pool
 //! ([`sql::Readers`]), inline on the async worker when they finish within [`read::INLINE_READ`],
 //! else on a blocking thread.
 //!
@@ -55,7 +56,7 @@ pub mod route;
 pub mod write;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -160,14 +161,15 @@ pub struct Node {
     /// Serializes membership changes: Raft allows one at a time, and concurrent joins would
     /// otherwise fail each other.
     pub(crate) membership: tokio::sync::Mutex<()>,
-    /// The write connection (loads read the schema they replace from it).
-    pub(crate) db: Arc<Mutex<sql::Db>>,
+    /// The database thread owning the write connections (loads read the schema they replace
+    /// from it).
+    pub(crate) db: sql::Worker,
     /// Consistent copies of the database, for backups.
     pub(crate) image_source: sql::ImageSource,
     /// Snapshots at pinned log indexes, for table checks.
     pub(crate) pins: Arc<sql::checksum::Pins>,
     /// What a table check found wrong with this node's data (also kept in the data dir).
-    pub(crate) divergence: Mutex<Option<keel_api::checksum::Divergence>>,
+    pub(crate) divergence: std::sync::Mutex<Option<keel_api::checksum::Divergence>>,
     /// Set when this node is asked to rebuild: the members to rejoin through.
     pub(crate) rebuild: watch::Sender<Option<Vec<String>>>,
     /// The node's data directory (backups and loads spool under `tmp/` in it).
@@ -202,8 +204,8 @@ impl Node {
         let readers = db.readers(config.readers.max(1)).context("opening read connections")?;
         let image_source = db.image_source();
         let pins = db.pins();
-        let db = Arc::new(Mutex::new(db));
-        let replica = follower::Replica::new(db.clone()).context("reading the applied position")?;
+        let replica = follower::Replica::new(db).context("starting the database thread")?;
+        let db = replica.db();
         // Spooled backups and loads of a previous run are garbage now.
         let _ = std::fs::remove_dir_all(dir.join("tmp"));
 
@@ -237,7 +239,7 @@ impl Node {
             db,
             image_source,
             pins,
-            divergence: Mutex::new(checksum::load_divergence(&dir)),
+            divergence: std::sync::Mutex::new(checksum::load_divergence(&dir)),
             rebuild: watch::channel(None).0,
             data_dir: dir,
             snapshots,

@@ -54,6 +54,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -86,15 +87,17 @@ pub struct Committed {
     pub membership: Option<String>,
 }
 
-/// The node's database, as the state machine needs it. Every method blocks; the adapter calls
-/// them from `spawn_blocking`. Errors say whether doing it again can succeed ([`Error`]).
+/// The node's database, as the state machine needs it. [`Store::apply`], on every write's
+/// path, returns a future (the store hands the batch to its own database thread; no blocking
+/// pool in between); the other methods block and the adapter calls them from
+/// `spawn_blocking`. Errors say whether doing it again can succeed ([`Error`]).
 pub trait Store: Send + Sync + 'static {
     /// The last applied position stored with the data, `None` for an empty database.
     fn applied(&self) -> Result<Option<Applied>>;
     /// Applies committed entries, in order, atomically together with the new applied position.
     /// On error nothing of the batch is applied; [`Error::Corrupt`] when an entry cannot be
     /// applied here as the leader applied it.
-    fn apply(&self, entries: &[Committed]) -> Result<()>;
+    fn apply(&self, entries: Vec<Committed>) -> BoxFuture<'static, Result<()>>;
     /// Writes a consistent image of the database (including its applied position and
     /// membership) to `path`, fsynced, and returns the applied position the image holds. Must
     /// not stop applies while it copies (it reads from its own connection), because a large
@@ -429,13 +432,9 @@ impl StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let store = self.store.clone();
         let first = batch[0].index;
         let last = batch[batch.len() - 1].index;
-        let applied = tokio::task::spawn_blocking(move || store.apply(&batch))
-            .await
-            .map_err(|e| Error::transient(e).into_io())?;
-        if let Err(e) = applied {
+        if let Err(e) = self.store.apply(batch).await {
             let deterministic = e.is_deterministic();
             tracing::error!(first, last, deterministic, error = %chain(&e), "cannot apply committed entries; stopping");
             return Err(e.into_io());

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
@@ -100,16 +101,14 @@ impl Store for FakeStore {
         Ok(self.position().map(|p| p.applied()))
     }
 
-    fn apply(&self, entries: &[Committed]) -> StoreResult<()> {
+    fn apply(&self, entries: Vec<Committed>) -> BoxFuture<'static, StoreResult<()>> {
         let mut applied = self.applied.lock().unwrap();
         for e in entries {
-            let membership = e
-                .membership
-                .clone()
-                .or_else(|| applied.as_ref().and_then(|p| p.membership.clone()));
+            let membership =
+                e.membership.or_else(|| applied.as_ref().and_then(|p| p.membership.clone()));
             *applied = Some(Position { term: e.term, index: e.index, membership });
         }
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn snapshot_to(&self, path: &Path) -> StoreResult<Option<Applied>> {

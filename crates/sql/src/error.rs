@@ -10,6 +10,8 @@
 //!   missing table, a column-count mismatch, a failing DDL statement). The node must stop rather
 //!   than diverge.
 //! * [`Error::Io`]: file-system work around the database directory, images or loads failed.
+//! * [`Error::Stopped`]: the database thread ([`crate::Worker`]) stopped after a job panicked;
+//!   the node stops too (a failed apply) and must restart.
 //!
 //! [`Error::is_deterministic`] (toyDB's name) sorts them for a replica that failed to apply a
 //! committed entry: doing it again fails the same way (`Corrupt`, `InvalidInput`, SQLite
@@ -35,6 +37,10 @@ pub enum Error {
     /// A file operation failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The database thread ([`crate::Worker`]) stopped because a job panicked: nothing more can
+    /// run on the read-write connections until the node restarts.
+    #[error("the database thread stopped: {0}")]
+    Stopped(String),
 }
 
 impl Error {
@@ -45,7 +51,7 @@ impl Error {
         match self {
             Error::InvalidInput(_) | Error::Corrupt(_) => true,
             Error::Sqlite(error) => !is_environmental(error),
-            Error::Io(_) => false,
+            Error::Io(_) | Error::Stopped(_) => false,
         }
     }
 }

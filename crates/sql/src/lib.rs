@@ -28,6 +28,9 @@
 //!   ([`Db::execute`]: speculative execution with session capture, always rolled back) and
 //!   `db::apply` ([`Db::apply`], the state machine, and [`Db::install`], a snapshot image
 //!   becomes the database).
+//! * [`worker`]: [`Worker`], the database thread: it owns the [`Db`] and runs the writer's
+//!   speculations, the state machine's applies and every other use of the read-write
+//!   connections as jobs, one after another, without a mutex or tokio's blocking pool.
 //! * `meta`: the applied position ([`wal::Applied`]) and Keel's bookkeeping tables inside the
 //!   database, plus the catalog reads speculation needs; shared by `db` and [`image`].
 //! * `generation`: the database directory, `CURRENT` and the generations of the database file
@@ -111,6 +114,7 @@ mod schema;
 mod session;
 pub mod statement;
 mod verdicts;
+pub mod worker;
 
 pub use db::{Apply, Db, Speculation, WriteRequest};
 pub use dump::dump;
@@ -123,6 +127,7 @@ pub use result::{Format, StatementResult};
 pub use statement::{
     MAX_SQL_LEN, MAX_STATEMENTS, Params, Statement, Value, parse_statements, statements_from_text,
 };
+pub use worker::Worker;
 
 /// Describes every row change in a changeset (`wal::Op::Changes`), one line per change, e.g.
 /// `INSERT t (1, 'a')`, `UPDATE t (1, 'a' → 'b', _)`, `DELETE t (1, 'a')`. For logs and tests.

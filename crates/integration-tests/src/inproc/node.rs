@@ -8,7 +8,7 @@
 //! cluster does once for every node ([`super::Cluster::new`]).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use raft::network::Contact;
@@ -30,9 +30,9 @@ pub struct Node {
     pub readers: sql::Readers,
     /// The index it has applied, published after every apply.
     pub applied: watch::Receiver<wal::Lsn>,
-    /// Its read-write database, shared by the state machine and the writer behind one mutex
-    /// (holding this mutex holds both back).
-    pub db: Arc<Mutex<sql::Db>>,
+    /// Its database thread, owning the read-write database, shared by the state machine and
+    /// the writer (a job that blocks holds both back).
+    pub db: sql::Worker,
     /// When it last heard from a leader (recorded by the switchboard's delivery of appends).
     pub contact: Arc<Contact>,
 }
@@ -57,8 +57,8 @@ impl Node {
         let db = sql::Db::open(&dir.join("db"))
             .with_context(|| format!("opening node {id}'s database in {}", dir.display()))?;
         let readers = db.readers(2).context("opening read connections")?;
-        let db = Arc::new(Mutex::new(db));
-        let replica = follower::Replica::new(db.clone()).context("reading the applied position")?;
+        let replica = follower::Replica::new(db).context("starting the database thread")?;
+        let db = replica.db();
         let started =
             raft::start_with(id, dir, &options.raft, Arc::new(replica.clone()), |stats| {
                 board.network(id, stats)
@@ -98,9 +98,9 @@ impl Node {
     /// A dump of the node's database (schema and rows, Keel's tables left out), read through
     /// the read-write connection so it shows exactly what was applied.
     pub async fn dump(&self) -> anyhow::Result<String> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.lock().expect("db mutex poisoned").dump())
-            .await?
+        self.db
+            .run(|db| db.dump())
+            .await
             .with_context(|| format!("dumping node {}'s database", self.id))
     }
 }
