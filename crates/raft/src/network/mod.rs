@@ -65,10 +65,12 @@ use crate::types::{NodeId, Vote};
 mod client;
 pub mod memory;
 mod server;
+pub mod stream;
 mod transfer;
 
 pub use client::{Network, Peer, Transport};
 pub use server::{router, router_with};
+pub use stream::AppliedSink;
 
 /// A snapshot as openraft hands it to the network to send: its meta and the image file.
 pub(crate) type OutgoingSnapshot = openraft::Snapshot<
@@ -85,14 +87,49 @@ pub const SNAPSHOT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Snapshots are streamed to disk and have no limit.
 pub const RPC_BODY_LIMIT: usize = 4 << 30;
 
-/// When this node last heard from a leader, and what that leader had committed then.
+/// When this node last heard from a leader, and what that leader had committed then; and
+/// which leaders have a replication stream open to this node.
 #[derive(Debug, Default)]
 pub struct Contact {
     /// `(when, leader's commit index)` of the last accepted append or heartbeat.
     last: std::sync::Mutex<Option<(std::time::Instant, crate::Lsn)>>,
+    /// Open replication streams, by the node that opened them.
+    streams: std::sync::Mutex<std::collections::BTreeMap<NodeId, usize>>,
+}
+
+/// A replication stream counted in [`Contact`] while this lives.
+struct OpenStream<'a> {
+    /// Where it is counted.
+    contact: &'a Contact,
+    /// The node that opened it.
+    leader: NodeId,
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        let mut streams = self.contact.streams.lock().expect("contact mutex poisoned");
+        if let Some(n) = streams.get_mut(&self.leader) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.leader);
+            }
+        }
+    }
 }
 
 impl Contact {
+    /// Counts a stream `leader` opened, until the returned guard is dropped.
+    fn stream_opened(&self, leader: NodeId) -> OpenStream<'_> {
+        *self.streams.lock().expect("contact mutex poisoned").entry(leader).or_default() += 1;
+        OpenStream { contact: self, leader }
+    }
+
+    /// Whether node `leader` has a replication stream open to this node (which then carries
+    /// this node's applied positions to it).
+    pub fn streaming_from(&self, leader: NodeId) -> bool {
+        self.streams.lock().expect("contact mutex poisoned").contains_key(&leader)
+    }
+
     /// Records an accepted append or heartbeat from the leader.
     fn heard(&self, leader_commit: crate::Lsn) {
         *self.last.lock().expect("contact mutex poisoned") =
