@@ -82,8 +82,8 @@ impl Peers {
 /// Every node-to-node route: Raft's (senders checked against their certificates when
 /// `verify_senders`) and Keel's.
 pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
-    let applied = Some(node.applied.clone());
-    raft::network::router_with(node.raft.clone(), node.contact.clone(), verify_senders, applied)
+    let position = Some(node.applied.clone());
+    raft::network::router_with(node.raft.clone(), node.contact.clone(), verify_senders, position)
         .merge(
             Router::new()
                 .route(APPLIED_PATH, post(applied))
