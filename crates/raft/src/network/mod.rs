@@ -1,13 +1,19 @@
-//! Node-to-node RPC: HTTP/JSON over the Raft port, and an in-memory network for tests.
+//! Node-to-node RPC over the Raft port, and an in-memory network for tests.
 //!
-//! The client side ([`Network`], [`Peer`]) implements openraft's `RaftNetworkV2` with reqwest:
-//! each RPC is `POST http(s)://<raft_addr>/raft/<name>` with a JSON body and a JSON
-//! `Result<Response, RaftError>` answer.
+//! The client side ([`Network`], [`Peer`]) implements openraft's `RaftNetworkV2`. Appends and
+//! heartbeats travel on the replication [`stream`]: binary frames on long-lived, pipelined
+//! connections opened by an HTTP/1.1 upgrade of `POST /raft/stream`, which also carry the
+//! follower's applied position back to the leader. The other RPCs are one
+//! `POST http(s)://<raft_addr>/raft/<name>` each, with a JSON body and a JSON
+//! `Result<Response, RaftError>` answer; so are appends to a node that does not serve the
+//! stream (`POST /raft/append`, an older version).
 //!
 //! The module's parts:
 //!
 //! - `client`: [`Network`] (openraft's `RaftNetworkFactory`), [`Peer`] (its `RaftNetworkV2`
-//!   for one target) and [`Transport`] (plain HTTP or the binary's TLS clients).
+//!   for one target) and [`Transport`] (plain HTTP or the binary's TLS clients, and where
+//!   followers' applied positions go).
+//! - [`stream`]: the replication stream, both ends, and its frames.
 //! - `server`: [`router`] / [`router_with`], the axum routes that hand each RPC to the local
 //!   `Raft`, checking senders and recording [`Contact`]. The handlers are thin: each RPC's work
 //!   is a transport-free method of the server state, which [`memory`] calls too.
@@ -37,7 +43,8 @@
 //! leader stepped down, the follower was removed) aborts the transfer at any point. The
 //! sender logs progress at debug every 64 MiB and the total (bytes, MB/s) at info.
 //!
-//! The JSON RPCs keep a body limit ([`RPC_BODY_LIMIT`]); the snapshot route has none.
+//! The JSON RPCs keep a body limit ([`RPC_BODY_LIMIT`]); the snapshot route has none; stream
+//! frames are limited to [`stream::frame::MAX_FRAME`].
 //!
 //! The server also records when this node last heard from a leader ([`Contact`]), for reads
 //! that bound their staleness (`freshness`).
@@ -53,7 +60,9 @@
 //! of it puts the sender's certificate-proven node id into the request as a [`PeerNode`]
 //! extension, and every RPC that names its sender (the vote's node id of an append, a vote or
 //! pre-vote, a snapshot, a leadership transfer) is refused with 403 when the two differ, or
-//! when no [`PeerNode`] is present. Refusals are logged under the `keel::audit` target.
+//! when no [`PeerNode`] is present. A replication stream is checked when it opens (the node it
+//! names), and each append on it must name that node too. Refusals are logged under the
+//! `keel::audit` target.
 
 use std::time::Duration;
 

@@ -30,6 +30,11 @@ type Answer = Result<StreamAppendResult<TypeConfig>, String>;
 /// How many idle connections a pool keeps per target.
 const IDLE_CONNECTIONS: usize = 4;
 
+/// How many appends a session has unanswered at most: the follower reads every frame as it
+/// arrives (and openraft's `Raft::stream_append` takes 64 at a time), so this bounds what a
+/// slow follower buffers.
+const MAX_UNANSWERED: usize = 64;
+
 /// An open stream connection to one follower.
 pub(crate) struct Conn {
     /// Appends go out here.
@@ -272,14 +277,15 @@ where
             tokio::select! {
                 biased;
                 answer = answers.recv() => return Some(self.answered(answer)),
-                append = next_append(&mut self.input) => match append {
-                    Some(append) => {
-                        if let Err(e) = self.send(append).await {
-                            return Some(Err(e));
-                        }
+                append = next_append(&mut self.input), if self.unanswered < MAX_UNANSWERED => {
+                    let Some(append) = append else {
+                        self.input = None;
+                        continue;
+                    };
+                    if let Err(e) = self.send(append).await {
+                        return Some(Err(e));
                     }
-                    None => self.input = None,
-                },
+                }
                 flushed = flush(writer), if self.unflushed => match flushed {
                     Ok(()) => self.unflushed = false,
                     Err(e) => return Some(Err(self.fail(format!("sending appends failed: {e}")))),

@@ -201,3 +201,30 @@ async fn an_idle_session_has_no_deadline_and_a_closed_connection_is_not_reused()
     assert!(pool.take().is_some(), "the open connection is taken");
     assert!(pool.take().is_none(), "the closed one was dropped");
 }
+
+#[tokio::test]
+async fn a_session_has_at_most_64_appends_unanswered() {
+    let (conn, mut follower, _) = pipe();
+    let input = futures::stream::iter((1..=100).map(|i| append(i + 1)));
+    let mut answers = session(conn, Arc::new(Pool::default()), input, TTL, 2);
+    let leader = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(answer) = answers.next().await {
+            answer.unwrap().unwrap();
+            n += 1;
+        }
+        n
+    });
+    for _ in 0..MAX_UNANSWERED {
+        follower.read().await;
+    }
+    let more = tokio::time::timeout(Duration::from_millis(100), follower.frames.next()).await;
+    assert!(more.is_err(), "a 65th append was sent before any answer");
+    for index in 2..=101 {
+        if index > 2 + MAX_UNANSWERED as u64 - 1 {
+            assert_eq!(follower.read().await, index);
+        }
+        follower.send(Down::Answer(Ok(Some(log_id(1, index))))).await;
+    }
+    assert_eq!(leader.await.unwrap(), 100);
+}
