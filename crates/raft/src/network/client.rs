@@ -108,7 +108,7 @@ pub struct Network {
     /// Clients built by `transport`, by target node.
     clients: Arc<Mutex<std::collections::HashMap<NodeId, reqwest::Client>>>,
     /// Idle replication-stream connections, by target node and address.
-    pools: Arc<Mutex<std::collections::HashMap<(NodeId, String), Arc<Pool>>>>,
+    pools: Arc<Mutex<Pools>>,
     /// Snapshot counters of this node.
     stats: Arc<SnapshotStats>,
     /// See [`SNAPSHOT_IDLE_TIMEOUT`].
@@ -256,6 +256,9 @@ impl Peer {
         self.answer(&url, resp).await
     }
 }
+
+/// Stream connection pools by target node and address.
+type Pools = std::collections::HashMap<(NodeId, String), Arc<Pool>>;
 
 /// What `RaftNetworkV2::stream_append` returns.
 type AnswerStream<'s> = BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;

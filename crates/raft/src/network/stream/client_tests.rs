@@ -36,8 +36,11 @@ impl Follower {
     }
 }
 
+/// The applied positions a leader received.
+type Received = Arc<StdMutex<Vec<(NodeId, u64)>>>;
+
 /// A connection to a scripted follower, with the applied positions its leader received.
-fn pipe() -> (Conn, Follower, Arc<StdMutex<Vec<(NodeId, u64)>>>) {
+fn pipe() -> (Conn, Follower, Received) {
     let (leader, follower) = tokio::io::duplex(1 << 20);
     let received = Arc::new(StdMutex::new(Vec::new()));
     let sink = received.clone();

@@ -33,6 +33,12 @@ pub struct Codec<Out, In> {
     types: PhantomData<fn(Out) -> In>,
 }
 
+impl<Out, In> Default for Codec<Out, In> {
+    fn default() -> Self {
+        Codec::new()
+    }
+}
+
 impl<Out, In> Codec<Out, In> {
     /// A codec accepting frames of up to [`MAX_FRAME`] bytes.
     pub fn new() -> Self {
