@@ -25,7 +25,7 @@
 //!
 //! openraft runs a *session* per `stream_append` call: the replication task's sessions are
 //! long (they last until the payload changes or an error), the heartbeat worker's carry one
-//! heartbeat each. Connections are pooled per target ([`client::Pool`], shared by every
+//! heartbeat each. Connections are pooled per target (`client::Pool`, shared by every
 //! `Peer` of that target): a session takes an idle connection or opens one, and hands it back
 //! when it ends cleanly (input exhausted and every append answered). A session that ends any
 //! other way (an error answer, a failure, a timeout, openraft dropping it) closes its
