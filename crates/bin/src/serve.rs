@@ -118,7 +118,9 @@ where
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), service)
+        // The Raft port's replication stream is an HTTP/1.1 upgrade.
+        .with_upgrades();
     if let Err(e) = connection.await {
         tracing::debug!(error = %e, "connection ended with an error");
     }

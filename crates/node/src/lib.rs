@@ -209,9 +209,16 @@ impl Node {
         // Spooled backups and loads of a previous run are garbage now.
         let _ = std::fs::remove_dir_all(dir.join("tmp"));
 
-        let raft::Started { raft, stats: snapshots, log } =
-            raft::start_node(config.id, &dir, &config.raft, Arc::new(replica.clone())).await?;
+        // Followers' applied positions arrive on the replication streams this node opens
+        // while it leads (and by `/keel/applied` from nodes without one, see `peer`).
         let progress = Arc::new(leader::Progress::default());
+        let mut raft_options = config.raft.clone();
+        let reports = progress.clone();
+        raft_options.transport = raft_options
+            .transport
+            .with_applied(Arc::new(move |id, applied| reports.report(id, applied)));
+        let raft::Started { raft, stats: snapshots, log } =
+            raft::start_node(config.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
         let leader = leader::Leader::spawn(
             raft.clone(),
             db.clone(),

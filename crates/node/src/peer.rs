@@ -5,7 +5,7 @@
 //! | route | from | what |
 //! |---|---|---|
 //! | `/raft/*` | the leader, candidates | Raft's own RPCs ([`raft::network`]) |
-//! | `POST /keel/applied` | every follower, after applies and once a second | its applied index ([`report_applied`]); `sync` and `replicas:K` writes wait on these, and lag is measured from them |
+//! | `POST /keel/applied` | a follower the leader has no replication stream open to (a leader of an older version), after applies and once a second | its applied index ([`report_applied`]); `sync` and `replicas:K` writes wait on these, and lag is measured from them. With a stream open, the position rides on it instead ([`raft::network::stream`]) |
 //! | `POST /keel/read-index` | a follower serving a linearizable read | the leader confirms its leadership with a quorum and answers `{"index": n}` ([`Node::remote_read_index`]) |
 //! | `POST /keel/queue` | a follower's write-queue flusher | a batch of queued writes, run here if this node leads ([`crate::queue::flush`]) |
 //!
@@ -82,16 +82,18 @@ impl Peers {
 /// Every node-to-node route: Raft's (senders checked against their certificates when
 /// `verify_senders`) and Keel's.
 pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
-    raft::network::router_with(node.raft.clone(), node.contact.clone(), verify_senders).merge(
-        Router::new()
-            .route(APPLIED_PATH, post(applied))
-            .route(READ_INDEX_PATH, post(read_index))
-            // A batch of another node's queued writes. No body limit of its own: each request
-            // in it passed the client API's limit on that node, and a batch holds at most
-            // --write-queue-batch-size of them.
-            .route(QUEUE_PATH, post(queue_batch).layer(DefaultBodyLimit::disable()))
-            .with_state(node),
-    )
+    let position = Some(node.applied.clone());
+    raft::network::router_with(node.raft.clone(), node.contact.clone(), verify_senders, position)
+        .merge(
+            Router::new()
+                .route(APPLIED_PATH, post(applied))
+                .route(READ_INDEX_PATH, post(read_index))
+                // A batch of another node's queued writes. No body limit of its own: each request
+                // in it passed the client API's limit on that node, and a batch holds at most
+                // --write-queue-batch-size of them.
+                .route(QUEUE_PATH, post(queue_batch).layer(DefaultBodyLimit::disable()))
+                .with_state(node),
+        )
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
@@ -145,10 +147,12 @@ pub fn check_reporter(
     }
 }
 
-/// Tells the leader how far this node has applied: after every apply, and once a second while
-/// idle (so a new leader learns it too). `sync` and `replicas:K` writes wait on these reports;
-/// lag in `/status` and `/metrics` comes from them. Reports are sent one at a time, so a burst
-/// of applies coalesces into the latest value.
+/// Tells the leader how far this node has applied, when the leader has no replication stream
+/// open to this node (a leader of an older version, or before its stream opens): after every
+/// apply, and once a second while idle (so a new leader learns it too). A leader with a stream
+/// open gets the position on it instead (`raft::network::stream`). `sync` and `replicas:K`
+/// writes wait on these reports; lag in `/status` and `/metrics` comes from them. Reports are
+/// sent one at a time, so a burst of applies coalesces into the latest value.
 pub async fn report_applied(node: Arc<Node>) {
     let mut applied = node.applied.clone();
     loop {
@@ -159,6 +163,9 @@ pub async fn report_applied(node: Arc<Node>) {
         let Some(leader) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) else {
             continue;
         };
+        if node.contact.streaming_from(leader.id) {
+            continue;
+        }
         let url = node.peers.node_url(&leader.node, APPLIED_PATH);
         let report = AppliedReport { id: node.id, applied: index };
         let sent = node.peers.node.post(&url).json(&report).timeout(REPORT_TIMEOUT).send().await;

@@ -7,8 +7,9 @@
 //!
 //! A record is stored inside a log frame and travels inside JSON RPCs, so it has one compact,
 //! versioned binary encoding ([`Record::encode`] / [`Record::decode`]) and serializes with serde
-//! as a base64 string of that encoding (not as a JSON array of numbers, which would be 3–4 times
-//! larger).
+//! as a base64 string of that encoding in human-readable formats (not as a JSON array of numbers,
+//! which would be 3–4 times larger), and as those bytes in binary formats (the replication
+//! stream's frames).
 //!
 //! Besides its ops, a record carries the answer of every request in it that has a client
 //! request id ([`RequestAnswer`]): applying the record stores those answers in the same
@@ -196,7 +197,11 @@ impl serde::Serialize for Record {
         &self,
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
-        serializer.serialize_str(&BASE64.encode(self.encode()))
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&BASE64.encode(self.encode()))
+        } else {
+            serializer.serialize_bytes(&self.encode())
+        }
     }
 }
 
@@ -204,24 +209,33 @@ impl<'de> serde::Deserialize<'de> for Record {
     fn deserialize<D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> std::result::Result<Self, D::Error> {
-        deserializer.deserialize_str(RecordVisitor)
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(RecordVisitor)
+        } else {
+            deserializer.deserialize_bytes(RecordVisitor)
+        }
     }
 }
 
-/// Deserializes a [`Record`] from the base64 string its `Serialize` impl writes.
+/// Deserializes a [`Record`] from what its `Serialize` impl writes: a base64 string in
+/// human-readable formats (JSON), the encoded bytes in binary ones (the replication stream).
 struct RecordVisitor;
 
 impl serde::de::Visitor<'_> for RecordVisitor {
     type Value = Record;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a base64 string holding an encoded record")
+        f.write_str("an encoded record (base64 in text formats)")
     }
 
     fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Record, E> {
         let bytes =
             BASE64.decode(s).map_err(|e| E::custom(format!("record is not base64: {e}")))?;
         Record::decode(&bytes).map_err(E::custom)
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> std::result::Result<Record, E> {
+        Record::decode(bytes).map_err(E::custom)
     }
 }
 

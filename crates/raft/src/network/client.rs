@@ -1,25 +1,31 @@
-//! The client side of node-to-node RPC: [`Network`] creates a [`Peer`] per target, and each
-//! RPC is one HTTP POST with a JSON body (the snapshot streams its file instead, see
-//! `transfer`). [`Transport`] says how to reach a node: plain HTTP or the binary's TLS clients.
+//! The client side of node-to-node RPC: [`Network`] creates a [`Peer`] per target. Appends
+//! and heartbeats go on the replication stream (`super::stream`, whose connections [`Network`]
+//! pools per target); every other RPC is one HTTP POST with a JSON body (the snapshot streams
+//! its file instead, see `transfer`). [`Transport`] says how to reach a node: plain HTTP or the
+//! binary's TLS clients, and where followers' applied positions go.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::Stream;
 use openraft::OptionalSend;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::v2::RaftNetworkV2;
-use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory, stream_append_sequential};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::SNAPSHOT_IDLE_TIMEOUT;
+use super::stream::AppliedSink;
+use super::stream::client::{Conn, OpenError, Pool, open, session};
 use crate::snapshot::{SnapshotFile, SnapshotStats};
 use crate::types::{MemberAddr, NodeId, TypeConfig, Vote};
 
@@ -37,6 +43,8 @@ pub struct Transport {
     scheme: &'static str,
     /// Builds the client for RPCs to a node; `None` means one shared plain client.
     clients: Option<Arc<ClientFactory>>,
+    /// Where the applied positions followers send on replication streams go.
+    applied: Option<AppliedSink>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -54,14 +62,22 @@ impl Default for Transport {
 impl Transport {
     /// Plain HTTP.
     pub fn plain() -> Transport {
-        Transport { scheme: "http", clients: None }
+        Transport { scheme: "http", clients: None, applied: None }
     }
 
     /// HTTPS, with `clients(target)` building the client for RPCs to node `target`.
     pub fn https(
         clients: impl Fn(NodeId) -> Result<reqwest::Client, String> + Send + Sync + 'static,
     ) -> Transport {
-        Transport { scheme: "https", clients: Some(Arc::new(clients)) }
+        Transport { scheme: "https", clients: Some(Arc::new(clients)), applied: None }
+    }
+
+    /// This transport, handing the applied positions followers send on replication streams to
+    /// `sink` (`(follower, applied index)`; the leader's `sync` and `replicas:K` writes wait
+    /// on them).
+    pub fn with_applied(mut self, sink: AppliedSink) -> Transport {
+        self.applied = Some(sink);
+        self
     }
 
     /// The URL scheme: `http` or `https`.
@@ -91,6 +107,8 @@ pub struct Network {
     transport: Transport,
     /// Clients built by `transport`, by target node.
     clients: Arc<Mutex<std::collections::HashMap<NodeId, reqwest::Client>>>,
+    /// Idle replication-stream connections, by target node and address.
+    pools: Arc<Mutex<Pools>>,
     /// Snapshot counters of this node.
     stats: Arc<SnapshotStats>,
     /// See [`SNAPSHOT_IDLE_TIMEOUT`].
@@ -111,6 +129,7 @@ impl Network {
             client: plain_client(),
             transport,
             clients: Arc::default(),
+            pools: Arc::default(),
             stats,
             idle_timeout: SNAPSHOT_IDLE_TIMEOUT,
         }
@@ -126,6 +145,12 @@ impl Network {
         let client = factory(target)?;
         clients.insert(target, client.clone());
         Ok(client)
+    }
+
+    /// The stream connections to `target` at `addr`, shared by its peers.
+    fn pool_for(&self, target: NodeId, addr: &str) -> Arc<Pool> {
+        let mut pools = self.pools.lock().expect("pools mutex poisoned");
+        pools.entry((target, addr.to_string())).or_default().clone()
     }
 
     /// Replaces [`SNAPSHOT_IDLE_TIMEOUT`]: how long a snapshot upload may make no progress.
@@ -151,6 +176,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client,
             stats: self.stats.clone(),
             idle_timeout: self.idle_timeout,
+            pool: self.pool_for(target, &node.raft_addr),
+            applied: self.transport.applied.clone(),
         }
     }
 }
@@ -171,6 +198,10 @@ pub struct Peer {
     pub(super) stats: Arc<SnapshotStats>,
     /// How long a snapshot upload may make no progress.
     pub(super) idle_timeout: Duration,
+    /// Idle replication-stream connections to the peer (shared with its other `Peer`s).
+    pool: Arc<Pool>,
+    /// Where the applied positions the peer sends go.
+    applied: Option<AppliedSink>,
 }
 
 fn rpc_error(e: reqwest::Error) -> RPCError<TypeConfig> {
@@ -226,8 +257,59 @@ impl Peer {
     }
 }
 
+/// Stream connection pools by target node and address.
+type Pools = std::collections::HashMap<(NodeId, String), Arc<Pool>>;
+
+/// What `RaftNetworkV2::stream_append` returns.
+type AnswerStream<'s> = BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+impl Peer {
+    /// An idle stream connection to the peer, or a new one; `Ok(None)` when the peer does not
+    /// serve the stream (then appends go as single requests).
+    async fn stream_conn(&self, option: &RPCOption) -> Result<Option<Conn>, RPCError<TypeConfig>> {
+        if let Some(conn) = self.pool.take() {
+            return Ok(Some(conn));
+        }
+        let client = self.client().map_err(RPCError::Network)?;
+        match open(client, self.scheme, &self.addr, self.id, option.hard_ttl()).await {
+            Ok(io) => Ok(Some(Conn::new(io, self.target, self.applied.clone()))),
+            Err(OpenError::NotServed) => {
+                tracing::info!(
+                    peer = self.target,
+                    "the peer does not serve the replication stream; sending single appends"
+                );
+                self.pool.refused_now();
+                Ok(None)
+            }
+            Err(OpenError::Failed(e)) => Err(e),
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for Peer {
     type SnapshotData = SnapshotFile;
+
+    /// Appends on a pipelined replication stream (see `super::stream`), or as single requests
+    /// to a peer that does not serve it.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<AnswerStream<'s>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let conn =
+                if self.pool.refused_recently() { None } else { self.stream_conn(&option).await? };
+            match conn {
+                Some(conn) => {
+                    Ok(session(conn, self.pool.clone(), input, option.soft_ttl(), self.target))
+                }
+                None => stream_append_sequential(self, input, option).await,
+            }
+        })
+    }
 
     async fn append_entries(
         &mut self,

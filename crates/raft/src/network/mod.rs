@@ -1,13 +1,19 @@
-//! Node-to-node RPC: HTTP/JSON over the Raft port, and an in-memory network for tests.
+//! Node-to-node RPC over the Raft port, and an in-memory network for tests.
 //!
-//! The client side ([`Network`], [`Peer`]) implements openraft's `RaftNetworkV2` with reqwest:
-//! each RPC is `POST http(s)://<raft_addr>/raft/<name>` with a JSON body and a JSON
-//! `Result<Response, RaftError>` answer.
+//! The client side ([`Network`], [`Peer`]) implements openraft's `RaftNetworkV2`. Appends and
+//! heartbeats travel on the replication [`stream`]: binary frames on long-lived, pipelined
+//! connections opened by an HTTP/1.1 upgrade of `POST /raft/stream`, which also carry the
+//! follower's applied position back to the leader. The other RPCs are one
+//! `POST http(s)://<raft_addr>/raft/<name>` each, with a JSON body and a JSON
+//! `Result<Response, RaftError>` answer; so are appends to a node that does not serve the
+//! stream (`POST /raft/append`, an older version).
 //!
 //! The module's parts:
 //!
 //! - `client`: [`Network`] (openraft's `RaftNetworkFactory`), [`Peer`] (its `RaftNetworkV2`
-//!   for one target) and [`Transport`] (plain HTTP or the binary's TLS clients).
+//!   for one target) and [`Transport`] (plain HTTP or the binary's TLS clients, and where
+//!   followers' applied positions go).
+//! - [`stream`]: the replication stream, both ends, and its frames.
 //! - `server`: [`router`] / [`router_with`], the axum routes that hand each RPC to the local
 //!   `Raft`, checking senders and recording [`Contact`]. The handlers are thin: each RPC's work
 //!   is a transport-free method of the server state, which [`memory`] calls too.
@@ -37,7 +43,8 @@
 //! leader stepped down, the follower was removed) aborts the transfer at any point. The
 //! sender logs progress at debug every 64 MiB and the total (bytes, MB/s) at info.
 //!
-//! The JSON RPCs keep a body limit ([`RPC_BODY_LIMIT`]); the snapshot route has none.
+//! The JSON RPCs keep a body limit ([`RPC_BODY_LIMIT`]); the snapshot route has none; stream
+//! frames are limited to [`stream::frame::MAX_FRAME`].
 //!
 //! The server also records when this node last heard from a leader ([`Contact`]), for reads
 //! that bound their staleness (`freshness`).
@@ -53,7 +60,9 @@
 //! of it puts the sender's certificate-proven node id into the request as a [`PeerNode`]
 //! extension, and every RPC that names its sender (the vote's node id of an append, a vote or
 //! pre-vote, a snapshot, a leadership transfer) is refused with 403 when the two differ, or
-//! when no [`PeerNode`] is present. Refusals are logged under the `keel::audit` target.
+//! when no [`PeerNode`] is present. A replication stream is checked when it opens (the node it
+//! names), and each append on it must name that node too. Refusals are logged under the
+//! `keel::audit` target.
 
 use std::time::Duration;
 
@@ -65,10 +74,12 @@ use crate::types::{NodeId, Vote};
 mod client;
 pub mod memory;
 mod server;
+pub mod stream;
 mod transfer;
 
 pub use client::{Network, Peer, Transport};
 pub use server::{router, router_with};
+pub use stream::AppliedSink;
 
 /// A snapshot as openraft hands it to the network to send: its meta and the image file.
 pub(crate) type OutgoingSnapshot = openraft::Snapshot<
@@ -85,14 +96,49 @@ pub const SNAPSHOT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Snapshots are streamed to disk and have no limit.
 pub const RPC_BODY_LIMIT: usize = 4 << 30;
 
-/// When this node last heard from a leader, and what that leader had committed then.
+/// When this node last heard from a leader, and what that leader had committed then; and
+/// which leaders have a replication stream open to this node.
 #[derive(Debug, Default)]
 pub struct Contact {
     /// `(when, leader's commit index)` of the last accepted append or heartbeat.
     last: std::sync::Mutex<Option<(std::time::Instant, crate::Lsn)>>,
+    /// Open replication streams, by the node that opened them.
+    streams: std::sync::Mutex<std::collections::BTreeMap<NodeId, usize>>,
+}
+
+/// A replication stream counted in [`Contact`] while this lives.
+struct OpenStream<'a> {
+    /// Where it is counted.
+    contact: &'a Contact,
+    /// The node that opened it.
+    leader: NodeId,
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        let mut streams = self.contact.streams.lock().expect("contact mutex poisoned");
+        if let Some(n) = streams.get_mut(&self.leader) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.leader);
+            }
+        }
+    }
 }
 
 impl Contact {
+    /// Counts a stream `leader` opened, until the returned guard is dropped.
+    fn stream_opened(&self, leader: NodeId) -> OpenStream<'_> {
+        *self.streams.lock().expect("contact mutex poisoned").entry(leader).or_default() += 1;
+        OpenStream { contact: self, leader }
+    }
+
+    /// Whether node `leader` has a replication stream open to this node (which then carries
+    /// this node's applied positions to it).
+    pub fn streaming_from(&self, leader: NodeId) -> bool {
+        self.streams.lock().expect("contact mutex poisoned").contains_key(&leader)
+    }
+
     /// Records an accepted append or heartbeat from the leader.
     fn heard(&self, leader_commit: crate::Lsn) {
         *self.last.lock().expect("contact mutex poisoned") =

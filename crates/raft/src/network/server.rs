@@ -25,13 +25,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use tokio::sync::watch;
 
 use super::transfer::{Outcome, ReceiveError, parse_snapshot_header, receive};
 use super::{Contact, PeerNode, RPC_BODY_LIMIT, SnapshotHeader};
 use crate::Raft;
 use crate::snapshot::{SnapshotStats, remove_if_exists};
 use crate::state_machine::{StateMachine, mb_per_s};
-use crate::types::{NodeId, TypeConfig, Vote};
+use crate::types::{Lsn, NodeId, TypeConfig, Vote};
 
 /// A Raft answer as it travels: the response, or the error the receiving node returned.
 pub(super) type Answer<T> = Result<T, RaftError<TypeConfig>>;
@@ -40,11 +41,13 @@ pub(super) type Answer<T> = Result<T, RaftError<TypeConfig>>;
 #[derive(Clone)]
 pub(super) struct Server {
     /// The Raft node.
-    raft: Raft,
+    pub(super) raft: Raft,
     /// Whether every RPC must come with a [`PeerNode`] equal to the sender it names.
-    verify_senders: bool,
-    /// Last contact with a leader.
-    contact: Arc<Contact>,
+    pub(super) verify_senders: bool,
+    /// Last contact with a leader, and the streams leaders have open to this node.
+    pub(super) contact: Arc<Contact>,
+    /// This node's applied index, sent to leaders on their replication streams.
+    pub(super) applied: Option<watch::Receiver<Lsn>>,
     /// Where received snapshots go, read from the state machine on the first transfer.
     snapshots: Arc<tokio::sync::OnceCell<Snapshots>>,
 }
@@ -61,7 +64,7 @@ pub(super) struct Snapshots {
 impl Server {
     /// The server of `raft`, recording leader contact in `contact`.
     pub(super) fn new(raft: Raft, contact: Arc<Contact>, verify_senders: bool) -> Server {
-        Server { raft, contact, verify_senders, snapshots: Arc::default() }
+        Server { raft, contact, verify_senders, applied: None, snapshots: Arc::default() }
     }
 
     /// The node this server hands RPCs to.
@@ -178,14 +181,22 @@ impl Server {
 /// state machine's snapshot directory without a size limit; the JSON RPCs are limited to
 /// [`RPC_BODY_LIMIT`].
 pub fn router(raft: Raft, contact: Arc<Contact>) -> Router {
-    router_with(raft, contact, false)
+    router_with(raft, contact, false, None)
 }
 
 /// [`router`], refusing (403) every RPC whose named sender is not the [`PeerNode`] the
-/// transport proved, when `verify_senders` is set. See the module docs.
-pub fn router_with(raft: Raft, contact: Arc<Contact>, verify_senders: bool) -> Router {
-    let server = Server::new(raft, contact, verify_senders);
+/// transport proved, when `verify_senders` is set, and sending this node's `applied` index to
+/// leaders on their replication streams. See the module docs.
+pub fn router_with(
+    raft: Raft,
+    contact: Arc<Contact>,
+    verify_senders: bool,
+    applied: Option<watch::Receiver<Lsn>>,
+) -> Router {
+    let server = Server { applied, ..Server::new(raft, contact, verify_senders) };
     Router::new()
+        .route(super::stream::STREAM_PATH, post(super::stream::server::open))
+        // Single appends, from nodes that predate the stream (or when it is refused).
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/pre-vote", post(pre_vote))
@@ -199,7 +210,7 @@ pub fn router_with(raft: Raft, contact: Arc<Contact>, verify_senders: bool) -> R
 
 /// Checks that an RPC claiming to come from node `claimed` was sent by that node, when the
 /// server verifies senders. Returns the refusal (403) if not, logged under `keel::audit`.
-fn refuse_sender(
+pub(super) fn refuse_sender(
     server: &Server,
     peer: Option<Extension<PeerNode>>,
     rpc: &'static str,
@@ -245,7 +256,7 @@ fn refuse_sender(
 }
 
 /// The node a vote names: the leader of an append or a transfer, the candidate of a vote.
-fn voter(vote: &Vote) -> NodeId {
+pub(super) fn voter(vote: &Vote) -> NodeId {
     vote.leader_id().voted_for
 }
 
