@@ -12,6 +12,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use openraft::async_runtime::WatchReceiver;
 use raft::network::stream::frame::Codec;
@@ -32,16 +33,14 @@ impl Store for Position {
         Ok(self.0.lock().unwrap().clone())
     }
 
-    fn apply(&self, entries: &[Committed]) -> StoreResult<()> {
+    fn apply(&self, entries: Vec<Committed>) -> BoxFuture<'static, StoreResult<()>> {
         let mut applied = self.0.lock().unwrap();
         for e in entries {
-            let membership = e
-                .membership
-                .clone()
-                .or_else(|| applied.as_ref().and_then(|a| a.membership.clone()));
+            let membership =
+                e.membership.or_else(|| applied.as_ref().and_then(|a| a.membership.clone()));
             *applied = Some(Applied { term: e.term, index: e.index, membership });
         }
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn snapshot_to(&self, path: &Path) -> StoreResult<Option<Applied>> {
