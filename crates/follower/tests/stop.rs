@@ -40,6 +40,31 @@ fn insert_into_missing_table(dir: &Path) -> Record {
     Record { ops, requests: Vec::new() }
 }
 
+/// A one-node cluster in `dir` that leads, with its database and applied index.
+struct Alone {
+    raft: raft::Raft,
+    db: sql::Worker,
+    applied: tokio::sync::watch::Receiver<wal::Lsn>,
+}
+
+/// Starts a node in `dir` (database and Raft), makes it a cluster of one, and waits until it
+/// leads.
+async fn lead_alone(dir: &Path) -> Alone {
+    let replica = Replica::new(Db::open(&dir.join("db")).unwrap()).unwrap();
+    let db = replica.db();
+    let applied = replica.applied();
+    let started =
+        raft::start_node(1, &dir.join("node"), &raft::Options::default(), Arc::new(replica))
+            .await
+            .unwrap();
+    let raft = started.raft;
+    let me = raft::MemberAddr { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
+    raft::cluster::initialize(&raft, 1, me).await.unwrap();
+    let leads = |m: &raft::Metrics| m.current_leader == Some(1);
+    raft.wait(Some(DEADLINE)).metrics(leads, "leads").await.unwrap();
+    Alone { raft, db, applied }
+}
+
 /// The term this node leads in, once its core says it leads (a moment after its metrics do).
 async fn leader_term(raft: &raft::Raft) -> raft::Term {
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -56,18 +81,7 @@ async fn leader_term(raft: &raft::Raft) -> raft::Term {
 async fn corrupt_entry_stops_the_node_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let record = insert_into_missing_table(&dir.path().join("other"));
-    let replica = Replica::new(Db::open(&dir.path().join("db")).unwrap()).unwrap();
-    let db = replica.db();
-    let applied = replica.applied();
-    let started =
-        raft::start_node(1, &dir.path().join("node"), &raft::Options::default(), Arc::new(replica))
-            .await
-            .unwrap();
-    let raft = started.raft;
-    let me = raft::MemberAddr { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
-    raft::cluster::initialize(&raft, 1, me).await.unwrap();
-    let leads = |m: &raft::Metrics| m.current_leader == Some(1);
-    raft.wait(Some(DEADLINE)).metrics(leads, "leads").await.unwrap();
+    let Alone { raft, db, applied } = lead_alone(dir.path()).await;
     let term = leader_term(&raft).await;
     let before = raft::client::wait_caught_up(&raft, DEADLINE).await.unwrap();
 
@@ -98,18 +112,7 @@ async fn corrupt_entry_stops_the_node_with_its_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_on_the_database_thread_stops_the_node() {
     let dir = tempfile::tempdir().unwrap();
-    let replica = Replica::new(Db::open(&dir.path().join("db")).unwrap()).unwrap();
-    let db = replica.db();
-    let applied = replica.applied();
-    let started =
-        raft::start_node(1, &dir.path().join("node"), &raft::Options::default(), Arc::new(replica))
-            .await
-            .unwrap();
-    let raft = started.raft;
-    let me = raft::MemberAddr { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
-    raft::cluster::initialize(&raft, 1, me).await.unwrap();
-    let leads = |m: &raft::Metrics| m.current_leader == Some(1);
-    raft.wait(Some(DEADLINE)).metrics(leads, "leads").await.unwrap();
+    let Alone { raft, db, applied } = lead_alone(dir.path()).await;
     let before = raft::client::wait_caught_up(&raft, DEADLINE).await.unwrap();
 
     let panicked = db.run::<(), _>(|_| panic!("planted invariant failure")).await.unwrap_err();

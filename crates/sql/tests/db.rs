@@ -8,13 +8,7 @@ use wal::Applied;
 
 /// One request with the given statements.
 fn request(statements: &[&str]) -> WriteRequest {
-    WriteRequest {
-        statements: statements.iter().map(|s| Statement::new(*s)).collect(),
-        transaction: false,
-        rows: false,
-        request_id: None,
-        timeout: None,
-    }
+    WriteRequest::of(statements)
 }
 
 /// Executes statements on `leader` and applies the record to every database in `dbs` at

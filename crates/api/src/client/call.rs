@@ -362,29 +362,13 @@ impl Client {
         if detail {
             query.push(("detail".to_string(), None));
         }
-        let attempt = Attempt {
-            method: Method::GET,
-            path: "/db/checksum".into(),
-            query,
-            body: None,
-            target: Target::Any,
-            safe: true,
-        };
-        self.send(&attempt).await?.json()
+        self.here(Method::GET, "/db/checksum", query, None, true).await?.json()
     }
 
     /// Tells the node in use what a table check found (`POST /db/checksum/report`).
     pub async fn check_report(&self, report: &crate::checksum::CheckReport) -> Result<()> {
         let body = serde_json::to_vec(report).map_err(|e| Error::Config(e.to_string()))?;
-        let attempt = Attempt {
-            method: Method::POST,
-            path: "/db/checksum/report".into(),
-            query: Vec::new(),
-            body: Some(body),
-            target: Target::Any,
-            safe: true,
-        };
-        self.send(&attempt).await?;
+        self.here(Method::POST, "/db/checksum/report", Vec::new(), Some(body), true).await?;
         Ok(())
     }
 
@@ -437,15 +421,7 @@ impl Client {
     pub async fn rebuild(&self, join: &[String]) -> Result<crate::cluster::Rebuilding> {
         let body = crate::cluster::Rebuild { join: join.to_vec() };
         let body = serde_json::to_vec(&body).map_err(|e| Error::Config(e.to_string()))?;
-        let attempt = Attempt {
-            method: Method::POST,
-            path: "/admin/rebuild".into(),
-            query: Vec::new(),
-            body: Some(body),
-            target: Target::Any,
-            safe: false,
-        };
-        self.send(&attempt).await?.json()
+        self.here(Method::POST, "/admin/rebuild", Vec::new(), Some(body), false).await?.json()
     }
 
     /// Makes node `id` the leader (`POST /admin/promote?node=ID`); a learner becomes a voter
@@ -476,6 +452,20 @@ impl Client {
         let (path, query) = split_query(path);
         let attempt = Attempt { method: Method::GET, path, query, body: None, target, safe: true };
         self.send(&attempt).await?.json()
+    }
+
+    /// A request to the node in use (never redirected to the leader); `safe`: sending it twice
+    /// does no harm.
+    async fn here(
+        &self,
+        method: Method,
+        path: &str,
+        query: Vec<(String, Option<String>)>,
+        body: Option<Vec<u8>>,
+        safe: bool,
+    ) -> Result<super::Reply> {
+        let attempt = Attempt { method, path: path.into(), query, body, target: Target::Any, safe };
+        self.send(&attempt).await
     }
 
     /// A POST to the leader (membership changes are safe to repeat: they converge).

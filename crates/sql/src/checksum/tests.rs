@@ -1,14 +1,8 @@
 use super::*;
-use crate::{Apply, Db, Statement, WriteRequest};
+use crate::{Apply, Db, WriteRequest};
 
 fn request(statements: &[&str]) -> WriteRequest {
-    WriteRequest {
-        statements: statements.iter().map(|s| Statement::new(*s)).collect(),
-        transaction: false,
-        rows: false,
-        request_id: None,
-        timeout: None,
-    }
+    WriteRequest::of(statements)
 }
 
 /// Runs `statements` on `db` and applies the record at `index`.

@@ -105,6 +105,20 @@ pub struct WriteRequest {
     pub request_id: Option<String>,
 }
 
+impl WriteRequest {
+    /// A request of `sql` texts without parameters, each its own statement, with every option
+    /// off (no transaction, no time limit of its own, no rows, no request id).
+    pub fn of(sql: &[&str]) -> WriteRequest {
+        WriteRequest {
+            statements: sql.iter().map(|s| Statement::new(*s)).collect(),
+            transaction: false,
+            timeout: None,
+            rows: false,
+            request_id: None,
+        }
+    }
+}
+
 /// The outcome of [`Db::execute`]: what to propose, and what to answer once it commits.
 ///
 /// Invariants:
