@@ -144,8 +144,8 @@ impl Readers {
         Ok(Readers { pool })
     }
 
-    /// Runs read statements and returns one result per statement. With `transaction`, all run
-    /// in one read transaction (one snapshot) and processing stops at the first error.
+    /// Runs read statements and returns one result per statement. All run in one read
+    /// transaction (one snapshot); with `transaction`, processing stops at the first error.
     pub fn query(
         &self,
         statements: &[Statement],
@@ -359,8 +359,13 @@ impl Reader {
         })
     }
 
-    /// Runs statements ([`Reader::run`]), leaves no transaction open, and reads the applied
-    /// log index afterwards (see [`Readers::query_applied`]).
+    /// Runs statements ([`Reader::run`]) and reads the applied log index after them (see
+    /// [`Readers::query_applied`]), all in one read transaction, and leaves none open.
+    ///
+    /// One transaction, not one per step: beginning and ending a read transaction takes
+    /// SQLite's shared-memory locks (a mutex and `fcntl` calls), and a point read used to pay
+    /// that three times (the schema check, the statement, the applied index). In one snapshot
+    /// the applied index is exactly the position of the data the statements saw.
     fn run_applied(
         &self,
         statements: &[Statement],
@@ -368,11 +373,23 @@ impl Reader {
         time: Duration,
         limits: &Limits,
     ) -> Result<(Vec<StatementResult>, u64)> {
-        let outcome = self.run(statements, transaction, time, limits);
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        let outcome = self
+            .run(statements, transaction, time, limits)
+            .and_then(|results| Ok((results, self.applied()?)));
+        // A read-only statement's error leaves the transaction open; a few errors (I/O, out
+        // of memory) end it.
+        let ended = if self.conn.is_autocommit() {
+            Ok(())
+        } else {
+            self.conn.prepare_cached("COMMIT").and_then(|mut commit| commit.execute([])).map(drop)
+        };
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        outcome.and_then(|results| Ok((results, self.applied()?)))
+        let results = outcome?;
+        ended?;
+        Ok(results)
     }
 
     /// The applied log index stored in the database (0 before the first apply).
@@ -386,7 +403,8 @@ impl Reader {
         Ok(idx.and_then(|i| u64::try_from(i).ok()).unwrap_or(0))
     }
 
-    /// Runs statements on this connection.
+    /// Runs statements on this connection, inside the read transaction [`Reader::run_applied`]
+    /// opened: all see one snapshot. With `transaction`, the first error stops the rest.
     fn run(
         &self,
         statements: &[Statement],
@@ -395,9 +413,6 @@ impl Reader {
         limits: &Limits,
     ) -> Result<Vec<StatementResult>> {
         self.verdicts.check_schema(&self.conn)?;
-        if transaction {
-            self.conn.execute_batch("BEGIN")?;
-        }
         let mut results = Vec::with_capacity(statements.len());
         for statement in statements {
             let result = self.run_statement(statement, time, limits);
@@ -406,9 +421,6 @@ impl Reader {
             if failed && transaction {
                 break;
             }
-        }
-        if transaction {
-            self.conn.execute_batch("COMMIT")?;
         }
         Ok(results)
     }
