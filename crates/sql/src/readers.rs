@@ -108,6 +108,9 @@ struct State {
     idle: Vec<Reader>,
     /// Connections checked out (or being opened for a checkout).
     busy: usize,
+    /// Checkouts waiting for a connection. A return signals `returned` only when one waits:
+    /// a signal is a system call even when nobody listens.
+    waiting: usize,
 }
 
 impl std::fmt::Debug for Readers {
@@ -133,7 +136,7 @@ impl Readers {
             live: live.clone(),
             size,
             limits,
-            state: Mutex::new(State { idle, busy: 0 }),
+            state: Mutex::new(State { idle, busy: 0, waiting: 0 }),
             returned: Condvar::new(),
             inline: AtomicUsize::new(0),
             // One thread of the caller's runtime (one per core) always stays free.
@@ -260,7 +263,9 @@ impl Pool {
         let cached = {
             let mut state = self.lock();
             while state.busy >= self.size {
+                state.waiting += 1;
                 state = self.returned.wait(state).unwrap_or_else(PoisonError::into_inner);
+                state.waiting -= 1;
             }
             state.busy += 1;
             state.idle.pop()
@@ -277,8 +282,7 @@ impl Pool {
             }
         };
         if reader.is_err() {
-            self.lock().busy -= 1;
-            self.returned.notify_one();
+            self.release(None);
         }
         reader
     }
@@ -299,19 +303,25 @@ impl Pool {
 
     /// Returns a connection; one of an older generation is closed instead.
     fn checkin(&self, reader: Reader) {
-        let current = self.live.number();
-        let stale = {
+        if reader.generation == self.live.number() {
+            self.release(Some(reader));
+        } else {
+            self.release(None);
+            drop(reader);
+        }
+    }
+
+    /// Ends a checkout, keeping `reader` (if any) as idle, and wakes a waiting checkout.
+    fn release(&self, reader: Option<Reader>) {
+        let waiting = {
             let mut state = self.lock();
             state.busy -= 1;
-            if reader.generation == current {
-                state.idle.push(reader);
-                None
-            } else {
-                Some(reader)
-            }
+            state.idle.extend(reader);
+            state.waiting > 0
         };
-        self.returned.notify_one();
-        drop(stale);
+        if waiting {
+            self.returned.notify_one();
+        }
     }
 }
 
