@@ -14,27 +14,30 @@
 //!   client that stalls the handshake cannot hold a connection either. Each request carries a
 //!   [`crate::tls::Peer`] extension: the remote address and the client's certificates.
 //!
-//! [`client_layers`] wraps the client API with an idle timeout on request bodies
-//! ([`Limits::body_timeout`]: a body that stops arriving ends the request with 408) and, in
-//! front of everything, one middleware ([`front`]) that does what comes before routing, in
-//! order:
+//! [`client_layers`] puts one middleware ([`front`]) in front of the client API, which does
+//! what comes before routing, in order:
 //!
 //! 1. answers a CORS preflight (`OPTIONS`) at once ([`crate::headers`]);
 //! 2. checks the query string as rqlite does ([`crate::params::validate`]; 400) and leaves the
 //!    decoded pairs in the request for the handlers ([`crate::http::Params`]);
 //! 3. caps the requests being handled at once ([`Limits::max_requests`]; past it a request is
 //!    answered at once with 503 and `Retry-After`, rather than queued without bound);
-//! 4. adds rqlite's headers to every answer.
+//! 4. puts an idle timeout on a request body that has yet to arrive ([`Limits::body_timeout`]:
+//!    a body that stops arriving ends the request with 408); an empty body (a `GET`) needs
+//!    none, and gets no timer;
+//! 5. adds rqlite's headers to every answer.
 //!
-//! These were four tower layers (two middlewares, a load shedder over a concurrency limit, and
-//! its error handler); as one function a request pays for one boxed future and one clone of
-//! the inner service instead of several. Authentication comes after it (`run.rs`).
+//! These were five tower layers (two middlewares, a load shedder over a concurrency limit, its
+//! error handler, and a body timeout that armed a timer for every request); as one function a
+//! request pays for one boxed future and one clone of the inner service instead of several.
+//! Authentication comes after it (`run.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
@@ -43,6 +46,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower_http::timeout::TimeoutBody;
 
 /// The HTTP limits of a node (flags of `keel serve`).
 #[derive(Clone, Copy, Debug)]
@@ -151,20 +155,23 @@ fn handshake_failed(addr: SocketAddr, e: &std::io::Error) {
     }
 }
 
-/// Wraps the client API in the body idle timeout and [`front`] (see the module docs), with
-/// `headers` on every answer.
+/// Puts [`front`] in front of the client API (see the module docs), with `headers` on every
+/// answer.
 pub fn client_layers(router: Router, limits: Limits, headers: crate::headers::Headers) -> Router {
-    let front_state =
-        Arc::new(Front { headers, permits: Arc::new(Semaphore::new(limits.max_requests.max(1))) });
-    router
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout))
-        .layer(axum::middleware::from_fn_with_state(front_state, front))
+    let front_state = Arc::new(Front {
+        headers,
+        permits: Arc::new(Semaphore::new(limits.max_requests.max(1))),
+        body_timeout: limits.body_timeout,
+    });
+    router.layer(axum::middleware::from_fn_with_state(front_state, front))
 }
 
 /// What [`front`] needs.
 struct Front {
     /// rqlite's headers.
     headers: crate::headers::Headers,
+    /// How long a request body may go without sending anything.
+    body_timeout: Duration,
     /// One permit per request being handled (axum applies a layer to every route separately:
     /// one semaphore for them all).
     permits: Arc<Semaphore>,
@@ -183,6 +190,13 @@ async fn front(State(front): State<Arc<Front>>, mut req: Request, next: Next) ->
                 req.extensions_mut().insert(crate::http::Params(pairs.unwrap_or_default()));
                 match front.permits.clone().try_acquire_owned() {
                     Ok(permit) => {
+                        let req = req.map(|body| {
+                            if body.is_end_stream() {
+                                body
+                            } else {
+                                Body::new(TimeoutBody::new(front.body_timeout, body))
+                            }
+                        });
                         let response = next.run(req).await;
                         drop(permit);
                         response
