@@ -1,7 +1,8 @@
 //! Headers on every client API answer, and CORS preflights, as rqlite's `ServeHTTP` does.
 //!
-//! [`apply`] wraps the whole client API (outside authentication, parameter checks and the
-//! concurrency cap), so that every answer, a 401 or a 404 included, carries
+//! `serve::front` wraps the whole client API (outside authentication and the concurrency cap)
+//! and adds them with [`Headers::add`], so that every answer, a 400, 401, 404 or 503
+//! included, carries
 //!
 //! * `X-RQLITE-VERSION: <Keel's version>` (rqlite's `addBuildVersion`),
 //! * `Access-Control-Allow-Methods: OPTIONS, GET, POST`,
@@ -14,19 +15,18 @@
 //! once, without credentials, as rqlite does. `X-RQLITE-SERVED-BY` (the Raft address of the
 //! node that ran a database request) is set by the `/db/*` handlers, which know who ran it.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN,
+};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 /// rqlite's version header.
 pub const VERSION: HeaderName = HeaderName::from_static("x-rqlite-version");
 /// rqlite's header naming the node that ran a database request (its Raft address).
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-rqlite-served-by");
 
-/// The headers [`apply`] adds, decided once at start.
+/// The headers every answer gets, decided once at start.
 #[derive(Clone, Debug)]
 pub struct Headers {
     /// `Access-Control-Allow-Origin`, from `--http-allow-origin`.
@@ -47,33 +47,21 @@ impl Headers {
     }
 
     /// Adds the headers to an answer.
-    fn add(&self, headers: &mut HeaderMap) {
+    pub fn add(&self, headers: &mut HeaderMap) {
         headers.insert(VERSION, HeaderValue::from_static(env!("CARGO_PKG_VERSION")));
         if let Some(origin) = &self.allow_origin {
-            headers.insert("access-control-allow-origin", origin.clone());
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         }
         headers
-            .insert("access-control-allow-methods", HeaderValue::from_static("OPTIONS, GET, POST"));
+            .insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("OPTIONS, GET, POST"));
         if self.auth {
             headers.insert(
-                "access-control-allow-headers",
+                ACCESS_CONTROL_ALLOW_HEADERS,
                 HeaderValue::from_static("Content-Type, Authorization"),
             );
-            headers.insert("access-control-allow-credentials", HeaderValue::from_static("true"));
+            headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         } else {
-            headers
-                .insert("access-control-allow-headers", HeaderValue::from_static("Content-Type"));
+            headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type"));
         }
     }
-}
-
-/// Middleware: answers `OPTIONS` at once, and adds the headers to every answer.
-pub async fn apply(State(headers): State<Arc<Headers>>, req: Request, next: Next) -> Response {
-    let mut response = if req.method() == Method::OPTIONS {
-        StatusCode::OK.into_response()
-    } else {
-        next.run(req).await
-    };
-    headers.add(response.headers_mut());
-    response
 }

@@ -11,8 +11,9 @@
 //! * `retries` or `trailing_logs` is not an integer,
 //! * `q` is present but empty.
 //!
-//! [`validate`] makes the same checks with the same messages, and [`check`] runs it for every
-//! request of the client API, before authentication, as rqlite does. Every other parameter,
+//! [`validate`] makes the same checks with the same messages, and `serve::front` runs it for
+//! every request of the client API, before authentication, as rqlite does. The pairs it decoded
+//! travel with the request, so handlers ([`crate::http::Params`]) do not decode them again. Every other parameter,
 //! known or not, is accepted whatever its value; what each one does in Keel is listed in
 //! `docs/http-api.md` ("Query parameters"). Handlers then read parameters with
 //! [`crate::http::Params`], whose durations use [`go_duration`] too.
@@ -22,27 +23,14 @@
 
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
-
 /// Parameters whose value must be a Go duration.
 pub const DURATIONS: [&str; 4] = ["timeout", "freshness", "db_timeout", "linearizable_timeout"];
 /// Parameters whose value must be an integer.
 pub const INTEGERS: [&str; 2] = ["retries", "trailing_logs"];
 
-/// Middleware: answers 400 with rqlite's message when the query string fails [`validate`].
-pub async fn check(req: Request, next: Next) -> Response {
-    if let Some(query) = req.uri().query()
-        && let Err(message) = validate(query)
-    {
-        return crate::http::bad_request(message);
-    }
-    next.run(req).await
-}
-
-/// Checks a raw query string as rqlite's `NewQueryParams` does; `Err` holds rqlite's message.
-pub fn validate(query: &str) -> Result<(), String> {
+/// Checks a raw query string as rqlite's `NewQueryParams` does and returns its decoded pairs
+/// ([`parse`]); `Err` holds rqlite's message.
+pub fn validate(query: &str) -> Result<Vec<(String, String)>, String> {
     let pairs = parse(query)?;
     // rqlite keeps the first value of a repeated key.
     let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
@@ -66,7 +54,7 @@ pub fn validate(query: &str) -> Result<(), String> {
     if get("q") == Some("") {
         return Err("query parameter not set".into());
     }
-    Ok(())
+    Ok(pairs)
 }
 
 /// Splits and decodes a query string as Go's `url.ParseQuery`: `&`-separated `key=value` pairs
@@ -215,7 +203,7 @@ mod tests {
     #[test_case("a=%4", Err("invalid URL escape \"%4\""))]
     #[test_case("a;b=1", Err("invalid semicolon separator in query"))]
     fn validation(query: &str, expected: Result<(), &str>) {
-        assert_eq!(validate(query), expected.map_err(str::to_string));
+        assert_eq!(validate(query).map(drop), expected.map_err(str::to_string));
     }
 
     #[test]

@@ -20,10 +20,8 @@ use crate::{PlantedBug, ServeArgs};
 /// Runs a node until SIGINT/SIGTERM, or until Raft stops on a fatal error (then exits non-zero).
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (started, started_at) = (std::time::SystemTime::now(), Instant::now());
-    let headers = Arc::new(crate::headers::Headers::new(
-        args.http_allow_origin.as_deref(),
-        args.auth.is_some(),
-    )?);
+    let headers =
+        crate::headers::Headers::new(args.http_allow_origin.as_deref(), args.auth.is_some())?;
     // Certificates are checked before anything listens: a bad file fails the start.
     let tls = crate::tls::ServeTls::from_args(&args)?;
     let peers = crate::tls::peers(tls.api.is_some(), tls.node.clone())?;
@@ -127,11 +125,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .merge(crate::auth::router(auth.clone()))
             .layer(axum::middleware::from_fn_with_state(auth, crate::auth::guard));
     }
-    // Outermost: rqlite's headers and preflights, then its parameter checks (both before
-    // authentication, as in rqlite).
-    let client_router = crate::serve::client_layers(client_router, limits)
-        .layer(axum::middleware::from_fn(crate::params::check))
-        .layer(axum::middleware::from_fn_with_state(headers, crate::headers::apply));
+    // Outermost: rqlite's headers, preflights and parameter checks (before authentication, as
+    // in rqlite), and the concurrency cap.
+    let client_router = crate::serve::client_layers(client_router, limits, headers);
     tokio::spawn(crate::serve::serve(http_listener, client_router, limits, tls.api.clone()));
     for bug in &args.unsafe_plant_bug {
         tracing::error!(

@@ -14,25 +14,39 @@
 //!   client that stalls the handshake cannot hold a connection either. Each request carries a
 //!   [`crate::tls::Peer`] extension: the remote address and the client's certificates.
 //!
-//! [`client_layers`] wraps the client API with an idle timeout on request bodies
-//! ([`Limits::body_timeout`]: a body that stops arriving ends the request with 408) and a cap
-//! on requests being handled at once ([`Limits::max_requests`]; past it a request is answered
-//! at once with 503 and `Retry-After`, rather than queued without bound).
+//! [`client_layers`] puts one middleware ([`front`]) in front of the client API, which does
+//! what comes before routing, in order:
+//!
+//! 1. answers a CORS preflight (`OPTIONS`) at once ([`crate::headers`]);
+//! 2. checks the query string as rqlite does ([`crate::params::validate`]; 400) and leaves the
+//!    decoded pairs in the request for the handlers ([`crate::http::Params`]);
+//! 3. caps the requests being handled at once ([`Limits::max_requests`]; past it a request is
+//!    answered at once with 503 and `Retry-After`, rather than queued without bound);
+//! 4. puts an idle timeout on a request body that has yet to arrive ([`Limits::body_timeout`]:
+//!    a body that stops arriving ends the request with 408); an empty body (a `GET`) needs
+//!    none, and gets no timer;
+//! 5. adds rqlite's headers to every answer.
+//!
+//! These were five tower layers (two middlewares, a load shedder over a concurrency limit, its
+//! error handler, and a body timeout that armed a timer for every request); as one function a
+//! request pays for one boxed future and one clone of the inner service instead of several.
+//! Authentication comes after it (`run.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
-use axum::http::{StatusCode, header};
+use axum::body::{Body, HttpBody as _};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::timeout::TimeoutBody;
 
 /// The HTTP limits of a node (flags of `keel serve`).
 #[derive(Clone, Copy, Debug)]
@@ -143,29 +157,68 @@ fn handshake_failed(addr: SocketAddr, e: &std::io::Error) {
     }
 }
 
-/// Wraps the client API in the body idle timeout and the concurrency cap (see the module docs).
-pub fn client_layers(router: Router, limits: Limits) -> Router {
-    router.layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(overloaded))
-            .load_shed()
-            // axum applies a layer to every route separately: one semaphore for them all.
-            .layer(GlobalConcurrencyLimitLayer::new(limits.max_requests.max(1)))
-            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout)),
-    )
+/// Puts [`front`] in front of the client API (see the module docs), with `headers` on every
+/// answer.
+pub fn client_layers(router: Router, limits: Limits, headers: crate::headers::Headers) -> Router {
+    let front_state = Arc::new(Front {
+        headers,
+        permits: Arc::new(Semaphore::new(limits.max_requests.max(1))),
+        body_timeout: limits.body_timeout,
+    });
+    router.layer(axum::middleware::from_fn_with_state(front_state, front))
+}
+
+/// What [`front`] needs.
+struct Front {
+    /// rqlite's headers.
+    headers: crate::headers::Headers,
+    /// How long a request body may go without sending anything.
+    body_timeout: Duration,
+    /// One permit per request being handled (axum applies a layer to every route separately:
+    /// one semaphore for them all).
+    permits: Arc<Semaphore>,
+}
+
+/// Middleware: preflights, rqlite's parameter checks, the concurrency cap and rqlite's headers
+/// (see the module docs).
+async fn front(State(front): State<Arc<Front>>, mut req: Request, next: Next) -> Response {
+    let mut response = if req.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        let checked = req.uri().query().map(crate::params::validate).transpose();
+        match checked {
+            Err(message) => crate::http::bad_request(message),
+            Ok(pairs) => {
+                req.extensions_mut().insert(crate::http::Params(pairs.unwrap_or_default()));
+                match front.permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let req = req.map(|body| {
+                            if body.is_end_stream() {
+                                body
+                            } else {
+                                Body::new(TimeoutBody::new(front.body_timeout, body))
+                            }
+                        });
+                        let response = next.run(req).await;
+                        drop(permit);
+                        response
+                    }
+                    Err(_) => overloaded(),
+                }
+            }
+        }
+    };
+    front.headers.add(response.headers_mut());
+    response
 }
 
 /// The answer to a request refused by the concurrency cap.
-async fn overloaded(error: tower::BoxError) -> Response {
-    if error.is::<tower::load_shed::error::Overloaded>() {
-        let mut response = crate::http::error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is handling as many requests as it allows (--max-concurrent-requests); \
-             retry shortly",
-        );
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return response;
-    }
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("unhandled internal error: {error}"))
-        .into_response()
+fn overloaded() -> Response {
+    let mut response = crate::http::error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node is handling as many requests as it allows (--max-concurrent-requests); \
+         retry shortly",
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
 }

@@ -2,8 +2,12 @@
 //!
 //! Counters and histograms are updated where things happen (the HTTP handlers); gauges that
 //! describe state (applied index, replica lag) are refreshed from Raft and the leader's
-//! [`leader::Progress`] at scrape time.
+//! [`leader::Progress`] at scrape time. The read counter is a [`Sharded`] one, copied into its
+//! Prometheus counter at scrape time: every worker thread serves reads, and one shared atomic
+//! bounced its cache line between the cores on every read.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use prometheus::{
@@ -19,7 +23,11 @@ pub struct Metrics {
     /// Writes acknowledged.
     pub writes: IntCounter,
     /// Reads served.
-    pub reads: IntCounter,
+    pub reads: Sharded,
+    /// `reads` as Prometheus sees it, brought up to date at scrape time.
+    reads_total: IntCounter,
+    /// Held while `render` brings counters up to date (two scrapes at once would add twice).
+    rendering: Mutex<()>,
     /// Requests answered with an error, by kind.
     pub errors: IntCounterVec,
     /// This node's applied index.
@@ -75,7 +83,7 @@ impl Metrics {
         .expect("valid metric");
         let writes = IntCounter::new("keel_writes_total", "Write requests acknowledged")
             .expect("valid metric");
-        let reads =
+        let reads_total =
             IntCounter::new("keel_reads_total", "Read requests served").expect("valid metric");
         let errors = IntCounterVec::new(
             Opts::new("keel_errors_total", "Requests answered with an error, by kind"),
@@ -141,7 +149,7 @@ impl Metrics {
         for c in [
             Box::new(commit_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(writes.clone()),
-            Box::new(reads.clone()),
+            Box::new(reads_total.clone()),
             Box::new(errors.clone()),
             Box::new(applied.clone()),
             Box::new(committed.clone()),
@@ -169,7 +177,9 @@ impl Metrics {
             registry,
             commit_seconds,
             writes,
-            reads,
+            reads: Sharded::default(),
+            reads_total,
+            rendering: Mutex::new(()),
             errors,
             applied,
             committed,
@@ -189,8 +199,16 @@ impl Metrics {
         }
     }
 
+    /// Brings `keel_reads_total` up to the sharded count.
+    fn export_reads(&self) {
+        let _rendering = self.rendering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (reads, exported) = (self.reads.get(), self.reads_total.get());
+        self.reads_total.inc_by(reads.saturating_sub(exported));
+    }
+
     /// Refreshes the state gauges and renders everything in Prometheus text format.
     pub fn render(&self, raft: &raft::Raft, progress: &leader::Progress) -> String {
+        self.export_reads();
         let s = raft::cluster::state(raft);
         self.applied.set(s.applied_index as i64);
         self.committed.set(s.commit_index as i64);
@@ -214,5 +232,73 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail");
         String::from_utf8(out).expect("Prometheus text is UTF-8")
+    }
+}
+
+/// Shards of a [`Sharded`] counter; more than the threads that usually update one at once.
+const SHARDS: usize = 16;
+
+/// A counter that many threads add to at once without sharing a cache line: each thread adds
+/// to one of [`SHARDS`] cells (chosen once per thread, round robin), and [`Sharded::get`] sums
+/// them.
+#[derive(Debug, Default)]
+pub struct Sharded {
+    /// The cells.
+    cells: [Cell; SHARDS],
+}
+
+/// One cell of a [`Sharded`] counter, alone on its cache lines (two, against the adjacent-line
+/// prefetcher).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Cell(AtomicU64);
+
+impl Sharded {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.cells[shard()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The total.
+    pub fn get(&self) -> u64 {
+        self.cells.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// This thread's shard.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharded_counts_from_every_thread() {
+        let counter = Sharded::default();
+        std::thread::scope(|s| {
+            for _ in 0..20 {
+                s.spawn(|| (0..1000).for_each(|_| counter.inc()));
+            }
+        });
+        assert_eq!(counter.get(), 20_000);
+    }
+
+    #[test]
+    fn reads_reach_prometheus_at_scrape_time() {
+        let metrics = Metrics::new();
+        (0..3).for_each(|_| metrics.reads.inc());
+        assert_eq!(metrics.reads_total.get(), 0, "until a scrape");
+        metrics.export_reads();
+        metrics.export_reads();
+        assert_eq!(metrics.reads_total.get(), 3);
+        metrics.reads.inc();
+        metrics.export_reads();
+        assert_eq!(metrics.reads_total.get(), 4);
     }
 }

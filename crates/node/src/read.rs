@@ -46,13 +46,16 @@ pub enum Level {
 impl Level {
     /// rqlite's level names, case-insensitive; absent or unknown means `weak`, as in rqlite.
     pub fn parse(name: Option<&str>) -> Level {
-        match name.map(str::to_ascii_lowercase).as_deref() {
-            Some("none") => Level::None,
-            Some("linearizable") => Level::Linearizable,
-            Some("strong") => Level::Strong,
-            Some("auto") => Level::Auto,
-            _ => Level::Weak,
-        }
+        let Some(name) = name else { return Level::Weak };
+        [
+            ("none", Level::None),
+            ("linearizable", Level::Linearizable),
+            ("strong", Level::Strong),
+            ("auto", Level::Auto),
+        ]
+        .into_iter()
+        .find_map(|(known, level)| name.eq_ignore_ascii_case(known).then_some(level))
+        .unwrap_or(Level::Weak)
     }
 }
 
@@ -237,13 +240,15 @@ impl Node {
         transaction: bool,
         db_timeout: Option<Duration>,
     ) -> Result<(Vec<sql::StatementResult>, wal::Lsn), Error> {
-        let readers = self.readers.clone();
-        match readers.try_query_applied(&statements, transaction, db_timeout, INLINE_READ) {
+        match self.readers.try_query_applied(&statements, transaction, db_timeout, INLINE_READ) {
             Some(outcome) => Ok(outcome?),
-            None => Ok(tokio::task::spawn_blocking(move || {
-                readers.query_applied(&statements, transaction, db_timeout)
-            })
-            .await??),
+            None => {
+                let readers = self.readers.clone();
+                Ok(tokio::task::spawn_blocking(move || {
+                    readers.query_applied(&statements, transaction, db_timeout)
+                })
+                .await??)
+            }
         }
     }
 

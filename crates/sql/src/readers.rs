@@ -109,6 +109,9 @@ struct State {
     idle: Vec<Reader>,
     /// Connections checked out (or being opened for a checkout).
     busy: usize,
+    /// Checkouts waiting for a connection. A return signals `returned` only when one waits:
+    /// a signal is a system call even when nobody listens.
+    waiting: usize,
 }
 
 impl std::fmt::Debug for Readers {
@@ -134,7 +137,7 @@ impl Readers {
             live: live.clone(),
             size,
             limits,
-            state: Mutex::new(State { idle, busy: 0 }),
+            state: Mutex::new(State { idle, busy: 0, waiting: 0 }),
             returned: Condvar::new(),
             inline: AtomicUsize::new(0),
             // One thread of the caller's runtime (one per core) always stays free.
@@ -145,8 +148,8 @@ impl Readers {
         Ok(Readers { pool })
     }
 
-    /// Runs read statements and returns one result per statement. With `transaction`, all run
-    /// in one read transaction (one snapshot) and processing stops at the first error.
+    /// Runs read statements and returns one result per statement. All run in one read
+    /// transaction (one snapshot); with `transaction`, processing stops at the first error.
     pub fn query(
         &self,
         statements: &[Statement],
@@ -273,7 +276,9 @@ impl Pool {
         let cached = {
             let mut state = self.lock();
             while state.busy >= self.size {
+                state.waiting += 1;
                 state = self.returned.wait(state).unwrap_or_else(PoisonError::into_inner);
+                state.waiting -= 1;
             }
             state.busy += 1;
             state.idle.pop()
@@ -290,8 +295,7 @@ impl Pool {
             }
         };
         if reader.is_err() {
-            self.lock().busy -= 1;
-            self.returned.notify_one();
+            self.release(None);
         }
         reader
     }
@@ -312,19 +316,25 @@ impl Pool {
 
     /// Returns a connection; one of an older generation is closed instead.
     fn checkin(&self, reader: Reader) {
-        let current = self.live.number();
-        let stale = {
+        if reader.generation == self.live.number() {
+            self.release(Some(reader));
+        } else {
+            self.release(None);
+            drop(reader);
+        }
+    }
+
+    /// Ends a checkout, keeping `reader` (if any) as idle, and wakes a waiting checkout.
+    fn release(&self, reader: Option<Reader>) {
+        let waiting = {
             let mut state = self.lock();
             state.busy -= 1;
-            if reader.generation == current {
-                state.idle.push(reader);
-                None
-            } else {
-                Some(reader)
-            }
+            state.idle.extend(reader);
+            state.waiting > 0
         };
-        self.returned.notify_one();
-        drop(stale);
+        if waiting {
+            self.returned.notify_one();
+        }
     }
 }
 
@@ -372,8 +382,13 @@ impl Reader {
         })
     }
 
-    /// Runs statements ([`Reader::run`]), leaves no transaction open, and reads the applied
-    /// log index afterwards (see [`Readers::query_applied`]).
+    /// Runs statements ([`Reader::run`]) and reads the applied log index after them (see
+    /// [`Readers::query_applied`]), all in one read transaction, and leaves none open.
+    ///
+    /// One transaction, not one per step: beginning and ending a read transaction takes
+    /// SQLite's shared-memory locks (a mutex and `fcntl` calls), and a point read used to pay
+    /// that three times (the schema check, the statement, the applied index). In one snapshot
+    /// the applied index is exactly the position of the data the statements saw.
     fn run_applied(
         &self,
         statements: &[Statement],
@@ -381,11 +396,23 @@ impl Reader {
         time: Duration,
         limits: &Limits,
     ) -> Result<(Vec<StatementResult>, u64)> {
-        let outcome = self.run(statements, transaction, time, limits);
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        let outcome = self
+            .run(statements, transaction, time, limits)
+            .and_then(|results| Ok((results, self.applied()?)));
+        // A read-only statement's error leaves the transaction open; a few errors (I/O, out
+        // of memory) end it.
+        let ended = if self.conn.is_autocommit() {
+            Ok(())
+        } else {
+            self.conn.prepare_cached("COMMIT").and_then(|mut commit| commit.execute([])).map(drop)
+        };
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        outcome.and_then(|results| Ok((results, self.applied()?)))
+        let results = outcome?;
+        ended?;
+        Ok(results)
     }
 
     /// See [`Readers::request_answer`].
@@ -408,7 +435,8 @@ impl Reader {
         Ok(idx.and_then(|i| u64::try_from(i).ok()).unwrap_or(0))
     }
 
-    /// Runs statements on this connection.
+    /// Runs statements on this connection, inside the read transaction [`Reader::run_applied`]
+    /// opened: all see one snapshot. With `transaction`, the first error stops the rest.
     fn run(
         &self,
         statements: &[Statement],
@@ -417,9 +445,6 @@ impl Reader {
         limits: &Limits,
     ) -> Result<Vec<StatementResult>> {
         self.verdicts.check_schema(&self.conn)?;
-        if transaction {
-            self.conn.execute_batch("BEGIN")?;
-        }
         let mut results = Vec::with_capacity(statements.len());
         for statement in statements {
             let result = self.run_statement(statement, time, limits);
@@ -428,9 +453,6 @@ impl Reader {
             if failed && transaction {
                 break;
             }
-        }
-        if transaction {
-            self.conn.execute_batch("COMMIT")?;
         }
         Ok(results)
     }

@@ -111,6 +111,77 @@ impl StatementResult {
         Value::Object(out)
     }
 
+    /// Writes [`StatementResult::to_json`]'s value into `out` as compact JSON: the same bytes
+    /// `serde_json::to_writer` gives for that value (keys in the same sorted order), without
+    /// building it first. Answers of reads are rendered on their hot path, where the value's
+    /// maps and copies cost more than the rest of the encoding. The associative form, whose
+    /// objects are keyed (and ordered, and deduplicated) by column name, still goes through the
+    /// value.
+    pub fn write_json(&self, format: &Format, in_request_endpoint: bool, out: &mut Vec<u8>) {
+        match self {
+            StatementResult::Rows { .. } if format.associative => {
+                put(out, &self.to_json(format, in_request_endpoint));
+            }
+            StatementResult::Rows { columns, types, values, time } => {
+                let mut object = Object::open(out);
+                if !columns.is_empty() {
+                    put(object.key("columns"), columns);
+                }
+                if format.timings {
+                    put(object.key("time"), time);
+                }
+                if !columns.is_empty() {
+                    put(object.key("types"), types);
+                }
+                if !values.is_empty() {
+                    let out = object.key("values");
+                    out.push(b'[');
+                    for (i, row) in values.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.push(b'[');
+                        for (j, value) in row.iter().enumerate() {
+                            if j > 0 {
+                                out.push(b',');
+                            }
+                            match value {
+                                Value::Array(_) if !format.blob_array => {
+                                    put(out, &render(value, format));
+                                }
+                                value => put(out, value),
+                            }
+                        }
+                        out.push(b']');
+                    }
+                    out.push(b']');
+                }
+                object.close();
+            }
+            StatementResult::Exec { last_insert_id, rows_affected, time } => {
+                let mut object = Object::open(out);
+                if *last_insert_id != 0 {
+                    put(object.key("last_insert_id"), last_insert_id);
+                }
+                if format.associative && in_request_endpoint {
+                    object.key("rows").extend_from_slice(b"null");
+                }
+                if *rows_affected != 0 {
+                    put(object.key("rows_affected"), rows_affected);
+                }
+                if format.timings {
+                    put(object.key("time"), time);
+                }
+                object.close();
+            }
+            StatementResult::Error(message) => {
+                let mut object = Object::open(out);
+                put(object.key("error"), message);
+                object.close();
+            }
+        }
+    }
+
     /// Whether this is an error result.
     pub fn is_error(&self) -> bool {
         matches!(self, StatementResult::Error(_))
@@ -134,6 +205,45 @@ fn insert_time(out: &mut Map<String, Value>, format: &Format, time: f64) {
             "time".into(),
             serde_json::Number::from_f64(time).map_or(Value::Null, Value::Number),
         );
+    }
+}
+
+/// Appends `value` as compact JSON.
+fn put(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
+    serde_json::to_writer(out, value).expect("JSON values, strings and numbers serialize");
+}
+
+/// A JSON object being written into a buffer, for [`StatementResult::write_json`]. Its keys
+/// are plain ASCII names, written in the order `serde_json`'s sorted maps would give.
+struct Object<'a> {
+    /// The buffer.
+    out: &'a mut Vec<u8>,
+    /// Whether no key has been written yet.
+    empty: bool,
+}
+
+impl<'a> Object<'a> {
+    /// Writes `{`.
+    fn open(out: &'a mut Vec<u8>) -> Object<'a> {
+        out.push(b'{');
+        Object { out, empty: true }
+    }
+
+    /// Writes the next key (and the comma before it); the caller writes its value.
+    fn key(&mut self, name: &str) -> &mut Vec<u8> {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    /// Writes `}`.
+    fn close(self) {
+        self.out.push(b'}');
     }
 }
 
@@ -180,6 +290,51 @@ mod tests {
         assert_eq!(one.to_json(&plain, true), json!({"last_insert_id": 3, "rows_affected": 1}));
         let error = StatementResult::Error("no such table: x".into());
         assert_eq!(error.to_json(&timed, true), json!({"error": "no such table: x"}));
+    }
+
+    /// `write_json` writes exactly what serializing `to_json`'s value writes.
+    #[test]
+    fn written_json_is_the_values_bytes() {
+        let results = [
+            StatementResult::Exec { last_insert_id: 0, rows_affected: 0, time: 0.25 },
+            StatementResult::Exec { last_insert_id: -3, rows_affected: 7, time: 1e-7 },
+            StatementResult::Exec { last_insert_id: 1, rows_affected: 0, time: f64::NAN },
+            StatementResult::Error("no such table: \"x\"\n\u{1}é".into()),
+            rows(vec![]),
+            rows(vec![
+                vec![json!(1), json!([222, 173, 190, 239])],
+                vec![json!(null), json!([])],
+                vec![json!(-2.5), json!("a\"b\\c\t☃")],
+                vec![json!(u64::MAX), json!(true)],
+            ]),
+            StatementResult::Rows {
+                columns: vec!["a".into(), "a".into(), "\"q\"".into()],
+                types: vec!["".into(), "text".into(), "integer".into()],
+                values: vec![vec![json!(1), json!("x"), json!(2)]],
+                time: 123.456,
+            },
+            StatementResult::Rows { columns: vec![], types: vec![], values: vec![], time: 0.0 },
+        ];
+        for associative in [false, true] {
+            for blob_array in [false, true] {
+                for timings in [false, true] {
+                    let format = Format { associative, blob_array, timings };
+                    for in_request in [false, true] {
+                        for result in &results {
+                            let mut written = Vec::new();
+                            result.write_json(&format, in_request, &mut written);
+                            let expected =
+                                serde_json::to_vec(&result.to_json(&format, in_request)).unwrap();
+                            assert_eq!(
+                                String::from_utf8(written).unwrap(),
+                                String::from_utf8(expected).unwrap(),
+                                "{result:?} {format:?} in_request={in_request}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,10 +21,10 @@
 //! schema_version`) before each use and forgets everything, statements included, when it
 //! moved; `Db`'s client connection also forgets after running client DDL (the speculation's
 //! rollback then moves the schema back to a cookie already seen), and a new connection starts
-//! with new verdicts. On a read connection the writer may change the schema between the check
-//! and the statement's step; the statement is then prepared again unchecked, which is harmless
-//! there: the connection is read-only, `query_only`, and cannot load extensions, and a read
-//! stays a read whatever the schema.
+//! with new verdicts. A read connection checks inside the read transaction its statements run
+//! in (`Readers`), so the cookie it sees is the schema they run under. Were a statement ever
+//! prepared again unchecked there, it would be harmless: the connection is read-only,
+//! `query_only`, and cannot load extensions, and a read stays a read whatever the schema.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -13,38 +13,71 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::{Incoming, Node, Params, bad_request, error_response, json_response, node_error};
+use super::{
+    Incoming, Node, Params, bad_request, error_response, json_body, json_response, node_error,
+};
 
 /// How many times a write is routed again after leadership moved before it was appended.
 const REROUTES: u32 = 3;
 
-fn results_json(results: &[sql::StatementResult], p: &Params, in_request: bool) -> Vec<Value> {
-    let format = p.format();
-    results.iter().map(|r| r.to_json(&format, in_request)).collect()
-}
-
-fn db_answer(results: Vec<Value>, lsn: wal::Lsn, p: &Params, start: Instant) -> Response {
-    let mut body = json!({ "results": results, "lsn": lsn });
-    if p.has("timings") {
-        body["time"] = json!(start.elapsed().as_secs_f64());
-    }
-    if p.has("raft_index") {
-        body["raft_index"] = json!(lsn);
-    }
-    json_response(StatusCode::OK, &body, p.has("pretty"))
-}
-
-pub(crate) async fn execute(
-    State(node): State<Arc<Node>>,
-    Query(p): Query<Vec<(String, String)>>,
-    req: Incoming,
+/// rqlite's envelope of a database answer: `results`, `lsn`, and `time` and `raft_index` when
+/// asked for. Compact answers are written straight into one buffer
+/// ([`sql::StatementResult::write_json`]), with the bytes the value below would give;
+/// `?pretty` ones go through the value.
+fn db_answer(
+    results: &[sql::StatementResult],
+    in_request: bool,
+    lsn: wal::Lsn,
+    p: &Params,
+    start: Instant,
 ) -> Response {
-    let p = Params(p);
+    let format = p.format();
+    if p.has("pretty") {
+        let results: Vec<Value> = results.iter().map(|r| r.to_json(&format, in_request)).collect();
+        let mut body = json!({ "results": results, "lsn": lsn });
+        if p.has("timings") {
+            body["time"] = json!(start.elapsed().as_secs_f64());
+        }
+        if p.has("raft_index") {
+            body["raft_index"] = json!(lsn);
+        }
+        return json_response(StatusCode::OK, &body, true);
+    }
+    // The keys in serde_json's (sorted) order: lsn, raft_index, results, time.
+    let mut body = Vec::with_capacity(128);
+    body.extend_from_slice(b"{\"lsn\":");
+    put(&mut body, &lsn);
+    if p.has("raft_index") {
+        body.extend_from_slice(b",\"raft_index\":");
+        put(&mut body, &lsn);
+    }
+    body.extend_from_slice(b",\"results\":[");
+    for (i, result) in results.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        result.write_json(&format, in_request, &mut body);
+    }
+    body.push(b']');
+    if p.has("timings") {
+        body.extend_from_slice(b",\"time\":");
+        put(&mut body, &start.elapsed().as_secs_f64());
+    }
+    body.push(b'}');
+    json_body(body)
+}
+
+/// Appends a number as JSON.
+fn put(body: &mut Vec<u8>, n: &impl serde::Serialize) {
+    serde_json::to_writer(body, n).expect("numbers serialize");
+}
+
+pub(crate) async fn execute(State(node): State<Arc<Node>>, p: Params, req: Incoming) -> Response {
     if p.has("queue") {
         return super::queue::enqueue(&node, &p, &req).await;
     }
@@ -98,7 +131,7 @@ async fn write(node: &Node, p: &Params, req: &Incoming, rows: bool, start: Insta
         };
         match node.write(call).await {
             Ok(outcome) => {
-                return db_answer(results_json(&outcome.results, p, rows), outcome.lsn, p, start);
+                return db_answer(&outcome.results, rows, outcome.lsn, p, start);
             }
             Err(node::Error::Leader(leader::Error::NotLeader { .. })) if attempts < REROUTES => {
                 attempts += 1
@@ -113,12 +146,7 @@ async fn write(node: &Node, p: &Params, req: &Incoming, rows: bool, start: Insta
     }
 }
 
-pub(crate) async fn query(
-    State(node): State<Arc<Node>>,
-    Query(p): Query<Vec<(String, String)>>,
-    req: Incoming,
-) -> Response {
-    let p = Params(p);
+pub(crate) async fn query(State(node): State<Arc<Node>>, p: Params, req: Incoming) -> Response {
     let start = Instant::now();
     let statements = if req.method == Method::GET {
         match p.get("q") {
@@ -182,20 +210,13 @@ async fn read(
         Err(r) => return r,
     };
     match node.read(call).await {
-        Ok(outcome) => {
-            db_answer(results_json(&outcome.results, p, in_request), outcome.lsn, p, start)
-        }
+        Ok(outcome) => db_answer(&outcome.results, in_request, outcome.lsn, p, start),
         Err(node::Error::NotLeader { leader }) => super::to(node, p, req, &leader).await,
         Err(e) => node_error(e, p.has("pretty")),
     }
 }
 
-pub(crate) async fn request(
-    State(node): State<Arc<Node>>,
-    Query(p): Query<Vec<(String, String)>>,
-    req: Incoming,
-) -> Response {
-    let p = Params(p);
+pub(crate) async fn request(State(node): State<Arc<Node>>, p: Params, req: Incoming) -> Response {
     let start = Instant::now();
     let statements = match super::parse_body(&req.headers, &req.body) {
         Ok(s) => s,

@@ -99,8 +99,12 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Incoming {
     type Rejection = Response;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let (method, uri, headers) =
-            (req.method().clone(), req.uri().clone(), req.headers().clone());
+        // The headers are moved out, not copied: reading the body needs only the extensions
+        // (the body limit).
+        let (mut parts, body) = req.into_parts();
+        let headers = std::mem::take(&mut parts.headers);
+        let (method, uri) = (parts.method.clone(), parts.uri.clone());
+        let req = axum::extract::Request::from_parts(parts, body);
         let body = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         Ok(Incoming { method, uri, headers, body })
     }
@@ -123,7 +127,28 @@ fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> Respon
 }
 
 /// Query-string parameters. rqlite's flags are presence-only (`?transaction`).
+///
+/// As an extractor it takes the pairs `serve::front` decoded when it checked the query string,
+/// so a request's query is decoded once; a router served without it decodes them here.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Params(pub(crate) Vec<(String, String)>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(params) = parts.extensions.remove::<Params>() {
+            return Ok(params);
+        }
+        match parts.uri.query().map(crate::params::parse).transpose() {
+            Ok(pairs) => Ok(Params(pairs.unwrap_or_default())),
+            Err(message) => Err(bad_request(message)),
+        }
+    }
+}
 
 impl Params {
     pub(crate) fn has(&self, key: &str) -> bool {
@@ -172,6 +197,11 @@ pub(crate) fn json_response(
     let body = body.expect("answers are JSON values or wire types, which serialize");
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
         .into_response()
+}
+
+/// A 200 answer whose body is JSON written already.
+pub(crate) fn json_body(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 pub(crate) fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response {
