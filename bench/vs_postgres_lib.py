@@ -515,7 +515,7 @@ def report(results: str, markdown_file: str | None) -> int:
     row("6. fan-out: insert, 64 clients, 3 voters + 6 learners vs 3 voters",
         load(results, "keel-insert-64-fanout"), load(results, "keel-insert-64"), "tput", 0.8)
 
-    row("7. apply lag p99 of every replica, 3 voters + 6 learners, half the row-1 load",
+    row("7. apply lag p99 of every replica, 3 voters + 6 learners, half the row-6 load",
         load(results, "keel-lag-fanout"), {"p99_ms": 2.0, "errors": 0, "label": "goal"}, "lag",
         1.0, lower_is_better=True)
 
@@ -548,7 +548,7 @@ def report(results: str, markdown_file: str | None) -> int:
         "Row 4b's PostgreSQL figure is one INSERT of 1,000 VALUES rows per transaction under "
         "semi-sync (ANY 1). SQLite runs in this process, with no replication.",
         "Rows 6 and 7 compare Keel with itself: `keel local --learners 6` (3 voters, 6 learners) "
-        "against row 1's 3 voters. Row 7 paces 64 clients at half of row 1's throughput "
+        "against row 1's 3 voters. Row 7 paces 64 clients at half of row 6's throughput "
         "(`keel bench --rate`) and takes the worst replica's apply lag p99 as the leader sees it "
         "(`/status`, sampled every 20 ms: the age of the oldest entry the replica has not "
         "reported applied).",
