@@ -127,7 +127,9 @@ impl Db {
     /// [`Error::Corrupt`] means a record cannot be applied identically here.
     ///
     /// A batch holding an index a table check has pinned ([`crate::checksum`]) is committed in
-    /// two parts, split after that index, and the pin takes its snapshot in between.
+    /// two parts, split after that index, and the pin takes its snapshot in between; an error
+    /// in the second part then leaves the first applied, with its own stored position, as if
+    /// the entries had come in two calls.
     pub fn apply(&mut self, entries: &[Apply<'_>]) -> Result<()> {
         let mut rest = entries;
         while let Some(at) = self.pins.split_at(rest.iter().map(|e| e.index)) {
