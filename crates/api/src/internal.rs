@@ -8,6 +8,8 @@
 //!   with a quorum and returns the index a follower must apply before a linearizable read.
 //! * `POST /keel/queue`, body [`queue::Batch`](crate::queue::Batch), answer one
 //!   [`queue::Verdict`](crate::queue::Verdict) per request: a follower's flushed write queue.
+//! * `GET /keel/members`, answer [`Members`]: the leader's membership (a node asked to rebuild
+//!   checks that it was removed first: a removed node is not told).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +21,17 @@ pub const APPLIED_PATH: &str = "/keel/applied";
 pub const READ_INDEX_PATH: &str = "/keel/read-index";
 /// The route of a queue batch.
 pub const QUEUE_PATH: &str = "/keel/queue";
+/// The route of [`Members`].
+pub const MEMBERS_PATH: &str = "/keel/members";
+
+/// The leader's membership: voters and learners.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// The leader that answers.
+    pub leader: NodeId,
+    /// Every member's id.
+    pub ids: Vec<NodeId>,
+}
 
 /// A node's report of its applied index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

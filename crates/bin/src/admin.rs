@@ -160,9 +160,14 @@ async fn rebuild(client: &keel_api::Client, id: NodeId, timeout: Duration) -> an
         members.iter().filter(|m| m.node_id() != Some(id)).map(|m| m.api_addr.clone()).collect();
     client.remove(id).await.map_err(failed)?;
     println!("node {id} removed from the cluster; it deletes its data and rejoins");
-    // Its answer may be cut short when it restarts: what counts is that it comes back.
-    if let Err(e) = node.rebuild(&join).await {
-        tracing::debug!(error = %e, "the rebuild request had no complete answer");
+    // Its answer may be cut short when it restarts: what counts is that it comes back. A
+    // refusal, though, is an answer: the node is out of the cluster and must be told again.
+    match node.rebuild(&join).await {
+        Ok(_) => {}
+        Err(e @ keel_api::Error::Refused { .. }) => bail!(
+            "node {id} is removed but refused to rebuild: {e}; stop it, delete its data directory and start it again with --join"
+        ),
+        Err(e) => tracing::debug!(error = %e, "the rebuild request had no complete answer"),
     }
     let started = std::time::Instant::now();
     let progress = indicatif::ProgressBar::new_spinner();

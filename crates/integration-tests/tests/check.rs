@@ -75,6 +75,12 @@ fn a_row_changed_by_hand_is_found() {
     let metrics = c.get(leader, "/metrics").body;
     assert!(metrics.contains("keel_check_mismatches_total 1"), "{metrics}");
 
+    // A member is never told to forget its log and votes while it keeps its seat.
+    let join = json!({ "join": [format!("http://{}", c.http_addr(leader))] }).to_string();
+    let refused = c.post_raw(victim, "/admin/rebuild", "application/json", join);
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.text().contains("still a member"), "{}", refused.text());
+
     // The repair is one command: the node leaves, deletes its data, rejoins from the leader.
     let rebuilt = Command::new(keel_binary())
         .args(["admin", "--cluster", &format!("http://{}", c.http_addr(leader))])

@@ -8,6 +8,7 @@
 //! | `POST /keel/applied` | a follower the leader has no replication stream open to (a leader of an older version), after applies and once a second | its applied index ([`report_applied`]); `sync` and `replicas:K` writes wait on these, and lag is measured from them. With a stream open, the position rides on it instead ([`raft::network::stream`]) |
 //! | `POST /keel/read-index` | a follower serving a linearizable read | the leader confirms its leadership with a quorum and answers `{"index": n}` ([`Node::remote_read_index`]) |
 //! | `POST /keel/queue` | a follower's write-queue flusher | a batch of queued writes, run here if this node leads ([`crate::queue::flush`]) |
+//! | `GET /keel/members` | a node asked to rebuild | the leader's member ids: the node must have been removed first ([`crate::rebuild`]) |
 //!
 //! Under mutual TLS the binary puts a layer in front of the router that refuses any sender
 //! without a node certificate of this cluster and records the proven node id as a
@@ -25,10 +26,12 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use futures::future::BoxFuture;
 
-use keel_api::internal::{APPLIED_PATH, AppliedReport, QUEUE_PATH, READ_INDEX_PATH, ReadIndex};
+use keel_api::internal::{
+    APPLIED_PATH, AppliedReport, MEMBERS_PATH, Members, QUEUE_PATH, READ_INDEX_PATH, ReadIndex,
+};
 
 use crate::{Error, Node};
 
@@ -88,6 +91,7 @@ pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
             Router::new()
                 .route(APPLIED_PATH, post(applied))
                 .route(READ_INDEX_PATH, post(read_index))
+                .route(MEMBERS_PATH, get(members))
                 // A batch of another node's queued writes. No body limit of its own: each request
                 // in it passed the client API's limit on that node, and a batch holds at most
                 // --write-queue-batch-size of them.
@@ -215,6 +219,43 @@ impl Node {
         let why = serde_json::from_slice::<keel_api::ErrorAnswer>(&body)
             .map_or_else(|_| "unknown error".to_string(), |a| a.error);
         Err(Error::Unavailable(format!("leader {} gave no read index: {why}", leader.id)))
+    }
+}
+
+/// `GET /keel/members`: this node's membership, if it leads (503 otherwise).
+async fn members(State(node): State<Arc<Node>>) -> Response {
+    let state = node.cluster();
+    if state.role != raft::cluster::Role::Leader {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("node {} does not lead", node.id));
+    }
+    json(
+        StatusCode::OK,
+        &Members { leader: state.id, ids: state.members.iter().map(|m| m.id).collect() },
+    )
+}
+
+impl Node {
+    /// The member ids as the leader knows them: this node's own view when it leads; otherwise
+    /// the answer of whichever member of this node's view leads (a node removed from the
+    /// cluster is not told, and may no longer know who leads).
+    pub(crate) async fn leader_members(&self) -> Result<Vec<raft::NodeId>, Error> {
+        let state = self.cluster();
+        if state.role == raft::cluster::Role::Leader {
+            return Ok(state.members.iter().map(|m| m.id).collect());
+        }
+        let mut why = Vec::new();
+        for m in state.members.iter().filter(|m| m.id != self.id) {
+            let url = self.peers.node_url(&m.node, MEMBERS_PATH);
+            match self.peers.node.get(&url).timeout(REPORT_TIMEOUT).send().await {
+                Ok(resp) if resp.status().is_success() => match resp.json::<Members>().await {
+                    Ok(answer) => return Ok(answer.ids),
+                    Err(e) => why.push(format!("node {}: {e}", m.id)),
+                },
+                Ok(resp) => why.push(format!("node {}: HTTP {}", m.id, resp.status())),
+                Err(e) => why.push(format!("node {}: {e}", m.id)),
+            }
+        }
+        Err(Error::Unavailable(format!("no member answered as the leader: {}", why.join("; "))))
     }
 }
 

@@ -18,8 +18,10 @@ pub const REPLICATED_STATE: [&str; 5] =
 
 impl Node {
     /// Asks this node to rebuild its data by rejoining through the members at `join` (HTTP
-    /// URLs). Refused on the leader: leadership must move first.
-    pub fn request_rebuild(&self, join: Vec<String>) -> Result<(), Error> {
+    /// URLs). Refused on the leader, and while the leader still counts this node as a member:
+    /// a voter that forgot its log and votes but kept its seat could break Raft's guarantees,
+    /// and a removed node is not told of its removal, so the leader is asked.
+    pub async fn request_rebuild(&self, join: Vec<String>) -> Result<(), Error> {
         if join.is_empty() {
             return Err(Error::InvalidInput(
                 "name the members to rejoin through (\"join\": [\"http://…\"])".into(),
@@ -28,6 +30,12 @@ impl Node {
         if self.is_leader() {
             return Err(Error::InvalidInput(format!(
                 "node {} leads: make another node the leader first (keel admin promote)",
+                self.id
+            )));
+        }
+        if self.leader_members().await?.contains(&self.id) {
+            return Err(Error::InvalidInput(format!(
+                "node {} is still a member: remove it first (`keel admin rebuild` does both)",
                 self.id
             )));
         }

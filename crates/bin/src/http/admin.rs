@@ -78,7 +78,7 @@ async fn rebuild(State(node): State<Arc<Node>>, req: Incoming) -> Response {
             return bad_request(format!("the body must be {{\"join\": [\"http://…\"]}}: {e}"));
         }
     };
-    match node.request_rebuild(body.join) {
+    match node.request_rebuild(body.join).await {
         Ok(()) => json_response(
             StatusCode::ACCEPTED,
             &keel_api::cluster::Rebuilding { rebuilding: node.id() },
