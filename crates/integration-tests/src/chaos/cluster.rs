@@ -87,6 +87,10 @@ pub struct ChaosNode {
     mounted: bool,
 }
 
+/// A file in a node's data directory saying that its disk was filled (see
+/// [`Cluster::lose_unsynced`]); wiping the data removes it.
+const FILLED_MARK: &str = "chaos-disk-was-full";
+
 /// The cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -449,6 +453,8 @@ impl Cluster {
     /// Fills node `i`'s tmpfs with a balloon file, leaving it (nearly) no space.
     pub fn fill_disk(&self, i: usize) -> anyhow::Result<()> {
         use std::io::Write as _;
+        // Remembered until the data is wiped: see `lose_unsynced`.
+        std::fs::write(self.nodes[i - 1].data.join(FILLED_MARK), b"")?;
         let path = self.nodes[i - 1].data.join("balloon");
         let mut file = std::fs::File::create(&path)?;
         let block = vec![0u8; 1 << 20];
@@ -469,6 +475,11 @@ impl Cluster {
     /// checkpoint (with `synchronous=NORMAL` in WAL mode, the `-wal` file is synced only when
     /// a checkpoint starts). If a checkpoint was under way (the `-shm` file's
     /// `nBackfillAttempted` is past `nBackfill`) the `-wal` file had been synced and is kept.
+    ///
+    /// A node whose disk was ever full keeps its `-wal`: a checkpoint that failed half-way on the
+    /// full disk left pages in the database file that only the `-wal` frames (synced before that
+    /// checkpoint began, so no power loss can take them) make whole, and a restart since then
+    /// reset the `-shm` counters that would show the checkpoint under way.
     /// Returns the log bytes cut and what happened to SQLite's `-wal`.
     pub fn lose_unsynced(&self, i: usize) -> anyhow::Result<(u64, &'static str)> {
         let data = &self.nodes[i - 1].data;
@@ -493,7 +504,10 @@ impl Cluster {
         }
         let mut db_outcome = "untouched";
         let db = data.join("db");
-        if db.is_dir() {
+        if data.join(FILLED_MARK).exists() {
+            db_outcome =
+                "kept its -wal (its disk was full once: a checkpoint may have failed half-way)";
+        } else if db.is_dir() {
             for entry in std::fs::read_dir(&db)? {
                 let path = entry?.path();
                 let name = path.to_string_lossy().to_string();
