@@ -7,6 +7,11 @@
 //! snapshots, spool, and the divergence record) and starts again in place with `--join`: an
 //! empty data directory joins as a new member and receives the leader's snapshot, as any new
 //! replica does. The process keeps its pid, so supervisors (and `keel local`) see no exit.
+//!
+//! Caveat: if the process dies between deleting the data and starting again (or the restart
+//! itself fails), the data directory is empty and the node is out of the cluster; start it
+//! with `--join` (as for any new replica). Started without `--join`, an empty data directory
+//! founds a cluster of its own.
 
 use std::path::Path;
 
