@@ -320,8 +320,8 @@ async fn differing_keys(
     let mut keys = BTreeSet::new();
     for c in chunks.values() {
         let have = rows(c);
-        for (k, h) in want.iter().chain(have.iter()) {
-            if want.get(k) != have.get(k) || want.get(k) != Some(h) {
+        for k in want.keys().chain(have.keys()) {
+            if want.get(k) != have.get(k) {
                 keys.insert(k.clone());
             }
         }
