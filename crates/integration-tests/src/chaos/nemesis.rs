@@ -69,6 +69,9 @@ impl Fault {
     }
 }
 
+/// The least time a fault acts before it is healed.
+const MIN_FAULT_TIME: Duration = Duration::from_secs(2);
+
 /// Counts of faults injected, by kind.
 pub type FaultCounts = BTreeMap<&'static str, u64>;
 
@@ -85,7 +88,10 @@ pub fn run(
     let mut counts = FaultCounts::new();
     // Let the clients start against a healthy cluster.
     sleep_until(Instant::now() + Duration::from_millis(rng.gen_range(500..1500)), until);
-    while !faults.is_empty() && Instant::now() < until {
+    // A fault needs time to act before the heal that ends its round: a full disk, for one,
+    // stops its node only once the node next writes. A fault injected just before `until`
+    // would be healed before it took effect, and its node would die after the last heal.
+    while !faults.is_empty() && Instant::now() + MIN_FAULT_TIME < until {
         let fault = *faults.choose(rng).expect("faults is not empty");
         match inject(cluster, fault, rng, history) {
             Ok(true) => *counts.entry(fault.name()).or_default() += 1,
