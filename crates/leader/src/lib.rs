@@ -5,7 +5,8 @@
 //! path: one writer per leader, group commit, speculative execution, conditional proposal.
 //! It never changes the database itself. Every change, this node's included, is applied by
 //! the state machine of the `follower` crate, which runs on every node, the leader included,
-//! once Raft has committed the record. The two crates never depend on each other; they share
+//! once Raft has committed the record; on the leader that apply commits the writer's
+//! speculation instead of replaying its changesets. The two crates never depend on each other; they share
 //! the node's database thread ([`sql::Worker`]: speculation and apply are jobs on the one
 //! thread that owns the read-write [`sql::Db`]) and meet in `node`.
 //!
@@ -18,12 +19,16 @@
 //!    log ([`raft::client::wait_caught_up`]): a new leader must have applied what earlier
 //!    leaders committed, and a record whose answer timed out must land, before the next
 //!    speculation runs on top of them.
-//! 3. Speculate: [`sql::Db::execute`], a job on the database thread, runs every request in its
-//!    own savepoint inside one transaction with session capture, takes the changeset and rolls
-//!    back. The database is unchanged; the per-statement results are known.
+//! 3. Speculate: [`sql::Db::execute_held`], a job on the database thread, runs every request
+//!    in its own savepoint inside one transaction with session capture and takes the
+//!    changeset. The transaction stays open, unseen by readers; the per-statement results are
+//!    known.
 //! 4. Propose the resulting [`wal::Record`] conditional on term T
 //!    ([`raft::client::propose`]) and wait until it is committed (a quorum has it durably) and
-//!    applied here. Only the apply changes the database, on every node alike.
+//!    applied here. Only the apply changes the database: on the followers from the record's
+//!    changesets, here by committing the open transaction, which holds the same rows (it is
+//!    rolled back, and the record applied from its changesets, if anything else reaches the
+//!    database first).
 //!    A batch that changes nothing (every statement failed or matched no row) is not
 //!    proposed; its answer is a read of this node's state, so it first confirms leadership
 //!    with a quorum (read index), as a linearizable read does.
@@ -289,10 +294,11 @@ async fn commit(
     // Everything this leader appended (its term's blank entry included) must be applied before
     // speculating, or the changeset would be computed against a stale state.
     raft::client::wait_caught_up(raft, options.sync_timeout).await?;
-    let speculation = db.run(move |db| db.execute(&requests)).await.map_err(|e| match e {
-        sql::Error::InvalidInput(m) => Error::InvalidInput(m),
-        e => Error::Internal(e.to_string()),
-    })?;
+    let speculation =
+        db.run(move |db| db.execute_held(&requests, term)).await.map_err(|e| match e {
+            sql::Error::InvalidInput(m) => Error::InvalidInput(m),
+            e => Error::Internal(e.to_string()),
+        })?;
     let sql::Speculation { record, results, duplicates } = speculation;
     let lsn = if record.ops.is_empty() && record.requests.is_empty() {
         // Nothing to replicate: every statement failed or changed nothing, or every request was

@@ -7,7 +7,9 @@
 //! 1. [`Db::execute`] (leader only) runs a group of client requests inside one transaction
 //!    with a SQLite session recording row changes, turns what happened into a [`wal::Record`]
 //!    plus per-statement results, and then **rolls everything back**. The database never
-//!    changes here; the record goes through Raft.
+//!    changes here; the record goes through Raft. [`Db::execute_held`], the writer's, leaves
+//!    the transaction open instead, for `apply` to commit when the record comes back from
+//!    Raft (see `apply`, "The leader keeps its speculation").
 //! 2. [`Db::apply`] (every node, the leader included) applies committed records in one
 //!    transaction together with the new applied position, which is stored in the database
 //!    itself (`_keel_meta`), so data and position can never disagree after a crash, and with
@@ -77,8 +79,10 @@ use crate::verdicts::{self, Verdicts};
 /// The read-write side of a node's database: its client connection and its apply connection.
 ///
 /// Invariants:
-/// * No transaction is open between calls; every method leaves the connection in autocommit
-///   mode, whatever happens.
+/// * No transaction is open between calls, except the speculation [`Db::execute_held`] leaves
+///   open on the client connection (`held` is then `Some`); every other method rolls that
+///   back first or commits it (`apply`, when its first entry carries the held record), and
+///   leaves both connections in autocommit mode, whatever happens.
 /// * The database changes only in [`Db::apply`] and [`Db::install`].
 /// * `_keel_meta` exists and has exactly one row (id 1); its `idx` is NULL until the first
 ///   apply.
@@ -109,6 +113,24 @@ pub struct Db {
     live: Arc<Live>,
     /// Log indexes whose state checks want to read (`apply` splits its batches at them).
     pins: Arc<Pins>,
+    /// The leader's last speculation, still open on `conn` until its record is applied
+    /// (see `apply`, "The leader keeps its speculation"). `None` whenever `conn` is in
+    /// autocommit mode; every other use of `conn` rolls it back first.
+    held: std::cell::Cell<Option<Held>>,
+    /// How many entries `apply` took by committing a held speculation.
+    held_commits: u64,
+}
+
+/// A speculation left open on the client connection by [`Db::execute_held`]: the transaction
+/// holds exactly the effect of `record` on the state at `base`.
+#[derive(Debug)]
+struct Held {
+    /// The term the writer proposes `record` in.
+    term: wal::Term,
+    /// The applied index the speculation ran on.
+    base: wal::Lsn,
+    /// What the speculation produced; it is committed as the entry at `base + 1` only.
+    record: wal::Record,
 }
 
 impl std::fmt::Debug for Db {
@@ -146,6 +168,8 @@ impl Db {
             generation,
             live,
             pins,
+            held: std::cell::Cell::new(None),
+            held_commits: 0,
         })
     }
 
@@ -228,24 +252,35 @@ impl Db {
         ImageSource::new(self.live.clone())
     }
 
-    /// The client connection, for the crate's own read-only helpers (`load`).
+    /// The client connection, for the crate's own read-only helpers (`load`). A held
+    /// speculation is rolled back first: nothing outside the writer sees uncommitted rows.
     pub(crate) fn connection(&self) -> &Connection {
+        self.end_transaction();
         &self.conn
+    }
+
+    /// How many entries [`Db::apply`] took by committing the speculation [`Db::execute_held`]
+    /// left open, instead of applying their records.
+    pub fn held_commits(&self) -> u64 {
+        self.held_commits
     }
 
     /// The last applied log position stored in the database, or `None` before the first apply.
     pub fn applied(&self) -> Result<Option<Applied>> {
+        self.end_transaction();
         meta::read_applied(&self.conn)
     }
 
     /// A textual dump of the schema and every row (see [`crate::dump()`]).
     pub fn dump(&self) -> Result<String> {
+        self.end_transaction();
         crate::dump::dump_connection(&self.conn)
     }
 
-    /// Rolls back any open transaction (and leaves the authorizer off). Never fails: after a
-    /// failed ROLLBACK SQLite has ended the transaction anyway.
+    /// Rolls back any open transaction (and leaves the authorizer off), a held speculation
+    /// included. Never fails: after a failed ROLLBACK SQLite has ended the transaction anyway.
     fn end_transaction(&self) {
+        self.held.take();
         self.policy.take();
         if !self.conn.is_autocommit()
             && let Err(error) = internal(&self.conn, "ROLLBACK")

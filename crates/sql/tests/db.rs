@@ -600,3 +600,106 @@ fn bookkeeping_is_hidden_on_every_path() {
         [StatementResult::Error("_keel_requests is an internal table of Keel".into())]
     );
 }
+
+/// An entry at `index` in term 1 carrying `record`.
+fn entry(index: u64, record: &wal::Record) -> Apply<'_> {
+    Apply { term: 1, index, record: Some(record), membership: None }
+}
+
+#[test]
+fn a_held_speculation_is_committed_by_the_apply_of_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let mut replica = Db::open(&dir.path().join("replica")).unwrap();
+    write(&mut leader, &mut [&mut replica], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"]);
+    let readers = leader.readers(1).unwrap();
+
+    let statements = ["INSERT INTO t (v) VALUES (random())", "INSERT INTO t (v) VALUES ('b')"];
+    let held = leader.execute_held(&[request(&statements)], 1).unwrap();
+    // Readers never see the open transaction.
+    assert_eq!(count(&readers), 0);
+    leader.apply(&[entry(2, &held.record)]).unwrap();
+    replica.apply(&[entry(2, &held.record)]).unwrap();
+    assert_eq!(leader.held_commits(), 1);
+    assert_eq!(count(&readers), 2);
+    assert_eq!(leader.applied().unwrap().map(|a| (a.term, a.index)), Some((1, 2)));
+    // The leader kept its own rows (random() ran once), the replica applied the changeset.
+    assert_eq!(leader.dump().unwrap(), replica.dump().unwrap());
+}
+
+#[test]
+fn a_held_speculation_is_rolled_back_by_any_other_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let mut replica = Db::open(&dir.path().join("replica")).unwrap();
+    write(&mut leader, &mut [&mut replica], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"]);
+
+    // A blank entry first (a new term's): the speculation is rolled back, and its record,
+    // one index later than the speculation expected, is applied from its changesets.
+    let held = leader.execute_held(&[request(&["INSERT INTO t (v) VALUES (1)"])], 1).unwrap();
+    let blank = Apply { term: 2, index: 2, record: None, membership: None };
+    leader.apply(&[blank]).unwrap();
+    let moved = Apply { term: 2, ..entry(3, &held.record) };
+    leader.apply(&[moved]).unwrap();
+    replica.apply(&[blank, moved]).unwrap();
+    assert_eq!(leader.held_commits(), 0);
+    assert_eq!(leader.dump().unwrap(), replica.dump().unwrap());
+
+    // Another record at the expected index (another leader's): rolled back, then applied.
+    let held = leader.execute_held(&[request(&["INSERT INTO t (v) VALUES (2)"])], 2).unwrap();
+    let other = replica.execute(&[request(&["INSERT INTO t (v) VALUES (3)"])]).unwrap();
+    let other_entry = Apply { term: 2, ..entry(4, &other.record) };
+    leader.apply(&[other_entry]).unwrap();
+    replica.apply(&[other_entry]).unwrap();
+    assert_eq!(leader.held_commits(), 0);
+    assert_eq!(leader.dump().unwrap(), replica.dump().unwrap());
+    assert!(leader.dump().unwrap().contains("rowid 2: 2, 3"), "{}", leader.dump().unwrap());
+    // The held record in a different term than it was speculated for is not committed.
+    drop(held);
+    let held = leader.execute_held(&[request(&["INSERT INTO t (v) VALUES (5)"])], 2).unwrap();
+    let late = Apply { term: 3, ..entry(5, &held.record) };
+    leader.apply(&[late]).unwrap();
+    replica.apply(&[late]).unwrap();
+    assert_eq!(leader.held_commits(), 0);
+    assert_eq!(leader.dump().unwrap(), replica.dump().unwrap());
+}
+
+#[test]
+fn a_held_speculation_keeps_the_counters_clients_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    write(&mut leader, &mut [], 1, &["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"]);
+    let exec = |result: &StatementResult| match result {
+        StatementResult::Exec { last_insert_id, rows_affected, .. } => {
+            (*last_insert_id, *rows_affected)
+        }
+        other => panic!("{other:?}"),
+    };
+    // An UPDATE that matched nothing leaves 0 changes; the commit's own writes must not show.
+    let mut index = 2;
+    for (statements, expected) in [
+        (&["INSERT INTO t (id, v) VALUES (7, 1)"][..], (7, 1)),
+        (&["INSERT INTO t (id, v) VALUES (8, 1)", "UPDATE t SET v = 2 WHERE id = 99"][..], (8, 0)),
+    ] {
+        let held = leader.execute_held(&[request(statements)], 1).unwrap();
+        assert_eq!(exec(held.results[0].last().unwrap()), expected, "{statements:?}");
+        leader.apply(&[entry(index, &held.record)]).unwrap();
+        index += 1;
+        // A statement that writes no rows shows what the last client statement left.
+        let next = leader.execute(&[request(&["CREATE INDEX IF NOT EXISTS i ON t (v)"])]).unwrap();
+        assert_eq!(exec(&next.results[0][0]), expected, "after {statements:?}");
+    }
+    assert_eq!(leader.held_commits(), 2);
+    // More than one change cannot be restored: such a speculation is not held.
+    let many = leader
+        .execute_held(
+            &[request(&["UPDATE t SET v = 3"]), request(&["INSERT INTO t (v) VALUES (1), (2)"])],
+            1,
+        )
+        .unwrap();
+    assert_eq!(exec(&many.results[1][0]), (10, 2), "{:?}", many.results);
+    leader.apply(&[entry(index, &many.record)]).unwrap();
+    assert_eq!(leader.held_commits(), 2);
+    let next = leader.execute(&[request(&["CREATE INDEX IF NOT EXISTS i ON t (v)"])]).unwrap();
+    assert_eq!(exec(&next.results[0][0]).1, 2);
+}

@@ -31,13 +31,35 @@
 //! such, and after applying changes to a shadow table `apply` replaces its own connection with a
 //! fresh one.
 
+//!
+//! ## The leader keeps its speculation
+//!
+//! The leader's writer speculates with [`Db::execute_held`], which leaves the speculation's
+//! transaction open on the client connection instead of rolling it back. When `apply` is then
+//! handed, as its first entry, the entry at the index after the one the speculation ran on, in
+//! the term it was made for, carrying a record equal to the speculation's, the transaction
+//! already holds exactly that record's effect on exactly the state the entry applies to: it is
+//! committed, with the entry's answers and applied position written inside it, and the
+//! changesets are not applied a second time. The leader's rows then come from running the SQL,
+//! the replicas' from the changesets; table checks (`crate::checksum`, `keel check`) are what
+//! verify that the two agree.
+//!
+//! Anything else rolls the held transaction back first: another entry at that index (another
+//! leader's, a membership change), any other use of the connection, an install. The record is
+//! then applied from its changesets like on every follower, so a lost leadership, a failed
+//! proposal or a crash between the Raft commit and the local one (the entry is applied again
+//! from the log at restart) all take the path followers take. Readers never see the held rows:
+//! they read committed state on their own connections. The held transaction keeps SQLite's
+//! write lock, which the apply connection needs; that is why it is rolled back before any other
+//! apply, on the one database thread.
+
 use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::OptionalExtension as _;
 use wal::{Lsn, Op, Record, Term};
 
-use super::{Db, internal};
+use super::{Db, internal, set_last_insert_rowid};
 use crate::answers;
 use crate::error::{Error, Result, is_environmental};
 use crate::generation::{self, Generation};
@@ -130,14 +152,66 @@ impl Db {
     /// two parts, split after that index, and the pin takes its snapshot in between; an error
     /// in the second part then leaves the first applied, with its own stored position, as if
     /// the entries had come in two calls.
+    ///
+    /// On the leader, an entry that carries the record of the speculation left open by
+    /// [`Db::execute_held`] is not applied again: that transaction is committed instead (see
+    /// the module docs).
     pub fn apply(&mut self, entries: &[Apply<'_>]) -> Result<()> {
         let mut rest = entries;
+        if let Some(first) = rest.first()
+            && self.commit_held(first)
+        {
+            rest = &rest[1..];
+        }
         while let Some(at) = self.pins.split_at(rest.iter().map(|e| e.index)) {
             let (through, after) = rest.split_at(at + 1);
             self.apply_part(through)?;
             rest = after;
         }
         self.apply_part(rest)
+    }
+
+    /// Commits the held speculation as the apply of `entry` if `entry` carries its record at
+    /// the index after the one it ran on, in its term. Returns whether it did; otherwise (no
+    /// held speculation, another entry, or a failure, which is logged) the speculation is
+    /// rolled back and `entry` must be applied from its record.
+    fn commit_held(&mut self, entry: &Apply<'_>) -> bool {
+        let Some(held) = self.held.take() else { return false };
+        let hit = entry.index == held.base + 1
+            && entry.term == held.term
+            && entry.membership.is_none()
+            && entry.record == Some(&held.record)
+            && !self.conn.is_autocommit();
+        if !hit {
+            self.end_transaction();
+            return false;
+        }
+        // What the client statements left in the connection's counters, which the next
+        // speculation's results show (see `speculation`): the bookkeeping writes below change
+        // both, and are undone (`hold` kept only speculations that left at most 1 change).
+        let (rowid, changes) = (self.conn.last_insert_rowid(), self.conn.changes());
+        let committed = answers::store(&self.conn, entry.index, &held.record.requests)
+            .and_then(|()| answers::prune(&self.conn, entry.index))
+            .and_then(|()| meta::write_applied(&self.conn, entry.term, entry.index, None))
+            .and_then(|()| {
+                if changes == 0 {
+                    internal(&self.conn, "UPDATE _keel_meta SET idx = idx WHERE 0")?;
+                }
+                set_last_insert_rowid(&self.conn, rowid);
+                Ok(internal(&self.conn, "COMMIT")?)
+            });
+        match committed {
+            Ok(()) => {
+                self.held_commits += 1;
+                self.pins.applied(entry.index);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, index = entry.index, "committing the leader's speculation failed; applying its record instead");
+                self.end_transaction();
+                false
+            }
+        }
     }
 
     /// [`Db::apply`] of entries that no pin splits; tells the pins what is committed.

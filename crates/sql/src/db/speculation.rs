@@ -4,7 +4,9 @@
 //! [`Db::execute`] (leader only) runs a group of client requests inside one transaction with a
 //! SQLite session recording row changes, turns what happened into a [`wal::Record`] plus
 //! per-statement results, and then **rolls everything back**. The database never changes here;
-//! the record goes through Raft and comes back through [`Db::apply`]. This file holds the
+//! the record goes through Raft and comes back through [`Db::apply`]. [`Db::execute_held`] (the
+//! writer's) leaves the transaction open instead, and `apply` commits it when the record comes
+//! back (see `apply`, "The leader keeps its speculation"). This file holds the
 //! group's transaction, its savepoint scopes and the session cuts; `run` runs one client
 //! statement inside it.
 //!
@@ -50,7 +52,10 @@
 //! write) therefore shows what the last one that did left, possibly in an earlier request: every
 //! request runs on this one connection in log order, as on rqlite's single write connection.
 //! Keel's own statements between client statements (savepoints, reads of the schema and of
-//! `sqlite_sequence`) leave both values alone; the writes of `apply` run on the other connection.
+//! `sqlite_sequence`) leave both values alone; the writes of `apply` run on the other connection,
+//! except when it commits a held speculation: its bookkeeping writes on this connection are
+//! undone in both values (which is why only a speculation whose last statement left at most one
+//! change is held).
 //! A group run again after a statement that ended the transaction (below) starts from the rowid
 //! the first attempt started from; `sqlite3_changes` cannot be set back, so a statement before
 //! the first row write of such a group shows the thrown-away attempt's count. The client
@@ -72,13 +77,13 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 use rusqlite::config::DbConfig;
-use wal::{Lsn, Op, Record};
+use wal::{Lsn, Op, Record, Term};
 
-use super::{Db, internal, set_last_insert_rowid};
+use super::{Db, Held, internal, set_last_insert_rowid};
 use crate::answers;
 use crate::error::{Error, Result};
 use crate::limits::{self, Limits, Watchdog};
-use crate::meta::read_sequences;
+use crate::meta::{self, read_sequences};
 use crate::policy::Policy;
 use crate::result::StatementResult;
 use crate::schema::is_internal_table;
@@ -161,6 +166,20 @@ impl Db {
     ///
     /// Errors are infrastructure failures only; SQL errors are per-statement results.
     pub fn execute(&mut self, requests: &[WriteRequest]) -> Result<Speculation> {
+        self.speculate(requests, None)
+    }
+
+    /// [`Db::execute`] for the leader's writer, which proposes the record in `term`: the
+    /// transaction is left open instead of rolled back, holding the requests' effects, and
+    /// [`Db::apply`] commits it when it is handed that record as the next entry (see `apply`,
+    /// "The leader keeps its speculation"), instead of applying the record's changesets again.
+    /// Any other call rolls it back. A speculation that changed nothing is rolled back at once.
+    pub fn execute_held(&mut self, requests: &[WriteRequest], term: Term) -> Result<Speculation> {
+        self.speculate(requests, Some(term))
+    }
+
+    /// [`Db::execute`], holding the transaction open for `hold`'s term if given.
+    fn speculate(&mut self, requests: &[WriteRequest], hold: Option<Term>) -> Result<Speculation> {
         self.end_transaction();
         if !self.capped {
             limits::cap_values(&self.conn, Some(&self.limits))?;
@@ -193,7 +212,9 @@ impl Db {
                 &run,
                 &skip,
             );
-            self.end_transaction();
+            if hold.is_none() || outcome.is_err() {
+                self.end_transaction();
+            }
             match outcome {
                 Ok(attempt) => break attempt,
                 Err(Failure::EndedTransaction { request, statement, error }) => {
@@ -223,11 +244,39 @@ impl Db {
             results.push(request_results);
             duplicates.push(duplicate);
         }
-        Ok(Speculation {
-            record: Record { ops: attempt.ops, requests: answers },
-            results,
-            duplicates,
-        })
+        let record = Record { ops: attempt.ops, requests: answers };
+        if let Some(term) = hold {
+            self.hold(term, &record);
+        }
+        Ok(Speculation { record, results, duplicates })
+    }
+
+    /// Keeps the open transaction of a speculation that produced `record`, to be proposed in
+    /// `term`; rolls it back if there is nothing to propose or its base cannot be read.
+    ///
+    /// Also rolled back when the last client statement left `sqlite3_changes` above 1: the
+    /// commit writes Keel's bookkeeping rows on this connection, which sets that counter to
+    /// 1, and a later statement that writes no rows (DDL) must still report what the last
+    /// client statement left (see the module docs). 0 and 1 can be restored; more cannot be
+    /// without writing as many rows, so such a record is applied from its changesets.
+    fn hold(&self, term: Term, record: &Record) {
+        if record.ops.is_empty() && record.requests.is_empty()
+            || self.conn.is_autocommit()
+            || self.conn.changes() > 1
+        {
+            self.end_transaction();
+            return;
+        }
+        match meta::read_applied(&self.conn) {
+            Ok(base) => {
+                let base = base.map_or(0, |a| a.index);
+                self.held.set(Some(Held { term, base, record: record.clone() }));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading the applied position; the speculation is rolled back");
+                self.end_transaction();
+            }
+        }
     }
 
     /// Decides, for each request of a group, whether to run it or answer it as a retry: its id
