@@ -90,8 +90,10 @@ pub(crate) fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 }
 
 /// The PRIMARY KEY columns of a rowid table that may hold NULL (not declared NOT NULL); none for
-/// WITHOUT ROWID tables (which enforce NOT NULL), tables without a key, and views. An INTEGER
-/// PRIMARY KEY is the rowid and never NULL; listing it anyway costs one index probe.
+/// WITHOUT ROWID tables (which enforce NOT NULL), tables without a key, views, and a key that
+/// is the rowid (INTEGER PRIMARY KEY, never NULL). A key that is not the rowid has an index of
+/// its own (origin `pk` in `pragma_index_list`); the rowid needs none, which is how it is told
+/// apart, `INTEGER PRIMARY KEY DESC` (not the rowid) included.
 pub(crate) fn nullable_key_columns(
     conn: &Connection,
     table: &str,
@@ -103,6 +105,12 @@ pub(crate) fn nullable_key_columns(
         .query_row([table], |row| row.get(0))
         .optional()?;
     if without_rowid != Some(false) {
+        return Ok(Vec::new());
+    }
+    let key_index: bool = conn
+        .prepare_cached("SELECT count(*) > 0 FROM pragma_index_list(?1) WHERE origin = 'pk'")?
+        .query_row([table], |row| row.get(0))?;
+    if !key_index {
         return Ok(Vec::new());
     }
     let mut stmt = conn.prepare_cached(

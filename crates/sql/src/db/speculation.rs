@@ -366,17 +366,40 @@ struct Speculator<'c> {
     /// Whether the current savepoint scope began with an empty session, so that ops cut inside
     /// it hold only its own changes (see module docs).
     scope_clean: bool,
-    /// Per table, the PRIMARY KEY columns that may hold NULL (see `check_primary_keys`);
-    /// cleared by every schema change.
-    nullable_keys: HashMap<String, Vec<String>>,
+    /// Per table, the query finding a NULL in its PRIMARY KEY columns that may hold one, or
+    /// `None` if none can (see `check_primary_keys`); cleared by every schema change.
+    nullable_keys: HashMap<String, Option<String>>,
 }
 
-/// Savepoint names; client SQL cannot use savepoints, so they cannot clash.
-const REQUEST_SAVEPOINT: &str = "keel_request";
-/// See [`REQUEST_SAVEPOINT`].
-const STATEMENT_SAVEPOINT: &str = "keel_statement";
-/// See [`REQUEST_SAVEPOINT`].
-const FLUSH_SAVEPOINT: &str = "keel_flush";
+/// A savepoint's three statements, spelled out once: they run for every client statement, and
+/// building their text each time showed in profiles of bulk writes.
+struct Savepoint {
+    /// `SAVEPOINT name`.
+    begin: &'static str,
+    /// `ROLLBACK TO name`.
+    rollback: &'static str,
+    /// `RELEASE name`.
+    release: &'static str,
+}
+
+/// Declares a [`Savepoint`] named `$name`. Client SQL cannot use savepoints, so the names cannot
+/// clash.
+macro_rules! savepoint {
+    ($name:literal) => {
+        Savepoint {
+            begin: concat!("SAVEPOINT ", $name),
+            rollback: concat!("ROLLBACK TO ", $name),
+            release: concat!("RELEASE ", $name),
+        }
+    };
+}
+
+/// The savepoint around one request of a `transaction` group.
+const REQUEST_SAVEPOINT: Savepoint = savepoint!("keel_request");
+/// The savepoint around one statement of a request without `transaction`.
+const STATEMENT_SAVEPOINT: Savepoint = savepoint!("keel_statement");
+/// The savepoint opened and released to make full-text indexes flush (see `cut`).
+const FLUSH_SAVEPOINT: Savepoint = savepoint!("keel_flush");
 
 /// The error result for VACUUM, which the authorizer does not report.
 const VACUUM_ERROR: &str = "VACUUM is not supported: it rewrites the file and is not replicated";
@@ -434,7 +457,7 @@ impl<'c> Speculator<'c> {
     ) -> std::result::Result<std::result::Result<Vec<StatementResult>, (usize, String)>, Failure>
     {
         let may_have_ddl = request.statements.iter().any(|s| may_contain_ddl(&s.sql));
-        let mark = self.begin_scope(may_have_ddl, REQUEST_SAVEPOINT)?;
+        let mark = self.begin_scope(may_have_ddl, &REQUEST_SAVEPOINT)?;
         let mut results = Vec::with_capacity(request.statements.len());
         let mut failed = false;
         for (s, statement) in request.statements.iter().enumerate() {
@@ -457,7 +480,7 @@ impl<'c> Speculator<'c> {
                 *last = StatementResult::Error(DEFERRED_FK_ERROR.to_string());
             }
         }
-        self.end_scope(REQUEST_SAVEPOINT, mark, failed)?;
+        self.end_scope(&REQUEST_SAVEPOINT, mark, failed)?;
         Ok(Ok(results))
     }
 
@@ -476,7 +499,7 @@ impl<'c> Speculator<'c> {
                 results.push(StatementResult::Error(error.clone()));
                 continue;
             }
-            let mark = self.begin_scope(may_contain_ddl(&statement.sql), STATEMENT_SAVEPOINT)?;
+            let mark = self.begin_scope(may_contain_ddl(&statement.sql), &STATEMENT_SAVEPOINT)?;
             let mut result = match self.run_statement(statement, request)? {
                 Ran::Result(result) => result,
                 Ran::EndedTransaction(error) => return Ok(Err((s, error))),
@@ -484,7 +507,7 @@ impl<'c> Speculator<'c> {
             if !result.is_error() && session::deferred_foreign_key_violations(self.conn)? {
                 result = StatementResult::Error(DEFERRED_FK_ERROR.to_string());
             }
-            self.end_scope(STATEMENT_SAVEPOINT, mark, result.is_error())?;
+            self.end_scope(&STATEMENT_SAVEPOINT, mark, result.is_error())?;
             results.push(result);
         }
         Ok(Ok(results))
@@ -494,25 +517,25 @@ impl<'c> Speculator<'c> {
     fn begin_scope(
         &mut self,
         may_have_ddl: bool,
-        savepoint: &str,
+        savepoint: &Savepoint,
     ) -> std::result::Result<usize, Failure> {
         if may_have_ddl {
             self.cut()?;
         }
         self.scope_clean = may_have_ddl;
-        self.internal(&format!("SAVEPOINT {savepoint}"))?;
+        self.internal(savepoint.begin)?;
         Ok(self.ops.len())
     }
 
     /// Closes a savepoint scope, undoing it if `failed`.
     fn end_scope(
         &mut self,
-        savepoint: &str,
+        savepoint: &Savepoint,
         mark: usize,
         failed: bool,
     ) -> std::result::Result<(), Failure> {
         if failed {
-            self.internal(&format!("ROLLBACK TO {savepoint}"))?;
+            self.internal(savepoint.rollback)?;
             if self.ops.len() > mark {
                 // Ops were cut inside the scope, which therefore started with a fresh session:
                 // drop them, and the session's changes since the last cut with them.
@@ -521,7 +544,7 @@ impl<'c> Speculator<'c> {
                 self.session = Some(new_session(self.conn)?);
             }
         }
-        self.internal(&format!("RELEASE {savepoint}"))?;
+        self.internal(savepoint.release)?;
         Ok(())
     }
 
@@ -534,8 +557,8 @@ impl<'c> Speculator<'c> {
     fn cut(&mut self) -> std::result::Result<(), Failure> {
         // Full-text indexes (FTS3/4/5) buffer their writes in memory until a savepoint or
         // commit; a savepoint makes them write their shadow tables, where the session sees it.
-        self.internal(&format!("SAVEPOINT {FLUSH_SAVEPOINT}"))?;
-        self.internal(&format!("RELEASE {FLUSH_SAVEPOINT}"))?;
+        self.internal(FLUSH_SAVEPOINT.begin)?;
+        self.internal(FLUSH_SAVEPOINT.release)?;
         if let Some(session) = self.session.take() {
             let changeset = session.changeset()?;
             drop(session);

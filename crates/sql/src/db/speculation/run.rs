@@ -228,21 +228,22 @@ impl<'c> Speculator<'c> {
         for table in written {
             if !self.nullable_keys.contains_key(table) {
                 let columns = nullable_key_columns(self.conn, table)?;
-                self.nullable_keys.insert(table.clone(), columns);
+                let check = (!columns.is_empty()).then(|| {
+                    let condition: Vec<String> = columns
+                        .iter()
+                        .map(|c| format!("{} IS NULL", quote_identifier(c)))
+                        .collect();
+                    format!(
+                        "SELECT 1 FROM main.{} WHERE {} LIMIT 1",
+                        quote_identifier(table),
+                        condition.join(" OR ")
+                    )
+                });
+                self.nullable_keys.insert(table.clone(), check);
             }
-            let columns = &self.nullable_keys[table];
-            if columns.is_empty() {
-                continue;
-            }
-            let condition: Vec<String> =
-                columns.iter().map(|c| format!("{} IS NULL", quote_identifier(c))).collect();
-            let sql = format!(
-                "SELECT 1 FROM main.{} WHERE {} LIMIT 1",
-                quote_identifier(table),
-                condition.join(" OR ")
-            );
+            let Some(sql) = &self.nullable_keys[table] else { continue };
             // Cached: the same check runs for every statement writing the table.
-            if self.conn.prepare_cached(&sql)?.query_row([], |_| Ok(())).optional()?.is_some() {
+            if self.conn.prepare_cached(sql)?.query_row([], |_| Ok(())).optional()?.is_some() {
                 return Ok(Some(format!(
                     "NULL in the PRIMARY KEY of table {table} cannot be replicated: declare its key columns NOT NULL"
                 )));
