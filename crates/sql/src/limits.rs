@@ -12,7 +12,10 @@
 //!   longer than its time limit ([`Limits::statement_time`], or less per request: rqlite's
 //!   `db_timeout`). The client connection runs every client write in turn, so one statement that
 //!   never ends (a recursive CTE without a bound) would otherwise stop every write of the
-//!   cluster.
+//!   cluster. SQLite calls a progress handler between virtual-machine instructions only, and
+//!   some instructions run long on their own (`count(*)` walks a whole table in one), so a
+//!   timer thread (`keel-watchdog`, one per process) also calls `sqlite3_interrupt` on any
+//!   connection whose armed deadline has passed; SQLite checks that flag inside such loops.
 //! * [`Limits::max_result_rows`] and [`Limits::max_result_bytes`] bound what one query may make
 //!   the node hold in memory and send; `cap_values` also caps any one value a client statement
 //!   builds (SQLite's `SQLITE_LIMIT_LENGTH`) at `max_result_bytes`, since a statement can build
@@ -21,8 +24,8 @@
 //! Statement count per request and SQL length are checked earlier, when the request is parsed
 //! (`statement`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -103,7 +106,6 @@ pub(crate) struct Watchdog {
 }
 
 /// The state shared between a [`Watchdog`] and its progress handler.
-#[derive(Debug)]
 struct State {
     /// Deadlines are nanoseconds after this instant.
     epoch: Instant,
@@ -113,6 +115,29 @@ struct State {
     fired: AtomicBool,
     /// The limit given to the last `arm`, in milliseconds, for the error message.
     limit_ms: AtomicU64,
+    /// Interrupts the connection, from the timer thread.
+    interrupt: rusqlite::InterruptHandle,
+    /// Held by the timer thread while it checks the deadline and interrupts, and by the
+    /// disarming guard while it clears the deadline: once a statement is disarmed, no
+    /// interrupt meant for it can reach the statements that follow on the connection.
+    gate: Mutex<()>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("deadline", &self.deadline)
+            .field("fired", &self.fired)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// Whether an armed deadline has passed.
+    fn expired(&self) -> bool {
+        let deadline = self.deadline.load(Ordering::Relaxed);
+        deadline != 0 && nanos_since(self.epoch) >= deadline
+    }
 }
 
 impl Watchdog {
@@ -123,19 +148,21 @@ impl Watchdog {
             deadline: AtomicU64::new(0),
             fired: AtomicBool::new(false),
             limit_ms: AtomicU64::new(0),
+            interrupt: conn.get_interrupt_handle(),
+            gate: Mutex::new(()),
         });
         let handler = state.clone();
         conn.progress_handler(
             PROGRESS_OPS,
             Some(move || {
-                let deadline = handler.deadline.load(Ordering::Relaxed);
-                if deadline == 0 || nanos_since(handler.epoch) < deadline {
+                if !handler.expired() {
                     return false;
                 }
                 handler.fired.store(true, Ordering::Relaxed);
                 true
             }),
         )?;
+        Timer::get().watch(&state);
         Ok(Watchdog { state })
     }
 
@@ -148,7 +175,8 @@ impl Watchdog {
         self.state
             .limit_ms
             .store(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.state.deadline.store(deadline, Ordering::Relaxed);
+        self.state.deadline.store(deadline, Ordering::SeqCst);
+        Timer::get().armed();
         Armed { watchdog: self }
     }
 
@@ -184,7 +212,102 @@ pub(crate) struct Armed<'w> {
 
 impl Drop for Armed<'_> {
     fn drop(&mut self) {
-        self.watchdog.state.deadline.store(0, Ordering::Relaxed);
+        let state = &self.watchdog.state;
+        let _gate = state.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        state.deadline.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The process's watchdog timer: a thread that interrupts every watched connection whose armed
+/// deadline has passed (see the module docs). While statements are armed it polls every
+/// [`TIMER_TICK`]: arming a statement is then only an atomic store, which matters to a write of
+/// 1,000 statements. When none is, it parks, and the next `arm` wakes it.
+struct Timer {
+    /// The watchdogs of open connections (dead ones are dropped at the next poll).
+    watched: Mutex<Vec<Weak<State>>>,
+    /// The timer thread is parked, or about to park, with no statement armed.
+    parked: AtomicBool,
+    /// The timer thread, to unpark it.
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// How often the timer polls while some statement is armed: how late, at most, it interrupts
+/// a statement stuck in one instruction (plus scheduling).
+const TIMER_TICK: Duration = Duration::from_millis(2);
+
+impl Timer {
+    /// The process's timer, started on first use.
+    fn get() -> &'static Timer {
+        static TIMER: OnceLock<&'static Timer> = OnceLock::new();
+        TIMER.get_or_init(|| {
+            let timer: &'static Timer = Box::leak(Box::new(Timer {
+                watched: Mutex::default(),
+                parked: AtomicBool::new(false),
+                thread: OnceLock::new(),
+            }));
+            match std::thread::Builder::new().name("keel-watchdog".into()).spawn(|| timer.run()) {
+                Ok(handle) => {
+                    let _ = timer.thread.set(handle.thread().clone());
+                }
+                // The progress handler still enforces limits between instructions.
+                Err(error) => tracing::error!(%error, "cannot start the statement timer thread"),
+            }
+            timer
+        })
+    }
+
+    /// Adds a connection's watchdog.
+    fn watch(&self, state: &Arc<State>) {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(state));
+    }
+
+    /// Wakes the timer thread if it is parked; called after a deadline is armed.
+    fn armed(&self) {
+        if self.parked.load(Ordering::SeqCst)
+            && self.parked.swap(false, Ordering::SeqCst)
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+    }
+
+    /// Polls forever.
+    fn run(&self) {
+        loop {
+            if self.poll() {
+                std::thread::sleep(TIMER_TICK);
+                continue;
+            }
+            // Announce the park, then look again: an `arm` that stored its deadline before
+            // this store is seen by the poll, one after it sees `parked` and unparks.
+            self.parked.store(true, Ordering::SeqCst);
+            if self.poll() {
+                self.parked.store(false, Ordering::SeqCst);
+                continue;
+            }
+            std::thread::park_timeout(Duration::from_secs(1));
+            self.parked.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Interrupts the connections whose deadline passed; returns whether any statement is
+    /// armed.
+    fn poll(&self) -> bool {
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        watched.retain(|w| w.strong_count() > 0);
+        let mut armed = false;
+        for state in watched.iter().filter_map(Weak::upgrade) {
+            armed |= state.deadline.load(Ordering::SeqCst) != 0;
+            if !state.expired() {
+                continue;
+            }
+            let _gate = state.gate.lock().unwrap_or_else(PoisonError::into_inner);
+            // Checked again under the gate: the statement may have finished meanwhile.
+            if state.expired() && !state.fired.swap(true, Ordering::Relaxed) {
+                state.interrupt.interrupt();
+            }
+        }
+        armed
     }
 }
 
@@ -275,6 +398,39 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 300_000);
+    }
+
+    #[test]
+    fn one_long_instruction_is_interrupted_by_the_timer() {
+        // count(*) walks the whole table inside one instruction, where no progress handler
+        // runs; small pages make the walk long without a large file.
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "PRAGMA page_size = 512; CREATE TABLE t (x);
+             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000)
+             INSERT INTO t SELECT x FROM c;",
+        )
+        .unwrap();
+        // Twenty walks in one statement (each arm of the UNION is one instruction), so that
+        // it lasts long enough for the timer thread to run even on a busy machine.
+        let sql = format!(
+            "SELECT sum(n) FROM ({})",
+            vec!["SELECT count(*) AS n FROM t"; 20].join(" UNION ALL ")
+        );
+        let count = |conn: &Connection| conn.query_row(&sql, [], |row| row.get::<_, i64>(0));
+        let watchdog = Watchdog::install(&mut conn).unwrap();
+        let limit = Duration::from_millis(1);
+        let start = Instant::now();
+        let error = {
+            let _armed = watchdog.arm(limit);
+            count(&conn).unwrap_err()
+        };
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        let message = watchdog.message(&error);
+        assert!(message.contains("time limit of 1ms"), "{message}");
+        // With time to spare, the same connection runs it to the end: no interrupt is left over.
+        let _armed = watchdog.arm(Duration::from_secs(60));
+        assert_eq!(count(&conn).unwrap(), 60_000_000);
     }
 
     #[test]
