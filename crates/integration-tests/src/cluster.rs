@@ -17,7 +17,9 @@ use reqwest::header::HeaderMap;
 
 use crate::api::Clients;
 use crate::process::{Node, Process, free_ports, keel_binary, read_purge_point};
-use crate::{LOG_TAIL_LINES, Lsn, NodeId, POLL_INTERVAL, START_ATTEMPTS, TIMEOUT, lock, poll};
+use crate::{
+    LOG_TAIL_LINES, Lsn, NodeId, POLL_INTERVAL, START_ATTEMPTS, TIMEOUT, lock, poll, wait_for,
+};
 
 /// Why [`TestCluster::boot`] failed.
 #[derive(Debug)]
@@ -464,13 +466,20 @@ impl TestCluster {
         }
     }
 
-    /// Freezes node `id` with SIGSTOP. It keeps its sockets but answers nothing.
+    /// Freezes node `id` with SIGSTOP. It keeps its sockets but answers nothing. Returns once
+    /// every thread of the process has stopped: the signal alone only asks for it, and a thread
+    /// busy on another core could still answer a message sent after this call.
     pub fn pause(&self, id: NodeId) {
         let node = self.node(id);
         let mut process = lock(&node.process);
         assert!(!process.paused, "node {id} is already paused");
         node.signal(&process, libc::SIGSTOP);
         process.paused = true;
+        let pid = process.child.as_ref().map(std::process::Child::id);
+        drop(process);
+        if let Some(pid) = pid {
+            wait_for(TIMEOUT, format!("node {id} to stop"), || all_stopped(pid).then_some(()));
+        }
     }
 
     /// Thaws node `id`, paused by [`TestCluster::pause`], with SIGCONT.
@@ -486,7 +495,7 @@ impl TestCluster {
 
     /// The leader right now, if a majority of all voters (counting only those that answer)
     /// names the same leader in the same term and that node says it leads.
-    fn current_leader(&self) -> Option<NodeId> {
+    pub fn current_leader(&self) -> Option<NodeId> {
         let majority = self.voters().len() / 2 + 1;
         let statuses: Vec<keel_api::status::Node> =
             self.voters().into_iter().filter_map(|id| Some(self.try_status(id)?.node)).collect();
@@ -587,4 +596,15 @@ fn describe(status: &Status) -> String {
         node.commit_index,
         node.applied_index
     )
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
 }

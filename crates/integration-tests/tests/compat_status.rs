@@ -161,6 +161,56 @@ fn readyz_checks_leader_store_sync_and_database() {
     assert_eq!(c.get(survivor, "/status?key=store.ready").json(), json!(false));
 }
 
+/// A leader cut off from its majority keeps its role until it hears of a higher term, but can
+/// commit nothing: its `/readyz` says so, and says ready again once the majority is back.
+#[test]
+fn readyz_is_false_on_a_leader_that_cannot_reach_a_quorum() {
+    let c = TestCluster::start(3, 0);
+    let leader = c.leader();
+    c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY)"]));
+    assert_eq!(c.get(leader, "/readyz").status, 200);
+    let followers = c.followers(leader);
+    for &f in &followers {
+        c.pause(f);
+    }
+    let answer = wait_for(TIMEOUT, "the isolated leader to be not ready", || {
+        let reply = c.get(leader, "/readyz");
+        (reply.status == 503).then_some(reply.body)
+    });
+    assert!(answer.starts_with("[+]node ok\n[+]leader cannot reach a quorum: "), "{answer}");
+    for &f in &followers {
+        c.resume(f);
+    }
+    wait_for(TIMEOUT, "a ready leader again", || {
+        let leader = c.current_leader()?;
+        (c.get(leader, "/readyz").status == 200).then_some(())
+    });
+}
+
+/// A node removed from the cluster keeps running, but serves no one's writes or fresh reads:
+/// its `/readyz` says it is not ready once its leader has been silent for the election
+/// timeout plus a second (the leader stops replicating to it; the removal itself does not
+/// reach it).
+#[test]
+fn readyz_is_false_on_a_removed_node() {
+    let c = TestCluster::start(3, 0);
+    let leader = c.leader();
+    c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY)"]));
+    let removed = c.followers(leader)[0];
+    assert_eq!(c.get(removed, "/readyz").status, 200);
+    let answer = c.delete(leader, "/remove", json!({"id": removed.to_string()}).to_string());
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = wait_for(TIMEOUT, "the removed node to be not ready", || {
+        let reply = c.get(removed, "/readyz");
+        (reply.status == 503).then_some(reply.body)
+    });
+    assert!(
+        answer.starts_with("[+]node ok\n[+]leader not contactable: ")
+            || answer == "[+]node ok\n[+]leader does not exist",
+        "{answer}"
+    );
+}
+
 /// Every answer carries `X-RQLITE-VERSION` (rqlite's `addBuildVersion`), and the CORS
 /// headers of `addAllowHeaders` (`Access-Control-Allow-Methods: OPTIONS, GET, POST`,
 /// `Access-Control-Allow-Headers: Content-Type`; no `Access-Control-Allow-Origin` without

@@ -50,8 +50,9 @@ impl Node {
     ///
     /// * `node ok`: the node answers. With `noleader`, that is all.
     /// * `leader ok`: a leader is known (`leader does not exist` otherwise) and reachable: this
-    ///   node leads, or heard from the leader within the election timeout plus
-    ///   [`LEADER_SILENCE`] (`leader not contactable` otherwise).
+    ///   node leads and a quorum of voters acknowledged it within the election timeout plus
+    ///   [`LEADER_SILENCE`] (`leader cannot reach a quorum` otherwise), or it heard from the
+    ///   leader within that time (`leader not contactable` otherwise).
     /// * `store ok`: Raft runs (`store not ready` once it stopped on a fatal error).
     /// * `sync ok`, with `sync` only: this node has applied what the leader had committed when
     ///   it last heard from it (the leader: its own commit index), within `timeout`.
@@ -122,7 +123,7 @@ impl Node {
             return Err("leader does not exist".into());
         };
         if leader == self.id && self.is_leader() {
-            return Ok(());
+            return self.quorum_reachable(s);
         }
         match self.contact.last() {
             None => Err(format!("leader not contactable: node {leader} has not been heard from")),
@@ -133,6 +134,27 @@ impl Node {
                 ))
             }
             Some(_) => Ok(()),
+        }
+    }
+
+    /// On the leader: whether a quorum of voters acknowledged it within the election timeout
+    /// plus [`LEADER_SILENCE`]. A leader cut off from its majority keeps its role until it
+    /// hears of a higher term, but can commit nothing: it is not ready.
+    fn quorum_reachable(&self, s: &raft::cluster::State) -> Result<(), String> {
+        let voters = s.members.iter().filter(|m| m.voter).count();
+        if voters <= 1 {
+            return Ok(());
+        }
+        let limit = self.settings.election_timeout + LEADER_SILENCE;
+        match s.quorum_acked_ago {
+            Some(ago) if ago <= limit => Ok(()),
+            Some(ago) => Err(format!(
+                "leader cannot reach a quorum: last acknowledged by a majority of the {voters} voters {:.3}s ago",
+                ago.as_secs_f64()
+            )),
+            None => Err(format!(
+                "leader cannot reach a quorum: not yet acknowledged by a majority of the {voters} voters"
+            )),
         }
     }
 

@@ -97,6 +97,9 @@ pub struct State {
     pub matched: Option<BTreeMap<NodeId, Option<Lsn>>>,
     /// The cluster's members.
     pub members: Vec<Member>,
+    /// On the leader: how long ago a quorum of voters last acknowledged it (by a heartbeat or
+    /// an append); `None` elsewhere, and before the first acknowledgement.
+    pub quorum_acked_ago: Option<std::time::Duration>,
 }
 
 /// Logs `became leader term=T` each time this node becomes leader, and `stepped down` when it
@@ -164,6 +167,7 @@ pub fn state(raft: &Raft) -> State {
             .as_ref()
             .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect()),
         members,
+        quorum_acked_ago: m.last_quorum_acked.as_ref().map(|at| at.elapsed()),
     }
 }
 
