@@ -128,3 +128,48 @@ fn leader_killed_under_write_load_loses_no_acknowledged_write() {
     c.restart(old);
     c.assert_consistent();
 }
+
+/// A write forwarded to a leader that freezes (SIGSTOP: its sockets stay open, nothing
+/// answers) is not left waiting for the whole forward timeout. Without a request id its
+/// outcome is unknown, and the follower says so in about an election; with one, the follower
+/// sends it again to the leader elected next, where it is applied once.
+#[test]
+fn a_write_forwarded_to_a_frozen_leader_fails_fast_or_is_rerouted() {
+    // A long election timeout keeps the follower sure of the frozen leader while the writes
+    // are forwarded to it.
+    let c = TestCluster::start_with(3, 0, &["--election-timeout", "2s"]);
+    let old = c.leader();
+    c.execute_ok(old, json!(["CREATE TABLE f (id INTEGER PRIMARY KEY, v TEXT)"]));
+    let follower = c.followers(old)[0];
+    c.pause(old);
+
+    let (plain, with_id) = std::thread::scope(|s| {
+        let plain = s.spawn(|| {
+            let started = std::time::Instant::now();
+            let body = json!(["INSERT INTO f VALUES (1, 'plain')"]).to_string();
+            (c.post(follower, "/db/execute", body), started.elapsed())
+        });
+        let with_id = s.spawn(|| {
+            let body = json!(["INSERT INTO f VALUES (2, 'with id')"]).to_string();
+            c.post(follower, "/db/execute?request_id=frozen-1", body)
+        });
+        (plain.join().expect("plain write"), with_id.join().expect("write with an id"))
+    });
+    let (plain, waited) = plain;
+    assert_eq!(plain.status, 503, "{}", plain.body);
+    assert!(plain.body.contains("may or may not have been applied"), "{}", plain.body);
+    // The election timeout (2 s) plus a second of silence, or a new leader, whichever comes
+    // first; the forward timeout is 30 s.
+    assert!(waited < std::time::Duration::from_secs(10), "answered after {waited:?}");
+    assert_eq!(with_id.status, 200, "{}", with_id.body);
+
+    let new = c.leader();
+    assert_ne!(new, old);
+    c.resume(old);
+    let lsn = c.execute_ok(new, json!(["INSERT INTO f VALUES (3, 'after')"]));
+    c.wait_applied(new, lsn);
+    assert_eq!(
+        c.rows(new, "SELECT id FROM f WHERE id >= 2 ORDER BY id"),
+        vec![vec![json!(2)], vec![json!(3)]]
+    );
+}

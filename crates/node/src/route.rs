@@ -43,6 +43,25 @@ impl Node {
         }
     }
 
+    /// Resolves, with the reason, once `leader` no longer looks like the leader from here:
+    /// another node (or this one) leads, or this node has not heard from it for the election
+    /// timeout plus [`crate::health::LEADER_SILENCE`] (`/readyz`'s "not contactable"). A
+    /// request forwarded to `leader` waits on this beside the answer, so a frozen leader costs
+    /// it about an election instead of the whole forward timeout.
+    pub async fn leader_gone(&self, leader: raft::NodeId) -> String {
+        loop {
+            let s = raft::cluster::state(&self.raft);
+            match s.leader_id {
+                Some(id) if id != leader => return format!("node {id} leads now"),
+                _ => {}
+            }
+            if let Err(why) = self.leader_reachable(&s) {
+                return why;
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
     /// The leader this node knows of, when it is another node.
     fn other_leader(&self) -> Option<raft::cluster::Member> {
         raft::cluster::leader(&self.raft).filter(|l| l.id != self.id)

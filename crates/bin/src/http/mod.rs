@@ -377,8 +377,7 @@ fn route_elsewhere(
     headers: &HeaderMap,
     leader: &raft::cluster::Member,
 ) -> Result<Forward, Response> {
-    let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let url = node.peers().api_url(&leader.node, path_and_query);
+    let url = node.peers().api_url(&leader.node, path_and_query(uri));
     if p.has("redirect") {
         let mut r = StatusCode::MOVED_PERMANENTLY.into_response();
         if let Ok(v) = HeaderValue::from_str(&url) {
@@ -439,9 +438,81 @@ pub(crate) async fn to(
     }
 }
 
+/// How often a request abandoned by its leader looks for the next one.
+const NEW_LEADER_POLL: Duration = Duration::from_millis(20);
+
 /// Sends `req` to `url` on the leader and relays its answer (status, body, content type,
 /// location, served-by).
+///
+/// Gives up early when the leader stops looking like one from here ([`Node::leader_gone`]: a
+/// frozen or partitioned leader, or a new one elected). A request that is safe to send twice
+/// (a read, or a write with a `request_id`, which runs at most once) then goes to the new
+/// leader once one is known, within what is left of its timeout; any other answers 503 saying
+/// that its outcome is unknown.
 async fn forward(node: &Node, req: &Incoming, way: &Forward) -> Response {
+    let started = tokio::time::Instant::now();
+    let total = way.timeout;
+    let mut way = Forward { url: way.url.clone(), leader: way.leader, timeout: way.timeout };
+    loop {
+        let why = tokio::select! {
+            answer = forward_once(node, req, &way) => return answer,
+            why = node.leader_gone(way.leader) => why,
+        };
+        let left = total.saturating_sub(started.elapsed());
+        let retry = repeatable(req) && !left.is_zero();
+        tracing::info!(leader = way.leader, %why, retry, "abandoned a request forwarded to the leader");
+        if !retry {
+            return unavailable(format!(
+                "forwarding to leader {} abandoned: {why}; the request may or may not have been applied (send writes with a request_id to retry them safely, and look up their outcome at /db/requests/ID)",
+                way.leader
+            ));
+        }
+        let next = tokio::time::timeout(left, async {
+            loop {
+                match node.route().await {
+                    node::Route::Leader(l) if l.id != way.leader => return Some(l),
+                    node::Route::Here => return None,
+                    // The old leader still named, or none yet: the election is under way.
+                    _ => tokio::time::sleep(NEW_LEADER_POLL).await,
+                }
+            }
+        })
+        .await;
+        match next {
+            Ok(Some(l)) => {
+                way.url = node.peers().api_url(&l.node, path_and_query(&req.uri));
+                way.leader = l.id;
+                way.timeout = total.saturating_sub(started.elapsed());
+            }
+            Ok(None) => {
+                return unavailable(format!(
+                    "forwarding to leader {} abandoned: {why}; this node leads now: send the request again",
+                    way.leader
+                ));
+            }
+            Err(_) => return unavailable(format!("no new leader within the timeout after {why}")),
+        }
+    }
+}
+
+/// Whether sending `req` again cannot apply it twice: a query, or a write with a `request_id`.
+fn repeatable(req: &Incoming) -> bool {
+    let path = req.uri.path();
+    path == "/db/query"
+        || (matches!(path, "/db/execute" | "/db/request")
+            && req
+                .uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("request_id="))))
+}
+
+/// The path and query of `uri`.
+fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map_or(uri.path(), |pq| pq.as_str())
+}
+
+/// [`forward`]'s one attempt: sends `req` to the leader `way` names and relays its answer.
+async fn forward_once(node: &Node, req: &Incoming, way: &Forward) -> Response {
     let (Incoming { method, headers, body, .. }, Forward { url, leader, timeout }) = (req, way);
     let forward = forward_request(node, method, url, headers).timeout(*timeout).body(body.clone());
     match forward.send().await {
