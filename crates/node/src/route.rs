@@ -43,20 +43,41 @@ impl Node {
         }
     }
 
-    /// Resolves, with the reason, once `leader` no longer looks like the leader from here:
-    /// another node (or this one) leads, or this node has not heard from it for the election
-    /// timeout plus [`crate::health::LEADER_SILENCE`] (`/readyz`'s "not contactable"). A
-    /// request forwarded to `leader` waits on this beside the answer, so a frozen leader costs
-    /// it about an election instead of the whole forward timeout.
+    /// Resolves, with the reason, once `leader` looks unable to answer from here: while this
+    /// node still follows it, when it has not heard from it for the election timeout plus
+    /// [`crate::health::LEADER_SILENCE`] (`/readyz`'s "not contactable"); once it follows
+    /// another leader or none, after as long again (a deposed leader that still runs answers
+    /// within that time; one that froze never does). A request forwarded to `leader` waits on
+    /// this beside the answer, so a frozen leader costs it about an election and a second
+    /// instead of the whole forward timeout. A request that moves the leadership on purpose
+    /// (`/admin/promote`) is answered by the old leader well within the grace.
     pub async fn leader_gone(&self, leader: raft::NodeId) -> String {
+        let limit = self.settings.election_timeout + crate::health::LEADER_SILENCE;
+        let mut moved: Option<Instant> = None;
         loop {
             let s = raft::cluster::state(&self.raft);
-            match s.leader_id {
-                Some(id) if id != leader => return format!("node {id} leads now"),
-                _ => {}
-            }
-            if let Err(why) = self.leader_reachable(&s) {
-                return why;
+            if s.leader_id == Some(leader) {
+                moved = None;
+                if let Some((at, _)) = self.contact.last()
+                    && at.elapsed() > limit
+                {
+                    return format!(
+                        "leader not contactable: last heard from node {leader} {:.3}s ago",
+                        at.elapsed().as_secs_f64()
+                    );
+                }
+            } else {
+                let since = *moved.get_or_insert_with(Instant::now);
+                if since.elapsed() > limit {
+                    let now = match s.leader_id {
+                        Some(id) => format!("node {id} leads now"),
+                        None => "no leader is known".to_string(),
+                    };
+                    return format!(
+                        "{now}, and node {leader} has not answered for {:.3}s since",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
             }
             tokio::time::sleep(LEADER_POLL).await;
         }

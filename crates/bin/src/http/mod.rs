@@ -444,11 +444,10 @@ const NEW_LEADER_POLL: Duration = Duration::from_millis(20);
 /// Sends `req` to `url` on the leader and relays its answer (status, body, content type,
 /// location, served-by).
 ///
-/// Gives up early when the leader stops looking like one from here ([`Node::leader_gone`]: a
-/// frozen or partitioned leader, or a new one elected). A request that is safe to send twice
-/// (a read, or a write with a `request_id`, which runs at most once) then goes to the new
-/// leader once one is known, within what is left of its timeout; any other answers 503 saying
-/// that its outcome is unknown.
+/// Gives up early when the leader looks unable to answer ([`Node::leader_gone`]: frozen, or
+/// cut off from this node, or deposed and silent). A request that is safe to send twice (see
+/// [`repeatable`]) then goes to the next leader once one is known, within what is left of its
+/// timeout; any other answers 503 saying that its outcome is unknown.
 async fn forward(node: &Node, req: &Incoming, way: &Forward) -> Response {
     let started = tokio::time::Instant::now();
     let total = way.timeout;
@@ -495,10 +494,11 @@ async fn forward(node: &Node, req: &Incoming, way: &Forward) -> Response {
     }
 }
 
-/// Whether sending `req` again cannot apply it twice: a query, or a write with a `request_id`.
+/// Whether sending `req` again cannot apply it twice: a query, a promotion (of a node that
+/// may lead already), or a write with a `request_id`.
 fn repeatable(req: &Incoming) -> bool {
     let path = req.uri.path();
-    path == "/db/query"
+    matches!(path, "/db/query" | "/admin/promote")
         || (matches!(path, "/db/execute" | "/db/request")
             && req
                 .uri
