@@ -58,7 +58,9 @@ impl Node {
             let s = raft::cluster::state(&self.raft);
             if s.leader_id == Some(leader) {
                 moved = None;
-                if let Some((at, _)) = self.contact.last()
+                // This node hears no one while it leads itself.
+                if leader != self.id
+                    && let Some((at, _)) = self.contact.last()
                     && at.elapsed() > limit
                 {
                     return format!(

@@ -469,8 +469,15 @@ async fn forward(node: &Node, req: &Incoming, way: &Forward) -> Response {
         let next = tokio::time::timeout(left, async {
             loop {
                 match node.route().await {
-                    node::Route::Leader(l) if l.id != way.leader => return Some(l),
-                    node::Route::Here => return None,
+                    node::Route::Leader(l) if l.id != way.leader => return l,
+                    // This node leads now: the request goes to its own API, where it is
+                    // served like any forwarded request that reaches the leader.
+                    node::Route::Here => {
+                        if let Some(me) = node.leader_member().filter(|m| m.id == node.id()) {
+                            return me;
+                        }
+                        tokio::time::sleep(NEW_LEADER_POLL).await;
+                    }
                     // The old leader still named, or none yet: the election is under way.
                     _ => tokio::time::sleep(NEW_LEADER_POLL).await,
                 }
@@ -478,16 +485,10 @@ async fn forward(node: &Node, req: &Incoming, way: &Forward) -> Response {
         })
         .await;
         match next {
-            Ok(Some(l)) => {
+            Ok(l) => {
                 way.url = node.peers().api_url(&l.node, path_and_query(&req.uri));
                 way.leader = l.id;
                 way.timeout = total.saturating_sub(started.elapsed());
-            }
-            Ok(None) => {
-                return unavailable(format!(
-                    "forwarding to leader {} abandoned: {why}; this node leads now: send the request again",
-                    way.leader
-                ));
             }
             Err(_) => return unavailable(format!("no new leader within the timeout after {why}")),
         }
