@@ -64,6 +64,7 @@ use wal::Applied;
 pub use apply::Apply;
 pub use speculation::{Speculation, WriteRequest};
 
+use crate::chain::Recent;
 use crate::checksum::Pins;
 use crate::error::{Error, Result};
 use crate::generation::{self, Generation, Live};
@@ -109,6 +110,14 @@ pub struct Db {
     live: Arc<Live>,
     /// Log indexes whose state checks want to read (`apply` splits its batches at them).
     pins: Arc<Pins>,
+    /// The apply hash after the stored position, as `_keel_meta` holds it ([`crate::chain`]);
+    /// `None` for a database that predates the hash, until its next blank entry.
+    chain: Option<wal::ApplyHash>,
+    /// This node's hashes of its recent entries, for comparing other nodes' reports.
+    recent: Arc<Recent>,
+    /// A planted fault (`keel serve --unsafe-plant-bug skew-apply-hash`): the next apply
+    /// records a hash as if an earlier entry had differed.
+    skew_apply_hash: bool,
 }
 
 impl std::fmt::Debug for Db {
@@ -134,6 +143,7 @@ impl Db {
         let live = Arc::new(Live::new(generation.clone()));
         let applied = meta::read_applied(&conn)?.map_or(0, |a| a.index);
         let pins = Pins::new(live.clone(), applied);
+        let chain = meta::read_chain(&conn)?;
         Ok(Db {
             conn,
             applier,
@@ -146,6 +156,9 @@ impl Db {
             generation,
             live,
             pins,
+            chain,
+            recent: Arc::default(),
+            skew_apply_hash: false,
         })
     }
 
@@ -220,6 +233,26 @@ impl Db {
     /// The pins of table checks ([`crate::checksum`]): shared, they follow installs.
     pub fn pins(&self) -> Arc<Pins> {
         self.pins.clone()
+    }
+
+    /// This node's apply hashes of its recent entries ([`crate::chain`]): shared, the leader
+    /// compares its followers' reports with them.
+    pub fn recent_hashes(&self) -> Arc<Recent> {
+        self.recent.clone()
+    }
+
+    /// The applied index and the apply hash after it, as this node reports them.
+    pub fn position(&self) -> Result<wal::Position> {
+        let index = self.applied()?.map_or(0, |a| a.index);
+        Ok(wal::Position { index, hash: self.chain })
+    }
+
+    /// Plants a fault for tests of the apply hash (`keel serve --unsafe-plant-bug
+    /// skew-apply-hash`): the next apply records a hash as if an earlier entry had been applied
+    /// with other bytes, so this node's chain differs from every other node's from then on.
+    /// The data stays right: only the hash says otherwise.
+    pub fn plant_apply_hash_skew(&mut self) {
+        self.skew_apply_hash = true;
     }
 
     /// Something that writes consistent images of this database from its own connection,

@@ -35,29 +35,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::OptionalExtension as _;
-use wal::{Lsn, Op, Record, Term};
+use wal::{Op, Record};
 
 use super::{Db, internal};
 use crate::answers;
+pub use crate::meta::Apply;
 use crate::error::{Error, Result, is_environmental};
 use crate::generation::{self, Generation};
 use crate::image;
 use crate::meta;
 use crate::session::{self, ApplyError};
 use crate::verdicts::Verdicts;
-
-/// One committed log entry for [`Db::apply`].
-#[derive(Clone, Copy, Debug)]
-pub struct Apply<'a> {
-    /// The entry's term.
-    pub term: Term,
-    /// The entry's index.
-    pub index: Lsn,
-    /// The record of a normal entry; `None` for blank and membership entries.
-    pub record: Option<&'a Record>,
-    /// The serialized membership of a membership entry, stored as the new membership.
-    pub membership: Option<&'a str>,
-}
 
 impl Db {
     /// Makes the database image at `image` (written by [`crate::ImageSource::write_image`] on some
@@ -105,6 +93,9 @@ impl Db {
         if let Ok(Some(applied)) = meta::read_applied(&self.conn) {
             self.pins.applied(applied.index);
         }
+        // The image's chain continues here; the hashes of entries before it were never ours.
+        self.chain = meta::read_chain(&self.conn)?;
+        self.recent.clear();
         for old in [old_conn, old_applier] {
             if let Err((_, error)) = old.close() {
                 tracing::warn!(%error, "closing a write connection of the old generation");
@@ -147,9 +138,9 @@ impl Db {
         };
         self.end_transaction();
         internal(&self.applier, "BEGIN IMMEDIATE")?;
-        let outcome = self.apply_in_transaction(entries, last);
+        let outcome = self.apply_in_transaction(entries);
         match outcome {
-            Ok(touched_shadow_tables) => {
+            Ok((touched_shadow_tables, chain, hashes)) => {
                 if let Err(error) = internal(&self.applier, "COMMIT") {
                     self.end_apply();
                     return Err(error.into());
@@ -161,6 +152,8 @@ impl Db {
                     self.applier = Self::connect_applier(&self.generation.path)?;
                 }
                 self.pins.applied(last.index);
+                self.chain = chain;
+                self.recent.extend(&hashes);
                 Ok(())
             }
             Err(error) => {
@@ -171,8 +164,9 @@ impl Db {
     }
 
     /// The body of [`Db::apply`], inside its transaction. Returns whether a changeset wrote a
-    /// virtual table's shadow tables.
-    fn apply_in_transaction(&self, entries: &[Apply<'_>], last: &Apply<'_>) -> Result<bool> {
+    /// virtual table's shadow tables, and the apply hash after the entries with each entry's
+    /// (see [`meta::write_applied`]).
+    fn apply_in_transaction(&mut self, entries: &[Apply<'_>]) -> Result<Outcome> {
         let mut touched_shadow_tables = false;
         for entry in entries {
             if let Some(record) = entry.record {
@@ -182,9 +176,12 @@ impl Db {
             // alone, not on how entries were grouped into calls (see `answers`).
             answers::prune(&self.applier, entry.index)?;
         }
-        let membership = entries.iter().rev().find_map(|e| e.membership);
-        meta::write_applied(&self.applier, last.term, last.index, membership)?;
-        Ok(touched_shadow_tables)
+        let chain = match std::mem::take(&mut self.skew_apply_hash) {
+            true => self.chain.map(skew),
+            false => self.chain,
+        };
+        let (chain, hashes) = meta::write_applied(&self.applier, chain, entries)?;
+        Ok((touched_shadow_tables, chain, hashes))
     }
 
     /// Applies one entry's record: its ops, then its request answers. Returns whether a
@@ -278,6 +275,18 @@ impl Db {
             tracing::warn!(%error, "rollback of an apply failed");
         }
     }
+}
+
+/// What [`Db::apply_in_transaction`] returns: whether a shadow table was written, the apply
+/// hash after the entries and each entry's hash.
+type Outcome = (bool, Option<wal::ApplyHash>, Vec<(wal::Lsn, wal::ApplyHash)>);
+
+/// The planted fault of [`Db::plant_apply_hash_skew`]: the digest as if one earlier entry had
+/// been applied with other bytes.
+fn skew(hash: wal::ApplyHash) -> wal::ApplyHash {
+    let mut digest = hash.digest;
+    digest[0] ^= 0xff;
+    wal::ApplyHash { digest, ..hash }
 }
 
 /// A SQLite error while applying: [`Error::Corrupt`] described by `describe` when doing it
