@@ -247,6 +247,12 @@ impl Db {
         Ok(wal::Position { index, hash: self.chain })
     }
 
+    /// The apply hash after the last applied entry (see [`Db::position`]), without reading the
+    /// index.
+    pub fn position_hash(&self) -> Option<wal::ApplyHash> {
+        self.chain
+    }
+
     /// Plants a fault for tests of the apply hash (`keel serve --unsafe-plant-bug
     /// skew-apply-hash`): the next apply records a hash as if an earlier entry had been applied
     /// with other bytes, so this node's chain differs from every other node's from then on.
