@@ -241,10 +241,14 @@ impl Db {
         self.recent.clone()
     }
 
-    /// The applied index and the apply hash after it, as this node reports them.
+    /// The applied index and the apply hash after it, as this node reports them. Before the
+    /// first apply the index is 0 and there is no hash: index 0 is also a log entry (the
+    /// first membership), whose hash a node that applied nothing does not have.
     pub fn position(&self) -> Result<wal::Position> {
-        let index = self.applied()?.map_or(0, |a| a.index);
-        Ok(wal::Position { index, hash: self.chain })
+        Ok(match self.applied()? {
+            Some(applied) => wal::Position { index: applied.index, hash: self.chain },
+            None => wal::Position { index: 0, hash: None },
+        })
     }
 
     /// The apply hash after the last applied entry (see [`Db::position`]), without reading the
