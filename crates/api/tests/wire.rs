@@ -296,7 +296,8 @@ fn node_to_node_calls() {
     // A report of an older version (no hash) still parses; a hashed one carries two more keys.
     let old: AppliedReport = serde_json::from_str(r#"{"id":2,"applied":17}"#).unwrap();
     assert_eq!(old, report);
-    let hashed = AppliedReport { apply_hash: Some("ab".repeat(32)), apply_origin: Some(0), ..report };
+    let hashed =
+        AppliedReport { apply_hash: Some("ab".repeat(32)), apply_origin: Some(0), ..report };
     let value = serde_json::to_value(&hashed).unwrap();
     assert_eq!(value["apply_hash"], json!("ab".repeat(32)));
     assert_eq!(value["apply_origin"], json!(0));

@@ -131,7 +131,8 @@ impl Store for Replica {
             // writer waiting for it wakes without waiting for openraft to hear of the apply.
             if let Some(last) = entries.last() {
                 published.send_replace(last.index);
-                positions.send_replace(wal::Position { index: last.index, hash: db.position_hash() });
+                positions
+                    .send_replace(wal::Position { index: last.index, hash: db.position_hash() });
             }
             Ok(())
         });

@@ -178,7 +178,9 @@ async fn tell_once(node: &Node, target: raft::NodeId, body: &Diverged) -> Result
         .map_err(|e| e.to_string())?;
     match response.status() {
         status if status.is_success() => Ok(()),
-        status => Err(format!("{url} answered {status}: {}", response.text().await.unwrap_or_default())),
+        status => {
+            Err(format!("{url} answered {status}: {}", response.text().await.unwrap_or_default()))
+        }
     }
 }
 
@@ -232,10 +234,8 @@ mod tests {
     #[test]
     fn reports_that_cannot_be_compared_are_counted_by_reason() {
         let recent = recent();
-        let other_origin = Position {
-            index: 3,
-            hash: Some(ApplyHash { origin: 1, ..recent.get(3).unwrap() }),
-        };
+        let other_origin =
+            Position { index: 3, hash: Some(ApplyHash { origin: 1, ..recent.get(3).unwrap() }) };
         let (comparer, _found) = Comparer::new(recent, counters());
         assert_eq!(comparer.report(7, Position { index: 2, hash: None }), None);
         assert_eq!(comparer.report(7, at(40, 1)), None);

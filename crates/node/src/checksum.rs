@@ -130,9 +130,8 @@ impl Node {
     /// node applied other log entries than the leader, or in another order. Kept as a table
     /// check's divergence is, until the node is rebuilt.
     pub fn apply_hash_diverged(&self, diverged: keel_api::internal::Diverged) -> Result<(), Error> {
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let unix =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let mismatch = &diverged.mismatch;
         tracing::error!(
             lsn = diverged.lsn,

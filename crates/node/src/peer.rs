@@ -124,9 +124,10 @@ async fn applied(
                 return refused;
             }
             node.progress.report(r.id, r.applied);
-            let hash = r.apply_hash.as_deref().and_then(|hex| {
-                wal::ApplyHash::parse_hex(r.apply_origin.unwrap_or_default(), hex)
-            });
+            let hash = r
+                .apply_hash
+                .as_deref()
+                .and_then(|hex| wal::ApplyHash::parse_hex(r.apply_origin.unwrap_or_default(), hex));
             node.apply_hashes.report(r.id, wal::Position { index: r.applied, hash });
             StatusCode::NO_CONTENT.into_response()
         }

@@ -159,10 +159,7 @@ impl Recent {
         // Indexes are consecutive while the log is; search when they are not (an install).
         match hashes.get(at) {
             Some(&(i, hash)) if i == index => Some(hash),
-            _ => hashes
-                .binary_search_by_key(&index, |(i, _)| *i)
-                .ok()
-                .map(|at| hashes[at].1),
+            _ => hashes.binary_search_by_key(&index, |(i, _)| *i).ok().map(|at| hashes[at].1),
         }
     }
 
@@ -252,11 +249,7 @@ mod tests {
             vec![blank(1), normal(2, &a), normal(2, &a), normal(3, &b)],
             vec![blank(1), normal(2, &a), normal(3, &a)],
             vec![Apply { term: 3, ..blank(1) }, normal(2, &a), normal(3, &b)],
-            vec![
-                Apply { membership: Some("{}"), ..blank(1) },
-                normal(2, &a),
-                normal(3, &b),
-            ],
+            vec![Apply { membership: Some("{}"), ..blank(1) }, normal(2, &a), normal(3, &b)],
         ];
         for variant in variants {
             assert_ne!(chain(&variant), reference, "{variant:?}");
@@ -288,10 +281,7 @@ mod tests {
             recent.compare(report(6, Some(hash(0, 9)))),
             Comparison::Mismatch { ours: hash(0, 6) }
         );
-        assert_eq!(
-            recent.compare(report(6, None)),
-            Comparison::NotCompared(Uncompared::NoHash)
-        );
+        assert_eq!(recent.compare(report(6, None)), Comparison::NotCompared(Uncompared::NoHash));
         assert_eq!(
             recent.compare(report(4, Some(hash(0, 4)))),
             Comparison::NotCompared(Uncompared::OutsideRing)

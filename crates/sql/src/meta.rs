@@ -46,7 +46,7 @@ INSERT OR IGNORE INTO _keel_meta (id) VALUES (1);";
 const HASH_COLUMNS: &str = "ALTER TABLE _keel_meta ADD COLUMN apply_hash BLOB;
 ALTER TABLE _keel_meta ADD COLUMN apply_origin INTEGER;";
 
-/// One committed log entry, as [`crate::Db::apply`] applies it and [`write_applied`] records
+/// One committed log entry, as [`crate::Db::apply`] applies it and `meta::write_applied` records
 /// it.
 #[derive(Clone, Copy, Debug)]
 pub struct Apply<'a> {
@@ -92,6 +92,15 @@ pub(crate) fn read_applied(conn: &Connection) -> Result<Option<Applied>> {
     }))
 }
 
+/// What [`write_applied`] recorded: the apply hash after the entries, and each entry's.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    /// The hash after the last entry (`None`: the database has no chain yet).
+    pub(crate) chain: Option<ApplyHash>,
+    /// `(index, hash after that entry)` for each entry with a hash, ascending.
+    pub(crate) hashes: Vec<(Lsn, ApplyHash)>,
+}
+
 /// Stores the applied position after `entries` (the last one's term and index, and the last
 /// membership among them if any; otherwise the stored membership stays) and the apply hash
 /// after them: `chain` (the hash before the first of them) advanced over each entry
@@ -101,8 +110,8 @@ pub(crate) fn write_applied(
     conn: &Connection,
     chain: Option<ApplyHash>,
     entries: &[Apply<'_>],
-) -> Result<(Option<ApplyHash>, Vec<(Lsn, ApplyHash)>)> {
-    let Some(last) = entries.last() else { return Ok((chain, Vec::new())) };
+) -> Result<Recorded> {
+    let Some(last) = entries.last() else { return Ok(Recorded { chain, hashes: Vec::new() }) };
     let mut hashes = Vec::with_capacity(entries.len());
     let mut hash = chain;
     for entry in entries {
@@ -121,7 +130,7 @@ pub(crate) fn write_applied(
              apply_hash = excluded.apply_hash, apply_origin = excluded.apply_origin",
     )?
     .execute(params![term, index, membership, digest, origin])?;
-    Ok((hash, hashes))
+    Ok(Recorded { chain: hash, hashes })
 }
 
 /// Reads the apply hash after the stored position: zero bytes of origin 0 before the first
@@ -211,9 +220,10 @@ mod tests {
         let chain = read_chain(&conn).unwrap();
         assert_eq!(chain, Some(ApplyHash { origin: 0, digest: chain::ZERO }));
         let first = [Apply { membership: Some("{\"voters\":[1]}"), ..blank(2, 7) }];
-        let (chain, hashes) = write_applied(&conn, chain, &first).unwrap();
+        let Recorded { chain, hashes } = write_applied(&conn, chain, &first).unwrap();
         assert_eq!(hashes.len(), 1);
-        let (chain, hashes) = write_applied(&conn, chain, &[blank(3, 8), blank(3, 9)]).unwrap();
+        let Recorded { chain, hashes } =
+            write_applied(&conn, chain, &[blank(3, 8), blank(3, 9)]).unwrap();
         assert_eq!(hashes.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [8, 9]);
         assert_eq!(Some(hashes[1].1), chain);
         let expected = Applied { term: 3, index: 9, membership: Some("{\"voters\":[1]}".into()) };
@@ -237,9 +247,9 @@ mod tests {
         assert_eq!(read_chain(&conn).unwrap(), None);
         let record = Record::default();
         let normal = Apply { record: Some(&record), ..blank(1, 41) };
-        let (chain, _) = write_applied(&conn, None, &[normal]).unwrap();
+        let chain = write_applied(&conn, None, &[normal]).unwrap().chain;
         assert_eq!((chain, read_chain(&conn).unwrap()), (None, None));
-        let (chain, _) = write_applied(&conn, None, &[blank(2, 42)]).unwrap();
+        let chain = write_applied(&conn, None, &[blank(2, 42)]).unwrap().chain;
         assert_eq!(chain.map(|c| c.origin), Some(42));
         assert_eq!(read_chain(&conn).unwrap(), chain);
     }

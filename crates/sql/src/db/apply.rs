@@ -39,11 +39,11 @@ use wal::{Op, Record};
 
 use super::{Db, internal};
 use crate::answers;
-pub use crate::meta::Apply;
 use crate::error::{Error, Result, is_environmental};
 use crate::generation::{self, Generation};
 use crate::image;
-use crate::meta;
+pub use crate::meta::Apply;
+use crate::meta::{self, Recorded};
 use crate::session::{self, ApplyError};
 use crate::verdicts::Verdicts;
 
@@ -140,7 +140,7 @@ impl Db {
         internal(&self.applier, "BEGIN IMMEDIATE")?;
         let outcome = self.apply_in_transaction(entries);
         match outcome {
-            Ok((touched_shadow_tables, chain, hashes)) => {
+            Ok((touched_shadow_tables, recorded)) => {
                 if let Err(error) = internal(&self.applier, "COMMIT") {
                     self.end_apply();
                     return Err(error.into());
@@ -152,8 +152,8 @@ impl Db {
                     self.applier = Self::connect_applier(&self.generation.path)?;
                 }
                 self.pins.applied(last.index);
-                self.chain = chain;
-                self.recent.extend(&hashes);
+                self.chain = recorded.chain;
+                self.recent.extend(&recorded.hashes);
                 Ok(())
             }
             Err(error) => {
@@ -166,7 +166,7 @@ impl Db {
     /// The body of [`Db::apply`], inside its transaction. Returns whether a changeset wrote a
     /// virtual table's shadow tables, and the apply hash after the entries with each entry's
     /// (see [`meta::write_applied`]).
-    fn apply_in_transaction(&mut self, entries: &[Apply<'_>]) -> Result<Outcome> {
+    fn apply_in_transaction(&mut self, entries: &[Apply<'_>]) -> Result<(bool, Recorded)> {
         let mut touched_shadow_tables = false;
         for entry in entries {
             if let Some(record) = entry.record {
@@ -180,8 +180,8 @@ impl Db {
             true => self.chain.map(skew),
             false => self.chain,
         };
-        let (chain, hashes) = meta::write_applied(&self.applier, chain, entries)?;
-        Ok((touched_shadow_tables, chain, hashes))
+        let recorded = meta::write_applied(&self.applier, chain, entries)?;
+        Ok((touched_shadow_tables, recorded))
     }
 
     /// Applies one entry's record: its ops, then its request answers. Returns whether a
@@ -276,10 +276,6 @@ impl Db {
         }
     }
 }
-
-/// What [`Db::apply_in_transaction`] returns: whether a shadow table was written, the apply
-/// hash after the entries and each entry's hash.
-type Outcome = (bool, Option<wal::ApplyHash>, Vec<(wal::Lsn, wal::ApplyHash)>);
 
 /// The planted fault of [`Db::plant_apply_hash_skew`]: the digest as if one earlier entry had
 /// been applied with other bytes.

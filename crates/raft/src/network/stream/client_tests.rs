@@ -138,7 +138,8 @@ async fn applied_positions_arrive_while_the_connection_is_idle() {
     follower.send(Down::Applied(5)).await;
     eventually(|| received.lock().unwrap().contains(&(2, bare(5)))).await;
     // A follower of this version sends the hash too.
-    let hashed = wal::Position { index: 6, hash: Some(wal::ApplyHash { origin: 0, digest: [6; 32] }) };
+    let hashed =
+        wal::Position { index: 6, hash: Some(wal::ApplyHash { origin: 0, digest: [6; 32] }) };
     follower.send(Down::Position(hashed)).await;
     eventually(|| received.lock().unwrap().contains(&(2, hashed))).await;
     assert!(pool.take().is_some(), "the idle connection is still usable");
