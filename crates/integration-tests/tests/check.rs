@@ -27,14 +27,6 @@ fn keel_check(c: &TestCluster, via: u64, extra: &[&str]) -> (i32, String) {
     (output.status.code().unwrap_or(-1), format!("{stdout}\n(stderr: {stderr})"))
 }
 
-/// The value of the unlabelled counter `name` in node `id`'s `/metrics`.
-fn metric(c: &TestCluster, id: u64, name: &str) -> f64 {
-    let text = c.get(id, "/metrics").body;
-    let line = text.lines().find(|l| l.split_whitespace().next() == Some(name));
-    let value = line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok());
-    value.unwrap_or_else(|| panic!("no {name} in node {id}'s metrics:\n{text}"))
-}
-
 /// Waits (up to 20 s) until `cond` holds.
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -83,13 +75,13 @@ fn a_row_changed_by_hand_is_found() {
     // With the other follower stopped, every report the leader compares is the victim's.
     let other = c.followers(leader).into_iter().find(|&id| id != victim).unwrap();
     c.stop(other);
-    let compared = metric(&c, leader, "keel_apply_hash_compared_total");
+    let compared = c.metric(leader, "keel_apply_hash_compared_total");
     let next = c.execute_ok(leader, json!(["INSERT INTO other VALUES ('c')"]));
     c.wait_applied(victim, next);
     wait_until("the leader compared the edited node's report", || {
-        metric(&c, leader, "keel_apply_hash_compared_total") > compared
+        c.metric(leader, "keel_apply_hash_compared_total") > compared
     });
-    assert_eq!(metric(&c, leader, "keel_apply_hash_mismatches_total"), 0.0);
+    assert_eq!(c.metric(leader, "keel_apply_hash_mismatches_total"), 0.0);
     assert_eq!(c.status(victim).divergence, None, "the apply hash saw no difference");
     c.restart(other);
     c.wait_all_applied(next);
@@ -177,8 +169,8 @@ fn checks_under_writes_find_nothing() {
     println!("{checks} checks, 0 mismatches, during {writes} writes in {duration:?}");
     assert!(checks >= 3 && writes >= 100, "{checks} checks during {writes} writes");
     // The apply hash compared the followers' reports all along and found nothing either.
-    assert!(metric(&c, leader, "keel_apply_hash_compared_total") > 0.0);
-    assert_eq!(metric(&c, leader, "keel_apply_hash_mismatches_total"), 0.0);
+    assert!(c.metric(leader, "keel_apply_hash_compared_total") > 0.0);
+    assert_eq!(c.metric(leader, "keel_apply_hash_mismatches_total"), 0.0);
     for id in c.ids() {
         assert_eq!(c.status(id).divergence, None, "node {id}");
     }
@@ -190,7 +182,7 @@ fn a_node_whose_record_path_differs_is_flagged_by_the_apply_hash() {
     let leader = c.leader();
     let lsn = c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"]));
     c.wait_all_applied(lsn);
-    assert_eq!(metric(&c, leader, "keel_apply_hash_mismatches_total"), 0.0);
+    assert_eq!(c.metric(leader, "keel_apply_hash_mismatches_total"), 0.0);
 
     // One follower records its apply hash as if it had applied an entry differently; its data
     // stays right.
@@ -204,7 +196,7 @@ fn a_node_whose_record_path_differs_is_flagged_by_the_apply_hash() {
     assert_eq!(mismatch.leader, leader);
     assert_ne!(mismatch.leader_hash, mismatch.node_hash);
     assert!(divergence.tables.is_empty(), "{divergence:?}");
-    assert_eq!(metric(&c, leader, "keel_apply_hash_mismatches_total"), 1.0);
+    assert_eq!(c.metric(leader, "keel_apply_hash_mismatches_total"), 1.0);
     for id in c.ids().into_iter().filter(|&id| id != victim) {
         assert_eq!(c.status(id).divergence, None, "node {id}");
     }
