@@ -62,13 +62,32 @@ pub struct CheckReport {
     pub diverged_tables: Vec<String>,
 }
 
-/// A node's data found to differ from the other replicas' (`/status` `divergence`).
+/// A node's data found to differ from the other replicas' (`/status` `divergence`): by a
+/// table check (`tables`), or by the leader comparing apply hashes (`apply_hash`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Divergence {
+    /// Set when the leader found this node's apply hash different from its own at `lsn`: this
+    /// node applied other log entries, or in another order (no table is named then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_hash: Option<ApplyHashMismatch>,
     /// The log index of the check that found it.
     pub lsn: Lsn,
     /// The tables that differ.
     pub tables: Vec<String>,
     /// When it was reported (RFC 3339).
     pub reported_at: String,
+}
+
+/// What a leader tells a node whose apply hash differs from its own at one index
+/// (`POST /keel/diverged` on the Raft port), kept in that node's [`Divergence`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyHashMismatch {
+    /// The leader that compared.
+    pub leader: crate::NodeId,
+    /// The leader's apply hash at that index (hex).
+    pub leader_hash: String,
+    /// The hash this node reported (hex).
+    pub node_hash: String,
+    /// Where both chains start (see `docs/operations.md`).
+    pub origin: Lsn,
 }

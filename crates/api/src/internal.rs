@@ -1,9 +1,11 @@
 //! Node-to-node calls on the Raft port besides Raft's own: not a client API, and free to change
 //! between versions (every node of a cluster runs the same one).
 //!
-//! * `POST /keel/applied`, body [`AppliedReport`]: a non-leader's applied index, after every
-//!   apply and once a second while idle; answered 204. The leader's `sync` and `replicas:K`
-//!   writes wait on these reports.
+//! * `POST /keel/applied`, body [`AppliedReport`]: a non-leader's applied index (with its apply
+//!   hash there), after every apply and once a second while idle; answered 204. The leader's
+//!   `sync` and `replicas:K` writes wait on these reports, and it compares the hashes.
+//! * `POST /keel/diverged`, body [`Diverged`]: the leader tells a node that its apply hash
+//!   differs from the leader's; answered 204. The node keeps it as its divergence.
 //! * `POST /keel/read-index`, no body, answer [`ReadIndex`]: the leader confirms its leadership
 //!   with a quorum and returns the index a follower must apply before a linearizable read.
 //! * `POST /keel/queue`, body [`queue::Batch`](crate::queue::Batch), answer one
@@ -17,6 +19,8 @@ use crate::{Lsn, NodeId};
 
 /// The route of [`AppliedReport`].
 pub const APPLIED_PATH: &str = "/keel/applied";
+/// The route of [`Diverged`].
+pub const DIVERGED_PATH: &str = "/keel/diverged";
 /// The route of [`ReadIndex`].
 pub const READ_INDEX_PATH: &str = "/keel/read-index";
 /// The route of a queue batch.
@@ -34,12 +38,28 @@ pub struct Members {
 }
 
 /// A node's report of its applied index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedReport {
+    /// Its apply hash after that index (64 hex digits); absent from nodes without one and from
+    /// older versions, whose reports are then not compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_hash: Option<String>,
+    /// Where its apply hash chain starts (with `apply_hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_origin: Option<Lsn>,
     /// Its applied index.
     pub applied: Lsn,
     /// The reporting node.
     pub id: NodeId,
+}
+
+/// The leader's word that a node's apply hash differs from its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diverged {
+    /// The log index both hashes are of.
+    pub lsn: Lsn,
+    /// The two hashes.
+    pub mismatch: crate::checksum::ApplyHashMismatch,
 }
 
 /// The leader's answer to a read-index request.

@@ -291,8 +291,16 @@ fn results_built_as_the_server_builds_them() {
 #[test]
 fn node_to_node_calls() {
     // node.rs posts json!({"id": id, "applied": index}); http.rs answers json!({"index": i}).
-    let report = AppliedReport { id: 2, applied: 17 };
-    assert_eq!(serde_json::to_value(report).unwrap(), json!({"id": 2, "applied": 17}));
+    let report = AppliedReport { id: 2, applied: 17, apply_hash: None, apply_origin: None };
+    assert_eq!(serde_json::to_value(&report).unwrap(), json!({"id": 2, "applied": 17}));
+    // A report of an older version (no hash) still parses; a hashed one carries two more keys.
+    let old: AppliedReport = serde_json::from_str(r#"{"id":2,"applied":17}"#).unwrap();
+    assert_eq!(old, report);
+    let hashed =
+        AppliedReport { apply_hash: Some("ab".repeat(32)), apply_origin: Some(0), ..report };
+    let value = serde_json::to_value(&hashed).unwrap();
+    assert_eq!(value["apply_hash"], json!("ab".repeat(32)));
+    assert_eq!(value["apply_origin"], json!(0));
     same_bytes::<ReadIndex>(r#"{"index":42}"#);
     // queue::Batch and verdicts, as crates/bin/src/queue derives them.
     let batch = queue::Batch {

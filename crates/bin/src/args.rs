@@ -210,6 +210,10 @@ pub enum PlantedBug {
     /// Acknowledge log appends without fdatasync (detected by `keel-chaos`' power-loss
     /// fault, which needs `--wal-sync-marks`).
     SkipFsync,
+    /// Record this node's apply hash as if an earlier entry had been applied with other bytes
+    /// (the data stays right): the leader's apply hash comparison must flag the node. A test
+    /// hook for that comparison.
+    SkewApplyHash,
 }
 
 /// Flags of `keel local`.

@@ -90,6 +90,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         planted: node::PlantedBugs {
             ack_before_commit: planted(PlantedBug::AckBeforeCommit),
             stale_linearizable: planted(PlantedBug::StaleLinearizable),
+            skew_apply_hash: planted(PlantedBug::SkewApplyHash),
         },
     };
     let node = node::Node::start(config).await?;

@@ -18,7 +18,8 @@
 //! The same job publishes the new applied index on a `tokio::sync::watch` channel
 //! ([`Replica::applied`]) as soon as the transaction commits, on the database thread: the
 //! leader waits on it before speculating the next batch, and reads that need "at least LSN n"
-//! wait on it too.
+//! wait on it too. A second watch ([`Replica::position`]) carries the same index with the
+//! apply hash after it ([`sql::chain`]), for the reports a follower sends its leader.
 //!
 //! The writer's speculations run on the same thread: speculation and apply never run at the
 //! same time, so a speculation always sees exactly the applied state.
@@ -56,6 +57,8 @@ pub struct Replica {
     images: sql::ImageSource,
     /// The last applied log index, published after every apply and install.
     applied: Arc<watch::Sender<wal::Lsn>>,
+    /// The same index with the apply hash after it, published at the same moments.
+    position: Arc<watch::Sender<wal::Position>>,
 }
 
 /// A database error as the state machine's: corruption when doing it again fails the same way
@@ -73,15 +76,26 @@ impl Replica {
     /// Moves an open database onto its own thread ([`sql::Worker`]); the applied watch starts
     /// at the database's stored position.
     pub fn new(db: sql::Db) -> sql::Result<Replica> {
-        let start = db.applied()?.map_or(0, |a| a.index);
+        let position = db.position()?;
         let images = db.image_source();
-        let (tx, _) = watch::channel(start);
-        Ok(Replica { db: sql::Worker::spawn(db)?, images, applied: Arc::new(tx) })
+        let (tx, _) = watch::channel(position.index);
+        let (position, _) = watch::channel(position);
+        Ok(Replica {
+            db: sql::Worker::spawn(db)?,
+            images,
+            applied: Arc::new(tx),
+            position: Arc::new(position),
+        })
     }
 
     /// A receiver of the last applied log index.
     pub fn applied(&self) -> watch::Receiver<wal::Lsn> {
         self.applied.subscribe()
+    }
+
+    /// A receiver of the last applied log index with the apply hash after it.
+    pub fn position(&self) -> watch::Receiver<wal::Position> {
+        self.position.subscribe()
     }
 
     /// The database thread, for the writer and the node's other users of the read-write
@@ -101,6 +115,7 @@ impl Store for Replica {
         entries: Vec<Committed>,
     ) -> futures::future::BoxFuture<'static, state_machine::Result<()>> {
         let published = self.applied.clone();
+        let positions = self.position.clone();
         let done = self.db.run(move |db| {
             let batch: Vec<sql::Apply<'_>> = entries
                 .iter()
@@ -116,6 +131,8 @@ impl Store for Replica {
             // writer waiting for it wakes without waiting for openraft to hear of the apply.
             if let Some(last) = entries.last() {
                 published.send_replace(last.index);
+                positions
+                    .send_replace(wal::Position { index: last.index, hash: db.position_hash() });
             }
             Ok(())
         });
@@ -129,11 +146,13 @@ impl Store for Replica {
     fn install(&self, path: &Path) -> state_machine::Result<()> {
         let path = path.to_path_buf();
         let published = self.applied.clone();
+        let positions = self.position.clone();
         self.db
             .run_blocking(move |db| {
                 db.install(&path)?;
-                let index = db.applied()?.map_or(0, |a| a.index);
-                published.send_replace(index);
+                let position = db.position()?;
+                published.send_replace(position.index);
+                positions.send_replace(position);
                 Ok(())
             })
             .map_err(store_error)

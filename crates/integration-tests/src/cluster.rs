@@ -453,10 +453,16 @@ impl TestCluster {
     /// Restarts node `id` with the same arguments and data directory, stopping it first (with
     /// SIGTERM) if it is running, and waits until `/readyz` answers 200.
     pub fn restart(&self, id: NodeId) {
+        self.restart_with(id, &[]);
+    }
+
+    /// [`TestCluster::restart`] with `more` `keel serve` arguments for this start only (a later
+    /// restart drops them), e.g. a planted bug in one node.
+    pub fn restart_with(&self, id: NodeId, more: &[&str]) {
         if lock(&self.node(id).process).child.is_some() {
             self.stop(id);
         }
-        self.node(id).spawn();
+        self.node(id).spawn_with(more);
         if let Err(error) =
             self.await_start(id, format!("node {id} to be ready after a restart"), || {
                 self.ready(id)

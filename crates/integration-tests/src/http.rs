@@ -96,6 +96,14 @@ impl TestCluster {
             .unwrap_or_else(|error| panic!("GET {url}: {error}"))
     }
 
+    /// The value of the unlabelled metric `name` in node `id`'s `/metrics`; panics if absent.
+    pub fn metric(&self, id: NodeId, name: &str) -> f64 {
+        let text = self.get(id, "/metrics").body;
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some(name));
+        let value = line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok());
+        value.unwrap_or_else(|| panic!("no {name} in node {id}'s metrics:\n{text}"))
+    }
+
     /// Sends a request and collects the answer with its body as bytes; `Err` on a transport
     /// error.
     fn send_raw(request: RequestBuilder) -> Result<RawReply, reqwest::Error> {

@@ -185,6 +185,11 @@ impl Node {
 
     /// Starts the process; panics if it is already running.
     pub(crate) fn spawn(&self) {
+        self.spawn_with(&[]);
+    }
+
+    /// [`Node::spawn`] with `more` arguments after the usual ones, for this start only.
+    pub(crate) fn spawn_with(&self, more: &[&str]) {
         let mut process = lock(&self.process);
         assert!(process.child.is_none(), "node {} is already running", self.id);
         process.starts += 1;
@@ -193,7 +198,8 @@ impl Node {
             .append(true)
             .open(&self.log_path)
             .unwrap_or_else(|error| panic!("cannot open {}: {error}", self.log_path.display()));
-        let args = self.args();
+        let mut args = self.args();
+        args.extend(more.iter().map(|arg| (*arg).to_string()));
         writeln!(
             log,
             "==== start #{} of node {}: keel {}",

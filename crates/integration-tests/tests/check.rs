@@ -1,6 +1,10 @@
 //! `keel check`: replica checksums at one log index, against real nodes. A row changed by hand
 //! in one follower's database file is found (that node, that table, that key, exit 1) and
 //! `keel admin rebuild` repairs it; checks under a write load find nothing (exit 0).
+//!
+//! The apply hash beside it: it does not see the hand-made change (the record path was the
+//! same), and it flags a node whose record path differs (a planted fault) while `keel check`,
+//! which reads the data, finds nothing; under the write load it finds nothing either.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +25,15 @@ fn keel_check(c: &TestCluster, via: u64, extra: &[&str]) -> (i32, String) {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), format!("{stdout}\n(stderr: {stderr})"))
+}
+
+/// Waits (up to 20 s) until `cond` holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The live database file of node `id` (`db/CURRENT` names it).
@@ -58,12 +71,27 @@ fn a_row_changed_by_hand_is_found() {
     c.restart(victim);
     c.wait_all_applied(lsn);
 
+    // The apply hash does not see it: the edited node applied the same entries as the leader.
+    // With the other follower stopped, every report the leader compares is the victim's.
+    let other = c.followers(leader).into_iter().find(|&id| id != victim).unwrap();
+    c.stop(other);
+    let compared = c.metric(leader, "keel_apply_hash_compared_total");
+    let next = c.execute_ok(leader, json!(["INSERT INTO other VALUES ('c')"]));
+    c.wait_applied(victim, next);
+    wait_until("the leader compared the edited node's report", || {
+        c.metric(leader, "keel_apply_hash_compared_total") > compared
+    });
+    assert_eq!(c.metric(leader, "keel_apply_hash_mismatches_total"), 0.0);
+    assert_eq!(c.status(victim).divergence, None, "the apply hash saw no difference");
+    c.restart(other);
+    c.wait_all_applied(next);
+
     let (code, out) = keel_check(&c, leader, &["--chunk-rows", "500"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("t: DIFFERENT in 1 of 7 chunks"), "{out}");
     assert!(out.contains(&format!("node(s) [{victim}]: keys after 2000 through 2500")), "{out}");
     assert!(out.contains("differing keys: 2345"), "{out}");
-    assert!(out.contains("other: ok (2 rows"), "{out}");
+    assert!(out.contains("other: ok (3 rows"), "{out}");
 
     // The node remembers it, across a restart, until rebuilt; the others agree.
     c.restart(victim);
@@ -140,4 +168,46 @@ fn checks_under_writes_find_nothing() {
     });
     println!("{checks} checks, 0 mismatches, during {writes} writes in {duration:?}");
     assert!(checks >= 3 && writes >= 100, "{checks} checks during {writes} writes");
+    // The apply hash compared the followers' reports all along and found nothing either.
+    assert!(c.metric(leader, "keel_apply_hash_compared_total") > 0.0);
+    assert_eq!(c.metric(leader, "keel_apply_hash_mismatches_total"), 0.0);
+    for id in c.ids() {
+        assert_eq!(c.status(id).divergence, None, "node {id}");
+    }
+}
+
+#[test]
+fn a_node_whose_record_path_differs_is_flagged_by_the_apply_hash() {
+    let c = TestCluster::start(3, 0);
+    let leader = c.leader();
+    let lsn = c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"]));
+    c.wait_all_applied(lsn);
+    assert_eq!(c.metric(leader, "keel_apply_hash_mismatches_total"), 0.0);
+
+    // One follower records its apply hash as if it had applied an entry differently; its data
+    // stays right.
+    let victim = c.followers(leader)[0];
+    c.restart_with(victim, &["--unsafe-plant-bug", "skew-apply-hash"]);
+    let lsn = c.execute_ok(leader, json!([["INSERT INTO t VALUES (1, 'a')"]]));
+    c.wait_all_applied(lsn);
+    wait_until("the victim to say it diverged", || c.status(victim).divergence.is_some());
+    let divergence = c.status(victim).divergence.unwrap();
+    let mismatch = divergence.apply_hash.clone().expect("found by the apply hash");
+    assert_eq!(mismatch.leader, leader);
+    assert_ne!(mismatch.leader_hash, mismatch.node_hash);
+    assert!(divergence.tables.is_empty(), "{divergence:?}");
+    assert_eq!(c.metric(leader, "keel_apply_hash_mismatches_total"), 1.0);
+    for id in c.ids().into_iter().filter(|&id| id != victim) {
+        assert_eq!(c.status(id).divergence, None, "node {id}");
+    }
+    let log = std::fs::read_to_string(c.dir().join(format!("node{leader}.log"))).unwrap();
+    assert!(log.contains("apply hash mismatch"), "the leader logs it");
+
+    // The data is the same everywhere, so a table check finds nothing: the two mechanisms see
+    // different things.
+    let (code, out) = keel_check(&c, leader, &[]);
+    assert_eq!(code, 0, "{out}");
+    // The node remembers it across a restart (without the fault), until rebuilt.
+    c.restart(victim);
+    assert!(c.status(victim).divergence.is_some_and(|d| d.apply_hash.is_some()));
 }

@@ -277,6 +277,19 @@ fn follower_past_compaction_catches_up_through_a_snapshot() {
     assert!(snapshot.last_installed_index.is_some_and(|index| index > behind_from), "{snapshot:?}");
     let sent: u64 = c.ids().into_iter().map(|id| c.snapshot_status(id).sent).sum();
     assert!(sent >= 1, "no node counts a snapshot sent");
+
+    // The image carried the apply hash, so the follower's chain goes on from it: with the other
+    // follower stopped, the reports the leader compares are this one's, and they match.
+    let other = c.followers(leader).into_iter().find(|&id| id != stopped).unwrap();
+    c.stop(other);
+    let compared = c.metric(leader, "keel_apply_hash_compared_total");
+    let lsn = c.execute_ok(leader, json!([["INSERT INTO load(n) VALUES(?)", next]]));
+    c.wait_applied(stopped, lsn);
+    wait_for(TIMEOUT, "the leader to compare the follower's report", || {
+        (c.metric(leader, "keel_apply_hash_compared_total") > compared).then_some(())
+    });
+    assert_eq!(c.metric(leader, "keel_apply_hash_mismatches_total"), 0.0);
+    assert_eq!(c.status(stopped).divergence, None);
 }
 
 /// A node added to a running cluster whose database (about 24 MiB) is many times the size of a

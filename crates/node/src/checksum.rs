@@ -6,6 +6,10 @@
 //! its timeout, until this node has applied `N` and taken the snapshot, and reads from that
 //! snapshot: the list of tables, or one chunk of one table. The pin goes when the check says
 //! it is done with it, or after `sql::checksum::PIN_IDLE` without use.
+//!
+//! A divergence found here, by a check or by the leader's apply hash comparison
+//! (`crate::apply_hash`), is kept in the data directory ([`DIVERGENCE_FILE`]) and shown by
+//! `/status` until the node is rebuilt.
 
 use std::time::Duration;
 
@@ -83,6 +87,7 @@ pub const DIVERGENCE_FILE: &str = "diverged.json";
 pub fn load_divergence(data_dir: &std::path::Path) -> Option<keel_api::checksum::Divergence> {
     let bytes = std::fs::read(data_dir.join(DIVERGENCE_FILE)).ok()?;
     Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| keel_api::checksum::Divergence {
+        apply_hash: None,
         lsn: 0,
         tables: vec![format!("(unreadable {DIVERGENCE_FILE}: {e})")],
         reported_at: String::new(),
@@ -113,11 +118,39 @@ impl Node {
             "table check: this node's data differs from the other replicas'; rebuild it (`keel admin rebuild --node {}`)",
             self.id
         );
-        let divergence = keel_api::checksum::Divergence {
+        self.keep_divergence(keel_api::checksum::Divergence {
+            apply_hash: None,
             lsn: report.lsn,
             tables: report.diverged_tables,
             reported_at: sql::rfc3339_utc(unix),
-        };
+        })
+    }
+
+    /// Records what the leader found comparing apply hashes ([`crate::apply_hash`]): this
+    /// node applied other log entries than the leader, or in another order. Kept as a table
+    /// check's divergence is, until the node is rebuilt.
+    pub fn apply_hash_diverged(&self, diverged: keel_api::internal::Diverged) -> Result<(), Error> {
+        let unix =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mismatch = &diverged.mismatch;
+        tracing::error!(
+            lsn = diverged.lsn,
+            leader = mismatch.leader,
+            leader_hash = %mismatch.leader_hash,
+            node_hash = %mismatch.node_hash,
+            "apply hash: this node applied other log entries than its leader, or in another order; rebuild it (`keel admin rebuild --node {}`)",
+            self.id
+        );
+        self.keep_divergence(keel_api::checksum::Divergence {
+            apply_hash: Some(diverged.mismatch),
+            lsn: diverged.lsn,
+            tables: Vec::new(),
+            reported_at: sql::rfc3339_utc(unix),
+        })
+    }
+
+    /// Keeps `divergence` in the data directory and in memory (`/status`) until a rebuild.
+    fn keep_divergence(&self, divergence: keel_api::checksum::Divergence) -> Result<(), Error> {
         let path = self.data_dir.join(DIVERGENCE_FILE);
         let bytes = serde_json::to_vec_pretty(&divergence).expect("plain data serializes");
         std::fs::write(&path, bytes)
@@ -127,7 +160,8 @@ impl Node {
         Ok(())
     }
 
-    /// The divergence a check found in this node's data, if any (see [`Node::check_report`]).
+    /// The divergence a check or the apply hash found in this node's data, if any (see
+    /// [`Node::check_report`], [`Node::apply_hash_diverged`]).
     pub fn divergence(&self) -> Option<keel_api::checksum::Divergence> {
         self.divergence.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }

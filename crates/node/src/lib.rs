@@ -28,7 +28,8 @@
 //! - [`queue`]: the write queue of `/db/execute?queue`.
 //! - [`outcome`]: what became of a write, looked up by its request id.
 //! - [`checksum`]: table checksums at a pinned log index, for `keel check`; [`rebuild`]: a
-//!   node whose data differs deletes it and rejoins.
+//!   node whose data differs deletes it and rejoins; [`apply_hash`]: the leader compares its
+//!   followers' apply hashes with its own, continuously, and tells one that differs.
 //! - [`metrics`]: Prometheus counters, updated where things happen.
 //!
 //! Errors ([`Error`]) say what the caller should do; the HTTP layer maps each to one answer.
@@ -40,6 +41,7 @@
 // renders those links.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod apply_hash;
 pub mod backup;
 pub mod changes;
 pub mod checksum;
@@ -77,6 +79,9 @@ pub struct PlantedBugs {
     pub ack_before_commit: bool,
     /// Serve `linearizable` reads from the local copy without a read index.
     pub stale_linearizable: bool,
+    /// Record an apply hash as if an earlier entry had been applied with other bytes, from the
+    /// first apply on (the data stays right): the leader's comparison must flag this node.
+    pub skew_apply_hash: bool,
 }
 
 /// How the node was started, as `/status` reports it.
@@ -150,6 +155,10 @@ pub struct Node {
     pub(crate) readers: Arc<sql::Readers>,
     /// The applied log index, published by the state machine after every apply.
     pub(crate) applied: watch::Receiver<wal::Lsn>,
+    /// The same index with the apply hash after it, for the reports to the leader.
+    pub(crate) position: watch::Receiver<wal::Position>,
+    /// Compares followers' apply hashes with this node's (meaningful on the leader).
+    pub(crate) apply_hashes: Arc<apply_hash::Comparer>,
     /// Followers' applied positions (meaningful on the leader).
     pub(crate) progress: Arc<leader::Progress>,
     /// When this node last heard from a leader.
@@ -201,6 +210,10 @@ impl Node {
         let mut db = sql::Db::open(&db_dir)
             .with_context(|| format!("opening database in {}", db_dir.display()))?;
         db.set_limits(config.limits);
+        if config.planted.skew_apply_hash {
+            db.plant_apply_hash_skew();
+        }
+        let recent = db.recent_hashes();
         let readers = db.readers(config.readers.max(1)).context("opening read connections")?;
         let image_source = db.image_source();
         let pins = db.pins();
@@ -212,11 +225,17 @@ impl Node {
         // Followers' applied positions arrive on the replication streams this node opens
         // while it leads (and by `/keel/applied` from nodes without one, see `peer`).
         let progress = Arc::new(leader::Progress::default());
+        let metrics = metrics::Metrics::new();
+        let (apply_hashes, mismatches) =
+            apply_hash::Comparer::new(recent, metrics.apply_hash_counters());
+        let apply_hashes = Arc::new(apply_hashes);
         let mut raft_options = config.raft.clone();
-        let reports = progress.clone();
-        raft_options.transport = raft_options
-            .transport
-            .with_applied(Arc::new(move |id, applied| reports.report(id, applied)));
+        let (reports, hashes) = (progress.clone(), apply_hashes.clone());
+        raft_options.transport =
+            raft_options.transport.with_applied(Arc::new(move |id, position: wal::Position| {
+                reports.report(id, position.index);
+                hashes.report(id, position);
+            }));
         let raft::Started { raft, stats: snapshots, log } =
             raft::start_node(config.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
         let leader = leader::Leader::spawn(
@@ -238,10 +257,12 @@ impl Node {
             leader,
             readers: Arc::new(readers),
             applied: replica.applied(),
+            position: replica.position(),
+            apply_hashes,
             progress,
             contact: Arc::new(raft::network::Contact::default()),
             durability: config.durability,
-            metrics: metrics::Metrics::new(),
+            metrics,
             membership: tokio::sync::Mutex::new(()),
             db,
             image_source,
@@ -258,6 +279,7 @@ impl Node {
         });
         tokio::spawn(queue::flush::run(node.clone(), queue_receiver));
         tokio::spawn(peer::report_applied(node.clone()));
+        tokio::spawn(apply_hash::tell(Arc::downgrade(&node), mismatches));
         tokio::spawn(raft::cluster::log_leadership(raft));
         Ok(node)
     }

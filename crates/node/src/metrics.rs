@@ -60,6 +60,8 @@ pub struct Metrics {
     pub check_last: Gauge,
     /// Differing chunks table checks reported to this node.
     pub check_mismatches: IntCounter,
+    /// The apply hash comparison's counters (on the leader).
+    apply_hash: crate::apply_hash::Counters,
 }
 
 impl Default for Metrics {
@@ -146,8 +148,32 @@ impl Metrics {
             "keel_check_mismatches_total",
             "Differing chunks found by table checks that reported to this node",
         );
+        let uncompared = IntCounterVec::new(
+            Opts::new(
+                "keel_apply_hash_uncompared_total",
+                "Followers' apply hash reports not compared: no_hash (an older version, or a chain not started yet), outside_ring (index not among this node's last 16384 applied entries), other_origin (chains that start at different entries)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let apply_hash = crate::apply_hash::Counters {
+            compared: counter(
+                "keel_apply_hash_compared_total",
+                "Followers' apply hash reports this node compared with its own hash (as leader)",
+            ),
+            mismatches: counter(
+                "keel_apply_hash_mismatches_total",
+                "Followers found with another apply hash than this leader's at the same index (once until they match again)",
+            ),
+            no_hash: uncompared.with_label_values(&["no_hash"]),
+            outside_ring: uncompared.with_label_values(&["outside_ring"]),
+            other_origin: uncompared.with_label_values(&["other_origin"]),
+        };
         for c in [
             Box::new(commit_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(apply_hash.compared.clone()),
+            Box::new(apply_hash.mismatches.clone()),
+            Box::new(uncompared.clone()),
             Box::new(writes.clone()),
             Box::new(reads_total.clone()),
             Box::new(errors.clone()),
@@ -196,7 +222,13 @@ impl Metrics {
             checksum_rows,
             check_last,
             check_mismatches,
+            apply_hash,
         }
+    }
+
+    /// The counters of the apply hash comparison ([`crate::apply_hash::Comparer`]).
+    pub fn apply_hash_counters(&self) -> crate::apply_hash::Counters {
+        self.apply_hash.clone()
     }
 
     /// Brings `keel_reads_total` up to the sharded count.

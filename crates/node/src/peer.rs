@@ -5,7 +5,8 @@
 //! | route | from | what |
 //! |---|---|---|
 //! | `/raft/*` | the leader, candidates | Raft's own RPCs ([`raft::network`]) |
-//! | `POST /keel/applied` | a follower the leader has no replication stream open to (a leader of an older version), after applies and once a second | its applied index ([`report_applied`]); `sync` and `replicas:K` writes wait on these, and lag is measured from them. With a stream open, the position rides on it instead ([`raft::network::stream`]) |
+//! | `POST /keel/applied` | a follower the leader has no replication stream open to (a leader of an older version), after applies and once a second | its applied index and apply hash ([`report_applied`]); `sync` and `replicas:K` writes wait on these, lag is measured from them, and the leader compares the hash with its own ([`crate::apply_hash`]). With a stream open, the position rides on it instead ([`raft::network::stream`]) |
+//! | `POST /keel/diverged` | the leader | this node's apply hash differs from the leader's ([`crate::apply_hash`]); kept as this node's divergence ([`Node::apply_hash_diverged`]) |
 //! | `POST /keel/read-index` | a follower serving a linearizable read | the leader confirms its leadership with a quorum and answers `{"index": n}` ([`Node::remote_read_index`]) |
 //! | `POST /keel/queue` | a follower's write-queue flusher | a batch of queued writes, run here if this node leads ([`crate::queue::flush`]) |
 //! | `GET /keel/members` | a node asked to rebuild | the leader's member ids: the node must have been removed first ([`crate::rebuild`]) |
@@ -30,7 +31,8 @@ use axum::routing::{get, post};
 use futures::future::BoxFuture;
 
 use keel_api::internal::{
-    APPLIED_PATH, AppliedReport, MEMBERS_PATH, Members, QUEUE_PATH, READ_INDEX_PATH, ReadIndex,
+    APPLIED_PATH, AppliedReport, DIVERGED_PATH, Diverged, MEMBERS_PATH, Members, QUEUE_PATH,
+    READ_INDEX_PATH, ReadIndex,
 };
 
 use crate::{Error, Node};
@@ -77,7 +79,7 @@ impl Peers {
     }
 
     /// The URL of a node-to-node route of a member.
-    fn node_url(&self, member: &raft::MemberAddr, path: &str) -> String {
+    pub(crate) fn node_url(&self, member: &raft::MemberAddr, path: &str) -> String {
         format!("{}://{}{}", self.node_scheme, member.raft_addr, path)
     }
 }
@@ -85,11 +87,12 @@ impl Peers {
 /// Every node-to-node route: Raft's (senders checked against their certificates when
 /// `verify_senders`) and Keel's.
 pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
-    let position = Some(node.applied.clone());
+    let position = Some(node.position.clone());
     raft::network::router_with(node.raft.clone(), node.contact.clone(), verify_senders, position)
         .merge(
             Router::new()
                 .route(APPLIED_PATH, post(applied))
+                .route(DIVERGED_PATH, post(diverged))
                 .route(READ_INDEX_PATH, post(read_index))
                 .route(MEMBERS_PATH, get(members))
                 // A batch of another node's queued writes. No body limit of its own: each request
@@ -121,9 +124,35 @@ async fn applied(
                 return refused;
             }
             node.progress.report(r.id, r.applied);
+            let hash = r
+                .apply_hash
+                .as_deref()
+                .and_then(|hex| wal::ApplyHash::parse_hex(r.apply_origin.unwrap_or_default(), hex));
+            node.apply_hashes.report(r.id, wal::Position { index: r.applied, hash });
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => error(StatusCode::BAD_REQUEST, format!("invalid applied report: {e}")),
+    }
+}
+
+/// `POST /keel/diverged`: the leader found this node's apply hash different from its own.
+/// Under mutual TLS only the node the report names as leader may send it.
+async fn diverged(
+    State(node): State<Arc<Node>>,
+    peer: Option<axum::Extension<raft::network::PeerNode>>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice::<Diverged>(&body) {
+        Ok(d) => {
+            if let Err(refused) = check_reporter(peer.map(|p| p.0), d.mismatch.leader) {
+                return refused;
+            }
+            match node.apply_hash_diverged(d) {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("invalid divergence report: {e}")),
     }
 }
 
@@ -158,12 +187,12 @@ pub fn check_reporter(
 /// writes wait on these reports; lag in `/status` and `/metrics` comes from them. Reports are
 /// sent one at a time, so a burst of applies coalesces into the latest value.
 pub async fn report_applied(node: Arc<Node>) {
-    let mut applied = node.applied.clone();
+    let mut applied = node.position.clone();
     loop {
         if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await {
             return; // The state machine is gone: the node is stopping.
         }
-        let index = *applied.borrow_and_update();
+        let position = *applied.borrow_and_update();
         let Some(leader) = raft::cluster::leader(&node.raft).filter(|l| l.id != node.id) else {
             continue;
         };
@@ -171,7 +200,12 @@ pub async fn report_applied(node: Arc<Node>) {
             continue;
         }
         let url = node.peers.node_url(&leader.node, APPLIED_PATH);
-        let report = AppliedReport { id: node.id, applied: index };
+        let report = AppliedReport {
+            apply_hash: position.hash.map(|h| h.hex()),
+            apply_origin: position.hash.map(|h| h.origin),
+            applied: position.index,
+            id: node.id,
+        };
         let sent = node.peers.node.post(&url).json(&report).timeout(REPORT_TIMEOUT).send().await;
         if let Err(e) = sent {
             tracing::debug!(error = %e, "applied report to the leader failed");

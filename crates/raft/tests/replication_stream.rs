@@ -16,17 +16,20 @@ use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use openraft::async_runtime::WatchReceiver;
 use raft::network::stream::frame::Codec;
-use raft::network::stream::{Down, PROTOCOL, SENDER_HEADER, STREAM_PATH, Up};
+use raft::network::stream::{Down, HASH_HEADER, PROTOCOL, SENDER_HEADER, STREAM_PATH, Up};
 use raft::network::{AppliedSink, Contact, PeerNode, Transport, router_with};
 use raft::state_machine::{Committed, Result as StoreResult, Store, log_id};
 use raft::{MemberAddr, Options, Raft, Vote};
 use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, FramedWrite};
-use wal::Applied;
+use wal::{Applied, ApplyHash};
 
 /// A store that only keeps its applied position.
 #[derive(Default)]
 struct Position(Mutex<Option<Applied>>);
+
+/// The applied positions a leader received: `(follower, position)`.
+type Received = Arc<Mutex<Vec<(u64, wal::Position)>>>;
 
 impl Store for Position {
     fn applied(&self) -> StoreResult<Option<Applied>> {
@@ -87,10 +90,11 @@ fn member(addr: &str) -> MemberAddr {
 async fn cluster(
     dir: &Path,
     follower_routes: impl FnOnce(Raft) -> Router,
-) -> (TestNode, TestNode, Arc<Mutex<Vec<(u64, u64)>>>) {
+) -> (TestNode, TestNode, Received) {
     let received = Arc::new(Mutex::new(Vec::new()));
     let sink = received.clone();
-    let sink: AppliedSink = Arc::new(move |id, index| sink.lock().unwrap().push((id, index)));
+    let sink: AppliedSink =
+        Arc::new(move |id, position: wal::Position| sink.lock().unwrap().push((id, position)));
     let transport = Transport::plain().with_applied(sink);
     let contact = Arc::new(Contact::default());
     let leader = TestNode::start(1, &dir.join("a"), transport, |raft| {
@@ -140,16 +144,18 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 async fn a_leader_replicates_on_the_stream_and_hears_applied_positions() {
     let tmp = tempfile::tempdir().unwrap();
     let contact = Arc::new(Contact::default());
-    let (position, applied) = watch::channel(0);
+    let (position, applied) = watch::channel(wal::Position::default());
     let routes = contact.clone();
     let (leader, follower, received) =
         cluster(tmp.path(), move |raft| router_with(raft, routes, false, Some(applied))).await;
     assert!(contact.streaming_from(1), "the leader's appends came on a stream");
     assert!(contact.last().is_some(), "appends on the stream count as contact");
-    // The position sent when the stream opened, and each one after.
-    eventually("the opening position", || received.lock().unwrap().contains(&(2, 0))).await;
-    position.send(17).unwrap();
-    eventually("a new position", || received.lock().unwrap().contains(&(2, 17))).await;
+    // The position sent when the stream opened, and each one after, with its apply hash.
+    let opening = wal::Position::default();
+    eventually("the opening position", || received.lock().unwrap().contains(&(2, opening))).await;
+    let next = wal::Position { index: 17, hash: Some(ApplyHash { origin: 0, digest: [7; 32] }) };
+    position.send(next).unwrap();
+    eventually("a new position", || received.lock().unwrap().contains(&(2, next))).await;
     leader.raft.shutdown().await.unwrap();
     follower.raft.shutdown().await.unwrap();
 }
@@ -180,14 +186,24 @@ async fn a_node_without_the_stream_gets_single_appends() {
 /// Opens a stream to `addr` as node `claimed`: the answer's status, and the connection if it
 /// was upgraded.
 async fn open(addr: &str, claimed: u64) -> (u16, Option<reqwest::Upgraded>) {
-    let resp = reqwest::Client::new()
+    open_with(addr, claimed, &[]).await
+}
+
+/// [`open`] with extra request headers.
+async fn open_with(
+    addr: &str,
+    claimed: u64,
+    headers: &[(&str, &str)],
+) -> (u16, Option<reqwest::Upgraded>) {
+    let mut request = reqwest::Client::new()
         .post(format!("http://{addr}{STREAM_PATH}"))
         .header("connection", "upgrade")
         .header("upgrade", PROTOCOL)
-        .header(SENDER_HEADER, claimed.to_string())
-        .send()
-        .await
-        .unwrap();
+        .header(SENDER_HEADER, claimed.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let resp = request.send().await.unwrap();
     let status = resp.status().as_u16();
     let io = if status == 101 { Some(resp.upgrade().await.unwrap()) } else { None };
     (status, io)
@@ -223,7 +239,7 @@ async fn a_stream_is_refused_to_a_sender_that_is_not_the_node_it_names() {
     let mut failed = None;
     while let Some(frame) = frames.next().await {
         match frame.unwrap() {
-            Down::Applied(_) => {}
+            Down::Applied(_) | Down::Position(_) => {}
             Down::Failed(why) => failed = Some(why),
             Down::Answer(a) => panic!("a refused append was answered: {a:?}"),
         }
@@ -233,5 +249,30 @@ async fn a_stream_is_refused_to_a_sender_that_is_not_the_node_it_names() {
     // Nothing reached Raft: the node still has its initial vote.
     let vote = node.raft.metrics().borrow_watched().vote;
     assert_eq!(vote.leader_id().term, 0, "{vote:?}");
+    node.raft.shutdown().await.unwrap();
+}
+
+/// A leader of an older version does not send [`HASH_HEADER`] and gets the index alone, in the
+/// frame it knows; a leader that sends it gets the index with the apply hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apply_hash_goes_only_to_leaders_that_ask_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hash = Some(ApplyHash { origin: 0, digest: [3; 32] });
+    let (_position, applied) = watch::channel(wal::Position { index: 9, hash });
+    let node = TestNode::start(2, tmp.path(), Transport::plain(), |raft| {
+        router_with(raft, Arc::new(Contact::default()), false, Some(applied))
+    })
+    .await;
+    for (headers, expected) in [
+        (&[][..], Down::Applied(9)),
+        (&[(HASH_HEADER, "1")][..], Down::Position(wal::Position { index: 9, hash })),
+    ] {
+        let (status, io) = open_with(&node.addr, 1, headers).await;
+        assert_eq!(status, 101);
+        let (read, _write) = tokio::io::split(io.unwrap());
+        let mut frames = FramedRead::new(read, Codec::<Up, Down>::new());
+        let first = frames.next().await.expect("a frame").unwrap();
+        assert_eq!(format!("{first:?}"), format!("{expected:?}"));
+    }
     node.raft.shutdown().await.unwrap();
 }

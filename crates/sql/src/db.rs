@@ -66,6 +66,7 @@ use wal::Applied;
 pub use apply::Apply;
 pub use speculation::{Speculation, WriteRequest};
 
+use crate::chain::Recent;
 use crate::checksum::Pins;
 use crate::error::{Error, Result};
 use crate::generation::{self, Generation, Live};
@@ -119,6 +120,14 @@ pub struct Db {
     held: std::cell::Cell<Option<Held>>,
     /// How many entries `apply` took by committing a held speculation.
     held_commits: u64,
+    /// The apply hash after the stored position, as `_keel_meta` holds it ([`crate::chain`]);
+    /// `None` for a database that predates the hash, until its next blank entry.
+    chain: Option<wal::ApplyHash>,
+    /// This node's hashes of its recent entries, for comparing other nodes' reports.
+    recent: Arc<Recent>,
+    /// A planted fault (`keel serve --unsafe-plant-bug skew-apply-hash`): the next apply
+    /// records a hash as if an earlier entry had differed.
+    skew_apply_hash: bool,
 }
 
 /// A speculation left open on the client connection by [`Db::execute_held`]: the transaction
@@ -156,6 +165,7 @@ impl Db {
         let live = Arc::new(Live::new(generation.clone()));
         let applied = meta::read_applied(&conn)?.map_or(0, |a| a.index);
         let pins = Pins::new(live.clone(), applied);
+        let chain = meta::read_chain(&conn)?;
         Ok(Db {
             conn,
             applier,
@@ -170,6 +180,9 @@ impl Db {
             pins,
             held: std::cell::Cell::new(None),
             held_commits: 0,
+            chain,
+            recent: Arc::default(),
+            skew_apply_hash: false,
         })
     }
 
@@ -244,6 +257,36 @@ impl Db {
     /// The pins of table checks ([`crate::checksum`]): shared, they follow installs.
     pub fn pins(&self) -> Arc<Pins> {
         self.pins.clone()
+    }
+
+    /// This node's apply hashes of its recent entries ([`crate::chain`]): shared, the leader
+    /// compares its followers' reports with them.
+    pub fn recent_hashes(&self) -> Arc<Recent> {
+        self.recent.clone()
+    }
+
+    /// The applied index and the apply hash after it, as this node reports them. Before the
+    /// first apply the index is 0 and there is no hash: index 0 is also a log entry (the
+    /// first membership), whose hash a node that applied nothing does not have.
+    pub fn position(&self) -> Result<wal::Position> {
+        Ok(match self.applied()? {
+            Some(applied) => wal::Position { index: applied.index, hash: self.chain },
+            None => wal::Position { index: 0, hash: None },
+        })
+    }
+
+    /// The apply hash after the last applied entry (see [`Db::position`]), without reading the
+    /// index.
+    pub fn position_hash(&self) -> Option<wal::ApplyHash> {
+        self.chain
+    }
+
+    /// Plants a fault for tests of the apply hash (`keel serve --unsafe-plant-bug
+    /// skew-apply-hash`): the next apply records a hash as if an earlier entry had been applied
+    /// with other bytes, so this node's chain differs from every other node's from then on.
+    /// The data stays right: only the hash says otherwise.
+    pub fn plant_apply_hash_skew(&mut self) {
+        self.skew_apply_hash = true;
     }
 
     /// Something that writes consistent images of this database from its own connection,

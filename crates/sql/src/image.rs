@@ -202,6 +202,51 @@ mod tests {
         check(&image).unwrap();
     }
 
+    /// Two nodes that apply the same entries agree; a third that installs an image of one
+    /// continues its chain, and the hash survives a reopen.
+    #[test]
+    fn the_apply_hash_follows_entries_images_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = Db::open(&dir.path().join("a")).unwrap();
+        let mut follower = Db::open(&dir.path().join("b")).unwrap();
+        // A node that applied nothing has no hash to report: index 0 is an entry too.
+        assert_eq!(follower.position().unwrap(), wal::Position { index: 0, hash: None });
+        write(&mut leader, 1, "CREATE TABLE t (v)");
+        write(&mut leader, 2, "INSERT INTO t VALUES (1)");
+        // Another node applying the same statements at the same indexes agrees.
+        let mut replay = Db::open(&dir.path().join("c")).unwrap();
+        write(&mut replay, 1, "CREATE TABLE t (v)");
+        write(&mut replay, 2, "INSERT INTO t VALUES (1)");
+        assert_eq!(replay.position().unwrap(), leader.position().unwrap());
+        let blank = Apply { term: 2, index: 3, record: None, membership: None };
+        leader.apply(&[blank]).unwrap();
+        let position = leader.position().unwrap();
+        assert_eq!(position.index, 3);
+        assert_eq!(leader.recent_hashes().get(3), position.hash);
+        assert!(leader.recent_hashes().get(2).is_some());
+
+        let image = dir.path().join("image");
+        leader.image_source().write_image(&image).unwrap();
+        follower.install(&image).unwrap();
+        assert_eq!(follower.position().unwrap(), position);
+        assert_eq!(follower.recent_hashes().get(3), None, "entries before an install are not ours");
+        let next = Apply { term: 2, index: 4, record: None, membership: None };
+        follower.apply(&[next]).unwrap();
+        leader.apply(&[next]).unwrap();
+        assert_eq!(follower.position().unwrap(), leader.position().unwrap());
+        drop(follower);
+        let reopened = Db::open(&dir.path().join("b")).unwrap();
+        assert_eq!(reopened.position().unwrap(), leader.position().unwrap());
+
+        // The planted fault changes the hash and nothing else.
+        replay.plant_apply_hash_skew();
+        replay.apply(&[blank]).unwrap();
+        let skewed = replay.position().unwrap();
+        assert_eq!(skewed.index, 3);
+        assert_ne!(skewed.hash, position.hash);
+        assert_eq!(skewed.hash.unwrap().origin, 0);
+    }
+
     #[test]
     fn bad_images_are_refused() {
         let dir = tempfile::tempdir().unwrap();

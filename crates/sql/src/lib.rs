@@ -33,6 +33,8 @@
 //!   connections as jobs, one after another, without a mutex or tokio's blocking pool.
 //! * `meta`: the applied position ([`wal::Applied`]) and Keel's bookkeeping tables inside the
 //!   database, plus the catalog reads speculation needs; shared by `db` and [`image`].
+//! * [`chain`]: the apply hash, a running SHA-256 over the entries a node applied, which
+//!   `meta` stores with the position and the leader compares with its followers' reports.
 //! * `generation`: the database directory, `CURRENT` and the generations of the database file
 //!   that make an install a rename. It declares the small `Holder` trait that reader pools
 //!   implement, so it does not depend on [`readers`].
@@ -94,6 +96,7 @@
 
 pub mod answers;
 pub mod backup;
+pub mod chain;
 pub mod changes;
 pub mod checksum;
 pub mod db;

@@ -5,8 +5,12 @@
 //! entry) lives in `_keel_meta`, one row, written by [`write_applied`] in the same transaction
 //! as the entries it describes (see `db::apply`), and read back by [`read_applied`] from the
 //! live database ([`crate::Db::applied`]) or from an image ([`crate::ImageSource`]), so a
-//! position and the data it describes can never disagree. [`create_tables`] makes `_keel_meta`
-//! and `_keel_requests` (the stored answers, see [`crate::answers`]) when a database is opened.
+//! position and the data it describes can never disagree. The same row holds the apply hash
+//! after that entry ([`crate::chain`]): [`write_applied`] folds every entry it records into it,
+//! from the entry's log bytes, so whatever path records a position advances the hash the same
+//! way; [`read_chain`] reads it back. [`create_tables`] makes `_keel_meta` and `_keel_requests`
+//! (the stored answers, see [`crate::answers`]) when a database is opened, and adds the hash's
+//! columns to a `_keel_meta` made before they existed.
 //!
 //! The schema facts ([`user_tables`], [`nullable_key_columns`], [`read_sequences`]) are plain
 //! reads of SQLite's catalog that speculation needs; they sit here, beside the other reads of
@@ -19,9 +23,10 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
-use wal::{Applied, Lsn, Term};
+use wal::{Applied, ApplyHash, Lsn, Record, Term};
 
 use crate::answers;
+use crate::chain;
 use crate::error::{Error, Result};
 use crate::schema::is_internal_table;
 
@@ -30,15 +35,44 @@ const META_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _keel_meta (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     term INTEGER,
     idx INTEGER,
-    membership TEXT
+    membership TEXT,
+    apply_hash BLOB,
+    apply_origin INTEGER
 );
 INSERT OR IGNORE INTO _keel_meta (id) VALUES (1);";
 
+/// The apply hash's columns, added to a `_keel_meta` created before they existed (a node
+/// upgraded in place, or a snapshot image from an older leader).
+const HASH_COLUMNS: &str = "ALTER TABLE _keel_meta ADD COLUMN apply_hash BLOB;
+ALTER TABLE _keel_meta ADD COLUMN apply_origin INTEGER;";
+
+/// One committed log entry, as [`crate::Db::apply`] applies it and `meta::write_applied` records
+/// it.
+#[derive(Clone, Copy, Debug)]
+pub struct Apply<'a> {
+    /// The entry's term.
+    pub term: Term,
+    /// The entry's index.
+    pub index: Lsn,
+    /// The record of a normal entry; `None` for blank and membership entries.
+    pub record: Option<&'a Record>,
+    /// The serialized membership of a membership entry, stored as the new membership.
+    pub membership: Option<&'a str>,
+}
+
 /// Creates Keel's bookkeeping tables if they do not exist: `_keel_meta` with its one row (no
-/// position yet) and `_keel_requests`.
+/// position yet) and `_keel_requests`; adds the apply hash's columns if they are missing.
 pub(crate) fn create_tables(conn: &Connection) -> Result<()> {
     conn.execute_batch(META_SCHEMA)?;
     conn.execute_batch(answers::SCHEMA)?;
+    let has_hash: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('_keel_meta') WHERE name = 'apply_hash'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_hash {
+        conn.execute_batch(HASH_COLUMNS)?;
+    }
     Ok(())
 }
 
@@ -58,22 +92,66 @@ pub(crate) fn read_applied(conn: &Connection) -> Result<Option<Applied>> {
     }))
 }
 
-/// Stores the applied position `(term, index)`, and `membership` if given (otherwise the
-/// stored membership stays). Called inside the transaction that applies the entries.
+/// What [`write_applied`] recorded: the apply hash after the entries, and each entry's.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    /// The hash after the last entry (`None`: the database has no chain yet).
+    pub(crate) chain: Option<ApplyHash>,
+    /// `(index, hash after that entry)` for each entry with a hash, ascending.
+    pub(crate) hashes: Vec<(Lsn, ApplyHash)>,
+}
+
+/// Stores the applied position after `entries` (the last one's term and index, and the last
+/// membership among them if any; otherwise the stored membership stays) and the apply hash
+/// after them: `chain` (the hash before the first of them) advanced over each entry
+/// ([`chain::advance`]). Called inside the transaction that applies the entries. Returns the
+/// new hash and each entry's hash, for [`chain::Recent`] once the transaction commits.
 pub(crate) fn write_applied(
     conn: &Connection,
-    term: Term,
-    index: Lsn,
-    membership: Option<&str>,
-) -> Result<()> {
-    let (term, index) = (to_sql_int(term)?, to_sql_int(index)?);
+    chain: Option<ApplyHash>,
+    entries: &[Apply<'_>],
+) -> Result<Recorded> {
+    let Some(last) = entries.last() else { return Ok(Recorded { chain, hashes: Vec::new() }) };
+    let mut hashes = Vec::with_capacity(entries.len());
+    let mut hash = chain;
+    for entry in entries {
+        hash = chain::advance(hash, entry);
+        hashes.extend(hash.map(|h| (entry.index, h)));
+    }
+    let membership = entries.iter().rev().find_map(|e| e.membership);
+    let (term, index) = (to_sql_int(last.term)?, to_sql_int(last.index)?);
+    let origin = hash.map(|h| to_sql_int(h.origin)).transpose()?;
+    let digest = hash.as_ref().map(|h| &h.digest[..]);
     conn.prepare_cached(
-        "INSERT INTO _keel_meta (id, term, idx, membership) VALUES (1, ?1, ?2, ?3)
+        "INSERT INTO _keel_meta (id, term, idx, membership, apply_hash, apply_origin)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (id) DO UPDATE SET term = excluded.term, idx = excluded.idx,
-             membership = coalesce(excluded.membership, membership)",
+             membership = coalesce(excluded.membership, membership),
+             apply_hash = excluded.apply_hash, apply_origin = excluded.apply_origin",
     )?
-    .execute(params![term, index, membership])?;
-    Ok(())
+    .execute(params![term, index, membership, digest, origin])?;
+    Ok(Recorded { chain: hash, hashes })
+}
+
+/// Reads the apply hash after the stored position: zero bytes of origin 0 before the first
+/// apply (an empty database), `None` for a database that has a position but no hash (it
+/// predates the hash, see [`crate::chain`]).
+pub(crate) fn read_chain(conn: &Connection) -> Result<Option<ApplyHash>> {
+    let (index, digest, origin): (Option<i64>, Option<Vec<u8>>, Option<i64>) = conn.query_row(
+        "SELECT idx, apply_hash, apply_origin FROM _keel_meta WHERE id = 1",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    match (index, digest, origin) {
+        (None, _, _) => Ok(Some(ApplyHash { origin: 0, digest: chain::ZERO })),
+        (Some(_), Some(digest), Some(origin)) => {
+            let digest = <[u8; 32]>::try_from(digest.as_slice()).map_err(|_| {
+                Error::Corrupt(format!("_keel_meta.apply_hash has {} bytes, not 32", digest.len()))
+            })?;
+            Ok(Some(ApplyHash { origin: origin as Lsn, digest }))
+        }
+        (Some(_), _, _) => Ok(None),
+    }
 }
 
 /// Converts a log position to SQLite's signed integer.
@@ -138,21 +216,57 @@ pub(crate) fn read_sequences(conn: &Connection) -> rusqlite::Result<BTreeMap<Str
 mod tests {
     use super::*;
 
+    fn blank(term: Term, index: Lsn) -> Apply<'static> {
+        Apply { term, index, record: None, membership: None }
+    }
+
     #[test]
     fn position_round_trip() {
         let conn = Connection::open_in_memory().unwrap();
         create_tables(&conn).unwrap();
         assert_eq!(read_applied(&conn).unwrap(), None);
-        write_applied(&conn, 2, 7, Some("{\"voters\":[1]}")).unwrap();
-        write_applied(&conn, 3, 9, None).unwrap();
+        let chain = read_chain(&conn).unwrap();
+        assert_eq!(chain, Some(ApplyHash { origin: 0, digest: chain::ZERO }));
+        let first = [Apply { membership: Some("{\"voters\":[1]}"), ..blank(2, 7) }];
+        let Recorded { chain, hashes } = write_applied(&conn, chain, &first).unwrap();
+        assert_eq!(hashes.len(), 1);
+        let Recorded { chain, hashes } =
+            write_applied(&conn, chain, &[blank(3, 8), blank(3, 9)]).unwrap();
+        assert_eq!(hashes.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [8, 9]);
+        assert_eq!(Some(hashes[1].1), chain);
         let expected = Applied { term: 3, index: 9, membership: Some("{\"voters\":[1]}".into()) };
         assert_eq!(read_applied(&conn).unwrap(), Some(expected));
+        assert_eq!(read_chain(&conn).unwrap(), chain);
+    }
+
+    /// A `_keel_meta` from before the apply hash gets its columns, and no chain until a blank
+    /// entry.
+    #[test]
+    fn a_database_that_predates_the_hash_starts_at_a_blank_entry() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE _keel_meta (id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER,
+                 idx INTEGER, membership TEXT);
+             INSERT INTO _keel_meta VALUES (1, 1, 40, NULL);",
+        )
+        .unwrap();
+        create_tables(&conn).unwrap();
+        create_tables(&conn).unwrap();
+        assert_eq!(read_chain(&conn).unwrap(), None);
+        let record = Record::default();
+        let normal = Apply { record: Some(&record), ..blank(1, 41) };
+        let chain = write_applied(&conn, None, &[normal]).unwrap().chain;
+        assert_eq!((chain, read_chain(&conn).unwrap()), (None, None));
+        let chain = write_applied(&conn, None, &[blank(2, 42)]).unwrap().chain;
+        assert_eq!(chain.map(|c| c.origin), Some(42));
+        assert_eq!(read_chain(&conn).unwrap(), chain);
     }
 
     #[test]
     fn position_beyond_sqlite_integers_is_corrupt() {
         let conn = Connection::open_in_memory().unwrap();
         create_tables(&conn).unwrap();
-        assert!(matches!(write_applied(&conn, 1, u64::MAX, None), Err(Error::Corrupt(_))));
+        let entry = blank(1, u64::MAX);
+        assert!(matches!(write_applied(&conn, None, &[entry]), Err(Error::Corrupt(_))));
     }
 }

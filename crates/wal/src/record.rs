@@ -102,23 +102,37 @@ impl Record {
     /// Encodes the record in the versioned binary format described in the module docs.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.size());
-        out.push(VERSION);
-        put_len(&mut out, self.ops.len());
+        self.encode_with(|bytes| out.extend_from_slice(bytes));
+        out
+    }
+
+    /// Hands the bytes of [`Record::encode`] to `sink` piece by piece, in order, without
+    /// building them in one buffer (the apply hash, `sql::chain`, digests the encoding this
+    /// way: one pass over the changesets, no copy).
+    pub fn encode_with(&self, mut sink: impl FnMut(&[u8])) {
+        let mut crc = crc32fast::Hasher::new();
+        let mut put = |bytes: &[u8]| {
+            crc.update(bytes);
+            sink(bytes);
+        };
+        put(&[VERSION]);
+        put(&len_bytes(self.ops.len()));
         for op in &self.ops {
-            out.push(match op {
+            put(&[match op {
                 Op::Ddl(_) => TAG_DDL,
                 Op::Changes(_) => TAG_CHANGES,
-            });
-            put_bytes(&mut out, op.bytes());
+            }]);
+            put(&len_bytes(op.bytes().len()));
+            put(op.bytes());
         }
-        put_len(&mut out, self.requests.len());
+        put(&len_bytes(self.requests.len()));
         for request in &self.requests {
-            put_bytes(&mut out, request.id.as_bytes());
-            put_bytes(&mut out, &request.results);
+            put(&len_bytes(request.id.len()));
+            put(request.id.as_bytes());
+            put(&len_bytes(request.results.len()));
+            put(&request.results);
         }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        sink(&crc.finalize().to_le_bytes());
     }
 
     /// Decodes bytes produced by [`Record::encode`].
@@ -239,15 +253,9 @@ impl serde::de::Visitor<'_> for RecordVisitor {
     }
 }
 
-/// Appends a length or count.
-fn put_len(out: &mut Vec<u8>, len: usize) {
-    out.extend_from_slice(&(len as u64).to_le_bytes());
-}
-
-/// Appends a length-prefixed byte string.
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_len(out, bytes.len());
-    out.extend_from_slice(bytes);
+/// A length or count as encoded.
+fn len_bytes(len: usize) -> [u8; LEN] {
+    (len as u64).to_le_bytes()
 }
 
 /// Builds the error for an undecodable record.

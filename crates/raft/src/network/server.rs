@@ -32,7 +32,7 @@ use super::{Contact, PeerNode, RPC_BODY_LIMIT, SnapshotHeader};
 use crate::Raft;
 use crate::snapshot::{SnapshotStats, remove_if_exists};
 use crate::state_machine::{StateMachine, mb_per_s};
-use crate::types::{Lsn, NodeId, TypeConfig, Vote};
+use crate::types::{NodeId, TypeConfig, Vote};
 
 /// A Raft answer as it travels: the response, or the error the receiving node returned.
 pub(super) type Answer<T> = Result<T, RaftError<TypeConfig>>;
@@ -46,8 +46,8 @@ pub(super) struct Server {
     pub(super) verify_senders: bool,
     /// Last contact with a leader, and the streams leaders have open to this node.
     pub(super) contact: Arc<Contact>,
-    /// This node's applied index, sent to leaders on their replication streams.
-    pub(super) applied: Option<watch::Receiver<Lsn>>,
+    /// This node's applied index and apply hash, sent to leaders on their replication streams.
+    pub(super) applied: Option<watch::Receiver<wal::Position>>,
     /// Where received snapshots go, read from the state machine on the first transfer.
     snapshots: Arc<tokio::sync::OnceCell<Snapshots>>,
 }
@@ -185,13 +185,13 @@ pub fn router(raft: Raft, contact: Arc<Contact>) -> Router {
 }
 
 /// [`router`], refusing (403) every RPC whose named sender is not the [`PeerNode`] the
-/// transport proved, when `verify_senders` is set, and sending this node's `applied` index to
-/// leaders on their replication streams. See the module docs.
+/// transport proved, when `verify_senders` is set, and sending this node's `applied` position
+/// (index and apply hash) to leaders on their replication streams. See the module docs.
 pub fn router_with(
     raft: Raft,
     contact: Arc<Contact>,
     verify_senders: bool,
-    applied: Option<watch::Receiver<Lsn>>,
+    applied: Option<watch::Receiver<wal::Position>>,
 ) -> Router {
     let server = Server { applied, ..Server::new(raft, contact, verify_senders) };
     Router::new()

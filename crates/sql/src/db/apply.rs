@@ -57,29 +57,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::OptionalExtension as _;
-use wal::{Lsn, Op, Record, Term};
+use wal::{Op, Record};
 
 use super::{Db, internal, set_last_insert_rowid};
 use crate::answers;
 use crate::error::{Error, Result, is_environmental};
 use crate::generation::{self, Generation};
 use crate::image;
-use crate::meta;
+pub use crate::meta::Apply;
+use crate::meta::{self, Recorded};
 use crate::session::{self, ApplyError};
 use crate::verdicts::Verdicts;
-
-/// One committed log entry for [`Db::apply`].
-#[derive(Clone, Copy, Debug)]
-pub struct Apply<'a> {
-    /// The entry's term.
-    pub term: Term,
-    /// The entry's index.
-    pub index: Lsn,
-    /// The record of a normal entry; `None` for blank and membership entries.
-    pub record: Option<&'a Record>,
-    /// The serialized membership of a membership entry, stored as the new membership.
-    pub membership: Option<&'a str>,
-}
 
 impl Db {
     /// Makes the database image at `image` (written by [`crate::ImageSource::write_image`] on some
@@ -127,6 +115,9 @@ impl Db {
         if let Ok(Some(applied)) = meta::read_applied(&self.conn) {
             self.pins.applied(applied.index);
         }
+        // The image's chain continues here; the hashes of entries before it were never ours.
+        self.chain = meta::read_chain(&self.conn)?;
+        self.recent.clear();
         for old in [old_conn, old_applier] {
             if let Err((_, error)) = old.close() {
                 tracing::warn!(%error, "closing a write connection of the old generation");
@@ -190,20 +181,28 @@ impl Db {
         // speculation's results show (see `speculation`): the bookkeeping writes below change
         // both, and are undone (`hold` kept only speculations that left at most 1 change).
         let (rowid, changes) = (self.conn.last_insert_rowid(), self.conn.changes());
+        let chain = match self.skew_apply_hash {
+            true => self.chain.map(skew),
+            false => self.chain,
+        };
         let committed = answers::store(&self.conn, entry.index, &held.record.requests)
             .and_then(|()| answers::prune(&self.conn, entry.index))
-            .and_then(|()| meta::write_applied(&self.conn, entry.term, entry.index, None))
-            .and_then(|()| {
+            .and_then(|()| meta::write_applied(&self.conn, chain, std::slice::from_ref(entry)))
+            .and_then(|recorded| {
                 if changes == 0 {
                     internal(&self.conn, "UPDATE _keel_meta SET idx = idx WHERE 0")?;
                 }
                 set_last_insert_rowid(&self.conn, rowid);
-                Ok(internal(&self.conn, "COMMIT")?)
+                internal(&self.conn, "COMMIT")?;
+                Ok(recorded)
             });
         match committed {
-            Ok(()) => {
+            Ok(recorded) => {
                 self.held_commits += 1;
+                self.skew_apply_hash = false;
                 self.pins.applied(entry.index);
+                self.chain = recorded.chain;
+                self.recent.extend(&recorded.hashes);
                 true
             }
             Err(error) => {
@@ -221,9 +220,9 @@ impl Db {
         };
         self.end_transaction();
         internal(&self.applier, "BEGIN IMMEDIATE")?;
-        let outcome = self.apply_in_transaction(entries, last);
+        let outcome = self.apply_in_transaction(entries);
         match outcome {
-            Ok(touched_shadow_tables) => {
+            Ok((touched_shadow_tables, recorded)) => {
                 if let Err(error) = internal(&self.applier, "COMMIT") {
                     self.end_apply();
                     return Err(error.into());
@@ -235,6 +234,8 @@ impl Db {
                     self.applier = Self::connect_applier(&self.generation.path)?;
                 }
                 self.pins.applied(last.index);
+                self.chain = recorded.chain;
+                self.recent.extend(&recorded.hashes);
                 Ok(())
             }
             Err(error) => {
@@ -245,8 +246,9 @@ impl Db {
     }
 
     /// The body of [`Db::apply`], inside its transaction. Returns whether a changeset wrote a
-    /// virtual table's shadow tables.
-    fn apply_in_transaction(&self, entries: &[Apply<'_>], last: &Apply<'_>) -> Result<bool> {
+    /// virtual table's shadow tables, and the apply hash after the entries with each entry's
+    /// (see [`meta::write_applied`]).
+    fn apply_in_transaction(&mut self, entries: &[Apply<'_>]) -> Result<(bool, Recorded)> {
         let mut touched_shadow_tables = false;
         for entry in entries {
             if let Some(record) = entry.record {
@@ -256,9 +258,12 @@ impl Db {
             // alone, not on how entries were grouped into calls (see `answers`).
             answers::prune(&self.applier, entry.index)?;
         }
-        let membership = entries.iter().rev().find_map(|e| e.membership);
-        meta::write_applied(&self.applier, last.term, last.index, membership)?;
-        Ok(touched_shadow_tables)
+        let chain = match std::mem::take(&mut self.skew_apply_hash) {
+            true => self.chain.map(skew),
+            false => self.chain,
+        };
+        let recorded = meta::write_applied(&self.applier, chain, entries)?;
+        Ok((touched_shadow_tables, recorded))
     }
 
     /// Applies one entry's record: its ops, then its request answers. Returns whether a
@@ -352,6 +357,14 @@ impl Db {
             tracing::warn!(%error, "rollback of an apply failed");
         }
     }
+}
+
+/// The planted fault of [`Db::plant_apply_hash_skew`]: the digest as if one earlier entry had
+/// been applied with other bytes.
+fn skew(hash: wal::ApplyHash) -> wal::ApplyHash {
+    let mut digest = hash.digest;
+    digest[0] ^= 0xff;
+    wal::ApplyHash { digest, ..hash }
 }
 
 /// A SQLite error while applying: [`Error::Corrupt`] described by `describe` when doing it

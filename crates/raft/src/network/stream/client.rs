@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::frame::{Codec, flush};
-use super::{AppliedSink, Down, PROTOCOL, RETRY_STREAM_AFTER, SENDER_HEADER, STREAM_PATH, Up};
+use super::{
+    AppliedSink, Down, HASH_HEADER, PROTOCOL, RETRY_STREAM_AFTER, SENDER_HEADER, STREAM_PATH, Up,
+};
 use crate::types::{NodeId, TypeConfig};
 
 /// A connection's byte stream: the upgraded HTTP connection (TLS or not), or a test's pipe.
@@ -84,7 +86,12 @@ async fn read_answers(
             }
             Some(Ok(Down::Applied(index))) => {
                 if let Some(sink) = &applied {
-                    sink(target, index);
+                    sink(target, wal::Position { index, hash: None });
+                }
+            }
+            Some(Ok(Down::Position(position))) => {
+                if let Some(sink) = &applied {
+                    sink(target, position);
                 }
             }
             Some(Ok(Down::Failed(why))) => {
@@ -160,7 +167,8 @@ pub(crate) async fn open(
         .post(&url)
         .header(CONNECTION, "upgrade")
         .header(UPGRADE, PROTOCOL)
-        .header(SENDER_HEADER, id.to_string());
+        .header(SENDER_HEADER, id.to_string())
+        .header(HASH_HEADER, "1");
     let opening = async {
         let resp = request.send().await.map_err(|e| {
             let rpc = if e.is_connect() {

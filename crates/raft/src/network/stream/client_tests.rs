@@ -37,14 +37,20 @@ impl Follower {
 }
 
 /// The applied positions a leader received.
-type Received = Arc<StdMutex<Vec<(NodeId, u64)>>>;
+type Received = Arc<StdMutex<Vec<(NodeId, wal::Position)>>>;
+
+/// A position without a hash, as a follower of an older version reports it.
+fn bare(index: u64) -> wal::Position {
+    wal::Position { index, hash: None }
+}
 
 /// A connection to a scripted follower, with the applied positions its leader received.
 fn pipe() -> (Conn, Follower, Received) {
     let (leader, follower) = tokio::io::duplex(1 << 20);
     let received = Arc::new(StdMutex::new(Vec::new()));
     let sink = received.clone();
-    let sink: AppliedSink = Arc::new(move |id, index| sink.lock().unwrap().push((id, index)));
+    let sink: AppliedSink =
+        Arc::new(move |id, position: wal::Position| sink.lock().unwrap().push((id, position)));
     let conn = Conn::new(Box::new(leader), 2, Some(sink));
     let (read, write) = tokio::io::split(follower);
     let follower = Follower {
@@ -109,7 +115,7 @@ async fn appends_are_pipelined_and_answered_in_order() {
     let (seen, _follower) = follower.await.unwrap();
     assert_eq!(seen, vec![10, 11, 12, 13, 14]);
     assert_eq!(got, vec![10, 11, 12, 13, 14]);
-    assert_eq!(*received.lock().unwrap(), vec![(2, 11)]);
+    assert_eq!(*received.lock().unwrap(), vec![(2, bare(11))]);
     // A clean end gives the connection back for the next session.
     assert!(pool.take().is_some());
 }
@@ -130,7 +136,12 @@ async fn applied_positions_arrive_while_the_connection_is_idle() {
 
     // No session uses the connection now; the follower applies and says so.
     follower.send(Down::Applied(5)).await;
-    eventually(|| received.lock().unwrap().contains(&(2, 5))).await;
+    eventually(|| received.lock().unwrap().contains(&(2, bare(5)))).await;
+    // A follower of this version sends the hash too.
+    let hashed =
+        wal::Position { index: 6, hash: Some(wal::ApplyHash { origin: 0, digest: [6; 32] }) };
+    follower.send(Down::Position(hashed)).await;
+    eventually(|| received.lock().unwrap().contains(&(2, hashed))).await;
     assert!(pool.take().is_some(), "the idle connection is still usable");
 }
 

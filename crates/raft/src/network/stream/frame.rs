@@ -178,6 +178,11 @@ mod tests {
             Down::Answer(Err(openraft::raft::StreamAppendError::Conflict(log_id(1, 4)))),
             Down::Applied(12),
             Down::Failed("no".into()),
+            Down::Position(wal::Position {
+                index: 13,
+                hash: Some(wal::ApplyHash { origin: 2, digest: [5; 32] }),
+            }),
+            Down::Position(wal::Position { index: 14, hash: None }),
         ];
         for m in &sent {
             codec.encode(m, &mut buf).unwrap();

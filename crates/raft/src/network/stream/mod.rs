@@ -16,9 +16,11 @@
 //! Leader to follower: [`Up::Append`], one AppendEntries request each. Follower to leader:
 //! [`Down::Answer`], one per append and in the same order (the follower feeds the appends to
 //! `Raft::stream_append`, which answers in order, and one ordered connection keeps it so);
-//! [`Down::Applied`], the follower's applied index, sent when the stream opens and whenever it
-//! advances, interleaved with the answers; and [`Down::Failed`], why the follower ends the
-//! stream. An answer that is an error (a conflict, a higher vote) is the follower's last: its
+//! [`Down::Position`], the follower's applied index with its apply hash ([`wal::Position`]),
+//! sent when the stream opens and whenever it advances, interleaved with the answers (to a
+//! leader that did not send [`HASH_HEADER`] when it opened the stream, an older version that
+//! does not know that frame, [`Down::Applied`] with the index alone); and [`Down::Failed`], why
+//! the follower ends the stream. An answer that is an error (a conflict, a higher vote) is the follower's last: its
 //! `Raft::stream_append` ends there, so the connection closes after it.
 //!
 //! # Sessions and connections (`client`)
@@ -65,6 +67,7 @@ use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Lsn, NodeId, TypeConfig};
+use wal::Position;
 
 pub(super) mod client;
 pub mod frame;
@@ -76,13 +79,17 @@ pub const STREAM_PATH: &str = "/raft/stream";
 pub const PROTOCOL: &str = "keel-raft-stream/1";
 /// The header naming the node that opens a stream.
 pub const SENDER_HEADER: &str = "x-keel-node";
+/// The header by which a leader that opens a stream says it reads [`Down::Position`] frames
+/// (value `1`). A follower sends [`Down::Applied`] to a leader that does not send it.
+pub const HASH_HEADER: &str = "x-keel-apply-hash";
 /// After a node refused the upgrade, how long its appends go as single requests before the
 /// stream is tried again.
 pub const RETRY_STREAM_AFTER: Duration = Duration::from_secs(30);
 
 /// Where a leader's network delivers the applied positions its followers send:
-/// `(follower, applied index)`.
-pub type AppliedSink = Arc<dyn Fn(NodeId, Lsn) + Send + Sync>;
+/// `(follower, applied index and apply hash)`; the hash is `None` from a follower of an older
+/// version.
+pub type AppliedSink = Arc<dyn Fn(NodeId, Position) + Send + Sync>;
 
 /// A frame from the leader.
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,8 +103,11 @@ pub enum Up {
 pub enum Down {
     /// The answer to the oldest unanswered append.
     Answer(StreamAppendResult<TypeConfig>),
-    /// The follower's applied index, now.
+    /// The follower's applied index, now (to a leader that did not ask for [`Down::Position`]).
     Applied(Lsn),
     /// The follower ends the stream, and why.
     Failed(String),
+    /// The follower's applied index and its apply hash there, now. Added after the others, so
+    /// the older variants keep their postcard tags.
+    Position(Position),
 }

@@ -17,10 +17,11 @@ use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::frame::{Codec, close, flush};
-use super::{Down, PROTOCOL, SENDER_HEADER, Up};
+use super::{Down, HASH_HEADER, PROTOCOL, SENDER_HEADER, Up};
 use crate::network::PeerNode;
 use crate::network::server::{Server, refuse_sender, voter};
-use crate::types::{Lsn, NodeId};
+use crate::types::NodeId;
+use wal::Position;
 
 /// `POST /raft/stream`: checks the upgrade request and its sender, answers 101 and serves the
 /// stream on the upgraded connection in a task of its own.
@@ -36,10 +37,11 @@ pub(in crate::network) async fn open(
     if let Some(refused) = refuse_sender(&server, peer, "stream", claimed) {
         return refused;
     }
+    let hashes = request.headers().get(HASH_HEADER).is_some_and(|v| v == "1");
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(io) => serve(server, TokioIo::new(io), claimed).await,
+            Ok(io) => serve(server, TokioIo::new(io), claimed, hashes).await,
             Err(e) => tracing::debug!(leader = claimed, error = %e, "stream upgrade failed"),
         }
     });
@@ -75,9 +77,10 @@ enum End {
 }
 
 /// Serves the stream that node `sender` opened on `io` until it ends: appends go to
-/// `Raft::stream_append`, its answers and this node's applied positions go back. Registered
-/// with [`crate::network::Contact`] while it lasts.
-pub(in crate::network) async fn serve<IO>(server: Server, io: IO, sender: NodeId)
+/// `Raft::stream_append`, its answers and this node's applied positions go back (with the
+/// apply hash when `hashes`: the leader said it reads them). Registered with
+/// [`crate::network::Contact`] while it lasts.
+pub(in crate::network) async fn serve<IO>(server: Server, io: IO, sender: NodeId, hashes: bool)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -91,9 +94,13 @@ where
     let mut commits = VecDeque::new();
     let mut applied = server.applied.clone();
     let mut unflushed = false;
+    let report = |position: Position| match hashes {
+        true => Down::Position(position),
+        false => Down::Applied(position.index),
+    };
     if let Some(rx) = &mut applied {
-        let index = *rx.borrow_and_update();
-        unflushed = out.feed(&Down::Applied(index)).await.is_ok();
+        let position = *rx.borrow_and_update();
+        unflushed = out.feed(&report(position)).await.is_ok();
     }
     let end = loop {
         tokio::select! {
@@ -130,8 +137,8 @@ where
                 Some(Err(e)) => break End::Closed(e.to_string()),
                 None => break End::Closed("the leader closed it".into()),
             },
-            index = changed(&mut applied) => match index {
-                Some(index) => match out.feed(&Down::Applied(index)).await {
+            position = changed(&mut applied) => match position {
+                Some(position) => match out.feed(&report(position)).await {
                     Ok(()) => unflushed = true,
                     Err(e) => break End::Closed(e.to_string()),
                 },
@@ -146,8 +153,8 @@ where
     finish(&mut out, end, sender).await;
 }
 
-/// This node's next applied index, or `None` when its source is gone; never without one.
-async fn changed(applied: &mut Option<watch::Receiver<Lsn>>) -> Option<Lsn> {
+/// This node's next applied position, or `None` when its source is gone; never without one.
+async fn changed(applied: &mut Option<watch::Receiver<Position>>) -> Option<Position> {
     let Some(rx) = applied else { return std::future::pending().await };
     rx.changed().await.ok()?;
     Some(*rx.borrow_and_update())
