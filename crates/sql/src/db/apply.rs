@@ -30,7 +30,6 @@
 //! notices commits of *other* connections: the client connection sees the applier's commits as
 //! such, and after applying changes to a shadow table `apply` replaces its own connection with a
 //! fresh one.
-
 //!
 //! ## The leader keeps its speculation
 //!
