@@ -258,7 +258,16 @@ impl TestCluster {
         nodes.iter().map(|node| Some((node.node_id()?, node.voter))).collect()
     }
 
-    /// Whether node `id`'s `/readyz` answers 200.
+    /// Whether node `id` runs and answers (`/readyz?noleader`).
+    pub(crate) fn answering(&self, id: NodeId) -> bool {
+        self.node(id).is_up()
+            && self
+                .pinned(&self.clients.probes, id)
+                .ready(true, false)
+                .is_ok_and(|readiness| readiness.ready)
+    }
+
+    /// Whether node `id` runs and its `/readyz` says ready.
     pub(crate) fn ready(&self, id: NodeId) -> bool {
         self.node(id).is_up()
             && self

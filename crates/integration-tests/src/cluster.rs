@@ -472,6 +472,23 @@ impl TestCluster {
         }
     }
 
+    /// Restarts node `id` like [`TestCluster::restart`], but waits only until it answers
+    /// (`/readyz?noleader`), not until it is ready: for a node that comes back where it cannot
+    /// be (a leader of a stale term whose peers are paused says it cannot reach a quorum).
+    pub fn restart_answering(&self, id: NodeId) {
+        if lock(&self.node(id).process).child.is_some() {
+            self.stop(id);
+        }
+        self.node(id).spawn_with(&[]);
+        if let Err(error) =
+            self.await_start(id, format!("node {id} to answer after a restart"), || {
+                self.answering(id)
+            })
+        {
+            panic!("node {id} did not restart: {error}");
+        }
+    }
+
     /// Freezes node `id` with SIGSTOP. It keeps its sockets but answers nothing. Returns once
     /// every thread of the process has stopped: the signal alone only asks for it, and a thread
     /// busy on another core could still answer a message sent after this call.

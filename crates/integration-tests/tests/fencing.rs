@@ -96,10 +96,13 @@ fn restarted_old_leader_does_not_answer_no_op_writes_from_a_stale_copy() {
     for &id in &others {
         c.pause(id);
     }
-    c.restart(old);
+    // Not ready (no quorum answers it), so wait only until it answers.
+    c.restart_answering(old);
     wait_for(TIMEOUT, "the restarted node to believe it leads its old term", || {
         (c.try_status(old)?.node.role == Role::Leader).then_some(())
     });
+    // Its /readyz does not say ready: no quorum acknowledges this leadership.
+    assert_eq!(c.get(old, "/readyz").status, 503);
     // On its stale copy v is 1, so this changes nothing there; the truth is v = 2.
     let answer =
         c.try_execute(old, "timeout=2s", &json!(["UPDATE r SET v = 3 WHERE k = 1 AND v = 2"]));
