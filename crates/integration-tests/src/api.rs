@@ -260,19 +260,20 @@ impl TestCluster {
 
     /// Whether node `id` runs and answers (`/readyz?noleader`).
     pub(crate) fn answering(&self, id: NodeId) -> bool {
-        self.node(id).is_up()
-            && self
-                .pinned(&self.clients.probes, id)
-                .ready(true, false)
-                .is_ok_and(|readiness| readiness.ready)
+        self.readyz(id, true)
     }
 
     /// Whether node `id` runs and its `/readyz` says ready.
     pub(crate) fn ready(&self, id: NodeId) -> bool {
+        self.readyz(id, false)
+    }
+
+    /// Whether node `id` runs and its `/readyz` (with `noleader` if asked) says ready.
+    fn readyz(&self, id: NodeId, noleader: bool) -> bool {
         self.node(id).is_up()
             && self
                 .pinned(&self.clients.probes, id)
-                .ready(false, false)
+                .ready(noleader, false)
                 .is_ok_and(|readiness| readiness.ready)
     }
 }

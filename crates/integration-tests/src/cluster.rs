@@ -459,31 +459,24 @@ impl TestCluster {
     /// [`TestCluster::restart`] with `more` `keel serve` arguments for this start only (a later
     /// restart drops them), e.g. a planted bug in one node.
     pub fn restart_with(&self, id: NodeId, more: &[&str]) {
-        if lock(&self.node(id).process).child.is_some() {
-            self.stop(id);
-        }
-        self.node(id).spawn_with(more);
-        if let Err(error) =
-            self.await_start(id, format!("node {id} to be ready after a restart"), || {
-                self.ready(id)
-            })
-        {
-            panic!("node {id} did not restart: {error}");
-        }
+        self.restart_until(id, more, "be ready", || self.ready(id));
     }
 
     /// Restarts node `id` like [`TestCluster::restart`], but waits only until it answers
     /// (`/readyz?noleader`), not until it is ready: for a node that comes back where it cannot
     /// be (a leader of a stale term whose peers are paused says it cannot reach a quorum).
     pub fn restart_answering(&self, id: NodeId) {
+        self.restart_until(id, &[], "answer", || self.answering(id));
+    }
+
+    /// Stops node `id` if it runs, starts it with `more` arguments, and waits until `done`.
+    fn restart_until(&self, id: NodeId, more: &[&str], what: &str, done: impl FnMut() -> bool) {
         if lock(&self.node(id).process).child.is_some() {
             self.stop(id);
         }
-        self.node(id).spawn_with(&[]);
+        self.node(id).spawn_with(more);
         if let Err(error) =
-            self.await_start(id, format!("node {id} to answer after a restart"), || {
-                self.answering(id)
-            })
+            self.await_start(id, format!("node {id} to {what} after a restart"), done)
         {
             panic!("node {id} did not restart: {error}");
         }

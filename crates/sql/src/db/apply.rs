@@ -180,10 +180,7 @@ impl Db {
         // speculation's results show (see `speculation`): the bookkeeping writes below change
         // both, and are undone (`hold` kept only speculations that left at most 1 change).
         let (rowid, changes) = (self.conn.last_insert_rowid(), self.conn.changes());
-        let chain = match self.skew_apply_hash {
-            true => self.chain.map(skew),
-            false => self.chain,
-        };
+        let chain = self.chain_to_extend();
         let committed = answers::store(&self.conn, entry.index, &held.record.requests)
             .and_then(|()| answers::prune(&self.conn, entry.index))
             .and_then(|()| meta::write_applied(&self.conn, chain, std::slice::from_ref(entry)))
@@ -198,7 +195,6 @@ impl Db {
         match committed {
             Ok(recorded) => {
                 self.held_commits += 1;
-                self.skew_apply_hash = false;
                 self.pins.applied(entry.index);
                 self.chain = recorded.chain;
                 self.recent.extend(&recorded.hashes);
@@ -257,10 +253,7 @@ impl Db {
             // alone, not on how entries were grouped into calls (see `answers`).
             answers::prune(&self.applier, entry.index)?;
         }
-        let chain = match std::mem::take(&mut self.skew_apply_hash) {
-            true => self.chain.map(skew),
-            false => self.chain,
-        };
+        let chain = self.chain_to_extend();
         let recorded = meta::write_applied(&self.applier, chain, entries)?;
         Ok((touched_shadow_tables, recorded))
     }
@@ -354,6 +347,17 @@ impl Db {
             && let Err(error) = internal(&self.applier, "ROLLBACK")
         {
             tracing::warn!(%error, "rollback of an apply failed");
+        }
+    }
+}
+
+impl Db {
+    /// The apply hash the next recorded entries extend: this node's, or once after
+    /// [`Db::plant_apply_hash_skew`], a skewed one.
+    fn chain_to_extend(&mut self) -> Option<wal::ApplyHash> {
+        match std::mem::take(&mut self.skew_apply_hash) {
+            true => self.chain.map(skew),
+            false => self.chain,
         }
     }
 }
