@@ -260,7 +260,7 @@ impl ChangeStream {
 /// Whether an `Op::Ddl` text is one of the `sqlite_sequence` fix-ups `sql::Db::execute`
 /// appends to a record (AUTOINCREMENT counters), rather than a client's statement.
 fn is_sequence_fixup(sql: &str) -> bool {
-    sql.starts_with("DELETE FROM sqlite_sequence WHERE name = ")
+    sql.starts_with("DELETE FROM sqlite_sequence WHERE name ")
 }
 
 /// The events of one record, with their ids, in order.
@@ -349,6 +349,7 @@ mod tests {
         assert!(is_sequence_fixup(
             "DELETE FROM sqlite_sequence WHERE name = 'b'; INSERT INTO sqlite_sequence (name, seq) VALUES ('b', 5);"
         ));
+        assert!(is_sequence_fixup("DELETE FROM sqlite_sequence WHERE name IS NULL;"));
         assert!(!is_sequence_fixup("CREATE TABLE sqlite_sequence_like (a)"));
     }
 }

@@ -15,10 +15,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::Result;
+use crate::schema::literal;
 
 /// Dumps the database file at `path` (opened read-only).
 pub fn dump(path: &Path) -> Result<String> {
@@ -114,23 +114,4 @@ fn dump_in_transaction(conn: &Connection) -> Result<String> {
         }
     }
     Ok(out)
-}
-
-/// An SQL literal for a value.
-pub(crate) fn literal(value: ValueRef<'_>) -> String {
-    match value {
-        ValueRef::Null => "NULL".to_string(),
-        ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) => format!("{f:?}"),
-        ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''")),
-        ValueRef::Blob(b) => {
-            let mut hex = String::with_capacity(3 + 2 * b.len());
-            hex.push_str("x'");
-            for byte in b {
-                write!(hex, "{byte:02x}").ok();
-            }
-            hex.push('\'');
-            hex
-        }
-    }
 }

@@ -337,16 +337,20 @@ fn sequences(conn: &Connection, tables: &[schema::Table]) -> Result<Vec<Statemen
     if !exists {
         return Ok(Vec::new());
     }
-    let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence")?;
-    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+    // Any value of any type may be stored there (SQLite allows writes), and a name may repeat.
+    let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence ORDER BY rowid")?;
+    let mut rows = stmt.query([])?;
     let mut out = Vec::new();
-    for row in rows {
-        let (name, seq) = row?;
-        if !tables.iter().any(|t| t.name == name) {
-            continue;
+    let mut cleared = Vec::new();
+    while let Some(row) = rows.next()? {
+        let ValueRef::Text(name) = row.get_ref(0)? else { continue };
+        let Some(table) = tables.iter().find(|t| t.name.as_bytes() == name) else { continue };
+        let quoted = schema::literal(ValueRef::Text(name));
+        if !cleared.contains(&table.name) {
+            cleared.push(table.name.clone());
+            out.push(Statement::new(format!("DELETE FROM sqlite_sequence WHERE name = {quoted}")));
         }
-        let quoted = format!("'{}'", name.replace('\'', "''"));
-        out.push(Statement::new(format!("DELETE FROM sqlite_sequence WHERE name = {quoted}")));
+        let seq = schema::literal(row.get_ref(1)?);
         out.push(Statement::new(format!(
             "INSERT INTO sqlite_sequence (name, seq) VALUES ({quoted}, {seq})"
         )));

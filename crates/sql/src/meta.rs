@@ -29,6 +29,7 @@ use crate::answers;
 use crate::chain;
 use crate::error::{Error, Result};
 use crate::schema::is_internal_table;
+use crate::schema::literal;
 
 /// Keel's metadata table: the applied position, inside the database it describes.
 const META_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _keel_meta (
@@ -197,20 +198,30 @@ pub(crate) fn nullable_key_columns(
     stmt.query_map([table], |row| row.get(0))?.collect()
 }
 
-/// The contents of `sqlite_sequence` (AUTOINCREMENT counters), empty if it does not exist.
-pub(crate) fn read_sequences(conn: &Connection) -> rusqlite::Result<BTreeMap<String, i64>> {
+/// The contents of `sqlite_sequence` (AUTOINCREMENT counters), empty if it does not exist:
+/// each name's seq values in rowid order, both as SQL literals. Clients may write any value of
+/// any type there, as SQLite allows, so nothing is assumed about types or uniqueness.
+pub(crate) fn read_sequences(conn: &Connection) -> rusqlite::Result<Sequences> {
     let exists: bool = conn
         .prepare_cached(
             "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_sequence'",
         )?
         .query_row([], |row| row.get(0))?;
+    let mut sequences = Sequences::new();
     if !exists {
-        return Ok(BTreeMap::new());
+        return Ok(sequences);
     }
-    let mut stmt = conn.prepare_cached("SELECT name, seq FROM sqlite_sequence")?;
-    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    rows.collect()
+    let mut stmt = conn.prepare_cached("SELECT name, seq FROM sqlite_sequence ORDER BY rowid")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let name = literal(row.get_ref(0)?);
+        sequences.entry(name).or_default().push(literal(row.get_ref(1)?));
+    }
+    Ok(sequences)
 }
+
+/// `sqlite_sequence` by name: see [`read_sequences`].
+pub(crate) type Sequences = BTreeMap<String, Vec<String>>;
 
 #[cfg(test)]
 mod tests {

@@ -288,6 +288,19 @@ pub(crate) fn write_literal(out: &mut Vec<u8>, value: ValueRef<'_>) {
     }
 }
 
+/// [`write_literal`] as a string. Text that is not UTF-8 becomes `CAST(X'…' AS TEXT)`, which
+/// SQLite reads back as the same bytes.
+pub(crate) fn literal(value: ValueRef<'_>) -> String {
+    let mut out = Vec::new();
+    write_literal(&mut out, value);
+    String::from_utf8(out).unwrap_or_else(|_| {
+        let mut out = b"CAST(".to_vec();
+        write_literal(&mut out, ValueRef::Blob(value.as_bytes().unwrap_or_default()));
+        out.extend_from_slice(b" AS TEXT)");
+        String::from_utf8(out).expect("a blob literal is ASCII")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use test_case::test_case;
@@ -315,6 +328,24 @@ mod tests {
         let back: rusqlite::types::Value =
             conn.query_row(&format!("SELECT {expect}"), [], |row| row.get(0)).unwrap();
         assert_eq!(ValueRef::from(&back), value);
+        assert_eq!(literal(value), expect);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8() {
+        let value = ValueRef::Text(b"a\xff'");
+        let text = literal(value);
+        assert_eq!(text, "CAST(X'61FF27' AS TEXT)");
+        let conn = Connection::open_in_memory().unwrap();
+        let back = conn
+            .query_row(&format!("SELECT {text}"), [], |row| {
+                Ok(row.get_ref(0)?.as_bytes()?.to_vec())
+            })
+            .unwrap();
+        assert_eq!(back, b"a\xff'");
+        let kind: String =
+            conn.query_row(&format!("SELECT typeof({text})"), [], |row| row.get(0)).unwrap();
+        assert_eq!(kind, "text");
     }
 
     #[test]

@@ -468,7 +468,7 @@ pub(crate) fn describe(changeset: &[u8]) -> rusqlite::Result<Vec<String>> {
 fn column(iter: *mut ffi::sqlite3_changeset_iter, i: c_int, old: bool) -> Option<String> {
     // SAFETY: `iter` points at a change of the matching kind (checked by the caller) and `i`
     // is below its column count.
-    unsafe { change_value(iter, i, old, crate::dump::literal) }
+    unsafe { change_value(iter, i, old, crate::schema::literal) }
 }
 
 /// Reads the old (`old = true`) or new value of column `i` of the iterator's current change and

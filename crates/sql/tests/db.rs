@@ -101,6 +101,33 @@ fn execute_never_changes_the_database() {
     assert!(matches!(&version[0], StatementResult::Rows { values, .. } if values[0][0] == 0));
 }
 
+/// Clients may write anything into `sqlite_sequence`, as SQLite allows: values of any type,
+/// NULL names, repeated names. The speculation answers, and a replica ends up equal.
+#[test]
+fn odd_sqlite_sequence_contents_replicate_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Db::open(&dir.path().join("leader")).unwrap();
+    let mut replica = Db::open(&dir.path().join("replica")).unwrap();
+    write(
+        &mut leader,
+        &mut [&mut replica],
+        1,
+        &["CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, v)"],
+    );
+    write(&mut leader, &mut [&mut replica], 2, &["INSERT INTO t (v) VALUES (1)"]);
+    let steps: [&[&str]; 5] = [
+        &["UPDATE sqlite_sequence SET seq = 'u'"],
+        &["INSERT INTO sqlite_sequence VALUES (NULL, 2.5), ('t', x'00ff'), (7, NULL)"],
+        &["UPDATE sqlite_sequence SET seq = CAST(x'61ff' AS TEXT) WHERE name IS NULL"],
+        &["INSERT INTO t (v) VALUES (2)", "DELETE FROM sqlite_sequence WHERE name = 7"],
+        &["DELETE FROM sqlite_sequence WHERE name IS NULL OR seq = 'u'"],
+    ];
+    for (i, statements) in steps.iter().enumerate() {
+        write(&mut leader, &mut [&mut replica], 3 + i as u64, statements);
+        assert_eq!(replica.dump().unwrap(), leader.dump().unwrap(), "after {statements:?}");
+    }
+}
+
 #[test]
 fn apply_is_atomic() {
     let dir = tempfile::tempdir().unwrap();

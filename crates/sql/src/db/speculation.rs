@@ -83,7 +83,7 @@ use super::{Db, Held, internal, set_last_insert_rowid};
 use crate::answers;
 use crate::error::{Error, Result};
 use crate::limits::{self, Limits, Watchdog};
-use crate::meta::{self, read_sequences};
+use crate::meta::{self, Sequences, read_sequences};
 use crate::policy::Policy;
 use crate::result::StatementResult;
 use crate::schema::is_internal_table;
@@ -588,20 +588,25 @@ fn may_contain_ddl(sql: &str) -> bool {
 
 /// Ops that make a replica's `sqlite_sequence` equal the leader's after the record: sessions do
 /// not record it, and a replica applying the rows would only reach the largest rowid still
-/// present, not the leader's counter.
-fn sequence_fixups(before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>) -> Vec<Op> {
-    let quote = |name: &str| format!("'{}'", name.replace('\'', "''"));
+/// present, not the leader's counter. Names and values are SQL literals ([`read_sequences`]).
+fn sequence_fixups(before: &Sequences, after: &Sequences) -> Vec<Op> {
+    // `=` never matches NULL; both forms start alike (see `node::changes`).
+    let matching = |name: &str| {
+        if name == "NULL" { "name IS NULL".to_string() } else { format!("name = {name}") }
+    };
     let mut ops = Vec::new();
-    for (name, seq) in after {
-        if before.get(name) != Some(seq) {
-            let name = quote(name);
+    for (name, seqs) in after {
+        if before.get(name) != Some(seqs) {
+            let rows: Vec<String> = seqs.iter().map(|seq| format!("({name}, {seq})")).collect();
             ops.push(Op::Ddl(format!(
-                "DELETE FROM sqlite_sequence WHERE name = {name}; INSERT INTO sqlite_sequence (name, seq) VALUES ({name}, {seq});"
+                "DELETE FROM sqlite_sequence WHERE {}; INSERT INTO sqlite_sequence (name, seq) VALUES {};",
+                matching(name),
+                rows.join(", ")
             )));
         }
     }
     for name in before.keys().filter(|name| !after.contains_key(*name)) {
-        ops.push(Op::Ddl(format!("DELETE FROM sqlite_sequence WHERE name = {};", quote(name))));
+        ops.push(Op::Ddl(format!("DELETE FROM sqlite_sequence WHERE {};", matching(name))));
     }
     ops
 }
@@ -624,10 +629,16 @@ mod tests {
 
     #[test]
     fn fixups() {
-        let before =
-            BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 2), ("c'd".to_string(), 3)]);
-        let after =
-            BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 5), ("e".to_string(), 1)]);
+        let map = |pairs: &[(&str, &[&str])]| -> Sequences {
+            pairs
+                .iter()
+                .map(|(name, seqs)| {
+                    (name.to_string(), seqs.iter().map(|s| s.to_string()).collect())
+                })
+                .collect()
+        };
+        let before = map(&[("'a'", &["1"]), ("'b'", &["2"]), ("'c''d'", &["3"]), ("NULL", &["4"])]);
+        let after = map(&[("'a'", &["1"]), ("'b'", &["5"]), ("'e'", &["'u'", "2.5"])]);
         let sql: Vec<String> = sequence_fixups(&before, &after)
             .into_iter()
             .map(|op| match op {
@@ -639,8 +650,9 @@ mod tests {
             sql,
             vec![
                 "DELETE FROM sqlite_sequence WHERE name = 'b'; INSERT INTO sqlite_sequence (name, seq) VALUES ('b', 5);",
-                "DELETE FROM sqlite_sequence WHERE name = 'e'; INSERT INTO sqlite_sequence (name, seq) VALUES ('e', 1);",
+                "DELETE FROM sqlite_sequence WHERE name = 'e'; INSERT INTO sqlite_sequence (name, seq) VALUES ('e', 'u'), ('e', 2.5);",
                 "DELETE FROM sqlite_sequence WHERE name = 'c''d';",
+                "DELETE FROM sqlite_sequence WHERE name IS NULL;",
             ]
         );
     }
