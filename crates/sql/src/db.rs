@@ -53,6 +53,7 @@
 //! when to snapshot (`raft`).
 
 mod apply;
+mod held;
 mod speculation;
 
 use std::path::{Path, PathBuf};
@@ -114,10 +115,10 @@ pub struct Db {
     live: Arc<Live>,
     /// Log indexes whose state checks want to read (`apply` splits its batches at them).
     pins: Arc<Pins>,
-    /// The leader's last speculation, still open on `conn` until its record is applied
-    /// (see `apply`, "The leader keeps its speculation"). `None` whenever `conn` is in
-    /// autocommit mode; every other use of `conn` rolls it back first.
-    held: std::cell::Cell<Option<Held>>,
+    /// The leader's speculations, still open on `conn` until their records are applied
+    /// (see `held`). `None` whenever `conn` is in autocommit mode; every other use of `conn`
+    /// rolls them back first.
+    held: std::cell::Cell<Option<held::Held>>,
     /// How many entries `apply` took by committing a held speculation.
     held_commits: u64,
     /// The apply hash after the stored position, as `_keel_meta` holds it ([`crate::chain`]);
@@ -128,18 +129,8 @@ pub struct Db {
     /// A planted fault (`keel serve --unsafe-plant-bug skew-apply-hash`): the next apply
     /// records a hash as if an earlier entry had differed.
     skew_apply_hash: bool,
-}
-
-/// A speculation left open on the client connection by [`Db::execute_held`]: the transaction
-/// holds exactly the effect of `record` on the state at `base`.
-#[derive(Debug)]
-struct Held {
-    /// The term the writer proposes `record` in.
-    term: wal::Term,
-    /// The applied index the speculation ran on.
-    base: wal::Lsn,
-    /// What the speculation produced; it is committed as the entry at `base + 1` only.
-    record: wal::Record,
+    /// Told the applied position after every commit that moves it ([`Db::on_commit`]).
+    on_commit: Option<Box<dyn Fn(wal::Position) + Send>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -183,6 +174,7 @@ impl Db {
             chain,
             recent: Arc::default(),
             skew_apply_hash: false,
+            on_commit: None,
         })
     }
 
@@ -309,15 +301,31 @@ impl Db {
     }
 
     /// The last applied log position stored in the database, or `None` before the first apply.
+    /// Read on the apply connection, which sees committed state only, so held speculations stay.
     pub fn applied(&self) -> Result<Option<Applied>> {
-        self.end_transaction();
-        meta::read_applied(&self.conn)
+        meta::read_applied(&self.applier)
     }
 
     /// A textual dump of the schema and every row (see [`crate::dump()`]).
     pub fn dump(&self) -> Result<String> {
         self.end_transaction();
         crate::dump::dump_connection(&self.conn)
+    }
+
+    /// Calls `publish` with the applied position and the apply hash after it every time a
+    /// commit moves them: an apply, the commit of held speculations, an install. The call runs
+    /// right after the commit, on the thread that made it.
+    pub fn on_commit(&mut self, publish: impl Fn(wal::Position) + Send + 'static) {
+        self.on_commit = Some(Box::new(publish));
+    }
+
+    /// Everything through `index` is committed: tells the table checks' pins and
+    /// [`Db::on_commit`]'s callback.
+    fn committed(&self, index: wal::Lsn) {
+        self.pins.applied(index);
+        if let Some(publish) = &self.on_commit {
+            publish(wal::Position { index, hash: self.chain });
+        }
     }
 
     /// Rolls back any open transaction (and leaves the authorizer off), a held speculation

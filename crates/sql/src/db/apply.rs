@@ -58,7 +58,8 @@ use std::sync::Arc;
 use rusqlite::OptionalExtension as _;
 use wal::{Op, Record};
 
-use super::{Db, internal, set_last_insert_rowid};
+use super::held::Taken;
+use super::{Db, internal};
 use crate::answers;
 use crate::error::{Error, Result, is_environmental};
 use crate::generation::{self, Generation};
@@ -111,12 +112,12 @@ impl Db {
         self.capped = false;
         let old = std::mem::replace(&mut self.generation, Arc::new(Generation { number, path }));
         self.live.switch(self.generation.clone());
-        if let Ok(Some(applied)) = meta::read_applied(&self.conn) {
-            self.pins.applied(applied.index);
-        }
         // The image's chain continues here; the hashes of entries before it were never ours.
         self.chain = meta::read_chain(&self.conn)?;
         self.recent.clear();
+        if let Ok(Some(applied)) = meta::read_applied(&self.conn) {
+            self.committed(applied.index);
+        }
         for old in [old_conn, old_applier] {
             if let Err((_, error)) = old.close() {
                 tracing::warn!(%error, "closing a write connection of the old generation");
@@ -147,65 +148,25 @@ impl Db {
     /// [`Db::execute_held`] is not applied again: that transaction is committed instead (see
     /// the module docs).
     pub fn apply(&mut self, entries: &[Apply<'_>]) -> Result<()> {
-        let mut rest = entries;
-        if let Some(first) = rest.first()
-            && self.commit_held(first)
-        {
-            rest = &rest[1..];
+        match self.take_held(entries) {
+            Taken::Entries(taken) => self.apply_entries(&entries[taken..]),
+            Taken::RolledBack { held, taken } => {
+                let mut all = held.deferred();
+                all.extend_from_slice(&entries[taken..]);
+                self.apply_entries(&all)
+            }
         }
+    }
+
+    /// [`Db::apply`] from the records, split where a table check has pinned an index.
+    pub(super) fn apply_entries(&mut self, entries: &[Apply<'_>]) -> Result<()> {
+        let mut rest = entries;
         while let Some(at) = self.pins.split_at(rest.iter().map(|e| e.index)) {
             let (through, after) = rest.split_at(at + 1);
             self.apply_part(through)?;
             rest = after;
         }
         self.apply_part(rest)
-    }
-
-    /// Commits the held speculation as the apply of `entry` if `entry` carries its record at
-    /// the index after the one it ran on, in its term. Returns whether it did; otherwise (no
-    /// held speculation, another entry, or a failure, which is logged) the speculation is
-    /// rolled back and `entry` must be applied from its record.
-    fn commit_held(&mut self, entry: &Apply<'_>) -> bool {
-        let Some(held) = self.held.take() else { return false };
-        let hit = entry.index == held.base + 1
-            && entry.term == held.term
-            && entry.membership.is_none()
-            && entry.record == Some(&held.record)
-            && !self.conn.is_autocommit();
-        if !hit {
-            self.end_transaction();
-            return false;
-        }
-        // What the client statements left in the connection's counters, which the next
-        // speculation's results show (see `speculation`): the bookkeeping writes below change
-        // both, and are undone (`hold` kept only speculations that left at most 1 change).
-        let (rowid, changes) = (self.conn.last_insert_rowid(), self.conn.changes());
-        let chain = self.chain_to_extend();
-        let committed = answers::store(&self.conn, entry.index, &held.record.requests)
-            .and_then(|()| answers::prune(&self.conn, entry.index))
-            .and_then(|()| meta::write_applied(&self.conn, chain, std::slice::from_ref(entry)))
-            .and_then(|recorded| {
-                if changes == 0 {
-                    internal(&self.conn, "UPDATE _keel_meta SET idx = idx WHERE 0")?;
-                }
-                set_last_insert_rowid(&self.conn, rowid);
-                internal(&self.conn, "COMMIT")?;
-                Ok(recorded)
-            });
-        match committed {
-            Ok(recorded) => {
-                self.held_commits += 1;
-                self.pins.applied(entry.index);
-                self.chain = recorded.chain;
-                self.recent.extend(&recorded.hashes);
-                true
-            }
-            Err(error) => {
-                tracing::warn!(%error, index = entry.index, "committing the leader's speculation failed; applying its record instead");
-                self.end_transaction();
-                false
-            }
-        }
     }
 
     /// [`Db::apply`] of entries that no pin splits; tells the pins what is committed.
@@ -228,9 +189,9 @@ impl Db {
                     // just written underneath it, so start over with a fresh connection.
                     self.applier = Self::connect_applier(&self.generation.path)?;
                 }
-                self.pins.applied(last.index);
                 self.chain = recorded.chain;
                 self.recent.extend(&recorded.hashes);
+                self.committed(last.index);
                 Ok(())
             }
             Err(error) => {
@@ -354,7 +315,7 @@ impl Db {
 impl Db {
     /// The apply hash the next recorded entries extend: this node's, or once after
     /// [`Db::plant_apply_hash_skew`], a skewed one.
-    fn chain_to_extend(&mut self) -> Option<wal::ApplyHash> {
+    pub(super) fn chain_to_extend(&mut self) -> Option<wal::ApplyHash> {
         match std::mem::take(&mut self.skew_apply_hash) {
             true => self.chain.map(skew),
             false => self.chain,

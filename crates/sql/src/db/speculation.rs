@@ -79,7 +79,8 @@ use rusqlite::Connection;
 use rusqlite::config::DbConfig;
 use wal::{Lsn, Op, Record, Term};
 
-use super::{Db, Held, internal, set_last_insert_rowid};
+use super::held::Held;
+use super::{Db, internal, set_last_insert_rowid};
 use crate::answers;
 use crate::error::{Error, Result};
 use crate::limits::{self, Limits, Watchdog};
@@ -145,7 +146,7 @@ pub struct Speculation {
 }
 
 /// What [`Db::execute`] does with one request of a group.
-enum Plan {
+pub(super) enum Plan {
     /// Run it.
     Run,
     /// Its id was applied by the entry at `lsn`: answer `results` without running it.
@@ -181,37 +182,16 @@ impl Db {
     /// [`Db::execute`], holding the transaction open for `hold`'s term if given.
     fn speculate(&mut self, requests: &[WriteRequest], hold: Option<Term>) -> Result<Speculation> {
         self.end_transaction();
-        if !self.capped {
-            limits::cap_values(&self.conn, Some(&self.limits))?;
-            self.conn
-                .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, self.limits.foreign_keys)?;
-            self.capped = true;
-        }
-        self.verdicts.check_schema(&self.conn)?;
+        self.prepare_connection()?;
         let plans = self.plan(requests)?;
-        let run: Vec<&WriteRequest> = requests
-            .iter()
-            .zip(&plans)
-            .filter(|(_, plan)| matches!(plan, Plan::Run))
-            .map(|(request, _)| request)
-            .collect();
+        let run = runnable(requests, &plans);
         let mut skip: BTreeMap<(usize, usize), String> = BTreeMap::new();
         let last_rowid = self.conn.last_insert_rowid();
         let attempt = loop {
             // A retry starts from the rowid the first attempt started from, so that results
             // do not show what the thrown-away attempt inserted.
             set_last_insert_rowid(&self.conn, last_rowid);
-            let outcome = Speculator::run(
-                Checks {
-                    policy: &self.policy,
-                    watchdog: &self.watchdog,
-                    limits: &self.limits,
-                    verdicts: &self.verdicts,
-                },
-                &self.conn,
-                &run,
-                &skip,
-            );
+            let outcome = Speculator::run(self.checks(), &self.conn, "BEGIN IMMEDIATE", &run, &skip);
             if hold.is_none() || outcome.is_err() {
                 self.end_transaction();
             }
@@ -224,31 +204,34 @@ impl Db {
                 Err(Failure::Fatal(error)) => return Err(error),
             }
         };
-        let mut ran = attempt.results.into_iter();
-        let mut results: Vec<Vec<StatementResult>> = Vec::with_capacity(requests.len());
-        let mut duplicates = Vec::with_capacity(requests.len());
-        let mut answers = Vec::new();
-        for (request, plan) in requests.iter().zip(plans) {
-            let (request_results, duplicate) = match plan {
-                Plan::Run => {
-                    let request_results = ran.next().expect("one result list per request run");
-                    if let Some(id) = &request.request_id {
-                        let results = answers::encode(&request_results);
-                        answers.push(wal::RequestAnswer { id: id.clone(), results });
-                    }
-                    (request_results, None)
-                }
-                Plan::Applied { lsn, results } => (results, Some(lsn)),
-                Plan::Repeat(first) => (results[first].clone(), duplicates[first]),
-            };
-            results.push(request_results);
-            duplicates.push(duplicate);
-        }
-        let record = Record { ops: attempt.ops, requests: answers };
+        let speculation = assemble(requests, plans, attempt);
         if let Some(term) = hold {
-            self.hold(term, &record);
+            self.hold(term, &speculation.record);
         }
-        Ok(Speculation { record, results, duplicates })
+        Ok(speculation)
+    }
+
+    /// Sets the client connection's value cap and foreign-key setting if `limits` changed, and
+    /// forgets the authorizer's verdicts if the schema moved.
+    pub(super) fn prepare_connection(&mut self) -> Result<()> {
+        if !self.capped {
+            limits::cap_values(&self.conn, Some(&self.limits))?;
+            self.conn
+                .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY, self.limits.foreign_keys)?;
+            self.capped = true;
+        }
+        self.verdicts.check_schema(&self.conn)?;
+        Ok(())
+    }
+
+    /// What a speculation checks its statements with.
+    pub(super) fn checks(&self) -> Checks<'_> {
+        Checks {
+            policy: &self.policy,
+            watchdog: &self.watchdog,
+            limits: &self.limits,
+            verdicts: &self.verdicts,
+        }
     }
 
     /// Keeps the open transaction of a speculation that produced `record`, to be proposed in
@@ -270,7 +253,7 @@ impl Db {
         match meta::read_applied(&self.conn) {
             Ok(base) => {
                 let base = base.map_or(0, |a| a.index);
-                self.held.set(Some(Held { term, base, record: record.clone() }));
+                self.held.set(Some(Held::new(term, base, record.clone())));
             }
             Err(error) => {
                 tracing::warn!(%error, "reading the applied position; the speculation is rolled back");
@@ -281,7 +264,7 @@ impl Db {
 
     /// Decides, for each request of a group, whether to run it or answer it as a retry: its id
     /// is stored in `_keel_requests`, or belongs to an earlier request of the group.
-    fn plan(&self, requests: &[WriteRequest]) -> Result<Vec<Plan>> {
+    pub(super) fn plan(&self, requests: &[WriteRequest]) -> Result<Vec<Plan>> {
         let mut first: HashMap<&str, usize> = HashMap::new();
         let mut plans = Vec::with_capacity(requests.len());
         for (i, request) in requests.iter().enumerate() {
@@ -304,7 +287,7 @@ impl Db {
 }
 
 /// Why one attempt of [`Db::execute`] stopped early.
-enum Failure {
+pub(super) enum Failure {
     /// A statement rolled back the whole transaction; retry without running it.
     EndedTransaction {
         /// Index of the request.
@@ -333,7 +316,7 @@ enum Ran {
 }
 
 /// What a successful attempt produced for the requests it ran.
-struct Attempt {
+pub(super) struct Attempt {
     /// The record's ops.
     ops: Vec<Op>,
     /// One `Vec` per request run, one result per statement.
@@ -342,7 +325,7 @@ struct Attempt {
 
 /// What watches client statements on the client connection.
 #[derive(Clone, Copy)]
-struct Checks<'c> {
+pub(super) struct Checks<'c> {
     /// The authorizer.
     policy: &'c Policy,
     /// The statement timer.
@@ -354,7 +337,7 @@ struct Checks<'c> {
 }
 
 /// One attempt at executing a group of requests: the transaction's state while it is open.
-struct Speculator<'c> {
+pub(super) struct Speculator<'c> {
     /// The client connection, inside `BEGIN`.
     conn: &'c Connection,
     /// Its authorizer, timer and limits.
@@ -401,6 +384,43 @@ const STATEMENT_SAVEPOINT: Savepoint = savepoint!("keel_statement");
 /// The savepoint opened and released to make full-text indexes flush (see `cut`).
 const FLUSH_SAVEPOINT: Savepoint = savepoint!("keel_flush");
 
+/// The requests of a group that are run (not answered as retries), in order.
+pub(super) fn runnable<'r>(requests: &'r [WriteRequest], plans: &[Plan]) -> Vec<&'r WriteRequest> {
+    requests
+        .iter()
+        .zip(plans)
+        .filter(|(_, plan)| matches!(plan, Plan::Run))
+        .map(|(request, _)| request)
+        .collect()
+}
+
+/// A group's speculation from its plans and the attempt that ran the requests to run: every
+/// request's results (retries answered from their plan), and the record.
+pub(super) fn assemble(requests: &[WriteRequest], plans: Vec<Plan>, attempt: Attempt) -> Speculation {
+    let mut ran = attempt.results.into_iter();
+    let mut results: Vec<Vec<StatementResult>> = Vec::with_capacity(requests.len());
+    let mut duplicates = Vec::with_capacity(requests.len());
+    let mut answers = Vec::new();
+    for (request, plan) in requests.iter().zip(plans) {
+        let (request_results, duplicate) = match plan {
+            Plan::Run => {
+                let request_results = ran.next().expect("one result list per request run");
+                if let Some(id) = &request.request_id {
+                    let results = answers::encode(&request_results);
+                    answers.push(wal::RequestAnswer { id: id.clone(), results });
+                }
+                (request_results, None)
+            }
+            Plan::Applied { lsn, results } => (results, Some(lsn)),
+            Plan::Repeat(first) => (results[first].clone(), duplicates[first]),
+        };
+        results.push(request_results);
+        duplicates.push(duplicate);
+    }
+    let record = Record { ops: attempt.ops, requests: answers };
+    Speculation { record, results, duplicates }
+}
+
 /// The error result for VACUUM, which the authorizer does not report.
 const VACUUM_ERROR: &str = "VACUUM is not supported: it rewrites the file and is not replicated";
 
@@ -410,13 +430,16 @@ const DEFERRED_FK_ERROR: &str = "FOREIGN KEY constraint failed";
 impl<'c> Speculator<'c> {
     /// Runs one attempt; the caller rolls back afterwards whatever happens. `skip` holds
     /// statements answered by an error without being run, by position in `requests`.
-    fn run(
+    /// `begin` opens the attempt's scope: `BEGIN IMMEDIATE`, or a savepoint inside a held
+    /// transaction (`held`).
+    pub(super) fn run(
         checks: Checks<'c>,
         conn: &'c Connection,
+        begin: &str,
         requests: &[&WriteRequest],
         skip: &BTreeMap<(usize, usize), String>,
     ) -> std::result::Result<Attempt, Failure> {
-        internal(conn, "BEGIN IMMEDIATE")?;
+        internal(conn, begin)?;
         let sequences = read_sequences(conn)?;
         let mut speculator = Speculator {
             conn,
