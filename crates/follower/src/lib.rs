@@ -75,17 +75,21 @@ fn store_error(e: sql::Error) -> state_machine::Error {
 impl Replica {
     /// Moves an open database onto its own thread ([`sql::Worker`]); the applied watch starts
     /// at the database's stored position.
-    pub fn new(db: sql::Db) -> sql::Result<Replica> {
+    pub fn new(mut db: sql::Db) -> sql::Result<Replica> {
         let position = db.position()?;
         let images = db.image_source();
-        let (tx, _) = watch::channel(position.index);
-        let (position, _) = watch::channel(position);
-        Ok(Replica {
-            db: sql::Worker::spawn(db)?,
-            images,
-            applied: Arc::new(tx),
-            position: Arc::new(position),
-        })
+        let applied = Arc::new(watch::channel(position.index).0);
+        let position = Arc::new(watch::channel(position).0);
+        // Published from the database thread, the moment a transaction moved the position: a
+        // writer waiting for it wakes without waiting for openraft to hear of the apply. An
+        // apply that only matched the leader's held speculations commits nothing and moves
+        // nothing (see `sql::Db::execute_stacked`).
+        let (published, positions) = (applied.clone(), position.clone());
+        db.on_commit(move |position| {
+            published.send_replace(position.index);
+            positions.send_replace(position);
+        });
+        Ok(Replica { db: sql::Worker::spawn(db)?, images, applied, position })
     }
 
     /// A receiver of the last applied log index.
@@ -114,8 +118,6 @@ impl Store for Replica {
         &self,
         entries: Vec<Committed>,
     ) -> futures::future::BoxFuture<'static, state_machine::Result<()>> {
-        let published = self.applied.clone();
-        let positions = self.position.clone();
         let done = self.db.run(move |db| {
             let batch: Vec<sql::Apply<'_>> = entries
                 .iter()
@@ -126,15 +128,8 @@ impl Store for Replica {
                     membership: e.membership.as_deref(),
                 })
                 .collect();
-            db.apply(&batch)?;
-            // Published from the database thread, the moment the transaction committed: a
-            // writer waiting for it wakes without waiting for openraft to hear of the apply.
-            if let Some(last) = entries.last() {
-                published.send_replace(last.index);
-                positions
-                    .send_replace(wal::Position { index: last.index, hash: db.position_hash() });
-            }
-            Ok(())
+            // The position is published by the callback set in `new`.
+            db.apply(&batch)
         });
         Box::pin(async move { done.await.map_err(store_error) })
     }

@@ -77,6 +77,9 @@ pub struct Options {
     /// ack-before-commit`): answer each write as soon as its speculation succeeds, before
     /// its record is committed. Acknowledged writes are then lost when the leader is deposed.
     pub unsafe_ack_before_commit: bool,
+    /// How many batches may be in flight at once (at least 1): a batch that comes while
+    /// fewer are is speculated on top of them and proposed after them (see the crate docs).
+    pub pipeline: usize,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
             sync_timeout: Duration::from_secs(5),
             queue: 4096,
             unsafe_ack_before_commit: false,
+            pipeline: 2,
         }
     }
 }
@@ -152,7 +156,7 @@ impl Leader {
             Durability::SemiSync => 0,
             d => d.needed(self.others().len()).map_err(Error::InvalidInput)?,
         };
-        let size = request.statements.iter().map(|s| s.sql.len() + 16).sum();
+        let size = size_of(&request);
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Pending { request, size, reply })
@@ -183,7 +187,7 @@ impl Leader {
         let waiting: Vec<_> = requests
             .into_iter()
             .map(|request| {
-                let size = request.statements.iter().map(|s| s.sql.len() + 16).sum();
+                let size = size_of(&request);
                 let (reply, rx) = oneshot::channel();
                 self.tx
                     .try_send(Pending { request, size, reply })
@@ -228,103 +232,361 @@ async fn run(
     options: Options,
     mut rx: mpsc::Receiver<Pending>,
 ) {
+    let writer = Writer { raft, db, applied, progress, options };
     let mut carry: Option<Pending> = None;
+    let mut again: Option<Vec<Pending>> = None;
+    let mut flights: Vec<Flight> = Vec::new();
     loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
+        let batch = match again.take() {
+            Some(batch) => batch,
+            None => {
+                let first = match carry.take() {
+                    Some(p) => p,
+                    None => {
+                        let next = match flights.first_mut() {
+                            // Land what is in flight as soon as its answer comes, unless a request
+                            // comes first.
+                            Some(oldest) => tokio::select! {
+                                biased;
+                                p = rx.recv() => p,
+                                () = oldest.proposal.settle() => {
+                                    writer.land(&mut flights).await;
+                                    continue;
+                                }
+                            },
+                            None => rx.recv().await,
+                        };
+                        match next {
+                            Some(p) => p,
+                            None => {
+                                writer.land(&mut flights).await;
+                                return;
+                            }
+                        }
+                    }
+                };
+                take_batch(&writer.options, first, &mut rx, &mut carry)
+            }
         };
-        let mut limits = batch::Batch::default();
-        limits.admit(&options.batch, first.size);
-        let mut pending = vec![first];
-        while let Ok(p) = rx.try_recv() {
-            if limits.admit(&options.batch, p.size) {
-                pending.push(p);
-            } else {
-                carry = Some(p);
-                break;
+        if !flights.is_empty() {
+            if flights.len() < writer.options.pipeline {
+                match writer.stack(&mut flights, batch).await {
+                    Took::Flying(flight) => {
+                        flights.push(*flight);
+                        if flights.len() >= writer.options.pipeline {
+                            writer.land(&mut flights).await;
+                        }
+                    }
+                    Took::Done => {}
+                    Took::Again(batch) => {
+                        writer.land(&mut flights).await;
+                        again = Some(batch);
+                    }
+                }
+                continue;
             }
+            writer.land(&mut flights).await;
         }
-        let requests: Vec<sql::WriteRequest> = pending.iter().map(|p| p.request.clone()).collect();
-        let mut replies: Vec<_> = pending.into_iter().map(|p| p.reply).collect();
-        let span = tracing::debug_span!(
-            "batch",
-            requests = requests.len(),
-            term = tracing::field::Empty,
-            lsn = tracing::field::Empty
-        );
-        let outcome = commit(&raft, &db, &applied, &progress, &options, requests, &mut replies)
-            .instrument(span)
-            .await;
-        // `replies` is empty here if the planted ack-before-commit bug answered them early.
-        match outcome {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        if let Some(flight) = writer.fresh(batch).await {
+            flights.push(flight);
+            if writer.options.pipeline <= 1 {
+                writer.land(&mut flights).await;
             }
         }
     }
 }
 
-/// Speculates and commits one batch; returns one answer per request: its results, and the
-/// record's index, or for a retry of an applied request the index that applied it.
-///
-/// `replies` are the requests' answer channels; they are left for the caller, except under
-/// the planted ack-before-commit bug, which drains them before proposing.
-async fn commit(
-    raft: &raft::Raft,
-    db: &sql::Worker,
-    applied: &tokio::sync::watch::Receiver<wal::Lsn>,
-    progress: &Progress,
+/// Takes `first` and whatever else is queued, within the group-commit limits; a request that
+/// does not fit is left in `carry` for the next batch.
+fn take_batch(
     options: &Options,
-    requests: Vec<sql::WriteRequest>,
-    replies: &mut Vec<oneshot::Sender<Result<Outcome>>>,
-) -> Result<Vec<Outcome>> {
-    let term = raft::client::leader_term(raft)?;
-    tracing::Span::current().record("term", term);
-    // Everything this leader appended (its term's blank entry included) must be applied before
-    // speculating, or the changeset would be computed against a stale state.
-    raft::client::wait_caught_up(raft, options.sync_timeout).await?;
-    let speculation =
-        db.run(move |db| db.execute_held(&requests, term)).await.map_err(|e| match e {
-            sql::Error::InvalidInput(m) => Error::InvalidInput(m),
-            e => Error::Internal(e.to_string()),
-        })?;
-    let sql::Speculation { record, results, duplicates } = speculation;
-    let lsn = if record.ops.is_empty() && record.requests.is_empty() {
-        // Nothing to replicate: every statement failed or changed nothing, or every request was
-        // a retry of an applied one. The answer is then a read of this node's state (a CAS
-        // that found another value, an UPDATE that matched no row), so it must be as current
-        // as a linearizable read: confirm with a quorum that this node still leads. Without
-        // this, a node that restarts believing it leads an old term (openraft restores a
-        // committed vote for itself as leadership) answers from its stale copy; keel-chaos
-        // found exactly that.
-        raft::client::barrier(raft, raft::ReadPolicy::ReadIndex).await?;
-        *applied.borrow()
-    } else {
-        if options.unsafe_ack_before_commit {
-            let guess = *applied.borrow() + 1;
-            let early = answers(results.clone(), &duplicates, guess);
+    first: Pending,
+    rx: &mut mpsc::Receiver<Pending>,
+    carry: &mut Option<Pending>,
+) -> Vec<Pending> {
+    let mut limits = batch::Batch::default();
+    limits.admit(&options.batch, first.size);
+    let mut pending = vec![first];
+    while let Ok(p) = rx.try_recv() {
+        if limits.admit(&options.batch, p.size) {
+            pending.push(p);
+        } else {
+            *carry = Some(p);
+            break;
+        }
+    }
+    pending
+}
+
+/// A batch whose record is proposed and not yet answered.
+struct Flight {
+    /// Where its requests' answers go (empty under the planted ack-before-commit bug).
+    replies: Vec<oneshot::Sender<Result<Outcome>>>,
+    /// Its requests' results.
+    results: Vec<Vec<sql::StatementResult>>,
+    /// For each request, the index of the entry that applied it if it was a retry.
+    duplicates: Vec<Option<wal::Lsn>>,
+    /// The proposal.
+    proposal: raft::client::Proposal,
+    /// When it was proposed.
+    proposed: std::time::Instant,
+    /// The term it was proposed in.
+    term: wal::Term,
+}
+
+/// What became of a batch.
+enum Took {
+    /// Its record is proposed: answered when it lands.
+    Flying(Box<Flight>),
+    /// Its requests are answered.
+    Done,
+    /// It could not be speculated on top of the batches in flight: speculate it again once they
+    /// have landed.
+    Again(Vec<Pending>),
+}
+
+/// The writer's parts.
+struct Writer {
+    raft: raft::Raft,
+    db: sql::Worker,
+    applied: tokio::sync::watch::Receiver<wal::Lsn>,
+    progress: Arc<Progress>,
+    options: Options,
+}
+
+impl Writer {
+    /// Speculates a batch on the applied state, nothing being in flight, and proposes its
+    /// record; `None` when its requests are answered already.
+    async fn fresh(&self, batch: Vec<Pending>) -> Option<Flight> {
+        let (requests, mut replies) = split(batch);
+        let span =
+            tracing::debug_span!("batch", requests = requests.len(), term = tracing::field::Empty);
+        let outcome = async {
+            let term = raft::client::leader_term(&self.raft)?;
+            tracing::Span::current().record("term", term);
+            // Everything this leader appended (its term's blank entry included) must be applied
+            // before speculating, or the changeset would be computed against a stale state.
+            raft::client::wait_caught_up(&self.raft, self.options.sync_timeout).await?;
+            let speculation = self.db.run(move |db| db.execute_held(&requests, term)).await;
+            Ok::<_, Error>((term, speculation.map_err(speculation_error)?))
+        }
+        .instrument(span)
+        .await;
+        let (term, speculation) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                answer_all(replies, &e);
+                return None;
+            }
+        };
+        let sql::Speculation { record, results, duplicates } = speculation;
+        if record.ops.is_empty() && record.requests.is_empty() {
+            // Nothing to replicate: every statement failed or changed nothing, or every request
+            // was a retry of an applied one. The answer is then a read of this node's state (a
+            // CAS that found another value, an UPDATE that matched no row), so it must be as
+            // current as a linearizable read: confirm with a quorum that this node still leads.
+            // Without this, a node that restarts believing it leads an old term (openraft
+            // restores a committed vote for itself as leadership) answers from its stale copy;
+            // keel-chaos found exactly that.
+            let lsn = raft::client::barrier(&self.raft, raft::ReadPolicy::ReadIndex)
+                .await
+                .map(|_| *self.applied.borrow());
+            answer(replies, lsn.map_err(Error::from).map(|lsn| answers(results, &duplicates, lsn)));
+            return None;
+        }
+        self.ack_early(&mut replies, &results, &duplicates);
+        self.propose(record, term, replies, results, duplicates).await
+    }
+
+    /// Speculates a batch on top of the ones in flight (pipelining: see the crate docs) and
+    /// proposes its record after theirs.
+    async fn stack(&self, flights: &mut Vec<Flight>, batch: Vec<Pending>) -> Took {
+        let term = match raft::client::leader_term(&self.raft) {
+            Ok(term) if flights.iter().all(|f| f.term == term) => term,
+            _ => return Took::Again(batch),
+        };
+        let (requests, replies) = split(batch);
+        let stacked = self
+            .db
+            .run(move |db| {
+                let speculation = db.execute_stacked(&requests, term);
+                Ok((requests, speculation))
+            })
+            .await;
+        let (requests, speculation) = match stacked {
+            Ok((requests, Ok(Some(speculation)))) => (requests, speculation),
+            Ok((requests, Ok(None))) => return Took::Again(unsplit(requests, replies)),
+            Ok((_, Err(e))) | Err(e) => {
+                answer_all(replies, &speculation_error(e));
+                return Took::Done;
+            }
+        };
+        let sql::Speculation { record, results, duplicates } = speculation;
+        if record.ops.is_empty() && record.requests.is_empty() {
+            // The answer reads the state the batches in flight leave: valid once they commit,
+            // which also confirms this node led after these requests came.
+            let lsn = self.land_last(flights).await;
+            answer(replies, lsn.map(|lsn| answers(results, &duplicates, lsn)));
+            return Took::Done;
+        }
+        // The record goes after the ones in flight only if they were appended: one refused
+        // (a lease not yet established, a leadership transfer) must not be overtaken.
+        let gate = raft::client::order_barrier(&self.raft).await;
+        if gate.is_err() || flights.iter_mut().any(|f| f.proposal.failed()) {
+            if let Err(e) = self.db.run(|db| db.release_held()).await {
+                tracing::warn!(error = %e, "releasing the held speculations");
+            }
+            return Took::Again(unsplit(requests, replies));
+        }
+        let mut replies = replies;
+        self.ack_early(&mut replies, &results, &duplicates);
+        match self.propose(record, term, replies, results, duplicates).await {
+            Some(flight) => Took::Flying(Box::new(flight)),
+            None => Took::Done,
+        }
+    }
+
+    /// Proposes `record` in `term` for a batch; `None` when its requests are answered already
+    /// (the proposal could not be submitted).
+    async fn propose(
+        &self,
+        record: wal::Record,
+        term: wal::Term,
+        replies: Vec<oneshot::Sender<Result<Outcome>>>,
+        results: Vec<Vec<sql::StatementResult>>,
+        duplicates: Vec<Option<wal::Lsn>>,
+    ) -> Option<Flight> {
+        let proposed = std::time::Instant::now();
+        match raft::client::Proposal::submit(&self.raft, record, term, self.options.sync_timeout)
+            .await
+        {
+            Ok(proposal) => Some(Flight { replies, results, duplicates, proposal, proposed, term }),
+            Err(e) => {
+                answer_all(replies, &e.into());
+                None
+            }
+        }
+    }
+
+    /// Waits until every batch in flight is committed and applied here, and answers them, in
+    /// order.
+    async fn land(&self, flights: &mut Vec<Flight>) {
+        // Each request has its answer; the last index is for `stack` only.
+        let _ = self.land_last(flights).await;
+    }
+
+    /// [`Writer::land`], returning the last batch's index, or the first failure.
+    async fn land_last(&self, flights: &mut Vec<Flight>) -> Result<wal::Lsn> {
+        let mut landed = Vec::with_capacity(flights.len());
+        for flight in flights.drain(..) {
+            let Flight { replies, results, duplicates, proposal, proposed, .. } = flight;
+            landed.push((proposal.wait().await, replies, results, duplicates, proposed));
+        }
+        if landed.iter().any(|(outcome, ..)| outcome.is_err()) {
+            // Entries committed behind a failed one wait in the held transaction for it:
+            // apply them now.
+            if let Err(e) = self.db.run(|db| db.release_held()).await {
+                tracing::warn!(error = %e, "releasing the held speculations");
+            }
+        }
+        let mut last = Err(Error::Internal("nothing in flight".to_string()));
+        for (outcome, replies, results, duplicates, proposed) in landed {
+            let outcome = match outcome {
+                Ok(lsn) => {
+                    self.progress.appended(lsn, proposed);
+                    self.applied_here(lsn).await.map(|()| lsn)
+                }
+                Err(e) => Err(e.into()),
+            };
+            answer(replies, outcome.clone().map(|lsn| answers(results, &duplicates, lsn)));
+            last = match (last, outcome) {
+                (Err(Error::Internal(_)) | Ok(_), now) => now,
+                (failed, _) => failed,
+            };
+        }
+        last
+    }
+
+    /// Waits until this node's database has committed `lsn`: a committed entry held behind a
+    /// later one is not visible before (see `sql::Db::execute_stacked`), and a client answered
+    /// must see its write here.
+    async fn applied_here(&self, lsn: wal::Lsn) -> Result<()> {
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout(self.options.sync_timeout, applied.wait_for(|a| *a >= lsn)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::Unknown(format!(
+                "entry {lsn} was committed but not applied on the leader within {:?}",
+                self.options.sync_timeout
+            ))),
+        }
+    }
+
+    /// Under the planted ack-before-commit bug, answers a batch's requests now, before its
+    /// record is even proposed.
+    fn ack_early(
+        &self,
+        replies: &mut Vec<oneshot::Sender<Result<Outcome>>>,
+        results: &[Vec<sql::StatementResult>],
+        duplicates: &[Option<wal::Lsn>],
+    ) {
+        if self.options.unsafe_ack_before_commit {
+            let guess = *self.applied.borrow() + 1;
+            let early = answers(results.to_vec(), duplicates, guess);
             for (reply, outcome) in replies.drain(..).zip(early) {
                 let _ = reply.send(Ok(outcome));
             }
         }
-        let proposed = std::time::Instant::now();
-        let lsn = raft::client::propose(raft, record, term, options.sync_timeout).await?;
-        progress.appended(lsn, proposed);
-        tracing::Span::current().record("lsn", lsn);
-        lsn
-    };
-    Ok(answers(results, &duplicates, lsn))
+    }
+}
+
+/// The queue's view of a request's size, for group commit.
+fn size_of(request: &sql::WriteRequest) -> usize {
+    request.statements.iter().map(|s| s.sql.len() + 16).sum()
+}
+
+/// A batch again from its requests and answer channels.
+fn unsplit(
+    requests: Vec<sql::WriteRequest>,
+    replies: Vec<oneshot::Sender<Result<Outcome>>>,
+) -> Vec<Pending> {
+    requests
+        .into_iter()
+        .zip(replies)
+        .map(|(request, reply)| Pending { size: size_of(&request), request, reply })
+        .collect()
+}
+
+/// A batch's requests and their answer channels.
+fn split(batch: Vec<Pending>) -> (Vec<sql::WriteRequest>, Vec<oneshot::Sender<Result<Outcome>>>) {
+    batch.into_iter().map(|p| (p.request, p.reply)).unzip()
+}
+
+/// Sends every request its answer, or all of them the error.
+fn answer(replies: Vec<oneshot::Sender<Result<Outcome>>>, outcome: Result<Vec<Outcome>>) {
+    match outcome {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => answer_all(replies, &e),
+    }
+}
+
+/// Sends every request the error `e`.
+fn answer_all(replies: Vec<oneshot::Sender<Result<Outcome>>>, e: &Error) {
+    for reply in replies {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
+/// The writer's error for a failed speculation.
+fn speculation_error(e: sql::Error) -> Error {
+    match e {
+        sql::Error::InvalidInput(m) => Error::InvalidInput(m),
+        e => Error::Internal(e.to_string()),
+    }
 }
 
 /// Pairs each request's results with the index to answer it with: the index that applied it

@@ -127,6 +127,8 @@ pub struct Config {
     pub durability: leader::Durability,
     /// How long `sync` and `replicas:K` writes wait for replicas.
     pub sync_timeout: Duration,
+    /// How many write batches may be in flight at once ([`leader::Options::pipeline`]).
+    pub write_pipeline: usize,
     /// The write queue's settings.
     pub queue: queue::Options,
     /// How this node reaches other nodes.
@@ -246,6 +248,7 @@ impl Node {
             leader::Options {
                 sync_timeout: config.sync_timeout,
                 unsafe_ack_before_commit: config.planted.ack_before_commit,
+                pipeline: config.write_pipeline.max(1),
                 ..Default::default()
             },
         );

@@ -5,7 +5,8 @@
 //! - [`barrier`]: a read index (or lease) check: returns the log index that a read must see,
 //!   after this node has applied through it.
 //! - [`propose`]: append a record *conditional on the term* the caller speculated in, and wait
-//!   until it is committed and applied on this node.
+//!   until it is committed and applied on this node; [`Proposal`] does it in two steps, for a
+//!   caller that goes on meanwhile, with [`order_barrier`] to know it was appended.
 
 use std::time::Duration;
 
@@ -62,7 +63,8 @@ pub async fn barrier(raft: &Raft, policy: ReadPolicy) -> Result<Lsn, ClientError
     }
 }
 
-/// Proposes `record` only if this node still leads in `term`; waits (up to `timeout`) until it
+/// Appends `record` *conditional on `term`*: if this node no longer leads in `term`, nothing
+/// is appended and [`ClientError::NotLeader`] is returned. Otherwise waits until the entry
 /// is committed and applied here. Returns its log index.
 ///
 /// A leader that has just been elected refuses proposals until a quorum has acknowledged it
@@ -74,40 +76,136 @@ pub async fn propose(
     term: Term,
     timeout: Duration,
 ) -> Result<Lsn, ClientError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let (responder, _commit, applied) =
-            ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::new();
-        raft.write(record.clone())
-            .with_leader(CommittedLeaderId::new(term))
-            .responder(responder)
-            .await
-            .map_err(|f| ClientError::Fatal(f.to_string()))?;
-        let answer = match tokio::time::timeout_at(deadline, applied).await {
-            Err(_) => {
-                return Err(ClientError::Unknown(format!(
-                    "no quorum: not committed within {timeout:?} (a majority of voters did not acknowledge it; it may still commit if they return)"
-                )));
-            }
-            Ok(Err(_)) => {
-                return Err(ClientError::Unknown("raft dropped the proposal".to_string()));
-            }
-            Ok(Ok(answer)) => answer,
-        };
-        match answer {
-            Ok(resp) => return Ok(resp.log_id.index),
-            Err(ClientWriteError::ForwardToLeader(f))
-                if f.reason == ForwardReason::LeaseExpired
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err(ClientWriteError::ForwardToLeader(f)) => {
-                return Err(ClientError::NotLeader { leader: f.leader_id });
-            }
-            Err(e) => return Err(ClientError::Unknown(e.to_string())),
+    Proposal::submit(raft, record, term, timeout).await?.wait().await
+}
+
+/// The answer openraft gives a proposal.
+type Answer = Result<ClientWriteResult<TypeConfig>, ClientError>;
+
+/// A proposal handed to openraft and not yet answered: [`propose`] in two steps, for a caller
+/// that goes on while the entry replicates (the writer's pipelining).
+///
+/// openraft takes proposals in the order they are submitted and appends or refuses each
+/// when it takes it. So after [`order_barrier`] returns, a proposal submitted before it that
+/// is not [`Proposal::answered`] has been appended, and anything submitted afterwards lands
+/// after it in the log or not at all.
+pub struct Proposal {
+    /// The node it was submitted to.
+    raft: Raft,
+    /// The record, for submitting again after a lease refusal.
+    record: wal::Record,
+    /// The term it is conditional on.
+    term: Term,
+    /// How long it may take.
+    timeout: Duration,
+    /// When to stop waiting.
+    deadline: tokio::time::Instant,
+    /// Where openraft's answer comes.
+    answer: tokio::sync::oneshot::Receiver<ClientWriteResult<TypeConfig>>,
+    /// The answer, once received.
+    settled: Option<Answer>,
+}
+
+impl Proposal {
+    /// Submits `record` conditional on `term` (see [`propose`]); `timeout` bounds the wait.
+    pub async fn submit(
+        raft: &Raft,
+        record: wal::Record,
+        term: Term,
+        timeout: Duration,
+    ) -> Result<Proposal, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let answer = send(raft, &record, term).await?;
+        Ok(Proposal { raft: raft.clone(), record, term, timeout, deadline, answer, settled: None })
+    }
+
+    /// Whether openraft has answered already, without waiting.
+    pub fn answered(&mut self) -> bool {
+        use futures::FutureExt as _;
+        if self.settled.is_none()
+            && let Some(answer) = (&mut self.answer).now_or_never()
+        {
+            self.settled = Some(answer.map_err(|_| dropped()));
+        }
+        self.settled.is_some()
+    }
+
+    /// Whether openraft has answered already with a refusal or an error, without waiting: the
+    /// entry was not appended, or its fate is unknown.
+    pub fn failed(&mut self) -> bool {
+        self.answered();
+        matches!(self.settled, Some(Err(_) | Ok(Err(_))))
+    }
+
+    /// Waits until openraft answers or the deadline passes, without acting on the answer.
+    /// Cancel-safe: for `select!`.
+    pub async fn settle(&mut self) {
+        if self.settled.is_none() {
+            self.settled =
+                Some(match tokio::time::timeout_at(self.deadline, &mut self.answer).await {
+                    Err(_) => Err(timed_out(self.timeout)),
+                    Ok(answer) => answer.map_err(|_| dropped()),
+                });
         }
     }
+
+    /// Waits until the entry is committed and applied here, submitting it again after a lease
+    /// refusal (see [`propose`]); returns its log index.
+    pub async fn wait(mut self) -> Result<Lsn, ClientError> {
+        loop {
+            self.settle().await;
+            match self.settled.take().expect("settled") {
+                Err(e) => return Err(e),
+                Ok(Ok(resp)) => return Ok(resp.log_id.index),
+                Ok(Err(ClientWriteError::ForwardToLeader(f)))
+                    if f.reason == ForwardReason::LeaseExpired
+                        && tokio::time::Instant::now() < self.deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    self.answer = send(&self.raft, &self.record, self.term).await?;
+                }
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(ClientError::NotLeader { leader: f.leader_id });
+                }
+                Ok(Err(e)) => return Err(ClientError::Unknown(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Sends one proposal of `record` conditional on `term` to openraft; returns where its answer
+/// comes.
+async fn send(
+    raft: &Raft,
+    record: &wal::Record,
+    term: Term,
+) -> Result<tokio::sync::oneshot::Receiver<ClientWriteResult<TypeConfig>>, ClientError> {
+    let (responder, _commit, answer) =
+        ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::new();
+    raft.write(record.clone())
+        .with_leader(CommittedLeaderId::new(term))
+        .responder(responder)
+        .await
+        .map_err(|f| ClientError::Fatal(f.to_string()))?;
+    Ok(answer)
+}
+
+/// Returns once openraft has taken every proposal submitted before the call (appended or
+/// refused it): see [`Proposal`].
+pub async fn order_barrier(raft: &Raft) -> Result<(), ClientError> {
+    raft.with_raft_state(|_| ()).await.map_err(|f| ClientError::Fatal(f.to_string()))
+}
+
+/// The error of a proposal whose answer did not come within `timeout`.
+fn timed_out(timeout: Duration) -> ClientError {
+    ClientError::Unknown(format!(
+        "no quorum: not committed within {timeout:?} (a majority of voters did not acknowledge it; it may still commit if they return)"
+    ))
+}
+
+/// The error of a proposal openraft dropped without answering.
+fn dropped() -> ClientError {
+    ClientError::Unknown("raft dropped the proposal".to_string())
 }
 
 /// Waits (up to `timeout`) until this node has applied every entry in its log. On a leader

@@ -746,13 +746,20 @@ fn stacked_speculations_commit_when_every_entry_has_come() {
     let readers = leader.readers(1).unwrap();
 
     for (first_alone, base) in [(true, 1), (false, 3)] {
-        let a = leader.execute_held(&[request(&["INSERT INTO t (v) VALUES (random())"])], 1).unwrap();
+        let a =
+            leader.execute_held(&[request(&["INSERT INTO t (v) VALUES (random())"])], 1).unwrap();
         // The second sees the first's row: its changeset updates it.
         let b = leader
-            .execute_stacked(&[request(&["UPDATE t SET v = v || 'b' WHERE id = last_insert_rowid()"])], 1)
+            .execute_stacked(
+                &[request(&["UPDATE t SET v = v || 'b' WHERE id = last_insert_rowid()"])],
+                1,
+            )
             .unwrap()
             .expect("stacked on the held speculation");
-        assert_eq!(b.results[0], a.results[0].iter().map(|_| b.results[0][0].clone()).collect::<Vec<_>>());
+        assert_eq!(
+            b.results[0],
+            a.results[0].iter().map(|_| b.results[0][0].clone()).collect::<Vec<_>>()
+        );
         let (ea, eb) = (entry(base + 1, &a.record), entry(base + 2, &b.record));
         let before = count(&readers);
         if first_alone {

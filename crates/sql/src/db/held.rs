@@ -134,9 +134,10 @@ impl Db {
         if self.conn.is_autocommit() {
             return Ok(None);
         }
-        let repeats = requests.iter().filter_map(|r| r.request_id.as_deref()).any(|id| {
-            held.records.iter().any(|record| record.requests.iter().any(|a| a.id == id))
-        });
+        let repeats = requests
+            .iter()
+            .filter_map(|r| r.request_id.as_deref())
+            .any(|id| held.records.iter().any(|record| record.requests.iter().any(|a| a.id == id)));
         if held.term != term || held.matched > 0 || repeats {
             self.held.set(Some(held));
             return Ok(None);
@@ -151,7 +152,8 @@ impl Db {
         };
         let run = runnable(requests, &plans);
         let last_rowid = self.conn.last_insert_rowid();
-        let outcome = Speculator::run(self.checks(), &self.conn, STACK_BEGIN, &run, &BTreeMap::new());
+        let outcome =
+            Speculator::run(self.checks(), &self.conn, STACK_BEGIN, &run, &BTreeMap::new());
         let attempt = match outcome {
             Ok(attempt) => attempt,
             Err(Failure::EndedTransaction { .. }) => {

@@ -191,7 +191,8 @@ impl Db {
             // A retry starts from the rowid the first attempt started from, so that results
             // do not show what the thrown-away attempt inserted.
             set_last_insert_rowid(&self.conn, last_rowid);
-            let outcome = Speculator::run(self.checks(), &self.conn, "BEGIN IMMEDIATE", &run, &skip);
+            let outcome =
+                Speculator::run(self.checks(), &self.conn, "BEGIN IMMEDIATE", &run, &skip);
             if hold.is_none() || outcome.is_err() {
                 self.end_transaction();
             }
@@ -396,7 +397,11 @@ pub(super) fn runnable<'r>(requests: &'r [WriteRequest], plans: &[Plan]) -> Vec<
 
 /// A group's speculation from its plans and the attempt that ran the requests to run: every
 /// request's results (retries answered from their plan), and the record.
-pub(super) fn assemble(requests: &[WriteRequest], plans: Vec<Plan>, attempt: Attempt) -> Speculation {
+pub(super) fn assemble(
+    requests: &[WriteRequest],
+    plans: Vec<Plan>,
+    attempt: Attempt,
+) -> Speculation {
     let mut ran = attempt.results.into_iter();
     let mut results: Vec<Vec<StatementResult>> = Vec::with_capacity(requests.len());
     let mut duplicates = Vec::with_capacity(requests.len());
