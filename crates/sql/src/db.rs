@@ -287,11 +287,10 @@ impl Db {
         ImageSource::new(self.live.clone())
     }
 
-    /// The client connection, for the crate's own read-only helpers (`load`). A held
-    /// speculation is rolled back first: nothing outside the writer sees uncommitted rows.
+    /// A connection for the crate's own read-only helpers (`load`): the apply connection,
+    /// which sees committed state only, so the writer's held speculations stay (see `held`).
     pub(crate) fn connection(&self) -> &Connection {
-        self.end_transaction();
-        &self.conn
+        &self.applier
     }
 
     /// How many entries [`Db::apply`] took by committing the speculation [`Db::execute_held`]
@@ -306,10 +305,10 @@ impl Db {
         meta::read_applied(&self.applier)
     }
 
-    /// A textual dump of the schema and every row (see [`crate::dump()`]).
+    /// A textual dump of the schema and every row (see [`crate::dump()`]), as committed: held
+    /// speculations are not in it and stay.
     pub fn dump(&self) -> Result<String> {
-        self.end_transaction();
-        crate::dump::dump_connection(&self.conn)
+        crate::dump::dump_connection(&self.applier)
     }
 
     /// Calls `publish` with the applied position and the apply hash after it every time a

@@ -833,11 +833,25 @@ fn interrupted_stacks_fall_back_to_the_changesets() {
     assert_eq!(leader.held_commits(), commits);
     assert_eq!(leader.dump().unwrap(), replica.dump().unwrap());
 
+    // Reading the database (a dump) leaves a stack alone; a fresh speculation (another use of
+    // the client connection) first applies what was deferred in it.
+    let (a, b) = stack(&mut leader, 35);
+    leader.apply(&[entry(9, &a)]).unwrap();
+    let dumped = leader.dump().unwrap();
+    assert_eq!(leader.applied().unwrap().map(|a| a.index), Some(8));
+    let plain = leader.execute(&[request(&["SELECT 1"])]).unwrap();
+    assert!(plain.record.ops.is_empty());
+    assert_eq!(leader.applied().unwrap().map(|a| a.index), Some(9));
+    assert_ne!(leader.dump().unwrap(), dumped);
+    leader.apply(&[entry(10, &b)]).unwrap();
+    replica.apply(&[entry(9, &a), entry(10, &b)]).unwrap();
+    assert_eq!(leader.dump().unwrap(), replica.dump().unwrap());
+
     // Nothing to stack on in another term, or with nothing held.
     let a = leader.execute_held(&[insert(40)], 1).unwrap().record;
     assert!(leader.execute_stacked(&[insert(41)], 2).unwrap().is_none());
-    leader.apply(&[entry(9, &a)]).unwrap();
+    leader.apply(&[entry(11, &a)]).unwrap();
     assert!(leader.execute_stacked(&[insert(42)], 1).unwrap().is_none());
-    replica.apply(&[entry(9, &a)]).unwrap();
+    replica.apply(&[entry(11, &a)]).unwrap();
     assert_eq!(leader.dump().unwrap(), replica.dump().unwrap());
 }

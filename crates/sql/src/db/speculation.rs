@@ -181,7 +181,7 @@ impl Db {
 
     /// [`Db::execute`], holding the transaction open for `hold`'s term if given.
     fn speculate(&mut self, requests: &[WriteRequest], hold: Option<Term>) -> Result<Speculation> {
-        self.end_transaction();
+        self.release_held()?;
         self.prepare_connection()?;
         let plans = self.plan(requests)?;
         let run = runnable(requests, &plans);
