@@ -24,7 +24,7 @@
 //!    changeset. The transaction stays open, unseen by readers; the per-statement results are
 //!    known.
 //! 4. Propose the resulting [`wal::Record`] conditional on term T
-//!    ([`raft::client::propose`]) and wait until it is committed (a quorum has it durably) and
+//!    ([`raft::client::Proposal`]) and wait until it is committed (a quorum has it durably) and
 //!    applied here. Only the apply changes the database: on the followers from the record's
 //!    changesets, here by committing the open transaction, which holds the same rows (it is
 //!    rolled back, and the record applied from its changesets, if anything else reaches the
@@ -32,20 +32,39 @@
 //!    A batch that changes nothing (every statement failed or matched no row) is not
 //!    proposed; its answer is a read of this node's state, so it first confirms leadership
 //!    with a quorum (read index), as a linearizable read does.
-//! 5. Answer every request with its results and the record's log index (`lsn`). A request
-//!    that asked for `sync` or `replicas:K` ([`Durability`]) then waits, in its own task so
-//!    the writer goes on, until enough followers report having applied it ([`Progress`]).
+//! 5. Answer every request with its results and the record's log index (`lsn`), once this
+//!    node's database has committed it. A request that asked for `sync` or `replicas:K`
+//!    ([`Durability`]) then waits, in its own task so the writer goes on, until enough
+//!    followers report having applied it ([`Progress`]).
+//!
+//! **Pipelining.** A batch that arrives while fewer than [`Options::pipeline`] batches are in
+//! flight does not wait for their round trip: it is speculated on top of them, inside the same
+//! open transaction ([`sql::Db::execute_stacked`]), so its changeset is computed against their
+//! effects, and proposed right after them in the same term. Before proposing it the writer
+//! makes sure openraft has appended the ones before it ([`raft::client::order_barrier`]): a
+//! proposal refused before its append (a leader lease not yet established, a leadership
+//! transfer) must not be overtaken, or the later record would be applied to a state that lacks
+//! the earlier one. SQLite cannot commit part of a transaction, so the batches in it commit
+//! together when the last one's entry is applied; the first batch's clients wait for that too,
+//! and every batch in flight is answered at once (`land`). Anything that breaks the stack (a
+//! failed proposal, another entry between them, a new term) rolls the transaction back, and
+//! every record in it is applied from its changesets like on a follower. A batch that came
+//! while the pipeline was full, or could not be stacked, waits for the batches in flight to
+//! land and is speculated afresh. With closed-loop clients the gain is that a request no
+//! longer waits for one round trip of the batch before it and then one of its own
+//! (docs/benchmarks.md).
 //!
 //! A request carrying a client request id that was already applied (a retry whose first answer
 //! was lost) is not run by the speculation: it comes back in [`sql::Speculation::duplicates`]
 //! with the stored results and the log index of the entry that applied it, and is answered
 //! with that index instead of the new record's. A repeat of an id within one batch runs once
 //! and both requests get the new record's index. The ids live in every replica's database
-//! (`sql::answers`), so a retry is recognised after a failover too.
+//! (`sql::answers`), so a retry is recognised after a failover too; a batch repeating an id
+//! of a batch in flight is not stacked.
 //!
-//! Because the writer waits for its own record to be applied before speculating the next, a
-//! speculation always runs against exactly the state its changeset will be applied to; a
-//! conflict on apply can only mean divergence, and stops the node.
+//! Because a speculation runs on the applied state plus exactly the batches in flight, which
+//! the log holds right before its own record, its changeset is applied to exactly the state
+//! it was computed against; a conflict on apply can only mean divergence, and stops the node.
 //!
 //! What it does not do: HTTP, forwarding to the leader, or reads.
 
