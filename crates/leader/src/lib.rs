@@ -145,6 +145,38 @@ pub struct Leader {
     progress: Arc<Progress>,
     /// How long durability waits may take.
     sync_timeout: Duration,
+    /// What the writer did.
+    counters: Arc<Counters>,
+}
+
+/// What the writer has done since it started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Batches whose record was proposed.
+    proposed: std::sync::atomic::AtomicU64,
+    /// Of those, the ones speculated on top of a batch in flight (pipelining).
+    stacked: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    /// Batches whose record was proposed.
+    pub fn proposed(&self) -> u64 {
+        self.proposed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Batches proposed on top of a batch in flight.
+    pub fn stacked(&self) -> u64 {
+        self.stacked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a proposed batch.
+    fn count(&self, stacked: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.proposed.fetch_add(1, Relaxed);
+        if stacked {
+            self.stacked.fetch_add(1, Relaxed);
+        }
+    }
 }
 
 impl Leader {
@@ -158,8 +190,17 @@ impl Leader {
     ) -> Leader {
         let (tx, rx) = mpsc::channel(options.queue);
         let sync_timeout = options.sync_timeout;
-        tokio::spawn(run(raft.clone(), db, applied, progress.clone(), options, rx));
-        Leader { tx, raft, progress, sync_timeout }
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            raft: raft.clone(),
+            db,
+            applied,
+            progress: progress.clone(),
+            options,
+            counters: counters.clone(),
+        };
+        tokio::spawn(run(writer, rx));
+        Leader { tx, raft, progress, sync_timeout, counters }
     }
 
     /// Executes a write through Raft; resolves once it is committed and applied on this node,
@@ -234,6 +275,11 @@ impl Leader {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
+    /// What the writer has done.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// The members other than this node (voters and learners).
     fn others(&self) -> Vec<raft::NodeId> {
         let state = raft::cluster::state(&self.raft);
@@ -243,15 +289,7 @@ impl Leader {
 
 /// The writer loop: batches, speculates, proposes, answers. Ends when every [`Leader`] handle is
 /// dropped.
-async fn run(
-    raft: raft::Raft,
-    db: sql::Worker,
-    applied: tokio::sync::watch::Receiver<wal::Lsn>,
-    progress: Arc<Progress>,
-    options: Options,
-    mut rx: mpsc::Receiver<Pending>,
-) {
-    let writer = Writer { raft, db, applied, progress, options };
+async fn run(writer: Writer, mut rx: mpsc::Receiver<Pending>) {
     let mut carry: Option<Pending> = None;
     let mut again: Option<Vec<Pending>> = None;
     let mut flights: Vec<Flight> = Vec::new();
@@ -371,6 +409,7 @@ struct Writer {
     applied: tokio::sync::watch::Receiver<wal::Lsn>,
     progress: Arc<Progress>,
     options: Options,
+    counters: Arc<Counters>,
 }
 
 impl Writer {
@@ -414,7 +453,7 @@ impl Writer {
             return None;
         }
         self.ack_early(&mut replies, &results, &duplicates);
-        self.propose(record, term, replies, results, duplicates).await
+        self.propose(record, term, replies, results, duplicates, false).await
     }
 
     /// Speculates a batch on top of the ones in flight (pipelining: see the crate docs) and
@@ -459,14 +498,14 @@ impl Writer {
         }
         let mut replies = replies;
         self.ack_early(&mut replies, &results, &duplicates);
-        match self.propose(record, term, replies, results, duplicates).await {
+        match self.propose(record, term, replies, results, duplicates, true).await {
             Some(flight) => Took::Flying(Box::new(flight)),
             None => Took::Done,
         }
     }
 
-    /// Proposes `record` in `term` for a batch; `None` when its requests are answered already
-    /// (the proposal could not be submitted).
+    /// Proposes `record` in `term` for a batch (`stacked` on batches in flight, or not);
+    /// `None` when its requests are answered already (the proposal could not be submitted).
     async fn propose(
         &self,
         record: wal::Record,
@@ -474,7 +513,9 @@ impl Writer {
         replies: Vec<oneshot::Sender<Result<Outcome>>>,
         results: Vec<Vec<sql::StatementResult>>,
         duplicates: Vec<Option<wal::Lsn>>,
+        stacked: bool,
     ) -> Option<Flight> {
+        self.counters.count(stacked);
         let proposed = std::time::Instant::now();
         match raft::client::Proposal::submit(&self.raft, record, term, self.options.sync_timeout)
             .await

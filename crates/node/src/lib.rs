@@ -315,7 +315,7 @@ impl Node {
 
     /// `/metrics`: the counters, with the gauges read from Raft and replication progress now.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(&self.raft, &self.progress)
+        self.metrics.render(&self.raft, &self.progress, self.leader.counters())
     }
 
     /// The write queue.

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Rows this node checksummed for table checks.
     pub checksum_rows: IntCounter,
+    /// Write batches the writer proposed, brought up to date at scrape time.
+    write_batches: IntCounter,
+    /// Of those, the ones speculated on top of a batch in flight.
+    write_batches_stacked: IntCounter,
     /// When the last table check that reported to this node ended (Unix seconds).
     pub check_last: Gauge,
     /// Differing chunks table checks reported to this node.
@@ -139,6 +143,12 @@ impl Metrics {
         .expect("valid metric");
         let checksum_rows =
             counter("keel_checksum_rows_total", "Rows this node checksummed for table checks");
+        let write_batches =
+            counter("keel_write_batches_total", "Write batches this node proposed as the leader");
+        let write_batches_stacked = counter(
+            "keel_write_batches_stacked_total",
+            "Write batches proposed on top of a batch in flight (--write-pipeline)",
+        );
         let check_last = Gauge::new(
             "keel_check_last_timestamp_seconds",
             "When the last table check (keel check) reported to this node ended, Unix time",
@@ -190,6 +200,8 @@ impl Metrics {
             Box::new(queue_retries.clone()),
             Box::new(queue_depth.clone()),
             Box::new(checksum_rows.clone()),
+            Box::new(write_batches.clone()),
+            Box::new(write_batches_stacked.clone()),
             Box::new(check_last.clone()),
             Box::new(check_mismatches.clone()),
         ] {
@@ -220,6 +232,8 @@ impl Metrics {
             queue_retries,
             queue_depth,
             checksum_rows,
+            write_batches,
+            write_batches_stacked,
             check_last,
             check_mismatches,
             apply_hash,
@@ -239,8 +253,23 @@ impl Metrics {
     }
 
     /// Refreshes the state gauges and renders everything in Prometheus text format.
-    pub fn render(&self, raft: &raft::Raft, progress: &leader::Progress) -> String {
+    pub fn render(
+        &self,
+        raft: &raft::Raft,
+        progress: &leader::Progress,
+        writer: &leader::Counters,
+    ) -> String {
         self.export_reads();
+        {
+            let _rendering =
+                self.rendering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (counter, value) in [
+                (&self.write_batches, writer.proposed()),
+                (&self.write_batches_stacked, writer.stacked()),
+            ] {
+                counter.inc_by(value.saturating_sub(counter.get()));
+            }
+        }
         let s = raft::cluster::state(raft);
         self.applied.set(s.applied_index as i64);
         self.committed.set(s.commit_index as i64);
