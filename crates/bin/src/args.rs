@@ -108,8 +108,10 @@ pub struct ServeArgs {
     pub sync_timeout: Duration,
     /// How many write batches may replicate at once. A batch that arrives while fewer are in
     /// flight is executed on top of them and proposed right after them, instead of waiting
-    /// for their round trip; 1 waits for each batch before the next.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
+    /// for their round trip. 1, the default, waits for each batch before the next: deeper
+    /// pipelines help a few concurrent writers and cost throughput under heavy load
+    /// (docs/benchmarks.md).
+    #[arg(long, env = "KEEL_WRITE_PIPELINE", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub write_pipeline: u8,
     /// Credentials file (rqlite's `-auth` format: a JSON array of users with passwords and
     /// permissions). Without it, every client may do everything. Reloaded on SIGHUP.

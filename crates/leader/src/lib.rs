@@ -108,7 +108,7 @@ impl Default for Options {
             sync_timeout: Duration::from_secs(5),
             queue: 4096,
             unsafe_ack_before_commit: false,
-            pipeline: 2,
+            pipeline: 1,
         }
     }
 }
