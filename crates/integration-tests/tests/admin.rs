@@ -381,3 +381,27 @@ fn keel_admin_prints_status_and_promotes() {
     assert!(!out.status.success());
     assert!(stderr.contains("no cluster member answered"), "{stderr}");
 }
+
+/// `POST /admin/promote` sent right after the leader was killed, while the survivors still name
+/// the dead leader or are electing a new one, promotes the chosen follower without the client
+/// retrying: the node that got the request routes it again until a leader can carry it out.
+/// Each trial kills the current leader and sends the promotion at once, alternately through
+/// the chosen node and through the other survivor, then restarts the killed node.
+#[test]
+fn promoting_during_a_failover_succeeds_without_a_retry() {
+    let c = TestCluster::start(3, 0);
+    for trial in 0..4 {
+        let old = c.leader();
+        let survivors = c.followers(old);
+        let target = survivors[trial % 2];
+        let via = if trial < 2 { target } else { survivors[(trial + 1) % 2] };
+        c.kill(old);
+        let reply = c.post(via, &format!("/admin/promote?node={target}"), "");
+        let promoted: LeaderChanged = ok(&format!("trial {trial}: promote via node {via}"), reply);
+        assert_eq!(promoted.leader, target, "trial {trial}: {promoted:?}");
+        assert_eq!(c.leader(), target, "trial {trial}: the chosen node leads afterwards");
+        c.restart(old);
+    }
+    let lsn = c.execute_ok(c.leader(), json!(["CREATE TABLE after_promotions (x)"]));
+    c.wait_all_applied(lsn);
+}

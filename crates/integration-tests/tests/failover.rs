@@ -173,3 +173,48 @@ fn a_write_forwarded_to_a_frozen_leader_fails_fast_or_is_rerouted() {
         vec![vec![json!(2)], vec![json!(3)]]
     );
 }
+
+/// A write that reaches a follower whose leader is gone already (not heard from for the
+/// election timeout plus a second) is not forwarded: nothing was sent, so the follower says at
+/// once that it was not applied, instead of forwarding it and then calling its outcome unknown.
+/// Two of three nodes are frozen, so no new leader can be elected and the follower keeps
+/// naming the frozen one.
+#[test]
+fn a_write_to_a_follower_whose_leader_is_gone_is_refused_at_once_as_not_applied() {
+    let c = TestCluster::start(3, 0);
+    let old = c.leader();
+    c.execute_ok(old, json!(["CREATE TABLE g (id INTEGER PRIMARY KEY)"]));
+    let followers = c.followers(old);
+    let (alone, other) = (followers[0], followers[1]);
+    // The other follower first: the leader keeps its quorum until it is frozen too.
+    c.pause(other);
+    c.pause(old);
+    integration_tests::wait_for(
+        integration_tests::TIMEOUT,
+        format!("node {alone} to find leader {old} not contactable"),
+        || {
+            let r = c.get(alone, "/readyz");
+            (r.status == 503 && r.body.contains("leader not contactable")).then_some(())
+        },
+    );
+
+    let started = std::time::Instant::now();
+    let plain = c.post(alone, "/db/execute", json!(["INSERT INTO g VALUES (1)"]).to_string());
+    let waited = started.elapsed();
+    assert_eq!(plain.status, 503, "{}", plain.body);
+    let error = plain.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("no leader is reachable"), "{error}");
+    assert!(error.contains("not applied") && error.contains("nothing was written"), "{error}");
+    assert!(!error.contains("may or may not"), "{error}");
+    // No forward, no wait for an election: the forward timeout is 30 s, the wait for a leader 3 s.
+    assert!(waited < std::time::Duration::from_secs(2), "answered after {waited:?}");
+
+    c.resume(old);
+    c.resume(other);
+    let leader = c.leader();
+    let lsn = c.execute_ok(leader, json!(["INSERT INTO g VALUES (2)"]));
+    c.wait_all_applied(lsn);
+    for id in c.ids() {
+        assert_eq!(c.rows(id, "SELECT id FROM g"), vec![vec![json!(2)]], "node {id}");
+    }
+}

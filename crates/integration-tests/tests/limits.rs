@@ -89,3 +89,48 @@ fn runaway_statements_are_interrupted_and_large_results_refused() {
     }
     c.assert_all_alive();
 }
+
+/// Rows of the table [`a_statement_inside_one_long_instruction_stops_at_its_time_limit`]
+/// counts.
+const COUNTED_ROWS: u64 = 1_000_000;
+/// How many times its statement counts them.
+const COUNT_WALKS: usize = 300;
+
+/// A statement that spends its time inside single SQLite instructions still stops at its time
+/// limit. `count(*)` walks a whole table in one instruction (`Count`), where SQLite calls no
+/// progress handler; the statement below chains 300 of them and executes about 3,000
+/// instructions in all, fewer than the progress handler's interval (4,096), so only the
+/// watchdog's timer thread (`sqlite3_interrupt`) can stop it. Run to the end it takes far
+/// longer than its limit (about 0.8 s here, against a limit of 50 ms).
+#[test]
+fn a_statement_inside_one_long_instruction_stops_at_its_time_limit() {
+    use std::time::{Duration, Instant};
+
+    let c = TestCluster::start(1, 0);
+    let node = c.leader();
+    c.execute_ok(node, json!(["CREATE TABLE big (id INTEGER PRIMARY KEY)"]));
+    let fill = format!(
+        "INSERT INTO big(id) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+         WHERE x < {COUNTED_ROWS}) SELECT x FROM c"
+    );
+    c.execute_ok(node, json!([fill]));
+    let walks = vec!["SELECT count(*) AS n FROM big"; COUNT_WALKS].join(" UNION ALL ");
+    let sql = format!("SELECT sum(n) FROM ({walks})");
+
+    let started = Instant::now();
+    let limited = c.post(node, "/db/query?level=none&db_timeout=50ms", json!([sql]).to_string());
+    let stopped_after = started.elapsed();
+    assert_eq!(limited.status, 200, "{}", limited.body);
+    let error = limited.json()["results"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("time limit of 50ms"), "{}", limited.body);
+    assert!(stopped_after < Duration::from_millis(500), "answered after {stopped_after:?}");
+
+    // With time to spare the same statement runs to the end, and takes far longer.
+    let started = Instant::now();
+    let full = c.post(node, "/db/query?level=none", json!([sql]).to_string());
+    let ran = started.elapsed();
+    assert_eq!(full.status, 200, "{}", full.body);
+    let total = COUNTED_ROWS * COUNT_WALKS as u64;
+    assert_eq!(full.json()["results"][0]["values"], json!([[total]]), "{}", full.body);
+    assert!(ran > Duration::from_millis(250), "the full run took only {ran:?}");
+}

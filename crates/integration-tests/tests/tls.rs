@@ -291,6 +291,49 @@ fn three_nodes_over_tls_write_read_fail_over_and_refuse_impostors() {
     assert!(body.contains("[[2]]"), "{body}");
 }
 
+/// Under mutual TLS the leader gives a read index only to members: a certificate of this
+/// cluster's CA and cluster id, for a node that was never added, is refused (403, logged for
+/// audit), while a member's is answered, and a follower's linearizable read (which asks the
+/// leader for a read index) works.
+#[test]
+fn read_index_is_given_to_members_only() {
+    let mut c = Tls::new(3);
+    // Node 7 of cluster `demo`, signed by the cluster CA, but never a member.
+    certs(&c.dir.path().join("c"), "demo", "7");
+    for id in 1..=3 {
+        c.start(id, &[]);
+        c.wait_ready(id);
+    }
+    wait_for(TIMEOUT, "three voters", || {
+        let (s, body, _) = curl(&["--cacert", &c.ca(), &c.url(1, "/nodes")]);
+        (s == 200 && body.matches("\"voter\":true").count() == 3).then_some(())
+    });
+    let (s, body) =
+        c.post(1, "/db/execute", r#"["CREATE TABLE t (x)", "INSERT INTO t VALUES (42)"]"#);
+    assert_eq!(s, 200, "{body}");
+    let leader = wait_for(TIMEOUT, "a leader", || c.leader(1));
+    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+
+    let outsider = c.path("c/node-7.pem");
+    let (s, body, _) = c.raft_post(leader, "/keel/read-index", &outsider, &c.ca(), "");
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("node 7") && body.contains("not a member"), "{body}");
+    wait_for(TIMEOUT, "the refusal in the leader's log", || {
+        let log = c.log(leader);
+        (log.contains("keel::audit") && log.contains("refused a read index")).then_some(())
+    });
+
+    let member = c.path(&format!("c/node-{follower}.pem"));
+    let (s, body, _) = c.raft_post(leader, "/keel/read-index", &member, &c.ca(), "");
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("\"index\""), "{body}");
+
+    let url = c.url(follower, "/db/query?level=linearizable&q=SELECT%20x%20FROM%20t");
+    let (s, body, _) = curl(&["--cacert", &c.ca(), &url]);
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("[[42]]"), "{body}");
+}
+
 #[test]
 fn client_certificates_on_the_client_api() {
     let mut c = Tls::new(1);

@@ -14,7 +14,10 @@
 //! Under mutual TLS the binary puts a layer in front of the router that refuses any sender
 //! without a node certificate of this cluster and records the proven node id as a
 //! [`raft::network::PeerNode`]; an applied report naming another node is refused here
-//! ([`check_reporter`]).
+//! ([`check_reporter`]), and so is a read index asked for by a node that is not a member
+//! ([`check_member`]): a certificate of this cluster's CA alone (a removed node's, one made
+//! for a node never added) does not let its holder make the leader confirm its leadership
+//! with a quorum round on demand.
 //!
 //! [`Peers`] is how this node reaches others: over their client API (forwarding, joins,
 //! probes) and their Raft address (the calls above).
@@ -93,7 +96,10 @@ pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
             Router::new()
                 .route(APPLIED_PATH, post(applied))
                 .route(DIVERGED_PATH, post(diverged))
-                .route(READ_INDEX_PATH, post(read_index))
+                .route(
+                    READ_INDEX_PATH,
+                    post(move |node, peer| read_index(node, peer, verify_senders)),
+                )
                 .route(MEMBERS_PATH, get(members))
                 // A batch of another node's queued writes. No body limit of its own: each request
                 // in it passed the client API's limit on that node, and a batch holds at most
@@ -180,6 +186,30 @@ pub fn check_reporter(
     }
 }
 
+/// The `/keel/read-index` check under mutual TLS: the transport must have proven the sender,
+/// and its node must be a member (voter or learner) of this node's membership. Logs a refusal
+/// under `keel::audit`.
+pub fn check_member(node: &Node, proven: Option<raft::network::PeerNode>) -> Result<(), Response> {
+    let why = match proven {
+        Some(raft::network::PeerNode(id)) if raft::cluster::is_member(&node.raft, id) => {
+            return Ok(());
+        }
+        Some(raft::network::PeerNode(id)) => {
+            tracing::warn!(
+                target: "keel::audit",
+                certificate_node = id,
+                "refused a read index: the sender's certificate is of a node that is not a member"
+            );
+            format!("the client certificate is node {id}'s, which is not a member of the cluster")
+        }
+        None => {
+            tracing::warn!(target: "keel::audit", "refused a read index: no proven node identity");
+            "node-to-node requests need a node certificate".to_string()
+        }
+    };
+    Err(error(StatusCode::FORBIDDEN, format!("{why}: only members may ask for a read index")))
+}
+
 /// Tells the leader how far this node has applied, when the leader has no replication stream
 /// open to this node (a leader of an older version, or before its stream opens): after every
 /// apply, and once a second while idle (so a new leader learns it too). A leader with a stream
@@ -214,8 +244,16 @@ pub async fn report_applied(node: Arc<Node>) {
 }
 
 /// Leader side of a follower's linearizable read: confirm leadership with a quorum and return
-/// the index the follower must apply before reading.
-async fn read_index(State(node): State<Arc<Node>>) -> Response {
+/// the index the follower must apply before reading. With `verify_senders` (mutual TLS) only
+/// a member may ask ([`check_member`]).
+async fn read_index(
+    State(node): State<Arc<Node>>,
+    peer: Option<axum::Extension<raft::network::PeerNode>>,
+    verify_senders: bool,
+) -> Response {
+    if verify_senders && let Err(refused) = check_member(&node, peer.map(|p| p.0)) {
+        return refused;
+    }
     match raft::client::barrier(&node.raft, raft::ReadPolicy::ReadIndex).await {
         Ok(index) => json(StatusCode::OK, &ReadIndex { index }),
         Err(e) => {

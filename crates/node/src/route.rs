@@ -58,15 +58,8 @@ impl Node {
             let s = raft::cluster::state(&self.raft);
             if s.leader_id == Some(leader) {
                 moved = None;
-                // This node hears no one while it leads itself.
-                if leader != self.id
-                    && let Some((at, _)) = self.contact.last()
-                    && at.elapsed() > limit
-                {
-                    return format!(
-                        "leader not contactable: last heard from node {leader} {:.3}s ago",
-                        at.elapsed().as_secs_f64()
-                    );
+                if let Some(why) = self.leader_silent(leader) {
+                    return why;
                 }
             } else {
                 let since = *moved.get_or_insert_with(Instant::now);
@@ -83,6 +76,23 @@ impl Node {
             }
             tokio::time::sleep(LEADER_POLL).await;
         }
+    }
+
+    /// Why `leader`, the leader this node follows, looks gone already: this node has not heard
+    /// from it for the election timeout plus [`crate::health::LEADER_SILENCE`] (`/readyz`'s
+    /// "not contactable"). `None` while it is heard from, before it was ever heard from, and
+    /// for this node itself (it hears no one while it leads). The first condition of
+    /// [`Node::leader_gone`], checked at once: a write that finds its leader gone before it is
+    /// forwarded is refused with nothing sent, so its outcome is known (not applied).
+    pub fn leader_silent(&self, leader: raft::NodeId) -> Option<String> {
+        let limit = self.settings.election_timeout + crate::health::LEADER_SILENCE;
+        let (at, _) = self.contact.last()?;
+        (leader != self.id && at.elapsed() > limit).then(|| {
+            format!(
+                "leader not contactable: last heard from node {leader} {:.3}s ago",
+                at.elapsed().as_secs_f64()
+            )
+        })
     }
 
     /// The leader this node knows of, when it is another node.

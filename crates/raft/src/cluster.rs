@@ -176,6 +176,11 @@ pub fn member(raft: &Raft, id: NodeId) -> Option<Member> {
     state(raft).members.into_iter().find(|m| m.id == id)
 }
 
+/// Whether `id` is in the membership, as a voter or a learner (without building [`state`]).
+pub fn is_member(raft: &Raft, id: NodeId) -> bool {
+    raft.metrics().borrow_watched().membership_config.membership().get_node(&id).is_some()
+}
+
 /// The current leader as a member, if known.
 pub fn leader(raft: &Raft) -> Option<Member> {
     let id = raft.metrics().borrow_watched().current_leader?;

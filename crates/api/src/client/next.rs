@@ -110,6 +110,7 @@ mod tests {
         for nothing_written in [
             "leader not found",
             "leadership changed; nothing was written, retry",
+            "no leader is reachable (leader not contactable: last heard from node 1 2.100s ago); the request was not forwarded and not applied (nothing was written): retry later",
             "no quorum: the leader cannot reach a majority",
             "the node is handling as many requests as it allows (--max-concurrent-requests)",
         ] {

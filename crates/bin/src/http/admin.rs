@@ -1,7 +1,9 @@
 //! Operator routes: leadership transfer and membership changes ([`node::membership`]).
 //!
 //! Every route needs the leader: on another node the request is forwarded to it before the
-//! body is parsed ([`super::to_leader`]), so any member's address works.
+//! body is parsed ([`super::to_leader`]), so any member's address works. Leadership transfers
+//! (`/admin/promote`, `/leader` naming a node) parse their target first and retry by
+//! themselves while the leadership moves under them ([`transfer`]).
 //!
 //! - `POST /admin/promote?node=ID`: make node ID the leader ([`node::Node::make_leader`]). A
 //!   learner is made a voter first. Naming the current leader changes nothing. Answer:
@@ -25,13 +27,19 @@
 //!
 //! # IMPLEMENTATION CAVEATS
 //!
+//! * A transfer is retried only after answers that say nothing was done because no leader
+//!   could take it ([`moved`] reads the 503's message, as `keel_api`'s client does). A
+//!   promotion that timed out or whose target was not elected is answered as it is: the
+//!   operator decides what to try next.
 //! * A transfer whose target is not elected (it died after it was found caught up) leaves the
 //!   old leader refusing writes until the cluster elects a leader on its own, after an election
 //!   timeout; the answer is a 503 that says so. A node counts as dead once the leader has not
 //!   heard from it for about a second, so one killed just before the request is not yet
 //!   refused.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -88,6 +96,85 @@ async fn rebuild(State(node): State<Arc<Node>>, req: Incoming) -> Response {
     }
 }
 
+/// The 503 of a change refused because this node stopped leading before it did anything.
+const LEADERSHIP_CHANGED: &str = "leadership changed during the request; retry";
+
+/// How long after its arrival a leadership transfer may start another attempt when no leader
+/// could take the previous one (see [`transfer`]). Longer than an election, with room for a
+/// few in a row.
+const TRANSFER_RETRY_WINDOW: Duration = Duration::from_secs(20);
+/// Pause between two attempts of a leadership transfer.
+const TRANSFER_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Carries out a leadership transfer: `run` on the leader, which the request is forwarded to
+/// from any other node. Just after a failover the leader may not be known yet, or be dead and
+/// still named, or be deposed while the transfer runs (`NotLeader`: nothing was done). With
+/// `retry`, such an attempt ([`moved`]) is followed by another, routed afresh, for as long as
+/// the request is within [`TRANSFER_RETRY_WINDOW`] of its arrival; a promotion is safe to
+/// repeat (naming the current leader changes nothing). A request forwarded here by another
+/// node is tried once: its sender retries.
+async fn transfer<F, Fut>(node: &Node, req: &Incoming, retry: bool, run: F) -> Response
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(NodeId, raft::Term), ChangeError>>,
+{
+    let started = Instant::now();
+    let retry = retry && !req.headers.contains_key(super::FORWARDED);
+    let mut attempts = 1u32;
+    loop {
+        let answer = match super::to_leader(node, &forward_params(), req).await {
+            None => match run().await {
+                Ok((id, term)) => return leader_answer(id, term),
+                Err(e) => change_error(e),
+            },
+            Some(answer) => answer,
+        };
+        let (answer, why) = match moved(answer).await {
+            Ok(answer) => return answer,
+            Err(moved) => moved,
+        };
+        if !retry {
+            return answer;
+        }
+        if started.elapsed() >= TRANSFER_RETRY_WINDOW {
+            return unavailable(format!(
+                "no leader could carry out the leadership transfer within {}s ({attempts} attempts; the last: {why}): check that a majority of the voters is running and reachable (GET /nodes), then try again",
+                TRANSFER_RETRY_WINDOW.as_secs()
+            ));
+        }
+        tracing::info!(attempts, %why, "retrying a leadership transfer: no leader could take it");
+        tokio::time::sleep(TRANSFER_RETRY_PAUSE).await;
+        attempts += 1;
+    }
+}
+
+/// `Err((answer, message))` if `answer` is a 503 saying that nothing was done because no leader
+/// could take the request: this node lost the leadership ([`LEADERSHIP_CHANGED`]), none is
+/// known (`leader not found`), the one named is gone or unreachable (the forwarding errors of
+/// [`super::forward`]), or the leader it was forwarded to lost it. `Ok(answer)` otherwise.
+async fn moved(answer: Response) -> Result<Response, (Response, String)> {
+    if answer.status() != StatusCode::SERVICE_UNAVAILABLE {
+        return Ok(answer);
+    }
+    let (parts, body) = answer.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return Ok(unavailable("reading the leader's answer to a leadership transfer failed"));
+    };
+    let message = serde_json::from_slice::<keel_api::ErrorAnswer>(&bytes)
+        .map(|a| a.error)
+        .unwrap_or_default();
+    let answer = Response::from_parts(parts, axum::body::Body::from(bytes));
+    const MOVED: [&str; 6] = [
+        LEADERSHIP_CHANGED,
+        "leader not found",
+        "no leader is reachable",
+        "forwarding to leader",
+        "reading the leader's answer",
+        "no new leader within",
+    ];
+    if MOVED.iter().any(|m| message.starts_with(m)) { Err((answer, message)) } else { Ok(answer) }
+}
+
 /// Maps a refused or failed change to its HTTP answer.
 fn change_error(e: ChangeError) -> Response {
     match e {
@@ -96,9 +183,7 @@ fn change_error(e: ChangeError) -> Response {
             error_response(StatusCode::CONFLICT, e)
         }
         ChangeError::NotReady(m) => unavailable(m),
-        ChangeError::Client(ClientError::NotLeader { .. }) => {
-            unavailable("leadership changed during the request; retry")
-        }
+        ChangeError::Client(ClientError::NotLeader { .. }) => unavailable(LEADERSHIP_CHANGED),
         ChangeError::Client(e @ (ClientError::NoQuorum(_) | ClientError::Unknown(_))) => {
             unavailable(e)
         }
@@ -128,26 +213,21 @@ async fn promote(
     Query(q): Query<Vec<(String, String)>>,
     req: Incoming,
 ) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
-        return r;
-    }
     let Some((_, id)) = q.iter().find(|(k, _)| k == "node") else {
         return bad_request("name the node to promote: /admin/promote?node=<id>");
     };
-    match node_id(&Value::String(id.clone())) {
-        Ok(id) => match node.make_leader(id).await {
-            Ok(term) => leader_answer(id, term),
-            Err(e) => change_error(e),
-        },
-        Err(e) => bad_request(e),
-    }
+    let id = match node_id(&Value::String(id.clone())) {
+        Ok(id) => id,
+        Err(e) => return bad_request(e),
+    };
+    let node = &node;
+    transfer(node, &req, true, move || async move { Ok((id, node.make_leader(id).await?)) }).await
 }
 
-/// `POST /leader`: rqlite's step-down, to the node in the body or to the best successor.
+/// `POST /leader`: rqlite's step-down, to the node in the body or to the best successor. Only
+/// a step-down to a named node is retried (see [`transfer`]): without one, a retry would move
+/// the leadership away from a node that was never asked to give it up.
 async fn step_down(State(node): State<Arc<Node>>, req: Incoming) -> Response {
-    if let Some(r) = to_leader(&node, &forward_params(), &req).await {
-        return r;
-    }
     let named = if req.body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -162,10 +242,8 @@ async fn step_down(State(node): State<Arc<Node>>, req: Incoming) -> Response {
             _ => return bad_request("body must be empty or a JSON object {\"id\": \"<node id>\"}"),
         }
     };
-    match node.step_down(named).await {
-        Ok((id, term)) => leader_answer(id, term),
-        Err(e) => change_error(e),
-    }
+    let node = &node;
+    transfer(node, &req, named.is_some(), move || node.step_down(named)).await
 }
 
 /// `POST /admin/membership`.
@@ -246,6 +324,30 @@ mod tests {
         assert!(node_id(&json!("x")).is_err());
         assert!(node_id(&json!(-1)).is_err());
         assert!(node_id(&json!(null)).is_err());
+    }
+
+    #[tokio::test]
+    async fn transfers_are_retried_only_when_no_leader_could_take_them() {
+        let not_forwarded = super::super::not_forwarded("leader not contactable: …");
+        for message in [
+            LEADERSHIP_CHANGED,
+            "leader not found",
+            "forwarding to leader 1 failed: error sending request",
+            "no new leader within the timeout after leader not contactable",
+            not_forwarded.as_str(),
+        ] {
+            let (answer, why) = moved(unavailable(message)).await.expect_err(message);
+            assert_eq!(why, message);
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        for final_answer in [
+            unavailable("node 3 is not reachable: the leader last heard from it 4.0s ago"),
+            unavailable("outcome unknown: node 3 was not elected: node 2 leads in term 9"),
+            bad_request("leader not found"),
+            leader_answer(3, 9),
+        ] {
+            assert!(moved(final_answer).await.is_ok());
+        }
     }
 
     #[test]

@@ -447,8 +447,15 @@ const NEW_LEADER_POLL: Duration = Duration::from_millis(20);
 /// Gives up early when the leader looks unable to answer ([`Node::leader_gone`]: frozen, or
 /// cut off from this node, or deposed and silent). A request that is safe to send twice (see
 /// [`repeatable`]) then goes to the next leader once one is known, within what is left of its
-/// timeout; any other answers 503 saying that its outcome is unknown.
+/// timeout; any other answers 503 saying that its outcome is unknown. Any other that finds the
+/// leader gone already ([`Node::leader_silent`]) is not sent at all: 503, not applied.
 async fn forward(node: &Node, req: &Incoming, way: &Forward) -> Response {
+    if !repeatable(req)
+        && let Some(why) = node.leader_silent(way.leader)
+    {
+        tracing::info!(leader = way.leader, %why, "refused a request: no leader is reachable");
+        return unavailable(not_forwarded(&why));
+    }
     let started = tokio::time::Instant::now();
     let total = way.timeout;
     let mut way = Forward { url: way.url.clone(), leader: way.leader, timeout: way.timeout };
@@ -493,6 +500,14 @@ async fn forward(node: &Node, req: &Incoming, way: &Forward) -> Response {
             Err(_) => return unavailable(format!("no new leader within the timeout after {why}")),
         }
     }
+}
+
+/// The 503 message of a request refused before it was forwarded, because the leader is gone
+/// (`why`). It names "nothing was written", so clients know it is safe to send again.
+fn not_forwarded(why: &str) -> String {
+    format!(
+        "no leader is reachable ({why}); the request was not forwarded and not applied (nothing was written): retry later"
+    )
 }
 
 /// Whether sending `req` again cannot apply it twice: a query, a promotion (of a node that
