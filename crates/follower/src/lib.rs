@@ -15,14 +15,17 @@
 //! after a crash the database and its applied position agree and replay resumes exactly after
 //! it.
 //!
-//! The same job publishes the new applied index on a `tokio::sync::watch` channel
-//! ([`Replica::applied`]) as soon as the transaction commits, on the database thread: the
-//! leader waits on it before speculating the next batch, and reads that need "at least LSN n"
-//! wait on it too. A second watch ([`Replica::position`]) carries the same index with the
+//! The database publishes the new applied index on a `tokio::sync::watch` channel
+//! ([`Replica::applied`]) as soon as a transaction commits it ([`sql::Db::on_commit`]), on the
+//! database thread: the leader's writer waits on it before answering a batch, and reads that
+//! need "at least LSN n" wait on it too. On the leader an apply may commit nothing yet (its
+//! entries wait in the writer's held transaction for the ones stacked after them, see
+//! [`sql::Db::execute_stacked`]); the index then moves when they commit. A second watch ([`Replica::position`]) carries the same index with the
 //! apply hash after it ([`sql::chain`]), for the reports a follower sends its leader.
 //!
 //! The writer's speculations run on the same thread: speculation and apply never run at the
-//! same time, so a speculation always sees exactly the applied state.
+//! same time, so a speculation always sees exactly the applied state (plus, when stacked, the
+//! writer's own batches in flight).
 //!
 //! Snapshots: [`Store::snapshot_to`] writes an image through an [`sql::ImageSource`] taken
 //! once at construction, from its own read-only connection, NOT on the database thread, so a

@@ -9,7 +9,7 @@
 //!    plus per-statement results, and then **rolls everything back**. The database never
 //!    changes here; the record goes through Raft. [`Db::execute_held`], the writer's, leaves
 //!    the transaction open instead, for `apply` to commit when the record comes back from
-//!    Raft (see `apply`, "The leader keeps its speculation").
+//!    Raft (see `held`).
 //! 2. [`Db::apply`] (every node, the leader included) applies committed records in one
 //!    transaction together with the new applied position, which is stored in the database
 //!    itself (`_keel_meta`), so data and position can never disagree after a crash, and with
@@ -29,6 +29,8 @@
 //! * `speculation` (and its `run`): [`Db::execute`], the leader's execute-under-savepoint /
 //!   capture-changes path, and the retries of requests whose id was seen before.
 //! * `apply`: [`Db::apply`] and [`Db::install`], the only ways the database changes.
+//! * `held`: the writer's speculations kept open until Raft commits them, stacked ones
+//!   included ([`Db::execute_stacked`]), and their commit by `apply`.
 //! * `crate::meta`, a module of its own: the applied position and Keel's bookkeeping tables,
 //!   also read by [`crate::ImageSource`] from an image (so `image` does not depend on `db`).
 //!
@@ -81,10 +83,11 @@ use crate::verdicts::{self, Verdicts};
 /// The read-write side of a node's database: its client connection and its apply connection.
 ///
 /// Invariants:
-/// * No transaction is open between calls, except the speculation [`Db::execute_held`] leaves
-///   open on the client connection (`held` is then `Some`); every other method rolls that
-///   back first or commits it (`apply`, when its first entry carries the held record), and
-///   leaves both connections in autocommit mode, whatever happens.
+/// * No transaction is open between calls, except the speculations [`Db::execute_held`] and
+///   [`Db::execute_stacked`] leave open on the client connection (`held` is then `Some`);
+///   `apply` commits it when it has been handed every held record's entry, and anything else
+///   that needs the connection rolls it back (applying first what it deferred). Both
+///   connections are otherwise left in autocommit mode, whatever happens.
 /// * The database changes only in [`Db::apply`] and [`Db::install`].
 /// * `_keel_meta` exists and has exactly one row (id 1); its `idx` is NULL until the first
 ///   apply.

@@ -33,24 +33,14 @@
 //!
 //! ## The leader keeps its speculation
 //!
-//! The leader's writer speculates with [`Db::execute_held`], which leaves the speculation's
-//! transaction open on the client connection instead of rolling it back. When `apply` is then
-//! handed, as its first entry, the entry at the index after the one the speculation ran on, in
-//! the term it was made for, carrying a record equal to the speculation's, the transaction
-//! already holds exactly that record's effect on exactly the state the entry applies to: it is
-//! committed, with the entry's answers and applied position written inside it, and the
-//! changesets are not applied a second time. The leader's rows then come from running the SQL,
-//! the replicas' from the changesets; table checks (`crate::checksum`, `keel check`) are what
-//! verify that the two agree.
-//!
-//! Anything else rolls the held transaction back first: another entry at that index (another
-//! leader's, a membership change), any other use of the connection, an install. The record is
-//! then applied from its changesets like on every follower, so a lost leadership, a failed
-//! proposal or a crash between the Raft commit and the local one (the entry is applied again
-//! from the log at restart) all take the path followers take. Readers never see the held rows:
-//! they read committed state on their own connections. The held transaction keeps SQLite's
-//! write lock, which the apply connection needs; that is why it is rolled back before any other
-//! apply, on the one database thread.
+//! The leader's writer speculates with [`Db::execute_held`] (and [`Db::execute_stacked`]),
+//! which leave the speculation's transaction open instead of rolling it back. When `apply` is
+//! handed the entries that carry those records, at the indexes and in the term they were made
+//! for, the transaction is committed instead of applying the changesets a second time (see
+//! `held`). The leader's rows then come from running the SQL, the replicas' from the
+//! changesets; table checks (`crate::checksum`, `keel check`) verify that the two agree.
+//! Anything else rolls the held transaction back first, and the records are applied from their
+//! changesets like on every follower.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! per-statement results, and then **rolls everything back**. The database never changes here;
 //! the record goes through Raft and comes back through [`Db::apply`]. [`Db::execute_held`] (the
 //! writer's) leaves the transaction open instead, and `apply` commits it when the record comes
-//! back (see `apply`, "The leader keeps its speculation"). This file holds the
+//! back (see `held`). This file holds the
 //! group's transaction, its savepoint scopes and the session cuts; `run` runs one client
 //! statement inside it.
 //!
@@ -172,9 +172,9 @@ impl Db {
 
     /// [`Db::execute`] for the leader's writer, which proposes the record in `term`: the
     /// transaction is left open instead of rolled back, holding the requests' effects, and
-    /// [`Db::apply`] commits it when it is handed that record as the next entry (see `apply`,
-    /// "The leader keeps its speculation"), instead of applying the record's changesets again.
-    /// Any other call rolls it back. A speculation that changed nothing is rolled back at once.
+    /// [`Db::apply`] commits it when it is handed that record as the next entry (see `held`),
+    /// instead of applying the record's changesets again. Any other call rolls it back (after
+    /// applying what it deferred). A speculation that changed nothing is rolled back at once.
     pub fn execute_held(&mut self, requests: &[WriteRequest], term: Term) -> Result<Speculation> {
         self.speculate(requests, Some(term))
     }
