@@ -351,6 +351,9 @@ pub struct Sqlite3 {
     /// Pages in the database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_count: Option<u64>,
+    /// Of those, the free ones (deleted data not yet given back to the file system).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freelist_count: Option<u64>,
     /// Bytes per page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_size: Option<u64>,

@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// (docs/benchmarks.md).
     #[arg(long, env = "KEEL_WRITE_PIPELINE", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub write_pipeline: u8,
+    /// How often this node refreshes the query planner's statistics of its own copy (SQLite's
+    /// `PRAGMA optimize`, bounded by `analysis_limit`); 0 never does.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub optimize_interval: Duration,
     /// Credentials file (rqlite's `-auth` format: a JSON array of users with passwords and
     /// permissions). Without it, every client may do everything. Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]

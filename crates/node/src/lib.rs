@@ -31,6 +31,7 @@
 //!   node whose data differs deletes it and rejoins; [`apply_hash`]: the leader compares its
 //!   followers' apply hashes with its own, continuously, and tells one that differs.
 //! - [`metrics`]: Prometheus counters, updated where things happen.
+//! - `maintenance`: upkeep of this node's own file outside the log (`PRAGMA optimize`).
 //!
 //! Errors ([`Error`]) say what the caller should do; the HTTP layer maps each to one answer.
 //! What this crate does not do: parse HTTP requests, build rqlite's JSON envelopes, TLS,
@@ -47,6 +48,7 @@ pub mod changes;
 pub mod checksum;
 pub mod error;
 pub mod health;
+mod maintenance;
 pub mod membership;
 pub mod metrics;
 pub mod outcome;
@@ -129,6 +131,8 @@ pub struct Config {
     pub sync_timeout: Duration,
     /// How many write batches may be in flight at once ([`leader::Options::pipeline`]).
     pub write_pipeline: usize,
+    /// How often this node runs `PRAGMA optimize` on its copy ([`maintenance`]); `None`: never.
+    pub optimize_interval: Option<Duration>,
     /// The write queue's settings.
     pub queue: queue::Options,
     /// How this node reaches other nodes.
@@ -284,6 +288,9 @@ impl Node {
         tokio::spawn(peer::report_applied(node.clone()));
         tokio::spawn(apply_hash::tell(Arc::downgrade(&node), mismatches));
         tokio::spawn(raft::cluster::log_leadership(raft));
+        if let Some(every) = config.optimize_interval {
+            tokio::spawn(maintenance::optimize(Arc::downgrade(&node), every));
+        }
         Ok(node)
     }
 

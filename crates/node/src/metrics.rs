@@ -56,6 +56,8 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Rows this node checksummed for table checks.
     pub checksum_rows: IntCounter,
+    /// Runs of `PRAGMA optimize` on this node's copy.
+    pub optimize_runs: IntCounter,
     /// Write batches the writer proposed, brought up to date at scrape time.
     write_batches: IntCounter,
     /// Of those, the ones speculated on top of a batch in flight.
@@ -143,6 +145,8 @@ impl Metrics {
         .expect("valid metric");
         let checksum_rows =
             counter("keel_checksum_rows_total", "Rows this node checksummed for table checks");
+        let optimize_runs =
+            counter("keel_optimize_runs_total", "Runs of PRAGMA optimize on this node's copy");
         let write_batches =
             counter("keel_write_batches_total", "Write batches this node proposed as the leader");
         let write_batches_stacked = counter(
@@ -200,6 +204,7 @@ impl Metrics {
             Box::new(queue_retries.clone()),
             Box::new(queue_depth.clone()),
             Box::new(checksum_rows.clone()),
+            Box::new(optimize_runs.clone()),
             Box::new(write_batches.clone()),
             Box::new(write_batches_stacked.clone()),
             Box::new(check_last.clone()),
@@ -232,6 +237,7 @@ impl Metrics {
             queue_retries,
             queue_depth,
             checksum_rows,
+            optimize_runs,
             write_batches,
             write_batches_stacked,
             check_last,

@@ -296,6 +296,19 @@ impl Db {
         &self.applier
     }
 
+    /// Runs SQLite's `PRAGMA optimize` on this node's copy: refreshes the query planner's
+    /// statistics (`sqlite_stat1`) of the tables that need it, each analysis bounded
+    /// (`analysis_limit`). Local to the node: statistics only steer query plans, and neither
+    /// table checks nor the apply hash cover them. Returns `false`, doing nothing, while the
+    /// writer holds a speculation open: the write lock is its, and the next call will do.
+    pub fn optimize(&mut self) -> Result<bool> {
+        if !self.conn.is_autocommit() {
+            return Ok(false);
+        }
+        self.applier.execute_batch("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002;")?;
+        Ok(true)
+    }
+
     /// How many entries [`Db::apply`] took by committing the speculation [`Db::execute_held`]
     /// left open, instead of applying their records.
     pub fn held_commits(&self) -> u64 {

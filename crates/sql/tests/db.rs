@@ -855,3 +855,35 @@ fn interrupted_stacks_fall_back_to_the_changesets() {
     replica.apply(&[entry(11, &a)]).unwrap();
     assert_eq!(leader.dump().unwrap(), replica.dump().unwrap());
 }
+
+/// `optimize` fills in the planner's statistics on this node's copy, and waits while the
+/// writer holds a speculation open.
+#[test]
+fn optimize_gathers_statistics_when_nothing_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    write(
+        &mut db,
+        &mut [],
+        1,
+        &["CREATE TABLE t (id INTEGER PRIMARY KEY, v)", "CREATE INDEX tv ON t (v)"],
+    );
+    write(
+        &mut db,
+        &mut [],
+        2,
+        &[&format!("{} INSERT INTO t (v) SELECT x % 7 FROM s", series(2000))],
+    );
+    let held = db.execute_held(&[request(&["INSERT INTO t (v) VALUES (1)"])], 1).unwrap();
+    assert!(!db.optimize().unwrap(), "ran while a speculation was held");
+    db.apply(&[entry(3, &held.record)]).unwrap();
+    assert!(db.optimize().unwrap());
+    let stats = db.readers(1).unwrap();
+    let rows = stats
+        .query(&[Statement::new("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 't'")], false)
+        .unwrap();
+    assert!(
+        matches!(&rows[0], StatementResult::Rows { values, .. } if values[0][0].as_i64() > Some(0)),
+        "{rows:?}"
+    );
+}

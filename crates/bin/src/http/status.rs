@@ -327,11 +327,13 @@ impl Disk {
 }
 
 /// rqlite's `store.sqlite3` section: `version`, `path`, `size` (the file), `db_size` (pages
-/// times page size), `wal_size`, `page_size`, `page_count`.
+/// times page size), `wal_size`, `page_size`, `page_count`; and Keel's `freelist_count`, the
+/// free pages a `VACUUM` would give back.
 fn sqlite(readers: &sql::Readers) -> status::Sqlite3 {
     let mut out = status::Sqlite3 { version: rusqlite::version().into(), ..Default::default() };
     let statements =
-        ["PRAGMA database_list", "PRAGMA page_count", "PRAGMA page_size"].map(sql::Statement::new);
+        ["PRAGMA database_list", "PRAGMA page_count", "PRAGMA page_size", "PRAGMA freelist_count"]
+            .map(sql::Statement::new);
     let Ok(results) = readers.query(&statements, true) else { return out };
     let first = |i: usize| match results.get(i) {
         Some(sql::StatementResult::Rows { columns, values, .. }) => {
@@ -357,6 +359,7 @@ fn sqlite(readers: &sql::Readers) -> status::Sqlite3 {
         out.db_size = Some(pages * page_size);
         out.db_size_friendly = Some(friendly_bytes(pages * page_size));
     }
+    out.freelist_count = number(3);
     out
 }
 
