@@ -12,12 +12,18 @@
 //!
 //! - A statement goes to `POST /db/request`, which runs a read with the session's read level
 //!   (`.consistency`) and a write with its durability (`.durability`); the server decides
-//!   which it is, exactly as SQLite does. Rows come back as an aligned table
-//!   ([`render::table`]), a write as `N rows affected`, a failure as the server's error text.
-//!   The shell goes on after an error; piped input makes the exit status non-zero.
-//! - Dot-commands read the schema with ordinary queries (`.tables`, `.schema`, `.indexes`),
-//!   show `/nodes`, `/status` and `/leader`, stream a backup or a load with the code of
-//!   `keel backup` and `keel restore` ([`crate::backup`]), or change the session's settings.
+//!   which it is, exactly as SQLite does. Rows come back laid out as `.mode` says
+//!   ([`render::rows`]: an aligned table by default, or csv, json, line), a write as
+//!   `N rows affected`, a failure as the server's error text. The shell goes on after an
+//!   error; piped input makes the exit status non-zero.
+//! - Dot-commands (rqlite's shell's, and Keel's `.consistency` and `.durability`) read the
+//!   schema with ordinary queries (`.tables`, `.schema`, `.indexes`), look at and change the
+//!   cluster ([`admin`]: `/nodes`, `/status`, `/readyz`, `/metrics`, step-down, remove), move
+//!   the database in and out of files with the code of `keel backup` and `keel restore`
+//!   ([`files`], [`crate::backup`]), run a file's statements (`.read`), or change the
+//!   session's settings.
+//! - What they show goes to the session's [`output::Output`] (stdout, or a file after
+//!   `.output FILE`); errors go to stderr.
 //!
 //! Every request goes through [`client::Cluster`], the shell's [`keel_api::Client`], which
 //! moves to another node when the one in use stops answering, and the shell says so. Repeating
