@@ -5,15 +5,17 @@
 //! Both go through [`keel_api::Client`]: [`write_backup`] through [`keel_api::Client::backup`]
 //! (on the leader the client finds, or with `noleader` on the node given) and [`restore`]
 //! through [`keel_api::Client::load`] (on the leader). `keel shell`'s `.backup` and `.restore`
-//! call the same two functions with the shell's client. Neither is retried once its body has
-//! started to flow; a backup is written under a temporary name and renamed when complete.
+//! call the same two functions with the shell's client, and its `.dump` without a file
+//! [`copy`]s the SQL text into the shell's output. Neither is retried once its body has started
+//! to flow; a backup is written under a temporary name and renamed when complete.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
+use keel_api::Download;
 use node::backup::{GZIP_MAGIC, SQLITE_MAGIC, read_head};
-use tokio::io::AsyncWriteExt as _;
 
 /// Size of the chunks a restore is streamed in.
 const CHUNK: usize = 256 << 10;
@@ -114,23 +116,39 @@ pub async fn write_backup(
     params: &[(&str, Option<&str>)],
     file: &Path,
 ) -> anyhow::Result<()> {
-    let mut download = client.backup(params).await.map_err(|e| failed("backup", e))?;
+    let mut download = start_backup(client, params).await?;
     let tmp = file.with_extension("partial");
-    let mut out = tokio::fs::File::create(&tmp)
-        .await
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let bar = progress_bar(download.content_length(), "backup");
-    while let Some(chunk) =
-        download.chunk().await.context("the backup stream broke off; nothing was written")?
-    {
-        out.write_all(&chunk).await?;
-        bar.inc(chunk.len() as u64);
-    }
-    out.sync_all().await?;
+    copy(&mut download, &mut bar.wrap_write(&mut out))
+        .await
+        .with_context(|| format!("{} was not written", file.display()))?;
+    out.sync_all()?;
     drop(out);
-    tokio::fs::rename(&tmp, file).await?;
+    std::fs::rename(&tmp, file)?;
     bar.finish();
     eprintln!("wrote {} ({} bytes)", file.display(), bar.position());
+    Ok(())
+}
+
+/// Starts a backup (`/db/backup` with `params`): on the leader the client finds, unless
+/// `noleader` is among them. Errors: the backup was refused, or no node answered.
+pub async fn start_backup(
+    client: &keel_api::Client,
+    params: &[(&str, Option<&str>)],
+) -> anyhow::Result<Download> {
+    client.backup(params).await.map_err(|e| failed("backup", e))
+}
+
+/// Writes the rest of `download` to `out` as it arrives (`keel shell`'s `.dump` copies into
+/// its output this way). The writes block: the commands that call this do nothing else
+/// meanwhile. Errors: the stream broke off (what came before is written), or `out` refused a
+/// write.
+pub async fn copy(download: &mut Download, out: &mut impl Write) -> anyhow::Result<()> {
+    while let Some(chunk) = download.chunk().await.context("the backup stream broke off")? {
+        out.write_all(&chunk).context("writing the backup")?;
+    }
     Ok(())
 }
 

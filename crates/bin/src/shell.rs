@@ -12,12 +12,18 @@
 //!
 //! - A statement goes to `POST /db/request`, which runs a read with the session's read level
 //!   (`.consistency`) and a write with its durability (`.durability`); the server decides
-//!   which it is, exactly as SQLite does. Rows come back as an aligned table
-//!   ([`render::table`]), a write as `N rows affected`, a failure as the server's error text.
-//!   The shell goes on after an error; piped input makes the exit status non-zero.
-//! - Dot-commands read the schema with ordinary queries (`.tables`, `.schema`, `.indexes`),
-//!   show `/nodes`, `/status` and `/leader`, stream a backup or a load with the code of
-//!   `keel backup` and `keel restore` ([`crate::backup`]), or change the session's settings.
+//!   which it is, exactly as SQLite does. Rows come back laid out as `.mode` says
+//!   ([`render::rows`]: an aligned table by default, or csv, json, line), a write as
+//!   `N rows affected`, a failure as the server's error text. The shell goes on after an
+//!   error; piped input makes the exit status non-zero.
+//! - Dot-commands (rqlite's shell's, and Keel's `.consistency` and `.durability`) read the
+//!   schema with ordinary queries (`.tables`, `.schema`, `.indexes`), look at and change the
+//!   cluster ([`admin`]: `/nodes`, `/status`, `/readyz`, `/metrics`, step-down, remove), move
+//!   the database in and out of files with the code of `keel backup` and `keel restore`
+//!   ([`files`], [`crate::backup`]), run a file's statements (`.read`), or change the
+//!   session's settings.
+//! - What they show goes to the session's [`output::Output`] (stdout, or a file after
+//!   `.output FILE`); errors go to stderr.
 //!
 //! Every request goes through [`client::Cluster`], the shell's [`keel_api::Client`], which
 //! moves to another node when the one in use stops answering, and the shell says so. Repeating
@@ -38,11 +44,14 @@
 //! - Values are shown on one line each: control characters in text are escaped, BLOBs shown
 //!   as hex literals ([`render`]).
 
+mod admin;
 mod client;
 mod command;
 mod complete;
+mod files;
 mod input;
 mod interrupt;
+mod output;
 mod render;
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -54,11 +63,12 @@ use keel_api::{Statement, StatementResult};
 use rustyline::config::{CompletionType, Config};
 use rustyline::error::ReadlineError;
 use rustyline::history::{DefaultHistory, History as _};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use self::client::Cluster;
-use self::command::{Command, HELP, Level};
+use self::command::{Command, HELP, Level, Mode};
 use self::input::{Input, Item};
+use self::output::Output;
 
 /// The prompt when no statement is under way.
 const PROMPT: &str = "keel> ";
@@ -105,13 +115,7 @@ pub fn run(args: ShellArgs) -> anyhow::Result<()> {
         RETRY_FOR,
         args.cacert.as_deref(),
     )?;
-    let mut shell = Shell {
-        cluster,
-        level: args.consistency,
-        durability: args.durability,
-        timer: false,
-        schema_changed: true,
-    };
+    let mut shell = Shell::new(cluster, args.consistency, args.durability);
     if let Err(why) = shell.cluster.refresh() {
         eprintln!("warning: {why}; statements will be tried against it anyway");
     }
@@ -263,45 +267,76 @@ struct Shell {
     timer: bool,
     /// The table names used for completion may be out of date.
     schema_changed: bool,
+    /// How query results are laid out (`.mode`).
+    mode: Mode,
+    /// Where results go (`.output`).
+    out: Output,
+    /// The files `.read` is reading, outermost first (a file that reads itself is refused).
+    reading: Vec<PathBuf>,
 }
 
 impl Shell {
+    /// A session on `cluster` with the given settings, results to stdout in column mode.
+    fn new(
+        cluster: Cluster,
+        level: Option<Level>,
+        durability: Option<leader::Durability>,
+    ) -> Shell {
+        Shell {
+            cluster,
+            level,
+            durability,
+            timer: false,
+            schema_changed: true,
+            mode: Mode::Column,
+            out: Output::Stdout,
+            reading: Vec::new(),
+        }
+    }
+
     /// Runs one item, printing its output (errors to stderr); returns whether to go on and
     /// whether it succeeded.
     fn run_item(&mut self, item: &Item) -> (Flow, bool) {
         interrupt::clear();
+        let result = self.execute(item);
+        self.report(result)
+    }
+
+    /// Flushes the output and shows `result`'s error, if any: the outcome of an item.
+    fn report(&mut self, result: Result<Flow, String>) -> (Flow, bool) {
+        let flushed = self.out.done();
+        match result.and_then(|flow| flushed.map(|()| flow)) {
+            Ok(flow) => (flow, true),
+            Err(why) => {
+                eprintln!("Error: {why}");
+                (Flow::Continue, false)
+            }
+        }
+    }
+
+    /// Runs one item, its output to [`Shell::out`]; with `.timer on`, a statement's time after.
+    fn execute(&mut self, item: &Item) -> Result<Flow, String> {
         let started = Instant::now();
-        let result = match item {
-            Item::Dot(line) => match command::parse(line) {
-                Ok(command) => self.run_command(command),
-                Err(why) => Err(why),
-            },
+        match item {
+            Item::Dot(line) => self.run_command(command::parse(line)?),
             Item::Sql(sql) => {
                 if changes_schema(sql) {
                     self.schema_changed = true;
                 }
-                self.run_sql(sql).map(|()| Flow::Continue)
+                let result = self.run_sql(sql);
+                if self.timer {
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    self.out.print(&format!("Time: {ms:.3} ms\n"))?;
+                }
+                result.map(|()| Flow::Continue)
             }
-        };
-        let outcome = match result {
-            Ok(flow) => (flow, true),
-            Err(why) => {
-                let _ = std::io::stdout().flush();
-                eprintln!("Error: {why}");
-                (Flow::Continue, false)
-            }
-        };
-        if self.timer && matches!(item, Item::Sql(_)) {
-            println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
         }
-        outcome
     }
 
-    /// Runs one SQL statement and prints its result.
+    /// Runs one SQL statement and shows its result.
     fn run_sql(&mut self, sql: &str) -> Result<(), String> {
         let result = self.statement(Statement::new(sql))?;
-        print!("{}", describe_result(&result));
-        Ok(())
+        self.out.print(&describe_result(&result, self.mode))
     }
 
     /// Sends one statement to `/db/request` with the session's settings (the client adds a
@@ -344,61 +379,70 @@ impl Shell {
         Ok(rows.iter().filter_map(|row| row.first()?.as_str().map(str::to_string)).collect())
     }
 
-    /// Runs a dot-command.
+    /// Runs a dot-command: the ones about the data and the settings here, the ones about the
+    /// cluster in [`admin`], the ones that move the database in or out of files in [`files`].
     fn run_command(&mut self, command: Command) -> Result<Flow, String> {
         match command {
             Command::Quit => return Ok(Flow::Quit),
-            Command::Help => print!("{}", help()),
+            Command::Help => self.out.print(&help())?,
             Command::Tables => {
-                for name in self.table_names()? {
-                    println!("{name}");
-                }
+                let names = self.table_names()?;
+                self.out
+                    .print(&names.iter().map(|name| format!("{name}\n")).collect::<String>())?;
             }
             Command::Schema(table) => self.schema(table.as_deref())?,
             Command::Indexes(table) => self.indexes(table.as_deref())?,
             Command::Nodes => self.nodes()?,
             Command::Status => self.status()?,
-            Command::Leader => {
-                let leader = self.cluster.call(async |c| c.leader().await)?;
-                println!("node {} at {} (raft {})", leader.id, leader.api_addr, leader.addr);
+            Command::Leader => self.leader()?,
+            Command::Ready => self.ready()?,
+            Command::Expvar => self.expvar()?,
+            Command::Sysdump(file) => self.sysdump(&file)?,
+            Command::Stepdown(to) => self.step_down(to)?,
+            Command::Remove(id) => self.remove(id)?,
+            Command::Backup(file) => self.backup(&file)?,
+            Command::Restore(file) => self.restore(&file)?,
+            Command::Boot(file) => self.boot(&file)?,
+            Command::Dump { file, tables } => self.dump(file.as_deref(), &tables)?,
+            Command::Read(file) => self.read(&file)?,
+            Command::Output(None) => self.out = Output::Stdout,
+            Command::Output(Some(file)) => self.out = Output::create(&file)?,
+            Command::Mode(None) => self.out.print(&format!("mode: {}\n", self.mode.as_str()))?,
+            Command::Mode(Some(mode)) => {
+                self.mode = mode;
+                self.out.print(&format!("mode: {}\n", mode.as_str()))?;
             }
-            Command::Backup(file) => {
-                let partial = file.with_extension("partial");
-                let client = self.cluster.client();
-                let done = self.block_on(crate::backup::write_backup(client, &[], &file));
-                if done.is_err() {
-                    // Written under this name and renamed when complete.
-                    let _ = std::fs::remove_file(partial);
-                }
-                done?;
-            }
-            Command::Restore(file) => {
-                self.schema_changed = true;
-                self.block_on(crate::backup::restore(self.cluster.client(), &file))?;
-            }
-            Command::Consistency(None) => match self.level {
-                Some(level) => println!("consistency: {level}"),
-                None => println!("consistency: weak (the server's default)"),
-            },
-            Command::Consistency(Some(level)) => {
-                self.level = Some(level);
-                println!("consistency: {level}");
-            }
-            Command::Durability(None) => match self.durability {
-                Some(durability) => println!("durability: {durability}"),
-                None => println!("durability: the cluster's default (semi-sync unless set)"),
-            },
-            Command::Durability(Some(durability)) => {
-                self.durability = Some(durability);
-                println!("durability: {durability}");
-            }
-            Command::Timer(None) => println!("timer: {}", if self.timer { "on" } else { "off" }),
+            Command::Consistency(level) => self.set_consistency(level)?,
+            Command::Durability(durability) => self.set_durability(durability)?,
+            Command::Timer(None) => self.out.print(&format!("timer: {}\n", on_off(self.timer)))?,
             Command::Timer(Some(on)) => {
                 self.timer = on;
-                println!("timer: {}", if on { "on" } else { "off" });
+                self.out.print(&format!("timer: {}\n", on_off(on)))?;
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// `.consistency [LEVEL]`: shows or sets the read level.
+    fn set_consistency(&mut self, level: Option<Level>) -> Result<(), String> {
+        if level.is_some() {
+            self.level = level;
+        }
+        self.out.print(&match self.level {
+            Some(level) => format!("consistency: {level}\n"),
+            None => "consistency: weak (the server's default)\n".to_string(),
+        })
+    }
+
+    /// `.durability [MODE]`: shows or sets the write durability.
+    fn set_durability(&mut self, durability: Option<leader::Durability>) -> Result<(), String> {
+        if durability.is_some() {
+            self.durability = durability;
+        }
+        self.out.print(&match self.durability {
+            Some(durability) => format!("durability: {durability}\n"),
+            None => "durability: the cluster's default (semi-sync unless set)\n".to_string(),
+        })
     }
 
     /// `.schema [TABLE]`: the CREATE statements, tables before their indexes and triggers.
@@ -418,12 +462,12 @@ impl Shell {
         {
             return Err(format!("no table matches '{table}'"));
         }
-        for row in rows {
-            if let Some(sql) = row.first().and_then(Value::as_str) {
-                println!("{sql};");
-            }
-        }
-        Ok(())
+        let text: String = rows
+            .iter()
+            .filter_map(|row| row.first().and_then(Value::as_str))
+            .map(|sql| format!("{sql};\n"))
+            .collect();
+        self.out.print(&text)
     }
 
     /// `.indexes [TABLE]`: index names and their tables.
@@ -438,75 +482,7 @@ impl Shell {
             Some(table) => Statement::new(sql).bind(table),
             None => Statement::new(sql),
         })?;
-        print!("{}", render::table_of(&["index".into(), "table".into()], &rows, "index"));
-        Ok(())
-    }
-
-    /// `.nodes`: the cluster's nodes, as the node in use sees them.
-    fn nodes(&mut self) -> Result<(), String> {
-        let list = self.cluster.refresh()?;
-        let current = self.cluster.current();
-        let columns = ["id", "http", "raft", "role", "reachable", "shell"].map(String::from);
-        let rows: Vec<Vec<Value>> = list
-            .iter()
-            .map(|node| {
-                let role = if node.leader {
-                    "leader"
-                } else if node.voter {
-                    "voter"
-                } else {
-                    "learner"
-                };
-                let url = keel_api::base_url(&node.api_addr).map(|(url, _)| url);
-                let here = if url.is_ok_and(|url| url == current) { "*" } else { "" };
-                vec![
-                    json!(node.id),
-                    json!(node.api_addr),
-                    json!(node.addr),
-                    json!(role),
-                    json!(if node.reachable { "yes" } else { "no" }),
-                    json!(here),
-                ]
-            })
-            .collect();
-        print!("{}", render::table_of(&columns, &rows, "node"));
-        Ok(())
-    }
-
-    /// `.status`: the node in use, its view of the cluster and, on the leader, replication.
-    fn status(&mut self) -> Result<(), String> {
-        let status = self.cluster.call(async |c| c.status().await)?;
-        let node = &status.node;
-        let text = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
-        println!("node:        {} ({}) at {}", node.id, node.role.as_str(), self.cluster.current());
-        println!("leader:      {}", text(node.leader_id));
-        println!("term:        {}", node.term);
-        println!(
-            "log:         last {}, committed {}, applied {}",
-            node.last_log_index, node.commit_index, node.applied_index
-        );
-        println!("snapshot:    {}", text(status.snapshot.index));
-        if let Some(stopped) = &node.stopped {
-            println!("stopped:     {stopped}");
-        }
-        if let Some(replication) = &status.replication {
-            let columns = ["id", "role", "matched", "applied", "lag"].map(String::from);
-            let rows: Vec<Vec<Value>> = replication
-                .iter()
-                .map(|(id, r)| {
-                    vec![
-                        json!(id),
-                        json!(r.role),
-                        json!(r.matched_index),
-                        json!(r.applied_index),
-                        json!(r.lag_entries),
-                    ]
-                })
-                .collect();
-            println!("replication:");
-            print!("{}", render::table_of(&columns, &rows, "follower"));
-        }
-        Ok(())
+        self.out.print(&render::table_of(&["index".into(), "table".into()], &rows, "index"))
     }
 
     /// Runs one of `keel backup`'s or `keel restore`'s futures on the shell's runtime, until
@@ -514,6 +490,11 @@ impl Shell {
     fn block_on(&self, future: impl Future<Output = anyhow::Result<()>>) -> Result<(), String> {
         self.cluster.block_on(future)?.map_err(|e| format!("{e:#}"))
     }
+}
+
+/// `on` or `off`.
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
 }
 
 /// The wire form of a durability mode.
@@ -527,10 +508,11 @@ fn wire_durability(durability: leader::Durability) -> keel_api::Durability {
     }
 }
 
-/// What a statement's result shows: a table of rows, or how many rows a write changed.
-fn describe_result(result: &StatementResult) -> String {
+/// What a statement's result shows: its rows laid out in `mode`, or how many rows a write
+/// changed.
+fn describe_result(result: &StatementResult, mode: Mode) -> String {
     match &result.columns {
-        Some(columns) => render::table(columns, result.values()),
+        Some(columns) => render::rows(mode, columns, result.values()),
         None => format!("{}\n", render::rows_affected(result.rows_affected())),
     }
 }
@@ -558,24 +540,33 @@ fn help() -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn result(json: Value) -> StatementResult {
         serde_json::from_value(json).unwrap()
     }
 
+    fn describe_result_column(result: &StatementResult) -> String {
+        describe_result(result, Mode::Column)
+    }
+
     #[test]
     fn results_show_rows_or_the_count_of_changed_rows() {
         let rows =
             json!({"columns": ["id", "v"], "types": ["integer", "text"], "values": [[1, null]]});
-        assert_eq!(describe_result(&result(rows)), " id | v\n----+------\n  1 | NULL\n(1 row)\n");
-        let none = json!({"columns": ["id"], "types": ["integer"]});
-        assert_eq!(describe_result(&result(none)), " id\n----\n(0 rows)\n");
         assert_eq!(
-            describe_result(&result(json!({"last_insert_id": 3, "rows_affected": 2}))),
+            describe_result_column(&result(rows)),
+            " id | v\n----+------\n  1 | NULL\n(1 row)\n"
+        );
+        let none = json!({"columns": ["id"], "types": ["integer"]});
+        assert_eq!(describe_result_column(&result(none)), " id\n----\n(0 rows)\n");
+        assert_eq!(
+            describe_result_column(&result(json!({"last_insert_id": 3, "rows_affected": 2}))),
             "2 rows affected\n"
         );
-        assert_eq!(describe_result(&result(json!({}))), "0 rows affected\n");
+        assert_eq!(describe_result_column(&result(json!({}))), "0 rows affected\n");
         let bad = json!({"columns": ["a"], "values": 3});
         assert!(serde_json::from_value::<StatementResult>(bad).is_err(), "rows that are no list");
     }
@@ -596,27 +587,34 @@ mod tests {
         }
     }
 
-    /// A shell on a fake node that answers `/leader`, `/nodes` and `/db/request`.
+    /// A shell on a fake node that answers `/leader`, `/nodes` and `/db/request` (one row
+    /// changed).
     fn shell_on_fake_node() -> (Shell, std::sync::mpsc::Receiver<String>) {
-        let (url, requests) = client::tests::serve(|request| {
+        shell_on_fake_node_answering(json!({"results": [{"rows_affected": 1}], "lsn": 3}))
+    }
+
+    /// [`shell_on_fake_node`], answering every statement with `statements`, and `/metrics`
+    /// and `/readyz` (not ready) too.
+    fn shell_on_fake_node_answering(
+        statements: Value,
+    ) -> (Shell, std::sync::mpsc::Receiver<String>) {
+        let (url, requests) = client::tests::serve(move |request| {
             let body = if request.contains("/leader") {
                 json!({"addr": "x:1", "api_addr": "http://127.0.0.1:9", "id": "1", "leader": true,
                        "reachable": true, "voter": true})
             } else if request.contains("/nodes") {
                 json!({"nodes": []})
+            } else if request.contains("/metrics") {
+                return ("200 OK", "keel_up 1\n".to_string());
+            } else if request.contains("/readyz") {
+                return ("503 Service Unavailable", "[+]node ok\n[+]leader not ok".to_string());
             } else {
-                json!({"results": [{"rows_affected": 1}], "lsn": 3})
+                statements.clone()
             };
             ("200 OK", body.to_string())
         });
         let cluster = client::tests::once(&url);
-        let shell = Shell {
-            cluster,
-            level: Some(Level::None),
-            durability: Some(leader::Durability::Replicas(2)),
-            timer: false,
-            schema_changed: false,
-        };
+        let shell = Shell::new(cluster, Some(Level::None), Some(leader::Durability::Replicas(2)));
         (shell, requests)
     }
 
@@ -640,5 +638,60 @@ mod tests {
             ids.push(request_id(&line));
         }
         assert_ne!(ids[0], ids[1]);
+    }
+
+    /// Runs `lines` as typed; returns what each item reported (flow and success).
+    fn type_lines(shell: &mut Shell, lines: &str) -> Vec<(Flow, bool)> {
+        let mut input = Input::default();
+        let items: Vec<Item> = lines.lines().flat_map(|l| input.push_line(l)).collect();
+        items.iter().map(|item| shell.run_item(item)).collect()
+    }
+
+    #[test]
+    fn output_mode_read_and_expvar_work_together() {
+        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        interrupt::clear();
+        let rows = json!({"results": [{"columns": ["a", "b"], "values": [[1, "x,y"]]}]});
+        let (mut shell, _requests) = shell_on_fake_node_answering(rows);
+        let dir = tempfile::tempdir().unwrap();
+        let (out, script) = (dir.path().join("out.txt"), dir.path().join("script.sql"));
+        std::fs::write(&script, "SELECT a, b\n  FROM t;\n.mode\n.nonsense\n.quit\nSELECT 1;\n")
+            .unwrap();
+        let outcomes = type_lines(
+            &mut shell,
+            &format!(
+                ".output {}\n.mode csv\nSELECT a, b FROM t;\n.read {}\n.ready\n.expvar\n\
+                 .read {}\n.output stdout",
+                out.display(),
+                script.display(),
+                dir.path().join("missing.sql").display()
+            ),
+        );
+        let ok: Vec<bool> = outcomes.iter().map(|(_, ok)| *ok).collect();
+        // The script has a bad command: its .read fails; so does reading a missing file.
+        assert_eq!(ok, [true, true, true, false, true, true, false, true]);
+        assert!(outcomes.iter().all(|(flow, _)| *flow == Flow::Continue), ".quit ends the file");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "mode: csv\na,b\r\n1,\"x,y\"\r\na,b\r\n1,\"x,y\"\r\nmode: csv\n\
+             not ready\n  [+]node ok\n  [+]leader not ok\n\
+             # Keel has no /debug/vars (Go's expvar); these are its metrics, GET /metrics\n\
+             keel_up 1\n"
+        );
+    }
+
+    #[test]
+    fn a_file_that_reads_itself_is_refused() {
+        let _one = interrupt::tests::FLAG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        interrupt::clear();
+        let (mut shell, _requests) = shell_on_fake_node();
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("loop.sql");
+        std::fs::write(&script, format!(".read {}\n", script.display())).unwrap();
+        assert_eq!(
+            shell.read(&script),
+            Err(format!("1 of 1 statements and commands in {} failed", script.display()))
+        );
+        assert!(shell.reading.is_empty());
     }
 }

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use integration_tests::{NodeId, TestCluster, keel_binary};
+use integration_tests::{NodeId, TIMEOUT, TestCluster, keel_binary, wait_for};
 use rexpect::session::PtySession;
 use serde_json::json;
 
@@ -239,4 +239,143 @@ fn piped_statements_print_results_and_set_the_exit_status() {
     assert!(stderr.contains("Error: no such table: missing"), "{stderr}");
     assert!(stderr.contains("1 of 3 statements and commands failed"), "{stderr}");
     assert_eq!(c.rows(1, "SELECT count(*) FROM t"), vec![vec![json!(2)]]);
+}
+
+/// The rows of `sql` in a SQLite database made from the SQL text `dump`.
+fn rows_of_dump(dump: &str, sql: &str) -> Vec<(i64, Option<String>)> {
+    let db = rusqlite::Connection::open_in_memory().unwrap();
+    db.execute_batch(dump).unwrap_or_else(|e| panic!("the dump runs in sqlite3: {e}\n{dump}"));
+    let mut statement = db.prepare(sql).unwrap();
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+/// rqlite's dot-commands that move data, piped: `.mode csv`, `.output` to a file and back,
+/// `.dump` to stdout and to a file (with a table list), `.read` of a script, `.boot` of a
+/// SQLite file (and its refusal of SQL text), `.ready`, `.expvar` and `.sysdump`.
+#[test]
+fn piped_rqlite_dot_commands_move_data_in_and_out() {
+    let c = TestCluster::start(1, 0);
+    let url = format!("http://{}", c.http_addr(1));
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str| work.path().join(name).display().to_string();
+    std::fs::write(
+        path("script.sql"),
+        "-- more rows\nINSERT INTO t VALUES (3, 'three');\n.mode line\nSELECT a, b\n  FROM t WHERE a = 3;\n",
+    )
+    .unwrap();
+
+    let (ok, stdout, stderr) = run_piped(
+        &url,
+        &format!(
+            "CREATE TABLE t (a INTEGER, b TEXT);\n\
+             CREATE TABLE other (x);\n\
+             INSERT INTO t VALUES (1, 'one, two'), (2, NULL);\n\
+             .mode csv\n\
+             SELECT a, b FROM t ORDER BY a;\n\
+             .output {counted}\n\
+             SELECT count(*) AS n FROM t;\n\
+             .output stdout\n\
+             .mode column\n\
+             .backup {seed}\n\
+             .read {script}\n\
+             .mode column\n\
+             .dump {dumped} t\n\
+             .dump\n",
+            counted = path("counted.txt"),
+            seed = path("seed.sqlite"),
+            script = path("script.sql"),
+            dumped = path("t.sql"),
+        ),
+    );
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    // `.mode column` is set twice: before the backup, and before the dumps.
+    let (before, rest) = stdout.split_once("mode: column\n").unwrap();
+    let (read, dump) = rest.split_once("mode: column\n").unwrap();
+    assert_eq!(
+        before,
+        "0 rows affected\n0 rows affected\n2 rows affected\nmode: csv\n\
+         a,b\r\n1,\"one, two\"\r\n2,\r\n"
+    );
+    assert_eq!(std::fs::read_to_string(path("counted.txt")).unwrap(), "n\r\n2\r\n");
+    assert_eq!(read, "1 row affected\nmode: line\na = 3\nb = three\n");
+    let all = vec![(1, Some("one, two".to_string())), (2, None), (3, Some("three".to_string()))];
+    assert_eq!(rows_of_dump(dump, "SELECT a, b FROM t ORDER BY a"), all, "{dump}");
+    assert!(dump.contains("CREATE TABLE other"), "the whole database: {dump}");
+    let t_only = std::fs::read_to_string(path("t.sql")).unwrap();
+    assert_eq!(rows_of_dump(&t_only, "SELECT a, b FROM t ORDER BY a"), all);
+    assert!(!t_only.contains("other"), "only the tables asked for: {t_only}");
+    assert!(stderr.contains(&format!("wrote {}", path("t.sql"))), "{stderr}");
+
+    // .boot loads a SQLite file (the backup taken before the script ran): row 3 is gone.
+    let (ok, stdout, stderr) = run_piped(
+        &url,
+        &format!(
+            ".boot {seed}\n.mode csv\nSELECT count(*) AS n FROM t;\n.boot {script}\n",
+            seed = path("seed.sqlite"),
+            script = path("script.sql"),
+        ),
+    );
+    assert!(!ok, "booting from SQL text fails the run: {stdout}");
+    assert_eq!(stdout, "mode: csv\nn\r\n2\r\n");
+    assert!(
+        stderr.contains(&format!(
+            "Error: {} is not a SQLite database file: .boot loads SQLite files only",
+            path("script.sql")
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 of 4 statements and commands failed"), "{stderr}");
+
+    let (ok, stdout, stderr) =
+        run_piped(&url, &format!(".ready\n.expvar\n.sysdump {}\n", path("sysdump.txt")));
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.starts_with("ready\n  [+]"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "# Keel has no /debug/vars (Go's expvar); these are its metrics, GET /metrics\n# "
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nkeel_"), "the metrics follow: {stdout}");
+    let sysdump = std::fs::read_to_string(path("sysdump.txt")).unwrap();
+    for page in ["/status?pretty", "/nodes?nonvoters&pretty", "/readyz", "/metrics"] {
+        assert!(
+            sysdump.contains(&format!("URL: {url}{page}\nStatus: OK\n\n")),
+            "{page}: {sysdump}"
+        );
+    }
+    assert!(sysdump.contains("\"leader\""), "{sysdump}");
+}
+
+/// `.stepdown NODEID` hands leadership to that node and `.remove NODEID` takes a running
+/// follower out of the membership, both from a shell on the old leader.
+#[test]
+fn stepdown_and_remove_change_a_three_node_cluster() {
+    let c = TestCluster::start(3, 0);
+    let leader = c.leader();
+    let followers = c.followers(leader);
+    let (next, removed) = (followers[0], followers[1]);
+    let url = format!("http://{}", c.http_addr(leader));
+
+    let (ok, stdout, stderr) =
+        run_piped(&url, &format!(".stepdown {next}\n.remove {removed}\n.remove x\n"));
+    assert!(!ok, "a bad node id fails the run");
+    assert!(stdout.starts_with(&format!("node {next} is now the leader (term ")), "{stdout}");
+    assert!(stdout.ends_with(&format!("node {removed} removed from the cluster\n")), "{stdout}");
+    assert!(
+        stderr.contains("Error: 'x' is not a node id (node ids are whole numbers)"),
+        "{stderr}"
+    );
+    wait_for(TIMEOUT, format!("node {next} to lead"), || {
+        (c.current_leader() == Some(next)).then_some(())
+    });
+    let mut expected = vec![leader, next];
+    expected.sort_unstable();
+    wait_for(TIMEOUT, "the membership without the removed node", || {
+        let nodes: keel_api::cluster::NodeMap = c.get(next, "/nodes?nonvoters").parse();
+        let mut ids: Vec<NodeId> = nodes.keys().map(|id| id.parse().unwrap()).collect();
+        ids.sort_unstable();
+        (ids == expected).then_some(())
+    });
 }

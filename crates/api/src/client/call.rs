@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Attempt, Client, Target};
+use super::{Attempt, Client, Reply, Target};
 use crate::cluster::{
     Action, JoinRequest, Joined, LeaderChanged, MembershipChange, MembershipChanged, NodeInfo,
     NodeList, NodeRef, Removed,
@@ -447,11 +447,24 @@ impl Client {
         self.change_membership(&MembershipChange::of(action, id)).await
     }
 
+    /// The body of `GET path` (which may carry a query) on the node in use, as text: for
+    /// answers that are not JSON (`/metrics`), or that a tool shows as the node wrote them
+    /// (`keel shell`'s `.sysdump`). A refusal is [`Error::Refused`] with the body's text.
+    pub async fn text(&self, path: &str) -> Result<String> {
+        let reply = self.get_reply(path, Target::Any).await?;
+        Ok(String::from_utf8_lossy(&reply.body).into_owned())
+    }
+
     /// A GET of `path` (which may carry a query) answered with JSON.
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str, target: Target) -> Result<T> {
+        self.get_reply(path, target).await?.json()
+    }
+
+    /// A GET of `path` (which may carry a query): the successful answer.
+    async fn get_reply(&self, path: &str, target: Target) -> Result<Reply> {
         let (path, query) = split_query(path);
         let attempt = Attempt { method: Method::GET, path, query, body: None, target, safe: true };
-        self.send(&attempt).await?.json()
+        self.send(&attempt).await
     }
 
     /// A request to the node in use (never redirected to the leader); `safe`: sending it twice

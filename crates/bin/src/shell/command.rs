@@ -3,24 +3,42 @@
 
 use std::path::PathBuf;
 
+use keel_api::NodeId;
+
+pub use super::render::Mode;
+
 /// Every dot-command with its arguments and what it does, for `.help` and completion.
 pub const HELP: &[(&str, &str, &str)] = &[
     (".backup", "FILE", "write a backup of the database (a SQLite file) to FILE"),
+    (".boot", "FILE", "load the SQLite file FILE, replacing the database (rqlite's boot)"),
     (
         ".consistency",
         "[LEVEL]",
         "show or set the read level: none, weak, linearizable, strong, auto",
     ),
+    (
+        ".dump",
+        "[FILE [TABLE,...]]",
+        "SQL text of the database (or of TABLEs) to FILE or the output",
+    ),
     (".durability", "[MODE]", "show or set the write durability: semi-sync, sync, replicas:K"),
     (".exit", "", "leave the shell"),
+    (".expvar", "", "show the node's metrics (Keel has no /debug/vars: its /metrics)"),
     (".help", "", "show this help"),
     (".indexes", "[TABLE]", "list indexes (of tables matching the LIKE pattern TABLE)"),
     (".leader", "", "show the cluster's leader"),
+    (".mode", "[MODE]", "show or set how rows are shown: column (or table), csv, json, line"),
     (".nodes", "", "list the cluster's nodes"),
+    (".output", "[FILE|stdout]", "send results to FILE (emptied first), or back to stdout"),
     (".quit", "", "leave the shell"),
+    (".read", "FILE", "run the statements and dot-commands in FILE"),
+    (".ready", "", "show whether the node in use is ready (/readyz)"),
+    (".remove", "NODEID", "remove a node from the cluster, voter or learner, running or dead"),
     (".restore", "FILE", "load FILE: a SQLite file (replaces the database) or SQL text"),
     (".schema", "[TABLE]", "show CREATE statements (of tables matching the LIKE pattern TABLE)"),
     (".status", "", "show the status of the node the shell talks to"),
+    (".stepdown", "[NODEID]", "the leader hands over to NODEID, or to the best other voter"),
+    (".sysdump", "FILE", "write every node's /status, /nodes, /readyz and /metrics to FILE"),
     (".tables", "", "list tables and views"),
     (".timer", "on|off", "show how long each statement takes"),
 ];
@@ -65,6 +83,31 @@ pub enum Command {
     Durability(Option<leader::Durability>),
     /// `.timer on|off`: `None` shows whether it is on.
     Timer(Option<bool>),
+    /// `.dump [FILE [TABLE,...]]`: `None` writes to the output.
+    Dump {
+        /// Where to write the SQL text; `None`: the output (`.output`).
+        file: Option<PathBuf>,
+        /// Only these tables; empty: all.
+        tables: Vec<String>,
+    },
+    /// `.read FILE`
+    Read(PathBuf),
+    /// `.output [FILE|stdout]`: `None` is stdout.
+    Output(Option<PathBuf>),
+    /// `.mode [MODE]`: `None` shows the current mode.
+    Mode(Option<Mode>),
+    /// `.boot FILE`
+    Boot(PathBuf),
+    /// `.remove NODEID`
+    Remove(NodeId),
+    /// `.stepdown [NODEID]`
+    Stepdown(Option<NodeId>),
+    /// `.sysdump FILE`
+    Sysdump(PathBuf),
+    /// `.ready`
+    Ready,
+    /// `.expvar`
+    Expvar,
     /// `.help`
     Help,
     /// `.quit` or `.exit`
@@ -96,14 +139,48 @@ pub fn parse(line: &str) -> Result<Command, String> {
         ".quit" | ".exit" => none(Command::Quit),
         ".schema" => at_most_one().map(Command::Schema),
         ".indexes" | ".indices" => at_most_one().map(Command::Indexes),
-        ".backup" | ".restore" => {
+        ".ready" => none(Command::Ready),
+        ".expvar" => none(Command::Expvar),
+        ".backup" | ".restore" | ".read" | ".boot" | ".sysdump" => {
             let file = unquote(rest);
             if file.is_empty() {
                 return Err(usage());
             }
             let file = PathBuf::from(file);
-            Ok(if name == ".backup" { Command::Backup(file) } else { Command::Restore(file) })
+            Ok(match name {
+                ".backup" => Command::Backup(file),
+                ".restore" => Command::Restore(file),
+                ".read" => Command::Read(file),
+                ".boot" => Command::Boot(file),
+                _ => Command::Sysdump(file),
+            })
         }
+        ".output" => Ok(Command::Output(match unquote(rest) {
+            "" | "stdout" => None,
+            file => Some(PathBuf::from(file)),
+        })),
+        ".dump" => {
+            let (file, tables) = split_file(rest);
+            let tables: Vec<String> = tables
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect();
+            Ok(Command::Dump { file: (!file.is_empty()).then(|| PathBuf::from(file)), tables })
+        }
+        ".mode" => match at_most_one()? {
+            None => Ok(Command::Mode(None)),
+            Some(mode) => Mode::parse(&mode).map(|m| Command::Mode(Some(m))),
+        },
+        ".remove" => match at_most_one()? {
+            None => Err(usage()),
+            Some(id) => node_id(&id).map(Command::Remove),
+        },
+        ".stepdown" => match at_most_one()? {
+            None => Ok(Command::Stepdown(None)),
+            Some(id) => node_id(&id).map(|id| Command::Stepdown(Some(id))),
+        },
         ".consistency" => match at_most_one()? {
             None => Ok(Command::Consistency(None)),
             Some(level) => parse_level(&level).map(|l| Command::Consistency(Some(l))),
@@ -120,6 +197,24 @@ pub fn parse(line: &str) -> Result<Command, String> {
         },
         _ => Err(format!("unknown command '{name}': type .help for the list")),
     }
+}
+
+/// A node id as typed.
+fn node_id(word: &str) -> Result<NodeId, String> {
+    word.parse().map_err(|_| format!("'{word}' is not a node id (node ids are whole numbers)"))
+}
+
+/// The file name that starts `text` (quoted if it has spaces) and what follows it, trimmed.
+fn split_file(text: &str) -> (&str, &str) {
+    for quote in ['"', '\''] {
+        if let Some(inner) = text.strip_prefix(quote)
+            && let Some((file, rest)) = inner.split_once(quote)
+        {
+            return (file, rest.trim());
+        }
+    }
+    let (file, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    (file, rest.trim())
 }
 
 /// A file name as typed: surrounding quotes removed, so names with spaces can be given.
@@ -153,10 +248,44 @@ mod tests {
             (".timer OFF", Command::Timer(Some(false))),
             (".exit", Command::Quit),
             (".quit", Command::Quit),
+            (".dump", Command::Dump { file: None, tables: vec![] }),
+            (".dump out.sql", Command::Dump { file: Some("out.sql".into()), tables: vec![] }),
+            (
+                ".dump 'my dump.sql' users, orders",
+                Command::Dump {
+                    file: Some("my dump.sql".into()),
+                    tables: vec!["users".into(), "orders".into()],
+                },
+            ),
+            (".read \"setup file.sql\"", Command::Read("setup file.sql".into())),
+            (".output results.csv", Command::Output(Some("results.csv".into()))),
+            (".output stdout", Command::Output(None)),
+            (".output", Command::Output(None)),
+            (".mode", Command::Mode(None)),
+            (".mode CSV", Command::Mode(Some(Mode::Csv))),
+            (".mode table", Command::Mode(Some(Mode::Column))),
+            (".boot seed.sqlite", Command::Boot("seed.sqlite".into())),
+            (".remove 3", Command::Remove(3)),
+            (".stepdown", Command::Stepdown(None)),
+            (".stepdown 2", Command::Stepdown(Some(2))),
+            (".sysdump diag.txt", Command::Sysdump("diag.txt".into())),
+            (".ready", Command::Ready),
+            (".expvar", Command::Expvar),
         ];
         for (line, expected) in cases {
             assert_eq!(parse(line), Ok(expected), "{line}");
         }
+    }
+
+    #[test]
+    fn every_command_in_the_help_is_known_and_listed_in_order() {
+        for (name, _, _) in HELP {
+            if let Err(why) = parse(name) {
+                assert!(why.starts_with("usage: "), "{name}: {why}");
+            }
+        }
+        let names: Vec<&str> = HELP.iter().map(|(name, _, _)| *name).collect();
+        assert!(names.is_sorted(), "{names:?}");
     }
 
     #[test]
@@ -167,6 +296,17 @@ mod tests {
             (".schema a b", "usage: .schema [TABLE]"),
             (".backup", "usage: .backup FILE"),
             (".timer maybe", "usage: .timer on|off"),
+            (".read", "usage: .read FILE"),
+            (".boot", "usage: .boot FILE"),
+            (".sysdump", "usage: .sysdump FILE"),
+            (".remove", "usage: .remove NODEID"),
+            (".remove 1 2", "usage: .remove NODEID"),
+            (".remove two", "'two' is not a node id (node ids are whole numbers)"),
+            (".stepdown -1", "'-1' is not a node id (node ids are whole numbers)"),
+            (".mode html", "unknown mode 'html' (use column, csv, json or line)"),
+            (".mode csv json", "usage: .mode [MODE]"),
+            (".ready now", "usage: .ready"),
+            (".expvar x", "usage: .expvar"),
             (
                 ".consistency sometimes",
                 "unknown consistency level 'sometimes' (use none, weak, linearizable, strong or auto)",

@@ -1,13 +1,14 @@
 //! Tab completion: dot-commands and their arguments, table names, SQL keywords.
 //!
 //! [`candidates`] is the pure part (what completes the word before the cursor); [`Completion`]
-//! plugs it into rustyline, adding file names after `.backup` and `.restore`. Table names come
-//! from the shell, which reads them at start and after statements that may change the schema.
+//! plugs it into rustyline, adding file names after the commands that take one
+//! ([`takes_file`]). Table names come from the shell, which reads them at start and after
+//! statements that may change the schema.
 
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::{Context, Helper, Highlighter, Hinter, Validator};
 
-use super::command::{HELP, LEVELS};
+use super::command::{HELP, LEVELS, Mode};
 
 /// SQL keywords offered for completion.
 const KEYWORDS: &[&str] = &[
@@ -110,12 +111,16 @@ const KEYWORDS: &[&str] = &[
 /// Durability modes offered after `.durability`.
 const DURABILITIES: &[&str] = &["semi-sync", "sync", "replicas:"];
 
+/// The dot-commands whose argument is a file name.
+const FILE_COMMANDS: &[&str] =
+    &[".backup", ".boot", ".dump", ".output", ".read", ".restore", ".sysdump"];
+
 /// The rustyline helper of the interactive shell.
 #[derive(Helper, Hinter, Highlighter, Validator)]
 pub struct Completion {
     /// Table and view names of the database, as last read.
     pub tables: Vec<String>,
-    /// Completes file names for `.backup` and `.restore`.
+    /// Completes file names for the commands that take one.
     files: FilenameCompleter,
 }
 
@@ -135,14 +140,20 @@ impl Completer for Completion {
         pos: usize,
         ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let command = line[..pos].trim_start();
-        if command.starts_with(".backup ") || command.starts_with(".restore ") {
+        if takes_file(&line[..pos]) {
             return self.files.complete(line, pos, ctx);
         }
         let (start, words) = candidates(line, pos, &self.tables);
         let pairs = words.into_iter().map(|w| Pair { display: w.clone(), replacement: w });
         Ok((start, pairs.collect()))
     }
+}
+
+/// Whether `before` (the line up to the cursor) is a dot-command that takes a file name,
+/// with its name typed in full: the word being typed is a file name.
+pub fn takes_file(before: &str) -> bool {
+    let command = before.trim_start();
+    command.split_once(char::is_whitespace).is_some_and(|(name, _)| FILE_COMMANDS.contains(&name))
 }
 
 /// What may complete the word that ends at byte `pos` of `line`: where that word starts, and
@@ -164,6 +175,7 @@ pub fn candidates(line: &str, pos: usize, tables: &[String]) -> (usize, Vec<Stri
                     ".consistency" => LEVELS.iter().map(|l| l.as_str().to_string()).collect(),
                     ".durability" => DURABILITIES.iter().map(|d| d.to_string()).collect(),
                     ".timer" => vec!["on".into(), "off".into()],
+                    ".mode" => Mode::ALL.iter().map(|m| m.as_str().to_string()).collect(),
                     _ => Vec::new(),
                 };
                 (start, matching(options.iter().map(String::as_str), word, false))
@@ -221,7 +233,10 @@ mod tests {
     #[test]
     fn dot_commands() {
         assert_eq!(complete(".ta"), (0, vec![".tables".to_string()]));
-        assert_eq!(complete("  .s"), (2, vec![".schema".to_string(), ".status".to_string()]));
+        assert_eq!(
+            complete("  .s"),
+            (2, [".schema", ".status", ".stepdown", ".sysdump"].map(String::from).to_vec())
+        );
         assert_eq!(
             complete(".schema us"),
             (8, vec!["user_roles".to_string(), "users".to_string()])
@@ -233,6 +248,30 @@ mod tests {
         );
         assert_eq!(complete(".timer o"), (7, vec!["off".to_string(), "on".to_string()]));
         assert_eq!(complete(".nodes x"), (7, vec![]));
+        assert_eq!(complete(".mode c"), (6, vec!["column".to_string(), "csv".to_string()]));
+        assert_eq!(
+            complete(".re"),
+            (
+                0,
+                vec![
+                    ".read".to_string(),
+                    ".ready".to_string(),
+                    ".remove".to_string(),
+                    ".restore".to_string()
+                ]
+            )
+        );
+        assert_eq!(complete(".st"), (0, vec![".status".to_string(), ".stepdown".to_string()]));
+    }
+
+    #[test]
+    fn file_names_follow_the_commands_that_take_one() {
+        for line in [".backup b", "  .read ", ".dump out", ".output x", ".boot ", ".sysdump d"] {
+            assert!(takes_file(line), "{line}");
+        }
+        for line in [".read", ".ready ", ".schema u", "SELECT .read x", ".readx y"] {
+            assert!(!takes_file(line), "{line}");
+        }
     }
 
     #[test]

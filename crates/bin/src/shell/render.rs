@@ -6,9 +6,128 @@
 //! on one line: NULL as `NULL`, a BLOB as an `x'…'` hex literal (the shell asks for BLOBs as
 //! byte arrays, `blob_array`), and control characters in text escaped (`\n`, `\t`, …).
 //! Widths are display widths, so wide characters line up too.
+//!
+//! `.mode` picks another layout for query results ([`Mode`], [`rows`]): `csv` (RFC 4180, with
+//! a header line), `json` (an array of objects, one row a line, values as the HTTP API gives
+//! them) or `line` (one `column = value` line each, a blank line between rows), as sqlite3 and
+//! rqlite's shell name them.
 
 use serde_json::Value;
 use unicode_width::UnicodeWidthStr as _;
+
+/// How query results are laid out (`.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// An aligned table with a row count (the default; `table` is another name for it).
+    Column,
+    /// Comma-separated values with a header line.
+    Csv,
+    /// A JSON array of objects, one row a line.
+    Json,
+    /// `column = value`, one line each, rows apart by a blank line.
+    Line,
+}
+
+impl Mode {
+    /// Every mode, in the order `.help` lists them.
+    pub const ALL: [Mode; 4] = [Mode::Column, Mode::Csv, Mode::Json, Mode::Line];
+
+    /// The mode's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Column => "column",
+            Mode::Csv => "csv",
+            Mode::Json => "json",
+            Mode::Line => "line",
+        }
+    }
+
+    /// Parses a mode name, case-insensitively; `table` is `column`.
+    pub fn parse(name: &str) -> Result<Mode, String> {
+        if name.eq_ignore_ascii_case("table") {
+            return Ok(Mode::Column);
+        }
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| format!("unknown mode '{name}' (use column, csv, json or line)"))
+    }
+}
+
+/// Renders a query's rows in `mode`.
+pub fn rows(mode: Mode, columns: &[String], rows: &[Vec<Value>]) -> String {
+    match mode {
+        Mode::Column => table(columns, rows),
+        Mode::Csv => csv(columns, rows),
+        Mode::Json => json(columns, rows),
+        Mode::Line => line(columns, rows),
+    }
+}
+
+/// CSV: a header line, then one line per row; NULL is an empty field, a BLOB its hex literal;
+/// a field with a comma, a quote or a line break is quoted (RFC 4180).
+fn csv(columns: &[String], rows: &[Vec<Value>]) -> String {
+    let field = |text: &str| {
+        if text.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text.to_string()
+        }
+    };
+    let mut out = String::new();
+    let header: Vec<String> = columns.iter().map(|c| field(c)).collect();
+    out.push_str(&header.join(","));
+    out.push_str("\r\n");
+    for row in rows {
+        let cells: Vec<String> = (0..columns.len())
+            .map(|i| match row.get(i).unwrap_or(&Value::Null) {
+                Value::Null => String::new(),
+                Value::String(s) => field(s),
+                other => field(&value_text(other)),
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// JSON: an array with one object per row (keys in column order), one row a line.
+fn json(columns: &[String], rows: &[Vec<Value>]) -> String {
+    let objects: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let pairs: Vec<String> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    format!("{}:{}", Value::from(c.as_str()), row.get(i).unwrap_or(&Value::Null))
+                })
+                .collect();
+            format!("{{{}}}", pairs.join(","))
+        })
+        .collect();
+    format!("[{}]\n", objects.join(",\n"))
+}
+
+/// Line: each value on a line of its own after its column name (names aligned right), rows
+/// apart by a blank line.
+fn line(columns: &[String], rows: &[Vec<Value>]) -> String {
+    let names: Vec<String> = columns.iter().map(|c| escape(c)).collect();
+    let width = names.iter().map(|n| n.width()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, row) in rows.iter().enumerate() {
+        if k > 0 {
+            out.push('\n');
+        }
+        for (i, name) in names.iter().enumerate() {
+            let value = value_text(row.get(i).unwrap_or(&Value::Null));
+            let pad = " ".repeat(width - name.width());
+            out.push_str(&format!("{pad}{name} = {value}\n"));
+        }
+    }
+    out
+}
 
 /// Renders rows under their column names as an aligned table, ending with a row count line.
 pub fn table(columns: &[String], rows: &[Vec<Value>]) -> String {
@@ -173,6 +292,46 @@ mod tests {
         assert_eq!(
             table(&columns, &rows),
             " w    | n\n------+----\n 日本 |  1\n ab   | 22\n(2 rows)\n"
+        );
+    }
+
+    #[test]
+    fn modes_lay_out_the_same_rows() {
+        let columns = vec!["id".to_string(), "note, quoted".to_string()];
+        let rows = vec![
+            vec![json!(1), json!("say \"hi\"")],
+            vec![json!(2.5), Value::Null],
+            vec![json!(3), json!([1, 255])],
+        ];
+        assert_eq!(
+            super::rows(Mode::Csv, &columns, &rows),
+            "id,\"note, quoted\"\r\n1,\"say \"\"hi\"\"\"\r\n2.5,\r\n3,x'01ff'\r\n"
+        );
+        assert_eq!(
+            super::rows(Mode::Json, &columns, &rows),
+            "[{\"id\":1,\"note, quoted\":\"say \\\"hi\\\"\"},\n\
+             {\"id\":2.5,\"note, quoted\":null},\n\
+             {\"id\":3,\"note, quoted\":[1,255]}]\n"
+        );
+        assert_eq!(super::rows(Mode::Json, &columns, &[]), "[]\n");
+        assert_eq!(
+            super::rows(Mode::Line, &columns, &rows[..2]),
+            "          id = 1\nnote, quoted = say \"hi\"\n\n          id = 2.5\nnote, quoted = NULL\n"
+        );
+        assert_eq!(super::rows(Mode::Column, &columns, &[]), table(&columns, &[]));
+        assert_eq!(super::rows(Mode::Csv, &["a\nb".to_string()], &[]), "\"a\nb\"\r\n");
+    }
+
+    #[test]
+    fn modes_parse_by_name() {
+        assert_eq!(Mode::parse("CSV"), Ok(Mode::Csv));
+        assert_eq!(Mode::parse("table"), Ok(Mode::Column));
+        for mode in Mode::ALL {
+            assert_eq!(Mode::parse(mode.as_str()), Ok(mode));
+        }
+        assert_eq!(
+            Mode::parse("html"),
+            Err("unknown mode 'html' (use column, csv, json or line)".to_string())
         );
     }
 
