@@ -56,6 +56,18 @@ struct Tls {
 }
 
 impl Tls {
+    /// Starts nodes 1, 2 and 3 and waits until they are three voters.
+    fn start_three_voters(&mut self) {
+        for id in 1..=3 {
+            self.start(id, &[]);
+            self.wait_ready(id);
+        }
+        wait_for(TIMEOUT, "three voters", || {
+            let (s, body, _) = curl(&["--cacert", &self.ca(), &self.url(1, "/nodes")]);
+            (s == 200 && body.matches("\"voter\":true").count() == 3).then_some(())
+        });
+    }
+
     /// Certificates for nodes 1..=n (cluster `demo`), ports for `n` nodes; nothing started.
     fn new(n: usize) -> Tls {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -189,14 +201,7 @@ fn three_nodes_over_tls_write_read_fail_over_and_refuse_impostors() {
     // Certificates the cluster must refuse: another CA, and another cluster id under this CA.
     certs(&c.dir.path().join("other-ca"), "demo", "3,4");
     certs(&c.dir.path().join("c"), "elsewhere", "9");
-    for id in 1..=3 {
-        c.start(id, &[]);
-        c.wait_ready(id);
-    }
-    wait_for(TIMEOUT, "three voters", || {
-        let (s, body, _) = curl(&["--cacert", &c.ca(), &c.url(1, "/nodes")]);
-        (s == 200 && body.matches("\"voter\":true").count() == 3).then_some(())
-    });
+    c.start_three_voters();
 
     // Writes through a follower (forwarded to the leader over HTTPS), reads on another.
     let (s, body) =
@@ -300,14 +305,7 @@ fn read_index_is_given_to_members_only() {
     let mut c = Tls::new(3);
     // Node 7 of cluster `demo`, signed by the cluster CA, but never a member.
     certs(&c.dir.path().join("c"), "demo", "7");
-    for id in 1..=3 {
-        c.start(id, &[]);
-        c.wait_ready(id);
-    }
-    wait_for(TIMEOUT, "three voters", || {
-        let (s, body, _) = curl(&["--cacert", &c.ca(), &c.url(1, "/nodes")]);
-        (s == 200 && body.matches("\"voter\":true").count() == 3).then_some(())
-    });
+    c.start_three_voters();
     let (s, body) =
         c.post(1, "/db/execute", r#"["CREATE TABLE t (x)", "INSERT INTO t VALUES (42)"]"#);
     assert_eq!(s, 200, "{body}");
