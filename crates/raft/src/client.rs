@@ -180,8 +180,9 @@ async fn send(
     record: &wal::Record,
     term: Term,
 ) -> Result<tokio::sync::oneshot::Receiver<ClientWriteResult<TypeConfig>>, ClientError> {
-    let (responder, _commit, answer) =
-        ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::new();
+    // Only the final answer is waited for; openraft warns when a commit notice finds no one.
+    let (responder, answer) =
+        ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::complete_only();
     raft.write(record.clone())
         .with_leader(CommittedLeaderId::new(term))
         .responder(responder)
