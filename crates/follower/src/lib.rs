@@ -31,7 +31,7 @@
 //! once at construction, from its own read-only connection, NOT on the database thread, so a
 //! long copy of a big database never stops applies or speculation; the position it returns is
 //! read from the image, so it matches the image whatever was applied meanwhile.
-//! [`Store::install`] runs [`sql::Db::install`] (a rename, not a copy) on the thread and
+//! [`Store::install`] runs [`sql::Db::install`] (a rename, not a copy) on the thread, which
 //! publishes the installed position on the watch.
 //!
 //! Errors keep their meaning: a [`sql::Error`] becomes a [`raft::state_machine::Error`] by
@@ -143,16 +143,7 @@ impl Store for Replica {
 
     fn install(&self, path: &Path) -> state_machine::Result<()> {
         let path = path.to_path_buf();
-        let published = self.applied.clone();
-        let positions = self.position.clone();
-        self.db
-            .run_blocking(move |db| {
-                db.install(&path)?;
-                let position = db.position()?;
-                published.send_replace(position.index);
-                positions.send_replace(position);
-                Ok(())
-            })
-            .map_err(store_error)
+        // The installed position is published by the callback set in `new`.
+        self.db.run_blocking(move |db| db.install(&path)).map_err(store_error)
     }
 }

@@ -549,7 +549,7 @@ impl Writer {
                 tracing::warn!(error = %e, "releasing the held speculations");
             }
         }
-        let mut last = Err(Error::Internal("nothing in flight".to_string()));
+        let mut last: Option<Result<wal::Lsn>> = None;
         for (outcome, replies, results, duplicates, proposed) in landed {
             let outcome = match outcome {
                 Ok(lsn) => {
@@ -559,12 +559,12 @@ impl Writer {
                 Err(e) => Err(e.into()),
             };
             answer(replies, outcome.clone().map(|lsn| answers(results, &duplicates, lsn)));
-            last = match (last, outcome) {
-                (Err(Error::Internal(_)) | Ok(_), now) => now,
-                (failed, _) => failed,
-            };
+            // The first failure stands; otherwise the last index.
+            if !matches!(last, Some(Err(_))) {
+                last = Some(outcome);
+            }
         }
-        last
+        last.unwrap_or_else(|| Err(Error::Internal("nothing in flight".to_string())))
     }
 
     /// Waits until this node's database has committed `lsn`: a committed entry held behind a
