@@ -121,6 +121,11 @@ pub struct ServeArgs {
     /// permissions). Without it, every client may do everything. Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub auth: Option<PathBuf>,
+    /// Failed logins (unknown user or wrong password) allowed per user name and per client
+    /// address within a minute; past it, such requests are answered 429 with `Retry-After`
+    /// until the oldest failure is a minute old. 0 allows any number.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub auth_failures_per_minute: usize,
     /// `USER:PASSWORD` sent with `--join` when the cluster requires credentials (a user with
     /// the `join` permission, or `join-read-only` for a learner).
     #[arg(long, env = "KEEL_JOIN_AS", value_name = "USER:PASSWORD", hide_env_values = true)]

@@ -34,6 +34,9 @@
 //! parse is refused and the users in force stay. Authentication failures and administrative
 //! actions are logged under the tracing target `keel::audit`.
 //!
+//! Failed logins are limited per user name and per client address ([`limit`], `keel serve
+//! --auth-failures-per-minute`): past the limit such requests get 429 and `Retry-After`.
+//!
 //! A follower checks a request before forwarding it and forwards the caller's `Authorization`
 //! header, nothing of its own, so the leader checks the same caller again: a follower cannot
 //! lend a request more rights than its caller has.
@@ -56,6 +59,8 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use crate::http::{error_response, json_response};
+
+pub mod limit;
 
 /// The tracing target of the audit log.
 pub const AUDIT: &str = "keel::audit";
@@ -240,6 +245,8 @@ pub struct Auth {
     cache: Mutex<HashMap<[u8; 32], Instant>>,
     /// An argon2 hash checked for unknown users, so they cost what known ones do.
     decoy: String,
+    /// Failed logins per user and address.
+    limiter: limit::Limiter,
 }
 
 impl std::fmt::Debug for Auth {
@@ -249,8 +256,9 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Reads the credentials file; fails with a message naming the problem.
-    pub fn load(path: &Path) -> anyhow::Result<Auth> {
+    /// Reads the credentials file; fails with a message naming the problem. `failures_per_minute`
+    /// failed logins are allowed per user and per client address (0: any number).
+    pub fn load(path: &Path, failures_per_minute: usize) -> anyhow::Result<Auth> {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let decoy = hash_password("decoy password for unknown users")?;
@@ -260,6 +268,7 @@ impl Auth {
             key,
             cache: Mutex::new(HashMap::new()),
             decoy,
+            limiter: limit::Limiter::new(failures_per_minute),
         };
         auth.reload()?;
         Ok(auth)
@@ -478,6 +487,10 @@ pub async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
         }
         req = Request::from_parts(parts, axum::body::Body::from(bytes));
     }
+    let login = auth.login_keys(&req, needs);
+    if let Some((key, wait)) = auth.limiter.blocked(&login, Instant::now()) {
+        return too_many_failures(&method, &path, &key, wait, auth.limiter.per_minute());
+    }
     // Only a password hash to verify goes to a blocking thread; most requests decide here.
     let verdict = match auth.check_quick(req.headers(), needs) {
         Some(verdict) => Ok(verdict),
@@ -489,7 +502,10 @@ pub async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
     let user = match verdict {
         Ok(Ok(user)) => user,
         Ok(Err(Denied::Unauthenticated(reason))) => {
-            tracing::warn!(target: AUDIT, %method, %path, %reason, "authentication failed");
+            let addr = req.extensions().get::<crate::tls::Peer>().map(|p| p.addr.to_string());
+            let addr = addr.unwrap_or_default();
+            tracing::warn!(target: AUDIT, %method, %path, %addr, %reason, "authentication failed");
+            auth.limiter.failed(&login, Instant::now());
             let mut r = error_response(StatusCode::UNAUTHORIZED, reason);
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"keel\""));
@@ -518,6 +534,47 @@ pub async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
             "administrative request"
         );
     }
+    response
+}
+
+impl Auth {
+    /// What a failed login of `req` counts against: its user name and its client's address.
+    /// Empty for a request without credentials, or one that `*` may make, which is no login.
+    fn login_keys(&self, req: &Request, needs: Needs) -> Vec<limit::Key> {
+        if grants(&self.users.read().unwrap_or_else(PoisonError::into_inner).anyone, needs) {
+            return Vec::new();
+        }
+        let name = match basic_credentials(req.headers()) {
+            Ok(Some((name, _))) => Some(name),
+            // A malformed header counts against the address only.
+            Err(_) => None,
+            Ok(None) => return Vec::new(),
+        };
+        let addr = req.extensions().get::<crate::tls::Peer>().map(|peer| peer.addr.ip());
+        name.map(limit::Key::User).into_iter().chain(addr.map(limit::Key::Addr)).collect()
+    }
+}
+
+/// The answer to a login refused by the limiter: 429 with `Retry-After` (whole seconds, at
+/// least 1), logged under the audit target.
+fn too_many_failures(
+    method: &Method,
+    path: &str,
+    key: &limit::Key,
+    wait: Duration,
+    per_minute: usize,
+) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    tracing::warn!(target: AUDIT, %method, %path, %key, seconds, "login refused: too many failures");
+    let mut response = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many failed logins for {key} ({per_minute} a minute are allowed); retry in \
+             {seconds} s"
+        ),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     response
 }
 
@@ -573,7 +630,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.json");
         std::fs::write(&path, text).unwrap();
-        let auth = Auth::load(&path).unwrap();
+        let auth = Auth::load(&path, 0).unwrap();
         (dir, auth)
     }
 

@@ -115,7 +115,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::serve::serve(raft_listener, node_router, limits, node_config));
     let mut client_router = http::router(node.clone());
     if let Some(path) = &args.auth {
-        let auth = Arc::new(crate::auth::Auth::load(path)?);
+        let auth = Arc::new(crate::auth::Auth::load(path, args.auth_failures_per_minute)?);
         tracing::info!(file = %path.display(), "client API requires credentials (--auth)");
         if tls.api.is_none() {
             tracing::warn!(

@@ -2,7 +2,8 @@
 //! a follower (which forwards), answers exactly 401 to anonymous callers and wrong passwords,
 //! 403 to a user without the permission, and succeeds for a user with it. A follower cannot
 //! lend a forwarded request rights its caller lacks at the leader; the file reloads on SIGHUP
-//! and through the API; passwords may be argon2 hashes made by `keel hash-password`.
+//! and through the API; passwords may be argon2 hashes made by `keel hash-password`. Failed
+//! logins are limited per user and per client address.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -83,10 +84,12 @@ impl Secured {
         let file_arg = file.to_str().expect("utf-8 path");
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, basic(ROOT.0, ROOT.1));
+        // The matrix sends many wrong passwords from one address: no login limit here (the
+        // limit has a test of its own).
         let c = TestCluster::start_with_headers(
             3,
             0,
-            &["--auth", file_arg, "--join-as", "joiner:join-pw"],
+            &["--auth", file_arg, "--join-as", "joiner:join-pw", "--auth-failures-per-minute", "0"],
             headers,
         );
         c.execute_ok(c.leader(), json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]));
@@ -348,4 +351,58 @@ fn a_follower_cannot_launder_a_request_and_reloads_take_effect() {
     assert_eq!(reload.status, 400, "{}", reload.body);
     assert!(reload.body.contains("unknown permission"), "{}", reload.body);
     assert_eq!(write(leader), 200);
+}
+
+/// With 3 failed logins a minute allowed: three wrong passwords for `rw` from one address, and
+/// then that address, and that user from any address, get 429 with `Retry-After`, even with
+/// the right password; another user from another address is unaffected, and requests without
+/// credentials are no logins. Clients bind to different loopback addresses (127.0.0.0/8).
+#[test]
+fn failed_logins_are_limited_per_user_and_per_address() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("users.json");
+    std::fs::write(&file, users(&hash_password(ROOT.1), &["ready"]).to_string()).expect("users");
+    let mut headers = HeaderMap::new();
+    headers.insert(AUTHORIZATION, basic(ROOT.0, ROOT.1));
+    let file_arg = file.to_str().expect("utf-8 path");
+    let c = TestCluster::start_with_headers(
+        1,
+        0,
+        &["--auth", file_arg, "--auth-failures-per-minute", "3"],
+        headers,
+    );
+    let from = |ip: [u8; 4]| {
+        Client::builder().no_proxy().local_address(std::net::IpAddr::from(ip)).build().unwrap()
+    };
+    let (mallory, elsewhere) = (from([127, 0, 0, 2]), from([127, 0, 0, 3]));
+    let query = |client: &Client, who: Option<(&str, &str)>| {
+        let mut request = client.get(c.url(1, "/db/query?q=SELECT%201"));
+        if let Some((user, password)) = who {
+            request = request.header(AUTHORIZATION, basic(user, password));
+        }
+        let response = request.send().expect("request");
+        let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        (response.status().as_u16(), retry, response.text().unwrap_or_default())
+    };
+    assert_eq!(query(&mallory, Some(("rw", "rw-pw"))).0, 200);
+    for _ in 0..3 {
+        assert_eq!(query(&mallory, Some(("rw", "guess"))).0, 401);
+    }
+    // The address is used up: even the right password is refused, with a wait to honour.
+    let (status, retry, body) = query(&mallory, Some(("rw", "rw-pw")));
+    assert_eq!(status, 429, "{body}");
+    let seconds: u64 = retry.expect("Retry-After").parse().expect("whole seconds");
+    assert!((1..=60).contains(&seconds), "Retry-After {seconds}");
+    assert!(body.contains("too many failed logins"), "{body}");
+    let (status, _, body) = query(&mallory, Some(("has-query", "pw-query")));
+    assert_eq!(status, 429, "the address is limited for every user: {body}");
+    // The user is used up from any address; another user elsewhere is not.
+    let (status, _, body) = query(&elsewhere, Some(("rw", "rw-pw")));
+    assert_eq!(status, 429, "the user is limited from every address: {body}");
+    assert!(body.contains("user rw"), "{body}");
+    assert_eq!(query(&elsewhere, Some(("has-query", "pw-query"))).0, 200);
+    // No credentials, no login: the usual 401, and `*`'s route still answers.
+    assert_eq!(query(&mallory, None).0, 401);
+    let ready = mallory.get(c.url(1, "/readyz")).send().expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
 }
