@@ -599,26 +599,18 @@ async fn reload(State(auth): State<Arc<Auth>>) -> Response {
     }
 }
 
-/// Reloads the credentials on every SIGHUP, for as long as the process runs.
-pub async fn reload_on_sighup(auth: Arc<Auth>) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install a SIGHUP handler: reload with the API");
-            return;
-        }
-    };
-    while hup.recv().await.is_some() {
-        let auth = auth.clone();
-        match tokio::task::spawn_blocking(move || auth.reload()).await {
-            Ok(Ok(users)) => tracing::info!(target: AUDIT, users, "credentials reloaded (SIGHUP)"),
-            Ok(Err(e)) => tracing::error!(
-                target: AUDIT,
-                error = %format!("{e:#}"),
-                "credentials reload refused (SIGHUP); the users in force stay"
-            ),
-            Err(e) => tracing::error!(error = %e, "credentials reload failed"),
-        }
+/// Reads the credentials file again (on SIGHUP: [`crate::tls::reload::on_sighup`]) and logs
+/// the outcome under the audit target.
+pub async fn reload_logged(auth: Arc<Auth>, trigger: &str) {
+    match tokio::task::spawn_blocking(move || auth.reload()).await {
+        Ok(Ok(users)) => tracing::info!(target: AUDIT, users, %trigger, "credentials reloaded"),
+        Ok(Err(e)) => tracing::error!(
+            target: AUDIT,
+            error = %format!("{e:#}"),
+            %trigger,
+            "credentials reload refused; the users in force stay"
+        ),
+        Err(e) => tracing::error!(error = %e, "credentials reload failed"),
     }
 }
 

@@ -275,10 +275,10 @@ mod tests {
         create(&args(dir.path(), &[1], true)).unwrap();
         assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
         crate::tls::NodeTls::load(1, &files(1)).unwrap();
-        crate::tls::client_api_config(
-            &dir.path().join("server.pem"),
-            &dir.path().join("server-key.pem"),
-            Some(&dir.path().join("ca.pem")),
+        crate::tls::reload::ApiTls::load(
+            dir.path().join("server.pem"),
+            dir.path().join("server-key.pem"),
+            Some(dir.path().join("ca.pem")),
         )
         .unwrap();
     }

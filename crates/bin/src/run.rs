@@ -113,7 +113,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let node_config = tls.node.as_ref().map(|t| t.server_config());
     tokio::spawn(crate::serve::serve(raft_listener, node_router, limits, node_config));
-    let mut client_router = http::router(node.clone());
+    let reload = crate::tls::reload::Reload { api: tls.api.clone(), node: tls.node.clone() };
+    let mut client_router =
+        http::router(node.clone()).merge(crate::tls::reload::router(reload.clone()));
+    let mut auth_in_force = None;
     if let Some(path) = &args.auth {
         let auth = Arc::new(crate::auth::Auth::load(path, args.auth_failures_per_minute)?);
         tracing::info!(file = %path.display(), "client API requires credentials (--auth)");
@@ -123,7 +126,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                  request; serve the client API with --tls-cert/--tls-key or --tls-dir"
             );
         }
-        tokio::spawn(crate::auth::reload_on_sighup(auth.clone()));
+        auth_in_force = Some(auth.clone());
         client_router = client_router
             .merge(crate::auth::router(auth.clone()))
             .layer(axum::middleware::from_fn_with_state(auth, crate::auth::guard));
@@ -131,7 +134,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Outermost: rqlite's headers, preflights and parameter checks (before authentication, as
     // in rqlite), and the concurrency cap.
     let client_router = crate::serve::client_layers(client_router, limits, headers);
-    tokio::spawn(crate::serve::serve(http_listener, client_router, limits, tls.api.clone()));
+    tokio::spawn(crate::tls::reload::on_sighup(auth_in_force, reload));
+    let api_config = tls.api.as_ref().map(|api| api.config());
+    tokio::spawn(crate::serve::serve(http_listener, client_router, limits, api_config));
     for bug in &args.unsafe_plant_bug {
         tracing::error!(
             ?bug,

@@ -27,15 +27,18 @@
 //!
 //! # The client API
 //!
-//! [`client_api_config`] serves the API over HTTPS with the operator's certificate, and with
+//! [`ApiTls`] serves the API over HTTPS with the operator's certificate, and with
 //! `--tls-client-ca` requires client certificates from that CA. Clients verify that
 //! certificate in the ordinary way (host name or IP address in its SANs). A node calling
 //! another node's client API (forwarding to the leader, joining, readiness probes) uses
 //! [`node::Peers::api`]: it trusts the cluster CA and `KEEL_CACERT`, and presents its node
 //! certificate in case the API asks for one.
 //!
-//! What this module does not do: certificate revocation (CRLs, OCSP), reloading certificates
-//! without a restart, or authorizing users (the `auth` module does that).
+//! Certificates and keys are read again on SIGHUP and on `POST /admin/tls/reload`, without
+//! dropping established connections ([`reload`]).
+//!
+//! What this module does not do: certificate revocation (CRLs, OCSP), or authorizing users (the
+//! `auth` module does that).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,15 +49,22 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
     SignatureScheme,
 };
+
+pub mod reload;
+
+use reload::{ApiTls, Current};
 
 /// Environment variable naming a CA certificate (PEM) that the `keel` commands trust for
 /// `https://` URLs, like `--cacert`.
@@ -174,39 +184,10 @@ impl NodeIdentity {
     }
 }
 
-/// The client API's TLS configuration: `cert`/`key` (PEM), and client certificates required
-/// from `client_ca` if given.
-pub fn client_api_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> anyhow::Result<Arc<ServerConfig>> {
-    let chain = read_certs(cert)?;
-    let key_der = read_key(key)?;
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let roots = Arc::new(read_roots(ca)?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-                .build()
-                .with_context(|| format!("client CA {}", ca.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder.with_single_cert(chain, key_der).with_context(|| {
-        format!("the key in {} does not fit the certificate in {}", key.display(), cert.display())
-    })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// A node's TLS setup from its `keel serve` flags.
 pub struct ServeTls {
-    /// The client API's server configuration, when it serves HTTPS.
-    pub api: Option<Arc<ServerConfig>>,
+    /// The client API's HTTPS, when on.
+    pub api: Option<Arc<ApiTls>>,
     /// Mutual TLS between nodes, when on.
     pub node: Option<Arc<NodeTls>>,
 }
@@ -219,7 +200,7 @@ impl ServeTls {
         let api_key = args.tls_key.clone().or_else(|| in_dir("server-key.pem".into()));
         let api = match (&api_cert, &api_key) {
             (Some(cert), Some(key)) => {
-                Some(client_api_config(cert, key, args.tls_client_ca.as_deref())?)
+                Some(Arc::new(ApiTls::load(cert.clone(), key.clone(), args.tls_client_ca.clone())?))
             }
             _ if args.tls_client_ca.is_some() => {
                 bail!("--tls-client-ca needs HTTPS on the client API (--tls-cert and --tls-key)")
@@ -254,18 +235,16 @@ pub struct NodeFiles {
 /// This node's mutual-TLS material for the Raft address. See the module docs.
 ///
 /// Invariants:
-/// * `chain[0]` chains to `roots` and binds `identity`.
-/// * `key` fits `chain[0]`.
+/// * the certificate in force chains to the roots in force and binds `identity`; its key fits;
+/// * a reload ([`reload`]) replaces certificate, key and roots, never the identity.
 pub struct NodeTls {
     /// Who this node is.
     identity: NodeIdentity,
-    /// The cluster CA.
-    roots: Arc<RootCertStore>,
-    /// This node's certificate chain.
-    chain: Vec<CertificateDer<'static>>,
-    /// This node's private key.
-    key: PrivateKeyDer<'static>,
-    /// The node-to-node server configuration, built once.
+    /// Where its files are, for reloads.
+    files: NodeFiles,
+    /// The material in force.
+    current: NodeCurrent,
+    /// The node-to-node server configuration, built once over `current`.
     server: Arc<ServerConfig>,
 }
 
@@ -275,12 +254,39 @@ impl std::fmt::Debug for NodeTls {
     }
 }
 
-impl NodeTls {
-    /// Loads node `id`'s files and checks them: the certificate chains to the CA, binds a
+/// The holders of a node's replaceable material.
+struct NodeCurrent {
+    /// The cluster CA.
+    roots: Arc<Current<RootCertStore>>,
+    /// This node's certificate chain and key.
+    cert: Arc<Current<CertifiedKey>>,
+    /// Verifies other nodes' client certificates (the cluster CA, client-auth usage).
+    client_verifier: Arc<Current<dyn ClientCertVerifier>>,
+    /// Verifies other nodes' client-API certificates: the cluster CA and `KEEL_CACERT`, with
+    /// host names checked.
+    api_verifier: Arc<Current<dyn ServerCertVerifier>>,
+}
+
+/// A node's files, read and checked ([`NodeMaterial::read`]).
+pub struct NodeMaterial {
+    /// The identity the certificate binds.
+    identity: NodeIdentity,
+    /// The cluster CA.
+    roots: Arc<RootCertStore>,
+    /// The certificate chain and key.
+    cert: CertifiedKey,
+    /// See [`NodeCurrent::client_verifier`].
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    /// See [`NodeCurrent::api_verifier`].
+    api_verifier: Arc<dyn ServerCertVerifier>,
+}
+
+impl NodeMaterial {
+    /// Reads node `id`'s files and checks them: the certificate chains to the CA, binds a
     /// node identity whose node id is `id`, and fits the key.
-    pub fn load(id: raft::NodeId, files: &NodeFiles) -> anyhow::Result<NodeTls> {
-        let chain = read_certs(&files.cert)?;
-        let key = read_key(&files.key)?;
+    fn read(id: raft::NodeId, files: &NodeFiles) -> anyhow::Result<NodeMaterial> {
+        let cert = reload::certified_key(&files.cert, &files.key)?;
+        let chain = &cert.cert;
         let roots = Arc::new(read_roots(&files.ca)?);
         let identity = NodeIdentity::of(&chain[0])
             .map_err(|e| anyhow::anyhow!("node certificate {}: {e}", files.cert.display()))?;
@@ -308,23 +314,68 @@ impl NodeTls {
                 files.ca.display()
             )
         })?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-            .build()
-            .context("building the node client-certificate verifier")?;
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .context("building the node client-certificate verifier")?;
+        let mut api_roots = extra_roots()?;
+        api_roots.roots.extend(roots.roots.iter().cloned());
+        let api_verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(api_roots), provider())
+                .build()
+                .context("building the client-API certificate verifier")?;
+        Ok(NodeMaterial { identity, roots, cert, client_verifier, api_verifier })
+    }
+}
+
+impl NodeTls {
+    /// Loads node `id`'s files and checks them ([`NodeMaterial::read`]).
+    pub fn load(id: raft::NodeId, files: &NodeFiles) -> anyhow::Result<NodeTls> {
+        let material = NodeMaterial::read(id, files)?;
+        let current = NodeCurrent {
+            roots: Arc::new(Current::new(material.roots)),
+            cert: Arc::new(Current::new(Arc::new(material.cert))),
+            client_verifier: Arc::new(Current::new(material.client_verifier)),
+            api_verifier: Arc::new(Current::new(material.api_verifier)),
+        };
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .with_context(|| {
-                format!(
-                    "the key in {} does not fit the certificate in {}",
-                    files.key.display(),
-                    files.cert.display()
-                )
-            })?;
+            .with_client_cert_verifier(current.client_verifier.clone())
+            .with_cert_resolver(current.cert.clone());
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(NodeTls { identity, roots, chain, key, server: Arc::new(server) })
+        Ok(NodeTls {
+            identity: material.identity,
+            files: files.clone(),
+            current,
+            server: Arc::new(server),
+        })
+    }
+
+    /// Reads this node's files again and checks them as [`NodeTls::load`] does, and that they
+    /// bind the same identity; changes nothing yet.
+    pub fn read_files(&self) -> anyhow::Result<NodeMaterial> {
+        let material = NodeMaterial::read(self.identity.node, &self.files)?;
+        if material.identity != self.identity {
+            bail!(
+                "node certificate {} names {}, but this node is {}: a reload cannot change a \
+                 node's cluster",
+                self.files.cert.display(),
+                material.identity.uri(),
+                self.identity.uri()
+            );
+        }
+        Ok(material)
+    }
+
+    /// Puts material read by [`NodeTls::read_files`] in force; says what is served.
+    pub fn put_in_force(&self, material: NodeMaterial) -> String {
+        let what = reload::describe(&material.cert.cert[0]);
+        self.current.roots.set(material.roots);
+        self.current.cert.set(Arc::new(material.cert));
+        self.current.client_verifier.set(material.client_verifier);
+        self.current.api_verifier.set(material.api_verifier);
+        what
     }
 
     /// This node's identity (from its certificate).
@@ -342,7 +393,7 @@ impl NodeTls {
     /// whose certificate is a node of this cluster (node `expect` if given).
     pub fn client_config(&self, expect: Option<raft::NodeId>) -> anyhow::Result<ClientConfig> {
         let verifier = NodeVerifier {
-            roots: self.roots.clone(),
+            roots: self.current.roots.clone(),
             provider: provider(),
             cluster: self.identity.cluster.clone(),
             expect,
@@ -352,8 +403,7 @@ impl NodeTls {
             .context("TLS protocol versions")?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .context("the node certificate and key")?;
+            .with_client_cert_resolver(self.current.cert.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
@@ -380,8 +430,8 @@ impl NodeTls {
 /// binding, not the host name (see the module docs).
 #[derive(Debug)]
 struct NodeVerifier {
-    /// The cluster CA.
-    roots: Arc<RootCertStore>,
+    /// The cluster CA in force.
+    roots: Arc<Current<RootCertStore>>,
     /// Signature algorithms.
     provider: Arc<CryptoProvider>,
     /// The cluster the server must belong to.
@@ -409,7 +459,7 @@ impl ServerCertVerifier for NodeVerifier {
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &self.roots.get(),
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
@@ -548,19 +598,15 @@ pub fn peers(api_https: bool, tls: Option<Arc<NodeTls>>) -> anyhow::Result<node:
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none());
     if api_https {
-        let mut roots = extra_roots()?;
-        if let Some(tls) = &tls {
-            roots.roots.extend(tls.roots.roots.iter().cloned());
-        }
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_root_certificates(roots);
+            .context("TLS protocol versions")?;
         let mut config = match &tls {
             Some(tls) => builder
-                .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())
-                .context("the node certificate and key")?,
-            None => builder.with_no_client_auth(),
+                .dangerous()
+                .with_custom_certificate_verifier(tls.current.api_verifier.clone())
+                .with_client_cert_resolver(tls.current.cert.clone()),
+            None => builder.with_root_certificates(extra_roots()?).with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         api = api.tls_backend_preconfigured(config);

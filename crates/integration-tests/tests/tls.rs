@@ -1,6 +1,7 @@
 //! TLS: HTTPS on the client API and mutual TLS between nodes, with real `keel` processes and
 //! certificates from `keel certs`. Requests go through `curl` (as an operator would), which
-//! also lets a test present any certificate on any port.
+//! also lets a test present any certificate on any port; a certificate reload is watched over
+//! raw rustls connections, which can stay open across it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -377,4 +378,175 @@ fn a_stalled_handshake_is_cut_off_at_the_header_deadline() {
             "port {port}: closed after {waited:?}"
         );
     }
+}
+
+/// A TLS connection of the test's own, kept open across requests: sends HTTP/1.1 GETs with
+/// keep-alive and tells which certificate the server presented.
+struct Raw {
+    stream: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+}
+
+impl Raw {
+    /// Connects to `127.0.0.1:port`, trusting `ca`, presenting `client` (certificate and key
+    /// files) if given.
+    fn connect(port: u16, ca: &str, client: Option<(&str, &str)>) -> Raw {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
+            roots.add(cert.expect("ca certificate")).expect("adding the ca");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let config = match client {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_file_iter(cert)
+                        .expect("cert")
+                        .map(Result::unwrap)
+                        .collect(),
+                    PrivateKeyDer::from_pem_file(key).expect("key"),
+                )
+                .expect("client certificate"),
+            None => builder.with_no_client_auth(),
+        };
+        let name = ServerName::try_from("127.0.0.1").expect("server name");
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("tls");
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+        let mut raw = Raw { stream: rustls::StreamOwned::new(conn, tcp) };
+        while raw.stream.conn.is_handshaking() {
+            raw.stream.conn.complete_io(&mut raw.stream.sock).expect("TLS handshake");
+        }
+        raw
+    }
+
+    /// The end-entity certificate the server presented (DER).
+    fn server_certificate(&self) -> Vec<u8> {
+        self.stream.conn.peer_certificates().expect("a server certificate")[0].to_vec()
+    }
+
+    /// `GET path` on this connection; the status and body.
+    fn get(&mut self, path: &str) -> (u16, String) {
+        use std::io::{Read as _, Write as _};
+        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+        self.stream.flush().expect("flush");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.stream.read_exact(&mut byte).expect("reading the answer's head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_string)
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length");
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).expect("reading the body");
+        (status, String::from_utf8_lossy(&body).to_string())
+    }
+}
+
+/// The first certificate of a PEM file (DER).
+fn first_certificate(path: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::pem_file_iter(path)
+        .expect("pem")
+        .next()
+        .expect("a certificate")
+        .unwrap()
+        .to_vec()
+}
+
+/// Certificates replaced on disk and reloaded (`POST /admin/tls/reload`, then SIGHUP): new
+/// handshakes get the new client-API and node certificates, a connection opened before the
+/// reload goes on answering, the cluster keeps replicating, and files that do not fit (a key of
+/// another certificate, another node's certificate) are refused with everything in force kept.
+#[test]
+fn certificates_reload_without_dropping_connections() {
+    let mut c = Tls::new(3);
+    c.start_three_voters();
+    let (s, body) =
+        c.post(1, "/db/execute", r#"["CREATE TABLE t (x)", "INSERT INTO t VALUES (1)"]"#);
+    assert_eq!(s, 200, "{body}");
+    // New certificates for every node and the API, signed by the same CA.
+    let fresh = c.dir.path().join("c2");
+    std::fs::create_dir_all(&fresh).expect("mkdir");
+    for file in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(c.dir.path().join("c").join(file), fresh.join(file)).expect("copy the CA");
+    }
+    certs(&fresh, "demo", "1,2,3");
+    let (http1, raft1) = c.ports[0];
+    let old_api = first_certificate(&c.path("c/server.pem"));
+    let mut kept = Raw::connect(http1, &c.ca(), None);
+    assert_eq!(kept.get("/readyz").0, 200);
+    assert_eq!(kept.server_certificate(), old_api);
+
+    let install = |names: &[(&str, &str)]| {
+        for (from, to) in names {
+            std::fs::copy(c.dir.path().join(from), c.dir.path().join("c").join(to)).expect("copy");
+        }
+    };
+    let node1 = [
+        ("c2/node-1.pem", "node-1.pem"),
+        ("c2/node-1-key.pem", "node-1-key.pem"),
+        ("c2/server.pem", "server.pem"),
+        ("c2/server-key.pem", "server-key.pem"),
+    ];
+    install(&node1);
+    let (s, body) = c.post(1, "/admin/tls/reload", "");
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("\"api\"") && body.contains("\"node\""), "{body}");
+
+    // The connection from before the reload still answers; new ones see the new certificates.
+    assert_eq!(kept.get("/readyz").0, 200, "an established connection must survive a reload");
+    assert_eq!(kept.server_certificate(), old_api);
+    let new_api = first_certificate(&c.path("c2/server.pem"));
+    assert_eq!(Raw::connect(http1, &c.ca(), None).server_certificate(), new_api);
+    let node2 = (c.path("c/node-2.pem"), c.path("c/node-2-key.pem"));
+    let raft = Raw::connect(raft1, &c.ca(), Some((&node2.0, &node2.1)));
+    assert_eq!(raft.server_certificate(), first_certificate(&c.path("c2/node-1.pem")));
+    // The cluster goes on: a write through node 1 reaches every node.
+    let (s, body) = c.post(1, "/db/execute", r#"["INSERT INTO t VALUES (2)"]"#);
+    assert_eq!(s, 200, "{body}");
+    for id in 1..=3 {
+        wait_for(TIMEOUT, format!("the row on node {id}"), || {
+            let url = c.url(id, "/db/query?level=none&q=SELECT%20count(*)%20FROM%20t");
+            let (s, body, _) = curl(&["--cacert", &c.ca(), &url]);
+            (s == 200 && body.contains("[[2]]")).then_some(())
+        });
+    }
+
+    // Files that do not fit are refused, and what is in force stays.
+    install(&[("c2/node-2-key.pem", "server-key.pem")]);
+    let (s, body) = c.post(1, "/admin/tls/reload", "");
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("does not fit"), "{body}");
+    install(&[("c2/server-key.pem", "server-key.pem"), ("c2/node-2.pem", "node-1.pem")]);
+    install(&[("c2/node-2-key.pem", "node-1-key.pem")]);
+    let (s, body) = c.post(1, "/admin/tls/reload", "");
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("is for node 2"), "{body}");
+    assert_eq!(Raw::connect(http1, &c.ca(), None).server_certificate(), new_api);
+
+    // SIGHUP reloads too: back to node 1's own files, and the log says so.
+    install(&node1[..2]);
+    let pid = c.procs[0].as_ref().expect("node 1 runs").child.id();
+    // SAFETY: kill(2) with our own child's pid and a plain signal number.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+    wait_for(TIMEOUT, "the SIGHUP reload in node 1's log", || {
+        let log = c.log(1);
+        (log.matches("certificates reloaded").count() >= 2).then_some(())
+    });
+    let raft = Raw::connect(raft1, &c.ca(), Some((&node2.0, &node2.1)));
+    assert_eq!(raft.server_certificate(), first_certificate(&c.path("c2/node-1.pem")));
 }

@@ -149,7 +149,10 @@ mod tests {
             limiter.failed(&[Key::User(user.into()), mallory.clone()], now);
         }
         // The address is used up; each user has one failure left.
-        assert_eq!(limiter.blocked(&[mallory.clone()], now).map(|(k, _)| k), Some(mallory));
+        assert_eq!(
+            limiter.blocked(std::slice::from_ref(&mallory), now).map(|(k, _)| k),
+            Some(mallory)
+        );
         let elsewhere = Key::Addr("198.51.100.2".parse().unwrap());
         assert_eq!(limiter.blocked(&[Key::User("a".into()), elsewhere], now), None);
     }
