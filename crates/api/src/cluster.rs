@@ -99,6 +99,16 @@ pub struct LeaderChanged {
     pub term: Term,
 }
 
+/// The answer of `POST /admin/vacuum`: every replica runs `VACUUM` when it applies the entry
+/// at `lsn`; the leader has.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Vacuumed {
+    /// The log index of the `VACUUM` entry.
+    pub lsn: Lsn,
+    /// How long the leader took, proposal to its own apply, in seconds.
+    pub seconds: f64,
+}
+
 /// The body of `POST /leader` (rqlite's step-down) and `DELETE /remove`: a node id, which
 /// Keel accepts as a number or a string of digits and rqlite sends as a string.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -92,6 +92,9 @@ pub enum AdminCommand {
         #[arg(long = "node")]
         id: NodeId,
     },
+    /// Run SQLite's VACUUM on every replica, at one log position (writes wait while it runs;
+    /// it needs free disk about the database's size). Raise --timeout for a large database.
+    Vacuum,
 }
 
 /// Runs `keel admin …`. A failure is printed as one line, `error: <reason>`, and exits with
@@ -139,6 +142,13 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             println!("node {id} removed from the cluster");
         }
         AdminCommand::Rebuild { id } => rebuild(client, id, args.timeout).await?,
+        AdminCommand::Vacuum => {
+            let answer = client.vacuum().await.map_err(failed)?;
+            println!(
+                "VACUUM ran at log index {} ({:.1} s on the leader); every replica runs it there",
+                answer.lsn, answer.seconds
+            );
+        }
     }
     Ok(())
 }

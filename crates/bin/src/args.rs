@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// `PRAGMA optimize`, bounded by `analysis_limit`); 0 never does.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub optimize_interval: Duration,
+    /// How often the leader checks whether to `VACUUM` (through the log, on every replica):
+    /// when free pages are a quarter of the file or more; 0 never does.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub auto_vacuum_interval: Duration,
     /// Credentials file (rqlite's `-auth` format: a JSON array of users with passwords and
     /// permissions). Without it, every client may do everything. Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]

@@ -69,6 +69,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sync_timeout: args.sync_timeout,
         write_pipeline: usize::from(args.write_pipeline),
         optimize_interval: Some(args.optimize_interval).filter(|d| !d.is_zero()),
+        auto_vacuum_interval: Some(args.auto_vacuum_interval).filter(|d| !d.is_zero()),
         queue: node::queue::Options {
             capacity: usize::try_from(args.write_queue_capacity).unwrap_or(usize::MAX),
             batch_size: usize::try_from(args.write_queue_batch_size).unwrap_or(usize::MAX),

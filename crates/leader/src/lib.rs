@@ -54,6 +54,11 @@
 //! longer waits for one round trip of the batch before it and then one of its own
 //! (docs/benchmarks.md).
 //!
+//! **VACUUM.** [`Leader::vacuum`] puts a record holding only [`wal::Op::Vacuum`] in the log
+//! between batches, once every batch in flight has landed, and speculates nothing until it is
+//! applied here: `VACUUM` renumbers some rowids, so no changeset computed before it may be
+//! applied after it.
+//!
 //! A request carrying a client request id that was already applied (a retry whose first answer
 //! was lost) is not run by the speculation: it comes back in [`sql::Speculation::duplicates`]
 //! with the stored results and the log index of the entry that applied it, and is answered
@@ -139,6 +144,8 @@ struct Pending {
 pub struct Leader {
     /// Queue into the writer task.
     tx: mpsc::Sender<Pending>,
+    /// `VACUUM`s waiting for the writer ([`Leader::vacuum`]).
+    vacuums: mpsc::Sender<oneshot::Sender<Result<Outcome>>>,
     /// The Raft node, for the membership a durability wait counts.
     raft: raft::Raft,
     /// Followers' applied positions.
@@ -189,6 +196,7 @@ impl Leader {
         options: Options,
     ) -> Leader {
         let (tx, rx) = mpsc::channel(options.queue);
+        let (vacuums, vacuum_rx) = mpsc::channel(VACUUM_QUEUE);
         let sync_timeout = options.sync_timeout;
         let counters = Arc::new(Counters::default());
         let writer = Writer {
@@ -199,8 +207,21 @@ impl Leader {
             options,
             counters: counters.clone(),
         };
-        tokio::spawn(run(writer, rx));
-        Leader { tx, raft, progress, sync_timeout, counters }
+        tokio::spawn(run(writer, rx, vacuum_rx));
+        Leader { tx, vacuums, raft, progress, sync_timeout, counters }
+    }
+
+    /// Runs SQLite's `VACUUM` on every replica at one log position: the writer lands the
+    /// batches in flight, proposes a record holding only [`wal::Op::Vacuum`], and answers once
+    /// it is committed and applied here (each replica runs it when it applies the entry). Nothing
+    /// is speculated meanwhile, so no changeset computed before it is applied after it: it
+    /// renumbers some rowids (see [`wal::Op::Vacuum`]). The answer's `lsn` is the entry's.
+    pub async fn vacuum(&self) -> Result<Outcome> {
+        let (reply, rx) = oneshot::channel();
+        self.vacuums
+            .try_send(reply)
+            .map_err(|_| Error::Unavailable("a VACUUM is already queued; retry later".into()))?;
+        rx.await.map_err(|_| Error::Internal("writer stopped".to_string()))?
     }
 
     /// Executes a write through Raft; resolves once it is committed and applied on this node,
@@ -287,9 +308,19 @@ impl Leader {
     }
 }
 
-/// The writer loop: batches, speculates, proposes, answers. Ends when every [`Leader`] handle is
-/// dropped.
-async fn run(writer: Writer, mut rx: mpsc::Receiver<Pending>) {
+/// How many `VACUUM`s may wait for the writer.
+const VACUUM_QUEUE: usize = 1;
+
+/// How long a `VACUUM`'s entry may take to commit and apply (it rewrites the whole file).
+const VACUUM_WAIT: Duration = Duration::from_secs(3600);
+
+/// The writer loop: batches, speculates, proposes, answers; runs a `VACUUM` between batches.
+/// Ends when every [`Leader`] handle is dropped.
+async fn run(
+    writer: Writer,
+    mut rx: mpsc::Receiver<Pending>,
+    mut vacuums: mpsc::Receiver<oneshot::Sender<Result<Outcome>>>,
+) {
     let mut carry: Option<Pending> = None;
     let mut again: Option<Vec<Pending>> = None;
     let mut flights: Vec<Flight> = Vec::new();
@@ -300,18 +331,20 @@ async fn run(writer: Writer, mut rx: mpsc::Receiver<Pending>) {
                 let first = match carry.take() {
                     Some(p) => p,
                     None => {
-                        let next = match flights.first_mut() {
-                            // Land what is in flight as soon as its answer comes, unless a request
-                            // comes first.
-                            Some(oldest) => tokio::select! {
-                                biased;
-                                p = rx.recv() => p,
-                                () = oldest.proposal.settle() => {
-                                    writer.land(&mut flights).await;
-                                    continue;
-                                }
-                            },
-                            None => rx.recv().await,
+                        // Land what is in flight as soon as its answer comes, unless a request
+                        // comes first; a VACUUM waits for what is in flight.
+                        let next = tokio::select! {
+                            biased;
+                            p = rx.recv() => p,
+                            () = settled(&mut flights) => {
+                                writer.land(&mut flights).await;
+                                continue;
+                            }
+                            Some(reply) = vacuums.recv() => {
+                                writer.land(&mut flights).await;
+                                let _ = reply.send(writer.vacuum().await);
+                                continue;
+                            }
                         };
                         match next {
                             Some(p) => p,
@@ -350,6 +383,14 @@ async fn run(writer: Writer, mut rx: mpsc::Receiver<Pending>) {
                 writer.land(&mut flights).await;
             }
         }
+    }
+}
+
+/// Resolves when the oldest batch in flight has its answer; never if none is in flight.
+async fn settled(flights: &mut [Flight]) {
+    match flights.first_mut() {
+        Some(oldest) => oldest.proposal.settle().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -526,6 +567,20 @@ impl Writer {
                 None
             }
         }
+    }
+
+    /// Proposes a `VACUUM` record, nothing being in flight (see [`Leader::vacuum`]).
+    async fn vacuum(&self) -> Result<Outcome> {
+        let term = raft::client::leader_term(&self.raft)?;
+        raft::client::wait_caught_up(&self.raft, self.options.sync_timeout).await?;
+        let record = wal::Record { ops: vec![wal::Op::Vacuum], requests: Vec::new() };
+        let proposed = std::time::Instant::now();
+        let proposal =
+            raft::client::Proposal::submit(&self.raft, record, term, VACUUM_WAIT).await?;
+        let lsn = proposal.wait().await?;
+        self.progress.appended(lsn, proposed);
+        self.applied_here(lsn).await?;
+        Ok(Outcome { results: Vec::new(), lsn })
     }
 
     /// Waits until every batch in flight is committed and applied here, and answers them, in

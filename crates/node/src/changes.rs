@@ -278,6 +278,9 @@ fn record_events(
                 changes.push((Op::Ddl, What::Ddl { sql: text.clone() }));
                 columns.clear();
             }
+            // Shown as the statement it is: rowids of tables without an INTEGER PRIMARY KEY
+            // or index may change here.
+            wal::Op::Vacuum => changes.push((Op::Ddl, What::Ddl { sql: "VACUUM".to_string() })),
             wal::Op::Changes(changeset) => {
                 let decoded = sql::changes::decode(changeset)
                     .map_err(|e| format!("record at lsn {lsn}: {e}"))?;

@@ -133,6 +133,9 @@ pub struct Config {
     pub write_pipeline: usize,
     /// How often this node runs `PRAGMA optimize` on its copy ([`maintenance`]); `None`: never.
     pub optimize_interval: Option<Duration>,
+    /// How often the leader checks whether a `VACUUM` is due ([`maintenance`]): when free pages
+    /// are a quarter of the file or more; `None`: never.
+    pub auto_vacuum_interval: Option<Duration>,
     /// The write queue's settings.
     pub queue: queue::Options,
     /// How this node reaches other nodes.
@@ -290,6 +293,9 @@ impl Node {
         tokio::spawn(raft::cluster::log_leadership(raft));
         if let Some(every) = config.optimize_interval {
             tokio::spawn(maintenance::optimize(Arc::downgrade(&node), every));
+        }
+        if let Some(every) = config.auto_vacuum_interval {
+            tokio::spawn(maintenance::auto_vacuum(Arc::downgrade(&node), every));
         }
         Ok(node)
     }

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub checksum_rows: IntCounter,
     /// Runs of `PRAGMA optimize` on this node's copy.
     pub optimize_runs: IntCounter,
+    /// `VACUUM`s this node proposed as the leader (each runs on every replica).
+    pub vacuums: IntCounter,
     /// Write batches the writer proposed, brought up to date at scrape time.
     write_batches: IntCounter,
     /// Of those, the ones speculated on top of a batch in flight.
@@ -147,6 +149,10 @@ impl Metrics {
             counter("keel_checksum_rows_total", "Rows this node checksummed for table checks");
         let optimize_runs =
             counter("keel_optimize_runs_total", "Runs of PRAGMA optimize on this node's copy");
+        let vacuums = counter(
+            "keel_vacuums_total",
+            "VACUUMs this node proposed as the leader (each runs on every replica)",
+        );
         let write_batches =
             counter("keel_write_batches_total", "Write batches this node proposed as the leader");
         let write_batches_stacked = counter(
@@ -205,6 +211,7 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(checksum_rows.clone()),
             Box::new(optimize_runs.clone()),
+            Box::new(vacuums.clone()),
             Box::new(write_batches.clone()),
             Box::new(write_batches_stacked.clone()),
             Box::new(check_last.clone()),
@@ -238,6 +245,7 @@ impl Metrics {
             queue_depth,
             checksum_rows,
             optimize_runs,
+            vacuums,
             write_batches,
             write_batches_stacked,
             check_last,

@@ -23,6 +23,8 @@
 //!   [request=true]` — runs reads on a reader pool and prints the rqlite JSON.
 //! * `readonly BODY` — `Readers::is_read_only`.
 //! * `raw SQL [on=replica|leader]` — runs SQL directly on a database, bypassing Keel.
+//! * `vacuum` — applies a `VACUUM` record (`wal::Op::Vacuum`) to both databases at the next
+//!   index.
 //! * `dump [on=leader|replica]`, `compare`, `applied`.
 
 use std::error::Error;
@@ -144,6 +146,7 @@ fn describe(record: &wal::Record) -> Result<String, Box<dyn Error>> {
             wal::Op::Ddl(sql) => {
                 writeln!(out, "  ddl: {}", sql.split_whitespace().collect::<Vec<_>>().join(" "))?
             }
+            wal::Op::Vacuum => writeln!(out, "  vacuum")?,
             wal::Op::Changes(changes) => {
                 writeln!(out, "  changes:")?;
                 for line in sql::describe_changeset(changes)? {
@@ -304,6 +307,12 @@ impl goldenscript::Runner for Runner {
                     format!("DIFFERENT\nleader:\n{leader}replica:\n{replica}")
                 }
             }
+            "vacuum" => {
+                args.reject_next()?;
+                self.last = Some(wal::Record { ops: vec![wal::Op::Vacuum], requests: Vec::new() });
+                self.apply(&[true, true])?;
+                String::new()
+            }
             "applied" => {
                 args.reject_next()?;
                 format!(
@@ -361,5 +370,6 @@ scripts!(
     requests,
     results,
     transactions,
-    triggers
+    triggers,
+    vacuum
 );

@@ -24,7 +24,8 @@
 //! ```text
 //! version: u8 = 2
 //! op count
-//!   per op: tag: u8 (1 = Ddl, 2 = Changes), byte length, bytes (UTF-8 for Ddl)
+//!   per op: tag: u8 (1 = Ddl, 2 = Changes, 3 = Vacuum), byte length, bytes (UTF-8 for Ddl,
+//!   none for Vacuum)
 //! request count
 //!   per request: id byte length, UTF-8 bytes, results byte length, bytes
 //! crc32: u32 over everything before it
@@ -50,6 +51,10 @@ const VERSION: u8 = 2;
 const TAG_DDL: u8 = 1;
 /// Tag byte of [`Op::Changes`].
 const TAG_CHANGES: u8 = 2;
+
+/// Tag byte of [`Op::Vacuum`]. Builds that predate it refuse a record holding it (an unknown
+/// tag), so a replica that cannot vacuum stops instead of going on with other rowids.
+const TAG_VACUUM: u8 = 3;
 /// Bytes of a length or count field.
 const LEN: usize = 8;
 /// Bytes of the trailing checksum.
@@ -63,6 +68,11 @@ pub enum Op {
     Ddl(String),
     /// A SQLite session changeset, applied with `sqlite3changeset_apply_v2`.
     Changes(Vec<u8>),
+    /// SQLite's `VACUUM`, run by every replica at this point of the log, outside any
+    /// transaction: it renumbers the rowids of tables that have neither an INTEGER PRIMARY KEY
+    /// nor an index, the same way wherever the content is the same, so all replicas must run
+    /// it at the same log position. Always alone in its record.
+    Vacuum,
 }
 
 impl Op {
@@ -71,6 +81,7 @@ impl Op {
         match self {
             Op::Ddl(sql) => sql.as_bytes(),
             Op::Changes(changes) => changes,
+            Op::Vacuum => &[],
         }
     }
 }
@@ -121,6 +132,7 @@ impl Record {
             put(&[match op {
                 Op::Ddl(_) => TAG_DDL,
                 Op::Changes(_) => TAG_CHANGES,
+                Op::Vacuum => TAG_VACUUM,
             }]);
             put(&len_bytes(op.bytes().len()));
             put(op.bytes());
@@ -167,6 +179,8 @@ impl Record {
             ops.push(match tag {
                 TAG_DDL => Op::Ddl(utf8(bytes, "DDL text")?),
                 TAG_CHANGES => Op::Changes(bytes.to_vec()),
+                TAG_VACUUM if bytes.is_empty() => Op::Vacuum,
+                TAG_VACUUM => return Err(invalid("a vacuum op carries no bytes".to_string())),
                 tag => return Err(invalid(format!("unknown op tag {tag}"))),
             });
         }
@@ -338,6 +352,7 @@ mod tests {
     #[test_case(record(vec![Op::Ddl("CREATE TABLE t (a)".into())], &[]) ; "one ddl")]
     #[test_case(record(vec![Op::Changes(vec![1, 2, 3])], &["req-1"]) ; "one changeset with id")]
     #[test_case(record(vec![Op::Changes(vec![])], &[""]) ; "empty changeset and id")]
+    #[test_case(record(vec![Op::Vacuum], &[]) ; "vacuum")]
     #[test_case(Record {
         ops: vec![],
         requests: vec![RequestAnswer { id: "no-results".into(), results: vec![] }],

@@ -424,6 +424,13 @@ impl Client {
         self.here(Method::POST, "/admin/rebuild", Vec::new(), Some(body), false).await?.json()
     }
 
+    /// Runs `VACUUM` on every replica at one log position (`POST /admin/vacuum`, sent to the
+    /// leader). It may take as long as rewriting the database file; give the client a timeout
+    /// to match.
+    pub async fn vacuum(&self) -> Result<crate::cluster::Vacuumed> {
+        self.post("/admin/vacuum", &serde_json::Value::Null).await
+    }
+
     /// Makes node `id` the leader (`POST /admin/promote?node=ID`); a learner becomes a voter
     /// first.
     pub async fn promote(&self, id: NodeId) -> Result<LeaderChanged> {

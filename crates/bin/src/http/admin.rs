@@ -16,6 +16,8 @@
 //!   `{"id": N, "voter": bool}`.
 //! - `DELETE /remove`, body `{"id": "<node id>"}` (rqlite's; a number works too): remove a
 //!   node from the membership, voter or learner, running or dead. Answer: `{"removed": N}`.
+//! - `POST /admin/vacuum`: SQLite's `VACUUM` on every replica at one log position
+//!   ([`node::Node::vacuum`]). Answer: `{"lsn": N, "seconds": S}` once the leader has run it.
 //! - `POST /admin/rebuild` is the exception: it is served by the node it names (see
 //!   [`rebuild`]), never forwarded.
 //!
@@ -72,7 +74,26 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/leader", post(step_down))
         .route("/remove", delete(remove))
         .route("/admin/rebuild", post(rebuild))
+        .route("/admin/vacuum", post(vacuum))
         .with_state(node)
+}
+
+/// `POST /admin/vacuum` (see the module docs). Forwarded with an hour to run: it rewrites the
+/// whole file.
+async fn vacuum(State(node): State<Arc<Node>>, req: Incoming) -> Response {
+    let params = Params(vec![("timeout".to_string(), "3600s".to_string())]);
+    if let Some(answer) = to_leader(&node, &params, &req).await {
+        return answer;
+    }
+    let started = Instant::now();
+    match node.vacuum().await {
+        Ok(lsn) => {
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(lsn, seconds, "VACUUM (POST /admin/vacuum)");
+            json_response(StatusCode::OK, &keel_api::cluster::Vacuumed { lsn, seconds }, false)
+        }
+        Err(e) => super::node_error(e, false),
+    }
 }
 
 /// `POST /admin/rebuild`, body `{"join": ["http://…", …]}`: THIS node (never forwarded) stops,

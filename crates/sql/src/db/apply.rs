@@ -148,8 +148,47 @@ impl Db {
         }
     }
 
-    /// [`Db::apply`] from the records, split where a table check has pinned an index.
+    /// [`Db::apply`] from the records. A `VACUUM` record ([`Op::Vacuum`]) is applied on its
+    /// own: the entries before it are committed, then `VACUUM` runs outside any transaction,
+    /// then its position is recorded. A crash between the two runs it again on replay, which
+    /// changes nothing more (rowids are already compact).
     pub(super) fn apply_entries(&mut self, entries: &[Apply<'_>]) -> Result<()> {
+        let mut rest = entries;
+        while let Some(at) = rest.iter().position(is_vacuum) {
+            let (before, after) = rest.split_at(at);
+            self.apply_pinned(before)?;
+            self.vacuum(&after[0])?;
+            self.apply_pinned(&after[..1])?;
+            rest = &after[1..];
+        }
+        self.apply_pinned(rest)
+    }
+
+    /// Runs `VACUUM` for `entry` on the apply connection, outside any transaction, and opens
+    /// that connection again (FTS5 caches structure per connection).
+    fn vacuum(&mut self, entry: &Apply<'_>) -> Result<()> {
+        self.end_transaction();
+        self.end_apply();
+        let started = std::time::Instant::now();
+        // VACUUM attaches its temporary copy; the apply connection otherwise allows no
+        // attachment (`limits::harden`), and is replaced right after.
+        self.applier.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 1)?;
+        self.applier
+            .execute_batch("VACUUM")
+            .map_err(|e| failure(e, |e| format!("VACUUM failed: {e}")))
+            .map_err(|e| located(e, &format!("entry {} (term {})", entry.index, entry.term)))?;
+        self.applier = Self::connect_applier(&self.generation.path)?;
+        tracing::info!(
+            index = entry.index,
+            secs = started.elapsed().as_secs_f64(),
+            "VACUUM applied"
+        );
+        Ok(())
+    }
+
+    /// [`Db::apply`] of entries without `VACUUM`, split where a table check has pinned an
+    /// index.
+    fn apply_pinned(&mut self, entries: &[Apply<'_>]) -> Result<()> {
         let mut rest = entries;
         while let Some(at) = self.pins.split_at(rest.iter().map(|e| e.index)) {
             let (through, after) = rest.split_at(at + 1);
@@ -221,6 +260,8 @@ impl Db {
                     .execute_batch(sql)
                     .map_err(|e| failure(e, |e| format!("DDL failed: {e}: {sql}")))
                     .map_err(|e| located(e, &at))?,
+                // Run before the transaction (`apply_entries`).
+                Op::Vacuum => {}
                 Op::Changes(changeset) => {
                     touched_shadow_tables |=
                         self.validate(changeset).map_err(|e| located(e, &at))?;
@@ -326,6 +367,11 @@ fn skew(hash: wal::ApplyHash) -> wal::ApplyHash {
 /// [`Error::is_deterministic`]).
 fn failure(error: rusqlite::Error, describe: impl FnOnce(&rusqlite::Error) -> String) -> Error {
     if is_environmental(&error) { Error::Sqlite(error) } else { Error::Corrupt(describe(&error)) }
+}
+
+/// Whether an entry's record is a `VACUUM`.
+fn is_vacuum(entry: &Apply<'_>) -> bool {
+    entry.record.is_some_and(|record| record.ops.iter().any(|op| matches!(op, Op::Vacuum)))
 }
 
 /// Names the entry (and op) a corruption happened in; other errors pass as they are.

@@ -427,7 +427,7 @@ pub(super) fn assemble(
 }
 
 /// The error result for VACUUM, which the authorizer does not report.
-const VACUUM_ERROR: &str = "VACUUM is not supported: it rewrites the file and is not replicated";
+const VACUUM_ERROR: &str = "VACUUM is not run from client SQL: it rewrites the file on every replica at one log position; run it with POST /admin/vacuum (keel admin vacuum) or --auto-vacuum-interval";
 
 /// The error of a transaction whose COMMIT would fail on a deferred foreign key.
 const DEFERRED_FK_ERROR: &str = "FOREIGN KEY constraint failed";
@@ -671,7 +671,7 @@ mod tests {
             .into_iter()
             .map(|op| match op {
                 Op::Ddl(sql) => sql,
-                Op::Changes(_) => unreachable!(),
+                Op::Changes(_) | Op::Vacuum => unreachable!(),
             })
             .collect();
         assert_eq!(
