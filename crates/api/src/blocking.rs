@@ -156,6 +156,11 @@ impl Client {
         self.run(self.inner.promote(id))
     }
 
+    /// See [`crate::Client::vacuum`].
+    pub fn vacuum(&self) -> Result<crate::cluster::Vacuumed> {
+        self.run(self.inner.vacuum())
+    }
+
     /// See [`crate::Client::set_voter`].
     pub fn set_voter(&self, id: NodeId, voter: bool) -> Result<MembershipChanged> {
         self.run(self.inner.set_voter(id, voter))

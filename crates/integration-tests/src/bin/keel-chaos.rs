@@ -57,8 +57,8 @@ enum Command {
 }
 
 /// The default fault mixes of a campaign, in the manner of dqlite's CI matrix.
-const DEFAULT_MIXES: &str = "kill,partition;pause,partition,promote;member,kill;\
-     disk,fsync,powerloss,kill;clock,partition,pause;all";
+const DEFAULT_MIXES: &str = "kill,partition,vacuum;pause,partition,promote;member,kill;\
+     disk,fsync,powerloss,kill;clock,partition,pause,vacuum;all";
 
 #[derive(Debug, clap::Args)]
 struct Common {

@@ -37,11 +37,13 @@ pub enum Fault {
     Promote,
     /// Coordinated power loss: every node is killed and loses what it had not fsynced.
     Powerloss,
+    /// `VACUUM` on every replica under load (`POST /admin/vacuum` through a random node).
+    Vacuum,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Partition,
@@ -51,6 +53,7 @@ impl Fault {
         Fault::Member,
         Fault::Promote,
         Fault::Powerloss,
+        Fault::Vacuum,
     ];
 
     /// Its name.
@@ -65,6 +68,7 @@ impl Fault {
             Fault::Member => "member",
             Fault::Promote => "promote",
             Fault::Powerloss => "powerloss",
+            Fault::Vacuum => "vacuum",
         }
     }
 }
@@ -246,6 +250,11 @@ fn inject(
                 lost.push(format!("{i}: {wal_bytes} log bytes, sqlite {db}"));
             }
             history.fault("powerloss", format!("every node killed; lost {}", lost.join("; ")));
+        }
+        Fault::Vacuum => {
+            let i = pick(rng, &all, 1)[0];
+            let answer = cluster.api(i)?.vacuum();
+            history.fault("vacuum", format!("through node {i}: {answer:?}"));
         }
         Fault::Promote => {
             let followers: Vec<usize> =
