@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use integration_tests::chaos::nemesis::Fault;
+use integration_tests::chaos::resources;
 use integration_tests::chaos::run::{self, Config};
 use integration_tests::chaos::workload::Workload;
 
@@ -46,7 +47,7 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         runs: u64,
         /// Workloads to cycle through (comma-separated).
-        #[arg(long, default_value = "register,set,bank,append")]
+        #[arg(long, default_value = DEFAULT_WORKLOADS)]
         workloads: String,
         /// Fault mixes to cycle through, separated by `;` (each a comma-separated list).
         #[arg(long, default_value = DEFAULT_MIXES)]
@@ -54,7 +55,23 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// A long campaign held to resource bounds: every workload in turn under every fault, the
+    /// total `--time` shared among `--runs` runs, each node's memory, descriptors and files
+    /// sampled and bounded (docs/reliability.md, "Soak").
+    Soak {
+        /// Number of runs (cycling through the workloads).
+        #[arg(long, default_value_t = 4)]
+        runs: u64,
+        /// Fault mix of every run.
+        #[arg(long, default_value = "all")]
+        mixes: String,
+        #[command(flatten)]
+        common: Common,
+    },
 }
+
+/// The workloads a campaign cycles through by default.
+const DEFAULT_WORKLOADS: &str = "register,set,bank,append";
 
 /// The default fault mixes of a campaign, in the manner of dqlite's CI matrix.
 const DEFAULT_MIXES: &str = "kill,partition,vacuum;pause,partition,promote;member,kill;\
@@ -96,6 +113,9 @@ struct Common {
     /// Keep the directories of runs that pass too.
     #[arg(long)]
     keep: bool,
+    /// Hold every node to the soak's bounds on memory, descriptors and files (`soak` sets it).
+    #[arg(long)]
+    soak_bounds: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -151,6 +171,7 @@ fn config(
         serve_flags: common.serve_flag.clone(),
         plant: common.plant_bug.clone(),
         loopback: common.loopback,
+        bounds: common.soak_bounds.then_some(resources::Bounds::SOAK),
     }
 }
 
@@ -180,6 +201,9 @@ fn run_child(config: &Config, faults: &str, keep: bool) -> anyhow::Result<(bool,
     }
     if config.loopback {
         cmd.arg("--loopback");
+    }
+    if config.bounds.is_some() {
+        cmd.arg("--soak-bounds");
     }
     // The child keeps its directory so that its summary can be read here; a passing run's
     // directory is removed afterwards unless `keep`.
@@ -227,121 +251,127 @@ fn main() -> ExitCode {
             }
         }
         Command::Campaign { runs, workloads, mixes, common } => {
-            let workloads: Result<Vec<Workload>, String> = workloads
-                .split(',')
-                .map(|w| {
-                    <Workload as clap::ValueEnum>::from_str(w.trim(), true)
-                        .map_err(|_| format!("unknown workload {w:?}"))
-                })
-                .collect();
-            let mixes: Vec<&str> = mixes.split(';').collect();
-            let (workloads, parsed) = match (
-                workloads,
-                mixes.iter().map(|m| parse_faults(m)).collect::<Result<Vec<_>, _>>(),
-            ) {
-                (Ok(w), Ok(m)) if !w.is_empty() && !m.is_empty() => (w, m),
-                (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("keel-chaos: {e}");
-                    return ExitCode::from(2);
-                }
-                _ => {
-                    eprintln!("keel-chaos: no workloads or fault mixes");
-                    return ExitCode::from(2);
-                }
-            };
-            let mut failures = 0;
-            let mut totals = [0u64; 5];
-            // Runs whose table checks found the replicas identical, and runs where they differed.
-            let (mut checksums_ok, mut checksums_different) = (0u64, 0u64);
-            let mut faults_total: std::collections::BTreeMap<String, u64> = Default::default();
-            let (mut acknowledged, mut lost) = (0u64, 0u64);
-            let mut staleness = Vec::new();
-            for r in 0..runs {
-                let workload = workloads[(r as usize) % workloads.len()];
-                let mix = (r as usize) % mixes.len();
-                let seed = common.seed + r;
-                let name = format!("{}-{}", workload.name(), seed);
-                let config = config(&common, workload, parsed[mix].clone(), seed, &name);
-                println!(
-                    "== run {}/{runs}: {} faults={} seed={seed}",
-                    r + 1,
-                    workload.name(),
-                    mixes[mix]
-                );
-                match run_child(&config, mixes[mix], common.keep) {
-                    Ok((ok, summary)) => {
-                        print!("{summary}");
-                        if let Some(line) = summary.lines().find(|l| l.starts_with("chaos: ")) {
-                            checksums_ok += u64::from(line.contains(" checksums=ok "));
-                            checksums_different +=
-                                u64::from(line.contains(" checksums=DIFFERENT "));
-                            for (i, field) in ["ops=", "ok=", "failed=", "unknown=", "violations="]
-                                .iter()
-                                .enumerate()
-                            {
-                                totals[i] += line
-                                    .split_whitespace()
-                                    .find_map(|w| w.strip_prefix(field))
-                                    .and_then(|n| n.parse::<u64>().ok())
-                                    .unwrap_or(0);
-                            }
-                        }
-                        for line in summary.lines() {
-                            if let Some(rest) = line.strip_prefix("faults injected: ") {
-                                for kv in rest.split_whitespace() {
-                                    if let Some((k, v)) = kv.split_once('=') {
-                                        *faults_total.entry(k.to_string()).or_default() +=
-                                            v.parse::<u64>().unwrap_or(0);
-                                    }
-                                }
-                            }
-                            if let Some(rest) = line.strip_prefix("acknowledged writes: ") {
-                                let mut words = rest.split_whitespace();
-                                acknowledged +=
-                                    words.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
-                                lost +=
-                                    words.nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
-                            }
-                            if line.starts_with("learner staleness") {
-                                staleness.push(line.to_string());
-                            }
-                        }
-                        if !ok {
-                            failures += 1;
-                            if summary.is_empty() {
-                                println!("run did not complete; see {}", config.dir.display());
-                            } else {
-                                println!("history and logs kept in {}", config.dir.display());
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        println!("run failed to start: {e:#}");
-                    }
-                }
-            }
-            let faults: Vec<String> =
-                faults_total.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("campaign faults injected: {}", faults.join(" "));
-            println!("campaign acknowledged writes: {acknowledged}  lost: {lost}");
-            for line in &staleness {
-                println!("campaign {line}");
-            }
+            campaign(runs, &workloads, &mixes, &common)
+        }
+        Command::Soak { runs, mixes, mut common } => {
+            let runs = runs.max(1);
+            common.time /= runs as u32;
+            common.soak_bounds = true;
             println!(
-                "campaign: runs={runs} failed_runs={failures} runs_with_identical_replicas={checksums_ok}\nchaos: ops={} ok={} failed={} unknown={} checksums={} violations={}",
-                totals[0],
-                totals[1],
-                totals[2],
-                totals[3],
-                match (checksums_different, checksums_ok == runs) {
-                    (0, true) => "ok",
-                    (0, false) => "unchecked",
-                    _ => "DIFFERENT",
-                },
-                totals[4]
+                "soak: {runs} runs of {:?} each, faults {mixes}, bounds {:?}",
+                common.time,
+                resources::Bounds::SOAK
             );
-            if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            campaign(runs, DEFAULT_WORKLOADS, &mixes, &common)
         }
     }
+}
+
+/// Runs `runs` runs with successive seeds, cycling through `workloads` and `mixes` (see
+/// `Command::Campaign`), and prints the totals.
+fn campaign(runs: u64, workloads: &str, mixes: &str, common: &Common) -> ExitCode {
+    let workloads: Result<Vec<Workload>, String> = workloads
+        .split(',')
+        .map(|w| {
+            <Workload as clap::ValueEnum>::from_str(w.trim(), true)
+                .map_err(|_| format!("unknown workload {w:?}"))
+        })
+        .collect();
+    let mixes: Vec<&str> = mixes.split(';').collect();
+    let (workloads, parsed) =
+        match (workloads, mixes.iter().map(|m| parse_faults(m)).collect::<Result<Vec<_>, _>>()) {
+            (Ok(w), Ok(m)) if !w.is_empty() && !m.is_empty() => (w, m),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("keel-chaos: {e}");
+                return ExitCode::from(2);
+            }
+            _ => {
+                eprintln!("keel-chaos: no workloads or fault mixes");
+                return ExitCode::from(2);
+            }
+        };
+    let mut failures = 0;
+    let mut totals = [0u64; 5];
+    // Runs whose table checks found the replicas identical, and runs where they differed.
+    let (mut checksums_ok, mut checksums_different) = (0u64, 0u64);
+    let mut faults_total: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut acknowledged, mut lost) = (0u64, 0u64);
+    let mut per_run = Vec::new();
+    for r in 0..runs {
+        let workload = workloads[(r as usize) % workloads.len()];
+        let mix = (r as usize) % mixes.len();
+        let seed = common.seed + r;
+        let name = format!("{}-{}", workload.name(), seed);
+        let config = config(common, workload, parsed[mix].clone(), seed, &name);
+        println!("== run {}/{runs}: {} faults={} seed={seed}", r + 1, workload.name(), mixes[mix]);
+        match run_child(&config, mixes[mix], common.keep) {
+            Ok((ok, summary)) => {
+                print!("{summary}");
+                if let Some(line) = summary.lines().find(|l| l.starts_with("chaos: ")) {
+                    checksums_ok += u64::from(line.contains(" checksums=ok "));
+                    checksums_different += u64::from(line.contains(" checksums=DIFFERENT "));
+                    for (i, field) in
+                        ["ops=", "ok=", "failed=", "unknown=", "violations="].iter().enumerate()
+                    {
+                        totals[i] += line
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix(field))
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    }
+                }
+                for line in summary.lines() {
+                    if let Some(rest) = line.strip_prefix("faults injected: ") {
+                        for kv in rest.split_whitespace() {
+                            if let Some((k, v)) = kv.split_once('=') {
+                                *faults_total.entry(k.to_string()).or_default() +=
+                                    v.parse::<u64>().unwrap_or(0);
+                            }
+                        }
+                    }
+                    if let Some(rest) = line.strip_prefix("acknowledged writes: ") {
+                        let mut words = rest.split_whitespace();
+                        acknowledged +=
+                            words.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                        lost += words.nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                    }
+                    if line.starts_with("learner staleness") || line.starts_with("resources:") {
+                        per_run.push(line.to_string());
+                    }
+                }
+                if !ok {
+                    failures += 1;
+                    if summary.is_empty() {
+                        println!("run did not complete; see {}", config.dir.display());
+                    } else {
+                        println!("history and logs kept in {}", config.dir.display());
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                println!("run failed to start: {e:#}");
+            }
+        }
+    }
+    let faults: Vec<String> = faults_total.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("campaign faults injected: {}", faults.join(" "));
+    println!("campaign acknowledged writes: {acknowledged}  lost: {lost}");
+    for line in &per_run {
+        println!("campaign {line}");
+    }
+    println!(
+        "campaign: runs={runs} failed_runs={failures} runs_with_identical_replicas={checksums_ok}\nchaos: ops={} ok={} failed={} unknown={} checksums={} violations={}",
+        totals[0],
+        totals[1],
+        totals[2],
+        totals[3],
+        match (checksums_different, checksums_ok == runs) {
+            (0, true) => "ok",
+            (0, false) => "unchecked",
+            _ => "DIFFERENT",
+        },
+        totals[4]
+    );
+    if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

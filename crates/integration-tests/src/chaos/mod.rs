@@ -9,5 +9,6 @@ pub mod history;
 pub mod linear;
 pub mod nemesis;
 pub mod net;
+pub mod resources;
 pub mod run;
 pub mod workload;

@@ -19,6 +19,7 @@ use super::cluster::{self, Cluster, Layout, TableCheck};
 use super::history::{History, Op, Outcome};
 use super::nemesis::{self, Fault, FaultCounts};
 use super::net::Net;
+use super::resources;
 use super::workload::{self, Workload};
 
 /// What to run.
@@ -48,6 +49,9 @@ pub struct Config {
     pub plant: Vec<String>,
     /// Run on loopback even as root.
     pub loopback: bool,
+    /// A soak's bounds on memory, descriptors and files ([`resources::Bounds`]); past them is
+    /// a violation. The figures are reported either way.
+    pub bounds: Option<resources::Bounds>,
 }
 
 /// What a run found.
@@ -73,6 +77,8 @@ pub struct Report {
     pub recovery: Option<f64>,
     /// What `keel check` found after each heal and at the end.
     pub checksums: Checksums,
+    /// Memory, descriptors and files of the nodes ([`resources::Summary::line`]).
+    pub resources: String,
 }
 
 /// The verdicts of the run's table checks (`keel check` after every heal and at the end).
@@ -212,6 +218,14 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         let (urls, stop) = (urls.clone(), stop.clone());
         std::thread::spawn(move || sample_leaders(&urls, &stop))
     };
+    // Memory, descriptors and files of every node process, all run long.
+    let sampler_stop = Arc::new(AtomicBool::new(false));
+    let data_dirs: Vec<(usize, PathBuf)> =
+        cluster.nodes.iter().map(|n| (n.id, n.data.clone())).collect();
+    let resource_sampler = {
+        let (dirs, stop) = (data_dirs.clone(), sampler_stop.clone());
+        std::thread::spawn(move || resources::sample(dirs, stop))
+    };
     let shared = Arc::new(workload::Shared::default());
     // One client per node, each pinned to it: the history records which node was asked.
     let nodes = urls
@@ -293,6 +307,18 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     let checksums = Checksums::of(&checks, recovered);
     stop.store(true, Ordering::Relaxed);
     let sampled = sampler.join().unwrap_or_default();
+    sampler_stop.store(true, Ordering::Relaxed);
+    let samples = resource_sampler.join().unwrap_or_default();
+    resources::write_csv(&samples, &config.dir.join("resources.csv"))
+        .context("writing resources.csv")?;
+    let usage = resources::Summary::of(&samples);
+    if let (Some(bounds), true) = (config.bounds, recovered) {
+        // A snapshot may still be building from the last writes: give it time to finish.
+        let _ = cluster.wait_until(Duration::from_secs(30), "temporary files to go", |_| {
+            data_dirs.iter().all(|(_, dir)| resources::temporaries(dir).is_empty())
+        });
+        findings_extra.extend(bounds.check(&usage, &data_dirs));
+    }
     cluster.stop_all();
 
     let ops = history.ops();
@@ -313,6 +339,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         terms: terms.len(),
         recovery,
         checksums,
+        resources: usage.line(),
     };
     std::fs::write(config.dir.join("summary.txt"), describe(config, &report))?;
     Ok(report)
@@ -490,6 +517,7 @@ pub fn describe(config: &Config, report: &Report) -> String {
         c.not_run,
         if c.final_same { "identical" } else { "not identical or not run" }
     );
+    let _ = writeln!(s, "{}", report.resources);
     for v in &f.violations {
         let _ = writeln!(s, "VIOLATION {v}");
     }
