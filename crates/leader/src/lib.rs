@@ -325,6 +325,11 @@ async fn run(
     let mut again: Option<Vec<Pending>> = None;
     let mut flights: Vec<Flight> = Vec::new();
     loop {
+        // A VACUUM goes before the next batch, so a steady stream of writes cannot starve it.
+        if let Ok(reply) = vacuums.try_recv() {
+            writer.land(&mut flights).await;
+            let _ = reply.send(writer.vacuum().await);
+        }
         let batch = match again.take() {
             Some(batch) => batch,
             None => {
@@ -332,17 +337,17 @@ async fn run(
                     Some(p) => p,
                     None => {
                         // Land what is in flight as soon as its answer comes, unless a request
-                        // comes first; a VACUUM waits for what is in flight.
+                        // comes first; a VACUUM lands what is in flight, then runs.
                         let next = tokio::select! {
                             biased;
-                            p = rx.recv() => p,
-                            () = settled(&mut flights) => {
-                                writer.land(&mut flights).await;
-                                continue;
-                            }
                             Some(reply) = vacuums.recv() => {
                                 writer.land(&mut flights).await;
                                 let _ = reply.send(writer.vacuum().await);
+                                continue;
+                            }
+                            p = rx.recv() => p,
+                            () = settled(&mut flights) => {
+                                writer.land(&mut flights).await;
                                 continue;
                             }
                         };
