@@ -139,7 +139,7 @@ fn two_survivors_of_five_elect_one_leader() {
         c.stop(id);
     }
     for &id in &survivors {
-        let printed = recover_ok(&c.data_dir(id).to_path_buf(), &survivors);
+        let printed = recover_ok(c.data_dir(id), &survivors);
         assert!(printed.contains("dropped:"), "{printed}");
     }
     // Neither is ready alone (the other's vote is needed): start both, then wait for a leader.
