@@ -39,7 +39,9 @@
 //! recovery entry, and remove the pending file. A rerun with the pending file resumes from its
 //! base, and `keel serve` refuses to start while it exists ([`refuse_pending`]), so a node never
 //! runs on a half-done recovery. A rerun after a complete one finds the log ending with a
-//! membership of exactly the given voters and writes nothing ([`Plan::Done`]).
+//! membership of exactly the given voters and writes nothing ([`Plan::Done`]); with other
+//! voters, it replaces the earlier run's entry at the same place if the node has not led since
+//! (its vote is still the one recovery stored), and otherwise stacks a new recovery on top.
 //!
 //! # What it deliberately does not do
 //!
@@ -152,6 +154,8 @@ pub struct Found {
     pub vote: Option<Vote>,
     /// The base of an interrupted recovery, from its pending file.
     pub pending: Option<LogId>,
+    /// If the log ends with a recovery entry: the log id before it (that run's base).
+    pub trailing: Option<LogId>,
 }
 
 /// What a recovery does, decided by [`plan`].
@@ -189,6 +193,9 @@ pub struct Rewrite {
     pub save_vote: bool,
     /// Whether this resumes an interrupted recovery.
     pub resumed: bool,
+    /// Whether this replaces the recovery entry of an earlier run, which the node never sent
+    /// (its vote is still the one that run stored).
+    pub replaces: bool,
 }
 
 /// The pending file's contents.
@@ -247,16 +254,18 @@ pub fn plan(found: &Found, voters: &BTreeSet<NodeId>) -> Result<Plan> {
     }
     let membership = new_membership(before, voters)?;
     let purge = found.applied.is_some_and(|a| found.last.is_none_or(|l| a.index > l.index));
-    let base = match found.pending {
-        Some(base) => check_resumable(found, base)?,
-        None if purge => found.applied.ok_or(Error::NoMembership)?,
-        None => found.last.ok_or(Error::NoMembership)?,
+    let replaces = found.pending.is_none() && replaceable(found);
+    let base = match (found.pending, found.trailing) {
+        (Some(base), _) => check_resumable(found, base)?,
+        (None, Some(base)) if replaces => base,
+        (None, _) if purge => found.applied.ok_or(Error::NoMembership)?,
+        (None, _) => found.last.ok_or(Error::NoMembership)?,
     };
     let overflow = || Error::Invalid(format!("the log's term {} is too high", base.leader_id.term));
     let entry_term = base.leader_id.term.checked_add(ENTRY_TERM_JUMP).ok_or_else(overflow)?;
     let vote_term = entry_term.checked_add(VOTE_TERM_JUMP).ok_or_else(overflow)?;
     let seen = found.vote.as_ref().map_or(0, |v| v.leader_id.term);
-    if found.pending.is_none() && seen >= entry_term {
+    if found.pending.is_none() && !replaces && seen >= entry_term {
         return Err(Error::SeenRecoveredTerm { seen, term: entry_term });
     }
     Ok(Plan::Recover(Rewrite {
@@ -268,7 +277,19 @@ pub fn plan(found: &Found, voters: &BTreeSet<NodeId>) -> Result<Plan> {
         vote: Vote::new(vote_term, lowest),
         save_vote: seen < vote_term,
         resumed: found.pending.is_some(),
+        replaces,
     }))
+}
+
+/// Whether the recovery entry the log ends with may be replaced: the node's vote is still the
+/// one that recovery stored (its term, not committed), so the node never led since, and only a
+/// leader sends its entries; nobody else has it.
+fn replaceable(found: &Found) -> bool {
+    let (Some(last), Some(_), Some(vote)) = (found.last, found.trailing, &found.vote) else {
+        return false;
+    };
+    last.leader_id.term.checked_add(VOTE_TERM_JUMP) == Some(vote.leader_id.term)
+        && !vote.is_committed()
 }
 
 /// Whether `membership` is one configuration of exactly `voters`, without learners.
@@ -349,8 +370,15 @@ pub fn inspect(
         Some(in_log) if in_log.log_id() >= in_db.log_id() => in_log,
         _ => in_db,
     };
+    let trailing = match last_entry {
+        Some(index) if is_recovery_entry(log, index)? => {
+            let previous = index - 1;
+            log.term_at(previous).map(|term| LogId::new_term_index(term, previous))
+        }
+        _ => None,
+    };
     let applied = applied.map(|a| LogId::new_term_index(a.term, a.index));
-    Ok(Found { last, last_membership, applied, before, vote, pending })
+    Ok(Found { last, last_membership, applied, before, vote, pending, trailing })
 }
 
 /// The membership of the entry at `index`, if it is a membership entry.
@@ -456,6 +484,12 @@ impl Plan {
         let (verb, vote) = if written { ("wrote", "moved") } else { ("would write", "would move") };
         if rewrite.resumed {
             let _ = writeln!(out, "resuming an interrupted recovery");
+        }
+        if rewrite.replaces {
+            let _ = writeln!(
+                out,
+                "replacing the membership an earlier recovery wrote (the node has not led since)"
+            );
         }
         let base = &rewrite.base;
         let _ = writeln!(

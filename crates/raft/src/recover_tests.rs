@@ -113,17 +113,32 @@ fn a_rerun_with_the_same_voters_writes_nothing() {
 }
 
 #[test]
-fn a_rerun_with_other_voters_stacks_on_the_cluster_before_recovery() {
+fn a_rerun_with_other_voters_replaces_the_entry_of_a_node_that_never_led() {
     let dir = tempfile::tempdir().unwrap();
     three_voters(dir.path(), 5);
     let first = rewrite(recover(dir.path(), None, &set(&[1]), true).unwrap());
     // Node 2 is not in the first recovery's membership, but was in the cluster's.
     let second = rewrite(recover(dir.path(), None, &set(&[1, 2]), true).unwrap());
-    assert_eq!(second.base, first.entry);
-    assert_eq!(second.entry.leader_id.term, first.entry.leader_id.term + ENTRY_TERM_JUMP);
+    assert!(second.replaces);
+    assert_eq!((second.base, second.entry), (first.base, first.entry), "same place, same term");
     assert_eq!(second.before.membership(), &membership(&[1, 2, 3], &[4]));
     let EntryPayload::Membership(m) = last_entry(dir.path()).payload else { panic!() };
     assert_eq!(m, membership(&[1, 2], &[]));
+    assert_eq!(stored_vote(dir.path()), first.vote);
+}
+
+#[test]
+fn a_rerun_after_the_node_campaigned_stacks_on_top() {
+    let dir = tempfile::tempdir().unwrap();
+    three_voters(dir.path(), 5);
+    let first = rewrite(recover(dir.path(), None, &set(&[1, 2]), true).unwrap());
+    // The node started and campaigned (its vote moved on) but nobody else was recovered.
+    save_vote(dir.path(), first.vote.leader_id.term + 3, 1);
+    let second = rewrite(recover(dir.path(), None, &set(&[1]), true).unwrap());
+    assert!(!second.replaces);
+    assert_eq!(second.base, first.entry);
+    assert_eq!(second.entry.leader_id.term, first.entry.leader_id.term + ENTRY_TERM_JUMP);
+    assert_eq!(second.before.membership(), &membership(&[1, 2, 3], &[4]));
     assert!(stored_vote(dir.path()).leader_id.term > second.entry.leader_id.term);
 }
 
