@@ -1,12 +1,12 @@
 //! Lost quorum: when most voters are gone for good, `keel admin recover` rewrites the survivors'
 //! membership offline so that they elect a leader again; new nodes then join and get all the
 //! data. And what it refuses: a running node, an id that is not a member, a directory that is
-//! not a node's.
+//! not a node's; and a node does not start on a recovery cut short.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
-use integration_tests::{NodeId, TestCluster, keel_binary};
+use integration_tests::{NodeId, TIMEOUT, TestCluster, keel_binary, poll};
 use serde_json::{Value, json};
 
 /// Runs `keel admin recover --data-dir DIR --voters … [more]`.
@@ -53,6 +53,28 @@ fn keel_check(c: &TestCluster, via: NodeId) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// Starts node `id` of `c` by hand on its data directory, expecting it to exit with an error
+/// within [`TIMEOUT`]; returns what it printed.
+fn serve_refused(c: &TestCluster, id: NodeId) -> String {
+    let mut child = Command::new(keel_binary())
+        .args(["serve", "--id", &id.to_string(), "--http-addr", c.http_addr(id)])
+        .args(["--raft-addr", c.raft_addr(id), "--data-dir"])
+        .arg(c.data_dir(id))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start keel serve");
+    let status = poll(TIMEOUT, || child.try_wait().expect("cannot poll keel serve"));
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("keel serve should have refused to start");
+    };
+    assert!(!status.success());
+    let out = child.wait_with_output().expect("cannot read keel serve's output");
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
 }
 
 /// Writes `count` acknowledged rows through `leader`; returns the last write's lsn.
@@ -185,6 +207,13 @@ fn recover_refuses_what_it_cannot_do_safely() {
     assert!(err.contains("holds no cluster membership"), "{err}");
     let err = recover_refused(&c.dir().join("missing"), &[1]);
     assert!(err.contains("is not a directory"), "{err}");
+
+    // A recovery cut short leaves its pending file: the node refuses to start on it.
+    let pending = dir.join("raft").join("recovery.json");
+    std::fs::write(&pending, "{}").unwrap();
+    let err = serve_refused(&c, 1);
+    assert!(err.contains("a recovery of this data directory was interrupted"), "{err}");
+    std::fs::remove_file(&pending).unwrap();
 
     // The refusals changed nothing: the node starts as it was and still leads.
     c.restart(1);
