@@ -45,7 +45,8 @@ fn applied(data_dir: &Path) -> anyhow::Result<Option<wal::Applied>> {
     if !db.join("CURRENT").exists() {
         return Ok(None);
     }
-    let db = sql::Db::open(&db).with_context(|| format!("opening the database in {}", db.display()))?;
+    let db =
+        sql::Db::open(&db).with_context(|| format!("opening the database in {}", db.display()))?;
     Ok(db.applied()?)
 }
 

@@ -442,8 +442,10 @@ impl Rewrite {
             log.save_vote(&serde_json::to_vec(&self.vote).map_err(io::Error::other)?)?;
         }
         log.truncate_after(Some(self.base.index))?;
-        let entry =
-            Entry { log_id: self.entry, payload: EntryPayload::Membership(self.membership.clone()) };
+        let entry = Entry {
+            log_id: self.entry,
+            payload: EntryPayload::Membership(self.membership.clone()),
+        };
         log.append(&[encode_entry(&entry)?])?;
         remove_pending(raft_dir)
     }
