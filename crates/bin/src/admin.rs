@@ -1,5 +1,6 @@
 //! `keel admin`: leadership transfer and membership changes of a running cluster, for a
-//! person at a terminal.
+//! person at a terminal; and `keel admin recover`, which works offline on a stopped node's
+//! data directory instead ([`crate::recover`]).
 //!
 //! The HTTP routes are [`crate::http::admin`]; this module is the command line.
 //!
@@ -95,6 +96,21 @@ pub enum AdminCommand {
     /// Run SQLite's VACUUM on every replica, at one log position (writes wait while it runs;
     /// it needs free disk about the database's size). Raise --timeout for a large database.
     Vacuum,
+    /// Offline, on a stopped node's data directory: rewrite the membership so that the voters
+    /// named, survivors of a cluster that lost its majority for good, can elect a leader among
+    /// themselves. Run it on every node named, with the same --voters, before starting any.
+    /// Writes that only the lost nodes had are lost (docs/operations.md).
+    Recover {
+        /// The stopped node's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: std::path::PathBuf,
+        /// The surviving voters to recover with, comma-separated; each must be a member.
+        #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+        voters: Vec<NodeId>,
+        /// Only print what would be written.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Runs `keel admin …`. A failure is printed as one line, `error: <reason>`, and exits with
@@ -109,6 +125,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
 
 /// Carries out one `keel admin` command, printing its result.
 async fn execute(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::Recover { data_dir, voters, dry_run } = &args.command {
+        return crate::recover::run(data_dir, voters, *dry_run);
+    }
     let cluster = Cluster::new(&args.cluster, args.timeout, args.cacert.as_deref())?;
     let client = &cluster.client;
     match args.command {
@@ -149,6 +168,7 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                 answer.lsn, answer.seconds
             );
         }
+        AdminCommand::Recover { .. } => unreachable!("handled above, without a cluster"),
     }
     Ok(())
 }

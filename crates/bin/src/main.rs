@@ -10,6 +10,9 @@
 //!   cluster ([`backup`]).
 //! - `keel shell` is an interactive SQL shell against any node ([`shell`]).
 //! - `keel changes` prints the committed row changes of a running cluster ([`changes`]).
+//! - `keel admin` changes a running cluster's leadership and membership ([`admin`]);
+//!   `keel admin recover` rewrites a stopped node's membership after a lost majority
+//!   ([`recover`]).
 //! - Every node serves a web console at `/console` ([`http::console`]).
 //!
 //! Logs go to stderr; `RUST_LOG` selects what is shown (default `info,openraft=warn`).
@@ -26,10 +29,12 @@ mod bench_bootstrap;
 mod certs;
 mod changes;
 mod check;
+mod data_dir;
 mod headers;
 mod http;
 mod local;
 mod params;
+mod recover;
 mod run;
 mod serve;
 mod shell;

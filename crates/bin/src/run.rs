@@ -6,7 +6,8 @@
 //!
 //! Data directory layout: `db/` (the database, with its applied log position inside; see
 //! [`sql::Db::open`]), `raft/` (the WAL: Raft log segments, vote, committed position),
-//! `snapshots/`, and `tmp/` (backups and loads being spooled; emptied at start).
+//! `snapshots/`, `tmp/` (backups and loads being spooled; emptied at start), and `lock`, which
+//! the node holds while it runs ([`crate::data_dir`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +35,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding HTTP address {}", args.http_addr))?;
+
+    // Held until the process ends: no second node, nor an offline recovery, on this directory.
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    let _lock = crate::data_dir::lock(&args.data_dir)?;
 
     let planted = |bug| args.unsafe_plant_bug.contains(&bug);
     let config = node::Config {

@@ -71,6 +71,9 @@ impl Display for StartError {
 pub struct TestCluster {
     /// The nodes by id.
     pub(crate) nodes: BTreeMap<NodeId, Node>,
+    /// Nodes lost for good ([`TestCluster::retire`]): no longer counted or asked, kept so that
+    /// their ids are not reused and their logs are printed on failure.
+    pub(crate) retired: BTreeMap<NodeId, Node>,
     /// The clients requests go out with (raw HTTP and `keel_api`).
     pub(crate) clients: Clients,
     /// The cluster's directory: one data directory and one log file per node.
@@ -194,7 +197,7 @@ impl TestCluster {
             );
         }
         let clients = Clients::new(&bootstrap_http, headers);
-        Self { nodes, clients, dir, _slot: slot }
+        Self { nodes, clients, dir, retired: BTreeMap::new(), _slot: slot }
     }
 
     /// Starts node 1, then joins the others one at a time; see the module docs.
@@ -359,8 +362,8 @@ impl TestCluster {
     pub fn launch_node(&mut self, learner: bool) -> NodeId {
         let leader = self.leader();
         let join = format!("http://{}", self.node(leader).http_addr);
-        let extra_args = self.node(1).extra_args.clone();
-        let id = self.nodes.keys().next_back().copied().unwrap_or(0) + 1;
+        let extra_args = self.node(leader).extra_args.clone();
+        let id = self.nodes.keys().chain(self.retired.keys()).max().copied().unwrap_or(0) + 1;
         let ports = free_ports(2);
         let node = Node {
             id,
@@ -409,6 +412,15 @@ impl TestCluster {
                 self.try_status(id).map(|status| describe(&status))
             );
         }
+    }
+
+    /// Treats node `id` as lost for good (after [`TestCluster::kill`], for a lost majority):
+    /// it is killed if running and no longer counted among the voters, asked for its status or
+    /// compared. Its id is not given to a new node.
+    pub fn retire(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).unwrap_or_else(|| panic!("no node {id} in this cluster"));
+        node.terminate();
+        self.retired.insert(id, node);
     }
 
     // ---- Faults ----------------------------------------------------------------------------
@@ -580,7 +592,7 @@ impl Drop for TestCluster {
         }
         let panicking = std::thread::panicking();
         if panicking || !crashed.is_empty() {
-            for node in self.nodes.values() {
+            for node in self.nodes.values().chain(self.retired.values()) {
                 eprintln!(
                     "---- node {} ({}) log tail, {} ----\n{}",
                     node.id,

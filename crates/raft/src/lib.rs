@@ -22,8 +22,11 @@
 //! - [`network`]: node-to-node RPC as HTTP/JSON (append, vote, snapshot, transfer-leader), the
 //!   client side on reqwest and the server side as an axum router; and
 //!   [`network::memory`], the same RPCs between nodes of one process, for tests.
+//! - [`recover`]: quorum recovery, offline: a membership entry naming the surviving voters
+//!   appended to a stopped node's log (`keel admin recover`).
 //! - [`Options`] and [`start`]: build a running [`Raft`] from a data directory
-//!   ([`start_with`]: over a network of the caller's choice).
+//!   ([`start_with`]: over a network of the caller's choice); a data directory whose recovery
+//!   was interrupted is refused.
 //!
 //! What it deliberately does not do: execute SQL, talk to clients, or decide durability modes
 //! (the `leader` crate does that on top of [`Raft`]).
@@ -33,6 +36,7 @@ pub mod cluster;
 pub mod log_reader;
 pub mod log_store;
 pub mod network;
+pub mod recover;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
@@ -188,6 +192,7 @@ where
     }
     .validate()
     .map_err(|e| Error::Raft(e.to_string()))?;
+    recover::refuse_pending(&dir.join("raft")).map_err(|e| Error::Raft(e.to_string()))?;
     let log = log_store::LogStore::open_with(&dir.join("raft"), options.wal.clone())?;
     let sm = state_machine::StateMachine::open(&dir.join("snapshots"), store)?;
     let stats = sm.stats();

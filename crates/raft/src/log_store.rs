@@ -73,7 +73,7 @@ const BLANK: u8 = 0;
 /// Payload kind byte of a `Normal` entry.
 const NORMAL: u8 = 1;
 /// Payload kind byte of a `Membership` entry.
-const MEMBERSHIP: u8 = 2;
+pub(crate) const MEMBERSHIP: u8 = 2;
 
 /// openraft's log storage and log reader, on a [`wal::Log`].
 ///
@@ -277,7 +277,7 @@ impl LogStore {
 }
 
 /// Encodes an openraft entry as a WAL frame.
-fn encode_entry(entry: &Entry) -> io::Result<Frame> {
+pub(crate) fn encode_entry(entry: &Entry) -> io::Result<Frame> {
     let payload = match &entry.payload {
         EntryPayload::Blank => vec![BLANK],
         EntryPayload::Normal(record) => {
@@ -296,7 +296,7 @@ fn encode_entry(entry: &Entry) -> io::Result<Frame> {
 }
 
 /// Decodes a WAL frame written by [`encode_entry`].
-fn decode_entry(frame: Frame) -> io::Result<Entry> {
+pub(crate) fn decode_entry(frame: Frame) -> io::Result<Entry> {
     let invalid = |reason: String| {
         io::Error::new(io::ErrorKind::InvalidData, format!("log entry {}: {reason}", frame.index))
     };
