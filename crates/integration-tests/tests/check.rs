@@ -224,7 +224,8 @@ fn pipelined_writes_leave_the_replicas_identical() {
     let http = reqwest::blocking::Client::new();
     let stop = AtomicBool::new(false);
     // Until enough batches were stacked on batches in flight (with a deadline).
-    let enough = 200.0;
+    // (On a loaded machine batches are few: 129 in 60 s once, 76 of them stacked.)
+    let enough = 100.0;
     let started = Instant::now();
     let acked: Vec<u64> = std::thread::scope(|s| {
         let writers: Vec<_> = (0..16)
@@ -257,8 +258,8 @@ fn pipelined_writes_leave_the_replicas_identical() {
             .collect();
         while c.metric(leader, "keel_write_batches_stacked_total") < enough {
             assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "only {} of {} batches were stacked within 60 s",
+                started.elapsed() < Duration::from_secs(120),
+                "only {} of {} batches were stacked within 120 s",
                 c.metric(leader, "keel_write_batches_stacked_total"),
                 c.metric(leader, "keel_write_batches_total")
             );
