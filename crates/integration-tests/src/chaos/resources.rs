@@ -186,17 +186,25 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Reduces samples.
+    /// Reduces samples. The last sample of a process that died before sampling ended is left
+    /// out: a process on its way out (a fatal error printed with its backtrace, which reads
+    /// the binary's debug information) is not a node at work.
     pub fn of(samples: &[Sample]) -> Summary {
         let mut summary = Summary { samples: samples.len(), ..Summary::default() };
+        let end = samples.iter().map(|s| s.at).fold(0.0, f64::max);
         let mut lives: BTreeMap<(usize, u32), Vec<&Sample>> = BTreeMap::new();
         for s in samples {
-            summary.rss_max = summary.rss_max.max((s.rss_kib, s.node));
-            summary.fds_max = summary.fds_max.max((s.fds, s.node));
-            summary.data_max = summary.data_max.max((s.data_bytes, s.node));
             lives.entry((s.node, s.pid)).or_default().push(s);
         }
-        for ((node, pid), life) in lives {
+        for ((node, pid), mut life) in lives {
+            if life.len() > 1 && life[life.len() - 1].at < end - 1.5 * EVERY.as_secs_f64() {
+                life.pop();
+            }
+            for s in &life {
+                summary.rss_max = summary.rss_max.max((s.rss_kib, s.node));
+                summary.fds_max = summary.fds_max.max((s.fds, s.node));
+                summary.data_max = summary.data_max.max((s.data_bytes, s.node));
+            }
             let first = life[0].at;
             let Some(warm) = life.iter().find(|s| s.at - first >= WARM_UP.as_secs_f64()) else {
                 continue;
@@ -321,9 +329,14 @@ mod tests {
             at(0.0, 1, 100, 5_000),
             at(61.0, 1, 100, 40_000),
             at(300.0, 1, 100, 90_000),
+            at(301.0, 1, 100, 95_000),
             // A restart: its own series, too short to count.
             at(302.0, 1, 101, 30_000),
             at(320.0, 1, 101, 35_000),
+            at(322.0, 1, 101, 36_000),
+            // Another node's process that died: its last sample (on its way out) is left out.
+            at(300.0, 2, 200, 50_000),
+            at(302.0, 2, 200, 500_000),
         ];
         let summary = Summary::of(&samples);
         assert_eq!(summary.rss_max, (90_000, 1));
