@@ -549,6 +549,20 @@ impl Cluster {
         &self.layout.dir
     }
 
+    /// Copies every node's data directory that is a tmpfs of ours (unmounted when the cluster
+    /// is dropped) to `<dir>/node<i>-data`, without the disk fault's balloon, for a failed run
+    /// to be looked at. Best effort: a copy that fails is reported on stderr.
+    pub fn keep_data(&self, dir: &Path) {
+        for node in self.nodes.iter().filter(|n| n.mounted) {
+            let to = dir.join(format!("node{}-data", node.id));
+            let copied = Command::new("cp").arg("-a").arg(&node.data).arg(&to).status();
+            let _ = std::fs::remove_file(to.join("balloon"));
+            if !copied.is_ok_and(|s| s.success()) {
+                eprintln!("chaos: could not keep node {}'s data in {}", node.id, to.display());
+            }
+        }
+    }
+
     /// Stops every node (SIGKILL).
     pub fn stop_all(&mut self) {
         for i in 1..=self.nodes.len() {

@@ -327,6 +327,10 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     let (election, terms) = check::election_safety(&config.dir, count, &sampled);
     findings.violations.extend(election);
     findings.violations.extend(findings_extra);
+    if !findings.violations.is_empty() {
+        // A node's data may be on a tmpfs that goes with the cluster: keep a copy to look at.
+        cluster.keep_data(&config.dir);
+    }
     let client_ops: Vec<&Op> = ops.iter().filter(|op| !op.final_read).collect();
     let report = Report {
         ops: client_ops.len() as u64,
