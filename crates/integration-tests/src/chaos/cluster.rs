@@ -15,6 +15,11 @@ use super::net::Net;
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 /// libfiu's preloads, for fsync faults.
 const FIU_LIBS: &str = "/usr/lib/fiu/fiu_run_preload.so /usr/lib/fiu/fiu_posix_preload.so";
+/// Bytes of a SQLite `-wal` file's header.
+const WAL_HEADER: u64 = 32;
+/// Bytes of a `-wal` frame's header (the page follows).
+const WAL_FRAME_HEADER: u64 = 24;
+
 /// Size of each node's tmpfs when disk faults are on.
 const TMPFS_SIZE: &str = "256m";
 
@@ -471,10 +476,17 @@ impl Cluster {
 
     /// Simulates what a power loss takes from node `i` (its process must be dead): each log
     /// segment is cut back to the length its last fdatasync made durable (the `.synced` marks
-    /// `keel serve --wal-sync-marks` keeps), and SQLite loses what it wrote since its last
-    /// checkpoint (with `synchronous=NORMAL` in WAL mode, the `-wal` file is synced only when
-    /// a checkpoint starts). If a checkpoint was under way (the `-shm` file's
-    /// `nBackfillAttempted` is past `nBackfill`) the `-wal` file had been synced and is kept.
+    /// `keel serve --wal-sync-marks` keeps), and SQLite's `-wal` loses the frames written
+    /// after the last checkpoint began: with `synchronous=NORMAL` in WAL mode the `-wal` file is
+    /// synced only when a checkpoint starts, up to the frame the checkpoint goes to, which the
+    /// `-shm` file keeps as `nBackfillAttempted` (0 once the WAL restarts from its start). The
+    /// frames up to it stay, whether that checkpoint finished, stopped half-way, or copied only
+    /// part of the WAL (readers held the rest): the database file may hold pages of any of
+    /// them, and only those frames make it whole. (This model once deleted the whole `-wal`
+    /// whenever no checkpoint was under way; after a checkpoint that had copied part of the
+    /// WAL, that left database files SQLite reported as malformed, or holding pages newer
+    /// than their applied position. A real power loss cannot take synced frames.) The `-shm`
+    /// file goes too; SQLite rebuilds it from the `-wal`, as after a reboot.
     ///
     /// A node whose disk was ever full keeps its `-wal`: a checkpoint that failed half-way on the
     /// full disk left pages in the database file that only the `-wal` frames (synced before that
@@ -516,15 +528,24 @@ impl Cluster {
                 let word = |at: usize| {
                     shm.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
                 };
-                let checkpointing =
-                    matches!((word(96), word(128)), (Some(done), Some(tried)) if tried != done);
-                if checkpointing {
-                    db_outcome = "kept its -wal (a checkpoint was under way)";
-                } else {
+                // nBackfillAttempted: the frames the last checkpoint synced before copying
+                // them (0 after the WAL restarted from its start).
+                let synced = word(128).unwrap_or(0) as u64;
+                if synced == 0 {
                     std::fs::remove_file(&path)?;
-                    let _ = std::fs::remove_file(format!("{base}-shm"));
                     db_outcome = "lost its -wal";
+                } else {
+                    let wal = std::fs::read(&path).unwrap_or_default();
+                    let page = wal
+                        .get(8..12)
+                        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64);
+                    let keep = WAL_HEADER + synced * (WAL_FRAME_HEADER + page);
+                    if (wal.len() as u64) > keep {
+                        std::fs::OpenOptions::new().write(true).open(&path)?.set_len(keep)?;
+                    }
+                    db_outcome = "lost the -wal frames after the last checkpoint's sync";
                 }
+                let _ = std::fs::remove_file(format!("{base}-shm"));
             }
         }
         Ok((cut, db_outcome))
