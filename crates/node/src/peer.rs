@@ -91,7 +91,13 @@ impl Peers {
 /// `verify_senders`) and Keel's.
 pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
     let position = Some(node.position.clone());
-    raft::network::router_with(node.raft.clone(), node.contact.clone(), verify_senders, position)
+    raft::network::router_with(
+        node.raft.clone(),
+        node.contact.clone(),
+        verify_senders,
+        position,
+        Some(node.space.clone()),
+    )
         .merge(
             Router::new()
                 .route(APPLIED_PATH, post(applied))

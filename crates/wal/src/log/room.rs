@@ -63,15 +63,22 @@ impl Log {
     }
 
     /// Tops the room up to [`super::Options::room_bytes`] when it is below half of that. A
-    /// failure (no space) keeps the room as it is: the callers' checks refuse what does not
-    /// fit.
-    pub(super) fn top_up(&mut self) {
-        let Some(room) = self.room() else { return };
+    /// failure (no space) keeps the room as it is, and says so: the callers' checks refuse
+    /// what does not fit. Appends do this by themselves; after a full disk, call it to know
+    /// whether the room is back.
+    pub fn refill_room(&mut self) -> Result<()> {
+        let Some(room) = self.room() else { return Ok(()) };
         if room >= self.options.room_bytes / 2 {
-            return;
+            return Ok(());
         }
         let key = *self.segments.keys().next_back().expect("room() found a segment");
-        let _ = self.allocate(key, self.options.room_bytes);
+        self.allocate(key, self.options.room_bytes).map_err(Error::Io)
+    }
+
+    /// [`Log::refill_room`] after an append, a truncation or an open: a failure is left to
+    /// the callers' checks.
+    pub(super) fn top_up(&mut self) {
+        let _ = self.refill_room();
     }
 
     /// Preallocates the segment `key` so that `room` bytes follow its last frame. Turns the
