@@ -124,7 +124,10 @@ fn a_full_leader_refuses_writes_keeps_reading_and_resumes_by_itself() {
     assert_eq!(c.pid(leader), pid, "the leader was not restarted");
     c.wait_all_applied(lsn);
     assert!(!values(&c, leader, Level::None).contains("refused"), "a refused write was applied");
-    assert!(values(&c, leader, Level::Linearizable).is_superset(&acked), "an acknowledged write is lost");
+    assert!(
+        values(&c, leader, Level::Linearizable).is_superset(&acked),
+        "an acknowledged write is lost"
+    );
     c.assert_consistent();
     c.assert_all_alive();
 }

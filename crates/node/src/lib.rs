@@ -326,7 +326,12 @@ impl Node {
 
     /// `/metrics`: the counters, with the gauges read from Raft and replication progress now.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(&self.raft, &self.progress, self.leader.counters(), &self.space.report())
+        self.metrics.render(
+            &self.raft,
+            &self.progress,
+            self.leader.counters(),
+            &self.space.report(),
+        )
     }
 
     /// The write queue.

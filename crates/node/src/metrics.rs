@@ -94,12 +94,27 @@ impl Disk {
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
         let disk = Disk {
-            full: gauge("keel_disk_full", "1 while this node's disk is full: writes answer 507 and appends from a leader are refused"),
-            free: gauge("keel_disk_free_bytes", "Free bytes in the data directory's file system, as last observed"),
+            full: gauge(
+                "keel_disk_full",
+                "1 while this node's disk is full: writes answer 507 and appends from a leader are refused",
+            ),
+            free: gauge(
+                "keel_disk_free_bytes",
+                "Free bytes in the data directory's file system, as last observed",
+            ),
             episodes: counter("keel_disk_full_total", "Times this node's disk became full"),
-            refused_writes: counter("keel_disk_refused_writes_total", "Write batches refused (507) because this node's disk was full"),
-            refused_appends: counter("keel_disk_refused_appends_total", "Appends from a leader refused because this node's disk was full"),
-            apply_retries: counter("keel_disk_apply_retries_total", "Applies of committed entries that found the disk full and were tried again"),
+            refused_writes: counter(
+                "keel_disk_refused_writes_total",
+                "Write batches refused (507) because this node's disk was full",
+            ),
+            refused_appends: counter(
+                "keel_disk_refused_appends_total",
+                "Appends from a leader refused because this node's disk was full",
+            ),
+            apply_retries: counter(
+                "keel_disk_apply_retries_total",
+                "Applies of committed entries that found the disk full and were tried again",
+            ),
         };
         for c in [
             Box::new(disk.full.clone()) as Box<dyn prometheus::core::Collector>,

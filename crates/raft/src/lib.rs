@@ -201,8 +201,8 @@ where
     let log = log_store::LogStore::open_with(&dir.join("raft"), options.wal.clone())?;
     let space = Arc::new(space::Space::new(dir, options.disk_reserve, log.clone()));
     space::Space::watch(&space);
-    let sm = state_machine::StateMachine::open(&dir.join("snapshots"), store)?
-        .with_space(space.clone());
+    let sm =
+        state_machine::StateMachine::open(&dir.join("snapshots"), store)?.with_space(space.clone());
     let stats = sm.stats();
     let network = network(stats.clone());
     let reader = LogReader::new(log.clone());

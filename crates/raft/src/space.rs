@@ -121,7 +121,11 @@ pub struct Full {
 
 /// Bytes as MiB, for messages.
 fn mib(bytes: u64) -> String {
-    if bytes == u64::MAX { "unknown".into() } else { format!("{:.1} MiB", bytes as f64 / 1048576.0) }
+    if bytes == u64::MAX {
+        "unknown".into()
+    } else {
+        format!("{:.1} MiB", bytes as f64 / 1048576.0)
+    }
 }
 
 impl Space {
@@ -190,7 +194,10 @@ impl Space {
         if std::fs::remove_file(&self.ballast).is_err() {
             return false;
         }
-        tracing::warn!(bytes = self.ballast_bytes, "the disk is full: released the ballast file so that committed entries can still be applied");
+        tracing::warn!(
+            bytes = self.ballast_bytes,
+            "the disk is full: released the ballast file so that committed entries can still be applied"
+        );
         self.set_full(true);
         true
     }

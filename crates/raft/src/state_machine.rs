@@ -510,7 +510,12 @@ impl StateMachine {
             }
         }
         if attempts > 0 {
-            tracing::info!(first, last, attempts, "applied committed entries after the disk had space again");
+            tracing::info!(
+                first,
+                last,
+                attempts,
+                "applied committed entries after the disk had space again"
+            );
         }
         for r in responders {
             r.send(());

@@ -39,8 +39,10 @@ impl Store for Position {
     fn apply(&self, entries: Arc<Vec<Committed>>) -> BoxFuture<'static, StoreResult<()>> {
         let mut applied = self.0.lock().unwrap();
         for e in entries.iter() {
-            let membership =
-                e.membership.clone().or_else(|| applied.as_ref().and_then(|a| a.membership.clone()));
+            let membership = e
+                .membership
+                .clone()
+                .or_else(|| applied.as_ref().and_then(|a| a.membership.clone()));
             *applied = Some(Applied { term: e.term, index: e.index, membership });
         }
         Box::pin(std::future::ready(Ok(())))
@@ -147,7 +149,8 @@ async fn a_leader_replicates_on_the_stream_and_hears_applied_positions() {
     let (position, applied) = watch::channel(wal::Position::default());
     let routes = contact.clone();
     let (leader, follower, received) =
-        cluster(tmp.path(), move |raft| router_with(raft, routes, false, Some(applied), None)).await;
+        cluster(tmp.path(), move |raft| router_with(raft, routes, false, Some(applied), None))
+            .await;
     assert!(contact.streaming_from(1), "the leader's appends came on a stream");
     assert!(contact.last().is_some(), "appends on the stream count as contact");
     // The position sent when the stream opened, and each one after, with its apply hash.
