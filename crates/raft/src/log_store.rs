@@ -192,7 +192,12 @@ impl LogStore {
             .map_err(wal::Error::from)?;
         let room = Arc::new(AtomicU64::new(u64::MAX));
         let store = LogStore { log, flushes, committed, room };
-        store.run_here(|log| Ok(store.publish_room(log))).map_err(wal::Error::from)?;
+        store
+            .run_here(|log| {
+                store.publish_room(log);
+                Ok(())
+            })
+            .map_err(wal::Error::from)?;
         Ok(store)
     }
 

@@ -357,7 +357,9 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `stat`.
     let stat = unsafe { stat.assume_init() };
-    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    #[allow(clippy::unnecessary_cast, reason = "the field types differ between platforms")]
+    let (blocks, size) = (stat.f_bavail as u64, stat.f_frsize as u64);
+    Ok(blocks.saturating_mul(size))
 }
 
 #[cfg(test)]
