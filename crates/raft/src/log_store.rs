@@ -38,6 +38,10 @@
 //! - `get_log_state`: `last_log_id` is the last entry, or the purge point once everything is
 //!   purged, exactly [`wal::Log::last`].
 //!
+//! - The log's room ([`wal::Log::room`], space preallocated past its end) is published after
+//!   every change ([`LogStore::room`]), so [`crate::space::Space`] checks it on every write
+//!   without the lock; [`LogStore::ensure_room`] preallocates more when a write needs it.
+//!
 //! Errors become `std::io::Error` (openraft's storage traits speak nothing else): corruption is
 //! `InvalidData`, a request that would break the log's invariants is `InvalidInput`.
 //!
