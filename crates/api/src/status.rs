@@ -20,6 +20,10 @@ pub struct Status {
     pub build: Build,
     /// Keel's: the members.
     pub cluster: Cluster,
+    /// Keel's: the data directory's free space, and what a full disk refused; absent from
+    /// nodes of versions before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Disk>,
     /// Keel's: this node's data was found to differ from the other replicas' (`keel check`);
     /// absent otherwise. It stays until the node's data is rebuilt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,6 +42,32 @@ pub struct Status {
     pub snapshot: Snapshot,
     /// rqlite's `store`.
     pub store: Store,
+}
+
+/// `disk`: the data directory's free space, and what a full disk refused. While `full`, writes
+/// answer 507 on this node (when it leads), appends from a leader are refused (when it
+/// follows) and `/readyz` fails; it all resumes by itself once `free_bytes` is back above
+/// `reserve_bytes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Applies of committed entries that found the disk full and were tried again.
+    pub apply_retries: u64,
+    /// Free bytes at the last observation (every 250 ms).
+    pub free_bytes: u64,
+    /// Whether the disk is full now.
+    pub full: bool,
+    /// Times the disk became full since the node started.
+    pub full_episodes: u64,
+    /// Bytes the log holds preallocated past its end, so that what it took cannot fail;
+    /// absent when the file system cannot preallocate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_room_bytes: Option<u64>,
+    /// Appends from a leader refused since start.
+    pub refused_appends: u64,
+    /// Write batches refused (507) since start.
+    pub refused_writes: u64,
+    /// Free bytes below which the node takes no new writes (`--disk-reserve`).
+    pub reserve_bytes: u64,
 }
 
 /// `build`.

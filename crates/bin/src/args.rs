@@ -113,6 +113,12 @@ pub struct ServeArgs {
     /// (docs/benchmarks.md).
     #[arg(long, env = "KEEL_WRITE_PIPELINE", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub write_pipeline: u8,
+    /// Free space in the data directory's file system below which this node takes no new
+    /// writes: as leader it answers them 507 (nothing written), as follower it refuses
+    /// appends from the leader (the other voters carry the commit). Reads go on, and so does
+    /// everything else once space returns, without a restart. Sizes like `64MiB`, `1GiB`.
+    #[arg(long, default_value = "64MiB", value_parser = crate::bench_bootstrap::parse_size)]
+    pub disk_reserve: u64,
     /// How often this node refreshes the query planner's statistics of its own copy (SQLite's
     /// `PRAGMA optimize`, bounded by `analysis_limit`); 0 never does.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]

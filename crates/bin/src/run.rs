@@ -70,6 +70,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .node
                 .as_ref()
                 .map_or_else(raft::network::Transport::plain, |t| t.transport()),
+            disk_reserve: args.disk_reserve,
         },
         durability: args.durability,
         sync_timeout: args.sync_timeout,

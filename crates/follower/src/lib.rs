@@ -40,7 +40,10 @@
 //! a failing DDL statement) stops the node with a reason that says restarting will not help;
 //! a failure of the disk or the file system stops it too, with a reason that says to fix the
 //! cause and restart. A panic on the database thread ([`sql::Error::Stopped`]) fails the apply
-//! the same way (as a failure to fix and restart from). None is retried here or skipped.
+//! the same way (as a failure to fix and restart from). A full disk ([`sql::Error::is_no_space`])
+//! is `NoSpace`: the state machine applies the same batch again once space returns, and this
+//! store skips the entries of it that a first attempt committed already. Nothing is retried
+//! here or skipped otherwise.
 //!
 //! What it does not do: decide what is committed (Raft does), or execute client SQL.
 
@@ -68,7 +71,9 @@ pub struct Replica {
 /// ([`sql::Error::is_deterministic`]), else a failure of the environment. The `sql::Error`
 /// itself is kept as the cause, not its text.
 fn store_error(e: sql::Error) -> state_machine::Error {
-    if e.is_deterministic() {
+    if e.is_no_space() {
+        state_machine::Error::no_space(e)
+    } else if e.is_deterministic() {
         state_machine::Error::corrupt(e)
     } else {
         state_machine::Error::transient(e)
@@ -119,11 +124,16 @@ impl Store for Replica {
 
     fn apply(
         &self,
-        entries: Vec<Committed>,
+        entries: Arc<Vec<Committed>>,
     ) -> futures::future::BoxFuture<'static, state_machine::Result<()>> {
+        let applied = self.applied.clone();
         let done = self.db.run(move |db| {
+            // A batch applied again after "no space" may have committed a first part already
+            // (a table check's pin splits batches): skip what is applied.
+            let through = *applied.borrow();
             let batch: Vec<sql::Apply<'_>> = entries
                 .iter()
+                .filter(|e| e.index > through || through == 0)
                 .map(|e| sql::Apply {
                     term: e.term,
                     index: e.index,

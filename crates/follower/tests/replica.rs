@@ -18,7 +18,7 @@ fn write(replica: &Replica, index: u64, sql: &str) {
     };
     let record = replica.db().run_blocking(move |db| db.execute(&[request])).unwrap().record;
     let entry = Committed { term: 1, index, record: Some(record), membership: None };
-    futures::executor::block_on(replica.apply(vec![entry])).unwrap();
+    futures::executor::block_on(replica.apply(std::sync::Arc::new(vec![entry]))).unwrap();
 }
 
 #[test]

@@ -76,6 +76,9 @@ pub struct TestCluster {
     pub(crate) retired: BTreeMap<NodeId, Node>,
     /// The clients requests go out with (raw HTTP and `keel_api`).
     pub(crate) clients: Clients,
+    /// The tmpfs mounted on each node's data directory, if the cluster was started on them
+    /// ([`TestCluster::start_on_tmpfs`]); unmounted before the directory is removed.
+    mounts: Vec<crate::tmpfs::Tmpfs>,
     /// The cluster's directory: one data directory and one log file per node.
     pub(crate) dir: tempfile::TempDir,
     /// This cluster's turn among the clusters of this test process (released last, after the
@@ -144,11 +147,38 @@ impl TestCluster {
         extra_args: &[&str],
         headers: HeaderMap,
     ) -> Self {
+        Self::launch(voters, learners, extra_args, headers, None)
+    }
+
+    /// [`TestCluster::start_with`] with every node's data directory on a tmpfs of its own of
+    /// `size` (`64m`), so that a test can fill one node's disk ([`TestCluster::fill_disk`]).
+    /// Needs root: check [`crate::tmpfs::available`] first.
+    pub fn start_on_tmpfs(voters: usize, learners: usize, extra_args: &[&str], size: &str) -> Self {
+        Self::launch(voters, learners, extra_args, HeaderMap::new(), Some(size))
+    }
+
+    /// Lays out, mounts (with `tmpfs`) and boots a cluster, retrying on fresh ports when a
+    /// node found its port taken.
+    fn launch(
+        voters: usize,
+        learners: usize,
+        extra_args: &[&str],
+        headers: HeaderMap,
+        tmpfs: Option<&str>,
+    ) -> Self {
         assert!(voters >= 1, "a cluster needs at least one voter");
         keel_binary();
         let mut attempt = 1;
         loop {
-            let cluster = Self::new(voters, learners, extra_args, headers.clone());
+            let mut cluster = Self::new(voters, learners, extra_args, headers.clone());
+            if let Some(size) = tmpfs {
+                cluster.mounts = cluster
+                    .nodes
+                    .values()
+                    .map(|node| crate::tmpfs::Tmpfs::mount(&node.data_dir, size))
+                    .collect::<Result<_, _>>()
+                    .unwrap_or_else(|e| panic!("cannot put the nodes on tmpfs: {e}"));
+            }
             match cluster.boot() {
                 Ok(()) => return cluster,
                 Err(StartError::Exited { port_taken: true, .. }) if attempt < START_ATTEMPTS => {
@@ -197,7 +227,7 @@ impl TestCluster {
             );
         }
         let clients = Clients::new(&bootstrap_http, headers);
-        Self { nodes, clients, dir, retired: BTreeMap::new(), _slot: slot }
+        Self { nodes, clients, mounts: Vec::new(), dir, retired: BTreeMap::new(), _slot: slot }
     }
 
     /// Starts node 1, then joins the others one at a time; see the module docs.
@@ -568,6 +598,18 @@ impl TestCluster {
                 "timed out after {TIMEOUT:?} waiting for node {id} to apply lsn {lsn}; its status now: {now:?}"
             );
         }
+    }
+
+    /// Fills node `id`'s disk with a balloon file (its data directory must be on a tmpfs of its
+    /// own: [`TestCluster::start_on_tmpfs`]).
+    pub fn fill_disk(&self, id: NodeId) {
+        assert!(!self.mounts.is_empty(), "fill_disk needs a cluster started on tmpfs");
+        crate::tmpfs::fill(self.data_dir(id));
+    }
+
+    /// Removes node `id`'s balloon file.
+    pub fn free_disk(&self, id: NodeId) {
+        crate::tmpfs::free(self.data_dir(id));
     }
 
     /// Waits until every running, unpaused node has applied `lsn`.

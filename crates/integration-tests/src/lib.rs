@@ -58,6 +58,8 @@
 //! * `http`: raw requests to one node ([`Reply`], [`RawReply`]), for tests about bytes,
 //!   statuses and headers.
 //! * `dump`: comparing nodes ([`TestCluster::dump`], [`TestCluster::assert_consistent`]).
+//! * [`tmpfs`]: a tmpfs per node ([`TestCluster::start_on_tmpfs`]) and a balloon to fill it
+//!   ([`TestCluster::fill_disk`]), for full-disk tests.
 //! * [`chaos`]: `keel-chaos`, the fault harness with network faults; [`tour`]: the documentation
 //!   run as a test.
 //!
@@ -89,6 +91,7 @@ mod dump;
 mod http;
 pub mod inproc;
 mod process;
+pub mod tmpfs;
 pub mod tour;
 
 use std::fmt::Display;

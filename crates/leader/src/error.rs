@@ -35,6 +35,10 @@ pub enum Error {
     /// The request itself is invalid (e.g. too large); retrying will not help.
     #[error("{0}")]
     InvalidInput(String),
+    /// This node's disk is full: nothing was written. Writes succeed again once space
+    /// returns, without a restart (HTTP 507).
+    #[error("{0}")]
+    DiskFull(String),
     /// The node cannot serve writes any more (Raft stopped, database failure).
     #[error("internal error: {0}")]
     Internal(String),
@@ -42,6 +46,12 @@ pub enum Error {
 
 /// Shorthand for results of the write path.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<raft::space::Full> for Error {
+    fn from(full: raft::space::Full) -> Self {
+        Error::DiskFull(full.to_string())
+    }
+}
 
 impl From<raft::client::ClientError> for Error {
     fn from(e: raft::client::ClientError) -> Self {

@@ -71,6 +71,12 @@
 //! the log holds right before its own record, its changeset is applied to exactly the state
 //! it was computed against; a conflict on apply can only mean divergence, and stops the node.
 //!
+//! **A full disk.** A batch is not proposed when this node's disk cannot take it
+//! ([`raft::space::Space::admit_write`]: free space below the reserve, or no room in the log
+//! for the record): it is answered [`Error::DiskFull`] (nothing written), checked before
+//! speculating and again, with the record's size, right before proposing. What is admitted
+//! then cannot fail to append: the log holds that room preallocated.
+//!
 //! What it does not do: HTTP, forwarding to the leader, or reads.
 
 pub mod batch;
@@ -104,6 +110,9 @@ pub struct Options {
     /// How many batches may be in flight at once (at least 1): a batch that comes while
     /// fewer are is speculated on top of them and proposed after them (see the crate docs).
     pub pipeline: usize,
+    /// The data directory's free space: while the disk is full, batches are answered
+    /// [`Error::DiskFull`] before anything is proposed (`None`: never).
+    pub space: Option<Arc<raft::space::Space>>,
 }
 
 impl Default for Options {
@@ -114,6 +123,7 @@ impl Default for Options {
             queue: 4096,
             unsafe_ack_before_commit: false,
             pipeline: 1,
+            space: None,
         }
     }
 }
@@ -466,6 +476,7 @@ impl Writer {
         let span =
             tracing::debug_span!("batch", requests = requests.len(), term = tracing::field::Empty);
         let outcome = async {
+            self.admit(0)?;
             let term = raft::client::leader_term(&self.raft)?;
             tracing::Span::current().record("term", term);
             // Everything this leader appended (its term's blank entry included) must be applied
@@ -498,8 +509,30 @@ impl Writer {
             answer(replies, lsn.map_err(Error::from).map(|lsn| answers(results, &duplicates, lsn)));
             return None;
         }
+        if let Err(e) = self.admit(raft::space::record_bytes(&record)) {
+            self.release().await;
+            answer_all(replies, &e);
+            return None;
+        }
         self.ack_early(&mut replies, &results, &duplicates);
         self.propose(record, term, replies, results, duplicates, false).await
+    }
+
+    /// Whether this node's disk can take a record of `bytes` (0: whether it is full);
+    /// [`Error::DiskFull`] if not.
+    fn admit(&self, bytes: u64) -> Result<()> {
+        match &self.options.space {
+            Some(space) => Ok(space.admit_write(bytes)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Rolls back the held speculations (applying the entries deferred in them from their
+    /// records), for a batch that will not be proposed.
+    async fn release(&self) {
+        if let Err(e) = self.db.run(|db| db.release_held()).await {
+            tracing::warn!(error = %e, "releasing the held speculations");
+        }
     }
 
     /// Speculates a batch on top of the ones in flight (pipelining: see the crate docs) and
@@ -541,6 +574,11 @@ impl Writer {
                 tracing::warn!(error = %e, "releasing the held speculations");
             }
             return Took::Again(unsplit(requests, replies));
+        }
+        if let Err(e) = self.admit(raft::space::record_bytes(&record)) {
+            self.release().await;
+            answer_all(replies, &e);
+            return Took::Done;
         }
         let mut replies = replies;
         self.ack_early(&mut replies, &results, &duplicates);
@@ -705,6 +743,10 @@ fn answer_all(replies: Vec<oneshot::Sender<Result<Outcome>>>, e: &Error) {
 fn speculation_error(e: sql::Error) -> Error {
     match e {
         sql::Error::InvalidInput(m) => Error::InvalidInput(m),
+        e if e.is_no_space() => Error::DiskFull(format!(
+            "the disk is full ({e}); nothing was written: free space on this node's disk, and \
+             writes resume by themselves"
+        )),
         e => Error::Internal(e.to_string()),
     }
 }

@@ -74,8 +74,15 @@ impl From<tokio::task::JoinError> for Error {
 }
 
 /// Every label [`kind`] gives, for `keel_errors_total{kind}`.
-pub const KINDS: [&str; 6] =
-    ["not_leader", "unavailable", "unknown_outcome", "not_replicated", "invalid_input", "internal"];
+pub const KINDS: [&str; 7] = [
+    "not_leader",
+    "unavailable",
+    "unknown_outcome",
+    "not_replicated",
+    "invalid_input",
+    "disk_full",
+    "internal",
+];
 
 /// A short label for a write-path error, for `keel_errors_total{kind}`.
 pub fn kind(e: &leader::Error) -> &'static str {
@@ -85,6 +92,7 @@ pub fn kind(e: &leader::Error) -> &'static str {
         leader::Error::Unknown(_) => "unknown_outcome",
         leader::Error::NotReplicated { .. } => "not_replicated",
         leader::Error::InvalidInput(_) => "invalid_input",
+        leader::Error::DiskFull(_) => "disk_full",
         leader::Error::Internal(_) => "internal",
     }
 }
@@ -101,6 +109,7 @@ pub fn describe(e: &leader::Error) -> String {
         ),
         leader::Error::Unavailable(m)
         | leader::Error::InvalidInput(m)
+        | leader::Error::DiskFull(m)
         | leader::Error::Internal(m) => m.clone(),
     }
 }

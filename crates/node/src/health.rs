@@ -54,6 +54,8 @@ impl Node {
     ///   [`LEADER_SILENCE`] (`leader cannot reach a quorum` otherwise), or it heard from the
     ///   leader within that time (`leader not contactable` otherwise).
     /// * `store ok`: Raft runs (`store not ready` once it stopped on a fatal error).
+    /// * The disk is not full (`disk full: …` otherwise; no line of its own when it passes,
+    ///   so the answer stays rqlite's).
     /// * `sync ok`, with `sync` only: this node has applied what the leader had committed when
     ///   it last heard from it (the leader: its own commit index), within `timeout`.
     /// * `db ok`: the database answers `SELECT 1` on a read connection within `timeout`.
@@ -73,6 +75,14 @@ impl Node {
             return r.fail(format!("store not ready: {reason}"));
         }
         r.passed.push("store ok".into());
+        if self.space.is_full() {
+            let d = self.space.report();
+            return r.fail(format!(
+                "disk full: {} bytes free, below the reserve of {} bytes (--disk-reserve); \
+                 writes are refused until space returns",
+                d.free, d.reserve
+            ));
+        }
         if sync {
             let target =
                 if leading { s.commit_index } else { contact.map_or(0, |(_, c)| c) }.max(1);

@@ -194,6 +194,8 @@ pub struct Node {
     pub(crate) data_dir: PathBuf,
     /// Snapshot counters, for `/status`.
     pub(crate) snapshots: Arc<raft::SnapshotStats>,
+    /// The data directory's free space: full disks refuse writes and appends.
+    pub(crate) space: Arc<raft::space::Space>,
     /// Reads this node's Raft log (the change stream).
     pub(crate) log: raft::LogReader,
     /// How this node reaches other nodes.
@@ -245,7 +247,7 @@ impl Node {
                 reports.report(id, position.index);
                 hashes.report(id, position);
             }));
-        let raft::Started { raft, stats: snapshots, log } =
+        let raft::Started { raft, stats: snapshots, log, space } =
             raft::start_node(config.id, &dir, &raft_options, Arc::new(replica.clone())).await?;
         let leader = leader::Leader::spawn(
             raft.clone(),
@@ -256,6 +258,7 @@ impl Node {
                 sync_timeout: config.sync_timeout,
                 unsafe_ack_before_commit: config.planted.ack_before_commit,
                 pipeline: config.write_pipeline.max(1),
+                space: Some(space.clone()),
                 ..Default::default()
             },
         );
@@ -281,6 +284,7 @@ impl Node {
             rebuild: watch::channel(None).0,
             data_dir: dir,
             snapshots,
+            space,
             log,
             peers: config.peers,
             settings: config.settings,
@@ -328,7 +332,12 @@ impl Node {
 
     /// `/metrics`: the counters, with the gauges read from Raft and replication progress now.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(&self.raft, &self.progress, self.leader.counters())
+        self.metrics.render(
+            &self.raft,
+            &self.progress,
+            self.leader.counters(),
+            &self.space.report(),
+        )
     }
 
     /// The write queue.
@@ -344,6 +353,11 @@ impl Node {
     /// The data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
+    }
+
+    /// The data directory's free space and what a full disk refused, now.
+    pub fn space(&self) -> raft::space::Report {
+        self.space.report()
     }
 
     /// Snapshot counters.

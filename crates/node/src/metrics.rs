@@ -70,6 +70,80 @@ pub struct Metrics {
     pub check_mismatches: IntCounter,
     /// The apply hash comparison's counters (on the leader).
     apply_hash: crate::apply_hash::Counters,
+    /// The data directory's free space and what a full disk refused.
+    disk: Disk,
+}
+
+/// The disk's metrics, brought up to date from [`raft::space::Report`] at scrape time.
+struct Disk {
+    /// 1 while the disk is full (writes and appends refused).
+    full: IntGauge,
+    /// Free bytes at the last observation.
+    free: IntGauge,
+    /// Times the disk became full.
+    episodes: IntCounter,
+    /// Writes refused with 507.
+    refused_writes: IntCounter,
+    /// Appends from a leader refused.
+    refused_appends: IntCounter,
+    /// Applies tried again after the disk was full.
+    apply_retries: IntCounter,
+}
+
+impl Disk {
+    /// Creates the metrics and registers them in `registry`.
+    fn new(registry: &Registry) -> Disk {
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let disk = Disk {
+            full: gauge(
+                "keel_disk_full",
+                "1 while this node's disk is full: writes answer 507 and appends from a leader are refused",
+            ),
+            free: gauge(
+                "keel_disk_free_bytes",
+                "Free bytes in the data directory's file system, as last observed",
+            ),
+            episodes: counter("keel_disk_full_total", "Times this node's disk became full"),
+            refused_writes: counter(
+                "keel_disk_refused_writes_total",
+                "Write batches refused (507) because this node's disk was full",
+            ),
+            refused_appends: counter(
+                "keel_disk_refused_appends_total",
+                "Appends from a leader refused because this node's disk was full",
+            ),
+            apply_retries: counter(
+                "keel_disk_apply_retries_total",
+                "Applies of committed entries that found the disk full and were tried again",
+            ),
+        };
+        for c in [
+            Box::new(disk.full.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(disk.free.clone()),
+            Box::new(disk.episodes.clone()),
+            Box::new(disk.refused_writes.clone()),
+            Box::new(disk.refused_appends.clone()),
+            Box::new(disk.apply_retries.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        disk
+    }
+
+    /// Brings every value up to `report`.
+    fn update(&self, report: &raft::space::Report) {
+        self.full.set(i64::from(report.full));
+        self.free.set(i64::try_from(report.free).unwrap_or(-1));
+        for (counter, value) in [
+            (&self.episodes, report.episodes),
+            (&self.refused_writes, report.refused_writes),
+            (&self.refused_appends, report.refused_appends),
+            (&self.apply_retries, report.apply_retries),
+        ] {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -219,6 +293,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let disk = Disk::new(&registry);
         // Export every error kind from the start, at zero, so dashboards see the series.
         for kind in crate::error::KINDS {
             errors.with_label_values(&[kind]).reset();
@@ -251,6 +326,7 @@ impl Metrics {
             check_last,
             check_mismatches,
             apply_hash,
+            disk,
         }
     }
 
@@ -272,11 +348,13 @@ impl Metrics {
         raft: &raft::Raft,
         progress: &leader::Progress,
         writer: &leader::Counters,
+        disk: &raft::space::Report,
     ) -> String {
         self.export_reads();
         {
             let _rendering =
                 self.rendering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.disk.update(disk);
             for (counter, value) in [
                 (&self.write_batches, writer.proposed()),
                 (&self.write_batches_stacked, writer.stacked()),

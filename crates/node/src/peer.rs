@@ -91,22 +91,25 @@ impl Peers {
 /// `verify_senders`) and Keel's.
 pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
     let position = Some(node.position.clone());
-    raft::network::router_with(node.raft.clone(), node.contact.clone(), verify_senders, position)
-        .merge(
-            Router::new()
-                .route(APPLIED_PATH, post(applied))
-                .route(DIVERGED_PATH, post(diverged))
-                .route(
-                    READ_INDEX_PATH,
-                    post(move |node, peer| read_index(node, peer, verify_senders)),
-                )
-                .route(MEMBERS_PATH, get(members))
-                // A batch of another node's queued writes. No body limit of its own: each request
-                // in it passed the client API's limit on that node, and a batch holds at most
-                // --write-queue-batch-size of them.
-                .route(QUEUE_PATH, post(queue_batch).layer(DefaultBodyLimit::disable()))
-                .with_state(node),
-        )
+    raft::network::router_with(
+        node.raft.clone(),
+        node.contact.clone(),
+        verify_senders,
+        position,
+        Some(node.space.clone()),
+    )
+    .merge(
+        Router::new()
+            .route(APPLIED_PATH, post(applied))
+            .route(DIVERGED_PATH, post(diverged))
+            .route(READ_INDEX_PATH, post(move |node, peer| read_index(node, peer, verify_senders)))
+            .route(MEMBERS_PATH, get(members))
+            // A batch of another node's queued writes. No body limit of its own: each request
+            // in it passed the client API's limit on that node, and a batch holds at most
+            // --write-queue-batch-size of them.
+            .route(QUEUE_PATH, post(queue_batch).layer(DefaultBodyLimit::disable()))
+            .with_state(node),
+    )
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {

@@ -16,6 +16,9 @@
 //!   Snapshots are SQLite database images kept as files beside the log.
 //! - [`snapshot`]: the file a snapshot travels as ([`snapshot::SnapshotFile`]: never loaded
 //!   into memory, streamed from disk to disk), checksums, and [`SnapshotStats`] for operators.
+//! - [`space`]: the data directory's free space, and the checks that keep a full disk from
+//!   stopping the node (writes refused before they are proposed, appends refused before Raft
+//!   sees them, applies tried again once space returns).
 //! - [`client`]: the calls the leader makes (leadership check, read barrier, conditional
 //!   proposal), with openraft's errors folded into one enum.
 //! - [`cluster`]: members, roles and positions read from Raft's metrics; bootstrap and joins.
@@ -38,6 +41,7 @@ pub mod log_store;
 pub mod network;
 pub mod recover;
 pub mod snapshot;
+pub mod space;
 pub mod state_machine;
 pub mod types;
 
@@ -89,6 +93,9 @@ pub struct Options {
     pub wal: wal::Options,
     /// How RPCs reach other nodes (plain HTTP, or the binary's mutual TLS).
     pub transport: network::Transport,
+    /// Free bytes in the data directory below which the node takes no new writes or appends
+    /// ([`space::Space`]).
+    pub disk_reserve: u64,
 }
 
 impl Default for Options {
@@ -100,6 +107,7 @@ impl Default for Options {
             max_in_snapshot_log_to_keep: 1_000,
             wal: wal::Options::default(),
             transport: network::Transport::plain(),
+            disk_reserve: 64 << 20,
         }
     }
 }
@@ -139,6 +147,8 @@ pub struct Started {
     pub stats: Arc<SnapshotStats>,
     /// A read handle on its log, for readers outside Raft.
     pub log: LogReader,
+    /// The data directory's free space (watched every [`space::OBSERVE_EVERY`]).
+    pub space: Arc<space::Space>,
 }
 
 /// [`start`], also returning a [`LogReader`] on the node's log.
@@ -194,12 +204,15 @@ where
     .map_err(|e| Error::Raft(e.to_string()))?;
     recover::refuse_pending(&dir.join("raft")).map_err(|e| Error::Raft(e.to_string()))?;
     let log = log_store::LogStore::open_with(&dir.join("raft"), options.wal.clone())?;
-    let sm = state_machine::StateMachine::open(&dir.join("snapshots"), store)?;
+    let space = Arc::new(space::Space::new(dir, options.disk_reserve, log.clone()));
+    space::Space::watch(&space);
+    let sm =
+        state_machine::StateMachine::open(&dir.join("snapshots"), store)?.with_space(space.clone());
     let stats = sm.stats();
     let network = network(stats.clone());
     let reader = LogReader::new(log.clone());
     let raft = Raft::new(id, Arc::new(config), network, log, sm)
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
-    Ok(Started { raft, stats, log: reader })
+    Ok(Started { raft, stats, log: reader, space })
 }

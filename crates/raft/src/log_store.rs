@@ -38,6 +38,10 @@
 //! - `get_log_state`: `last_log_id` is the last entry, or the purge point once everything is
 //!   purged, exactly [`wal::Log::last`].
 //!
+//! - The log's room ([`wal::Log::room`], space preallocated past its end) is published after
+//!   every change ([`LogStore::room`]), so [`crate::space::Space`] checks it on every write
+//!   without the lock; [`LogStore::ensure_room`] preallocates more when a write needs it.
+//!
 //! Errors become `std::io::Error` (openraft's storage traits speak nothing else): corruption is
 //! `InvalidData`, a request that would break the log's invariants is `InvalidInput`.
 //!
@@ -50,6 +54,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, Range, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -87,6 +92,9 @@ pub struct LogStore {
     flushes: mpsc::Sender<ToSync>,
     /// The latest committed log id openraft gave, not yet written (see `save_committed`).
     committed: Arc<Mutex<Option<LogId>>>,
+    /// The log's room ([`wal::Log::room`]) after its last change, `u64::MAX` for none: read
+    /// without the lock by [`crate::space::Space`] on every write.
+    room: Arc<AtomicU64>,
 }
 
 /// A message to the sync thread.
@@ -186,7 +194,45 @@ impl LogStore {
             .name("wal-sync".into())
             .spawn(move || sync_thread(for_thread, committed_for_thread, messages))
             .map_err(wal::Error::from)?;
-        Ok(LogStore { log, flushes, committed })
+        let room = Arc::new(AtomicU64::new(u64::MAX));
+        let store = LogStore { log, flushes, committed, room };
+        store
+            .run_here(|log| {
+                store.publish_room(log);
+                Ok(())
+            })
+            .map_err(wal::Error::from)?;
+        Ok(store)
+    }
+
+    /// Records the log's room for [`LogStore::room`]; called under the lock after each change.
+    fn publish_room(&self, log: &wal::Log) {
+        self.room.store(log.room().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The room the log holds preallocated past its end ([`wal::Log::room`]) after its last
+    /// change; `None` when it keeps none.
+    pub fn room(&self) -> Option<u64> {
+        Some(self.room.load(Ordering::Relaxed)).filter(|room| *room != u64::MAX)
+    }
+
+    /// [`wal::Log::ensure_room`], on the calling thread (it may preallocate: a few
+    /// milliseconds at most).
+    pub fn ensure_room(&self, bytes: u64) -> io::Result<()> {
+        self.run_here(|log| {
+            let done = log.ensure_room(bytes);
+            self.publish_room(log);
+            Ok(done?)
+        })
+    }
+
+    /// [`wal::Log::refill_room`], on the calling thread.
+    pub fn refill_room(&self) -> io::Result<()> {
+        self.run_here(|log| {
+            let done = log.refill_room();
+            self.publish_room(log);
+            Ok(done?)
+        })
     }
 
     /// Waits until the sync thread has handled everything handed to it so far: appends are
@@ -400,7 +446,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         let bytes = serde_json::to_vec(vote).map_err(io::Error::other)?;
-        self.run(move |log| Ok(log.save_vote(&bytes)?)).await
+        let this = self.clone();
+        self.run(move |log| {
+            let done = log.save_vote(&bytes);
+            this.publish_room(log);
+            Ok(done?)
+        })
+        .await
     }
 
     /// Hands the committed log id to the sync thread, which writes it without fsync once
@@ -440,9 +492,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(frames)
                 if frames.iter().map(|f| f.payload.len()).sum::<usize>() <= SMALL_WRITE_BYTES =>
             {
-                self.run_here(|log| Ok(log.append_unsynced(&frames)?))
+                self.run_here(|log| {
+                    let done = log.append_unsynced(&frames);
+                    self.publish_room(log);
+                    Ok(done?)
+                })
             }
-            Ok(frames) => self.run(move |log| Ok(log.append_unsynced(&frames)?)).await,
+            Ok(frames) => {
+                let this = self.clone();
+                self.run(move |log| {
+                    let done = log.append_unsynced(&frames);
+                    this.publish_room(log);
+                    Ok(done?)
+                })
+                .await
+            }
         };
         match result {
             Ok(()) => {
@@ -463,12 +527,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         tracing::info!(after = ?last_log_id.map(|id| id.index), "truncating the log");
-        self.run(move |log| Ok(log.truncate_after(last_log_id.map(|id| id.index))?)).await
+        let this = self.clone();
+        self.run(move |log| {
+            let done = log.truncate_after(last_log_id.map(|id| id.index));
+            this.publish_room(log);
+            Ok(done?)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         tracing::debug!(through = log_id.index, "purging the log");
-        self.run(move |log| Ok(log.purge_through(log_id.index, log_id.leader_id.term)?)).await
+        let this = self.clone();
+        self.run(move |log| {
+            let done = log.purge_through(log_id.index, log_id.leader_id.term);
+            this.publish_room(log);
+            Ok(done?)
+        })
+        .await
     }
 }
 

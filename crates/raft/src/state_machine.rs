@@ -9,7 +9,11 @@
 //!
 //! The store's errors are typed ([`Error`]): [`Error::Corrupt`] when doing it again fails the
 //! same way (the node's data must be replaced), [`Error::Transient`] when the environment
-//! failed (fix it and restart). They reach openraft inside the `io::Error` it requires, with
+//! failed (fix it and restart), [`Error::NoSpace`] when the disk is full. That one does not
+//! stop the node: the batch was rolled back, so it is applied again once
+//! [`crate::space::Space::wait_for_space`] says space returned (openraft's state machine task
+//! waits meanwhile; Raft itself goes on). Building a snapshot is deferred while the disk is
+//! full, and one that finds no space is built again later the same way. They reach openraft inside the `io::Error` it requires, with
 //! their kind and cause chain, so the reason the node stops (`cluster::stopped`) says which
 //! it was and what to do (see the `error` module).
 //!
@@ -63,7 +67,7 @@ use wal::Applied;
 
 mod error;
 
-pub use error::{Cause, Error, Result, chain};
+pub use error::{Cause, Error, Result, chain, is_no_space};
 
 pub use crate::snapshot::{SnapshotCounts, SnapshotFile, SnapshotStats};
 use crate::snapshot::{TempFile, building_path, is_leftover, remove_if_exists};
@@ -95,9 +99,11 @@ pub trait Store: Send + Sync + 'static {
     /// The last applied position stored with the data, `None` for an empty database.
     fn applied(&self) -> Result<Option<Applied>>;
     /// Applies committed entries, in order, atomically together with the new applied position.
-    /// On error nothing of the batch is applied; [`Error::Corrupt`] when an entry cannot be
-    /// applied here as the leader applied it.
-    fn apply(&self, entries: Vec<Committed>) -> BoxFuture<'static, Result<()>>;
+    /// On error nothing of the batch is applied, except entries a store committed in a part
+    /// of its own before the failure: called again with the same batch (after
+    /// [`Error::NoSpace`]), it must skip the entries it has applied already.
+    /// [`Error::Corrupt`] when an entry cannot be applied here as the leader applied it.
+    fn apply(&self, entries: Arc<Vec<Committed>>) -> BoxFuture<'static, Result<()>>;
     /// Writes a consistent image of the database (including its applied position and
     /// membership) to `path`, fsynced, and returns the applied position the image holds. Must
     /// not stop applies while it copies (it reads from its own connection), because a large
@@ -125,7 +131,15 @@ pub struct StateMachine {
     publish: Arc<Mutex<()>>,
     /// Held while an image is built: one build at a time.
     building: Arc<tokio::sync::Mutex<()>>,
+    /// The data directory's free space, to wait on when the disk is full (without it, the
+    /// state machine waits [`NO_SPACE_PAUSE`] between attempts).
+    space: Option<Arc<crate::space::Space>>,
 }
+
+/// How long to wait before trying again after "no space", when there is no [`Space`] to ask.
+///
+/// [`Space`]: crate::space::Space
+const NO_SPACE_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The contents of `current.json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -207,6 +221,7 @@ impl StateMachine {
             stats: Arc::new(SnapshotStats::default()),
             publish: Arc::new(Mutex::new(())),
             building: Arc::new(tokio::sync::Mutex::new(())),
+            space: None,
         };
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
@@ -223,6 +238,26 @@ impl StateMachine {
             sm.stats.on_current(index_of(&s.meta), size);
         }
         Ok(sm)
+    }
+
+    /// Waits on `space` when the disk is full (see the module docs).
+    pub fn with_space(mut self, space: Arc<crate::space::Space>) -> StateMachine {
+        self.space = Some(space);
+        self
+    }
+
+    /// Waits until the disk has space again, before trying something that failed for lack of
+    /// it once more.
+    async fn wait_for_space(&self) {
+        match &self.space {
+            Some(space) => space.wait_for_space().await,
+            None => tokio::time::sleep(NO_SPACE_PAUSE).await,
+        }
+    }
+
+    /// Whether the disk is full, as last observed.
+    fn disk_full(&self) -> bool {
+        self.space.as_ref().is_some_and(|space| space.is_full())
     }
 
     /// The snapshot counters, shared with the network.
@@ -401,8 +436,23 @@ impl StateMachine {
     /// Builds an image, one build at a time.
     async fn build(&self) -> io::Result<Snapshot> {
         let _building = self.building.lock().await;
-        let this = self.clone();
-        Self::blocking(move || this.build_blocking()).await
+        self.build_with_space().await
+    }
+
+    /// [`StateMachine::build_blocking`] on the blocking pool; one that finds the disk full (the
+    /// image is as large as the database) is built again once space returns. The caller holds
+    /// `building`.
+    async fn build_with_space(&self) -> io::Result<Snapshot> {
+        loop {
+            let this = self.clone();
+            match Self::blocking(move || this.build_blocking()).await {
+                Err(e) if is_no_space(&e) => {
+                    tracing::warn!(error = %e, "building a snapshot found the disk full; building it again once space returns");
+                    self.wait_for_space().await;
+                }
+                done => return done,
+            }
+        }
     }
 }
 
@@ -434,10 +484,38 @@ impl StateMachine {
         }
         let first = batch[0].index;
         let last = batch[batch.len() - 1].index;
-        if let Err(e) = self.store.apply(batch).await {
-            let deterministic = e.is_deterministic();
-            tracing::error!(first, last, deterministic, error = %chain(&e), "cannot apply committed entries; stopping");
-            return Err(e.into_io());
+        let batch = Arc::new(batch);
+        let mut attempts = 0u64;
+        loop {
+            match self.store.apply(batch.clone()).await {
+                Ok(()) => break,
+                Err(e) if e.is_no_space() => {
+                    // Rolled back: the same batch applies once there is space, at once if the
+                    // ballast gives it some. Raft goes on meanwhile (appends, votes, commits);
+                    // only applying waits.
+                    if self.space.as_ref().is_some_and(|space| space.release_ballast()) {
+                        continue;
+                    }
+                    if attempts.is_multiple_of(20) {
+                        tracing::warn!(first, last, attempts, error = %chain(&e), "cannot apply committed entries: the disk is full; applying them again once space returns");
+                    }
+                    attempts += 1;
+                    self.wait_for_space().await;
+                }
+                Err(e) => {
+                    let deterministic = e.is_deterministic();
+                    tracing::error!(first, last, deterministic, error = %chain(&e), "cannot apply committed entries; stopping");
+                    return Err(e.into_io());
+                }
+            }
+        }
+        if attempts > 0 {
+            tracing::info!(
+                first,
+                last,
+                attempts,
+                "applied committed entries after the disk had space again"
+            );
         }
         for r in responders {
             r.send(());
@@ -499,6 +577,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// Defers a snapshot the policy asks for while the disk is full: an image is as large as
+    /// the database. One openraft needs (`force`) is built, waiting for space if it must.
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force && self.disk_full() {
+            tracing::info!("not building a snapshot now: the disk is full");
+            return None;
+        }
+        Some(self.clone())
+    }
+
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
@@ -537,8 +625,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Some(s));
         }
         tracing::info!(installed = ?installed.last_log_id, "the current snapshot has no image; building one from the database");
-        let this = self.clone();
-        let snapshot = Self::blocking(move || this.build_blocking()).await?;
+        let snapshot = self.build_with_space().await?;
         if snapshot.meta.last_log_id < installed.last_log_id {
             tracing::warn!(installed = ?installed.last_log_id, built = ?snapshot.meta.last_log_id, "the database is behind the installed snapshot");
         }

@@ -36,11 +36,13 @@ impl Store for Position {
         Ok(self.0.lock().unwrap().clone())
     }
 
-    fn apply(&self, entries: Vec<Committed>) -> BoxFuture<'static, StoreResult<()>> {
+    fn apply(&self, entries: Arc<Vec<Committed>>) -> BoxFuture<'static, StoreResult<()>> {
         let mut applied = self.0.lock().unwrap();
-        for e in entries {
-            let membership =
-                e.membership.or_else(|| applied.as_ref().and_then(|a| a.membership.clone()));
+        for e in entries.iter() {
+            let membership = e
+                .membership
+                .clone()
+                .or_else(|| applied.as_ref().and_then(|a| a.membership.clone()));
             *applied = Some(Applied { term: e.term, index: e.index, membership });
         }
         Box::pin(std::future::ready(Ok(())))
@@ -98,7 +100,7 @@ async fn cluster(
     let transport = Transport::plain().with_applied(sink);
     let contact = Arc::new(Contact::default());
     let leader = TestNode::start(1, &dir.join("a"), transport, |raft| {
-        router_with(raft, contact, false, None)
+        router_with(raft, contact, false, None, None)
     })
     .await;
     let follower = TestNode::start(2, &dir.join("b"), Transport::plain(), follower_routes).await;
@@ -147,7 +149,8 @@ async fn a_leader_replicates_on_the_stream_and_hears_applied_positions() {
     let (position, applied) = watch::channel(wal::Position::default());
     let routes = contact.clone();
     let (leader, follower, received) =
-        cluster(tmp.path(), move |raft| router_with(raft, routes, false, Some(applied))).await;
+        cluster(tmp.path(), move |raft| router_with(raft, routes, false, Some(applied), None))
+            .await;
     assert!(contact.streaming_from(1), "the leader's appends came on a stream");
     assert!(contact.last().is_some(), "appends on the stream count as contact");
     // The position sent when the stream opened, and each one after, with its apply hash.
@@ -174,7 +177,7 @@ async fn a_node_without_the_stream_gets_single_appends() {
     let contact = Arc::new(Contact::default());
     let routes = contact.clone();
     let (leader, follower, _) = cluster(tmp.path(), move |raft| {
-        router_with(raft, routes, false, None).layer(axum::middleware::from_fn(no_stream))
+        router_with(raft, routes, false, None, None).layer(axum::middleware::from_fn(no_stream))
     })
     .await;
     assert!(!contact.streaming_from(1));
@@ -214,7 +217,7 @@ async fn a_stream_is_refused_to_a_sender_that_is_not_the_node_it_names() {
     let tmp = tempfile::tempdir().unwrap();
     let node = TestNode::start(2, tmp.path(), Transport::plain(), |raft| {
         // The transport proved that the client is node 3.
-        router_with(raft, Arc::new(Contact::default()), true, None)
+        router_with(raft, Arc::new(Contact::default()), true, None, None)
             .layer(axum::Extension(PeerNode(3)))
     })
     .await;
@@ -260,7 +263,7 @@ async fn the_apply_hash_goes_only_to_leaders_that_ask_for_it() {
     let hash = Some(ApplyHash { origin: 0, digest: [3; 32] });
     let (_position, applied) = watch::channel(wal::Position { index: 9, hash });
     let node = TestNode::start(2, tmp.path(), Transport::plain(), |raft| {
-        router_with(raft, Arc::new(Contact::default()), false, Some(applied))
+        router_with(raft, Arc::new(Contact::default()), false, Some(applied), None)
     })
     .await;
     for (headers, expected) in [

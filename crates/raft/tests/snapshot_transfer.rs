@@ -101,11 +101,13 @@ impl Store for FakeStore {
         Ok(self.position().map(|p| p.applied()))
     }
 
-    fn apply(&self, entries: Vec<Committed>) -> BoxFuture<'static, StoreResult<()>> {
+    fn apply(&self, entries: Arc<Vec<Committed>>) -> BoxFuture<'static, StoreResult<()>> {
         let mut applied = self.applied.lock().unwrap();
-        for e in entries {
-            let membership =
-                e.membership.or_else(|| applied.as_ref().and_then(|p| p.membership.clone()));
+        for e in entries.iter() {
+            let membership = e
+                .membership
+                .clone()
+                .or_else(|| applied.as_ref().and_then(|p| p.membership.clone()));
             *applied = Some(Position { term: e.term, index: e.index, membership });
         }
         Box::pin(std::future::ready(Ok(())))

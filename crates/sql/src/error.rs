@@ -56,6 +56,23 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether the disk was full (SQLite's `SQLITE_FULL`, or `ENOSPC` from a file operation):
+    /// the transaction was rolled back and nothing in the page cache is in doubt, so the same
+    /// call succeeds once space returns. A failed fsync is not this (`SQLITE_IOERR_FSYNC`).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Sqlite(error) => {
+                error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+                    || matches!(error, rusqlite::Error::SqliteFailure(e, _)
+                        if e.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE)
+            }
+            Error::Io(error) => wal::is_no_space(error),
+            _ => false,
+        }
+    }
+}
+
 /// Whether a SQLite error comes from the environment (I/O, space, memory, locks, permissions)
 /// rather than from the SQL or the data; errors without a SQLite code (type conversions) are
 /// about the data.

@@ -44,6 +44,20 @@ pub enum Error {
     InvalidInput(String),
 }
 
+impl Error {
+    /// Whether the file system had no space left (`ENOSPC`, or a quota: `EDQUOT`). Unlike a
+    /// failed fsync, nothing of the page cache is in doubt: the write did not happen, and the
+    /// same write succeeds once space returns.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::Io(e) if is_no_space(e))
+    }
+}
+
+/// Whether an I/O error says the file system had no space left (`ENOSPC`, `EDQUOT`).
+pub fn is_no_space(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
 /// Formats the optional LSN of a [`Error::Corrupt`] for its message.
 fn lsn_suffix(lsn: &Option<Lsn>) -> String {
     match lsn {

@@ -34,6 +34,9 @@
 //!   [`codec::encode`] into one buffer, starts a new segment if the current one has reached
 //!   [`Options::segment_bytes`], then issues one write and one fdatasync, and only then indexes
 //!   the entries.
+//! - [`Log::room`]: the log keeps space preallocated past its last frame (`fallocate` without
+//!   changing the length), so an append its callers checked with [`Log::ensure_room`] cannot
+//!   fail on a full disk (see the `log::room` module).
 //! - [`Log::read`] reads runs of frames with one read per segment and decodes (re-checksums) each.
 //! - [`Log::truncate_after`] deletes later segments newest first and shortens the one that keeps
 //!   the tail; [`Log::purge_through`] records the purge point, then deletes whole segments before
@@ -70,7 +73,7 @@ pub mod record;
 pub mod repair;
 
 pub use codec::Frame;
-pub use error::{Error, Result};
+pub use error::{Error, Result, is_no_space};
 pub use log::{Log, Options, PendingSync};
 pub use record::{Op, Record, RequestAnswer};
 

@@ -6,13 +6,17 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::codec::{self, Frame};
 use crate::repair::{self, Verdict};
 use crate::{Error, Lsn, Result, Term, disk};
+
+mod files;
+mod room;
+
+use files::{decode_purged, encode_purged, list_segments, read_at, write_at};
 
 /// Metadata file holding the vote.
 const VOTE: &str = "vote";
@@ -40,11 +44,20 @@ pub struct Options {
     /// A planted bug, for testing the fault harness only: appends skip their fdatasync (and
     /// so never advance the sync marks). Default off.
     pub unsafe_skip_fsync: bool,
+    /// Disk space kept preallocated past the last frame, so that appends the callers agreed
+    /// to take cannot fail on a full disk (see [`Log::ensure_room`]); topped up when it falls
+    /// below half. 0 keeps none. Default 8 MiB.
+    pub room_bytes: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { segment_bytes: 64 << 20, sync_marks: false, unsafe_skip_fsync: false }
+        Options {
+            segment_bytes: 64 << 20,
+            sync_marks: false,
+            unsafe_skip_fsync: false,
+            room_bytes: 8 << 20,
+        }
     }
 }
 
@@ -65,6 +78,8 @@ struct Segment {
     file: File,
     /// The file's length: the end of its last valid frame.
     len: u64,
+    /// Where the blocks preallocated for it end (at least `len`; see [`Log::room`]).
+    allocated: u64,
 }
 
 /// Where one entry lives on disk.
@@ -119,6 +134,9 @@ pub struct Log {
     committed: Option<Vec<u8>>,
     /// Segments (by key) written since their last fdatasync.
     unsynced: BTreeSet<Lsn>,
+    /// Whether the log keeps room ahead of its end ([`Log::room`]): on unless turned off or
+    /// not supported by the file system.
+    room_on: bool,
 }
 
 /// The fdatasyncs that make everything appended so far durable, taken by [`Log::pending_sync`]
@@ -196,7 +214,7 @@ impl Log {
         };
         let mut log = Log {
             dir: dir.to_path_buf(),
-            options,
+            options: options.clone(),
             segments: BTreeMap::new(),
             entries: VecDeque::new(),
             first: 0,
@@ -204,6 +222,7 @@ impl Log {
             vote,
             committed,
             unsynced: BTreeSet::new(),
+            room_on: options.room_bytes > 0,
         };
 
         let mut names = list_segments(dir)?;
@@ -233,6 +252,7 @@ impl Log {
                 ),
             });
         }
+        log.top_up();
         Ok(log)
     }
 
@@ -294,7 +314,7 @@ impl Log {
             len: p.len,
         }));
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        self.segments.insert(name, Segment { path, file, len });
+        self.segments.insert(name, Segment { path, file, len, allocated: len });
         Ok(())
     }
 
@@ -351,7 +371,7 @@ impl Log {
         for frame in frames {
             codec::encode(frame, &mut buf)?;
         }
-        let key = self.segment_for_append(head.index)?;
+        let key = self.segment_for_append(head.index, buf.len() as u64)?;
         let segment =
             self.segments.get_mut(&key).expect("segment_for_append returns a live segment");
         let start = segment.len;
@@ -365,9 +385,13 @@ impl Log {
                 );
                 std::process::abort();
             }
+            // `set_len` gave back the blocks past `start`, the room among them.
+            segment.allocated = start;
+            self.top_up();
             return Err(err.into());
         }
         segment.len = start + buf.len() as u64;
+        segment.allocated = segment.allocated.max(segment.len);
         self.unsynced.insert(key);
 
         if self.entries.is_empty() {
@@ -379,12 +403,15 @@ impl Log {
             self.entries.push_back(Slot { term: frame.term, segment: key, offset, len });
             offset += len;
         }
+        self.top_up();
         Ok(())
     }
 
-    /// Returns the segment to append a batch starting at `index` to, starting a new one if the
-    /// current one is full (or there is none).
-    fn segment_for_append(&mut self, index: Lsn) -> Result<Lsn> {
+    /// Returns the segment to append a batch of `bytes` starting at `index` to, starting a new
+    /// one if the current one is full (or there is none). A new segment is started only if its
+    /// room can be allocated; otherwise the batch goes into the current one, whose room was
+    /// promised (see the `room` module).
+    fn segment_for_append(&mut self, index: Lsn, bytes: u64) -> Result<Lsn> {
         if let Some((&key, segment)) = self.segments.last_key_value() {
             if segment.len == 0 {
                 // Left empty by a failed append (or a failed directory sync) right after its
@@ -399,15 +426,45 @@ impl Log {
                 return Ok(key);
             }
         }
-        let path = self.segment_path(index);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        if self.options.sync_marks {
-            write_sync_mark(&path, 0);
+        let current = self.segments.keys().next_back().copied();
+        match self.start_segment(index, bytes) {
+            Ok(()) => {}
+            Err(err) if err.is_no_space() && current.is_some_and(|key| self.fits(key, bytes)) => {
+                return Ok(current.expect("checked above"));
+            }
+            Err(err) => return Err(err),
         }
-        self.segments.insert(index, Segment { path, file, len: 0 });
+        if let Some(key) = current {
+            self.release(key);
+        }
         // The new name must be durable before anything in the file can count as durable.
         disk::sync_dir(&self.dir)?;
         Ok(index)
+    }
+
+    /// Creates the segment starting at `index`, with room for `bytes` (or the configured
+    /// room) when the log keeps room. On failure nothing is left behind.
+    fn start_segment(&mut self, index: Lsn, bytes: u64) -> Result<()> {
+        let path = self.segment_path(index);
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        self.segments.insert(index, Segment { path: path.clone(), file, len: 0, allocated: 0 });
+        if self.room_on
+            && let Err(err) = self.allocate(index, bytes.max(self.options.room_bytes))
+        {
+            self.segments.remove(&index);
+            let _ = fs::remove_file(&path);
+            return Err(err.into());
+        }
+        if self.options.sync_marks {
+            write_sync_mark(&path, 0);
+        }
+        Ok(())
+    }
+
+    /// Whether an append of `bytes` fits in the room of segment `key`.
+    fn fits(&self, key: Lsn, bytes: u64) -> bool {
+        self.room_on
+            && self.segments.get(&key).is_some_and(|s| s.allocated.saturating_sub(s.len) >= bytes)
     }
 
     /// The syncs that would make every append so far durable, or `None` if everything
@@ -598,8 +655,11 @@ impl Log {
                 write_sync_mark(&segment.path, end);
             }
             segment.len = end;
+            // `set_len` gave back the blocks past `end`, the room among them: take it again.
+            segment.allocated = end;
         }
         self.entries.truncate(keep);
+        self.top_up();
         Ok(())
     }
 
@@ -632,7 +692,8 @@ impl Log {
                 "cannot purge through {index}: the log starts at {first}, which would leave a hole"
             )));
         }
-        disk::write_meta(&self.dir, PURGED, &encode_purged(index, term))?;
+        let purged = encode_purged(index, term);
+        self.with_space(|log| disk::write_meta(&log.dir, PURGED, &purged))?;
         self.last_purged = Some((index, term));
         self.drop_purged_entries()
     }
@@ -665,7 +726,7 @@ impl Log {
 
     /// Durably replaces the saved vote (temporary file, fsync, rename, directory fsync).
     pub fn save_vote(&mut self, bytes: &[u8]) -> Result<()> {
-        disk::write_meta(&self.dir, VOTE, bytes)?;
+        self.with_space(|log| disk::write_meta(&log.dir, VOTE, bytes))?;
         self.vote = Some(bytes.to_vec());
         Ok(())
     }
@@ -677,7 +738,7 @@ impl Log {
 
     /// Durably replaces the saved committed position, like [`Log::save_vote`].
     pub fn save_committed(&mut self, bytes: &[u8]) -> Result<()> {
-        disk::write_meta(&self.dir, COMMITTED, bytes)?;
+        self.with_space(|log| disk::write_meta(&log.dir, COMMITTED, bytes))?;
         self.committed = Some(bytes.to_vec());
         Ok(())
     }
@@ -718,63 +779,4 @@ impl Log {
     fn segment_path(&self, first: Lsn) -> PathBuf {
         self.dir.join(format!("{first:0SEGMENT_DIGITS$}{SEGMENT_EXT}"))
     }
-}
-
-/// Lists the first indexes of the segment files in `dir`, ascending. Other files are ignored.
-fn list_segments(dir: &Path) -> Result<Vec<Lsn>> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_EXT)) else {
-            continue;
-        };
-        if stem.len() == SEGMENT_DIGITS
-            && stem.bytes().all(|b| b.is_ascii_digit())
-            && let Ok(first) = stem.parse::<Lsn>()
-        {
-            names.push(first);
-        }
-    }
-    names.sort_unstable();
-    Ok(names)
-}
-
-/// Encodes the purge point for its metadata file.
-fn encode_purged(index: Lsn, term: Term) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(16);
-    bytes.extend_from_slice(&index.to_le_bytes());
-    bytes.extend_from_slice(&term.to_le_bytes());
-    bytes
-}
-
-/// Decodes the purge point from its metadata file.
-fn decode_purged(bytes: &[u8], path: &Path) -> Result<(Lsn, Term)> {
-    let Ok(bytes) = <[u8; 16]>::try_from(bytes) else {
-        return Err(Error::Corrupt {
-            lsn: None,
-            path: path.to_path_buf(),
-            offset: 0,
-            reason: format!("purge point has {} bytes, expected 16", bytes.len()),
-        });
-    };
-    let (index, term) = bytes.split_at(8);
-    let index = Lsn::from_le_bytes(index.try_into().unwrap_or_default());
-    let term = Term::from_le_bytes(term.try_into().unwrap_or_default());
-    Ok((index, term))
-}
-
-/// Writes all of `bytes` at `offset`.
-fn write_at(mut file: &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-    file.seek(SeekFrom::Start(offset))?;
-    file.write_all(bytes)
-}
-
-/// Reads exactly `len` bytes at `offset`.
-fn read_at(mut file: &File, offset: u64, len: u64) -> Result<Vec<u8>> {
-    let len =
-        usize::try_from(len).map_err(|_| Error::InvalidInput(format!("read of {len} bytes")))?;
-    let mut bytes = vec![0; len];
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(&mut bytes)?;
-    Ok(bytes)
 }

@@ -228,6 +228,7 @@ pub(crate) fn write_error(e: leader::Error) -> Response {
             retry_after(json_response(StatusCode::SERVICE_UNAVAILABLE, &body, false))
         }
         leader::Error::InvalidInput(_) => bad_request(message),
+        leader::Error::DiskFull(_) => error_response(StatusCode::INSUFFICIENT_STORAGE, message),
         leader::Error::Internal(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, message),
     }
 }
@@ -640,6 +641,9 @@ mod tests {
         assert_eq!(retry_after(&r), None);
         let r = write_error(leader::Error::Internal("disk".into()));
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let r = write_error(leader::Error::DiskFull("the disk is full: …".into()));
+        assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(retry_after(&r), None);
     }
 
     #[tokio::test]

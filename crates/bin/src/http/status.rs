@@ -102,11 +102,26 @@ async fn document(node: &Node, disk: bool) -> Status {
         node: node_section(node, &s),
         store: store(node, &s, disk),
         cluster: status::Cluster { members: members.collect() },
+        disk: Some(disk_section(&node.space())),
         divergence: node.divergence(),
         replication: node
             .replication_all(&s)
             .map(|all| all.into_iter().map(|(id, r)| (id.to_string(), r)).collect()),
         snapshot: snapshot(node.snapshots().read()),
+    }
+}
+
+/// Keel's `disk`: the free space and what a full disk refused.
+fn disk_section(r: &raft::space::Report) -> status::Disk {
+    status::Disk {
+        apply_retries: r.apply_retries,
+        free_bytes: r.free,
+        full: r.full,
+        full_episodes: r.episodes,
+        log_room_bytes: r.room,
+        refused_appends: r.refused_appends,
+        refused_writes: r.refused_writes,
+        reserve_bytes: r.reserve,
     }
 }
 

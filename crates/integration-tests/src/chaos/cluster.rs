@@ -90,6 +90,8 @@ pub struct ChaosNode {
     clock_file: PathBuf,
     /// Whether `data` is a tmpfs mount of ours.
     mounted: bool,
+    /// Whether its disk is full now (filled by the nemesis, not freed yet).
+    pub disk_full: bool,
 }
 
 /// A file in a node's data directory saying that its disk was filled (see
@@ -109,6 +111,9 @@ pub struct Cluster {
     calls: Client,
     /// `keel_api` with a 2 s timeout, for status and readiness polls.
     probes: Client,
+    /// Nodes that exited on their own while they should have stayed up (a full disk): each a
+    /// violation.
+    pub exits: Vec<String>,
 }
 
 /// A `keel_api` client of the node at `url` alone: one attempt of at most `timeout`, no
@@ -161,12 +166,13 @@ impl Cluster {
                 fsync_faults: false,
                 clock_file,
                 mounted: false,
+                disk_full: false,
             });
         }
         let first = format!("http://{}", nodes[0].http);
         let calls = pinned(&first, Duration::from_secs(20))?;
         let probes = pinned(&first, Duration::from_secs(2))?;
-        let mut cluster = Cluster { nodes, net, layout, calls, probes };
+        let mut cluster = Cluster { nodes, net, layout, calls, probes, exits: Vec::new() };
         if cluster.layout.tmpfs {
             for i in 1..=count {
                 cluster.mount(i)?;
@@ -456,8 +462,9 @@ impl Cluster {
     }
 
     /// Fills node `i`'s tmpfs with a balloon file, leaving it (nearly) no space.
-    pub fn fill_disk(&self, i: usize) -> anyhow::Result<()> {
+    pub fn fill_disk(&mut self, i: usize) -> anyhow::Result<()> {
         use std::io::Write as _;
+        self.nodes[i - 1].disk_full = true;
         // Remembered until the data is wiped: see `lose_unsynced`.
         std::fs::write(self.nodes[i - 1].data.join(FILLED_MARK), b"")?;
         let path = self.nodes[i - 1].data.join("balloon");
@@ -470,8 +477,18 @@ impl Cluster {
     }
 
     /// Removes node `i`'s balloon file, if any.
-    pub fn free_disk(&self, i: usize) {
+    pub fn free_disk(&mut self, i: usize) {
         let _ = std::fs::remove_file(self.nodes[i - 1].data.join("balloon"));
+        self.nodes[i - 1].disk_full = false;
+    }
+
+    /// How node `i`'s process ended, if it was started and has exited by itself (the nemesis
+    /// reaps the ones it kills); the exit is reaped.
+    pub fn exited_by_itself(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[i - 1];
+        let status = node.child.as_mut()?.try_wait().ok()??;
+        node.child = None;
+        Some(status)
     }
 
     /// Simulates what a power loss takes from node `i` (its process must be dead): each log

@@ -27,7 +27,7 @@ pub enum Fault {
     Partition,
     /// Move a node's wall clock by up to ±10 minutes (libfaketime).
     Clock,
-    /// Fill a node's disk (tmpfs balloon).
+    /// Fill a node's disk (tmpfs balloon); the node must stay up (checked at the heal).
     Disk,
     /// Restart a node with fsync failing at random (libfiu); it must abort, not go on.
     Fsync,
@@ -93,8 +93,8 @@ pub fn run(
     // Let the clients start against a healthy cluster.
     sleep_until(Instant::now() + Duration::from_millis(rng.gen_range(500..1500)), until);
     // A fault needs time to act before the heal that ends its round: a full disk, for one,
-    // stops its node only once the node next writes. A fault injected just before `until`
-    // would be healed before it took effect, and its node would die after the last heal.
+    // is felt only once the node next writes. A fault injected just before `until` would be
+    // healed before it took effect.
     while !faults.is_empty() && Instant::now() + MIN_FAULT_TIME < until {
         let fault = *faults.choose(rng).expect("faults is not empty");
         match inject(cluster, fault, rng, history) {
@@ -282,7 +282,18 @@ pub fn check_tables(cluster: &Cluster, history: &History, wait: Duration) -> Tab
 }
 
 /// Undoes every fault: network, pauses, clocks, disks, fsync faults, dead and removed nodes.
+/// A node whose disk was full must still run: one that exited is a violation
+/// ([`Cluster::exits`]).
 pub fn heal(cluster: &mut Cluster, history: &History) {
+    for i in 1..=cluster.nodes.len() {
+        if cluster.node(i).disk_full
+            && let Some(status) = cluster.exited_by_itself(i)
+        {
+            let what = format!("node {i} exited ({status}) while its disk was full");
+            history.fault("disk", format!("VIOLATION {what}"));
+            cluster.exits.push(what);
+        }
+    }
     if let Net::Netns(net) = &mut cluster.net
         && !net.cut_pairs().is_empty()
         && let Err(e) = net.heal()

@@ -299,6 +299,9 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         final_reads(&mut cluster, config.workload, &history, &mut findings_extra);
         checks.push(nemesis::check_tables(&cluster, &history, Duration::from_secs(30)));
     }
+    for exit in &cluster.exits {
+        findings_extra.push(format!("disk: {exit}: a full disk must not stop a node"));
+    }
     for check in &checks {
         if let TableCheck::Different(out) = check {
             findings_extra.push(format!("checksums: keel check found replicas different: {out}"));

@@ -31,8 +31,9 @@ use super::transfer::{Outcome, ReceiveError, parse_snapshot_header, receive};
 use super::{Contact, PeerNode, RPC_BODY_LIMIT, SnapshotHeader};
 use crate::Raft;
 use crate::snapshot::{SnapshotStats, remove_if_exists};
+use crate::space::{Full, Space, entry_bytes};
 use crate::state_machine::{StateMachine, mb_per_s};
-use crate::types::{NodeId, TypeConfig, Vote};
+use crate::types::{Entry, NodeId, TypeConfig, Vote};
 
 /// A Raft answer as it travels: the response, or the error the receiving node returned.
 pub(super) type Answer<T> = Result<T, RaftError<TypeConfig>>;
@@ -50,6 +51,9 @@ pub(super) struct Server {
     pub(super) applied: Option<watch::Receiver<wal::Position>>,
     /// Where received snapshots go, read from the state machine on the first transfer.
     snapshots: Arc<tokio::sync::OnceCell<Snapshots>>,
+    /// The data directory's free space: appends whose entries the disk cannot take are
+    /// refused before Raft sees them (`None`: nothing is refused).
+    pub(super) space: Option<Arc<Space>>,
 }
 
 /// What the snapshot receiver needs from the state machine.
@@ -64,7 +68,27 @@ pub(super) struct Snapshots {
 impl Server {
     /// The server of `raft`, recording leader contact in `contact`.
     pub(super) fn new(raft: Raft, contact: Arc<Contact>, verify_senders: bool) -> Server {
-        Server { raft, contact, verify_senders, applied: None, snapshots: Arc::default() }
+        Server {
+            raft,
+            contact,
+            verify_senders,
+            applied: None,
+            snapshots: Arc::default(),
+            space: None,
+        }
+    }
+
+    /// Whether this node's disk can take `entries` on top of `pending` bytes of entries
+    /// already handed to Raft and not yet answered; `Err` is the refusal. A heartbeat (no
+    /// entries) is always taken. Refusing an append is what an unreachable follower does to
+    /// the leader: it retries later, and the other voters carry the commit meanwhile.
+    pub(super) fn room_for(&self, entries: &[Entry], pending: u64) -> Result<(), Full> {
+        let Some(space) = &self.space else { return Ok(()) };
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let bytes: u64 = entries.iter().map(entry_bytes).sum();
+        space.admit_append(bytes + pending)
     }
 
     /// The node this server hands RPCs to.
@@ -181,19 +205,22 @@ impl Server {
 /// state machine's snapshot directory without a size limit; the JSON RPCs are limited to
 /// [`RPC_BODY_LIMIT`].
 pub fn router(raft: Raft, contact: Arc<Contact>) -> Router {
-    router_with(raft, contact, false, None)
+    router_with(raft, contact, false, None, None)
 }
 
 /// [`router`], refusing (403) every RPC whose named sender is not the [`PeerNode`] the
-/// transport proved, when `verify_senders` is set, and sending this node's `applied` position
-/// (index and apply hash) to leaders on their replication streams. See the module docs.
+/// transport proved, when `verify_senders` is set, sending this node's `applied` position
+/// (index and apply hash) to leaders on their replication streams, and refusing appends whose
+/// entries the disk cannot take (`space`: the stream ends, a single append answers 507). See
+/// the module docs.
 pub fn router_with(
     raft: Raft,
     contact: Arc<Contact>,
     verify_senders: bool,
     applied: Option<watch::Receiver<wal::Position>>,
+    space: Option<Arc<Space>>,
 ) -> Router {
-    let server = Server { applied, ..Server::new(raft, contact, verify_senders) };
+    let server = Server { applied, space, ..Server::new(raft, contact, verify_senders) };
     Router::new()
         .route(super::stream::STREAM_PATH, post(super::stream::server::open))
         // Single appends, from nodes that predate the stream (or when it is refused).
@@ -267,6 +294,9 @@ async fn append(
 ) -> Response {
     if let Some(refused) = refuse_sender(&server, peer, "append", voter(&req.vote)) {
         return refused;
+    }
+    if let Err(full) = server.room_for(&req.entries, 0) {
+        return (StatusCode::INSUFFICIENT_STORAGE, full.to_string()).into_response();
     }
     Json(server.append(req).await).into_response()
 }

@@ -9,6 +9,8 @@
 //!   The entry cannot be applied here as the leader applied it: a conflict or a missing table
 //!   (this replica's database is not the leader's), an unreadable record or image. A restart
 //!   replays the same entry and stops again; the node's data must be replaced.
+//! * [`Error::NoSpace`]: the disk is full. The batch was rolled back, so the state machine
+//!   applies it again once space returns (see `crate::space`), and the node does not stop.
 //! * [`Error::Transient`]: the environment failed (disk I/O, a full disk, a lock held too long).
 //!   A restart, once the cause is fixed, replays the log from the position stored with the
 //!   data and goes on.
@@ -43,6 +45,14 @@ pub enum Error {
          the node: it replays the log from its last applied entry)"
     )]
     Transient(#[source] Cause),
+    /// The disk is full: nothing of the batch was applied, and the same batch applies once
+    /// space returns. Told apart from [`Error::Transient`] because it is safe to retry in
+    /// place: no fsync failed, so nothing in the page cache is in doubt.
+    #[error(
+        "the disk is full (nothing of the batch was applied; it is applied again once space \
+         returns)"
+    )]
+    NoSpace(#[source] Cause),
 }
 
 impl Error {
@@ -56,6 +66,16 @@ impl Error {
         Error::Transient(cause.into())
     }
 
+    /// A failure for lack of space.
+    pub fn no_space(cause: impl Into<Cause>) -> Error {
+        Error::NoSpace(cause.into())
+    }
+
+    /// Whether the disk was full: the same call succeeds once space returns.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::NoSpace(_))
+    }
+
     /// Whether doing it again fails the same way (toyDB's `Error::is_deterministic`).
     pub fn is_deterministic(&self) -> bool {
         matches!(self, Error::Corrupt(_))
@@ -64,7 +84,9 @@ impl Error {
     /// The cause, as the store gave it (downcast it to the store's own error type).
     pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         match self {
-            Error::Corrupt(cause) | Error::Transient(cause) => cause.as_ref(),
+            Error::Corrupt(cause) | Error::Transient(cause) | Error::NoSpace(cause) => {
+                cause.as_ref()
+            }
         }
     }
 
@@ -84,10 +106,19 @@ impl From<io::Error> for Error {
     fn from(error: io::Error) -> Error {
         if error.kind() == io::ErrorKind::InvalidData {
             Error::corrupt(error)
+        } else if wal::is_no_space(&error) {
+            Error::no_space(error)
         } else {
             Error::transient(error)
         }
     }
+}
+
+/// Whether an `io::Error` from the state machine says the disk was full: the file system's
+/// own (`ENOSPC`), or a store's [`Error::NoSpace`] carried inside it.
+pub fn is_no_space(error: &io::Error) -> bool {
+    wal::is_no_space(error)
+        || error.get_ref().and_then(|e| e.downcast_ref::<Error>()).is_some_and(Error::is_no_space)
 }
 
 /// Renders an error and its causes as `a: b: c`, leaving out a cause whose text the rendering

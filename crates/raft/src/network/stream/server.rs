@@ -20,6 +20,7 @@ use super::frame::{Codec, close, flush};
 use super::{Down, HASH_HEADER, PROTOCOL, SENDER_HEADER, Up};
 use crate::network::PeerNode;
 use crate::network::server::{Server, refuse_sender, voter};
+use crate::space::entry_bytes;
 use crate::types::NodeId;
 use wal::Position;
 
@@ -74,6 +75,9 @@ enum End {
     Failed(String),
     /// The last answer was sent (an error answer, after which openraft's stream is over).
     Answered,
+    /// This node's disk cannot take the entries: it ends the stream, telling the leader why
+    /// (logged quietly: the disk's state is logged where it changes, `crate::space`).
+    Refused(String),
 }
 
 /// Serves the stream that node `sender` opened on `io` until it ends: appends go to
@@ -90,8 +94,10 @@ where
     let mut out = FramedWrite::new(write, Codec::<Down, Up>::new());
     let (appends, input) = futures::channel::mpsc::unbounded();
     let mut answers = std::pin::pin!(server.raft.stream_append(input));
-    // The leader's commit index of each unanswered append, for `Contact`.
+    // The leader's commit index of each unanswered append, for `Contact`, and the bytes of
+    // its entries, for the disk check of the next ones.
     let mut commits = VecDeque::new();
+    let mut pending: VecDeque<u64> = VecDeque::new();
     let mut applied = server.applied.clone();
     let mut unflushed = false;
     let report = |position: Position| match hashes {
@@ -108,6 +114,7 @@ where
             answer = answers.next() => match answer {
                 Some(Ok(answer)) => {
                     let commit = commits.pop_front().unwrap_or(0);
+                    pending.pop_front();
                     let last = answer.is_err();
                     if !last {
                         server.contact.heard(commit);
@@ -129,6 +136,10 @@ where
                     if server.verify_senders && named != sender {
                         break End::Failed(refusal(sender, named));
                     }
+                    if let Err(full) = server.room_for(&append.entries, pending.iter().sum()) {
+                        break End::Refused(format!("this node cannot take the entries: {full}"));
+                    }
+                    pending.push_back(append.entries.iter().map(entry_bytes).sum());
                     commits.push_back(append.leader_commit.as_ref().map_or(0, |l| l.index));
                     if appends.unbounded_send(append).is_err() {
                         break End::Closed("the append pipeline ended".into());
@@ -184,6 +195,10 @@ async fn finish<W: AsyncWrite + Unpin>(
         End::Answered => {}
         End::Failed(why) => {
             tracing::info!(leader = sender, %why, "ending a replication stream");
+            let _ = out.feed(&Down::Failed(why)).await;
+        }
+        End::Refused(why) => {
+            tracing::debug!(leader = sender, %why, "ending a replication stream");
             let _ = out.feed(&Down::Failed(why)).await;
         }
     }
