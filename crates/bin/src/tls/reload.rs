@@ -87,6 +87,34 @@ impl ResolvesClientCert for Current<CertifiedKey> {
     }
 }
 
+/// The signature methods that client and server certificate verifiers share, delegated to the
+/// verifier in force.
+macro_rules! signatures_of_the_verifier_in_force {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.get().verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.get().verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.get().supported_verify_schemes()
+        }
+    };
+}
+
 impl ClientCertVerifier for Current<dyn ClientCertVerifier> {
     fn offer_client_auth(&self) -> bool {
         self.get().offer_client_auth()
@@ -110,27 +138,7 @@ impl ClientCertVerifier for Current<dyn ClientCertVerifier> {
         self.get().verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.get().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.get().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.get().supported_verify_schemes()
-    }
+    signatures_of_the_verifier_in_force!();
 }
 
 impl ServerCertVerifier for Current<dyn ServerCertVerifier> {
@@ -145,27 +153,7 @@ impl ServerCertVerifier for Current<dyn ServerCertVerifier> {
         self.get().verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.get().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.get().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.get().supported_verify_schemes()
-    }
+    signatures_of_the_verifier_in_force!();
 }
 
 /// A certificate chain and its key, read from PEM files and checked to fit each other.
