@@ -144,11 +144,23 @@ impl TestCluster {
         extra_args: &[&str],
         headers: HeaderMap,
     ) -> Self {
+        Self::start_with_env(voters, learners, extra_args, &[], headers)
+    }
+
+    /// [`TestCluster::start_with_headers`] whose `keel` processes also get the environment
+    /// variables `env` (e.g. an object store's endpoint and keys), on every start.
+    pub fn start_with_env(
+        voters: usize,
+        learners: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        headers: HeaderMap,
+    ) -> Self {
         assert!(voters >= 1, "a cluster needs at least one voter");
         keel_binary();
         let mut attempt = 1;
         loop {
-            let cluster = Self::new(voters, learners, extra_args, headers.clone());
+            let cluster = Self::new(voters, learners, extra_args, env, headers.clone());
             match cluster.boot() {
                 Ok(()) => return cluster,
                 Err(StartError::Exited { port_taken: true, .. }) if attempt < START_ATTEMPTS => {
@@ -166,7 +178,13 @@ impl TestCluster {
     }
 
     /// Lays out a cluster (ports, directories, command lines) without starting anything.
-    fn new(voters: usize, learners: usize, extra_args: &[&str], headers: HeaderMap) -> Self {
+    fn new(
+        voters: usize,
+        learners: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        headers: HeaderMap,
+    ) -> Self {
         let slot = Slot::acquire();
         let count = voters + learners;
         let mut dir = tempfile::Builder::new()
@@ -192,6 +210,7 @@ impl TestCluster {
                     log_path: dir.path().join(format!("node{id}.log")),
                     join: (id != 1).then(|| format!("http://{bootstrap_http}")),
                     extra_args: extra_args.iter().map(|arg| (*arg).to_string()).collect(),
+                    env: env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
                     process: Mutex::new(Process::default()),
                 },
             );
@@ -363,6 +382,7 @@ impl TestCluster {
         let leader = self.leader();
         let join = format!("http://{}", self.node(leader).http_addr);
         let extra_args = self.node(leader).extra_args.clone();
+        let env = self.node(leader).env.clone();
         let id = self.nodes.keys().chain(self.retired.keys()).max().copied().unwrap_or(0) + 1;
         let ports = free_ports(2);
         let node = Node {
@@ -374,6 +394,7 @@ impl TestCluster {
             log_path: self.dir.path().join(format!("node{id}.log")),
             join: Some(join),
             extra_args,
+            env,
             process: Mutex::new(Process::default()),
         };
         node.spawn();

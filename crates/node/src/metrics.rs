@@ -70,6 +70,8 @@ pub struct Metrics {
     pub check_mismatches: IntCounter,
     /// The apply hash comparison's counters (on the leader).
     apply_hash: crate::apply_hash::Counters,
+    /// Scheduled backups to object storage.
+    pub backups: crate::backup_report::BackupReport,
 }
 
 impl Default for Metrics {
@@ -219,6 +221,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let backups = crate::backup_report::BackupReport::new(&registry);
         // Export every error kind from the start, at zero, so dashboards see the series.
         for kind in crate::error::KINDS {
             errors.with_label_values(&[kind]).reset();
@@ -251,6 +254,7 @@ impl Metrics {
             check_last,
             check_mismatches,
             apply_hash,
+            backups,
         }
     }
 
