@@ -83,7 +83,7 @@ fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
 }
 
 /// Borrows an environment list the way [`TestCluster::start_with_env`] takes it.
-fn borrowed(env: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
@@ -124,9 +124,11 @@ fn rows_in_file(path: &Path) -> (Vec<String>, bool) {
         .collect::<Result<Vec<String>, _>>()
         .unwrap();
     let internal: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_keel%' ESCAPE '\\'", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_keel%' ESCAPE '\\'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     (rows, internal > 0)
 }
@@ -147,6 +149,11 @@ fn the_leader_backs_up_to_s3_and_an_empty_node_restores_from_it() {
     let c = TestCluster::start_with_env(3, 0, &flags, &borrowed(&env), HeaderMap::new());
     let leader = c.leader();
     c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]));
+    // Above one part (8 MiB), so every upload is a multipart upload.
+    c.execute_ok(leader, json!(["CREATE TABLE big (b BLOB)"]));
+    for _ in 0..5 {
+        c.execute_ok(leader, json!(["INSERT INTO big VALUES (randomblob(2 * 1024 * 1024))"]));
+    }
     // Each write is backed up by a later tick.
     for i in 0..3 {
         let lsn = c.execute_ok(leader, json!([["INSERT INTO t(v) VALUES(?)", format!("row {i}")]]));
@@ -174,6 +181,7 @@ fn the_leader_backs_up_to_s3_and_an_empty_node_restores_from_it() {
     });
     let newest = kept.last().unwrap();
     assert_eq!(lsn_of(newest), after.last.as_ref().unwrap().lsn);
+    assert!(std::fs::metadata(newest).unwrap().len() > 10 << 20, "smaller than the data");
     let (rows, internal) = rows_in_file(newest);
     assert_eq!(rows, ["row 0", "row 1", "row 2"]);
     assert!(!internal, "the backup holds Keel's tables");
