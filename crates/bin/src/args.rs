@@ -33,7 +33,10 @@ pub enum Command {
     /// Stream a backup of a running cluster's database to a file.
     Backup(backup::BackupArgs),
     /// Load a SQLite file or SQL text into a running cluster (a SQLite file replaces the
-    /// database).
+    /// database), or a backup from object storage (`--from`).
+    #[command(
+        override_usage = "keel restore <URL> <FILE>\n       keel restore <URL> --from <TARGET> [--at <LSN|TIME>]"
+    )]
     Restore(backup::RestoreArgs),
     /// Print an argon2 hash of a password (read from stdin) for the `--auth` file.
     HashPassword,

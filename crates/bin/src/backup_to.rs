@@ -383,7 +383,9 @@ async fn attempt(
     if uploaded.is_none() {
         *uploaded = Some(target.list().await?.last().map_or(0, |b| b.lsn));
     }
-    if uploaded.is_some_and(|lsn| node.applied() <= lsn) {
+    // Equal, not "at most": a newest backup beyond this node's applied index comes from another
+    // log (the cluster this one was restored from), and says nothing about this one's data.
+    if *uploaded == Some(node.applied()) {
         return Ok(None);
     }
     let (started, at) = (Instant::now(), SystemTime::now());

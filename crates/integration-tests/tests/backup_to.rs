@@ -188,15 +188,16 @@ fn the_leader_backs_up_to_s3_and_an_empty_node_restores_from_it() {
 
     // A new cluster's first node, empty, boots with the newest backup.
     let expected = c.dump(leader);
+    let old_lsn = after.last.unwrap().lsn;
     drop(c);
-    let restored = TestCluster::start_with_env(
-        1,
-        0,
-        &["--restore-from", target],
-        &borrowed(&env),
-        HeaderMap::new(),
-    );
+    let flags = ["--restore-from", target, "--backup-to", target, "--backup-interval", "300ms"];
+    let restored = TestCluster::start_with_env(1, 0, &flags, &borrowed(&env), HeaderMap::new());
     assert_same_dump(&expected, &restored.dump(1), "the node restored from S3");
+    // Its log is new and shorter than the old cluster's: the old cluster's newest backup, at a
+    // higher lsn, does not stop it from uploading its own.
+    let applied = restored.status(1).node.applied_index;
+    assert!(applied < old_lsn, "the premise: {applied} < {old_lsn}");
+    wait_uploaded(&restored, 1, applied);
 }
 
 #[test]
