@@ -16,6 +16,10 @@ use crate::{Lsn, NodeId, Term};
 /// The whole `/status` document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// Keel's: scheduled backups to object storage (`keel serve --backup-to`); absent on a
+    /// node started without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Backup>,
     /// rqlite's `build`.
     pub build: Build,
     /// Keel's: the members.
@@ -242,6 +246,39 @@ pub struct Runtime {
     pub num_goroutine: usize,
     /// The compiler's version.
     pub version: String,
+}
+
+/// `backup`: what the scheduled backups of `keel serve --backup-to` did on this node (only the
+/// leader uploads; counters are this process's, since it started).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Backup {
+    /// Uploads that failed (each is retried with backoff).
+    pub failures: u64,
+    /// Ticks skipped because nothing was applied since the last upload.
+    pub skipped: u64,
+    /// The last upload that succeeded, if any since start.
+    pub last: Option<LastBackup>,
+    /// The last failure's message, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// The target, as given to `--backup-to`.
+    pub target: String,
+    /// Uploads that succeeded.
+    pub uploads: u64,
+}
+
+/// One uploaded backup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LastBackup {
+    /// How long taking the image and uploading it took, in seconds.
+    pub duration_secs: f64,
+    /// The log index the image holds.
+    pub lsn: Lsn,
+    /// The object's name in the target.
+    pub name: String,
+    /// The object's size in bytes (compressed if `--backup-compress`).
+    pub size: u64,
+    /// When the upload finished, RFC 3339.
+    pub time: String,
 }
 
 /// `snapshot`.

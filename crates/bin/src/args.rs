@@ -33,7 +33,10 @@ pub enum Command {
     /// Stream a backup of a running cluster's database to a file.
     Backup(backup::BackupArgs),
     /// Load a SQLite file or SQL text into a running cluster (a SQLite file replaces the
-    /// database).
+    /// database), or a backup from object storage (`--from`).
+    #[command(
+        override_usage = "keel restore <URL> <FILE>\n       keel restore <URL> --from <TARGET> [--at <LSN|TIME>]"
+    )]
     Restore(backup::RestoreArgs),
     /// Print an argon2 hash of a password (read from stdin) for the `--auth` file.
     HashPassword,
@@ -127,6 +130,28 @@ pub struct ServeArgs {
     /// when free pages are a quarter of the file or more; 0 never does.
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     pub auto_vacuum_interval: Duration,
+    /// Back up the database to object storage on a schedule (on the leader only):
+    /// `s3://bucket/prefix` (any S3-compatible service), `gs://bucket/prefix`,
+    /// `az://container/prefix` or `file:///dir`. Endpoint, region and credentials come from the
+    /// provider's usual environment variables (e.g. `AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`; `AWS_ALLOW_HTTP=true` for a plain-http
+    /// endpoint).
+    #[arg(long, value_name = "URL")]
+    pub backup_to: Option<String>,
+    /// Time between two backups of `--backup-to` (skipped when nothing changed since the last).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub backup_interval: Duration,
+    /// Backups `--backup-to` keeps; older ones are deleted after each upload. Default: all.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub backup_retain: Option<u64>,
+    /// gzip the backups of `--backup-to`.
+    #[arg(long)]
+    pub backup_compress: bool,
+    /// Restore the newest backup from this object storage target (as `--backup-to`) before
+    /// serving, when the data directory is empty and there is no `--join`: the node bootstraps
+    /// a new cluster with that data. Ignored otherwise.
+    #[arg(long, value_name = "URL")]
+    pub restore_from: Option<String>,
     /// Credentials file (rqlite's `-auth` format: a JSON array of users with passwords and
     /// permissions). Without it, every client may do everything. Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]

@@ -1,6 +1,7 @@
 //! `keel backup URL FILE` and `keel restore URL FILE`: stream a backup of a running cluster to
 //! a file, or a file into it (`/db/backup` and `/db/load`, [`crate::http::backup`]), with a
-//! progress bar.
+//! progress bar. `keel restore URL --from TARGET` takes the file from object storage instead
+//! ([`crate::backup_to`]).
 //!
 //! Both go through [`keel_api::Client`]: [`write_backup`] through [`keel_api::Client::backup`]
 //! (on the leader the client finds, or with `noleader` on the node given) and [`restore`]
@@ -47,13 +48,22 @@ pub struct RestoreArgs {
     /// Any node's HTTP URL (the load runs on the leader).
     pub url: String,
     /// A SQLite database file (replaces the database), SQL text, or either gzipped.
-    pub file: PathBuf,
+    #[arg(required_unless_present = "from", conflicts_with = "from")]
+    pub file: Option<PathBuf>,
+    /// Restore the newest backup in this object storage target instead of a file
+    /// (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///dir`; as `keel serve --backup-to`).
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+    /// With `--from`: the newest backup at or before this log index, or taken at or before
+    /// this time (RFC 3339, e.g. `2026-01-02T03:04:05Z`).
+    #[arg(long, value_name = "LSN|TIME", requires = "from", value_parser = crate::backup_to::parse_at)]
+    pub at: Option<crate::backup_to::At>,
     /// CA certificate (PEM) to trust for `https://` URLs, besides the system's.
     #[arg(long, env = "KEEL_CACERT", value_name = "FILE")]
     pub cacert: Option<PathBuf>,
 }
 
-fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
     let bar = match total {
         Some(t) => indicatif::ProgressBar::new(t).with_style(
             indicatif::ProgressStyle::with_template(
@@ -81,7 +91,7 @@ fn client(url: &str, cacert: Option<&Path>) -> anyhow::Result<keel_api::Client> 
 }
 
 /// A failed call in these commands' words: a refusal as `HTTP <status>: <body>`.
-fn failed(what: &str, e: keel_api::Error) -> anyhow::Error {
+pub(crate) fn failed(what: &str, e: keel_api::Error) -> anyhow::Error {
     match (e.status(), e.answer()) {
         (Some(status), Some(answer)) => {
             let status = reqwest::StatusCode::from_u16(status)
@@ -155,7 +165,11 @@ pub async fn copy(download: &mut Download, out: &mut impl Write) -> anyhow::Resu
 /// `keel restore URL FILE`: streams FILE to `/db/load` with a progress bar.
 pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     let client = client(&args.url, args.cacert.as_deref())?;
-    restore(&client, &args.file).await
+    match (&args.from, &args.file) {
+        (Some(from), _) => crate::backup_to::restore_from(&client, from, args.at).await,
+        (None, Some(file)) => restore(&client, file).await,
+        (None, None) => anyhow::bail!("give a FILE or --from URL"),
+    }
 }
 
 /// Streams `path` to `/db/load` on the leader with a progress bar, as a SQLite file (or gzip)

@@ -7,7 +7,8 @@
 //! - `keel bench` measures a running cluster ([`mod@bench`]).
 //! - `keel certs` creates a cluster CA and certificates for TLS ([`certs`], [`tls`]).
 //! - `keel backup` and `keel restore` stream a backup out of, or a load into, a running
-//!   cluster ([`backup`]).
+//!   cluster ([`backup`]); `keel serve --backup-to` backs up to object storage on a schedule
+//!   and `--restore-from` restores from it ([`backup_to`]).
 //! - `keel shell` is an interactive SQL shell against any node ([`shell`]).
 //! - `keel changes` prints the committed row changes of a running cluster ([`changes`]).
 //! - `keel admin` changes a running cluster's leadership and membership ([`admin`]);
@@ -24,6 +25,7 @@ mod admin;
 mod args;
 mod auth;
 mod backup;
+mod backup_to;
 mod bench;
 mod bench_bootstrap;
 mod certs;

@@ -27,6 +27,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = crate::tls::ServeTls::from_args(&args)?;
     let peers = crate::tls::peers(tls.api.is_some(), tls.node.clone())?;
     let credentials = join_credentials(args.join_as.as_deref())?;
+    // A bad target fails the start, not the first backup an hour later.
+    let backup_target =
+        args.backup_to.as_deref().map(crate::backup_to::Target::parse).transpose()?;
+    let restore_from = restore_wanted(&args)?;
 
     // Bind first, so a port in use fails the start instead of a half-started node.
     let raft_listener = TcpListener::bind(&args.raft_addr)
@@ -121,6 +125,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let node_config = tls.node.as_ref().map(|t| t.server_config());
     tokio::spawn(crate::serve::serve(raft_listener, node_router, limits, node_config));
+    if let Some(url) = &restore_from {
+        // Before the client API is served: clients never see the empty database.
+        crate::backup_to::restore_on_boot(&node, url).await?;
+    }
+    if let Some(target) = backup_target {
+        node.metrics().backups.set_target(target.url());
+        let schedule = crate::backup_to::Schedule {
+            every: args.backup_interval.max(std::time::Duration::from_millis(100)),
+            retain: args.backup_retain.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            compress: args.backup_compress,
+        };
+        tokio::spawn(crate::backup_to::schedule(Arc::downgrade(&node), target, schedule));
+    }
     let reload = crate::tls::reload::Reload { api: tls.api.clone(), node: tls.node.clone() };
     let mut client_router =
         http::router(node.clone()).merge(crate::tls::reload::router(reload.clone()));
@@ -200,6 +217,21 @@ fn rebuild(args: &ServeArgs, join: Vec<String>) -> anyhow::Result<()> {
     tracing::warn!(data = %args.data_dir.display(), "data deleted; starting again to rejoin the cluster");
     let error = command.exec();
     Err(anyhow::anyhow!("starting again after deleting the data failed: {error}"))
+}
+
+/// The `--restore-from` URL if it applies: a node with an empty data directory and no `--join`
+/// (the first node of a new cluster). Otherwise it is ignored, and said so.
+fn restore_wanted(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let Some(url) = &args.restore_from else { return Ok(None) };
+    if !args.join.is_empty() {
+        tracing::info!("--restore-from ignored: a node that joins gets its data from the cluster");
+        return Ok(None);
+    }
+    if !crate::backup_to::is_empty_data_dir(&args.data_dir)? {
+        tracing::info!(data = %args.data_dir.display(), "--restore-from ignored: the data directory holds a node already");
+        return Ok(None);
+    }
+    Ok(Some(url.clone()))
 }
 
 /// `--join-as USER:PASSWORD`, split.

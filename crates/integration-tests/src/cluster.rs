@@ -147,14 +147,26 @@ impl TestCluster {
         extra_args: &[&str],
         headers: HeaderMap,
     ) -> Self {
-        Self::launch(voters, learners, extra_args, headers, None)
+        Self::launch(voters, learners, extra_args, &[], headers, None)
+    }
+
+    /// [`TestCluster::start_with_headers`] whose `keel` processes also get the environment
+    /// variables `env` (e.g. an object store's endpoint and keys), on every start.
+    pub fn start_with_env(
+        voters: usize,
+        learners: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        headers: HeaderMap,
+    ) -> Self {
+        Self::launch(voters, learners, extra_args, env, headers, None)
     }
 
     /// [`TestCluster::start_with`] with every node's data directory on a tmpfs of its own of
     /// `size` (`64m`), so that a test can fill one node's disk ([`TestCluster::fill_disk`]).
     /// Needs root: check [`crate::tmpfs::available`] first.
     pub fn start_on_tmpfs(voters: usize, learners: usize, extra_args: &[&str], size: &str) -> Self {
-        Self::launch(voters, learners, extra_args, HeaderMap::new(), Some(size))
+        Self::launch(voters, learners, extra_args, &[], HeaderMap::new(), Some(size))
     }
 
     /// Lays out, mounts (with `tmpfs`) and boots a cluster, retrying on fresh ports when a
@@ -163,6 +175,7 @@ impl TestCluster {
         voters: usize,
         learners: usize,
         extra_args: &[&str],
+        env: &[(&str, &str)],
         headers: HeaderMap,
         tmpfs: Option<&str>,
     ) -> Self {
@@ -170,7 +183,7 @@ impl TestCluster {
         keel_binary();
         let mut attempt = 1;
         loop {
-            let mut cluster = Self::new(voters, learners, extra_args, headers.clone());
+            let mut cluster = Self::new(voters, learners, extra_args, env, headers.clone());
             if let Some(size) = tmpfs {
                 cluster.mounts = cluster
                     .nodes
@@ -196,7 +209,13 @@ impl TestCluster {
     }
 
     /// Lays out a cluster (ports, directories, command lines) without starting anything.
-    fn new(voters: usize, learners: usize, extra_args: &[&str], headers: HeaderMap) -> Self {
+    fn new(
+        voters: usize,
+        learners: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        headers: HeaderMap,
+    ) -> Self {
         let slot = Slot::acquire();
         let count = voters + learners;
         let mut dir = tempfile::Builder::new()
@@ -222,6 +241,7 @@ impl TestCluster {
                     log_path: dir.path().join(format!("node{id}.log")),
                     join: (id != 1).then(|| format!("http://{bootstrap_http}")),
                     extra_args: extra_args.iter().map(|arg| (*arg).to_string()).collect(),
+                    env: env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
                     process: Mutex::new(Process::default()),
                 },
             );
@@ -393,6 +413,7 @@ impl TestCluster {
         let leader = self.leader();
         let join = format!("http://{}", self.node(leader).http_addr);
         let extra_args = self.node(leader).extra_args.clone();
+        let env = self.node(leader).env.clone();
         let id = self.nodes.keys().chain(self.retired.keys()).max().copied().unwrap_or(0) + 1;
         let ports = free_ports(2);
         let node = Node {
@@ -404,6 +425,7 @@ impl TestCluster {
             log_path: self.dir.path().join(format!("node{id}.log")),
             join: Some(join),
             extra_args,
+            env,
             process: Mutex::new(Process::default()),
         };
         node.spawn();

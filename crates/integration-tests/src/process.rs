@@ -151,6 +151,8 @@ pub(crate) struct Node {
     /// Further `keel serve` arguments, after the ones the harness sets (the same on every node
     /// of a cluster; see [`TestCluster::start_with`]).
     pub(crate) extra_args: Vec<String>,
+    /// Environment variables of the process, besides the test's own (the same on every node).
+    pub(crate) env: Vec<(String, String)>,
     /// The running process.
     pub(crate) process: Mutex<Process>,
 }
@@ -211,6 +213,7 @@ impl Node {
         let stdout = log.try_clone().expect("cannot clone node log handle");
         let child = Command::new(keel_binary())
             .args(&args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log)

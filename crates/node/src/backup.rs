@@ -199,23 +199,29 @@ impl Node {
     /// Takes a consistent image of the database into a temporary file, without Keel's internal
     /// tables, vacuumed if asked.
     pub async fn backup_image(&self, vacuum: bool) -> Result<TempFile, Error> {
+        Ok(self.backup_image_at(vacuum).await?.0)
+    }
+
+    /// [`Node::backup_image`], with the log index the image holds (0 before the first apply):
+    /// read from the copy itself, so it matches the contents whatever the writer did meanwhile.
+    pub async fn backup_image_at(&self, vacuum: bool) -> Result<(TempFile, wal::Lsn), Error> {
         let image = TempFile::new(self, "backup").map_err(|e| Error::Internal(e.to_string()))?;
         let source = self.image_source.clone();
         let path = image.0.clone();
         let started = Instant::now();
-        tokio::task::spawn_blocking(move || -> sql::Result<()> {
-            source.write_image(&path)?;
+        let applied = tokio::task::spawn_blocking(move || -> sql::Result<wal::Lsn> {
+            let applied = source.write_image(&path)?;
             sql::backup::strip_internal(&path)?;
             if vacuum {
                 sql::backup::vacuum(&path)?;
             }
-            Ok(())
+            Ok(applied.map_or(0, |a| a.index))
         })
         .await?
         .map_err(|e| Error::Internal(e.to_string()))?;
         let size = std::fs::metadata(&image.0).map_or(0, |m| m.len());
-        tracing::info!(bytes = size, took = ?started.elapsed(), "backup image taken");
-        Ok(image)
+        tracing::info!(bytes = size, lsn = applied, took = ?started.elapsed(), "backup image taken");
+        Ok((image, applied))
     }
 
     /// Loads a spooled body (see the module docs): `binary` if it was sent as

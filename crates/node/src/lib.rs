@@ -30,7 +30,8 @@
 //! - [`checksum`]: table checksums at a pinned log index, for `keel check`; [`rebuild`]: a
 //!   node whose data differs deletes it and rejoins; [`apply_hash`]: the leader compares its
 //!   followers' apply hashes with its own, continuously, and tells one that differs.
-//! - [`metrics`]: Prometheus counters, updated where things happen.
+//! - [`metrics`]: Prometheus counters, updated where things happen; [`backup_report`]: what
+//!   the scheduled backups to object storage did, for `/status` and `/metrics`.
 //! - `maintenance`: upkeep of this node's own file outside the log (`PRAGMA optimize`).
 //!
 //! Errors ([`Error`]) say what the caller should do; the HTTP layer maps each to one answer.
@@ -44,6 +45,7 @@
 
 pub mod apply_hash;
 pub mod backup;
+pub mod backup_report;
 pub mod changes;
 pub mod checksum;
 pub mod error;

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub check_mismatches: IntCounter,
     /// The apply hash comparison's counters (on the leader).
     apply_hash: crate::apply_hash::Counters,
+    /// Scheduled backups to object storage.
+    pub backups: crate::backup_report::BackupReport,
     /// The data directory's free space and what a full disk refused.
     disk: Disk,
 }
@@ -294,6 +296,7 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         let disk = Disk::new(&registry);
+        let backups = crate::backup_report::BackupReport::new(&registry);
         // Export every error kind from the start, at zero, so dashboards see the series.
         for kind in crate::error::KINDS {
             errors.with_label_values(&[kind]).reset();
@@ -327,6 +330,7 @@ impl Metrics {
             check_mismatches,
             apply_hash,
             disk,
+            backups,
         }
     }
 

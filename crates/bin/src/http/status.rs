@@ -95,6 +95,7 @@ async fn document(node: &Node, disk: bool) -> Status {
         voter: m.voter,
     });
     Status {
+        backup: node.metrics().backups.status(),
         build: build(),
         runtime: runtime(),
         os: os(),
