@@ -112,6 +112,7 @@ mod mask;
 mod meta;
 mod policy;
 pub mod readers;
+mod replay;
 pub mod result;
 mod schema;
 mod session;

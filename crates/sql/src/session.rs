@@ -38,6 +38,7 @@
 //! What this module does not do: decide *when* to capture or apply (that is `db.rs`), patchsets,
 //! rebasing, inversion or streaming APIs.
 
+use std::borrow::Cow;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -192,23 +193,41 @@ pub(crate) struct ChangedTable {
 }
 
 /// One change under a changeset iterator, as [`for_each_change`] hands it out.
-struct Change {
+pub(crate) struct Change<'a> {
     /// The live iterator, positioned on this change; valid only during the callback.
     iter: *mut ffi::sqlite3_changeset_iter,
-    /// The changed table's name.
-    table: String,
+    /// The changed table's name (borrowed from the iterator when it is valid UTF-8).
+    pub(crate) table: Cow<'a, str>,
     /// How many columns the change records.
-    columns: c_int,
+    pub(crate) columns: c_int,
     /// `SQLITE_INSERT`, `SQLITE_UPDATE` or `SQLITE_DELETE`.
-    op: c_int,
+    pub(crate) op: c_int,
+}
+
+impl Change<'_> {
+    /// The old (`old = true`) or new value of column `i`; `None` when the change does not carry
+    /// it: an insert has no old values, a delete no new ones, and an update only those of its
+    /// primary key (old) and of the columns it changed (old and new).
+    pub(crate) fn value(&self, i: usize, old: bool) -> Option<ValueRef<'_>> {
+        let i = c_int::try_from(i).ok().filter(|&i| i < self.columns)?;
+        let carries =
+            if old { self.op != ffi::SQLITE_INSERT } else { self.op != ffi::SQLITE_DELETE };
+        if !carries {
+            return None;
+        }
+        // SAFETY: the kind and index are checked above. The values are owned by the iterator,
+        // which does not step while `self` is borrowed (`for_each_change` steps only after the
+        // callback returns), so the borrowed slices live long enough.
+        unsafe { raw_value(self.iter, i, old) }
+    }
 }
 
 /// Calls `f` on every change in `changeset`, in order: starts, steps and finalizes SQLite's
 /// changeset iterator (the one place that does), and fails if the changeset is malformed or
 /// `f` fails.
-fn for_each_change(
+pub(crate) fn for_each_change(
     changeset: &[u8],
-    mut f: impl FnMut(&Change) -> rusqlite::Result<()>,
+    mut f: impl FnMut(&Change<'_>) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
     if changeset.is_empty() {
         return Ok(());
@@ -242,8 +261,8 @@ fn for_each_change(
             rc = ffi::SQLITE_CORRUPT;
             break;
         }
-        // SAFETY: see above; copied before the next step.
-        let table = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        // SAFETY: see above; the name is only used before the next step.
+        let table = unsafe { CStr::from_ptr(name) }.to_string_lossy();
         if let Err(e) = f(&Change { iter, table, columns, op }) {
             failed = Some(e);
             rc = ffi::SQLITE_DONE;
@@ -291,7 +310,7 @@ pub(crate) fn tables(changeset: &[u8]) -> rusqlite::Result<Vec<ChangedTable>> {
             }
         };
         tables.push(ChangedTable {
-            name: change.table.clone(),
+            name: change.table.to_string(),
             columns: change.columns.max(0) as usize,
             primary_key,
         });
@@ -485,9 +504,24 @@ pub(crate) unsafe fn change_value<T>(
     old: bool,
     read: impl FnOnce(ValueRef<'_>) -> T,
 ) -> Option<T> {
+    // SAFETY: per the contract; the value is read before this call returns.
+    unsafe { raw_value(iter, i, old) }.map(read)
+}
+
+/// The old or new value of column `i` of the iterator's current change, borrowing memory the
+/// iterator owns; `None` when the change does not carry it.
+///
+/// # Safety
+///
+/// As [`change_value`], and the caller must not use the value after the iterator steps.
+unsafe fn raw_value<'a>(
+    iter: *mut ffi::sqlite3_changeset_iter,
+    i: c_int,
+    old: bool,
+) -> Option<ValueRef<'a>> {
     let mut value: *mut ffi::sqlite3_value = ptr::null_mut();
-    // SAFETY: per the contract. The value is owned by the iterator and read before the next
-    // step; the slices below do not outlive this call.
+    // SAFETY: per the contract. The value is owned by the iterator and valid until its next
+    // step, which the caller's lifetime `'a` must not outlast.
     unsafe {
         let rc = if old {
             ffi::sqlite3changeset_old(iter, i, &mut value)
@@ -501,12 +535,12 @@ pub(crate) unsafe fn change_value<T>(
             let len = ffi::sqlite3_value_bytes(value).max(0) as usize;
             if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data, len) }
         };
-        Some(read(match ffi::sqlite3_value_type(value) {
+        Some(match ffi::sqlite3_value_type(value) {
             ffi::SQLITE_INTEGER => ValueRef::Integer(ffi::sqlite3_value_int64(value)),
             ffi::SQLITE_FLOAT => ValueRef::Real(ffi::sqlite3_value_double(value)),
             ffi::SQLITE_TEXT => ValueRef::Text(bytes(ffi::sqlite3_value_text(value))),
             ffi::SQLITE_BLOB => ValueRef::Blob(bytes(ffi::sqlite3_value_blob(value).cast::<u8>())),
             _ => ValueRef::Null,
-        }))
+        })
     }
 }

@@ -56,6 +56,7 @@ use crate::generation::{self, Generation};
 use crate::image;
 pub use crate::meta::Apply;
 use crate::meta::{self, Recorded};
+use crate::replay::{self, Shape};
 use crate::session::{self, ApplyError};
 use crate::verdicts::Verdicts;
 
@@ -263,18 +264,22 @@ impl Db {
                 // Run before the transaction (`apply_entries`).
                 Op::Vacuum => {}
                 Op::Changes(changeset) => {
-                    touched_shadow_tables |=
-                        self.validate(changeset).map_err(|e| located(e, &at))?;
-                    session::apply(&self.applier, changeset)
-                        .map_err(|e| match e {
-                            ApplyError::Conflict { kind, table } => {
-                                Error::Corrupt(format!("conflict on table {table}: {kind}"))
-                            }
-                            ApplyError::Sqlite(e) => {
-                                failure(e, |e| format!("changeset apply failed: {e}"))
-                            }
-                        })
-                        .map_err(|e| located(e, &at))?;
+                    let (shadow, shapes) = self.validate(changeset).map_err(|e| located(e, &at))?;
+                    touched_shadow_tables |= shadow;
+                    if replay::handles(&shapes) {
+                        replay::apply(&self.applier, changeset, &shapes)
+                    } else {
+                        session::apply(&self.applier, changeset)
+                    }
+                    .map_err(|e| match e {
+                        ApplyError::Conflict { kind, table } => {
+                            Error::Corrupt(format!("conflict on table {table}: {kind}"))
+                        }
+                        ApplyError::Sqlite(e) => {
+                            failure(e, |e| format!("changeset apply failed: {e}"))
+                        }
+                    })
+                    .map_err(|e| located(e, &at))?;
                 }
             }
         }
@@ -286,12 +291,14 @@ impl Db {
 
     /// Checks that every table a changeset touches exists here with the same columns and
     /// primary key; SQLite's apply would silently skip changes that do not match. Returns
-    /// whether one of the tables is a virtual table's shadow table.
-    fn validate(&self, changeset: &[u8]) -> Result<bool> {
+    /// whether one of the tables is a virtual table's shadow table, and the tables' shapes for
+    /// [`replay::apply`].
+    fn validate(&self, changeset: &[u8]) -> Result<(bool, Vec<Shape>)> {
         let tables = session::tables(changeset)
             .map_err(|e| failure(e, |e| format!("malformed changeset: {e}")))?;
         let schema = |e: rusqlite::Error| failure(e, |e| format!("reading the local schema: {e}"));
         let mut shadow = false;
+        let mut shapes = Vec::with_capacity(tables.len());
         for table in tables {
             let kind: Option<String> = self
                 .applier
@@ -301,24 +308,11 @@ impl Db {
                 .and_then(|mut stmt| stmt.query_row([&table.name], |row| row.get(0)).optional())
                 .map_err(schema)?;
             shadow |= kind.as_deref() == Some("shadow");
-            let mut stmt = self
-                .applier
-                .prepare_cached("SELECT pk FROM pragma_table_info(?1) ORDER BY cid")
-                .map_err(schema)?;
-            let pks: Vec<i64> = stmt
-                .query_map([&table.name], |row| row.get(0))
-                .and_then(Iterator::collect)
-                .map_err(schema)?;
-            if pks.is_empty() {
+            let Some(shape) = replay::shape(&self.applier, &table.name).map_err(schema)? else {
                 return Err(Error::Corrupt(format!("changeset for missing table {}", table.name)));
-            }
-            // A rowid table without a PRIMARY KEY is recorded with the rowid as an extra first
-            // primary-key column.
-            let mut expected: Vec<bool> = pks.iter().map(|&pk| pk > 0).collect();
-            if !expected.contains(&true) {
-                expected.insert(0, true);
-            }
-            if table.columns != expected.len() || table.primary_key != expected {
+            };
+            let expected = &shape.primary_key;
+            if table.columns != expected.len() || table.primary_key != *expected {
                 return Err(Error::Corrupt(format!(
                     "changeset for table {} has {} columns (primary key {:?}), the local table {} ({:?})",
                     table.name,
@@ -328,8 +322,9 @@ impl Db {
                     expected
                 )));
             }
+            shapes.push(shape);
         }
-        Ok(shadow)
+        Ok((shadow, shapes))
     }
 
     /// Rolls back any open transaction of the apply connection. Never fails, like
