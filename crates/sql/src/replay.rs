@@ -175,6 +175,10 @@ struct Table<'s> {
     updates: Vec<(Vec<(bool, bool)>, String)>,
     /// Changes that failed a constraint, to retry.
     deferred: Vec<Owned>,
+    /// The INSERT, held from its first use to the table's last change.
+    insert_stmt: Option<CachedStatement<'s>>,
+    /// The DELETE, likewise.
+    delete_stmt: Option<CachedStatement<'s>>,
 }
 
 impl<'s> Table<'s> {
@@ -197,22 +201,34 @@ impl<'s> Table<'s> {
         if !rest.is_empty() {
             delete.push_str(&format!(" AND ({})", rest.join(" AND ")));
         }
-        Table { shape, qualified, insert, delete, updates: Vec::new(), deferred: Vec::new() }
+        Table {
+            shape,
+            qualified,
+            insert,
+            delete,
+            updates: Vec::new(),
+            deferred: Vec::new(),
+            insert_stmt: None,
+            delete_stmt: None,
+        }
     }
 
     /// Applies one change whose values `get` reads.
     fn apply_one<'v>(
         &mut self,
-        conn: &Connection,
+        conn: &'s Connection,
         op: i32,
         get: &dyn Fn(usize, bool) -> Option<ValueRef<'v>>,
     ) -> Result<Outcome, ApplyError> {
         let n = self.shape.columns.len();
         match op {
             ffi::SQLITE_INSERT => {
-                let mut stmt = prepare(conn, &self.insert)?;
+                let stmt = match &mut self.insert_stmt {
+                    Some(stmt) => stmt,
+                    None => self.insert_stmt.insert(prepare(conn, &self.insert)?),
+                };
                 for i in 0..n {
-                    bind(&mut stmt, i + 1, get(i, false))?;
+                    bind(stmt, i + 1, get(i, false))?;
                 }
                 match stmt.raw_execute() {
                     Ok(_) => Ok(Outcome::Applied),
@@ -227,14 +243,15 @@ impl<'s> Table<'s> {
                 }
             }
             ffi::SQLITE_DELETE => {
-                let mut stmt = prepare(conn, &self.delete)?;
+                let stmt = match &mut self.delete_stmt {
+                    Some(stmt) => stmt,
+                    None => self.delete_stmt.insert(prepare(conn, &self.delete)?),
+                };
                 for i in 0..n {
-                    bind(&mut stmt, i + 1, get(i, true))?;
+                    bind(stmt, i + 1, get(i, true))?;
                 }
-                self.changed(
-                    stmt.raw_execute(),
-                    "row to delete not found or not as the changeset says",
-                )
+                let result = stmt.raw_execute();
+                self.changed(result, "row to delete not found or not as the changeset says")
             }
             ffi::SQLITE_UPDATE => {
                 let columns: Vec<(bool, bool)> = (0..n)
@@ -337,7 +354,7 @@ impl<'s> Table<'s> {
 
     /// Retries the changes put aside, for as long as each pass applies some; fails with the
     /// first change that still fails a constraint.
-    fn finish(mut self, conn: &Connection) -> Result<(), ApplyError> {
+    fn finish(mut self, conn: &'s Connection) -> Result<(), ApplyError> {
         while !self.deferred.is_empty() {
             let before = self.deferred.len();
             let mut still = Vec::new();

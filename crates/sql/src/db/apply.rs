@@ -254,17 +254,17 @@ impl Db {
     fn apply_record(&self, entry: &Apply<'_>, record: &Record) -> Result<bool> {
         let mut touched_shadow_tables = false;
         for (i, op) in record.ops.iter().enumerate() {
-            let at = format!("entry {} (term {}) op {i}", entry.index, entry.term);
+            let at = || format!("entry {} (term {}) op {i}", entry.index, entry.term);
             match op {
                 Op::Ddl(sql) => self
                     .applier
                     .execute_batch(sql)
                     .map_err(|e| failure(e, |e| format!("DDL failed: {e}: {sql}")))
-                    .map_err(|e| located(e, &at))?,
+                    .map_err(|e| located(e, &at()))?,
                 // Run before the transaction (`apply_entries`).
                 Op::Vacuum => {}
                 Op::Changes(changeset) => {
-                    let (shadow, shapes) = self.validate(changeset).map_err(|e| located(e, &at))?;
+                    let (shadow, shapes) = self.validate(changeset).map_err(|e| located(e, &at()))?;
                     touched_shadow_tables |= shadow;
                     if replay::handles(&shapes) {
                         replay::apply(&self.applier, changeset, &shapes)
@@ -279,13 +279,12 @@ impl Db {
                             failure(e, |e| format!("changeset apply failed: {e}"))
                         }
                     })
-                    .map_err(|e| located(e, &at))?;
+                    .map_err(|e| located(e, &at()))?;
                 }
             }
         }
-        let at = format!("entry {} (term {})", entry.index, entry.term);
         answers::store(&self.applier, entry.index, &record.requests)
-            .map_err(|e| located(e, &at))?;
+            .map_err(|e| located(e, &format!("entry {} (term {})", entry.index, entry.term)))?;
         Ok(touched_shadow_tables)
     }
 
