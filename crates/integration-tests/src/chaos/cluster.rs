@@ -191,8 +191,7 @@ impl Cluster {
             }
             _ => None,
         };
-        let mut cluster =
-            Cluster { nodes, net, proxies, layout, calls, probes, exits: Vec::new() };
+        let mut cluster = Cluster { nodes, net, proxies, layout, calls, probes, exits: Vec::new() };
         if cluster.layout.tmpfs {
             for i in 1..=count {
                 cluster.mount(i)?;

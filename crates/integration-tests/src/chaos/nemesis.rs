@@ -313,8 +313,10 @@ fn inject(
 fn bad_links(cluster: &Cluster, rng: &mut StdRng, leader: Option<usize>) -> Option<String> {
     let proxies = cluster.proxies.as_ref()?;
     let ids: Vec<usize> = (1..=cluster.nodes.len()).collect();
-    let pairs: Vec<(usize, usize)> =
-        ids.iter().flat_map(|&a| ids.iter().filter(move |&&b| b != a).map(move |&b| (a, b))).collect();
+    let pairs: Vec<(usize, usize)> = ids
+        .iter()
+        .flat_map(|&a| ids.iter().filter(move |&&b| b != a).map(move |&b| (a, b)))
+        .collect();
     let ms = |n: u64| Duration::from_millis(n);
     // The leader half the time, else any node.
     let one = match leader {
@@ -358,7 +360,9 @@ fn bad_links(cluster: &Cluster, rng: &mut StdRng, leader: Option<usize>) -> Opti
             for &b in ids.iter().filter(|&&b| b != from) {
                 proxies.set(from, b, |l| l.replay = true);
             }
-            format!("replay: node {from}'s recent appends replayed to the others, shuffled, some twice")
+            format!(
+                "replay: node {from}'s recent appends replayed to the others, shuffled, some twice"
+            )
         }
         _ => {
             let least = ms(rng.gen_range(200..=1000));

@@ -335,7 +335,8 @@ async fn pump(
                 }
                 let link = shared.link(key);
                 let jitter = rand::thread_rng().gen_range(0..=link.jitter.as_micros() as u64);
-                let due = (Instant::now() + link.delay + Duration::from_micros(jitter)).max(last_due);
+                let due =
+                    (Instant::now() + link.delay + Duration::from_micros(jitter)).max(last_due);
                 last_due = due;
                 if tx.send((due, chunk)).await.is_err() {
                     return;

@@ -112,10 +112,9 @@ impl NetFigures {
             return None;
         }
         let inside = |t: u64| windows.iter().any(|&(a, b)| a <= t && t < b);
-        let ok_ops = ops
-            .iter()
-            .filter(|op| op.outcome == Outcome::Ok && op.ret.is_some_and(inside))
-            .count() as u64;
+        let ok_ops =
+            ops.iter().filter(|op| op.outcome == Outcome::Ok && op.ret.is_some_and(inside)).count()
+                as u64;
         let bad_secs = windows.iter().map(|(a, b)| (b - a) as f64 / 1e9).sum();
         Some(NetFigures { bad_secs, ok_ops, recoveries })
     }
