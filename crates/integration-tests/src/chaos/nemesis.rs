@@ -92,7 +92,7 @@ const NET_RECOVERY_WAIT: Duration = Duration::from_secs(20);
 /// Runs the schedule until `until`, then heals. Returns the counts of faults injected. After
 /// every heal, `keel check` compares the replicas; its verdicts go to `checks`. After the heal
 /// of a `net` fault, the seconds until the cluster had a leader that every node had caught up
-/// with go to `net_recoveries` (`None`: not within [`NET_RECOVERY_WAIT`]).
+/// with go to `net_recoveries` (`None`: not within 20 s).
 pub fn run(
     cluster: &mut Cluster,
     faults: &[Fault],
