@@ -74,7 +74,7 @@ enum Command {
 const DEFAULT_WORKLOADS: &str = "register,set,bank,append";
 
 /// The default fault mixes of a campaign, in the manner of dqlite's CI matrix.
-const DEFAULT_MIXES: &str = "kill,partition,vacuum;pause,partition,promote;member,kill;\
+const DEFAULT_MIXES: &str = "kill,partition,vacuum;pause,partition,promote,net;member,kill,net;\
      disk,fsync,powerloss,kill;clock,partition,pause,vacuum;all";
 
 #[derive(Debug, clap::Args)]
@@ -335,7 +335,10 @@ fn campaign(runs: u64, workloads: &str, mixes: &str, common: &Common) -> ExitCod
                             words.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
                         lost += words.nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
                     }
-                    if line.starts_with("learner staleness") || line.starts_with("resources:") {
+                    if line.starts_with("learner staleness")
+                        || line.starts_with("resources:")
+                        || line.starts_with("net:")
+                    {
                         per_run.push(line.to_string());
                     }
                 }

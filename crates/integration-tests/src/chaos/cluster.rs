@@ -10,6 +10,7 @@ use keel_api::blocking::Client;
 use keel_api::status::{Role, Status};
 
 use super::net::Net;
+use super::proxy::{Proxies, Target};
 
 /// The libfaketime preload, for clock faults.
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -50,6 +51,9 @@ pub struct Layout {
     pub clock: bool,
     /// Give every node a tmpfs of its own, so its disk can be filled.
     pub tmpfs: bool,
+    /// Let the nodes reach each other through proxies ([`super::proxy`]), so the network can
+    /// be made slow and lossy (network-namespace mode only).
+    pub proxied: bool,
 }
 
 /// What `keel check` said.
@@ -105,6 +109,8 @@ pub struct Cluster {
     pub nodes: Vec<ChaosNode>,
     /// The network.
     pub net: Net,
+    /// The proxies between the nodes, when the layout asks for them.
+    pub proxies: Option<Proxies>,
     /// How the cluster was laid out.
     layout: Layout,
     /// `keel_api` with a 20 s timeout, for membership changes and the workload's setup.
@@ -172,7 +178,20 @@ impl Cluster {
         let first = format!("http://{}", nodes[0].http);
         let calls = pinned(&first, Duration::from_secs(20))?;
         let probes = pinned(&first, Duration::from_secs(2))?;
-        let mut cluster = Cluster { nodes, net, layout, calls, probes, exits: Vec::new() };
+        let proxies = match (&net, layout.proxied) {
+            (Net::Netns(n), true) => {
+                let targets = (1..=count)
+                    .map(|i| Target {
+                        ip: n.node_ip(i),
+                        http: nodes[i - 1].http.clone(),
+                        raft: nodes[i - 1].raft.clone(),
+                    })
+                    .collect();
+                Some(Proxies::start(n.hub_ip(), targets)?)
+            }
+            _ => None,
+        };
+        let mut cluster = Cluster { nodes, net, proxies, layout, calls, probes, exits: Vec::new() };
         if cluster.layout.tmpfs {
             for i in 1..=count {
                 cluster.mount(i)?;
@@ -254,6 +273,10 @@ impl Cluster {
             Net::Netns(n) => n.exec_prefix(i),
             Net::Loopback => Vec::new(),
         };
+        // Other nodes are told the proxies' addresses, so they reach this one through them.
+        let advertised = self.proxies.as_ref().map(|p| {
+            ["--http-adv-addr", p.http(i), "--raft-adv-addr", p.raft(i)].map(String::from)
+        });
         let node = &mut self.nodes[i - 1];
         if node.child.is_some() {
             return Ok(());
@@ -298,6 +321,7 @@ impl Cluster {
         if node.learner {
             args.push("--learner".into());
         }
+        args.extend(advertised.into_iter().flatten());
         args.extend(extra);
         let child = Command::new(&args[0])
             .args(&args[1..])
@@ -402,6 +426,19 @@ impl Cluster {
         (1..=self.nodes.len()).find(|&i| {
             !self.nodes[i - 1].paused && self.status(i).is_some_and(|s| s.node.role == Role::Leader)
         })
+    }
+
+    /// The leader, if every node runs, answers, and has applied the leader's commit index.
+    pub fn caught_up(&self) -> Option<usize> {
+        let leader = self.leader()?;
+        let commit = self.status(leader)?.node.commit_index;
+        for i in 1..=self.nodes.len() {
+            let applied = self.status(i)?.node.applied_index;
+            if applied < commit || !self.is_member(i) {
+                return None;
+            }
+        }
+        Some(leader)
     }
 
     /// Whether node `i`'s process is running (not exited).

@@ -9,6 +9,7 @@ pub mod history;
 pub mod linear;
 pub mod nemesis;
 pub mod net;
+pub mod proxy;
 pub mod resources;
 pub mod run;
 pub mod workload;

@@ -39,11 +39,15 @@ pub enum Fault {
     Powerloss,
     /// `VACUUM` on every replica under load (`POST /admin/vacuum` through a random node).
     Vacuum,
+    /// Bad links between nodes, through the proxies ([`super::proxy`]): delay with jitter,
+    /// bandwidth limits, connections dropped mid-stream, one direction stalled, replication
+    /// frames replayed out of order and twice.
+    Net,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Partition,
@@ -54,6 +58,7 @@ impl Fault {
         Fault::Promote,
         Fault::Powerloss,
         Fault::Vacuum,
+        Fault::Net,
     ];
 
     /// Its name.
@@ -69,6 +74,7 @@ impl Fault {
             Fault::Promote => "promote",
             Fault::Powerloss => "powerloss",
             Fault::Vacuum => "vacuum",
+            Fault::Net => "net",
         }
     }
 }
@@ -79,8 +85,14 @@ const MIN_FAULT_TIME: Duration = Duration::from_secs(2);
 /// Counts of faults injected, by kind.
 pub type FaultCounts = BTreeMap<&'static str, u64>;
 
+/// How long the cluster may take to catch up after the heal of a `net` fault before the
+/// schedule goes on without it (the run's recovery check after the last heal is separate).
+const NET_RECOVERY_WAIT: Duration = Duration::from_secs(20);
+
 /// Runs the schedule until `until`, then heals. Returns the counts of faults injected. After
-/// every heal, `keel check` compares the replicas; its verdicts go to `checks`.
+/// every heal, `keel check` compares the replicas; its verdicts go to `checks`. After the heal
+/// of a `net` fault, the seconds until the cluster had a leader that every node had caught up
+/// with go to `net_recoveries` (`None`: not within 20 s).
 pub fn run(
     cluster: &mut Cluster,
     faults: &[Fault],
@@ -88,6 +100,7 @@ pub fn run(
     history: &History,
     until: Instant,
     checks: &mut Vec<TableCheck>,
+    net_recoveries: &mut Vec<Option<f64>>,
 ) -> FaultCounts {
     let mut counts = FaultCounts::new();
     // Let the clients start against a healthy cluster.
@@ -104,6 +117,9 @@ pub fn run(
         }
         sleep_until(Instant::now() + Duration::from_millis(rng.gen_range(2000..5000)), until);
         heal(cluster, history);
+        if fault == Fault::Net {
+            net_recoveries.push(measure_recovery(cluster, history));
+        }
         checks.push(check_tables(cluster, history, Duration::from_secs(5)));
         sleep_until(Instant::now() + Duration::from_millis(rng.gen_range(1000..3000)), until);
     }
@@ -116,6 +132,16 @@ fn sleep_until(t: Instant, limit: Instant) {
     if t > now {
         std::thread::sleep(t - now);
     }
+}
+
+/// Seconds from now until the cluster has a leader every node has caught up with; logged.
+fn measure_recovery(cluster: &mut Cluster, history: &History) -> Option<f64> {
+    let healed = Instant::now();
+    let done = cluster.wait_until(NET_RECOVERY_WAIT, "recovery", |c| c.caught_up().is_some());
+    let secs = done.is_ok().then(|| healed.elapsed().as_secs_f64());
+    let what = secs.map_or(format!("not within {NET_RECOVERY_WAIT:?}"), |s| format!("{s:.2}s"));
+    history.fault("recovered", format!("after net: {what}"));
+    secs
 }
 
 /// Picks `k` distinct nodes among `from`.
@@ -182,12 +208,22 @@ fn inject(
                         net.cut(a, b)?;
                     }
                 }
+                if let Some(proxies) = &cluster.proxies {
+                    for &a in left {
+                        for &b in right {
+                            proxies.cut(a, b);
+                        }
+                    }
+                }
                 history
                     .fault("partition", format!("bridge {bridge} between {left:?} and {right:?}"));
             } else {
                 for &a in &side_a {
                     for &b in ids.iter().filter(|b| !side_a.contains(b)) {
                         net.cut(a, b)?;
+                        if let Some(proxies) = &cluster.proxies {
+                            proxies.cut(a, b);
+                        }
                     }
                 }
                 history
@@ -256,6 +292,10 @@ fn inject(
             let answer = cluster.api(i)?.vacuum();
             history.fault("vacuum", format!("through node {i}: {answer:?}"));
         }
+        Fault::Net => {
+            let Some(what) = bad_links(cluster, rng, leader) else { return Ok(false) };
+            history.fault("net", what);
+        }
         Fault::Promote => {
             let followers: Vec<usize> =
                 voters.iter().copied().filter(|&v| Some(v) != leader).collect();
@@ -266,6 +306,82 @@ fn inject(
         }
     }
     Ok(true)
+}
+
+/// Makes some links bad, through the proxies, in one of six shapes; says what it did. `None`
+/// without proxies.
+fn bad_links(cluster: &Cluster, rng: &mut StdRng, leader: Option<usize>) -> Option<String> {
+    let proxies = cluster.proxies.as_ref()?;
+    let ids: Vec<usize> = (1..=cluster.nodes.len()).collect();
+    let pairs: Vec<(usize, usize)> = ids
+        .iter()
+        .flat_map(|&a| ids.iter().filter(move |&&b| b != a).map(move |&b| (a, b)))
+        .collect();
+    let ms = |n: u64| Duration::from_millis(n);
+    // The leader half the time, else any node.
+    let one = match leader {
+        Some(l) if rng.gen_bool(0.5) => l,
+        _ => pick(rng, &ids, 1)[0],
+    };
+    let touching = |x: usize| pairs.iter().copied().filter(move |&(a, b)| a == x || b == x);
+    let what = match rng.gen_range(0..6) {
+        0 => {
+            for &(a, b) in &pairs {
+                let (delay, jitter) = (ms(rng.gen_range(1..=100)), ms(rng.gen_range(0..=100)));
+                proxies.set(a, b, |l| (l.delay, l.jitter) = (delay, jitter));
+            }
+            "slow: every link delayed 1-100 ms plus 0-100 ms of jitter".to_string()
+        }
+        1 => {
+            let rate = rng.gen_range(8..=128) << 10;
+            for (a, b) in touching(one) {
+                proxies.set(a, b, |l| l.bandwidth = Some(rate));
+            }
+            format!("narrow: links of node {one} limited to {} KiB/s each way", rate >> 10)
+        }
+        2 => {
+            let least = ms(rng.gen_range(50..=500));
+            let most = least + ms(rng.gen_range(0..=2000));
+            for &(a, b) in &pairs {
+                proxies.set(a, b, |l| l.drop_after = Some((least, most)));
+            }
+            format!("lossy: every connection dropped after {least:?}-{most:?}")
+        }
+        3 => {
+            // Every byte `one` sends to the others is held; what they send it flows.
+            for &b in ids.iter().filter(|&&b| b != one) {
+                proxies.set(one, b, |l| l.stall_up = true);
+                proxies.set(b, one, |l| l.stall_down = true);
+            }
+            format!("one-way: node {one}'s bytes to the others held, theirs to it flow")
+        }
+        4 => {
+            let from = leader.unwrap_or(one);
+            for &b in ids.iter().filter(|&&b| b != from) {
+                proxies.set(from, b, |l| l.replay = true);
+            }
+            format!(
+                "replay: node {from}'s recent appends replayed to the others, shuffled, some twice"
+            )
+        }
+        _ => {
+            let least = ms(rng.gen_range(200..=1000));
+            let most = least + ms(rng.gen_range(0..=3000));
+            for &(a, b) in &pairs {
+                let (delay, jitter) = (ms(rng.gen_range(1..=50)), ms(rng.gen_range(0..=150)));
+                proxies.set(a, b, |l| {
+                    (l.delay, l.jitter) = (delay, jitter);
+                    l.drop_after = Some((least, most));
+                    l.replay = Some(a) == leader;
+                });
+            }
+            format!(
+                "bad: every link delayed 1-50 ms plus 0-150 ms of jitter, connections dropped \
+                 after {least:?}-{most:?}, the leader's ({leader:?}) appends replayed"
+            )
+        }
+    };
+    Some(what)
 }
 
 /// Runs `keel check` (members get `wait` to reach the pinned index) and records its verdict
@@ -299,6 +415,15 @@ pub fn heal(cluster: &mut Cluster, history: &History) {
         && let Err(e) = net.heal()
     {
         history.fault("nemesis-error", format!("heal network: {e:#}"));
+    }
+    let mut proxied = String::new();
+    if let Some(proxies) = &cluster.proxies {
+        proxies.heal();
+        let s = proxies.stats();
+        proxied = format!(
+            "; proxies so far: {} connections, {} dropped, {} replays of {} frames",
+            s.connections, s.dropped, s.replays, s.replayed_frames
+        );
     }
     let mut restarted = Vec::new();
     for i in 1..=cluster.nodes.len() {
@@ -334,5 +459,5 @@ pub fn heal(cluster: &mut Cluster, history: &History) {
             }
         }
     }
-    history.fault("heal", format!("restarted {restarted:?}"));
+    history.fault("heal", format!("restarted {restarted:?}{proxied}"));
 }

@@ -85,7 +85,7 @@ impl Netns {
         ip(&["netns", "add", &hub])?;
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &hub, "addr", "add", "10.88.0.1/24", "dev", "br0"])?;
+        ip(&["-n", &hub, "addr", "add", &format!("{}/24", net.hub_ip()), "dev", "br0"])?;
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
         for i in 1..=nodes {
             let ns = net.node_ns(i);
@@ -107,6 +107,11 @@ impl Netns {
     /// The hub namespace's name.
     fn hub(&self) -> String {
         format!("{}hub", self.prefix)
+    }
+
+    /// The hub's address on the bridge: the harness's, and its proxies' ([`super::proxy`]).
+    pub fn hub_ip(&self) -> &'static str {
+        "10.88.0.1"
     }
 
     /// Node `i`'s namespace name (1-based).

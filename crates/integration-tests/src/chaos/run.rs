@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::check::{self, Findings};
 use super::cluster::{self, Cluster, Layout, TableCheck};
-use super::history::{History, Op, Outcome};
+use super::history::{FaultEvent, History, Op, Outcome};
 use super::nemesis::{self, Fault, FaultCounts};
 use super::net::Net;
 use super::resources;
@@ -79,6 +79,64 @@ pub struct Report {
     pub checksums: Checksums,
     /// Memory, descriptors and files of the nodes ([`resources::Summary::line`]).
     pub resources: String,
+    /// How the cluster fared under `net` faults, if any was injected.
+    pub net: Option<NetFigures>,
+}
+
+/// Liveness under the `net` fault: how much got done while links were bad, and how soon the
+/// cluster caught up after each heal.
+#[derive(Debug, Clone, Default)]
+pub struct NetFigures {
+    /// Seconds during which links were bad (each `net` fault to its heal).
+    pub bad_secs: f64,
+    /// Operations acknowledged (`ok`) in those seconds.
+    pub ok_ops: u64,
+    /// Seconds from each heal to a leader every node had caught up with; `None`: not within
+    /// the nemesis's wait.
+    pub recoveries: Vec<Option<f64>>,
+}
+
+impl NetFigures {
+    /// The figures of a run's `net` faults, from its history.
+    fn of(faults: &[FaultEvent], ops: &[&Op], recoveries: Vec<Option<f64>>) -> Option<NetFigures> {
+        let mut windows = Vec::new();
+        let mut open = None;
+        for event in faults {
+            match event.kind.as_str() {
+                "net" => open = Some(event.at),
+                "heal" => windows.extend(open.take().map(|start| (start, event.at))),
+                _ => {}
+            }
+        }
+        if windows.is_empty() {
+            return None;
+        }
+        let inside = |t: u64| windows.iter().any(|&(a, b)| a <= t && t < b);
+        let ok_ops =
+            ops.iter().filter(|op| op.outcome == Outcome::Ok && op.ret.is_some_and(inside)).count()
+                as u64;
+        let bad_secs = windows.iter().map(|(a, b)| (b - a) as f64 / 1e9).sum();
+        Some(NetFigures { bad_secs, ok_ops, recoveries })
+    }
+
+    /// The summary's line.
+    pub fn line(&self) -> String {
+        let mut done: Vec<f64> = self.recoveries.iter().flatten().copied().collect();
+        done.sort_by(f64::total_cmp);
+        let missed = self.recoveries.len() - done.len();
+        let recovery = match done.last() {
+            None => "none measured".to_string(),
+            Some(max) => format!("p50 {:.2}s, max {max:.2}s", done[(done.len() - 1) / 2]),
+        };
+        format!(
+            "net: {:.1}s with bad links, {} operations acknowledged in them ({:.0}/s); caught up \
+             after {} heals: {recovery}; not within the wait: {missed}",
+            self.bad_secs,
+            self.ok_ops,
+            self.ok_ops as f64 / self.bad_secs.max(1e-9),
+            self.recoveries.len(),
+        )
+    }
 }
 
 /// The verdicts of the run's table checks (`keel check` after every heal and at the end).
@@ -147,6 +205,11 @@ fn usable(faults: &[Fault], net: &Net) -> (Vec<Fault>, Vec<&'static str>) {
             }
             Fault::Fsync => (cluster::have_fiu(), "needs libfiu (Debian package fiu-utils)"),
             Fault::Disk => (root, "needs root (a tmpfs per node)"),
+            Fault::Net => (
+                net.can_partition(),
+                "needs root and iproute2 (network namespaces: the proxies tell nodes apart by \
+                 address)",
+            ),
             _ => (true, ""),
         };
         if usable {
@@ -194,6 +257,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         serve_flags,
         clock: faults.contains(&Fault::Clock),
         tmpfs: faults.contains(&Fault::Disk),
+        proxied: faults.contains(&Fault::Net),
     };
     let mut cluster = Cluster::new(net, layout)?;
     cluster.start().context("starting the cluster")?;
@@ -273,7 +337,16 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let fault_end = deadline.checked_sub(Duration::from_secs(2)).unwrap_or(deadline);
     let mut checks = Vec::new();
-    let counts = nemesis::run(&mut cluster, &faults, &mut rng, &history, fault_end, &mut checks);
+    let mut net_recoveries = Vec::new();
+    let counts = nemesis::run(
+        &mut cluster,
+        &faults,
+        &mut rng,
+        &history,
+        fault_end,
+        &mut checks,
+        &mut net_recoveries,
+    );
     nemesis::heal(&mut cluster, &history);
     let healed = Instant::now();
 
@@ -281,7 +354,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     // (while the clients finish their last seconds of load).
     let mut findings_extra = Vec::new();
     let recovered = cluster
-        .wait_until(Duration::from_secs(60), "the cluster to recover", |c| caught_up(c).is_some())
+        .wait_until(Duration::from_secs(60), "the cluster to recover", |c| c.caught_up().is_some())
         .is_ok();
     let recovery = recovered.then(|| healed.elapsed().as_secs_f64());
     for c in clients {
@@ -347,6 +420,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         recovery,
         checksums,
         resources: usage.line(),
+        net: NetFigures::of(&history.faults(), &client_ops, net_recoveries),
     };
     std::fs::write(config.dir.join("summary.txt"), describe(config, &report))?;
     Ok(report)
@@ -371,19 +445,6 @@ fn sample_leaders(urls: &[String], stop: &AtomicBool) -> BTreeMap<u64, BTreeSet<
     leaders
 }
 
-/// The leader, if every node runs, answers, and has applied the leader's commit index.
-fn caught_up(cluster: &Cluster) -> Option<usize> {
-    let leader = cluster.leader()?;
-    let commit = cluster.status(leader)?.node.commit_index;
-    for i in 1..=cluster.nodes.len() {
-        let applied = cluster.status(i)?.node.applied_index;
-        if applied < commit || !cluster.is_member(i) {
-            return None;
-        }
-    }
-    Some(leader)
-}
-
 /// Reads the final state through the leader (recorded as final reads) and checks that every
 /// node's own copy equals it.
 fn final_reads(
@@ -394,7 +455,7 @@ fn final_reads(
 ) {
     let mut leader = None;
     let waited = cluster.wait_until(Duration::from_secs(30), "the cluster to settle", |c| {
-        leader = caught_up(c);
+        leader = c.caught_up();
         leader.is_some()
     });
     let (Ok(()), Some(leader)) = (waited, leader) else {
@@ -525,6 +586,9 @@ pub fn describe(config: &Config, report: &Report) -> String {
         if c.final_same { "identical" } else { "not identical or not run" }
     );
     let _ = writeln!(s, "{}", report.resources);
+    if let Some(net) = &report.net {
+        let _ = writeln!(s, "{}", net.line());
+    }
     for v in &f.violations {
         let _ = writeln!(s, "VIOLATION {v}");
     }
