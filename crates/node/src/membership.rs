@@ -141,32 +141,45 @@ pub async fn join_cluster(
     let mut attempt = 0u32;
     loop {
         for url in urls {
-            let url = format!("{}/join", url.trim_end_matches('/'));
             attempt += 1;
-            let mut request = peers.api.post(&url).json(&body).timeout(JOIN_ATTEMPT);
-            if let Some((user, password)) = &credentials {
-                request = request.basic_auth(user, Some(password));
-            }
-            match request.send().await {
-                Ok(resp) if resp.status().is_success() => {
+            match ask(peers, url, "/join", &body, credentials.as_ref(), JOIN_ATTEMPT).await {
+                Ok(_) => {
                     tracing::info!(%url, voter, "joined the cluster");
                     return Ok(());
                 }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let text = resp.text().await.unwrap_or_default();
-                    tracing::warn!(%url, %status, %text, attempt, "join refused; retrying");
-                }
-                Err(e) => {
-                    let error = error_chain(&e);
-                    tracing::warn!(%url, %error, attempt, "join failed; retrying")
-                }
+                Err(why) => tracing::warn!(%url, attempt, "join failed; retrying: {why}"),
             }
         }
         if Instant::now() > deadline {
             anyhow::bail!("no member of {urls:?} accepted this node within 5 minutes");
         }
         tokio::time::sleep(JOIN_RETRY).await;
+    }
+}
+
+/// POSTs `body` to `path` of the client API at `url`, with `credentials` if any; the answer's
+/// body on success, else why not.
+pub(crate) async fn ask(
+    peers: &Peers,
+    url: &str,
+    path: &str,
+    body: &JoinRequest,
+    credentials: Option<&(String, String)>,
+    timeout: Duration,
+) -> Result<axum::body::Bytes, String> {
+    let url = format!("{}{path}", url.trim_end_matches('/'));
+    let mut request = peers.api.post(&url).json(body).timeout(timeout);
+    if let Some((user, password)) = credentials {
+        request = request.basic_auth(user, Some(password));
+    }
+    match request.send().await {
+        Ok(resp) if resp.status().is_success() => resp.bytes().await.map_err(|e| error_chain(&e)),
+        Ok(resp) => {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            Err(format!("{status}: {text}"))
+        }
+        Err(e) => Err(error_chain(&e)),
     }
 }
 
