@@ -84,6 +84,20 @@ impl TestCluster {
         cluster
     }
 
+    /// Stops every node (SIGTERM), starts them all again at once with the same flags, and
+    /// waits until they form one cluster again ([`TestCluster::wait_formed`]).
+    pub fn restart_all(&self) {
+        for &id in self.nodes.keys() {
+            if lock(&self.node(id).process).child.is_some() {
+                self.stop(id);
+            }
+        }
+        for node in self.nodes.values() {
+            node.spawn();
+        }
+        self.wait_formed();
+    }
+
     /// Waits until one leader lists every node as a voter, and every node is ready and follows
     /// or is that leader.
     pub fn wait_formed(&self) {
