@@ -4,8 +4,9 @@
 //!
 //! [`run`] is a loop on every node that acts only while the node leads: each round asks
 //! [`raft::cluster::reap_once`], which judges from the leader's heartbeat view (when each member
-//! last acknowledged it; a member not heard from since this node became leader counts as silent
-//! since then) and removes at most one member. Learners are always reaped; voters only while at
+//! last acknowledged it; a member not heard from at all counts as silent since this loop first
+//! saw it as a member under this leadership, so a node being added is not taken for a dead one)
+//! and removes at most one member. Learners are always reaped; voters only while at
 //! least [`raft::cluster::MIN_VOTERS`] remain and the voters the leader hears from stay a quorum
 //! of the new set. A silent member that stays is logged with the reason, once per reason, and
 //! judged again next round.
@@ -22,8 +23,9 @@ use crate::Node;
 /// node leads, removes one member silent for `after`, if it may.
 pub async fn run(node: Weak<Node>, after: Duration) {
     let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    // The term this node leads in, and since when.
-    let mut led: Option<(raft::Term, Instant)> = None;
+    // The term this node leads in, and since when it has known each member in that term.
+    let mut led: Option<raft::Term> = None;
+    let mut known: BTreeMap<raft::NodeId, Instant> = BTreeMap::new();
     // The reason last logged for keeping each silent member.
     let mut said: BTreeMap<raft::NodeId, String> = BTreeMap::new();
     loop {
@@ -35,15 +37,17 @@ pub async fn run(node: Weak<Node>, after: Duration) {
             said.clear();
             continue;
         }
-        let since = match led {
-            Some((term, since)) if term == state.term => since,
-            _ => {
-                let now = Instant::now();
-                led = Some((state.term, now));
-                now
-            }
-        };
-        match raft::cluster::reap_once(&node.raft, after, since.elapsed()).await {
+        if led != Some(state.term) {
+            led = Some(state.term);
+            known.clear();
+        }
+        let now = Instant::now();
+        known.retain(|id, _| state.members.iter().any(|m| m.id == *id));
+        for m in &state.members {
+            known.entry(m.id).or_insert(now);
+        }
+        let known_for = known.iter().map(|(id, since)| (*id, now - *since)).collect();
+        match raft::cluster::reap_once(&node.raft, after, &known_for).await {
             Ok(Reaped::Removed { id, voter, silent }) => {
                 let role = if voter { "voter" } else { "learner" };
                 tracing::info!(id, role, silent = ?silent, "reaped a member the leader had not heard from for --reap-after");

@@ -129,12 +129,13 @@ pub enum Reaped {
 }
 
 /// One reaping round on the leader: removes at most one member the leader has not heard from
-/// for `after` (see the module docs for the rule). `led_for`: how long this node has led, the
-/// silence of a member it has not heard from at all since. Not the leader: `Kept(vec![])`.
+/// for `after` (see the module docs for the rule). `known_for`: how long this leader has known
+/// each member, the silence of a member it has not heard from at all (one missing from it, just
+/// added, counts as not silent). Not the leader: `Kept(vec![])`.
 pub async fn reap_once(
     raft: &Raft,
     after: Duration,
-    led_for: Duration,
+    known_for: &BTreeMap<NodeId, Duration>,
 ) -> Result<Reaped, ChangeError> {
     let Ok(m) = leader_metrics(raft) else { return Ok(Reaped::Kept(Vec::new())) };
     let view = View::of(&m, reachable_window(raft));
@@ -142,7 +143,10 @@ pub async fn reap_once(
         .members
         .iter()
         .filter(|&&id| id != m.id)
-        .map(|&id| (id, last_heard(&m, id).unwrap_or(led_for)))
+        .map(|&id| {
+            let known = known_for.get(&id).copied().unwrap_or_default();
+            (id, last_heard(&m, id).unwrap_or(known))
+        })
         .filter(|(_, silent)| *silent >= after)
         .collect();
     let (remove, kept) = judge(&view, &silent);
