@@ -102,6 +102,30 @@ fn nodes_leave_the_cluster_on_sigterm() {
     assert!(!log.contains("left the cluster"), "{log}");
 }
 
+/// A node that left on SIGTERM and starts again with its data directory and `--join` finds
+/// that the leader no longer lists it and joins again, catching up from where it stopped.
+#[test]
+fn a_node_that_left_joins_again_when_restarted() {
+    let c = TestCluster::start_with(3, 0, &["--leave-on-shutdown"]);
+    let leader = c.leader();
+    c.execute_ok(leader, json!(["CREATE TABLE t (v TEXT)", "INSERT INTO t VALUES ('before')"]));
+    let follower = c.followers(leader)[0];
+    let others: Vec<(u64, bool)> =
+        c.voters().into_iter().filter(|&id| id != follower).map(|id| (id, true)).collect();
+    c.stop(follower);
+    wait_members(&c, &others, "the leader to list the 2 others");
+    c.execute_ok(c.leader(), json!(["INSERT INTO t VALUES ('while-away')"]));
+
+    c.restart(follower);
+    let all: Vec<(u64, bool)> = c.voters().into_iter().map(|id| (id, true)).collect();
+    wait_members(&c, &all, "the node that left to be a voter again");
+    assert!(c.log(follower).contains("not a member any more"), "{}", c.log(follower));
+    let lsn = c.execute_ok(c.leader(), json!(["INSERT INTO t VALUES ('back')"]));
+    c.wait_applied(follower, lsn);
+    let rows = c.query(follower, "SELECT count(*) FROM t", Level::None).rows(0);
+    assert_eq!(rows, vec![vec![json!(3)]]);
+}
+
 /// With `--reap-after`, the leader removes a learner it has not heard from for that long; a
 /// silent voter of three is kept (fewer than 3 voters would remain), and the leader says why.
 #[test]

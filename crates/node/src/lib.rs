@@ -466,6 +466,11 @@ impl Node {
                 );
             } else {
                 tracing::info!("already a cluster member; --join ignored");
+                // Unless it was removed meanwhile (--leave-on-shutdown, --reap-after): its
+                // own view still lists it, the leader's does not.
+                let node = self.clone();
+                let join = join.to_vec();
+                tokio::spawn(async move { node.rejoin_if_removed(join, voter, credentials).await });
             }
         }
         Ok(())

@@ -6,6 +6,7 @@
 //! fail each other. What would break the cluster is refused before anything changes; the
 //! errors ([`ChangeError`]) say what the caller should do.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::NodeId;
@@ -122,6 +123,44 @@ impl Node {
         let _one_at_a_time = self.membership.lock().await;
         tracing::info!(id, "removing node");
         raft::cluster::remove_node(&self.raft, id, &Deadlines::default()).await
+    }
+}
+
+/// How long a node that believes it is a member asks for the leader's member list.
+const REMOVED_CHECK: Duration = Duration::from_secs(60);
+
+impl Node {
+    /// For a node started with `--join` that believes it is a member: asks the leader's member
+    /// list (for up to a minute, until a leader answers) and, if this node is not on it (it
+    /// left the cluster or was reaped while it was away), joins again through `join`. Its log
+    /// is a prefix of the cluster's, so the leader catches it up from where it stopped, as a
+    /// learner first. A join of a member is a no-op, so a stale answer costs nothing.
+    pub(crate) async fn rejoin_if_removed(
+        self: Arc<Self>,
+        join: Vec<String>,
+        voter: bool,
+        credentials: Option<(String, String)>,
+    ) {
+        let deadline = Instant::now() + REMOVED_CHECK;
+        let ids = loop {
+            match self.leader_members().await {
+                Ok(ids) => break ids,
+                Err(e) if Instant::now() > deadline => {
+                    tracing::info!(error = %e, "could not ask the leader whether this node is still a member");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(JOIN_RETRY).await,
+            }
+        };
+        if ids.contains(&self.id) {
+            return;
+        }
+        tracing::info!(members = ?ids, "this node is not a member any more (it left or was removed): joining again");
+        if let Err(e) =
+            join_cluster(self.id, self.me.clone(), &join, voter, credentials, &self.peers).await
+        {
+            tracing::error!(error = %e, "could not join the cluster again");
+        }
     }
 }
 
