@@ -86,6 +86,20 @@ fn yes() -> bool {
     true
 }
 
+/// `POST /notify` (`--bootstrap-expect`): a node waiting to form a new cluster tells another
+/// its id and addresses (the body is a [`JoinRequest`]); the answer is the other's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notified {
+    /// Its HTTP address, `host:port`.
+    pub http_addr: String,
+    /// Its node id.
+    pub id: NodeId,
+    /// Whether it is a member of a cluster already: join it instead of forming one.
+    pub member: bool,
+    /// Its Raft address, `host:port`.
+    pub raft_addr: String,
+}
+
 /// The answer of `POST /join`: `{}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Joined {}

@@ -12,6 +12,8 @@
 //!   [`queue::Verdict`](crate::queue::Verdict) per request: a follower's flushed write queue.
 //! * `GET /keel/members`, answer [`Members`]: the leader's membership (a node asked to rebuild
 //!   checks that it was removed first: a removed node is not told).
+//! * `POST /keel/leave`, body [`Leave`]: a node shutting down with `--leave-on-shutdown` asks
+//!   the leader to remove it; answered 204 once it is not a member.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +29,16 @@ pub const READ_INDEX_PATH: &str = "/keel/read-index";
 pub const QUEUE_PATH: &str = "/keel/queue";
 /// The route of [`Members`].
 pub const MEMBERS_PATH: &str = "/keel/members";
+
+/// The route of [`Leave`].
+pub const LEAVE_PATH: &str = "/keel/leave";
+
+/// A node's request to be removed from the cluster (it is shutting down for good).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leave {
+    /// The node that leaves: the sender itself.
+    pub id: NodeId,
+}
 
 /// The leader's membership: voters and learners.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

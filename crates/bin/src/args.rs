@@ -84,6 +84,23 @@ pub struct ServeArgs {
     /// Join as a learner: a non-voting, asynchronously replicated read replica.
     #[arg(long)]
     pub learner: bool,
+    /// Form a new cluster of this many voters with the nodes of `--join`, all started with
+    /// the same flags (as rqlite's `-bootstrap-expect`): each node tells the others its
+    /// addresses, and once a node knows this many (itself included) it bootstraps the cluster
+    /// with them all, the same membership on every node. Ignored when the node already belongs
+    /// to a cluster, or when a node of `--join` already leads one (the node joins it instead).
+    #[arg(long, value_name = "N", requires = "join", conflicts_with = "learner", value_parser = clap::value_parser!(u64).range(1..=99))]
+    pub bootstrap_expect: Option<u64>,
+    /// On SIGTERM/SIGINT, leave the cluster before shutting down: a follower or learner asks
+    /// the leader to remove it, a leader first hands leadership over. Gives up after 10s (no
+    /// leader, no quorum) and shuts down anyway; the last voter never leaves.
+    #[arg(long)]
+    pub leave_on_shutdown: bool,
+    /// On the leader, remove members it has not heard from for this long: learners always,
+    /// voters only while at least 3 voters remain and the voters it hears from stay a quorum
+    /// (otherwise it logs why and checks again later). Off by default.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub reap_after: Option<Duration>,
     /// Leader heartbeat interval.
     #[arg(long, default_value = "40ms", value_parser = parse_duration)]
     pub heartbeat: Duration,

@@ -170,7 +170,7 @@ pub fn required(method: &Method, path: &str) -> Needs {
         (&Method::GET, "/leader") => &[&[Perm::Status, Perm::LeaderOps]],
         (_, "/leader") => &[&[Perm::LeaderOps, Perm::Admin]],
         (_, "/readyz") => &[&[Perm::Ready]],
-        (_, "/join") => &[&[Perm::Join]],
+        (_, "/join" | "/notify") => &[&[Perm::Join]],
         (_, "/remove") => &[&[Perm::Remove, Perm::Admin]],
         (_, p) if p == "/console" || p.starts_with("/console/") => &[&[Perm::Ui]],
         (_, p) if p.starts_with("/admin/") => &[&[Perm::Admin]],

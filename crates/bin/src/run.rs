@@ -18,6 +18,9 @@ use tokio::net::TcpListener;
 use crate::http;
 use crate::{PlantedBug, ServeArgs};
 
+/// How long `--leave-on-shutdown` tries to leave the cluster before shutting down anyway.
+const LEAVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs a node until SIGINT/SIGTERM, or until Raft stops on a fatal error (then exits non-zero).
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (started, started_at) = (std::time::SystemTime::now(), Instant::now());
@@ -173,7 +176,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(id = args.id, https = tls.api.is_some(), http = %args.http_addr, raft = %args.raft_addr, data = %args.data_dir.display(), "node started");
 
-    node.bootstrap_or_join(&args.join, !args.learner, credentials).await?;
+    if let Some(after) = args.reap_after {
+        tokio::spawn(node::reap::run(Arc::downgrade(&node), after));
+    }
+    match args.bootstrap_expect {
+        Some(n) => node.bootstrap_expect(n, &args.join, !args.learner, credentials).await?,
+        None => node.bootstrap_or_join(&args.join, !args.learner, credentials).await?,
+    }
 
     let reason = tokio::select! {
         _ = shutdown_signal() => None,
@@ -188,7 +197,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             // Queued writes live in memory: the node commits them while it can still reach
             // the leader (or lead), or says how many are lost.
-            node.shutdown().await;
+            if args.leave_on_shutdown {
+                node.leave_and_shutdown(LEAVE_WITHIN).await;
+            } else {
+                node.shutdown().await;
+            }
             Ok(())
         }
         Some(reason) => {

@@ -209,7 +209,7 @@ impl TestCluster {
     }
 
     /// Lays out a cluster (ports, directories, command lines) without starting anything.
-    fn new(
+    pub(crate) fn new(
         voters: usize,
         learners: usize,
         extra_args: &[&str],

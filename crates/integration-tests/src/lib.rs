@@ -90,6 +90,7 @@ mod cluster;
 mod dump;
 mod http;
 pub mod inproc;
+mod orchestrate;
 mod process;
 pub mod tmpfs;
 pub mod tour;

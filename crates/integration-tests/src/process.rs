@@ -129,8 +129,9 @@ pub(crate) struct Process {
 /// One node of a [`TestCluster`]: its fixed command line and its process.
 ///
 /// Invariants:
-/// * `http_addr`, `raft_addr` and `data_dir` never change: a restart reuses them, as a real
-///   restart would.
+/// * `data_dir` never changes, nor do `http_addr` and `raft_addr` except when a test moves the
+///   node ([`TestCluster::move_node`](crate::TestCluster::move_node)): a restart reuses them, as
+///   a real restart would.
 /// * `process.child` is `Some` exactly while the harness considers the node started; a process
 ///   that exited on its own still has its `Child` until the harness reaps it.
 pub(crate) struct Node {

@@ -550,3 +550,40 @@ fn certificates_reload_without_dropping_connections() {
     let raft = Raw::connect(raft1, &c.ca(), Some((&node2.0, &node2.1)));
     assert_eq!(raft.server_certificate(), first_certificate(&c.path("c2/node-1.pem")));
 }
+
+/// Under mutual TLS a member that comes back at new addresses proves its id there as a new
+/// node does: a join naming node 2 at node 3's Raft address is refused and nothing moves; node
+/// 3 itself, started again on other ports with its data, is moved to them.
+#[test]
+fn a_move_needs_the_moved_nodes_certificate() {
+    let mut c = Tls::new(3);
+    c.start_three_voters();
+    let leader = wait_for(TIMEOUT, "a leader", || c.leader(1));
+    let addr_of = |c: &Tls, id: &str| -> String {
+        let (_, nodes, _) = curl(&["--cacert", &c.ca(), &c.url(1, "/nodes?nonvoters")]);
+        let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap_or_default();
+        nodes[id]["addr"].as_str().unwrap_or_default().to_string()
+    };
+    let node2 = format!("127.0.0.1:{}", c.ports[1].1);
+    let (http3, raft3) = c.ports[2];
+    let claim = format!(
+        r#"{{"id":2,"raft_addr":"127.0.0.1:{raft3}","http_addr":"127.0.0.1:{http3}","voter":true}}"#
+    );
+    let (s, body) = wait_for(TIMEOUT, "the join to be answered", || {
+        let (s, body) = c.post(leader, "/join", &claim);
+        (s != 0 && s != 503).then_some((s, body))
+    });
+    assert_eq!(s, 403, "{body}");
+    assert!(c.log(leader).contains("refused a join"), "no audit line for the join");
+    assert_eq!(addr_of(&c, "2"), node2);
+
+    c.kill(3);
+    let ports = free_ports(2);
+    c.ports[2] = (ports[0], ports[1]);
+    c.start(3, &[]);
+    let moved = format!("127.0.0.1:{}", ports[1]);
+    wait_for(TIMEOUT, "node 3 listed at its new Raft address", || {
+        (addr_of(&c, "3") == moved).then_some(())
+    });
+    c.wait_ready(3);
+}

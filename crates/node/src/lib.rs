@@ -21,7 +21,9 @@
 //!   read on a follower lives here.
 //! - [`health`]: `/readyz`'s checks and the member list of `/nodes` with reachability probes.
 //! - [`membership`]: adding a node (with proof of its identity under mutual TLS) and joining a
-//!   cluster on start.
+//!   cluster on start; for orchestrators, [`bootstrap`]: several nodes started at once form one
+//!   cluster (`--bootstrap-expect`), [`leave`]: leaving it on shutdown (`--leave-on-shutdown`),
+//!   [`reap`]: the leader removes members silent for long (`--reap-after`).
 //! - [`peer`]: the node-to-node protocol in one place: Raft's own RPCs (from
 //!   [`raft::network`]) plus Keel's (`/keel/applied`, `/keel/read-index`, `/keel/queue`), both
 //!   their routes and their calls.
@@ -46,10 +48,12 @@
 pub mod apply_hash;
 pub mod backup;
 pub mod backup_report;
+pub mod bootstrap;
 pub mod changes;
 pub mod checksum;
 pub mod error;
 pub mod health;
+pub mod leave;
 mod maintenance;
 pub mod membership;
 pub mod metrics;
@@ -57,6 +61,7 @@ pub mod outcome;
 pub mod peer;
 pub mod queue;
 pub mod read;
+pub mod reap;
 pub mod rebuild;
 pub mod route;
 pub mod write;
@@ -181,6 +186,10 @@ pub struct Node {
     /// Serializes membership changes: Raft allows one at a time, and concurrent joins would
     /// otherwise fail each other.
     pub(crate) membership: tokio::sync::Mutex<()>,
+    /// Nodes that told this one their addresses while it waits to form a new cluster
+    /// (`--bootstrap-expect`, [`bootstrap`]).
+    pub(crate) notified:
+        std::sync::Mutex<std::collections::BTreeMap<raft::NodeId, raft::MemberAddr>>,
     /// The database thread owning the write connections (loads read the schema they replace
     /// from it).
     pub(crate) db: sql::Worker,
@@ -279,6 +288,7 @@ impl Node {
             durability: config.durability,
             metrics,
             membership: tokio::sync::Mutex::new(()),
+            notified: std::sync::Mutex::default(),
             db,
             image_source,
             pins,
@@ -426,6 +436,22 @@ impl Node {
                 credentials,
                 "could not join the cluster",
             );
+        } else if let Some(m) = raft::cluster::member(&self.raft, self.id)
+            && m.node != self.me
+        {
+            // Restarted at new addresses (rescheduled by an orchestrator): the leader must
+            // learn them, or it keeps replicating to the old ones.
+            if join.is_empty() {
+                tracing::warn!(old = %m.node, new = %self.me, "this node's addresses changed, but without --join it cannot tell the cluster: start it with --join");
+            } else {
+                tracing::info!(old = %m.node, new = %self.me, "this node's addresses changed: asking the cluster to update them");
+                self.join_in_background(
+                    join.to_vec(),
+                    voter,
+                    credentials,
+                    "could not update this node's addresses",
+                );
+            }
         } else if !join.is_empty() {
             let me_now = raft::cluster::member(&self.raft, self.id);
             if voter && me_now.as_ref().is_some_and(|m| !m.voter) {
@@ -440,6 +466,11 @@ impl Node {
                 );
             } else {
                 tracing::info!("already a cluster member; --join ignored");
+                // Unless it was removed meanwhile (--leave-on-shutdown, --reap-after): its
+                // own view still lists it, the leader's does not.
+                let node = self.clone();
+                let join = join.to_vec();
+                tokio::spawn(async move { node.rejoin_if_removed(join, voter, credentials).await });
             }
         }
         Ok(())
@@ -473,6 +504,14 @@ impl Node {
     /// still reach the leader (or lead), then shuts Raft down.
     pub async fn shutdown(&self) {
         self.queue.drain(queue::DRAIN).await;
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// [`Node::shutdown`] that leaves the cluster first ([`Node::leave`], for up to `within`),
+    /// after the write queue is flushed.
+    pub async fn leave_and_shutdown(&self, within: Duration) {
+        self.queue.drain(queue::DRAIN).await;
+        self.leave(within).await;
         let _ = self.raft.shutdown().await;
     }
 

@@ -6,6 +6,7 @@
 //! fail each other. What would break the cluster is refused before anything changes; the
 //! errors ([`ChangeError`]) say what the caller should do.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::NodeId;
@@ -125,6 +126,44 @@ impl Node {
     }
 }
 
+/// How long a node that believes it is a member asks for the leader's member list.
+const REMOVED_CHECK: Duration = Duration::from_secs(60);
+
+impl Node {
+    /// For a node started with `--join` that believes it is a member: asks the leader's member
+    /// list (for up to a minute, until a leader answers) and, if this node is not on it (it
+    /// left the cluster or was reaped while it was away), joins again through `join`. Its log
+    /// is a prefix of the cluster's, so the leader catches it up from where it stopped, as a
+    /// learner first. A join of a member is a no-op, so a stale answer costs nothing.
+    pub(crate) async fn rejoin_if_removed(
+        self: Arc<Self>,
+        join: Vec<String>,
+        voter: bool,
+        credentials: Option<(String, String)>,
+    ) {
+        let deadline = Instant::now() + REMOVED_CHECK;
+        let ids = loop {
+            match self.leader_members().await {
+                Ok(ids) => break ids,
+                Err(e) if Instant::now() > deadline => {
+                    tracing::info!(error = %e, "could not ask the leader whether this node is still a member");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(JOIN_RETRY).await,
+            }
+        };
+        if ids.contains(&self.id) {
+            return;
+        }
+        tracing::info!(members = ?ids, "this node is not a member any more (it left or was removed): joining again");
+        if let Err(e) =
+            join_cluster(self.id, self.me.clone(), &join, voter, credentials, &self.peers).await
+        {
+            tracing::error!(error = %e, "could not join the cluster again");
+        }
+    }
+}
+
 /// Asks the cluster (any of `urls`; the request finds the leader) to add this node, retrying for
 /// up to five minutes while the cluster is unreachable or electing.
 pub async fn join_cluster(
@@ -141,32 +180,45 @@ pub async fn join_cluster(
     let mut attempt = 0u32;
     loop {
         for url in urls {
-            let url = format!("{}/join", url.trim_end_matches('/'));
             attempt += 1;
-            let mut request = peers.api.post(&url).json(&body).timeout(JOIN_ATTEMPT);
-            if let Some((user, password)) = &credentials {
-                request = request.basic_auth(user, Some(password));
-            }
-            match request.send().await {
-                Ok(resp) if resp.status().is_success() => {
+            match ask(peers, url, "/join", &body, credentials.as_ref(), JOIN_ATTEMPT).await {
+                Ok(_) => {
                     tracing::info!(%url, voter, "joined the cluster");
                     return Ok(());
                 }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let text = resp.text().await.unwrap_or_default();
-                    tracing::warn!(%url, %status, %text, attempt, "join refused; retrying");
-                }
-                Err(e) => {
-                    let error = error_chain(&e);
-                    tracing::warn!(%url, %error, attempt, "join failed; retrying")
-                }
+                Err(why) => tracing::warn!(%url, attempt, "join failed; retrying: {why}"),
             }
         }
         if Instant::now() > deadline {
             anyhow::bail!("no member of {urls:?} accepted this node within 5 minutes");
         }
         tokio::time::sleep(JOIN_RETRY).await;
+    }
+}
+
+/// POSTs `body` to `path` of the client API at `url`, with `credentials` if any; the answer's
+/// body on success, else why not.
+pub(crate) async fn ask(
+    peers: &Peers,
+    url: &str,
+    path: &str,
+    body: &JoinRequest,
+    credentials: Option<&(String, String)>,
+    timeout: Duration,
+) -> Result<axum::body::Bytes, String> {
+    let url = format!("{}{path}", url.trim_end_matches('/'));
+    let mut request = peers.api.post(&url).json(body).timeout(timeout);
+    if let Some((user, password)) = credentials {
+        request = request.basic_auth(user, Some(password));
+    }
+    match request.send().await {
+        Ok(resp) if resp.status().is_success() => resp.bytes().await.map_err(|e| error_chain(&e)),
+        Ok(resp) => {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            Err(format!("{status}: {text}"))
+        }
+        Err(e) => Err(error_chain(&e)),
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `POST /keel/read-index` | a follower serving a linearizable read | the leader confirms its leadership with a quorum and answers `{"index": n}` ([`Node::remote_read_index`]) |
 //! | `POST /keel/queue` | a follower's write-queue flusher | a batch of queued writes, run here if this node leads ([`crate::queue::flush`]) |
 //! | `GET /keel/members` | a node asked to rebuild | the leader's member ids: the node must have been removed first ([`crate::rebuild`]) |
+//! | `POST /keel/leave` | a node shutting down with `--leave-on-shutdown` | remove the sender, on the leader ([`crate::leave`]) |
 //!
 //! Under mutual TLS the binary puts a layer in front of the router that refuses any sender
 //! without a node certificate of this cluster and records the proven node id as a
@@ -104,6 +105,7 @@ pub fn router(node: Arc<Node>, verify_senders: bool) -> Router {
             .route(DIVERGED_PATH, post(diverged))
             .route(READ_INDEX_PATH, post(move |node, peer| read_index(node, peer, verify_senders)))
             .route(MEMBERS_PATH, get(members))
+            .route(keel_api::internal::LEAVE_PATH, post(crate::leave::leave_route))
             // A batch of another node's queued writes. No body limit of its own: each request
             // in it passed the client API's limit on that node, and a batch holds at most
             // --write-queue-batch-size of them.

@@ -29,6 +29,7 @@
 //! of its voters cannot be reconfigured this way.
 
 mod check;
+mod orchestrate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -41,6 +42,7 @@ use openraft::{ChangeMembers, Instant as _, ServerState};
 use serde::Serialize;
 
 use self::check::{View, VoterChange, check};
+pub use self::orchestrate::{MIN_VOTERS, Reaped, initialize_all, move_member, reap_once};
 use crate::client::ClientError;
 use crate::types::{Lsn, MemberAddr, NodeId, Term};
 use crate::{Metrics, Raft};
@@ -213,6 +215,9 @@ fn write_err(e: RaftError<crate::TypeConfig, ClientWriteError<crate::TypeConfig>
 
 /// Adds a node on the leader: as a learner first (catching up from the log or a snapshot), then,
 /// if `voter`, promoted to voter. Idempotent: a member already in the wanted role is left alone.
+/// A member that asks again from other addresses (restarted elsewhere, as orchestrators do) has
+/// its addresses replaced ([`move_member`]); the caller must have proven it is node `id` where it
+/// can (mutual TLS).
 pub async fn add_node(
     raft: &Raft,
     id: NodeId,
@@ -228,18 +233,27 @@ pub async fn add_node(
         return Ok(());
     }
     let add = async {
-        if existing.as_ref().is_none_or(|m| m.node != node) {
+        match &existing {
             // Blocking for voters: do not let a far-behind node into the quorum.
-            raft.add_learner(id, node, voter).await.map_err(write_err)?;
-        } else if voter {
-            // A retry after an earlier attempt timed out (a big database takes a while to
-            // send): the node is a learner already; still wait until it has caught up.
-            let target = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
-            wait_matched(raft, id, target, timeout, reachable_window(raft))
-                .await
-                .map_err(|e| ClientError::Unknown(e.to_string()))?;
+            None => {
+                raft.add_learner(id, node, voter).await.map_err(write_err)?;
+            }
+            Some(m) if m.node != node => {
+                // Restarted elsewhere (same data or fresh), as orchestrators do.
+                orchestrate::move_member(raft, id, m, node, voter).await?;
+            }
+            Some(m) => {
+                if voter && !m.voter {
+                    // A retry after an earlier attempt timed out (a big database takes a while
+                    // to send): the node is a learner already; still wait until it has caught up.
+                    let target = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+                    wait_matched(raft, id, target, timeout, reachable_window(raft))
+                        .await
+                        .map_err(|e| ClientError::Unknown(e.to_string()))?;
+                }
+            }
         }
-        if voter {
+        if voter && existing.as_ref().is_none_or(|m| !m.voter) {
             raft.change_membership(
                 openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])),
                 false,

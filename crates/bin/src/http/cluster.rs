@@ -1,5 +1,6 @@
 //! What a node says about its cluster, in rqlite's shapes: `/nodes`, `/leader`, `/readyz`,
-//! `/join` (a starting node asking to be added) and `/metrics`. The facts come from the node
+//! `/join` (a starting node asking to be added), `/notify` (a node waiting to form a cluster
+//! with this one, `--bootstrap-expect`) and `/metrics`. The facts come from the node
 //! ([`node::health`], [`node::membership`]); this module only shapes them.
 
 use std::sync::Arc;
@@ -88,6 +89,18 @@ pub(crate) async fn join(
     };
     match node.add(request).await {
         Ok(()) => json_response(StatusCode::OK, &Joined {}, false),
+        Err(e) => node_error(e, false),
+    }
+}
+
+/// `POST /notify` (`--bootstrap-expect`): a node waiting to form a cluster with this one.
+pub(crate) async fn notify(State(node): State<Arc<Node>>, req: Incoming) -> Response {
+    let request: node::membership::JoinRequest = match serde_json::from_slice(&req.body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid notification: {e}")),
+    };
+    match node.notified(request).await {
+        Ok(me) => json_response(StatusCode::OK, &me, false),
         Err(e) => node_error(e, false),
     }
 }

@@ -74,6 +74,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/leader", get(cluster::get_leader))
         .route("/readyz", get(cluster::readyz))
         .route("/join", post(cluster::join))
+        .route("/notify", post(cluster::notify))
         .route("/metrics", get(cluster::metrics))
         .with_state(node.clone())
         .merge(admin::router(node.clone()))
