@@ -264,7 +264,8 @@ impl Db {
                 // Run before the transaction (`apply_entries`).
                 Op::Vacuum => {}
                 Op::Changes(changeset) => {
-                    let (shadow, shapes) = self.validate(changeset).map_err(|e| located(e, &at()))?;
+                    let (shadow, shapes) =
+                        self.validate(changeset).map_err(|e| located(e, &at()))?;
                     touched_shadow_tables |= shadow;
                     if replay::handles(&shapes) {
                         replay::apply(&self.applier, changeset, &shapes)
