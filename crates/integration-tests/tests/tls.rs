@@ -135,6 +135,15 @@ impl Tls {
         (status == 200).then(|| v["id"].as_str()?.parse().ok())?
     }
 
+    /// Sends `join` to node `id` once it answers joins at all, and asserts it is refused (403).
+    fn join_refused(&self, id: usize, join: &str) {
+        let (s, body) = wait_for(TIMEOUT, "the join to be answered", || {
+            let (s, body) = self.post(id, "/join", join);
+            (s != 0 && s != 503).then_some((s, body))
+        });
+        assert_eq!(s, 403, "{body}");
+    }
+
     /// POSTs JSON to node `id`'s client API.
     fn post(&self, id: usize, path: &str, body: &str) -> (u16, String) {
         let url = self.url(id, path);
@@ -273,11 +282,7 @@ fn three_nodes_over_tls_write_read_fail_over_and_refuse_impostors() {
     let join = format!(
         r#"{{"id":4,"raft_addr":"127.0.0.1:{raft4}","http_addr":"127.0.0.1:{http4}","voter":true}}"#
     );
-    let (s, body) = wait_for(TIMEOUT, "the join to be answered", || {
-        let (s, body) = c.post(leader, "/join", &join);
-        (s != 0 && s != 503).then_some((s, body))
-    });
-    assert_eq!(s, 403, "{body}");
+    c.join_refused(leader, &join);
     let (_, nodes, _) = curl(&["--cacert", &c.ca(), &c.url(leader, "/nodes?nonvoters")]);
     assert!(!nodes.contains("\"4\""), "node 4 became a member: {nodes}");
     assert!(c.log(leader).contains("refused a join"), "no audit line for the join");
@@ -569,11 +574,7 @@ fn a_move_needs_the_moved_nodes_certificate() {
     let claim = format!(
         r#"{{"id":2,"raft_addr":"127.0.0.1:{raft3}","http_addr":"127.0.0.1:{http3}","voter":true}}"#
     );
-    let (s, body) = wait_for(TIMEOUT, "the join to be answered", || {
-        let (s, body) = c.post(leader, "/join", &claim);
-        (s != 0 && s != 503).then_some((s, body))
-    });
-    assert_eq!(s, 403, "{body}");
+    c.join_refused(leader, &claim);
     assert!(c.log(leader).contains("refused a join"), "no audit line for the join");
     assert_eq!(addr_of(&c, "2"), node2);
 

@@ -223,13 +223,7 @@ impl<'s> Table<'s> {
         let n = self.shape.columns.len();
         match op {
             ffi::SQLITE_INSERT => {
-                let stmt = match &mut self.insert_stmt {
-                    Some(stmt) => stmt,
-                    None => self.insert_stmt.insert(prepare(conn, &self.insert)?),
-                };
-                for i in 0..n {
-                    bind(stmt, i + 1, get(i, false))?;
-                }
+                let stmt = held(&mut self.insert_stmt, conn, &self.insert, n, false, get)?;
                 match stmt.raw_execute() {
                     Ok(_) => Ok(Outcome::Applied),
                     Err(e) if is_constraint(&e) => {
@@ -243,13 +237,7 @@ impl<'s> Table<'s> {
                 }
             }
             ffi::SQLITE_DELETE => {
-                let stmt = match &mut self.delete_stmt {
-                    Some(stmt) => stmt,
-                    None => self.delete_stmt.insert(prepare(conn, &self.delete)?),
-                };
-                for i in 0..n {
-                    bind(stmt, i + 1, get(i, true))?;
-                }
+                let stmt = held(&mut self.delete_stmt, conn, &self.delete, n, true, get)?;
                 let result = stmt.raw_execute();
                 self.changed(result, "row to delete not found or not as the changeset says")
             }
@@ -445,6 +433,26 @@ fn quote(name: &str) -> String {
 /// Takes the statement for `text` from the connection's cache, compiling it on first use.
 fn prepare<'c>(conn: &'c Connection, text: &str) -> Result<CachedStatement<'c>, ApplyError> {
     conn.prepare_cached(text).map_err(ApplyError::Sqlite)
+}
+
+/// The statement held in `slot`, prepared from `text` on first use, with the old (`old`) or new
+/// values of the change's `n` columns bound to parameters 1 to `n`.
+fn held<'a, 's, 'v>(
+    slot: &'a mut Option<CachedStatement<'s>>,
+    conn: &'s Connection,
+    text: &str,
+    n: usize,
+    old: bool,
+    get: &dyn Fn(usize, bool) -> Option<ValueRef<'v>>,
+) -> Result<&'a mut CachedStatement<'s>, ApplyError> {
+    let stmt = match slot {
+        Some(stmt) => stmt,
+        None => slot.insert(prepare(conn, text)?),
+    };
+    for i in 0..n {
+        bind(stmt, i + 1, get(i, old))?;
+    }
+    Ok(stmt)
 }
 
 /// Binds a value of the change to parameter `index`; a value the change lacks where the
