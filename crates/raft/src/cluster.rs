@@ -627,6 +627,33 @@ pub async fn set_voter(
     }
 }
 
+/// The leader's view once `change` passes [`check`] on it. A refusal that a leader elected a
+/// moment ago gives because it has not heard from every member yet, or has not yet committed
+/// the membership it inherited, is judged again every 50 ms for up to [`reachable_window`]
+/// (a change asked for right after a leadership transfer); the last refusal is returned.
+async fn settled_view(raft: &Raft, change: VoterChange) -> Result<View, ChangeError> {
+    let window = reachable_window(raft);
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        let view = View::of(&leader_metrics(raft)?, window);
+        let refusal = match check(&view, change) {
+            Ok(()) => return Ok(view),
+            Err(refusal) => refusal,
+        };
+        let settling = view.reachable != view.members || view.pending.is_some();
+        let transient = matches!(
+            refusal,
+            ChangeError::InProgress(_)
+                | ChangeError::Unsafe(_)
+                | ChangeError::Client(ClientError::NoQuorum(_))
+        );
+        if !(settling && transient) || tokio::time::Instant::now() >= deadline {
+            return Err(refusal);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Removes node `id` from the membership entirely, voter or learner, running or dead for good;
 /// on the leader. The leader stops replicating to it.
 ///
@@ -639,8 +666,7 @@ pub async fn remove_node(
     id: NodeId,
     deadlines: &Deadlines,
 ) -> Result<(), ChangeError> {
-    let view = View::of(&leader_metrics(raft)?, reachable_window(raft));
-    check(&view, VoterChange::Remove(id))?;
+    let view = settled_view(raft, VoterChange::Remove(id)).await?;
     let change = if view.voters.contains(&id) {
         ChangeMembers::RemoveVoters(BTreeSet::from([id]))
     } else {
