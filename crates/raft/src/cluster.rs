@@ -617,11 +617,11 @@ pub async fn set_voter(
         check(&before, VoterChange::Promote(id))?;
         let index = m.last_log_index.unwrap_or(0);
         wait_matched(raft, id, index, deadlines.catch_up, window).await?;
-        check(&View::of(&leader_metrics(raft)?, window), VoterChange::Promote(id))?;
+        settled_view(raft, VoterChange::Promote(id)).await?;
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         change_membership(raft, change, false, deadlines.change).await
     } else {
-        check(&view, VoterChange::Demote(id))?;
+        settled_view(raft, VoterChange::Demote(id)).await?;
         let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
         change_membership(raft, change, true, deadlines.change).await
     }
@@ -630,7 +630,8 @@ pub async fn set_voter(
 /// The leader's view once `change` passes [`check`] on it. A refusal that a leader elected a
 /// moment ago gives because it has not heard from every member yet, or has not yet committed
 /// the membership it inherited, is judged again every 50 ms for up to [`reachable_window`]
-/// (a change asked for right after a leadership transfer); the last refusal is returned.
+/// (a change asked for right after a leadership transfer); the last refusal is returned. Every
+/// voter change goes through it, so none is refused for what a new leader has not yet seen.
 async fn settled_view(raft: &Raft, change: VoterChange) -> Result<View, ChangeError> {
     let window = reachable_window(raft);
     let deadline = tokio::time::Instant::now() + window;
