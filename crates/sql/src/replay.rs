@@ -254,8 +254,9 @@ impl<'s> Table<'s> {
                         self.shape.name
                     ))));
                 }
-                let text = self.update_text(columns.clone());
-                let mut stmt = prepare(conn, &text)?;
+                let which = self.update_text(columns);
+                let (columns, text) = &self.updates[which];
+                let mut stmt = prepare(conn, text)?;
                 for (i, &(new, old)) in columns.iter().enumerate() {
                     if new {
                         bind(&mut stmt, 2 * i + 1, get(i, false))?;
@@ -287,10 +288,11 @@ impl<'s> Table<'s> {
         }
     }
 
-    /// The UPDATE text for the columns it sets (`.0`) and compares (`.1`), built once per set.
-    fn update_text(&mut self, columns: Vec<(bool, bool)>) -> String {
-        if let Some((_, text)) = self.updates.iter().find(|(c, _)| *c == columns) {
-            return text.clone();
+    /// Where in `updates` the UPDATE for the columns it sets (`.0`) and compares (`.1`) is, built
+    /// once per set.
+    fn update_text(&mut self, columns: Vec<(bool, bool)>) -> usize {
+        if let Some(which) = self.updates.iter().position(|(c, _)| *c == columns) {
+            return which;
         }
         let set: Vec<String> = columns
             .iter()
@@ -310,8 +312,8 @@ impl<'s> Table<'s> {
             set.join(", "),
             condition.join(" AND ")
         );
-        self.updates.push((columns, text.clone()));
-        text
+        self.updates.push((columns, text));
+        self.updates.len() - 1
     }
 
     /// Whether a row holds the primary key of the insert whose values `get` reads.
