@@ -218,3 +218,47 @@ fn a_write_to_a_follower_whose_leader_is_gone_is_refused_at_once_as_not_applied(
         assert_eq!(c.rows(id, "SELECT id FROM g"), vec![vec![json!(2)]], "node {id}");
     }
 }
+
+/// The sum of `keel_prompt_elections_total` over the nodes `ids`.
+fn prompt_elections(c: &TestCluster, ids: &[u64]) -> f64 {
+    ids.iter().map(|&id| c.metric(id, "keel_prompt_elections_total")).sum()
+}
+
+/// A leader that crashes takes its replication streams with it: the survivors ask for an
+/// election as soon as its lease has run out (`raft::prompt_election`), not an election
+/// timeout later, and count it. A leader that only freezes keeps its streams open, so nobody
+/// asks early; openraft's own timer replaces it.
+#[test]
+fn a_crashed_leader_is_replaced_by_a_prompt_election_and_a_frozen_one_is_not() {
+    let c = TestCluster::start(3, 0);
+    let frozen = c.leader();
+    c.execute_ok(frozen, json!(["CREATE TABLE f (id INTEGER PRIMARY KEY, v TEXT)"]));
+    let others = c.followers(frozen);
+    c.pause(frozen);
+    // Asked of the two others only: a frozen node answers nothing until its client times out.
+    let new = integration_tests::wait_for(integration_tests::TIMEOUT, "a new leader", || {
+        others.iter().copied().find(|&id| {
+            c.try_status(id).is_some_and(|s| s.node.role == integration_tests::Role::Leader)
+        })
+    });
+    assert_eq!(prompt_elections(&c, &others), 0.0, "a frozen leader's streams stay open");
+    c.resume(frozen);
+    integration_tests::wait_for(integration_tests::TIMEOUT, "the resumed node to follow", || {
+        let status = c.try_status(frozen)?;
+        (status.node.leader_id == Some(new)).then_some(())
+    });
+    c.execute_ok(new, json!(["INSERT INTO f VALUES (1, 'before the crash')"]));
+
+    let survivors = c.followers(new);
+    let before = prompt_elections(&c, &survivors);
+    c.kill(new);
+    let next = c.leader();
+    assert_ne!(next, new);
+    assert!(
+        prompt_elections(&c, &survivors) > before,
+        "the survivors of a crashed leader asked for an election once its lease ran out"
+    );
+    let lsn = c.execute_ok(next, json!(["INSERT INTO f VALUES (2, 'after the crash')"]));
+    c.wait_applied(next, lsn);
+    assert_eq!(c.rows(next, "SELECT count(*) FROM f"), vec![vec![json!(2)]]);
+}

@@ -306,6 +306,10 @@ impl Node {
         tokio::spawn(queue::flush::run(node.clone(), queue_receiver));
         tokio::spawn(peer::report_applied(node.clone()));
         tokio::spawn(apply_hash::tell(Arc::downgrade(&node), mismatches));
+        let asked = node.metrics.prompt_elections.clone();
+        tokio::spawn(raft::prompt_election::run(raft.clone(), node.contact.clone(), move || {
+            asked.inc()
+        }));
         tokio::spawn(raft::cluster::log_leadership(raft));
         if let Some(every) = config.optimize_interval {
             tokio::spawn(maintenance::optimize(Arc::downgrade(&node), every));

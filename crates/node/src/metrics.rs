@@ -60,6 +60,9 @@ pub struct Metrics {
     pub optimize_runs: IntCounter,
     /// `VACUUM`s this node proposed as the leader (each runs on every replica).
     pub vacuums: IntCounter,
+    /// Elections this node asked for because its leader's streams closed and its lease expired
+    /// (`raft::prompt_election`).
+    pub prompt_elections: IntCounter,
     /// Write batches the writer proposed, brought up to date at scrape time.
     write_batches: IntCounter,
     /// Of those, the ones speculated on top of a batch in flight.
@@ -229,6 +232,10 @@ impl Metrics {
             "keel_vacuums_total",
             "VACUUMs this node proposed as the leader (each runs on every replica)",
         );
+        let prompt_elections = counter(
+            "keel_prompt_elections_total",
+            "Elections asked for because the leader's replication streams closed and its lease expired",
+        );
         let write_batches =
             counter("keel_write_batches_total", "Write batches this node proposed as the leader");
         let write_batches_stacked = counter(
@@ -288,6 +295,7 @@ impl Metrics {
             Box::new(checksum_rows.clone()),
             Box::new(optimize_runs.clone()),
             Box::new(vacuums.clone()),
+            Box::new(prompt_elections.clone()),
             Box::new(write_batches.clone()),
             Box::new(write_batches_stacked.clone()),
             Box::new(check_last.clone()),
@@ -324,6 +332,7 @@ impl Metrics {
             checksum_rows,
             optimize_runs,
             vacuums,
+            prompt_elections,
             write_batches,
             write_batches_stacked,
             check_last,

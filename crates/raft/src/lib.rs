@@ -25,6 +25,8 @@
 //! - [`network`]: node-to-node RPC as HTTP/JSON (append, vote, snapshot, transfer-leader), the
 //!   client side on reqwest and the server side as an axum router; and
 //!   [`network::memory`], the same RPCs between nodes of one process, for tests.
+//! - [`prompt_election`]: an election as soon as a crashed leader's lease has run out, instead
+//!   of a random election timeout later.
 //! - [`recover`]: quorum recovery, offline: a membership entry naming the surviving voters
 //!   appended to a stopped node's log (`keel admin recover`).
 //! - [`Options`] and [`start`]: build a running [`Raft`] from a data directory
@@ -39,6 +41,7 @@ pub mod cluster;
 pub mod log_reader;
 pub mod log_store;
 pub mod network;
+pub mod prompt_election;
 pub mod recover;
 pub mod snapshot;
 pub mod space;

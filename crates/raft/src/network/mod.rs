@@ -104,6 +104,8 @@ pub struct Contact {
     last: std::sync::Mutex<Option<(std::time::Instant, crate::Lsn)>>,
     /// Open replication streams, by the node that opened them.
     streams: std::sync::Mutex<std::collections::BTreeMap<NodeId, usize>>,
+    /// How many replication streams have ended, for [`crate::prompt_election`].
+    closures: tokio::sync::watch::Sender<u64>,
 }
 
 /// A replication stream counted in [`Contact`] while this lives.
@@ -123,6 +125,8 @@ impl Drop for OpenStream<'_> {
                 streams.remove(&self.leader);
             }
         }
+        drop(streams);
+        self.contact.closures.send_modify(|n| *n += 1);
     }
 }
 
@@ -137,6 +141,11 @@ impl Contact {
     /// this node's applied positions to it).
     pub fn streaming_from(&self, leader: NodeId) -> bool {
         self.streams.lock().expect("contact mutex poisoned").contains_key(&leader)
+    }
+
+    /// Changes whenever a replication stream to this node ends.
+    pub fn stream_closures(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.closures.subscribe()
     }
 
     /// Records an accepted append or heartbeat from the leader.
