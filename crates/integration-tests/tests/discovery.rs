@@ -46,7 +46,11 @@ fn nodes_found_by_a_records_form_one_cluster_and_a_later_node_joins_it() {
         wait_logged(&c, id, "no nodes found yet");
     }
     let log = c.log(1);
-    assert!(log.contains(DISCOVERY_HOST) && log.contains("asking again"), "{log}");
+    assert!(
+        log.contains(&format!("NXDOMAIN: {DISCOVERY_HOST} does not exist"))
+            && log.contains("asking again"),
+        "{log}"
+    );
 
     c.publish(&dns, Discover::Dns, &ids);
     c.wait_formed();

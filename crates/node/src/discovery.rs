@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
@@ -158,7 +159,7 @@ impl Discovery {
 
     /// The A and AAAA records of `host`.
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
-        let found = self.resolver.lookup_ip(host).await.map_err(|e| format!("{host}: {e}"))?;
+        let found = self.resolver.lookup_ip(host).await.map_err(|e| failure(host, "A/AAAA", &e))?;
         Ok(found.iter().collect())
     }
 
@@ -168,7 +169,7 @@ impl Discovery {
     async fn services(&self, host: &str, service: &str) -> Result<Vec<SocketAddr>, String> {
         let name = format!("_{service}._tcp.{host}");
         let found =
-            self.resolver.srv_lookup(name.as_str()).await.map_err(|e| format!("{name}: {e}"))?;
+            self.resolver.srv_lookup(name.as_str()).await.map_err(|e| failure(&name, "SRV", &e))?;
         let mut addrs = Vec::new();
         let mut failed = Vec::new();
         for record in found.answers() {
@@ -176,8 +177,9 @@ impl Discovery {
             match self.resolver.lookup_ip(srv.target.clone()).await {
                 Ok(ips) => addrs.extend(ips.iter().map(|ip| SocketAddr::new(ip, srv.port))),
                 Err(e) => {
-                    tracing::debug!(target = %srv.target, "an SRV target does not resolve: {e}");
-                    failed.push(format!("{}: {e}", srv.target));
+                    let why = failure(&srv.target.to_string(), "A/AAAA", &e);
+                    tracing::debug!("an SRV target does not resolve: {why}");
+                    failed.push(why);
                 }
             }
         }
@@ -185,5 +187,16 @@ impl Discovery {
             return Err(format!("{name}: no target resolves ({})", failed.join("; ")));
         }
         Ok(addrs)
+    }
+}
+
+/// Why a lookup of `kind` records of `name` found none, in a few words.
+fn failure(name: &str, kind: &str, e: &NetError) -> String {
+    if e.is_nx_domain() {
+        format!("NXDOMAIN: {name} does not exist")
+    } else if e.is_no_records_found() {
+        format!("{name} has no {kind} records")
+    } else {
+        format!("looking up {name}: {e}")
     }
 }
