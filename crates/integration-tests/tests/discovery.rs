@@ -79,7 +79,8 @@ fn nodes_found_by_a_records_form_one_cluster_and_a_later_node_joins_it() {
 
 /// Three nodes on different ports found through SRV records (`--discovery dns-srv`), which
 /// appear as the nodes start, as an orchestrator's would: the first two learn of each other
-/// and wait for a third; once it starts and is published, the three form one cluster.
+/// and wait for a third; once it starts and is published, the three form one cluster. A
+/// restart of all three with the same flags forms nothing new.
 #[test]
 fn nodes_found_by_srv_records_on_their_own_ports_form_one_cluster() {
     let dns = DnsServer::start();
@@ -103,6 +104,18 @@ fn nodes_found_by_srv_records_on_their_own_ports_form_one_cluster() {
     c.execute_ok(c.leader(), json!(["CREATE TABLE t (v TEXT)"]));
     assert_write_reaches_all(&c, "srv");
     assert!(c.log(1).contains("_keel._tcp.keel.test"), "{}", c.log(1));
+
+    // Started again with the same flags, they find their cluster on disk: nothing new forms.
+    let bootstraps = |c: &TestCluster| -> usize {
+        c.ids().iter().map(|&id| c.log(id).matches("bootstrapping the cluster").count()).sum()
+    };
+    let formed = bootstraps(&c);
+    c.restart_all();
+    assert_eq!(bootstraps(&c), formed, "a restart bootstraps nothing");
+    for &id in &ids {
+        assert!(c.log(id).contains("already a cluster member"), "node {id}: {}", c.log(id));
+    }
+    assert_write_reaches_all(&c, "again");
 }
 
 /// Bad discovery flags fail the start with a message that says what is wrong.
@@ -125,6 +138,10 @@ fn discovery_flags_are_checked() {
             "cannot be used with",
         ),
         (&["--discovery", "dns", "--discovery-host", "x"], "--bootstrap-expect"),
+        (
+            &["--bootstrap-expect", "3", "--discovery", "dns", "--discovery-host", ""],
+            "--discovery-host is empty",
+        ),
         (&["--bootstrap-expect", "3"], "--join URL,URL,... or --discovery"),
         (
             &[
