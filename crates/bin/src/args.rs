@@ -49,6 +49,15 @@ pub enum Command {
     Check(check::CheckArgs),
 }
 
+/// How `keel serve --discovery` finds the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiscoveryMode {
+    /// The A and AAAA records of `--discovery-host`, at `--discovery-port`.
+    Dns,
+    /// The SRV records of `_<--discovery-service>._tcp.<--discovery-host>`.
+    DnsSrv,
+}
+
 /// Flags of `keel serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -89,8 +98,30 @@ pub struct ServeArgs {
     /// addresses, and once a node knows this many (itself included) it bootstraps the cluster
     /// with them all, the same membership on every node. Ignored when the node already belongs
     /// to a cluster, or when a node of `--join` already leads one (the node joins it instead).
-    #[arg(long, value_name = "N", requires = "join", conflicts_with = "learner", value_parser = clap::value_parser!(u64).range(1..=99))]
+    /// With `--discovery`, the nodes are found through DNS instead of `--join`.
+    #[arg(long, value_name = "N", conflicts_with = "learner", value_parser = clap::value_parser!(u64).range(1..=99))]
     pub bootstrap_expect: Option<u64>,
+    /// Find the nodes of `--bootstrap-expect` through DNS instead of `--join` (rqlite's
+    /// `-disco-mode`), asking again every round until the cluster is formed or joined: `dns`,
+    /// the A/AAAA records of `--discovery-host`, each at `--discovery-port`; `dns-srv`, the SRV
+    /// records of `_<--discovery-service>._tcp.<--discovery-host>` (targets and ports). A node
+    /// started after the cluster formed joins it. Needs `--bootstrap-expect`; not with `--join`.
+    #[arg(long, value_enum, value_name = "MODE", requires_all = ["discovery_host", "bootstrap_expect"], conflicts_with = "join")]
+    pub discovery: Option<DiscoveryMode>,
+    /// The DNS name of `--discovery` (a Kubernetes headless service, for instance).
+    #[arg(long, value_name = "NAME", requires = "discovery")]
+    pub discovery_host: Option<String>,
+    /// The client API port of the nodes `--discovery dns` finds. Default: this node's own
+    /// (advertised) client API port.
+    #[arg(long, value_name = "PORT", requires = "discovery", value_parser = clap::value_parser!(u16).range(1..))]
+    pub discovery_port: Option<u16>,
+    /// The service label of `--discovery dns-srv`, without its underscore: the records looked up
+    /// are `_SERVICE._tcp.<--discovery-host>`. Default: `keel`.
+    #[arg(long, value_name = "SERVICE", requires = "discovery")]
+    pub discovery_service: Option<String>,
+    /// The DNS server `--discovery` asks, instead of the system's (`/etc/resolv.conf`).
+    #[arg(long, value_name = "IP:PORT", requires = "discovery")]
+    pub discovery_resolver: Option<std::net::SocketAddr>,
     /// On SIGTERM/SIGINT, leave the cluster before shutting down: a follower or learner asks
     /// the leader to remove it, a leader first hands leadership over. Gives up after 10s (no
     /// leader, no quorum) and shuts down anyway; the last voter never leaves.

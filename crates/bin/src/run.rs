@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::args::DiscoveryMode;
 use crate::http;
 use crate::{PlantedBug, ServeArgs};
 
@@ -34,6 +35,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let backup_target =
         args.backup_to.as_deref().map(crate::backup_to::Target::parse).transpose()?;
     let restore_from = restore_wanted(&args)?;
+    let seeds = seeds(&args, tls.api.is_some())?;
 
     // Bind first, so a port in use fails the start instead of a half-started node.
     let raft_listener = TcpListener::bind(&args.raft_addr)
@@ -180,7 +182,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(node::reap::run(Arc::downgrade(&node), after));
     }
     match args.bootstrap_expect {
-        Some(n) => node.bootstrap_expect(n, &args.join, !args.learner, credentials).await?,
+        Some(n) => node.bootstrap_expect(n, seeds, !args.learner, credentials).await?,
         None => node.bootstrap_or_join(&args.join, !args.learner, credentials).await?,
     }
 
@@ -224,7 +226,8 @@ fn rebuild(args: &ServeArgs, join: Vec<String>) -> anyhow::Result<()> {
         std::env::current_exe().context("finding this program to start it again")?,
     );
     command.args(argv);
-    if args.join.is_empty() {
+    // With --discovery the node finds the cluster again itself (and --join would be refused).
+    if args.join.is_empty() && args.discovery.is_none() {
         command.arg("--join").arg(join.join(","));
     }
     tracing::warn!(data = %args.data_dir.display(), "data deleted; starting again to rejoin the cluster");
@@ -245,6 +248,52 @@ fn restore_wanted(args: &ServeArgs) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     Ok(Some(url.clone()))
+}
+
+/// Where `--bootstrap-expect` finds the other nodes: `--join`, or DNS with `--discovery`
+/// (whose lookups are set up here, so bad discovery flags fail the start).
+fn seeds(args: &ServeArgs, https: bool) -> anyhow::Result<node::bootstrap::Seeds> {
+    use node::discovery::{Discovery, Records};
+    let Some(mode) = args.discovery else {
+        if args.bootstrap_expect.is_some() && args.join.is_empty() {
+            anyhow::bail!(
+                "--bootstrap-expect needs the other nodes: --join URL,URL,... or --discovery dns|dns-srv"
+            );
+        }
+        return Ok(node::bootstrap::Seeds::Join(args.join.clone()));
+    };
+    let host = args.discovery_host.clone().unwrap_or_default();
+    let records = match mode {
+        DiscoveryMode::Dns => {
+            if args.discovery_service.is_some() {
+                anyhow::bail!(
+                    "--discovery-service is for --discovery dns-srv (SRV records carry their ports); --discovery dns takes --discovery-port"
+                );
+            }
+            let port = match args.discovery_port {
+                Some(port) => port,
+                None => {
+                    let own = advertised(&args.http_addr, args.http_adv_addr.as_deref(), "http")?;
+                    own.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).with_context(
+                        || format!("cannot tell the port of {own}: give --discovery-port"),
+                    )?
+                }
+            };
+            Records::Address { host, port }
+        }
+        DiscoveryMode::DnsSrv => {
+            if args.discovery_port.is_some() {
+                anyhow::bail!(
+                    "--discovery-port is for --discovery dns: with dns-srv each SRV record names its port"
+                );
+            }
+            let service = args.discovery_service.clone().unwrap_or_else(|| "keel".to_string());
+            Records::Service { host, service }
+        }
+    };
+    let discovery =
+        Discovery::new(records, args.discovery_resolver, https).map_err(anyhow::Error::msg)?;
+    Ok(node::bootstrap::Seeds::Discovery(Arc::new(discovery)))
 }
 
 /// `--join-as USER:PASSWORD`, split.

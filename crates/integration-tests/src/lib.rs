@@ -58,6 +58,10 @@
 //! * `http`: raw requests to one node ([`Reply`], [`RawReply`]), for tests about bytes,
 //!   statuses and headers.
 //! * `dump`: comparing nodes ([`TestCluster::dump`], [`TestCluster::assert_consistent`]).
+//! * `orchestrate`: clusters formed as orchestrators form them: `--bootstrap-expect`
+//!   ([`TestCluster::start_expecting`]), with the nodes found through DNS
+//!   ([`TestCluster::discovering`], served by `dns`: [`DnsServer`], a small authoritative
+//!   DNS server whose records the test changes).
 //! * [`tmpfs`]: a tmpfs per node ([`TestCluster::start_on_tmpfs`]) and a balloon to fill it
 //!   ([`TestCluster::fill_disk`]), for full-disk tests.
 //! * [`chaos`]: `keel-chaos`, the fault harness with network faults; [`tour`]: the documentation
@@ -87,6 +91,7 @@
 mod api;
 pub mod chaos;
 mod cluster;
+mod dns;
 mod dump;
 mod http;
 pub mod inproc;
@@ -101,10 +106,12 @@ use std::time::{Duration, Instant};
 
 pub use api::Response;
 pub use cluster::TestCluster;
+pub use dns::DnsServer;
 pub use dump::assert_same_dump;
 pub use http::{RawReply, Reply};
 pub use keel_api::Level;
 pub use keel_api::status::{Role, Status};
+pub use orchestrate::{DISCOVERY_HOST, Discover};
 pub use process::{free_ports, keel_binary};
 
 /// A node's id, as passed to `keel serve --id`. Nodes of a [`TestCluster`] are numbered from 1:

@@ -1,14 +1,18 @@
 //! Harness support for membership as orchestrators drive it (`tests/orchestrate.rs`): a node
 //! that comes back at new addresses ([`TestCluster::move_node`]), clusters formed by
-//! `--bootstrap-expect` ([`TestCluster::start_expecting`]), the leader's view of members'
-//! addresses, and nodes' logs.
+//! `--bootstrap-expect` ([`TestCluster::start_expecting`]), or with the nodes found through DNS
+//! ([`TestCluster::discovering`], [`Discover`]), the leader's view of members' addresses, and
+//! nodes' logs.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
 
 use keel_api::status::Role;
 use reqwest::header::HeaderMap;
 
-use crate::process::free_ports;
+use crate::dns::DnsServer;
+use crate::process::{Node, Process, free_ports};
 use crate::{NodeId, TIMEOUT, keel_binary, wait_for};
 use crate::{TestCluster, lock};
 
@@ -117,5 +121,124 @@ impl TestCluster {
                 });
             formed.then_some(())
         });
+    }
+}
+
+/// The DNS name nodes started by [`TestCluster::discovering`] look up.
+pub const DISCOVERY_HOST: &str = "keel.test";
+
+/// How nodes laid out by [`TestCluster::discovering`] find each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discover {
+    /// `--discovery dns`: the A records of [`DISCOVERY_HOST`]. Every node's client API is on the
+    /// same port (the default `--discovery-port`), node N's at `127.0.0.N`.
+    Dns,
+    /// `--discovery dns-srv`: the SRV records of `_keel._tcp.`[`DISCOVERY_HOST`], one per node:
+    /// target `nodeN.keel.test` (A record `127.0.0.1`) and that node's own client API port.
+    DnsSrv,
+}
+
+impl Discover {
+    /// The `--discovery` flags, asking `dns`.
+    fn flags(self, dns: &DnsServer) -> Vec<String> {
+        let mode = match self {
+            Discover::Dns => "dns",
+            Discover::DnsSrv => "dns-srv",
+        };
+        ["--discovery", mode, "--discovery-host", DISCOVERY_HOST, "--discovery-resolver"]
+            .iter()
+            .map(|s| (*s).to_string())
+            .chain([dns.addr().to_string()])
+            .collect()
+    }
+}
+
+impl TestCluster {
+    /// Lays out `n` voters, each to start with `--bootstrap-expect n` and the `--discovery`
+    /// flags of `mode` asking `dns` (and no `--join`), without starting any or publishing any
+    /// record: the test does both ([`TestCluster::start_node`], [`TestCluster::publish`]).
+    pub fn discovering(n: usize, mode: Discover, dns: &DnsServer) -> Self {
+        keel_binary();
+        let expect = n.to_string();
+        let mut args = vec!["--bootstrap-expect".to_string(), expect];
+        args.extend(mode.flags(dns));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cluster = Self::new(n, 0, &args, &[], HeaderMap::new());
+        let port = free_ports(1)[0];
+        for node in cluster.nodes.values_mut() {
+            node.join = None;
+            if mode == Discover::Dns {
+                node.http_addr = format!("127.0.0.{}:{port}", node.id);
+            }
+        }
+        cluster
+    }
+
+    /// Lays out one more node like those of [`TestCluster::discovering`] (same flags; in
+    /// [`Discover::Dns`] at `127.0.0.<id>` on their port), without starting it; returns its id.
+    pub fn lay_out_discovering(&mut self, mode: Discover) -> NodeId {
+        let first = self.nodes.values().next().expect("a cluster has nodes");
+        let (extra_args, env) = (first.extra_args.clone(), first.env.clone());
+        let id = self.nodes.keys().chain(self.retired.keys()).max().copied().unwrap_or(0) + 1;
+        let ports = free_ports(2);
+        let http_addr = match mode {
+            Discover::Dns => {
+                let port = first.http_addr.rsplit_once(':').expect("HOST:PORT").1;
+                format!("127.0.0.{id}:{port}")
+            }
+            Discover::DnsSrv => format!("127.0.0.1:{}", ports[0]),
+        };
+        let node = Node {
+            id,
+            learner: false,
+            http_addr,
+            raft_addr: format!("127.0.0.1:{}", ports[1]),
+            data_dir: self.dir.path().join(format!("node{id}")),
+            log_path: self.dir.path().join(format!("node{id}.log")),
+            join: None,
+            extra_args,
+            env,
+            process: Mutex::new(Process::default()),
+        };
+        self.nodes.insert(id, node);
+        id
+    }
+
+    /// Starts node `id` with its flags, without waiting for anything.
+    pub fn start_node(&self, id: NodeId) {
+        self.node(id).spawn();
+    }
+
+    /// Makes `dns` name exactly the nodes `ids` (the records of `mode`; see [`Discover`]).
+    pub fn publish(&self, dns: &DnsServer, mode: Discover, ids: &[NodeId]) {
+        let addrs: Vec<SocketAddr> = ids
+            .iter()
+            .map(|&id| self.http_addr(id).parse().expect("a node's address is IP:PORT"))
+            .collect();
+        match mode {
+            Discover::Dns => {
+                let ips: Vec<Ipv4Addr> = addrs
+                    .iter()
+                    .map(|addr| match addr.ip() {
+                        IpAddr::V4(ip) => ip,
+                        IpAddr::V6(ip) => panic!("test nodes listen on IPv4, not {ip}"),
+                    })
+                    .collect();
+                dns.set_a(DISCOVERY_HOST, &ips);
+            }
+            Discover::DnsSrv => {
+                let targets: Vec<(String, u16)> = ids
+                    .iter()
+                    .zip(&addrs)
+                    .map(|(id, addr)| (format!("node{id}.{DISCOVERY_HOST}"), addr.port()))
+                    .collect();
+                for (target, _) in &targets {
+                    dns.set_a(target, &[Ipv4Addr::LOCALHOST]);
+                }
+                let targets: Vec<(&str, u16)> =
+                    targets.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+                dns.set_srv(&format!("_keel._tcp.{DISCOVERY_HOST}"), &targets);
+            }
+        }
     }
 }

@@ -16,6 +16,11 @@
 //! 4. Once it knows `N` nodes (itself included), it initializes Raft with all of them as voters
 //!    ([`raft::cluster::initialize_all`]).
 //!
+//! With `--discovery` ([`crate::discovery`]) the list of step 2 is not fixed: each round asks
+//! DNS again, so nodes that appear over time (the pods of a StatefulSet) are found, and a name
+//! that does not exist yet (NXDOMAIN) is asked again next round, until the deadline. Each
+//! round's answer is logged when it differs from the last one, and every ten seconds anyway.
+//!
 //! Every node started with the same list learns the same `N` nodes with the same addresses, so
 //! each writes the same first membership entry; openraft allows exactly that and the nodes
 //! elect one leader. A node whose Raft already holds a cluster skips all this, so a restart of
@@ -30,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use keel_api::cluster::Notified;
 
+use crate::discovery::Discovery;
 use crate::membership::{JoinRequest, ask};
 use crate::{Error, Node};
 
@@ -39,24 +45,67 @@ const DEADLINE: Duration = Duration::from_secs(300);
 const ROUND: Duration = Duration::from_millis(500);
 /// How long one join or notification may take.
 const ATTEMPT: Duration = Duration::from_secs(10);
+/// How often an unchanged DNS answer is logged again while waiting.
+const REPEAT_LOG: Duration = Duration::from_secs(10);
+
+/// Where the nodes to form a cluster with come from.
+#[derive(Debug, Clone)]
+pub enum Seeds {
+    /// The client API URLs of `--join`, the same every round.
+    Join(Vec<String>),
+    /// DNS records (`--discovery`), asked again every round.
+    Discovery(Arc<Discovery>),
+}
+
+/// The last DNS answer of the rounds and when it was logged, so that an answer is logged when
+/// it changes and every [`REPEAT_LOG`] otherwise.
+#[derive(Default)]
+struct Answers {
+    /// The last answer: the URLs found, or why none were.
+    last: Option<Result<Vec<String>, String>>,
+    /// When an answer was last logged.
+    logged: Option<Instant>,
+}
+
+impl Answers {
+    /// Asks `discovery` and logs its answer if it is news; returns the URLs (none on an error).
+    async fn ask(&mut self, discovery: &Discovery) -> Vec<String> {
+        let answer = discovery.urls().await;
+        let due = self.logged.is_none_or(|at| at.elapsed() >= REPEAT_LOG);
+        if self.last.as_ref() != Some(&answer) || due {
+            let source = discovery.describe();
+            match &answer {
+                Ok(urls) => tracing::info!(?urls, "{source}: found {} node(s)", urls.len()),
+                Err(why) => tracing::warn!("{source}: no nodes found yet ({why}); asking again"),
+            }
+            self.logged = Some(Instant::now());
+        }
+        self.last = Some(answer.clone());
+        answer.unwrap_or_default()
+    }
+}
 
 impl Node {
-    /// Starts or joins a cluster of `expect` voters with the nodes of `join` (see the module
+    /// Starts or joins a cluster of `expect` voters with the nodes of `seeds` (see the module
     /// docs), in the background; a node that is a member already goes on as
-    /// [`Node::bootstrap_or_join`] does.
+    /// [`Node::bootstrap_or_join`] does (with the nodes DNS names now, for `--discovery`).
     pub async fn bootstrap_expect(
         self: &Arc<Self>,
         expect: u64,
-        join: &[String],
+        seeds: Seeds,
         voter: bool,
         credentials: Option<(String, String)>,
     ) -> anyhow::Result<()> {
         if raft::cluster::is_initialized(&self.raft).await? {
-            return self.bootstrap_or_join(join, voter, credentials).await;
+            let join = match &seeds {
+                Seeds::Join(urls) => urls.clone(),
+                Seeds::Discovery(discovery) => Answers::default().ask(discovery).await,
+            };
+            return self.bootstrap_or_join(&join, voter, credentials).await;
         }
-        let (node, join) = (self.clone(), join.to_vec());
+        let node = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = node.form(expect, &join, voter, credentials).await {
+            if let Err(e) = node.form(expect, &seeds, voter, credentials).await {
                 tracing::error!(error = %e, "could not form or join a cluster; stopping");
                 let _ = node.raft.shutdown().await;
             }
@@ -68,24 +117,36 @@ impl Node {
     async fn form(
         &self,
         expect: u64,
-        urls: &[String],
+        seeds: &Seeds,
         voter: bool,
         credentials: Option<(String, String)>,
     ) -> anyhow::Result<()> {
         let expect = usize::try_from(expect).unwrap_or(usize::MAX);
         let deadline = Instant::now() + DEADLINE;
         let me = self.join_request(voter);
-        tracing::info!(
-            expect,
-            ?urls,
-            "waiting for {expect} nodes to form a cluster (--bootstrap-expect)"
-        );
+        match seeds {
+            Seeds::Join(urls) => tracing::info!(
+                expect,
+                ?urls,
+                "waiting for {expect} nodes to form a cluster (--bootstrap-expect)"
+            ),
+            Seeds::Discovery(discovery) => tracing::info!(
+                expect,
+                "waiting for {expect} nodes to form a cluster (--bootstrap-expect), finding them through the {}",
+                discovery.describe()
+            ),
+        }
+        let mut answers = Answers::default();
         loop {
             if raft::cluster::is_initialized(&self.raft).await? {
                 tracing::info!("a member of the cluster formed with the other nodes");
                 return Ok(());
             }
-            for url in urls {
+            let urls = match seeds {
+                Seeds::Join(urls) => urls.clone(),
+                Seeds::Discovery(discovery) => answers.ask(discovery).await,
+            };
+            for url in &urls {
                 let credentials = credentials.as_ref();
                 let answer = match ask(&self.peers, url, "/notify", &me, credentials, ATTEMPT).await
                 {
@@ -133,8 +194,14 @@ impl Node {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let hint = match seeds {
+                    Seeds::Join(_) => "is --join the same on every node?".to_string(),
+                    Seeds::Discovery(discovery) => {
+                        format!("do the {} name them all?", discovery.describe())
+                    }
+                };
                 anyhow::bail!(
-                    "only {} of the {expect} nodes of --bootstrap-expect made contact within {DEADLINE:?}: are the others running, and is --join the same on every node?",
+                    "only {} of the {expect} nodes of --bootstrap-expect made contact within {DEADLINE:?}: are the others running, and {hint}",
                     known.len()
                 );
             }

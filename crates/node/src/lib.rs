@@ -22,7 +22,8 @@
 //! - [`health`]: `/readyz`'s checks and the member list of `/nodes` with reachability probes.
 //! - [`membership`]: adding a node (with proof of its identity under mutual TLS) and joining a
 //!   cluster on start; for orchestrators, [`bootstrap`]: several nodes started at once form one
-//!   cluster (`--bootstrap-expect`), [`leave`]: leaving it on shutdown (`--leave-on-shutdown`),
+//!   cluster (`--bootstrap-expect`), with the others found through DNS by [`discovery`]
+//!   (`--discovery`), [`leave`]: leaving it on shutdown (`--leave-on-shutdown`),
 //!   [`reap`]: the leader removes members silent for long (`--reap-after`).
 //! - [`peer`]: the node-to-node protocol in one place: Raft's own RPCs (from
 //!   [`raft::network`]) plus Keel's (`/keel/applied`, `/keel/read-index`, `/keel/queue`), both
@@ -51,6 +52,7 @@ pub mod backup_report;
 pub mod bootstrap;
 pub mod changes;
 pub mod checksum;
+pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod leave;
