@@ -40,11 +40,11 @@ use crate::{NodeId, Raft};
 /// How long after this node's lease from the leader expired the first attempt is made: the
 /// last contact is recorded after openraft took the append, so its lease ends a little earlier;
 /// the margin covers a peer that heard the same heartbeat slightly later.
-pub const MARGIN: Duration = Duration::from_millis(3);
+pub const MARGIN: Duration = Duration::from_millis(1);
 /// How far apart voters of consecutive ranks make their first attempt.
-pub const STAGGER: Duration = Duration::from_millis(20);
+pub const STAGGER: Duration = Duration::from_millis(10);
 /// Pause between attempts of one voter.
-pub const RETRY: Duration = Duration::from_millis(10);
+pub const RETRY: Duration = Duration::from_millis(5);
 
 /// Watches this node's leader and starts a pre-vote election when the leader's streams have
 /// closed and its lease has run out (see the module docs); `asked` is called for each election
