@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use keel_api::NodeId;
-
 pub use super::render::Mode;
 
 /// Every dot-command with its arguments and what it does, for `.help` and completion.
@@ -99,9 +97,9 @@ pub enum Command {
     /// `.boot FILE`
     Boot(PathBuf),
     /// `.remove NODEID`
-    Remove(NodeId),
+    Remove(String),
     /// `.stepdown [NODEID]`
-    Stepdown(Option<NodeId>),
+    Stepdown(Option<String>),
     /// `.sysdump FILE`
     Sysdump(PathBuf),
     /// `.ready`
@@ -199,9 +197,9 @@ pub fn parse(line: &str) -> Result<Command, String> {
     }
 }
 
-/// A node id as typed.
-fn node_id(word: &str) -> Result<NodeId, String> {
-    word.parse().map_err(|_| format!("'{word}' is not a node id (node ids are whole numbers)"))
+/// A node id as typed: a number or a node's name.
+fn node_id(word: &str) -> Result<String, String> {
+    raft::NodeName::parse(word).map(|n| n.to_string())
 }
 
 /// The file name that starts `text` (quoted if it has spaces) and what follows it, trimmed.
