@@ -23,7 +23,7 @@ use crate::db::{Answer, Statement};
 use crate::error::{Error, Result};
 use crate::queue::{Lookup, Queued, Seq};
 use crate::status::Status;
-use crate::{Call, ClientBuilder, NodeId, Readiness};
+use crate::{Call, ClientBuilder, Readiness};
 
 /// A [`crate::Client`] whose calls block.
 #[derive(Clone, Debug)]

@@ -16,7 +16,7 @@ use crate::db::{Answer, Durability, Level, Statement};
 use crate::error::{Error, Result};
 use crate::queue::{Lookup, Queued, Seq};
 use crate::status::Status;
-use crate::{Lsn, NodeId};
+use crate::Lsn;
 
 /// The endpoint of a database call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
