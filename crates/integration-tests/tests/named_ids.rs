@@ -167,7 +167,8 @@ impl Cluster {
     fn wait_row(&self, i: usize, v: &str) {
         let name = self.nodes[i].name;
         wait_for(TIMEOUT, format!("{name} to have row {v}"), || {
-            let q = format!("/db/query?level=none&q=SELECT%20count(*)%20FROM%20t%20WHERE%20v='{v}'");
+            let q =
+                format!("/db/query?level=none&q=SELECT%20count(*)%20FROM%20t%20WHERE%20v='{v}'");
             let answer = self.get(i, &q)?;
             (answer["results"][0]["values"] == json!([[1]])).then_some(())
         });

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Attempt, Client, Reply, Target};
+use crate::Lsn;
 use crate::cluster::{
     Action, JoinRequest, Joined, LeaderChanged, MembershipChange, MembershipChanged, NodeInfo,
     NodeList, NodeRef, Removed,
@@ -16,7 +17,6 @@ use crate::db::{Answer, Durability, Level, Statement};
 use crate::error::{Error, Result};
 use crate::queue::{Lookup, Queued, Seq};
 use crate::status::Status;
-use crate::Lsn;
 
 /// The endpoint of a database call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

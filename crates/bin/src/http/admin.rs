@@ -406,7 +406,7 @@ mod tests {
             unavailable("node 3 is not reachable: the leader last heard from it 4.0s ago"),
             unavailable("outcome unknown: node 3 was not elected: node 2 leads in term 9"),
             bad_request("leader not found"),
-            leader_answer(3, 9),
+            json_response(StatusCode::OK, &LeaderChanged { leader: 3, name: None, term: 9 }, false),
         ] {
             assert!(moved(final_answer).await.is_ok());
         }
