@@ -322,7 +322,7 @@ fn an_invalid_name_is_refused_at_start() {
         ("0", "must be positive"),
     ] {
         let out = Command::new(keel_binary())
-            .args(["serve", "--id", id, "--data-dir"])
+            .args(["serve", &format!("--id={id}"), "--data-dir"])
             .arg(data(dir.path()))
             .output()
             .expect("keel runs");
