@@ -16,9 +16,9 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// A node as the operator names it (`keel serve --id`, `keel admin remove …`): a positive
 /// number, which is its Raft [`NodeId`] as it has always been, or a name such as `keel-0` (up
-/// to [`MAX_NAME_LEN`] characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit), whose Raft id is derived from it
-/// ([`NodeName::id_of_name`]: the first 63 bits of its SHA-256 with the top bit set, so it never
-/// equals a numeric id below 2^63). The same name always maps to the same id, so any node, and
+/// to [`MAX_NAME_LEN`] characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit),
+/// whose Raft id is derived from it ([`NodeName::id_of_name`]: the first 63 bits of its
+/// SHA-256 with the top bit set, so it never equals a numeric id below 2^63). The same name always maps to the same id, so any node, and
 /// any version that knows the rule, finds a member by its name without asking; the name itself
 /// is kept in the membership ([`MemberAddr::name`]) to be shown.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -127,7 +127,12 @@ pub type Lsn = wal::Lsn;
 /// serialized form (`{"raft_addr": …, "http_addr": …}`) must not change. A node named by a
 /// name rather than a number carries it too (`"name": …`), omitted for numeric ids, so their
 /// members serialize, and hash into the apply hash, exactly as before names existed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Binary formats (postcard: the replication stream and the Raft log) are not self-describing,
+/// so they cannot leave a field out: there the form stays the two strings it always was, and a
+/// name rides in the second, `<http_addr>\n<name>` (neither an address nor a name holds a
+/// newline). Numeric members encode byte for byte as before in both kinds of format.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberAddr {
     /// `host:port` of the node's Raft RPC listener.
     pub raft_addr: String,
@@ -135,8 +140,63 @@ pub struct MemberAddr {
     pub http_addr: String,
     /// The node's name (`--id keel-0`); `None` for a numeric id. Its Raft id is
     /// [`NodeName::id_of_name`] of it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// Where a binary format puts a name: after the HTTP address and this separator.
+const NAME_SEPARATOR: char = '\n';
+
+impl Serialize for MemberAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let named = s.is_human_readable() && self.name.is_some();
+        let mut out = s.serialize_struct("MemberAddr", if named { 3 } else { 2 })?;
+        out.serialize_field("raft_addr", &self.raft_addr)?;
+        match &self.name {
+            Some(name) if named => {
+                out.serialize_field("http_addr", &self.http_addr)?;
+                out.serialize_field("name", name)?;
+            }
+            Some(name) => out.serialize_field(
+                "http_addr",
+                &format!("{}{NAME_SEPARATOR}{name}", self.http_addr),
+            )?,
+            None => out.serialize_field("http_addr", &self.http_addr)?,
+        }
+        out.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MemberAddr, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "MemberAddr")]
+        struct Text {
+            raft_addr: String,
+            http_addr: String,
+            #[serde(default)]
+            name: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename = "MemberAddr")]
+        struct Binary {
+            raft_addr: String,
+            http_addr: String,
+        }
+        if d.is_human_readable() {
+            let t = Text::deserialize(d)?;
+            return Ok(MemberAddr { raft_addr: t.raft_addr, http_addr: t.http_addr, name: t.name });
+        }
+        let b = Binary::deserialize(d)?;
+        Ok(match b.http_addr.split_once(NAME_SEPARATOR) {
+            Some((http, name)) => MemberAddr {
+                raft_addr: b.raft_addr,
+                http_addr: http.to_string(),
+                name: Some(name.to_string()),
+            },
+            None => MemberAddr { raft_addr: b.raft_addr, http_addr: b.http_addr, name: None },
+        })
+    }
 }
 
 impl MemberAddr {
@@ -190,6 +250,26 @@ mod tests {
         let json = r#"{"raft_addr":"10.0.0.1:4002","http_addr":"10.0.0.1:4001"}"#;
         assert_eq!(serde_json::to_string(&addr).unwrap(), json);
         assert_eq!(serde_json::from_str::<MemberAddr>(json).unwrap(), addr);
+    }
+
+    /// In postcard (the replication stream, the log) a numeric member is the two strings it
+    /// always was, and a named one reads back with its name.
+    #[test]
+    fn binary_form_is_stable() {
+        #[derive(Serialize)]
+        struct Before {
+            raft_addr: String,
+            http_addr: String,
+        }
+        let addr = MemberAddr::new("10.0.0.1:4002", "10.0.0.1:4001");
+        let before =
+            Before { raft_addr: addr.raft_addr.clone(), http_addr: addr.http_addr.clone() };
+        let bytes = postcard::to_allocvec(&addr).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
+        assert_eq!(postcard::from_bytes::<MemberAddr>(&bytes).unwrap(), addr);
+        let named = MemberAddr { name: Some("keel-0".into()), ..addr };
+        let bytes = postcard::to_allocvec(&named).unwrap();
+        assert_eq!(postcard::from_bytes::<MemberAddr>(&bytes).unwrap(), named);
     }
 
     /// A named member adds its name, and reads back; the form without it is unchanged.
