@@ -128,7 +128,7 @@ pub type Lsn = wal::Lsn;
 /// name rather than a number carries it too (`"name": …`), omitted for numeric ids, so their
 /// members serialize, and hash into the apply hash, exactly as before names existed.
 ///
-/// Binary formats (postcard: the replication stream and the Raft log) are not self-describing,
+/// Binary formats (postcard: the replication stream) are not self-describing,
 /// so they cannot leave a field out: there the form stays the two strings it always was, and a
 /// name rides in the second, `<http_addr>\n<name>` (neither an address nor a name holds a
 /// newline). Numeric members encode byte for byte as before in both kinds of format.
@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<MemberAddr>(json).unwrap(), addr);
     }
 
-    /// In postcard (the replication stream, the log) a numeric member is the two strings it
+    /// In postcard (the replication stream) a numeric member is the two strings it
     /// always was, and a named one reads back with its name.
     #[test]
     fn binary_form_is_stable() {
