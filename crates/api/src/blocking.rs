@@ -23,7 +23,7 @@ use crate::db::{Answer, Statement};
 use crate::error::{Error, Result};
 use crate::queue::{Lookup, Queued, Seq};
 use crate::status::Status;
-use crate::{Call, ClientBuilder, NodeId, Readiness};
+use crate::{Call, ClientBuilder, Readiness};
 
 /// A [`crate::Client`] whose calls block.
 #[derive(Clone, Debug)]
@@ -147,12 +147,12 @@ impl Client {
     }
 
     /// See [`crate::Client::remove`].
-    pub fn remove(&self, id: NodeId) -> Result<Removed> {
+    pub fn remove(&self, id: impl std::fmt::Display) -> Result<Removed> {
         self.run(self.inner.remove(id))
     }
 
     /// See [`crate::Client::promote`].
-    pub fn promote(&self, id: NodeId) -> Result<LeaderChanged> {
+    pub fn promote(&self, id: impl std::fmt::Display) -> Result<LeaderChanged> {
         self.run(self.inner.promote(id))
     }
 
@@ -162,7 +162,7 @@ impl Client {
     }
 
     /// See [`crate::Client::set_voter`].
-    pub fn set_voter(&self, id: NodeId, voter: bool) -> Result<MembershipChanged> {
+    pub fn set_voter(&self, id: impl std::fmt::Display, voter: bool) -> Result<MembershipChanged> {
         self.run(self.inner.set_voter(id, voter))
     }
 }

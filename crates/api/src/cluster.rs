@@ -7,6 +7,7 @@
 //! `/nodes` answers a map by id, or with `?ver=2` a [`NodeList`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +34,7 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
-    /// The id as a number, if it is one.
+    /// The id as a number, if it is one (a named node's id is its name).
     pub fn node_id(&self) -> Option<NodeId> {
         self.id.parse().ok()
     }
@@ -73,8 +74,12 @@ pub type NodeMap = BTreeMap<String, NodeInfo>;
 pub struct JoinRequest {
     /// Its HTTP address, `host:port`.
     pub http_addr: String,
-    /// Its node id (positive).
+    /// Its node id: its number, or for a named node the Raft id of its name.
     pub id: NodeId,
+    /// Its name, for a node started with a name as `--id` (`keel-0`); its `id` is derived
+    /// from it. Absent for a numeric id (the form older versions send and read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Its Raft address, `host:port`.
     pub raft_addr: String,
     /// Voter (the default) or learner.
@@ -94,6 +99,9 @@ pub struct Notified {
     pub http_addr: String,
     /// Its node id.
     pub id: NodeId,
+    /// Its name, for a named node (see [`JoinRequest::name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Whether it is a member of a cluster already: join it instead of forming one.
     pub member: bool,
     /// Its Raft address, `host:port`.
@@ -105,12 +113,22 @@ pub struct Notified {
 pub struct Joined {}
 
 /// The answer of a leadership transfer (`POST /admin/promote`, `POST /leader`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderChanged {
     /// The new leader.
     pub leader: NodeId,
+    /// Its name, for a node named by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Its term.
     pub term: Term,
+}
+
+impl LeaderChanged {
+    /// How the new leader is shown: its name, or its number.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.leader.to_string())
+    }
 }
 
 /// The answer of `POST /admin/vacuum`: every replica runs `VACUUM` when it applies the entry
@@ -133,8 +151,8 @@ pub struct NodeRef {
 }
 
 impl NodeRef {
-    /// `{"id": "<id>"}`, rqlite's spelling.
-    pub fn to(id: NodeId) -> NodeRef {
+    /// `{"id": "<id>"}`, rqlite's spelling: a number as a string, or a node's name.
+    pub fn to(id: impl fmt::Display) -> NodeRef {
         NodeRef { id: Some(id.to_string().into()) }
     }
 }
@@ -161,8 +179,8 @@ pub struct MembershipChange {
     /// With `add-*`: the node's HTTP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
-    /// The node.
-    pub id: NodeId,
+    /// The node: its number, or its name (see [`id_value`]).
+    pub id: serde_json::Value,
     /// With `add-*`: the node's Raft address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_addr: Option<String>,
@@ -170,14 +188,29 @@ pub struct MembershipChange {
 
 impl MembershipChange {
     /// `promote` or `demote`, which name only the node.
-    pub fn of(action: Action, id: NodeId) -> MembershipChange {
-        MembershipChange { action, id, http_addr: None, raft_addr: None }
+    pub fn of(action: Action, id: impl fmt::Display) -> MembershipChange {
+        MembershipChange { action, id: id_value(id), http_addr: None, raft_addr: None }
     }
 
     /// `add-voter` or `add-learner` of a node at these addresses.
-    pub fn add(id: NodeId, voter: bool, raft_addr: String, http_addr: String) -> Self {
+    pub fn add(id: impl fmt::Display, voter: bool, raft_addr: String, http_addr: String) -> Self {
         let action = if voter { Action::AddVoter } else { Action::AddLearner };
-        MembershipChange { action, id, http_addr: Some(http_addr), raft_addr: Some(raft_addr) }
+        MembershipChange {
+            action,
+            id: id_value(id),
+            http_addr: Some(http_addr),
+            raft_addr: Some(raft_addr),
+        }
+    }
+}
+
+/// A node id as a body carries it: a number for a numeric id (as Keel has always sent it), a
+/// string for a node's name (`keel-0`).
+pub fn id_value(id: impl fmt::Display) -> serde_json::Value {
+    let id = id.to_string();
+    match id.parse::<NodeId>() {
+        Ok(n) if n.to_string() == id => n.into(),
+        _ => id.into(),
     }
 }
 

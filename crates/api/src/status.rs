@@ -99,8 +99,11 @@ pub struct Cluster {
 /// A member in `cluster.members`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
-    /// Its id.
+    /// Its id (for a named node, the Raft id of its name).
     pub id: NodeId,
+    /// Its name, for a node named by one (`keel serve --id keel-0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Its addresses.
     pub node: Addresses,
     /// Voter or learner.
@@ -189,12 +192,18 @@ pub struct Node {
     pub current_time: String,
     /// The client API address.
     pub http_addr: String,
-    /// The node id.
+    /// The node id (for a named node, the Raft id of its name).
     pub id: NodeId,
     /// The last log index.
     pub last_log_index: Lsn,
     /// The leader, if known.
     pub leader_id: Option<NodeId>,
+    /// The leader's name, when it is known and named by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_name: Option<String>,
+    /// The node's name, for a node named by one (`keel serve --id keel-0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The Raft address.
     pub raft_addr: String,
     /// The role.

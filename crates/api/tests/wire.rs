@@ -154,7 +154,7 @@ fn membership_answers() {
     round_trip::<Removed>("removed.json");
     round_trip::<MembershipChanged>("membership.json");
     let promoted: LeaderChanged = round_trip("promoted.json");
-    assert_eq!(promoted, LeaderChanged { leader: 2, term: 2 });
+    assert_eq!(promoted, LeaderChanged { leader: 2, name: None, term: 2 });
 }
 
 #[test]
@@ -162,6 +162,7 @@ fn membership_requests_as_keel_sends_them() {
     // `keel serve --join` (node.rs) and `keel admin` (admin.rs).
     let join = JoinRequest {
         id: 4,
+        name: None,
         raft_addr: "127.0.0.1:4008".into(),
         http_addr: "127.0.0.1:4007".into(),
         voter: true,
@@ -182,6 +183,15 @@ fn membership_requests_as_keel_sends_them() {
         json!({"action": "add-learner", "id": 5, "raft_addr": "r:1", "http_addr": "h:2"})
     );
     assert_eq!(serde_json::to_value(NodeRef::to(7)).unwrap(), json!({"id": "7"}));
+    // A named node: its name, in the same places.
+    assert_eq!(serde_json::to_value(NodeRef::to("keel-1")).unwrap(), json!({"id": "keel-1"}));
+    assert_eq!(
+        serde_json::to_value(MembershipChange::of(keel_api::cluster::Action::Promote, "keel-1"))
+            .unwrap(),
+        json!({"action": "promote", "id": "keel-1"})
+    );
+    let named = JoinRequest { name: Some("keel-1".into()), ..join };
+    assert_eq!(serde_json::to_value(&named).unwrap()["name"], json!("keel-1"));
     assert_eq!(serde_json::to_value(NodeRef::default()).unwrap(), json!({}));
 }
 

@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use keel_api::cluster::MembershipChange;
 use keel_api::status::Role;
-use raft::NodeId;
+use raft::NodeName;
 
 // ---- keel admin -------------------------------------------------------------------------------
 
@@ -53,23 +53,23 @@ pub enum AdminCommand {
     /// Make a node the leader once it has caught up (a learner is made a voter first). Without
     /// an id, hand leadership to the most caught-up other voter.
     Promote {
-        /// The node to promote.
-        id: Option<NodeId>,
+        /// The node to promote (its number or its name).
+        id: Option<NodeName>,
         /// Only make a learner a voter; leave leadership where it is.
         #[arg(long, requires = "id")]
         voter_only: bool,
     },
     /// Turn a voter into a learner (a non-voting replica).
     Demote {
-        /// The node to demote.
-        id: NodeId,
+        /// The node to demote (its number or its name).
+        id: NodeName,
     },
     /// Add a running node as a voter, or with --learner as a learner. Start it with
     /// `keel serve --join <member URL>` (without --join it would found a cluster of its own);
     /// or re-add a removed node that kept its data directory.
     Add {
-        /// The new node's id.
-        id: NodeId,
+        /// The new node's id: its `--id`, a number or a name.
+        id: NodeName,
         /// Its Raft address, host:port.
         #[arg(long)]
         raft_addr: String,
@@ -82,16 +82,16 @@ pub enum AdminCommand {
     },
     /// Remove a node from the cluster, voter or learner, running or dead.
     Remove {
-        /// The node to remove.
-        id: NodeId,
+        /// The node to remove (its number or its name).
+        id: NodeName,
     },
     /// Rebuild a node whose data differs from the other replicas' (`keel check` names it):
     /// remove it, have it delete its data and rejoin, and wait until it has caught up from
     /// the leader's snapshot. The node must be running and must not lead.
     Rebuild {
-        /// The node to rebuild.
+        /// The node to rebuild (its number or its name).
         #[arg(long = "node")]
-        id: NodeId,
+        id: NodeName,
     },
     /// Run SQLite's VACUUM on every replica, at one log position (writes wait while it runs;
     /// it needs free disk about the database's size). Raise --timeout for a large database.
@@ -104,9 +104,10 @@ pub enum AdminCommand {
         /// The stopped node's data directory.
         #[arg(long, value_name = "DIR")]
         data_dir: std::path::PathBuf,
-        /// The surviving voters to recover with, comma-separated; each must be a member.
+        /// The surviving voters to recover with, comma-separated (numbers or names); each must
+        /// be a member.
         #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
-        voters: Vec<NodeId>,
+        voters: Vec<NodeName>,
         /// Only print what would be written.
         #[arg(long)]
         dry_run: bool,
@@ -136,28 +137,28 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Promote { id: None, .. } => {
             let answer = client.step_down(None).await.map_err(failed)?;
-            println!("node {} is now the leader (term {})", answer.leader, answer.term);
+            println!("node {} is now the leader (term {})", answer.label(), answer.term);
         }
         AdminCommand::Promote { id: Some(id), voter_only: false } => {
-            let answer = client.promote(id).await.map_err(failed)?;
-            println!("node {} is now the leader (term {})", answer.leader, answer.term);
+            let answer = client.promote(&id).await.map_err(failed)?;
+            println!("node {id} is now the leader (term {})", answer.term);
         }
         AdminCommand::Promote { id: Some(id), voter_only: true } => {
-            client.set_voter(id, true).await.map_err(failed)?;
+            client.set_voter(&id, true).await.map_err(failed)?;
             println!("node {id} is now a voter");
         }
         AdminCommand::Demote { id } => {
-            client.set_voter(id, false).await.map_err(failed)?;
+            client.set_voter(&id, false).await.map_err(failed)?;
             println!("node {id} is now a learner");
         }
         AdminCommand::Add { id, raft_addr, http_addr, learner } => {
-            let change = MembershipChange::add(id, !learner, raft_addr.clone(), http_addr.clone());
+            let change = MembershipChange::add(&id, !learner, raft_addr.clone(), http_addr.clone());
             client.change_membership(&change).await.map_err(failed)?;
             let role = if learner { "learner" } else { "voter" };
             println!("node {id} added as a {role} (raft {raft_addr}, http {http_addr})");
         }
         AdminCommand::Remove { id } => {
-            client.remove(id).await.map_err(failed)?;
+            client.remove(&id).await.map_err(failed)?;
             println!("node {id} removed from the cluster");
         }
         AdminCommand::Rebuild { id } => rebuild(client, id, args.timeout).await?,
@@ -174,9 +175,10 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
 }
 
 /// `keel admin rebuild --node ID` (see [`AdminCommand::Rebuild`]).
-async fn rebuild(client: &keel_api::Client, id: NodeId, timeout: Duration) -> anyhow::Result<()> {
+async fn rebuild(client: &keel_api::Client, id: NodeName, timeout: Duration) -> anyhow::Result<()> {
     let members = client.nodes().await.map_err(failed)?;
-    let Some(target) = members.iter().find(|m| m.node_id() == Some(id)) else {
+    let is = |m: &keel_api::cluster::NodeInfo| m.id == id.to_string();
+    let Some(target) = members.iter().find(|m| is(m)) else {
         bail!("node {id} is not a member of the cluster");
     };
     if target.leader {
@@ -186,9 +188,8 @@ async fn rebuild(client: &keel_api::Client, id: NodeId, timeout: Duration) -> an
     // It must answer before it is removed: a removed node that cannot be told to rebuild
     // would be left out of the cluster with its old data.
     node.ready(true, false).await.with_context(|| format!("node {id} does not answer"))?;
-    let join: Vec<String> =
-        members.iter().filter(|m| m.node_id() != Some(id)).map(|m| m.api_addr.clone()).collect();
-    client.remove(id).await.map_err(failed)?;
+    let join: Vec<String> = members.iter().filter(|m| !is(m)).map(|m| m.api_addr.clone()).collect();
+    client.remove(&id).await.map_err(failed)?;
     println!("node {id} removed from the cluster; it deletes its data and rejoins");
     // Its answer may be cut short when it restarts: what counts is that it comes back. A
     // refusal, though, is an answer: the node is out of the cluster and must be told again.
@@ -212,7 +213,7 @@ async fn rebuild(client: &keel_api::Client, id: NodeId, timeout: Duration) -> an
         if let Some(leader) = leader
             && let Ok(status) = leader.status().await
             && let Ok(members) = leader.nodes().await
-            && let Some(m) = members.iter().find(|m| m.node_id() == Some(id))
+            && let Some(m) = members.iter().find(|m| is(m))
             && m.replication.as_ref().and_then(|r| r.applied_index)
                 >= Some(status.node.commit_index)
         {
@@ -281,22 +282,22 @@ impl Cluster {
 /// `keel admin status`'s table: a line about leadership, then one row per member.
 fn table(me: &keel_api::status::Node, nodes: &[keel_api::cluster::NodeInfo]) -> String {
     let mut out = String::new();
+    let my_label = me.name.clone().unwrap_or_else(|| me.id.to_string());
     if me.role == Role::Leader {
         out.push_str(&format!(
-            "leader: node {}, term {}, commit index {}\n",
-            me.id, me.term, me.commit_index
+            "leader: node {my_label}, term {}, commit index {}\n",
+            me.term, me.commit_index
         ));
     } else {
         out.push_str(&format!(
-            "no leader: node {}'s view ({}), term {}\n",
-            me.id,
+            "no leader: node {my_label}'s view ({}), term {}\n",
             me.role.as_str(),
             me.term
         ));
     }
     let mut rows = vec![["ID", "ROLE", "HTTP", "APPLIED", "LAG"].map(String::from)];
     for n in nodes {
-        let is_me = me.id.to_string() == n.id;
+        let is_me = my_label == n.id;
         let role = if n.leader {
             "leader"
         } else if n.voter {

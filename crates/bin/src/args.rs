@@ -61,9 +61,10 @@ pub enum DiscoveryMode {
 /// Flags of `keel serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// This node's id: a positive number unique in the cluster.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub id: u64,
+    /// This node's id, unique in the cluster: a positive number, or a name of up to 64
+    /// letters, digits, '.', '_' and '-' (such as a Kubernetes pod name, `keel-0`).
+    #[arg(long, default_value = "1", value_name = "ID")]
+    pub id: raft::NodeName,
     /// Address for the client HTTP API (rqlite-compatible).
     #[arg(long, default_value = "127.0.0.1:4001")]
     pub http_addr: String,

@@ -39,10 +39,10 @@ pub struct CertsArgs {
     /// The cluster id bound into every node certificate (letters, digits, '.', '_', '-').
     #[arg(long, value_parser = parse_cluster_id)]
     pub cluster_id: String,
-    /// Node ids to create certificates for (comma-separated).
-    #[arg(long, value_delimiter = ',', required = true,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub nodes: Vec<u64>,
+    /// Node ids to create certificates for (comma-separated): numbers or names, as each
+    /// node's `keel serve --id`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<raft::NodeName>,
     /// IP addresses the nodes and the client API are reached at (repeatable).
     #[arg(long, default_value = "127.0.0.1")]
     pub ip: Vec<IpAddr>,
@@ -104,9 +104,9 @@ pub fn create(args: &CertsArgs) -> anyhow::Result<Vec<String>> {
 
     let ca = Pair::new(dir, "ca", "cluster CA".into());
     let reuse_ca = !args.force && ca.cert.exists() && ca.key.exists();
-    let node_pairs: Vec<(u64, Pair)> = nodes
+    let node_pairs: Vec<(raft::NodeName, Pair)> = nodes
         .iter()
-        .map(|&id| (id, Pair::new(dir, &format!("node-{id}"), format!("node {id}"))))
+        .map(|id| (id.clone(), Pair::new(dir, &format!("node-{id}"), format!("node {id}"))))
         .collect();
     let server = Pair::new(dir, "server", "client API HTTPS certificate".into());
     let client = Pair::new(dir, "client", "client certificate (for --tls-client-ca)".into());
@@ -164,7 +164,7 @@ pub fn create(args: &CertsArgs) -> anyhow::Result<Vec<String>> {
     };
 
     for (id, pair) in &node_pairs {
-        let identity = NodeIdentity { cluster: args.cluster_id.clone(), node: *id };
+        let identity = NodeIdentity { cluster: args.cluster_id.clone(), node: id.clone() };
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&format!("keel node {id} of {}", args.cluster_id));
         params.subject_alt_names =
@@ -236,11 +236,11 @@ fn write(path: &Path, contents: &[u8], secret: bool) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn args(dir: &Path, nodes: &[u64], force: bool) -> CertsArgs {
+    fn args(dir: &Path, nodes: &[&str], force: bool) -> CertsArgs {
         CertsArgs {
             dir: dir.to_path_buf(),
             cluster_id: "test".into(),
-            nodes: nodes.to_vec(),
+            nodes: nodes.iter().map(|n| n.parse().unwrap()).collect(),
             ip: vec!["127.0.0.1".parse().unwrap()],
             dns: vec!["localhost".into()],
             days: 1,
@@ -252,29 +252,35 @@ mod tests {
     fn creates_loadable_node_certificates_and_refuses_to_overwrite() {
         crate::tls::install_provider();
         let dir = tempfile::tempdir().unwrap();
-        create(&args(dir.path(), &[1, 2], false)).unwrap();
-        let files = |id: u64| crate::tls::NodeFiles {
+        create(&args(dir.path(), &["1", "2", "keel-0"], false)).unwrap();
+        let files = |id: &str| crate::tls::NodeFiles {
             cert: dir.path().join(format!("node-{id}.pem")),
             key: dir.path().join(format!("node-{id}-key.pem")),
             ca: dir.path().join("ca.pem"),
         };
-        let tls = crate::tls::NodeTls::load(2, &files(2)).unwrap();
-        assert_eq!(tls.identity(), &NodeIdentity { cluster: "test".into(), node: 2 });
-        // A certificate of node 1 does not load as node 2.
-        let err = crate::tls::NodeTls::load(2, &files(1)).unwrap_err().to_string();
+        let name = |id: &str| raft::NodeName::parse(id).unwrap();
+        let tls = crate::tls::NodeTls::load(name("2"), &files("2")).unwrap();
+        assert_eq!(tls.identity(), &NodeIdentity { cluster: "test".into(), node: name("2") });
+        // A named node's certificate binds its name.
+        let tls = crate::tls::NodeTls::load(name("keel-0"), &files("keel-0")).unwrap();
+        assert_eq!(tls.identity().uri(), "keel://test/node/keel-0");
+        // A certificate of node 1 does not load as node 2, nor as a named node.
+        let err = crate::tls::NodeTls::load(name("2"), &files("1")).unwrap_err().to_string();
         assert!(err.contains("is for node 1"), "{err}");
+        let err = crate::tls::NodeTls::load(name("keel-1"), &files("keel-0")).unwrap_err();
+        assert!(err.to_string().contains("is for node keel-0"), "{err}");
         // Again: refused, naming the files.
-        let err = create(&args(dir.path(), &[1], false)).unwrap_err().to_string();
+        let err = create(&args(dir.path(), &["1"], false)).unwrap_err().to_string();
         assert!(err.contains("node-1.pem"), "{err}");
         // A new node with the existing CA: its certificate is valid under that CA.
         let ca_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
-        create(&args(dir.path(), &[3], false)).unwrap();
+        create(&args(dir.path(), &["3"], false)).unwrap();
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
-        crate::tls::NodeTls::load(3, &files(3)).unwrap();
+        crate::tls::NodeTls::load(name("3"), &files("3")).unwrap();
         // --force replaces everything, CA included.
-        create(&args(dir.path(), &[1], true)).unwrap();
+        create(&args(dir.path(), &["1"], true)).unwrap();
         assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
-        crate::tls::NodeTls::load(1, &files(1)).unwrap();
+        crate::tls::NodeTls::load(name("1"), &files("1")).unwrap();
         crate::tls::reload::ApiTls::load(
             dir.path().join("server.pem"),
             dir.path().join("server-key.pem"),

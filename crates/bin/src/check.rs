@@ -70,9 +70,11 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     }
 }
 
-/// One member: its id and a client pinned to it.
+/// One member: its Raft id, how it is shown (its name, or its number) and a client pinned to
+/// it.
 struct Member {
     id: u64,
+    label: String,
     client: Client,
 }
 
@@ -87,6 +89,8 @@ struct TableResult {
 
 struct Mismatch {
     members: Vec<u64>,
+    /// The same members as they are shown.
+    labels: Vec<String>,
     from: Option<String>,
     to: Option<String>,
     keys: Vec<String>,
@@ -107,12 +111,14 @@ async fn check(args: &CheckArgs) -> Result<bool, CouldNotRun> {
     let mut members = Vec::new();
     let mut leader_id = None;
     for n in leader.nodes().await.context("listing the members").map_err(fail)? {
-        let id =
-            n.node_id().ok_or_else(|| fail(anyhow!("member id {:?} is not a number", n.id)))?;
+        let id = raft::NodeName::parse(&n.id)
+            .map_err(|e| fail(anyhow!("member id {:?} is not a node id: {e}", n.id)))?
+            .id();
         if n.leader {
             leader_id = Some(id);
         }
-        members.push(Member { id, client: cluster.on(&n.api_addr).map_err(|e| fail(e.into()))? });
+        let client = cluster.on(&n.api_addr).map_err(|e| fail(e.into()))?;
+        members.push(Member { id, label: n.id, client });
     }
     let lsn = pin(&cluster, &leader, &members, args.wait).await.map_err(fail)?;
     eprintln!("checking {} members at log index {lsn}", members.len());
@@ -120,7 +126,7 @@ async fn check(args: &CheckArgs) -> Result<bool, CouldNotRun> {
     for m in &members {
         let t = m.client.checksum_tables(lsn, args.wait, false).await;
         let t = t
-            .with_context(|| format!("node {}: reading its tables at {lsn}", m.id))
+            .with_context(|| format!("node {}: reading its tables at {lsn}", m.label))
             .map_err(fail)?;
         tables.extend(t.tables);
     }
@@ -174,7 +180,9 @@ async fn pin(
                     passed = Some(answer.applied_index.unwrap_or(lsn));
                     break;
                 }
-                Err(e) => return Err(e).with_context(|| format!("pinning {lsn} on node {}", m.id)),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("pinning {lsn} on node {}", m.label));
+                }
             }
         }
         if passed.is_some() {
@@ -228,8 +236,13 @@ async fn compare_table(
             let keys =
                 differing_keys(members, lsn, table, from.as_deref(), args.chunk_rows, leader)
                     .await?;
+            let labels = differing
+                .iter()
+                .filter_map(|id| members.iter().find(|m| m.id == *id).map(|m| m.label.clone()))
+                .collect();
             result.mismatches.push(Mismatch {
                 members: differing,
+                labels,
                 from: from.clone(),
                 to: reference.last_key.clone(),
                 keys,
@@ -280,7 +293,12 @@ async fn fetch(
                     detail: Some(Vec::new()),
                 }
             }
-            Err(e) => return Err(e).with_context(|| format!("node {id}: checksum of {table}")),
+            Err(e) => {
+                let label = members.iter().find(|m| m.id == id).map(|m| m.label.as_str());
+                return Err(e).with_context(|| {
+                    format!("node {}: checksum of {table}", label.unwrap_or_default())
+                });
+            }
         };
         out.insert(id, chunk);
     }
@@ -344,8 +362,8 @@ fn print(results: &BTreeMap<String, TableResult>, took: Duration) -> bool {
         for m in &r.mismatches {
             let bound = |k: &Option<String>| k.as_deref().map(sql::checksum::describe_key);
             println!(
-                "  node(s) {:?}: keys after {} through {}; differing keys: {}",
-                m.members,
+                "  node(s) [{}]: keys after {} through {}; differing keys: {}",
+                m.labels.join(", "),
                 bound(&m.from).unwrap_or_else(|| "the start".into()),
                 bound(&m.to).unwrap_or_else(|| "the end".into()),
                 if m.keys.is_empty() {
@@ -373,7 +391,7 @@ async fn report(members: &[Member], lsn: u64, results: &BTreeMap<String, TableRe
             .collect();
         let report = CheckReport { lsn, mismatches, diverged_tables };
         if let Err(e) = m.client.check_report(&report).await {
-            eprintln!("warning: could not report to node {}: {e}", m.id);
+            eprintln!("warning: could not report to node {}: {e}", m.label);
         }
         let _ = m.client.checksum_tables(lsn, Duration::ZERO, true).await;
     }

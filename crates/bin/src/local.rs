@@ -271,7 +271,7 @@ fn ensure_certs(dir: &std::path::Path, nodes: u64) -> anyhow::Result<()> {
     let args = crate::certs::CertsArgs {
         dir: dir.to_path_buf(),
         cluster_id: "local".into(),
-        nodes: missing,
+        nodes: missing.into_iter().map(raft::NodeName::numeric).collect(),
         ip: vec![std::net::IpAddr::from([127, 0, 0, 1])],
         dns: vec!["localhost".into()],
         days: 825,

@@ -18,7 +18,7 @@ use raft::recover::Plan;
 
 /// Runs `keel admin recover --data-dir DIR --voters ID,… [--dry-run]`, printing what it did
 /// (or would do) and what comes next.
-pub fn run(data_dir: &Path, voters: &[NodeId], dry_run: bool) -> anyhow::Result<()> {
+pub fn run(data_dir: &Path, names: &[raft::NodeName], dry_run: bool) -> anyhow::Result<()> {
     if !data_dir.is_dir() {
         bail!("{} is not a directory: give the node's --data-dir", data_dir.display());
     }
@@ -31,11 +31,13 @@ pub fn run(data_dir: &Path, voters: &[NodeId], dry_run: bool) -> anyhow::Result<
     let _lock = crate::data_dir::lock(data_dir)
         .context("the node must be stopped before its data directory is recovered")?;
     let applied = applied(data_dir)?;
-    let voters: BTreeSet<NodeId> = voters.iter().copied().collect();
+    let voters: BTreeSet<NodeId> = names.iter().map(raft::NodeName::id).collect();
     let plan = raft::recover::recover(&data_dir.join("raft"), applied.as_ref(), &voters, !dry_run)
         .with_context(|| format!("recovering {}", data_dir.display()))?;
     print!("{}", plan.describe(!dry_run));
-    print!("{}", next_steps(data_dir, &voters, &plan, dry_run));
+    let names: BTreeSet<&raft::NodeName> = names.iter().collect();
+    let list: Vec<String> = names.iter().map(ToString::to_string).collect();
+    print!("{}", next_steps(data_dir, &list, &plan, dry_run));
     Ok(())
 }
 
@@ -51,9 +53,8 @@ fn applied(data_dir: &Path) -> anyhow::Result<Option<wal::Applied>> {
 }
 
 /// What the operator does after this command.
-fn next_steps(data_dir: &Path, voters: &BTreeSet<NodeId>, plan: &Plan, dry_run: bool) -> String {
-    let list: Vec<String> = voters.iter().map(|id| id.to_string()).collect();
-    let list = list.join(",");
+fn next_steps(data_dir: &Path, voters: &[String], plan: &Plan, dry_run: bool) -> String {
+    let list = voters.join(",");
     if dry_run {
         return format!(
             "dry run: nothing was written; run it again without --dry-run to recover {}\n",

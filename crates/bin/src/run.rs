@@ -52,11 +52,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let planted = |bug| args.unsafe_plant_bug.contains(&bug);
     let config = node::Config {
-        id: args.id,
+        id: args.id.id(),
         data_dir: args.data_dir.clone(),
         me: raft::MemberAddr {
             raft_addr: advertised(&args.raft_addr, args.raft_adv_addr.as_deref(), "raft")?,
             http_addr: advertised(&args.http_addr, args.http_adv_addr.as_deref(), "http")?,
+            name: args.id.name().map(str::to_string),
         },
         limits: sql::Limits {
             max_result_rows: args.max_result_rows,
@@ -176,7 +177,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(node_tls) = &tls.node {
         tracing::info!(identity = %node_tls.identity().uri(), "mutual TLS between nodes");
     }
-    tracing::info!(id = args.id, https = tls.api.is_some(), http = %args.http_addr, raft = %args.raft_addr, data = %args.data_dir.display(), "node started");
+    tracing::info!(id = %args.id, https = tls.api.is_some(), http = %args.http_addr, raft = %args.raft_addr, data = %args.data_dir.display(), "node started");
 
     if let Some(after) = args.reap_after {
         tokio::spawn(node::reap::run(Arc::downgrade(&node), after));

@@ -138,8 +138,8 @@ pub fn check_cluster_id(id: &str) -> Result<(), String> {
 pub struct NodeIdentity {
     /// The cluster id (see [`check_cluster_id`]).
     pub cluster: String,
-    /// The node id (positive).
-    pub node: raft::NodeId,
+    /// The node: a positive number, or a name (`keel serve --id`).
+    pub node: raft::NodeName,
 }
 
 impl NodeIdentity {
@@ -154,9 +154,9 @@ impl NodeIdentity {
         let rest = uri.strip_prefix(IDENTITY_SCHEME).ok_or_else(bad)?;
         let (cluster, node) = rest.split_once("/node/").ok_or_else(bad)?;
         check_cluster_id(cluster)?;
-        let id: raft::NodeId = node.parse().map_err(|_| bad())?;
-        // Canonical decimal only, so one node has one name (`007` and `+7` are refused).
-        if id == 0 || id.to_string() != node {
+        let id = raft::NodeName::parse(node).map_err(|_| bad())?;
+        // Canonical only, so one node has one name (`007` is refused).
+        if id.to_string() != node {
             return Err(bad());
         }
         Ok(NodeIdentity { cluster: cluster.to_string(), node: id })
@@ -207,13 +207,13 @@ impl ServeTls {
             }
             _ => None,
         };
-        let id = args.id;
+        let id = &args.id;
         let node_cert = args.node_cert.clone().or_else(|| in_dir(format!("node-{id}.pem")));
         let node_key = args.node_key.clone().or_else(|| in_dir(format!("node-{id}-key.pem")));
         let node_ca = args.node_ca.clone().or_else(|| in_dir("ca.pem".into()));
         let node = match (node_cert, node_key, node_ca) {
             (Some(cert), Some(key), Some(ca)) => {
-                Some(Arc::new(NodeTls::load(id, &NodeFiles { cert, key, ca })?))
+                Some(Arc::new(NodeTls::load(id.clone(), &NodeFiles { cert, key, ca })?))
             }
             _ => None,
         };
@@ -284,7 +284,7 @@ pub struct NodeMaterial {
 impl NodeMaterial {
     /// Reads node `id`'s files and checks them: the certificate chains to the CA, binds a
     /// node identity whose node id is `id`, and fits the key.
-    fn read(id: raft::NodeId, files: &NodeFiles) -> anyhow::Result<NodeMaterial> {
+    fn read(id: raft::NodeName, files: &NodeFiles) -> anyhow::Result<NodeMaterial> {
         let cert = reload::certified_key(&files.cert, &files.key)?;
         let chain = &cert.cert;
         let roots = Arc::new(read_roots(&files.ca)?);
@@ -330,7 +330,7 @@ impl NodeMaterial {
 
 impl NodeTls {
     /// Loads node `id`'s files and checks them ([`NodeMaterial::read`]).
-    pub fn load(id: raft::NodeId, files: &NodeFiles) -> anyhow::Result<NodeTls> {
+    pub fn load(id: raft::NodeName, files: &NodeFiles) -> anyhow::Result<NodeTls> {
         let material = NodeMaterial::read(id, files)?;
         let current = NodeCurrent {
             roots: Arc::new(Current::new(material.roots)),
@@ -355,7 +355,7 @@ impl NodeTls {
     /// Reads this node's files again and checks them as [`NodeTls::load`] does, and that they
     /// bind the same identity; changes nothing yet.
     pub fn read_files(&self) -> anyhow::Result<NodeMaterial> {
-        let material = NodeMaterial::read(self.identity.node, &self.files)?;
+        let material = NodeMaterial::read(self.identity.node.clone(), &self.files)?;
         if material.identity != self.identity {
             bail!(
                 "node certificate {} names {}, but this node is {}: a reload cannot change a \
@@ -480,11 +480,12 @@ impl ServerCertVerifier for NodeVerifier {
             return Err(refuse(e));
         }
         if let Some(expect) = self.expect
-            && identity.node != expect
+            && identity.node.id() != expect
         {
             let e = format!(
-                "the server at this address is node {}, but node {expect} was expected",
-                identity.node
+                "the server at this address is node {} (Raft id {}), but the node of Raft id {expect} was expected",
+                identity.node,
+                identity.node.id()
             );
             tracing::warn!(target: "keel::audit", %server, error = %e, "refused a node's server certificate");
             return Err(refuse(e));
@@ -552,7 +553,7 @@ pub async fn require_node(
     };
     match identity {
         Ok(identity) if identity.cluster == tls.identity.cluster => {
-            request.extensions_mut().insert(raft::network::PeerNode(identity.node));
+            request.extensions_mut().insert(raft::network::PeerNode(identity.node.id()));
             next.run(request).await
         }
         Ok(identity) => {
@@ -700,9 +701,13 @@ mod tests {
 
     #[test]
     fn identities_round_trip() {
-        let id = NodeIdentity { cluster: "prod-1".into(), node: 7 };
+        let id = NodeIdentity { cluster: "prod-1".into(), node: raft::NodeName::numeric(7) };
         assert_eq!(id.uri(), "keel://prod-1/node/7");
         assert_eq!(NodeIdentity::from_uri(&id.uri()), Ok(id));
+        let named = raft::NodeName::parse("keel-0").unwrap();
+        let id = NodeIdentity { cluster: "prod-1".into(), node: named.clone() };
+        assert_eq!(id.uri(), "keel://prod-1/node/keel-0");
+        assert_eq!(NodeIdentity::from_uri(&id.uri()).map(|i| i.node), Ok(named));
     }
 
     #[test]
@@ -711,7 +716,8 @@ mod tests {
             "keel://prod/node/0",
             "keel://prod/node/007",
             "keel://prod/node/+7",
-            "keel://prod/node/x",
+            "keel://prod/node/a b",
+            "keel://prod/node/",
             "keel:///node/1",
             "keel://a b/node/1",
             "http://prod/node/1",

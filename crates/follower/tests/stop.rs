@@ -58,7 +58,7 @@ async fn lead_alone(dir: &Path) -> Alone {
             .await
             .unwrap();
     let raft = started.raft;
-    let me = raft::MemberAddr { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
+    let me = raft::MemberAddr::new("127.0.0.1:1", "127.0.0.1:2");
     raft::cluster::initialize(&raft, 1, me).await.unwrap();
     let leads = |m: &raft::Metrics| m.current_leader == Some(1);
     raft.wait(Some(DEADLINE)).metrics(leads, "leads").await.unwrap();

@@ -175,16 +175,32 @@ impl Node {
                     }
                     continue;
                 }
-                match self.peers.verify_node(other.id, &other.raft_addr).await {
-                    Ok(()) => self.record(other.id, other.raft_addr, other.http_addr),
+                let addr = match crate::membership::member_addr(
+                    other.id,
+                    other.name,
+                    other.raft_addr,
+                    other.http_addr,
+                ) {
+                    Ok(addr) => addr,
                     Err(e) => {
-                        tracing::warn!(%url, id = other.id, "ignored a node that did not prove its id: {e}")
+                        tracing::warn!(%url, "ignored an invalid answer to /notify: {e}");
+                        continue;
+                    }
+                };
+                match self.peers.verify_node(other.id, &addr.raft_addr).await {
+                    Ok(()) => {
+                        if let Err(e) = self.record(other.id, addr) {
+                            tracing::warn!(%url, "ignored a node: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%url, id = %addr.label(other.id), "ignored a node that did not prove its id: {e}")
                     }
                 }
             }
             let known = self.known();
             if known.len() >= expect {
-                let ids: Vec<raft::NodeId> = known.keys().copied().collect();
+                let ids: Vec<String> = known.iter().map(|(id, m)| m.label(*id)).collect();
                 tracing::info!(
                     ?ids,
                     "{} nodes known: bootstrapping the cluster with them all",
@@ -213,16 +229,17 @@ impl Node {
     /// (under mutual TLS once it proved its id at its Raft address) and answers with this
     /// node's own id and addresses.
     pub async fn notified(&self, other: JoinRequest) -> Result<Notified, Error> {
-        if other.id == 0 {
-            return Err(Error::InvalidInput("node id must be positive".into()));
-        }
-        if let Err(e) = self.peers.verify_node(other.id, &other.raft_addr).await {
-            tracing::warn!(target: "keel::audit", id = other.id, raft_addr = %other.raft_addr, error = %e, "refused a notification");
+        let addr =
+            crate::membership::member_addr(other.id, other.name, other.raft_addr, other.http_addr)
+                .map_err(Error::InvalidInput)?;
+        if let Err(e) = self.peers.verify_node(other.id, &addr.raft_addr).await {
+            tracing::warn!(target: "keel::audit", id = %addr.label(other.id), raft_addr = %addr.raft_addr, error = %e, "refused a notification");
             return Err(Error::Forbidden(e));
         }
-        self.record(other.id, other.raft_addr, other.http_addr);
+        self.record(other.id, addr).map_err(Error::InvalidInput)?;
         Ok(Notified {
             id: self.id,
+            name: self.me.name.clone(),
             raft_addr: self.me.raft_addr.clone(),
             http_addr: self.me.http_addr.clone(),
             member: raft::cluster::is_initialized(&self.raft).await.unwrap_or(false),
@@ -230,16 +247,24 @@ impl Node {
     }
 
     /// Records node `id` among the nodes known to form a cluster with (its id proven already).
-    fn record(&self, id: raft::NodeId, raft_addr: String, http_addr: String) {
-        if id == self.id {
-            return;
-        }
-        let addr = raft::MemberAddr { raft_addr, http_addr };
+    /// Refuses a node whose name has the Raft id of another node's name (or number).
+    fn record(&self, id: raft::NodeId, addr: raft::MemberAddr) -> Result<(), String> {
         let mut notified = self.notified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if notified.get(&id) != Some(&addr) {
-            tracing::info!(id, node = %addr, "node made contact to form a cluster");
+        let held = if id == self.id { Some(&self.me) } else { notified.get(&id) };
+        if let Some(held) = held
+            && held.name != addr.name
+        {
+            return Err(format!(
+                "node {} has the Raft id {id} of node {}: rename one of them",
+                addr.label(id),
+                held.label(id)
+            ));
+        }
+        if id != self.id && notified.get(&id) != Some(&addr) {
+            tracing::info!(id = %addr.label(id), node = %addr, "node made contact to form a cluster");
             notified.insert(id, addr);
         }
+        Ok(())
     }
 
     /// This node and the nodes recorded.
@@ -254,6 +279,7 @@ impl Node {
     fn join_request(&self, voter: bool) -> JoinRequest {
         JoinRequest {
             id: self.id,
+            name: self.me.name.clone(),
             raft_addr: self.me.raft_addr.clone(),
             http_addr: self.me.http_addr.clone(),
             voter,

@@ -80,13 +80,14 @@ impl Node {
             if voters == 1 {
                 return Err(NotYet::Never(format!(
                     "node {} is the last voter: nobody could take over",
-                    self.id
+                    self.me.label(self.id)
                 )));
             }
             return match self.step_down(None).await {
-                Ok((to, term)) => {
-                    Err(NotYet::Retry(format!("handed leadership over to node {to} (term {term})")))
-                }
+                Ok((to, term)) => Err(NotYet::Retry(format!(
+                    "handed leadership over to node {} (term {term})",
+                    self.label(to)
+                ))),
                 Err(e) => Err(NotYet::Retry(format!("handing leadership over failed: {e}"))),
             };
         }
@@ -101,11 +102,11 @@ impl Node {
             Ok(resp) => {
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
-                Err(NotYet::Retry(format!("node {} answered {status}: {text}", leader.id)))
+                Err(NotYet::Retry(format!("node {} answered {status}: {text}", leader.label())))
             }
             Err(e) => Err(NotYet::Retry(format!(
                 "asking node {}: {}",
-                leader.id,
+                leader.label(),
                 crate::membership::error_chain(&e)
             ))),
         }
@@ -133,7 +134,7 @@ pub(crate) async fn leave_route(
     if !raft::cluster::is_member(&node.raft, id) {
         return StatusCode::NO_CONTENT.into_response();
     }
-    tracing::info!(id, "node asks to leave the cluster");
+    tracing::info!(id = %node.label(id), "node asks to leave the cluster");
     match node.remove(id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),

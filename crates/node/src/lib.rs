@@ -403,6 +403,14 @@ impl Node {
         raft::cluster::member(&self.raft, id)
     }
 
+    /// How member `id` is shown: its name if it has one, else its number.
+    pub fn label(&self, id: raft::NodeId) -> String {
+        if id == self.id {
+            return self.me.label(id);
+        }
+        raft::cluster::label(&self.raft, id)
+    }
+
     /// The leader this node knows of, if any (this node included).
     pub fn leader_member(&self) -> Option<raft::cluster::Member> {
         raft::cluster::leader(&self.raft)

@@ -30,20 +30,44 @@ impl Node {
     /// Adds the node of `request` to the cluster. This node must lead (route first). Under
     /// mutual TLS the node at `raft_addr` must first prove it is node `id` of this cluster.
     pub async fn add(&self, request: JoinRequest) -> Result<(), Error> {
-        if request.id == 0 {
-            return Err(Error::InvalidInput("node id must be positive".into()));
-        }
-        if let Err(e) = self.peers.verify_node(request.id, &request.raft_addr).await {
-            tracing::warn!(target: "keel::audit", id = request.id, raft_addr = %request.raft_addr, error = %e, "refused a join");
+        let target = member_addr(request.id, request.name, request.raft_addr, request.http_addr)
+            .map_err(Error::InvalidInput)?;
+        let label = target.label(request.id);
+        if let Err(e) = self.peers.verify_node(request.id, &target.raft_addr).await {
+            tracing::warn!(target: "keel::audit", id = %label, raft_addr = %target.raft_addr, error = %e, "refused a join");
             return Err(Error::Forbidden(e));
         }
-        let target =
-            raft::MemberAddr { raft_addr: request.raft_addr, http_addr: request.http_addr };
         let _one_at_a_time = self.membership.lock().await;
-        tracing::info!(id = request.id, node = %target, voter = request.voter, "adding node");
+        raft::cluster::check_name(&self.raft, request.id, &target)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        tracing::info!(id = %label, node = %target, voter = request.voter, "adding node");
         raft::cluster::add_node(&self.raft, request.id, target, request.voter, ADD_TIMEOUT).await?;
         Ok(())
     }
+}
+
+/// The member a join or a notification describes: node `id`, named `name` if it has one, at
+/// these addresses. Refuses an id of 0, an invalid name, and a name whose Raft id is not `id`.
+pub(crate) fn member_addr(
+    id: NodeId,
+    name: Option<String>,
+    raft_addr: String,
+    http_addr: String,
+) -> Result<raft::MemberAddr, String> {
+    match &name {
+        None if id == 0 => return Err("node id must be positive".into()),
+        None => {}
+        Some(name) => {
+            let parsed = raft::NodeName::parse(name)?;
+            if parsed.name().is_none() || parsed.id() != id {
+                return Err(format!(
+                    "node name '{name}' does not go with node id {id} (its id is {})",
+                    parsed.id()
+                ));
+            }
+        }
+    }
+    Ok(raft::MemberAddr { raft_addr, http_addr, name })
 }
 
 /// An operator's membership change.
@@ -81,7 +105,7 @@ impl Node {
                 )));
             }
             Some(m) if !m.voter => {
-                tracing::info!(id, "promoting learner to voter before transferring leadership");
+                tracing::info!(id = %m.label(), "promoting learner to voter before transferring leadership");
                 raft::cluster::set_voter(&self.raft, id, true, &deadlines).await?;
             }
             Some(_) => {}
@@ -97,7 +121,7 @@ impl Node {
             None => {
                 return Err(ChangeError::Unsafe(format!(
                     "node {} cannot step down: no other voter is reachable to take over",
-                    self.id
+                    self.me.label(self.id)
                 )));
             }
         };
@@ -110,6 +134,7 @@ impl Node {
         let _one_at_a_time = self.membership.lock().await;
         match change {
             Change::Add { id, node, voter } => {
+                raft::cluster::check_name(&self.raft, id, &node)?;
                 raft::cluster::add_member(&self.raft, id, node, voter, &deadlines).await
             }
             Change::SetVoter { id, voter } => {
@@ -121,7 +146,7 @@ impl Node {
     /// Removes member `id`, voter or learner, running or dead.
     pub async fn remove(&self, id: NodeId) -> Result<(), ChangeError> {
         let _one_at_a_time = self.membership.lock().await;
-        tracing::info!(id, "removing node");
+        tracing::info!(id = %self.label(id), "removing node");
         raft::cluster::remove_node(&self.raft, id, &Deadlines::default()).await
     }
 }
@@ -175,7 +200,8 @@ pub async fn join_cluster(
     peers: &Peers,
 ) -> anyhow::Result<()> {
     // HTTPS joins trust the cluster CA and present the node certificate.
-    let body = JoinRequest { id, raft_addr: me.raft_addr, http_addr: me.http_addr, voter };
+    let body =
+        JoinRequest { id, name: me.name, raft_addr: me.raft_addr, http_addr: me.http_addr, voter };
     let deadline = Instant::now() + JOIN_DEADLINE;
     let mut attempt = 0u32;
     loop {

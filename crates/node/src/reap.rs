@@ -47,18 +47,22 @@ pub async fn run(node: Weak<Node>, after: Duration) {
             known.entry(m.id).or_insert(now);
         }
         let known_for = known.iter().map(|(id, since)| (*id, now - *since)).collect();
+        let label = |id: raft::NodeId| {
+            state.members.iter().find(|m| m.id == id).map_or_else(|| id.to_string(), |m| m.label())
+        };
         match raft::cluster::reap_once(&node.raft, after, &known_for).await {
             Ok(Reaped::Removed { id, voter, silent }) => {
                 let role = if voter { "voter" } else { "learner" };
-                tracing::info!(id, role, silent = ?silent, "reaped a member the leader had not heard from for --reap-after");
+                tracing::info!(id = %label(id), role, silent = ?silent, "reaped a member the leader had not heard from for --reap-after");
                 said.remove(&id);
             }
             Ok(Reaped::Kept(kept)) => {
                 let now: BTreeMap<raft::NodeId, String> = kept.into_iter().collect();
                 for (id, why) in &now {
                     if said.get(id) != Some(why) {
+                        let id = label(*id);
                         tracing::warn!(
-                            id,
+                            %id,
                             "not reaping node {id}, silent for --reap-after or longer: {why}; judging again later"
                         );
                     }

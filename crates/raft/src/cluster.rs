@@ -74,6 +74,13 @@ pub struct Member {
     pub voter: bool,
 }
 
+impl Member {
+    /// How it is shown: its name, or its number ([`MemberAddr::label`]).
+    pub fn label(&self) -> String {
+        self.node.label(self.id)
+    }
+}
+
 /// This node's view of itself and the cluster.
 #[derive(Debug, Clone, Serialize)]
 pub struct State {
@@ -183,6 +190,27 @@ pub fn is_member(raft: &Raft, id: NodeId) -> bool {
     raft.metrics().borrow_watched().membership_config.membership().get_node(&id).is_some()
 }
 
+/// How member `id` is shown: its name if the membership gives it one, else its number.
+pub fn label(raft: &Raft, id: NodeId) -> String {
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    m.membership_config.membership().get_node(&id).map_or_else(|| id.to_string(), |n| n.label(id))
+}
+
+/// Refuses node `id`, named as `node` says, where a member holds the same Raft id under
+/// another name: two names whose ids collide, or a number that is a name's id. A member of
+/// the same name (a restart, a retry) passes.
+pub fn check_name(raft: &Raft, id: NodeId, node: &MemberAddr) -> Result<(), ChangeError> {
+    match member(raft, id) {
+        Some(m) if m.node.name != node.name => Err(ChangeError::Invalid(format!(
+            "node {} cannot be added: its Raft id {id} is held by member {}; give it another name",
+            node.label(id),
+            m.label()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The current leader as a member, if known.
 pub fn leader(raft: &Raft) -> Option<Member> {
     let id = raft.metrics().borrow_watched().current_leader?;
@@ -265,9 +293,10 @@ pub async fn add_node(
     };
     match tokio::time::timeout(timeout, add).await {
         Ok(r) => r,
-        Err(_) => {
-            Err(ClientError::Unknown(format!("adding node {id} did not finish within {timeout:?}")))
-        }
+        Err(_) => Err(ClientError::Unknown(format!(
+            "adding node {} did not finish within {timeout:?}",
+            label(raft, id)
+        ))),
     }
 }
 
@@ -398,7 +427,8 @@ async fn wait_matched(
             && ago > window
         {
             return Err(ChangeError::NotReady(format!(
-                "node {id} is not reachable: the leader last heard from it {:.1}s ago; is it running?",
+                "node {} is not reachable: the leader last heard from it {:.1}s ago; is it running?",
+                label(raft, id),
                 ago.as_secs_f64()
             )));
         }
@@ -409,7 +439,8 @@ async fn wait_matched(
                 format!("; the leader has not heard from it within {window:?}: is it running?")
             };
             return Err(ChangeError::NotReady(format!(
-                "node {id} has not caught up with the leader within {timeout:?}: its log matches through index {} of {index}{why}",
+                "node {} has not caught up with the leader within {timeout:?}: its log matches through index {} of {index}{why}",
+                label(raft, id),
                 at.unwrap_or(0)
             )));
         }
@@ -483,12 +514,12 @@ pub async fn transfer_leader(
         return Ok(m.current_term);
     }
     let membership = m.membership_config.membership();
-    if membership.get_node(&to).is_none() {
+    let Some(name) = membership.get_node(&to).map(|n| n.label(to)) else {
         return Err(ChangeError::Invalid(format!("node {to} is not a member of the cluster")));
-    }
+    };
     if !voter_ids(&m).contains(&to) {
         return Err(ChangeError::Invalid(format!(
-            "node {to} is a learner: make it a voter before it can lead"
+            "node {name} is a learner: make it a voter before it can lead"
         )));
     }
     let window = reachable_window(raft);
@@ -496,23 +527,23 @@ pub async fn transfer_leader(
     wait_matched(raft, to, index, deadlines.catch_up, window).await?;
 
     let term = m.current_term;
-    tracing::info!(to, term, "transferring leadership");
+    tracing::info!(to = %name, term, "transferring leadership");
     raft.trigger().transfer_leader(to).await.map_err(|f| ClientError::Fatal(f.to_string()))?;
     let new_leader = move |m: &Metrics| m.current_term > term && m.current_leader.is_some();
     let takeover = deadlines.takeover;
     match raft.wait(Some(takeover)).metrics(new_leader, "a leader in a newer term").await {
         Ok(m) if m.current_leader == Some(to) => {
-            tracing::info!(to, term = m.current_term, "leadership transferred");
+            tracing::info!(to = %name, term = m.current_term, "leadership transferred");
             Ok(m.current_term)
         }
         Ok(m) => Err(ClientError::Unknown(format!(
-            "node {to} was not elected: node {} leads in term {}",
-            m.current_leader.unwrap_or_default(),
+            "node {name} was not elected: node {} leads in term {}",
+            m.current_leader.map_or_else(String::new, |l| label(raft, l)),
             m.current_term
         ))
         .into()),
         Err(_) => Err(ClientError::Unknown(format!(
-            "node {to} did not take over leadership within {takeover:?}; the cluster elects a leader on its own after an election timeout"
+            "node {name} did not take over leadership within {takeover:?}; the cluster elects a leader on its own after an election timeout"
         ))
         .into()),
     }
@@ -550,18 +581,19 @@ pub async fn add_member(
     let m = leader_metrics(raft)?;
     if let Some(existing) = m.membership_config.membership().get_node(&id) {
         let is_voter = voter_ids(&m).contains(&id);
+        let name = existing.label(id);
         if existing != &node {
             return Err(ChangeError::Invalid(format!(
-                "node {id} is already a member at {existing}: remove it first to give it other addresses"
+                "node {name} is already a member at {existing}: remove it first to give it other addresses"
             )));
         }
         return match (is_voter, voter) {
             (true, true) | (false, false) => Ok(()),
             (true, false) => Err(ChangeError::Invalid(format!(
-                "node {id} is already a voter: demote it to make it a learner"
+                "node {name} is already a voter: demote it to make it a learner"
             ))),
             (false, true) => Err(ChangeError::Invalid(format!(
-                "node {id} is already a learner: promote it to make it a voter"
+                "node {name} is already a learner: promote it to make it a voter"
             ))),
         };
     }
@@ -570,7 +602,8 @@ pub async fn add_member(
             "the last membership change is not committed yet".to_string(),
         ));
     }
-    tracing::info!(id, %node, voter, "adding node");
+    let name = node.label(id);
+    tracing::info!(id = %name, %node, voter, "adding node");
     let add = async {
         // Blocking for voters: a far-behind node must not enter the quorum.
         raft.add_learner(id, node, voter).await.map_err(change_err)?;
@@ -584,7 +617,7 @@ pub async fn add_member(
     match tokio::time::timeout(deadlines.change, add).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Unknown(format!(
-            "adding node {id} did not finish within {:?}; it may still finish (is the node running and reachable?)",
+            "adding node {name} did not finish within {:?}; it may still finish (is the node running and reachable?)",
             deadlines.change
         ))
         .into()),

@@ -573,7 +573,7 @@ mod tests {
         };
         round_trip(Entry { log_id: id, payload: EntryPayload::Normal(record) });
         round_trip(Entry { log_id: id, payload: EntryPayload::Normal(Record::default()) });
-        let node = MemberAddr { raft_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() };
+        let node = MemberAddr::new("127.0.0.1:1", "127.0.0.1:2");
         let membership = Membership::new(
             vec![BTreeSet::from([1, 2])],
             BTreeMap::from([(1, node.clone()), (2, node)]),

@@ -9,7 +9,7 @@ use openraft::EntryPayload;
 use super::*;
 
 fn addr(id: NodeId) -> MemberAddr {
-    MemberAddr { raft_addr: format!("10.0.0.{id}:4002"), http_addr: format!("10.0.0.{id}:4001") }
+    MemberAddr::new(format!("10.0.0.{id}:4002"), format!("10.0.0.{id}:4001"))
 }
 
 /// A membership of `voters` and `learners`, each at its [`addr`].

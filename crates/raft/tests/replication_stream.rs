@@ -83,7 +83,7 @@ impl TestNode {
 }
 
 fn member(addr: &str) -> MemberAddr {
-    MemberAddr { raft_addr: addr.to_string(), http_addr: String::new() }
+    MemberAddr::new(addr, "")
 }
 
 /// A leader (node 1, recording the applied positions it receives) and a follower (node 2)

@@ -132,7 +132,7 @@ impl Store for FakeStore {
 }
 
 fn node(addr: &str) -> MemberAddr {
-    MemberAddr { raft_addr: addr.to_string(), http_addr: String::new() }
+    MemberAddr::new(addr, "")
 }
 
 /// A membership with `voters` as voters, as a store would keep it.

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Attempt, Client, Reply, Target};
+use crate::Lsn;
 use crate::cluster::{
     Action, JoinRequest, Joined, LeaderChanged, MembershipChange, MembershipChanged, NodeInfo,
     NodeList, NodeRef, Removed,
@@ -16,7 +17,6 @@ use crate::db::{Answer, Durability, Level, Statement};
 use crate::error::{Error, Result};
 use crate::queue::{Lookup, Queued, Seq};
 use crate::status::Status;
-use crate::{Lsn, NodeId};
 
 /// The endpoint of a database call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -410,8 +410,9 @@ impl Client {
         self.post("/join", request).await
     }
 
-    /// Removes a member, voter or learner, running or dead (`DELETE /remove`).
-    pub async fn remove(&self, id: NodeId) -> Result<Removed> {
+    /// Removes a member, voter or learner, running or dead (`DELETE /remove`). `id`: its
+    /// number or its name.
+    pub async fn remove(&self, id: impl std::fmt::Display) -> Result<Removed> {
         self.send_json(Method::DELETE, "/remove", &NodeRef::to(id)).await
     }
 
@@ -432,13 +433,14 @@ impl Client {
     }
 
     /// Makes node `id` the leader (`POST /admin/promote?node=ID`); a learner becomes a voter
-    /// first.
-    pub async fn promote(&self, id: NodeId) -> Result<LeaderChanged> {
+    /// first. `id`: its number or its name.
+    pub async fn promote(&self, id: impl std::fmt::Display) -> Result<LeaderChanged> {
         self.post(&format!("/admin/promote?node={id}"), &serde_json::Value::Null).await
     }
 
-    /// rqlite's step-down (`POST /leader`): to `id`, or to the best other voter.
-    pub async fn step_down(&self, id: Option<NodeId>) -> Result<LeaderChanged> {
+    /// rqlite's step-down (`POST /leader`): to `id` (a number or a name), or to the best other
+    /// voter.
+    pub async fn step_down(&self, id: Option<&str>) -> Result<LeaderChanged> {
         let body = id.map_or_else(NodeRef::default, NodeRef::to);
         self.post("/leader", &body).await
     }
@@ -448,8 +450,13 @@ impl Client {
         self.post("/admin/membership", change).await
     }
 
-    /// Makes a learner a voter, or with `voter: false` a voter a learner.
-    pub async fn set_voter(&self, id: NodeId, voter: bool) -> Result<MembershipChanged> {
+    /// Makes a learner a voter, or with `voter: false` a voter a learner. `id`: its number or
+    /// its name.
+    pub async fn set_voter(
+        &self,
+        id: impl std::fmt::Display,
+        voter: bool,
+    ) -> Result<MembershipChanged> {
         let action = if voter { Action::Promote } else { Action::Demote };
         self.change_membership(&MembershipChange::of(action, id)).await
     }

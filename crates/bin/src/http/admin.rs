@@ -145,7 +145,7 @@ where
     loop {
         let answer = match super::to_leader(node, &forward_params(), req).await {
             None => match run().await {
-                Ok((id, term)) => return leader_answer(id, term),
+                Ok((id, term)) => return leader_answer(node, id, term),
                 Err(e) => change_error(e),
             },
             Some(answer) => answer,
@@ -214,18 +214,23 @@ fn change_error(e: ChangeError) -> Response {
     }
 }
 
-/// Reads a node id given as a number or as a string of digits (rqlite sends strings).
-fn node_id(v: &Value) -> Result<NodeId, String> {
-    let id = match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+/// Reads a node id given as a number, or as a string (rqlite sends strings): digits, or a
+/// node's name ([`raft::NodeName`]).
+fn node_name(v: &Value) -> Result<raft::NodeName, String> {
+    let text = match v {
+        Value::Number(n) => match n.as_u64() {
+            Some(id) => id.to_string(),
+            None => return Err(format!("{v} is not a node id (a positive number)")),
+        },
+        Value::String(s) => s.trim().to_string(),
+        _ => return Err(format!("{v} is not a node id (a positive number or a node's name)")),
     };
-    id.filter(|&id| id > 0).ok_or_else(|| format!("{v} is not a node id (a positive number)"))
+    raft::NodeName::parse(&text)
 }
 
-fn leader_answer(id: NodeId, term: raft::Term) -> Response {
-    json_response(StatusCode::OK, &LeaderChanged { leader: id, term }, false)
+fn leader_answer(node: &Node, id: NodeId, term: raft::Term) -> Response {
+    let name = node.member(id).and_then(|m| m.node.name);
+    json_response(StatusCode::OK, &LeaderChanged { leader: id, name, term }, false)
 }
 
 /// `POST /admin/promote?node=ID`.
@@ -237,12 +242,24 @@ async fn promote(
     let Some((_, id)) = q.iter().find(|(k, _)| k == "node") else {
         return bad_request("name the node to promote: /admin/promote?node=<id>");
     };
-    let id = match node_id(&Value::String(id.clone())) {
-        Ok(id) => id,
+    let name = match node_name(&Value::String(id.clone())) {
+        Ok(name) => name,
         Err(e) => return bad_request(e),
     };
-    let node = &node;
-    transfer(node, &req, true, move || async move { Ok((id, node.make_leader(id).await?)) }).await
+    let (node, name) = (&node, &name);
+    transfer(node, &req, true, move || async move {
+        known(node, name)?;
+        Ok((name.id(), node.make_leader(name.id()).await?))
+    })
+    .await
+}
+
+/// Refuses a name no member has: the Raft id it maps to would mean nothing to the operator.
+fn known(node: &Node, name: &raft::NodeName) -> Result<(), ChangeError> {
+    if name.name().is_some() && node.member(name.id()).is_none() {
+        return Err(ChangeError::Invalid(format!("node {name} is not a member of the cluster")));
+    }
+    Ok(())
 }
 
 /// `POST /leader`: rqlite's step-down, to the node in the body or to the best successor. Only
@@ -255,16 +272,22 @@ async fn step_down(State(node): State<Arc<Node>>, req: Incoming) -> Response {
         match serde_json::from_slice::<Value>(&req.body) {
             Ok(Value::Object(o)) => match o.get("id") {
                 None => None,
-                Some(v) => match node_id(v) {
-                    Ok(id) => Some(id),
+                Some(v) => match node_name(v) {
+                    Ok(name) => Some(name),
                     Err(e) => return bad_request(e),
                 },
             },
             _ => return bad_request("body must be empty or a JSON object {\"id\": \"<node id>\"}"),
         }
     };
-    let node = &node;
-    transfer(node, &req, named.is_some(), move || node.step_down(named)).await
+    let (node, named) = (&node, &named);
+    transfer(node, &req, named.is_some(), move || async move {
+        if let Some(name) = named {
+            known(node, name)?;
+        }
+        node.step_down(named.as_ref().map(raft::NodeName::id)).await
+    })
+    .await
 }
 
 /// `POST /admin/membership`.
@@ -276,11 +299,12 @@ async fn membership(State(node): State<Arc<Node>>, req: Incoming) -> Response {
         Ok(v @ Value::Object(_)) => v,
         _ => return bad_request("body must be a JSON object {\"action\": …, \"id\": …}"),
     };
-    let id = match req.get("id").map(node_id) {
-        Some(Ok(id)) => id,
+    let name = match req.get("id").map(node_name) {
+        Some(Ok(name)) => name,
         Some(Err(e)) => return bad_request(e),
         None => return bad_request("id is required"),
     };
+    let id = name.id();
     let action = req["action"].as_str().unwrap_or_default();
     let change = match action {
         "add-voter" | "add-learner" => {
@@ -291,11 +315,16 @@ async fn membership(State(node): State<Arc<Node>>, req: Incoming) -> Response {
             let node = raft::MemberAddr {
                 raft_addr: raft_addr.to_string(),
                 http_addr: http_addr.to_string(),
+                name: name.into_name(),
             };
             Change::Add { id, node, voter: action == "add-voter" }
         }
-        "promote" => Change::SetVoter { id, voter: true },
-        "demote" => Change::SetVoter { id, voter: false },
+        "promote" | "demote" => {
+            if let Err(e) = known(&node, &name) {
+                return change_error(e);
+            }
+            Change::SetVoter { id, voter: action == "promote" }
+        }
         other => {
             return bad_request(format!(
                 "unknown action {other:?}: use add-voter, add-learner, promote or demote"
@@ -316,14 +345,18 @@ async fn remove(State(node): State<Arc<Node>>, req: Incoming) -> Response {
     if let Some(r) = to_leader(&node, &forward_params(), &req).await {
         return r;
     }
-    let id = match serde_json::from_slice::<Value>(&req.body) {
-        Ok(Value::Object(o)) => match o.get("id").map(node_id) {
-            Some(Ok(id)) => id,
+    let name = match serde_json::from_slice::<Value>(&req.body) {
+        Ok(Value::Object(o)) => match o.get("id").map(node_name) {
+            Some(Ok(name)) => name,
             Some(Err(e)) => return bad_request(e),
             None => return bad_request("id is required: {\"id\": \"<node id>\"}"),
         },
         _ => return bad_request("body must be a JSON object {\"id\": \"<node id>\"}"),
     };
+    if let Err(e) = known(&node, &name) {
+        return change_error(e);
+    }
+    let id = name.id();
     match node.remove(id).await {
         Ok(()) => json_response(StatusCode::OK, &Removed { removed: id }, false),
         Err(e) => change_error(e),
@@ -336,13 +369,21 @@ mod tests {
 
     use super::*;
 
+    fn node_id(v: &Value) -> Result<NodeId, String> {
+        node_name(v).map(|n| n.id())
+    }
+
     #[test]
-    fn node_ids_are_numbers_or_strings_of_digits() {
+    fn node_ids_are_numbers_or_strings_of_digits_or_names() {
         assert_eq!(node_id(&json!(3)), Ok(3));
         assert_eq!(node_id(&json!("3")), Ok(3));
         assert_eq!(node_id(&json!(" 12 ")), Ok(12));
         assert!(node_id(&json!(0)).is_err());
-        assert!(node_id(&json!("x")).is_err());
+        assert_eq!(node_id(&json!("keel-1")), Ok(raft::NodeName::id_of_name("keel-1")));
+        assert_eq!(node_name(&json!(" keel-1 ")).unwrap().to_string(), "keel-1");
+        assert!(node_id(&json!("x y")).is_err());
+        assert!(node_id(&json!("")).is_err());
+        assert!(node_id(&json!(1.5)).is_err());
         assert!(node_id(&json!(-1)).is_err());
         assert!(node_id(&json!(null)).is_err());
     }
@@ -365,7 +406,7 @@ mod tests {
             unavailable("node 3 is not reachable: the leader last heard from it 4.0s ago"),
             unavailable("outcome unknown: node 3 was not elected: node 2 leads in term 9"),
             bad_request("leader not found"),
-            leader_answer(3, 9),
+            json_response(StatusCode::OK, &LeaderChanged { leader: 3, name: None, term: 9 }, false),
         ] {
             assert!(moved(final_answer).await.is_ok());
         }

@@ -19,7 +19,7 @@ const READYZ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn node_info(node: &Node, m: &raft::cluster::Member, leader: bool, reachable: bool) -> NodeInfo {
     NodeInfo {
-        id: m.id.to_string(),
+        id: m.label(),
         api_addr: node.peers().api_url(&m.node, ""),
         addr: m.node.raft_addr.clone(),
         voter: m.voter,

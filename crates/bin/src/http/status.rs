@@ -88,6 +88,7 @@ async fn document(node: &Node, disk: bool) -> Status {
     };
     let members = s.members.iter().map(|m| status::Member {
         id: m.id,
+        name: m.node.name.clone(),
         node: status::Addresses {
             http_addr: m.node.http_addr.clone(),
             raft_addr: m.node.raft_addr.clone(),
@@ -107,9 +108,14 @@ async fn document(node: &Node, disk: bool) -> Status {
         divergence: node.divergence(),
         replication: node
             .replication_all(&s)
-            .map(|all| all.into_iter().map(|(id, r)| (id.to_string(), r)).collect()),
+            .map(|all| all.into_iter().map(|(id, r)| (label(&s, id), r)).collect()),
         snapshot: snapshot(node.snapshots().read()),
     }
+}
+
+/// How node `id` is shown: its name if the membership gives it one, else its number.
+fn label(s: &raft::cluster::State, id: raft::NodeId) -> String {
+    s.members.iter().find(|m| m.id == id).map_or_else(|| id.to_string(), |m| m.label())
 }
 
 /// Keel's `disk`: the free space and what a full disk refused.
@@ -134,6 +140,11 @@ fn node_section(node: &Node, s: &raft::cluster::State) -> status::Node {
         current_time: rfc3339(SystemTime::now()),
         uptime: go_duration_string(settings.started_at.elapsed()),
         id: s.id,
+        name: node.me().name.clone(),
+        leader_name: s
+            .leader_id
+            .and_then(|id| s.members.iter().find(|m| m.id == id))
+            .and_then(|m| m.node.name.clone()),
         role: match s.role {
             raft::cluster::Role::Leader => status::Role::Leader,
             raft::cluster::Role::Follower => status::Role::Follower,
@@ -254,7 +265,7 @@ fn store(node: &Node, s: &raft::cluster::State, disk: Disk) -> status::Store {
         )
     };
     let nodes = s.members.iter().map(|m| status::StoreNode {
-        id: m.id.to_string(),
+        id: m.label(),
         addr: m.node.raft_addr.clone(),
         suffrage: if m.voter { "voter" } else { "nonvoter" }.into(),
     });
@@ -262,10 +273,10 @@ fn store(node: &Node, s: &raft::cluster::State, disk: Disk) -> status::Store {
     status::Store {
         open: true,
         ready: s.stopped.is_none() && node.leader_reachable(s).is_ok(),
-        node_id: s.id.to_string(),
+        node_id: node.me().label(s.id),
         addr: node.me().raft_addr.clone(),
         leader: status::StoreLeader {
-            node_id: leader.map(|l| l.id.to_string()).unwrap_or_default(),
+            node_id: leader.map(raft::cluster::Member::label).unwrap_or_default(),
             addr: leader.map(|l| l.node.raft_addr.clone()).unwrap_or_default(),
         },
         raft: status::Raft {

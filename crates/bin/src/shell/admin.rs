@@ -15,7 +15,6 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use keel_api::NodeId;
 use serde_json::{Value, json};
 
 use super::{Shell, render};
@@ -67,10 +66,10 @@ impl Shell {
         let mut out = format!(
             "node:        {} ({}) at {}\nleader:      {}\nterm:        {}\n\
              log:         last {}, committed {}, applied {}\nsnapshot:    {}\n",
-            node.id,
+            node.name.clone().unwrap_or_else(|| node.id.to_string()),
             node.role.as_str(),
             self.cluster.current(),
-            text(node.leader_id),
+            node.leader_name.clone().unwrap_or_else(|| text(node.leader_id)),
             node.term,
             node.last_log_index,
             node.commit_index,
@@ -157,15 +156,18 @@ impl Shell {
 
     /// `.stepdown [NODEID]`: the leader hands leadership over, to `to` or to the best other
     /// voter, and the shell says who leads now.
-    pub(super) fn step_down(&mut self, to: Option<NodeId>) -> Result<(), String> {
-        let changed = self.cluster.call(async |c| c.step_down(to).await)?;
-        self.out
-            .print(&format!("node {} is now the leader (term {})\n", changed.leader, changed.term))
+    pub(super) fn step_down(&mut self, to: Option<String>) -> Result<(), String> {
+        let changed = self.cluster.call(async |c| c.step_down(to.as_deref()).await)?;
+        self.out.print(&format!(
+            "node {} is now the leader (term {})\n",
+            changed.label(),
+            changed.term
+        ))
     }
 
     /// `.remove NODEID`: removes a member, voter or learner, running or dead.
-    pub(super) fn remove(&mut self, id: NodeId) -> Result<(), String> {
-        let removed = self.cluster.call(async |c| c.remove(id).await)?;
-        self.out.print(&format!("node {} removed from the cluster\n", removed.removed))
+    pub(super) fn remove(&mut self, id: String) -> Result<(), String> {
+        self.cluster.call(async |c| c.remove(&id).await)?;
+        self.out.print(&format!("node {id} removed from the cluster\n"))
     }
 }

@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use keel_api::NodeId;
-
 pub use super::render::Mode;
 
 /// Every dot-command with its arguments and what it does, for `.help` and completion.
@@ -99,9 +97,9 @@ pub enum Command {
     /// `.boot FILE`
     Boot(PathBuf),
     /// `.remove NODEID`
-    Remove(NodeId),
+    Remove(String),
     /// `.stepdown [NODEID]`
-    Stepdown(Option<NodeId>),
+    Stepdown(Option<String>),
     /// `.sysdump FILE`
     Sysdump(PathBuf),
     /// `.ready`
@@ -199,9 +197,9 @@ pub fn parse(line: &str) -> Result<Command, String> {
     }
 }
 
-/// A node id as typed.
-fn node_id(word: &str) -> Result<NodeId, String> {
-    word.parse().map_err(|_| format!("'{word}' is not a node id (node ids are whole numbers)"))
+/// A node id as typed: a number or a node's name.
+fn node_id(word: &str) -> Result<String, String> {
+    raft::NodeName::parse(word).map(|n| n.to_string())
 }
 
 /// The file name that starts `text` (quoted if it has spaces) and what follows it, trimmed.
@@ -265,9 +263,11 @@ mod tests {
             (".mode CSV", Command::Mode(Some(Mode::Csv))),
             (".mode table", Command::Mode(Some(Mode::Column))),
             (".boot seed.sqlite", Command::Boot("seed.sqlite".into())),
-            (".remove 3", Command::Remove(3)),
+            (".remove 3", Command::Remove("3".into())),
+            (".remove keel-2", Command::Remove("keel-2".into())),
             (".stepdown", Command::Stepdown(None)),
-            (".stepdown 2", Command::Stepdown(Some(2))),
+            (".stepdown 2", Command::Stepdown(Some("2".into()))),
+            (".stepdown keel-1", Command::Stepdown(Some("keel-1".into()))),
             (".sysdump diag.txt", Command::Sysdump("diag.txt".into())),
             (".ready", Command::Ready),
             (".expvar", Command::Expvar),
@@ -301,8 +301,11 @@ mod tests {
             (".sysdump", "usage: .sysdump FILE"),
             (".remove", "usage: .remove NODEID"),
             (".remove 1 2", "usage: .remove NODEID"),
-            (".remove two", "'two' is not a node id (node ids are whole numbers)"),
-            (".stepdown -1", "'-1' is not a node id (node ids are whole numbers)"),
+            (
+                ".remove a/b",
+                "node name 'a/b' has the character '/': a node id is a positive number or a name of letters, digits, '.', '_' and '-'",
+            ),
+            (".stepdown -1", "node name '-1' must start with a letter or a digit"),
             (".mode html", "unknown mode 'html' (use column, csv, json or line)"),
             (".mode csv json", "usage: .mode [MODE]"),
             (".ready now", "usage: .ready"),

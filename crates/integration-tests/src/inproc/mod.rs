@@ -141,7 +141,7 @@ impl Cluster {
         let members: BTreeMap<NodeId, raft::MemberAddr> = (1..=n)
             .map(|id| {
                 let addr = format!("memory:{id}");
-                (id, raft::MemberAddr { raft_addr: addr.clone(), http_addr: addr })
+                (id, raft::MemberAddr::new(addr.clone(), addr))
             })
             .collect();
         cluster.node(1).raft.initialize(members).await.map_err(|e| anyhow!("initialize: {e}"))?;

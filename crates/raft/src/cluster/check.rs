@@ -6,7 +6,7 @@
 //! itself reads no clock, metrics or network, so its table of cases below covers every
 //! refusal without a cluster.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{ChangeError, reachable};
@@ -29,6 +29,8 @@ pub(super) struct View {
     /// The log index of the effective membership if it is not committed yet: a change is in
     /// flight.
     pub(super) pending: Option<Lsn>,
+    /// The names of the members named by one, to say them in messages.
+    pub(super) names: BTreeMap<NodeId, String>,
 }
 
 impl View {
@@ -46,7 +48,22 @@ impl View {
             reachable,
             pending: (effective != m.committed_membership_config.log_id())
                 .then(|| effective.as_ref().map_or(0, |l| l.index)),
+            names: membership
+                .nodes()
+                .filter_map(|(id, node)| Some((*id, node.name.clone()?)))
+                .collect(),
         }
+    }
+
+    /// How member `id` is said: its name, or its number.
+    pub(super) fn label(&self, id: NodeId) -> String {
+        self.names.get(&id).cloned().unwrap_or_else(|| id.to_string())
+    }
+
+    /// How members `ids` are said: `[1, 2]`, or with names `[keel-0, keel-1]`.
+    pub(super) fn labels<'a>(&self, ids: impl IntoIterator<Item = &'a NodeId>) -> String {
+        let labels: Vec<String> = ids.into_iter().map(|&id| self.label(id)).collect();
+        format!("[{}]", labels.join(", "))
     }
 }
 
@@ -80,8 +97,12 @@ pub(super) fn check(view: &View, change: VoterChange) -> Result<(), ChangeError>
         VoterChange::Remove(id) => (id, "removing"),
     };
     if !view.members.contains(&id) {
-        return Err(ChangeError::Invalid(format!("node {id} is not a member of the cluster")));
+        return Err(ChangeError::Invalid(format!(
+            "node {} is not a member of the cluster",
+            view.label(id)
+        )));
     }
+    let name = view.label(id);
     if let Some(index) = view.pending {
         return Err(ChangeError::InProgress(format!(
             "the membership at log index {index} is not committed yet"
@@ -95,12 +116,12 @@ pub(super) fn check(view: &View, change: VoterChange) -> Result<(), ChangeError>
         VoterChange::Demote(id) | VoterChange::Remove(id) if view.voters.contains(&id) => {
             if view.voters.len() == 1 {
                 return Err(ChangeError::Unsafe(format!(
-                    "node {id} is the last voter: {verb} it would leave no voter to elect a leader or commit anything; add another voter first"
+                    "node {name} is the last voter: {verb} it would leave no voter to elect a leader or commit anything; add another voter first"
                 )));
             }
             if id == view.leader {
                 return Err(ChangeError::Unsafe(format!(
-                    "node {id} is the leader: transfer leadership to another voter first, then retry {verb} it"
+                    "node {name} is the leader: transfer leadership to another voter first, then retry {verb} it"
                 )));
             }
             after.remove(&id);
@@ -116,8 +137,9 @@ pub(super) fn check(view: &View, change: VoterChange) -> Result<(), ChangeError>
     let up_before = up(&view.voters);
     if up_before.len() < view.voters.len() / 2 + 1 {
         return Err(ClientError::NoQuorum(format!(
-            "only voters {up_before:?} of {:?} are reachable, fewer than a quorum: no membership change can commit",
-            view.voters
+            "only voters {} of {} are reachable, fewer than a quorum: no membership change can commit",
+            view.labels(&up_before),
+            view.labels(&view.voters)
         ))
         .into());
     }
@@ -125,7 +147,9 @@ pub(super) fn check(view: &View, change: VoterChange) -> Result<(), ChangeError>
     let quorum = after.len() / 2 + 1;
     if up_after.len() < quorum {
         return Err(ChangeError::Unsafe(format!(
-            "{verb} node {id} would leave voters {after:?}, of which only {up_after:?} are reachable: fewer than the {quorum} a quorum needs; bring the others back first"
+            "{verb} node {name} would leave voters {}, of which only {} are reachable: fewer than the {quorum} a quorum needs; bring the others back first",
+            view.labels(&after),
+            view.labels(&up_after)
         )));
     }
     Ok(())
@@ -144,6 +168,7 @@ mod tests {
             members,
             voters: voters.iter().copied().collect(),
             pending: None,
+            names: BTreeMap::new(),
         }
     }
 
@@ -193,6 +218,17 @@ mod tests {
             let got = verdict(view, *change);
             assert!(got.starts_with(expected), "{change:?} on {view:?}: got {got:?}");
         }
+    }
+
+    #[test]
+    fn messages_name_named_members() {
+        let mut v = view(&[1, 2, 3], &[], &[3]);
+        v.names = BTreeMap::from([(2, "keel-1".to_string()), (3, "keel-2".to_string())]);
+        let got = verdict(&v, VoterChange::Remove(2));
+        assert!(
+            got.starts_with("unsafe: removing node keel-1 would leave voters [1, keel-2], of which only [1] are reachable"),
+            "{got}"
+        );
     }
 
     #[test]

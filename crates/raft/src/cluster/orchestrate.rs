@@ -172,7 +172,8 @@ fn judge(
         let voter = view.voters.contains(&id);
         if voter && view.voters.len() <= MIN_VOTERS {
             kept.push((id, format!(
-                "removing voter {id} would leave {} voters: reaping keeps at least {MIN_VOTERS}; remove it by hand (`keel admin remove`) if it is gone for good",
+                "removing voter {} would leave {} voters: reaping keeps at least {MIN_VOTERS}; remove it by hand (`keel admin remove`) if it is gone for good",
+                view.label(id),
                 view.voters.len() - 1
             )));
             continue;
@@ -198,6 +199,7 @@ mod tests {
             members,
             voters: voters.iter().copied().collect(),
             pending: None,
+            names: BTreeMap::new(),
         }
     }
 
