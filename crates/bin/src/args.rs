@@ -136,10 +136,11 @@ pub struct ServeArgs {
     /// Leader heartbeat interval.
     #[arg(long, default_value = "40ms", value_parser = parse_duration)]
     pub heartbeat: Duration,
-    /// Minimum election timeout: a follower that hears no leader for this long (plus random
-    /// jitter up to half as much again) starts an election. A new leader takes writes about
-    /// 2.5 times this after the old one dies. Raise it on slow or overloaded machines, where
-    /// a stall this long would cause needless elections.
+    /// Minimum election timeout. The leader lease is 4/3 of it: a follower that hears no leader
+    /// for the lease plus a random timeout between this and the lease starts an election, and
+    /// one whose leader's connections all closed (it died) starts one right after the lease. A
+    /// new leader takes writes about 1.6 times this after the old one dies. Raise it on slow or
+    /// overloaded machines, where a stall this long would cause needless elections.
     #[arg(long, default_value = "90ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
     /// Take a snapshot (and allow older log entries to be purged) every this many log entries.

@@ -83,7 +83,8 @@ pub struct Options {
     /// How often the leader sends heartbeats to followers.
     pub heartbeat_interval: Duration,
     /// A follower that hears nothing from a leader for a random time in
-    /// `[election_timeout_min, 1.5 * election_timeout_min)` starts an election.
+    /// `[election_timeout_min, 4/3 * election_timeout_min)` after the leader lease (the upper
+    /// bound) starts an election.
     pub election_timeout_min: Duration,
     /// Build a snapshot (and allow the log before it to be purged) after this many entries
     /// since the last one (openraft's `SnapshotPolicy::LogsSinceLast`).
@@ -188,9 +189,12 @@ where
         heartbeat_interval: ms(options.heartbeat_interval),
         election_timeout_min: ms(options.election_timeout_min),
         // openraft's leader lease equals election_timeout_max: voters refuse to elect anyone
-        // for that long after the last heartbeat. A new leader therefore emerges after about
-        // min + max; a narrow jitter keeps that short while still spreading candidates.
-        election_timeout_max: ms(options.election_timeout_min) * 3 / 2,
+        // for that long after the last heartbeat, and a follower's own timer adds a random
+        // election timeout after it. A crashed leader is replaced by a prompt election
+        // (`prompt_election`) right after the lease, so the lease is most of a failover: the
+        // jitter is kept narrow (a third of the minimum; 90–120 ms by default), enough to spread
+        // candidates of the timer's elections.
+        election_timeout_max: ms(options.election_timeout_min) * 4 / 3,
         // A snapshot is one streamed HTTP request (`network::Peer::full_snapshot`): this is
         // not a limit on the whole transfer (a big database takes longer), only on waiting for
         // the receiver's answer after the last byte (its fsync and install). While the body

@@ -3,7 +3,7 @@
 //!
 //! openraft starts an election when a follower has heard nothing from its leader for the
 //! leader lease (the maximum election timeout) *plus* a random election timeout: about
-//! 225–270 ms with Keel's defaults, most of a failover. The lease part cannot be shortened
+//! 210–240 ms with Keel's defaults, most of a failover. The lease part cannot be shortened
 //! without giving up what `weak` reads rely on (a voter that acknowledged the leader at `t`
 //! grants no vote before `t + lease`). The random part can, when there is evidence that the
 //! leader is gone: a leader that dies takes its sockets with it, so every replication stream it
