@@ -44,7 +44,7 @@ pub const MARGIN: Duration = Duration::from_millis(1);
 /// How far apart voters of consecutive ranks make their first attempt.
 pub const STAGGER: Duration = Duration::from_millis(10);
 /// Pause between attempts of one voter.
-pub const RETRY: Duration = Duration::from_millis(5);
+pub const RETRY: Duration = Duration::from_millis(10);
 
 /// Watches this node's leader and starts a pre-vote election when the leader's streams have
 /// closed and its lease has run out (see the module docs); `asked` is called for each election
@@ -71,7 +71,7 @@ pub async fn run(raft: Raft, contact: Arc<Contact>, asked: impl Fn() + Send + 's
         let mut at = first;
         while at < last {
             tokio::time::sleep_until(at.into()).await;
-            if !watch.holds(&raft, &contact) {
+            if !watch.holds(&raft, &contact) || !watch.unchanged_in_core(&raft).await {
                 break;
             }
             if at == first {
@@ -121,5 +121,21 @@ impl Watched {
     /// nothing heard from it.
     fn holds(&self, raft: &Raft, contact: &Contact) -> bool {
         Watched::now(raft, contact).is_some_and(|now| now == *self)
+    }
+
+    /// Whether Raft itself, asked now rather than through its published metrics (which lag
+    /// a little), is still a follower holding the leader's committed vote. An election asked
+    /// of a node that has meanwhile become a candidate (an earlier attempt's pre-vote was
+    /// granted) would start another one, a term higher.
+    async fn unchanged_in_core(&self, raft: &Raft) -> bool {
+        let term = self.term;
+        raft.with_raft_state(move |st| {
+            let vote = st.vote_ref();
+            st.server_state == ServerState::Follower
+                && vote.is_committed()
+                && vote.leader_id().term == term
+        })
+        .await
+        .unwrap_or(false)
     }
 }
