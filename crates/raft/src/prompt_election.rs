@@ -37,9 +37,10 @@ use openraft::async_runtime::WatchReceiver;
 use crate::network::Contact;
 use crate::{NodeId, Raft};
 
-/// How long after this node's lease from the leader expired the first attempt is made: the
-/// last contact is recorded after openraft took the append, so its lease ends a little earlier;
-/// the margin covers a peer that heard the same heartbeat slightly later.
+/// How long after this node's lease from the leader expired the first attempt is made. The last
+/// contact is recorded after openraft took the append, so openraft's own lease has ended by
+/// then; a peer that heard the leader a little later refuses the first pre-vote, and a retry
+/// ([`RETRY`]) asks again.
 pub const MARGIN: Duration = Duration::from_millis(1);
 /// How far apart voters of consecutive ranks make their first attempt.
 pub const STAGGER: Duration = Duration::from_millis(10);
