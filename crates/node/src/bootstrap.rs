@@ -57,6 +57,17 @@ pub enum Seeds {
     Discovery(Arc<Discovery>),
 }
 
+impl Seeds {
+    /// The client API URLs of the nodes this round: `--join`'s, or what DNS names now (its
+    /// answer logged through `answers`).
+    async fn urls(&self, answers: &mut Answers) -> Vec<String> {
+        match self {
+            Seeds::Join(urls) => urls.clone(),
+            Seeds::Discovery(discovery) => answers.ask(discovery).await,
+        }
+    }
+}
+
 /// The last DNS answer of the rounds and when it was logged, so that an answer is logged when
 /// it changes and every [`REPEAT_LOG`] otherwise.
 #[derive(Default)]
@@ -97,10 +108,7 @@ impl Node {
         credentials: Option<(String, String)>,
     ) -> anyhow::Result<()> {
         if raft::cluster::is_initialized(&self.raft).await? {
-            let join = match &seeds {
-                Seeds::Join(urls) => urls.clone(),
-                Seeds::Discovery(discovery) => Answers::default().ask(discovery).await,
-            };
+            let join = seeds.urls(&mut Answers::default()).await;
             return self.bootstrap_or_join(&join, voter, credentials).await;
         }
         let node = self.clone();
@@ -142,10 +150,7 @@ impl Node {
                 tracing::info!("a member of the cluster formed with the other nodes");
                 return Ok(());
             }
-            let urls = match seeds {
-                Seeds::Join(urls) => urls.clone(),
-                Seeds::Discovery(discovery) => answers.ask(discovery).await,
-            };
+            let urls = seeds.urls(&mut answers).await;
             for url in &urls {
                 let credentials = credentials.as_ref();
                 let answer = match ask(&self.peers, url, "/notify", &me, credentials, ATTEMPT).await
