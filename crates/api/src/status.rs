@@ -317,6 +317,9 @@ pub struct Snapshot {
     pub sent: u64,
     /// The current snapshot's size in bytes.
     pub size: u64,
+    /// Images found damaged (checksum differing from the one recorded when made) and rebuilt.
+    #[serde(default)]
+    pub damaged: u64,
 }
 
 /// `store` (rqlite's `store.Stats`).

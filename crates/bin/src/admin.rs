@@ -85,13 +85,18 @@ pub enum AdminCommand {
         /// The node to remove (its number or its name).
         id: NodeName,
     },
-    /// Rebuild a node whose data differs from the other replicas' (`keel check` names it):
-    /// remove it, have it delete its data and rejoin, and wait until it has caught up from
-    /// the leader's snapshot. The node must be running and must not lead.
+    /// Rebuild a node whose data differs from the other replicas' (`keel check` names it) or
+    /// is damaged: remove it, have it delete its data and rejoin, and wait until it has caught
+    /// up from the leader's snapshot. The node must be running and must not lead; a node that
+    /// refuses to start (its stored state is damaged) is rebuilt with --data-dir instead.
     Rebuild {
         /// The node to rebuild (its number or its name).
         #[arg(long = "node")]
         id: NodeName,
+        /// The stopped node's data directory, on this machine: remove the node through the
+        /// cluster and delete its replicated state here; then start it again with --join.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<std::path::PathBuf>,
     },
     /// Run SQLite's VACUUM on every replica, at one log position (writes wait while it runs;
     /// it needs free disk about the database's size). Raise --timeout for a large database.
@@ -161,7 +166,10 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             client.remove(&id).await.map_err(failed)?;
             println!("node {id} removed from the cluster");
         }
-        AdminCommand::Rebuild { id } => rebuild(client, id, args.timeout).await?,
+        AdminCommand::Rebuild { id, data_dir: None } => rebuild(client, id, args.timeout).await?,
+        AdminCommand::Rebuild { id, data_dir: Some(dir) } => {
+            rebuild_offline(client, id, &dir).await?
+        }
         AdminCommand::Vacuum => {
             let answer = client.vacuum().await.map_err(failed)?;
             println!(
@@ -230,6 +238,47 @@ async fn rebuild(client: &keel_api::Client, id: NodeName, timeout: Duration) -> 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `keel admin rebuild --node ID --data-dir DIR`: for a node that is stopped, typically one
+/// that refuses to start because its stored state is damaged. Takes the data directory's lock
+/// (so the node cannot start meanwhile, and a running node is refused), removes the node
+/// through the cluster (a voter that forgot its log and votes must not keep its seat, so the
+/// removal comes first and nothing is deleted if it fails), then deletes the replicated state
+/// ([`node::rebuild::wipe`]) and says how to start the node again.
+async fn rebuild_offline(
+    client: &keel_api::Client,
+    id: NodeName,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory: give the node's --data-dir", dir.display());
+    }
+    if !node::rebuild::REPLICATED_STATE.iter().any(|name| dir.join(name).exists()) {
+        bail!(
+            "{} holds no Keel data (db/, raft/): it is not a node's data directory",
+            dir.display()
+        );
+    }
+    let _lock = crate::data_dir::lock(dir)
+        .context("the node must be stopped (without --data-dir, a running node is rebuilt)")?;
+    let members = client.nodes().await.map_err(failed)?;
+    let is = |m: &keel_api::cluster::NodeInfo| m.id == id.to_string();
+    if members.iter().any(is) {
+        client.remove(&id).await.map_err(failed)?;
+        println!("node {id} removed from the cluster");
+    } else {
+        println!("node {id} is not a member of the cluster (already removed)");
+    }
+    node::rebuild::wipe(dir).with_context(|| format!("deleting the data in {}", dir.display()))?;
+    let join: Vec<String> = members.iter().filter(|m| !is(m)).map(|m| m.api_addr.clone()).collect();
+    println!(
+        "deleted its database, Raft log and snapshots in {}; start it again with its usual flags \
+         and --join {}: it joins as a new member and copies the leader's data",
+        dir.display(),
+        join.join(",")
+    );
+    Ok(())
 }
 
 /// A failed call in `keel admin`'s words: the server's reason and status, or which members

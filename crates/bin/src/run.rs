@@ -113,7 +113,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             skew_apply_hash: planted(PlantedBug::SkewApplyHash),
         },
     };
-    let node = node::Node::start(config).await?;
+    let node = node::Node::start(config).await.map_err(|e| damaged_start(e.into(), &args))?;
 
     let mut node_router = node::peer::router(node.clone(), tls.node.is_some());
     if let Some(node_tls) = &tls.node {
@@ -331,4 +331,23 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// A start that failed on damaged storage, in words an operator can act on: what was found,
+/// that the node will not vote or serve on it, and the command that rebuilds it. Any other
+/// error passes as it is.
+fn damaged_start(error: anyhow::Error, args: &ServeArgs) -> anyhow::Error {
+    let found = error.chain().find_map(|cause| match cause.downcast_ref::<wal::Error>() {
+        Some(corrupt @ wal::Error::Corrupt { .. }) => Some(corrupt.to_string()),
+        _ => None,
+    });
+    let Some(found) = found else { return error };
+    let dir = args.data_dir.display();
+    let id = &args.id;
+    anyhow::anyhow!(
+        "node {id} will not start: its stored state is damaged ({found}). It does not vote or \
+         serve on damaged state. Rebuild it from the other members: `keel admin --cluster \
+         <a member's URL> rebuild --node {id} --data-dir {dir}`, then start it again with \
+         --join <the members' URLs>"
+    )
 }

@@ -192,6 +192,7 @@ pub struct SnapshotStats {
     last_installed_index: AtomicU64,
     current_index: AtomicU64,
     current_size: AtomicU64,
+    damaged: AtomicU64,
 }
 
 /// A copy of [`SnapshotStats`] at one moment, for `/status` and tests. Indexes are 0 when
@@ -223,6 +224,9 @@ pub struct SnapshotCounts {
     /// Size in bytes of the current snapshot's image; 0 after an install (the image became the
     /// live database) until a new image is built.
     pub current_size: u64,
+    /// Images of this node's found damaged (their checksum differed from the one recorded when
+    /// they were made) and replaced by a new build.
+    pub damaged: u64,
 }
 
 impl SnapshotStats {
@@ -242,12 +246,17 @@ impl SnapshotStats {
             last_installed_index: get(&self.last_installed_index),
             current_index: get(&self.current_index),
             current_size: get(&self.current_size),
+            damaged: get(&self.damaged),
         }
     }
 
     pub(crate) fn on_built(&self, index: Lsn) {
         self.built.fetch_add(1, Ordering::Relaxed);
         self.last_built_index.store(index, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_damaged(&self) {
+        self.damaged.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn on_current(&self, index: Lsn, size: u64) {

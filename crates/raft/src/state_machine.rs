@@ -36,9 +36,14 @@
 //!   consistent with its meta. Older images are deleted afterwards. Publishing never goes
 //!   backwards: an image older than the current snapshot (or as old, when the current one has
 //!   an image) is discarded. One build runs at a time.
-//! - **Reading** ([`RaftStateMachine::get_current_snapshot`]): opens the recorded image without
-//!   reading it. An open handle keeps the image readable for a transfer in progress even if a
-//!   newer snapshot replaces it.
+//! - **Reading** ([`RaftStateMachine::get_current_snapshot`]): opens the recorded image and
+//!   reads it once to compare its CRC-32 with the recorded one. A damaged image (a bit flipped
+//!   on this disk) is never handed out: every receiver would refuse it, and a follower that
+//!   needs it would never catch up. It is logged, counted (`damaged`), and replaced by a new
+//!   build from the database, as a lost image is. openraft asks for the current snapshot at
+//!   start and before each transfer, so the read costs one pass over the image then. An open
+//!   handle keeps the image readable for a transfer in progress even if a newer snapshot
+//!   replaces it.
 //! - **Installing** a received snapshot ([`RaftStateMachine::install_snapshot`]):
 //!   [`Store::install`] takes the received file over as the live database (a rename, no copy),
 //!   then `current.json` records the meta with no image and every older image is deleted: the
@@ -166,6 +171,18 @@ enum Current {
     Image(Snapshot),
     /// A snapshot whose image is gone (installed into the database, or lost): build one.
     NoImage(SnapshotMeta),
+    /// A snapshot whose image's checksum differs from the one recorded when it was made
+    /// (damaged on this disk): build one, as for a lost image.
+    Damaged {
+        /// The snapshot's meta.
+        meta: SnapshotMeta,
+        /// The image.
+        path: PathBuf,
+        /// The image's CRC-32 now.
+        actual: u32,
+        /// The CRC-32 recorded when it was made.
+        checksum: u32,
+    },
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -321,7 +338,18 @@ impl StateMachine {
         };
         let path = self.dir.join(image);
         match SnapshotFile::open(&path, len, checksum) {
-            Ok(file) => Ok(Current::Image(Snapshot { meta: stored.meta, snapshot: file })),
+            Ok(file) => {
+                // The image goes to other nodes and is read back only by them, so damage to
+                // it (a flipped bit on this disk) is looked for before it is handed out: a
+                // receiver would refuse it at every attempt, and a follower that needs it
+                // would never catch up. A damaged image is replaced by a new build from the
+                // database, the same way as a lost one.
+                let (_, actual) = crate::snapshot::checksum_file(&path)?;
+                if actual != checksum {
+                    return Ok(Current::Damaged { meta: stored.meta, path, actual, checksum });
+                }
+                Ok(Current::Image(Snapshot { meta: stored.meta, snapshot: file }))
+            }
             Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidData) => {
                 tracing::warn!(image = %path.display(), error = %e, "the current snapshot's image is unusable; a new one will be built");
                 Ok(Current::NoImage(stored.meta))
@@ -614,6 +642,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Current::None => return Ok(None),
             Current::Image(s) => return Ok(Some(s)),
             Current::NoImage(meta) => meta,
+            Current::Damaged { meta, path, actual, checksum } => {
+                // The image goes to other nodes, which would refuse it at every attempt (a
+                // follower that needs it would never catch up), so it is checked before it is
+                // handed out and a damaged one is replaced by a new build.
+                tracing::error!(
+                    image = %path.display(),
+                    crc32 = format_args!("{actual:08x}"),
+                    recorded = format_args!("{checksum:08x}"),
+                    "the current snapshot's image is damaged (its checksum differs from the one recorded when it was made); a new one will be built from the database"
+                );
+                self.stats.on_damaged();
+                meta
+            }
         };
         // openraft needs a snapshot to send to a follower behind the purged log, and reads it
         // at start. The installed one became the live database, so copy the database now; its

@@ -548,6 +548,39 @@ async fn install_then_build_and_publish_never_goes_backwards() {
     assert_eq!(current.snapshot.checksum(), newer.snapshot.checksum());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_image_is_never_handed_out_and_is_built_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("snapshots");
+    let store = FakeStore::new(&tmp.path().join("db"), 64 << 10);
+    let membership = membership_json(&[(1, "a")], (1, 1));
+    store.set(Position { term: 1, index: 30, membership: Some(membership.clone()) });
+    let mut sm = StateMachine::open(&dir, store.clone()).unwrap();
+    let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let image = built.snapshot.path().to_path_buf();
+    let good = fs::read(&image).unwrap();
+
+    // One bit flipped in the middle of the published image, as a disk might; the length holds.
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x04;
+    fs::write(&image, &bad).unwrap();
+    store.set(Position { term: 1, index: 35, membership: Some(membership) });
+
+    // Asked for the current snapshot (to send, or at start), the node does not hand out the
+    // damaged image: it builds one from the database, whose checksum is what it records.
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 35)));
+    let (len, crc) = checksum_file(current.snapshot.path()).unwrap();
+    assert_eq!((len, crc), (current.snapshot.len(), current.snapshot.checksum()));
+    assert_eq!(sm.stats().read().damaged, 1);
+    assert_eq!(files_starting(&dir, ""), vec!["1-35.db", "current.json"]);
+
+    // An intact image is handed out as it is, and counts nothing.
+    let again = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(again.snapshot.checksum(), current.snapshot.checksum());
+    assert_eq!(sm.stats().read().damaged, 1);
+}
+
 /// A "receiver" that accepts connections and then either never reads (`read = false`) or
 /// reads everything and never answers.
 async fn silent_receiver(read: bool) -> String {

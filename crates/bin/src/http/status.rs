@@ -322,6 +322,7 @@ fn snapshot(c: raft::SnapshotCounts) -> status::Snapshot {
         last_installed_index: index(c.last_installed_index),
         bytes_sent: c.bytes_sent,
         bytes_received: c.bytes_received,
+        damaged: c.damaged,
     }
 }
 
