@@ -250,7 +250,7 @@ impl TestCluster {
 
     /// Node `id`'s members (`/nodes`), as a map from node id to its `voter` flag; `None` if
     /// the node is down, paused or does not answer soon.
-    pub(crate) fn members(&self, id: NodeId) -> Option<BTreeMap<NodeId, bool>> {
+    pub fn members(&self, id: NodeId) -> Option<BTreeMap<NodeId, bool>> {
         if !self.node(id).is_up() {
             return None;
         }

@@ -546,6 +546,25 @@ impl TestCluster {
         }
     }
 
+    /// Starts node `id` (stopped, e.g. killed) with its usual arguments and waits until it
+    /// exits by itself, as a node that refuses to start does; returns what it wrote to its log
+    /// during this start. Panics if it has not exited within [`TIMEOUT`] or exits with success.
+    pub fn start_refused(&self, id: NodeId) -> String {
+        let node = self.node(id);
+        let before = std::fs::metadata(&node.log_path).map_or(0, |m| m.len());
+        node.spawn();
+        let status = poll(TIMEOUT, || node.exited());
+        let Some(status) = status else {
+            node.terminate();
+            panic!("node {id} should have refused to start, but it still runs");
+        };
+        lock(&node.process).child = None;
+        assert!(!status.success(), "node {id} exited with success");
+        let log = std::fs::read(&node.log_path).unwrap_or_default();
+        String::from_utf8_lossy(&log[usize::try_from(before).unwrap_or(0).min(log.len())..])
+            .into_owned()
+    }
+
     /// Freezes node `id` with SIGSTOP. It keeps its sockets but answers nothing. Returns once
     /// every thread of the process has stopped: the signal alone only asks for it, and a thread
     /// busy on another core could still answer a message sent after this call.

@@ -1,0 +1,96 @@
+//! Storage damaged on one node: a bit flipped in the middle of a follower's Raft log. The node
+//! refuses to start (it neither votes nor serves on a log it cannot trust) and says what it
+//! found and the command that repairs it; the other nodes go on taking writes; `keel admin
+//! rebuild --data-dir` removes it and deletes its data (refused while it runs); started again
+//! with `--join`, it rejoins and holds every row.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use integration_tests::{NodeId, TestCluster, keel_binary};
+use serde_json::json;
+
+/// Runs `keel admin --cluster <via> rebuild --node ID --data-dir DIR`.
+fn rebuild_offline(c: &TestCluster, via: NodeId, id: NodeId, dir: &Path) -> Output {
+    Command::new(keel_binary())
+        .args(["admin", "--cluster", &format!("http://{}", c.http_addr(via))])
+        .args(["rebuild", "--node", &id.to_string(), "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("cannot run keel admin rebuild")
+}
+
+/// The first (oldest) segment of node `id`'s Raft log.
+fn first_segment(c: &TestCluster, id: NodeId) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(c.data_dir(id).join("raft"))
+        .expect("the node has a Raft log")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segments.sort();
+    segments.into_iter().next().expect("at least one segment")
+}
+
+#[test]
+fn a_follower_with_a_damaged_log_refuses_to_start_and_is_rebuilt_by_one_command() {
+    let c = TestCluster::start(3, 0);
+    let leader = c.leader();
+    // Node 1 bootstrapped and has no --join of its own; the victim rejoins through its flags.
+    let victim = *c.followers(leader).iter().find(|&&id| id != 1).expect("a follower besides 1");
+    c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]));
+    let mut lsn = 0;
+    for i in 1..=60 {
+        lsn = c.execute_ok(leader, json!([format!("INSERT INTO t(v) VALUES('row {i}')")]));
+    }
+    c.wait_applied(victim, lsn);
+    let dir = c.data_dir(victim).to_path_buf();
+
+    // Refused on a running node, before anything changes: it stays a member.
+    let out = rebuild_offline(&c, leader, victim, &dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(err.contains("in use by another keel process"), "{err}");
+    assert!(err.contains("must be stopped"), "{err}");
+    assert_eq!(c.members(leader).map(|m| m.contains_key(&victim)), Some(true));
+
+    // One bit flipped halfway through the first segment: frames before and after it are
+    // intact, so this is not a torn write at the end of the log.
+    c.kill(victim);
+    let segment = first_segment(&c, victim);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let said = c.start_refused(victim);
+    assert!(said.contains(&format!("node {victim} will not start: its stored state is damaged")));
+    assert!(said.contains("wal corrupt"), "{said}");
+    assert!(said.contains(&segment.display().to_string()), "names the file: {said}");
+    assert!(said.contains("does not vote or serve"), "{said}");
+    assert!(
+        said.contains(&format!("rebuild --node {victim} --data-dir {}", dir.display())),
+        "{said}"
+    );
+
+    // The other two go on: writes are acknowledged meanwhile.
+    let during = c.execute_ok(leader, json!(["INSERT INTO t(v) VALUES('while damaged')"]));
+    assert!(during > lsn);
+
+    let out = rebuild_offline(&c, leader, victim, &dir);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(printed.contains(&format!("node {victim} removed from the cluster")), "{printed}");
+    assert!(printed.contains("start it again"), "{printed}");
+    assert_eq!(c.members(leader).map(|m| m.contains_key(&victim)), Some(false));
+    assert!(!dir.join("raft").exists() && !dir.join("db").exists(), "its data is deleted");
+
+    // Started again as before (its flags have --join): it joins anew and copies the data.
+    c.restart(victim);
+    c.wait_joined(victim);
+    let last = c.execute_ok(leader, json!(["INSERT INTO t(v) VALUES('after the rebuild')"]));
+    c.wait_applied(victim, last);
+    let rows = |id| c.rows(id, "SELECT id, v FROM t ORDER BY id");
+    assert_eq!(rows(victim).len(), 62);
+    assert_eq!(rows(victim), rows(leader));
+    c.assert_consistent();
+}
