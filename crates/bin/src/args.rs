@@ -315,6 +315,9 @@ pub enum PlantedBug {
     /// (the data stays right): the leader's apply hash comparison must flag the node. A test
     /// hook for that comparison.
     SkewApplyHash,
+    /// Start on a Raft log damaged in a way a torn write cannot explain, cutting it at the
+    /// damage (detected by `keel-chaos`' corruption fault).
+    TrustDamagedLog,
 }
 
 /// Flags of `keel local`.

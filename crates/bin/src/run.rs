@@ -74,6 +74,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             wal: wal::Options {
                 sync_marks: args.wal_sync_marks,
                 unsafe_skip_fsync: planted(PlantedBug::SkipFsync),
+                unsafe_trust_damage: planted(PlantedBug::TrustDamagedLog),
                 ..wal::Options::default()
             },
             transport: tls
@@ -113,7 +114,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             skew_apply_hash: planted(PlantedBug::SkewApplyHash),
         },
     };
-    let node = node::Node::start(config).await.map_err(|e| damaged_start(e.into(), &args))?;
+    let node = node::Node::start(config).await.map_err(|e| damaged_start(e, &args))?;
 
     let mut node_router = node::peer::router(node.clone(), tls.node.is_some());
     if let Some(node_tls) = &tls.node {

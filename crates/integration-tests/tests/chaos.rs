@@ -76,3 +76,10 @@ fn skipping_fsync_is_caught() {
         &["acknowledged inserts lost", "did not recover", "did not settle", "no final read"],
     );
 }
+
+#[test]
+fn starting_on_a_damaged_log_is_caught() {
+    // A node that cuts its log at damage a torn write cannot explain, instead of refusing to
+    // start, runs on a log that lost entries it may have acknowledged.
+    assert_caught("trust-damaged-log", "set", "corrupt", &["started on a damaged log"]);
+}

@@ -44,6 +44,10 @@ pub struct Options {
     /// A planted bug, for testing the fault harness only: appends skip their fdatasync (and
     /// so never advance the sync marks). Default off.
     pub unsafe_skip_fsync: bool,
+    /// A planted bug, for testing the fault harness only: a segment damaged in a way a torn
+    /// write cannot explain is cut at the damage, and every later segment deleted, instead of
+    /// failing [`Log::open`]: the node starts on a log that lost entries. Default off.
+    pub unsafe_trust_damage: bool,
     /// Disk space kept preallocated past the last frame, so that appends the callers agreed
     /// to take cannot fail on a full disk (see [`Log::ensure_room`]); topped up when it falls
     /// below half. 0 keeps none. Default 8 MiB.
@@ -56,6 +60,7 @@ impl Default for Options {
             segment_bytes: 64 << 20,
             sync_marks: false,
             unsafe_skip_fsync: false,
+            unsafe_trust_damage: false,
             room_bytes: 8 << 20,
         }
     }
@@ -234,8 +239,25 @@ impl Log {
             }
         }
         let count = names.len();
+        let mut cut = false;
         for (i, name) in names.into_iter().enumerate() {
-            log.load_segment(name, i + 1 == count)?;
+            if cut {
+                fs::remove_file(log.segment_path(name))?;
+                continue;
+            }
+            match log.load_segment(name, i + 1 == count) {
+                Err(Error::Corrupt { path, offset, reason, .. }) if options.unsafe_trust_damage => {
+                    eprintln!(
+                        "wal: planted bug trust-damaged-log: cutting {} at offset {offset} \
+                         ({reason}), and every later segment",
+                        path.display()
+                    );
+                    OpenOptions::new().write(true).open(&path)?.set_len(offset)?;
+                    log.load_segment(name, true)?;
+                    cut = true;
+                }
+                loaded => loaded?,
+            }
         }
         log.drop_purged_entries()?;
 

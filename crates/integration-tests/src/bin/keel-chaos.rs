@@ -74,8 +74,8 @@ enum Command {
 const DEFAULT_WORKLOADS: &str = "register,set,bank,append";
 
 /// The default fault mixes of a campaign, in the manner of dqlite's CI matrix.
-const DEFAULT_MIXES: &str = "kill,partition,vacuum;pause,partition,promote,net;member,kill,net;\
-     disk,fsync,powerloss,kill;clock,partition,pause,vacuum;all";
+const DEFAULT_MIXES: &str = "kill,partition,vacuum;pause,partition,promote,net;member,kill,net,corrupt;\
+     disk,fsync,powerloss,kill,corrupt;clock,partition,pause,vacuum;all";
 
 #[derive(Debug, clap::Args)]
 struct Common {

@@ -96,6 +96,8 @@ pub struct ChaosNode {
     mounted: bool,
     /// Whether its disk is full now (filled by the nemesis, not freed yet).
     pub disk_full: bool,
+    /// Storage damage the `corrupt` fault did to it, until the heal rebuilds it.
+    pub damaged: Option<super::corrupt::Damage>,
 }
 
 /// A file in a node's data directory saying that its disk was filled (see
@@ -120,6 +122,9 @@ pub struct Cluster {
     /// Nodes that exited on their own while they should have stayed up (a full disk): each a
     /// violation.
     pub exits: Vec<String>,
+    /// Damaged nodes that did not behave as damage requires (one started on a damaged log and
+    /// did not refuse to): each a violation.
+    pub undetected: Vec<String>,
 }
 
 /// A `keel_api` client of the node at `url` alone: one attempt of at most `timeout`, no
@@ -173,6 +178,7 @@ impl Cluster {
                 clock_file,
                 mounted: false,
                 disk_full: false,
+                damaged: None,
             });
         }
         let first = format!("http://{}", nodes[0].http);
@@ -191,7 +197,16 @@ impl Cluster {
             }
             _ => None,
         };
-        let mut cluster = Cluster { nodes, net, proxies, layout, calls, probes, exits: Vec::new() };
+        let mut cluster = Cluster {
+            nodes,
+            net,
+            proxies,
+            layout,
+            calls,
+            probes,
+            exits: Vec::new(),
+            undetected: Vec::new(),
+        };
         if cluster.layout.tmpfs {
             for i in 1..=count {
                 cluster.mount(i)?;
@@ -603,6 +618,36 @@ impl Cluster {
             }
         }
         Ok((cut, db_outcome))
+    }
+
+    /// Rebuilds stopped node `i` as an operator would: `keel admin rebuild --node i --data-dir
+    /// DIR` through the other nodes, which removes it through the leader and deletes its data.
+    /// Tried for up to 30 s (a leader may be being elected). Started again afterwards with
+    /// `--join` ([`Cluster::restart`]), it joins as a new member.
+    pub fn rebuild_offline(&self, i: usize) -> anyhow::Result<String> {
+        let others = self.join_urls(i);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(&self.layout.keel)
+                .args(["admin", "--cluster", &others, "--timeout", "10s", "rebuild", "--node"])
+                .arg(i.to_string())
+                .arg("--data-dir")
+                .arg(&self.nodes[i - 1].data)
+                .output()
+                .context("running keel admin rebuild")?;
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                return Ok(said.trim().replace('\n', "; "));
+            }
+            if Instant::now() >= deadline {
+                bail!("keel admin rebuild failed: {}", said.trim());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// Wipes node `i`'s data (its process must be stopped).

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod corrupt;
 pub mod elle;
 pub mod history;
 pub mod linear;

@@ -13,6 +13,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::cluster::{Cluster, TableCheck};
+use super::corrupt::{self, Damage, Target};
 use super::history::History;
 use super::net::Net;
 
@@ -43,11 +44,15 @@ pub enum Fault {
     /// bandwidth limits, connections dropped mid-stream, one direction stalled, replication
     /// frames replayed out of order and twice.
     Net,
+    /// Damage one node's stored state, stopped or running ([`super::corrupt`]): a bit flipped
+    /// in its log, database or snapshot image, or a log segment cut short. It must not start
+    /// on a damaged log; on heal it is rebuilt with `keel admin rebuild --data-dir`.
+    Corrupt,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Partition,
@@ -59,6 +64,7 @@ impl Fault {
         Fault::Powerloss,
         Fault::Vacuum,
         Fault::Net,
+        Fault::Corrupt,
     ];
 
     /// Its name.
@@ -75,6 +81,7 @@ impl Fault {
             Fault::Powerloss => "powerloss",
             Fault::Vacuum => "vacuum",
             Fault::Net => "net",
+            Fault::Corrupt => "corrupt",
         }
     }
 }
@@ -296,6 +303,24 @@ fn inject(
             let Some(what) = bad_links(cluster, rng, leader) else { return Ok(false) };
             history.fault("net", what);
         }
+        Fault::Corrupt => {
+            let i = pick(rng, &all, 1)[0];
+            let stopped = rng.gen_bool(0.5);
+            let target = *[Target::LogFlip, Target::LogTruncate, Target::Sqlite, Target::Snapshot]
+                .choose(rng)
+                .expect("targets");
+            if stopped {
+                cluster.kill(i);
+            }
+            let log_from = std::fs::metadata(&cluster.node(i).log).map_or(0, |m| m.len());
+            let (target, what) = corrupt::damage(&cluster.node(i).data, target, rng)?;
+            cluster.nodes[i - 1].damaged = Some(Damage { target, stopped, log_from });
+            let how = if stopped { "stopped, then started on it" } else { "running" };
+            history.fault("corrupt", format!("node {i} ({how}), {}: {what}", target.name()));
+            if stopped {
+                cluster.restart(i)?;
+            }
+        }
         Fault::Promote => {
             let followers: Vec<usize> =
                 voters.iter().copied().filter(|&v| Some(v) != leader).collect();
@@ -425,6 +450,11 @@ pub fn heal(cluster: &mut Cluster, history: &History) {
             s.connections, s.dropped, s.replays, s.replayed_frames
         );
     }
+    for i in 1..=cluster.nodes.len() {
+        if let Some(damage) = cluster.nodes[i - 1].damaged.take() {
+            rebuild_damaged(cluster, i, &damage, history);
+        }
+    }
     let mut restarted = Vec::new();
     for i in 1..=cluster.nodes.len() {
         if cluster.node(i).paused {
@@ -460,4 +490,29 @@ pub fn heal(cluster: &mut Cluster, history: &History) {
         }
     }
     history.fault("heal", format!("restarted {restarted:?}{proxied}"));
+}
+
+/// The heal of a `corrupt` fault on node `i`: records what the node found in its log, holds
+/// a node started on a damaged log that did not refuse to start as a violation
+/// ([`Cluster::undetected`]), and rebuilds the node ([`Cluster::rebuild_offline`]); the heal's
+/// restart then brings it back with `--join`.
+fn rebuild_damaged(cluster: &mut Cluster, i: usize, damage: &Damage, history: &History) {
+    let refused = cluster.exited_by_itself(i);
+    let found = corrupt::findings(&cluster.node(i).log, damage.log_from);
+    let seen = if found.is_empty() { "nothing in its log".to_string() } else { found.join(" | ") };
+    let what = match refused {
+        Some(status) => format!("refused to run ({status}); it said: {seen}"),
+        None => format!("still running; it said: {seen}"),
+    };
+    history.fault("corrupt", format!("node {i}, {}: {what}", damage.target.name()));
+    if damage.stopped && damage.target.refuses_start() && refused.is_none() {
+        let what = format!("node {i} started on a damaged log ({})", damage.target.name());
+        history.fault("corrupt", format!("VIOLATION {what}"));
+        cluster.undetected.push(what);
+    }
+    cluster.kill(i);
+    match cluster.rebuild_offline(i) {
+        Ok(said) => history.fault("corrupt", format!("node {i} rebuilt: {said}")),
+        Err(e) => history.fault("nemesis-error", format!("rebuild node {i}: {e:#}")),
+    }
 }

@@ -375,6 +375,9 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     for exit in &cluster.exits {
         findings_extra.push(format!("disk: {exit}: a full disk must not stop a node"));
     }
+    for what in &cluster.undetected {
+        findings_extra.push(format!("corrupt: {what}: damaged state must not be served"));
+    }
     for check in &checks {
         if let TableCheck::Different(out) = check {
             findings_extra.push(format!("checksums: keel check found replicas different: {out}"));
