@@ -299,6 +299,9 @@ pub struct Snapshot {
     pub bytes_received: u64,
     /// Bytes of snapshots sent.
     pub bytes_sent: u64,
+    /// Images found damaged (checksum differing from the one recorded when made) and rebuilt.
+    #[serde(default)]
+    pub damaged: u64,
     /// The current snapshot's index, if any.
     pub index: Option<Lsn>,
     /// Snapshots installed since start.
@@ -317,9 +320,6 @@ pub struct Snapshot {
     pub sent: u64,
     /// The current snapshot's size in bytes.
     pub size: u64,
-    /// Images found damaged (checksum differing from the one recorded when made) and rebuilt.
-    #[serde(default)]
-    pub damaged: u64,
 }
 
 /// `store` (rqlite's `store.Stats`).
