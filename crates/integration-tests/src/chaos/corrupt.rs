@@ -17,8 +17,8 @@
 //! - **snapshot**: one bit flipped in the current snapshot image. The node checks the image's
 //!   checksum before handing it out (at start, and before a transfer) and builds a new one.
 //!
-//! A target that the data directory does not have yet (no second segment, no image) falls back
-//! to one it has. The heal ([`super::nemesis::heal`]) looks in the node's log for what it
+//! The target is picked among those the data directory has (a second segment, an image). The
+//! heal ([`super::nemesis::heal`]) looks in the node's log for what it
 //! detected, and rebuilds it: `keel admin rebuild --node N --data-dir DIR` on the stopped node,
 //! which removes it through the leader and deletes its data; it then rejoins with `--join`. A
 //! node started on a damaged log that did not refuse to start is a violation.
@@ -126,10 +126,18 @@ fn flip(path: &Path, from: u64, to: u64, rng: &mut StdRng) -> anyhow::Result<u64
     Ok(at)
 }
 
-/// Damages `target` in the data directory `data` (see the module docs); falls back to another
-/// target if that one is not there. Returns what was damaged and a description.
-pub fn damage(data: &Path, target: Target, rng: &mut StdRng) -> anyhow::Result<(Target, String)> {
+/// Damages one of the targets the data directory `data` has (see the module docs), picked at
+/// random. Returns what was damaged and a description.
+pub fn damage(data: &Path, rng: &mut StdRng) -> anyhow::Result<(Target, String)> {
     let segments = segments(data)?;
+    let mut targets = vec![Target::LogFlip, Target::Sqlite];
+    if segments.len() > 1 {
+        targets.push(Target::LogTruncate);
+    }
+    if snapshot_image(data).is_some() {
+        targets.push(Target::Snapshot);
+    }
+    let target = targets[rng.gen_range(0..targets.len())];
     match target {
         Target::LogTruncate if segments.len() > 1 => {
             let (_, path) = &segments[rng.gen_range(0..segments.len() - 1)];
@@ -151,8 +159,7 @@ pub fn damage(data: &Path, target: Target, rng: &mut StdRng) -> anyhow::Result<(
             Ok((target, format!("{} bit flipped at byte {at} of {len}", path.display())))
         }
         _ => {
-            // log-flip, and the fallback of the others: a frame of any segment but the last
-            // frame of the log.
+            // log-flip: a frame of any segment, but not the last frame of the log.
             let Some((last_first, _)) = segments.last() else {
                 bail!("node has no Raft log segment to damage");
             };

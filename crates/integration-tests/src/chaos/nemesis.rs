@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::cluster::{Cluster, TableCheck};
-use super::corrupt::{self, Damage, Target};
+use super::corrupt::{self, Damage};
 use super::history::History;
 use super::net::Net;
 
@@ -306,14 +306,11 @@ fn inject(
         Fault::Corrupt => {
             let i = pick(rng, &all, 1)[0];
             let stopped = rng.gen_bool(0.5);
-            let target = *[Target::LogFlip, Target::LogTruncate, Target::Sqlite, Target::Snapshot]
-                .choose(rng)
-                .expect("targets");
             if stopped {
                 cluster.kill(i);
             }
             let log_from = std::fs::metadata(&cluster.node(i).log).map_or(0, |m| m.len());
-            let (target, what) = corrupt::damage(&cluster.node(i).data, target, rng)?;
+            let (target, what) = corrupt::damage(&cluster.node(i).data, rng)?;
             cluster.nodes[i - 1].damaged = Some(Damage { target, stopped, log_from });
             let how = if stopped { "stopped, then started on it" } else { "running" };
             history.fault("corrupt", format!("node {i} ({how}), {}: {what}", target.name()));
