@@ -338,11 +338,7 @@ async fn shutdown_signal() {
 /// that the node will not vote or serve on it, and the command that rebuilds it. Any other
 /// error passes as it is.
 fn damaged_start(error: anyhow::Error, args: &ServeArgs) -> anyhow::Error {
-    let found = error.chain().find_map(|cause| match cause.downcast_ref::<wal::Error>() {
-        Some(corrupt @ wal::Error::Corrupt { .. }) => Some(corrupt.to_string()),
-        _ => None,
-    });
-    let Some(found) = found else { return error };
+    let Some(found) = error.chain().find_map(damage_found) else { return error };
     let dir = args.data_dir.display();
     let id = &args.id;
     anyhow::anyhow!(
@@ -351,4 +347,22 @@ fn damaged_start(error: anyhow::Error, args: &ServeArgs) -> anyhow::Error {
          <a member's URL> rebuild --node {id} --data-dir {dir}`, then start it again with \
          --join <the members' URLs>"
     )
+}
+
+/// What `cause` says was found damaged, if it is storage damage: the Raft log's (or its
+/// metadata's) checks, or SQLite finding its file malformed, not a database, or failing a
+/// page's checksum.
+fn damage_found(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(corrupt @ wal::Error::Corrupt { .. }) = cause.downcast_ref::<wal::Error>() {
+        return Some(corrupt.to_string());
+    }
+    if let Some(rusqlite::Error::SqliteFailure(e, _)) = cause.downcast_ref::<rusqlite::Error>()
+        && (matches!(
+            e.code,
+            rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+        ) || e.extended_code == rusqlite::ffi::SQLITE_IOERR_DATA)
+    {
+        return Some(format!("database file: {cause}"));
+    }
+    None
 }

@@ -1,8 +1,9 @@
-//! Storage damaged on one node: a bit flipped in the middle of a follower's Raft log. The node
-//! refuses to start (it neither votes nor serves on a log it cannot trust) and says what it
-//! found and the command that repairs it; the other nodes go on taking writes; `keel admin
-//! rebuild --data-dir` removes it and deletes its data (refused while it runs); started again
-//! with `--join`, it rejoins and holds every row.
+//! Storage damaged on one node: a bit flipped in the middle of a follower's Raft log, or its
+//! database file no longer a SQLite database. The node refuses to start (it neither votes nor
+//! serves on state it cannot trust) and says what it found and the command that repairs it;
+//! the other nodes go on taking writes; `keel admin rebuild --data-dir` removes it and deletes
+//! its data (refused while it runs); started again with `--join`, it rejoins and holds every
+//! row.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -93,4 +94,44 @@ fn a_follower_with_a_damaged_log_refuses_to_start_and_is_rebuilt_by_one_command(
     assert_eq!(rows(victim).len(), 62);
     assert_eq!(rows(victim), rows(leader));
     c.assert_consistent();
+}
+
+#[test]
+fn a_follower_whose_database_file_is_damaged_refuses_to_start_and_is_rebuilt() {
+    let c = TestCluster::start(3, 0);
+    let leader = c.leader();
+    let victim = *c.followers(leader).iter().find(|&&id| id != 1).expect("a follower besides 1");
+    c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]));
+    let lsn = c.execute_ok(leader, json!(["INSERT INTO t(v) VALUES('one'), ('two')"]));
+    c.wait_applied(victim, lsn);
+    // The file is overwritten with something that is not a database, and SQLite's -wal and
+    // -shm beside it go (pages in the -wal would otherwise stand in for the file's own).
+    c.stop(victim);
+    let db = c.data_dir(victim).join("db");
+    let current = std::fs::read_to_string(db.join("CURRENT")).expect("db/CURRENT");
+    let file = db.join(current.trim());
+    for side in ["-wal", "-shm"] {
+        let mut path = file.clone().into_os_string();
+        path.push(side);
+        let _ = std::fs::remove_file(path);
+    }
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[..16].copy_from_slice(b"not a database!\0");
+    std::fs::write(&file, &bytes).unwrap();
+
+    let said = c.start_refused(victim);
+    assert!(said.contains(&format!("node {victim} will not start: its stored state is damaged")));
+    assert!(said.contains("database file"), "{said}");
+    assert!(said.contains("rebuild --node"), "{said}");
+
+    let dir = c.data_dir(victim).to_path_buf();
+    let out = rebuild_offline(&c, leader, victim, &dir);
+    assert!(out.status.success(), "{out:?}");
+    c.restart(victim);
+    c.wait_joined(victim);
+    let last = c.execute_ok(leader, json!(["INSERT INTO t(v) VALUES('three')"]));
+    c.wait_applied(victim, last);
+    let rows = |id| c.rows(id, "SELECT id, v FROM t ORDER BY id");
+    assert_eq!(rows(victim).len(), 3);
+    assert_eq!(rows(victim), rows(leader));
 }
