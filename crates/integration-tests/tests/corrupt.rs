@@ -32,13 +32,31 @@ fn first_segment(c: &TestCluster, id: NodeId) -> PathBuf {
     segments.into_iter().next().expect("at least one segment")
 }
 
-#[test]
-fn a_follower_with_a_damaged_log_refuses_to_start_and_is_rebuilt_by_one_command() {
+/// A 3-node cluster with table `t`, its leader, and the follower to damage: not node 1, which
+/// bootstrapped and has no `--join` of its own (the victim rejoins through its flags).
+fn cluster_and_victim() -> (TestCluster, NodeId, NodeId) {
     let c = TestCluster::start(3, 0);
     let leader = c.leader();
-    // Node 1 bootstrapped and has no --join of its own; the victim rejoins through its flags.
     let victim = *c.followers(leader).iter().find(|&&id| id != 1).expect("a follower besides 1");
     c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]));
+    (c, leader, victim)
+}
+
+/// Starts the rebuilt `victim` again as before (its flags have `--join`): it joins anew,
+/// copies the data, and after one more write holds the leader's `rows` rows of `t`.
+fn rejoins_with_every_row(c: &TestCluster, leader: NodeId, victim: NodeId, rows: usize) {
+    c.restart(victim);
+    c.wait_joined(victim);
+    let last = c.execute_ok(leader, json!(["INSERT INTO t(v) VALUES('after the rebuild')"]));
+    c.wait_applied(victim, last);
+    let table = |id| c.rows(id, "SELECT id, v FROM t ORDER BY id");
+    assert_eq!(table(victim).len(), rows);
+    assert_eq!(table(victim), table(leader));
+}
+
+#[test]
+fn a_follower_with_a_damaged_log_refuses_to_start_and_is_rebuilt_by_one_command() {
+    let (c, leader, victim) = cluster_and_victim();
     let mut lsn = 0;
     for i in 1..=60 {
         lsn = c.execute_ok(leader, json!([format!("INSERT INTO t(v) VALUES('row {i}')")]));
@@ -85,23 +103,13 @@ fn a_follower_with_a_damaged_log_refuses_to_start_and_is_rebuilt_by_one_command(
     assert_eq!(c.members(leader).map(|m| m.contains_key(&victim)), Some(false));
     assert!(!dir.join("raft").exists() && !dir.join("db").exists(), "its data is deleted");
 
-    // Started again as before (its flags have --join): it joins anew and copies the data.
-    c.restart(victim);
-    c.wait_joined(victim);
-    let last = c.execute_ok(leader, json!(["INSERT INTO t(v) VALUES('after the rebuild')"]));
-    c.wait_applied(victim, last);
-    let rows = |id| c.rows(id, "SELECT id, v FROM t ORDER BY id");
-    assert_eq!(rows(victim).len(), 62);
-    assert_eq!(rows(victim), rows(leader));
+    rejoins_with_every_row(&c, leader, victim, 62);
     c.assert_consistent();
 }
 
 #[test]
 fn a_follower_whose_database_file_is_damaged_refuses_to_start_and_is_rebuilt() {
-    let c = TestCluster::start(3, 0);
-    let leader = c.leader();
-    let victim = *c.followers(leader).iter().find(|&&id| id != 1).expect("a follower besides 1");
-    c.execute_ok(leader, json!(["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"]));
+    let (c, leader, victim) = cluster_and_victim();
     let lsn = c.execute_ok(leader, json!(["INSERT INTO t(v) VALUES('one'), ('two')"]));
     c.wait_applied(victim, lsn);
     // The file is overwritten with something that is not a database, and SQLite's -wal and
@@ -127,11 +135,5 @@ fn a_follower_whose_database_file_is_damaged_refuses_to_start_and_is_rebuilt() {
     let dir = c.data_dir(victim).to_path_buf();
     let out = rebuild_offline(&c, leader, victim, &dir);
     assert!(out.status.success(), "{out:?}");
-    c.restart(victim);
-    c.wait_joined(victim);
-    let last = c.execute_ok(leader, json!(["INSERT INTO t(v) VALUES('three')"]));
-    c.wait_applied(victim, last);
-    let rows = |id| c.rows(id, "SELECT id, v FROM t ORDER BY id");
-    assert_eq!(rows(victim).len(), 3);
-    assert_eq!(rows(victim), rows(leader));
+    rejoins_with_every_row(&c, leader, victim, 3);
 }
