@@ -210,6 +210,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Some(reason) => {
             node.shutdown_after_failure().await;
+            // Raft stops on a log frame that fails its checks when read (to replicate or
+            // apply): the same damage a start refuses, with the same way out.
+            if reason.contains(wal::CORRUPT) {
+                return Err(damaged(&args, "stopped", &format!("raft stopped: {reason}")));
+            }
             anyhow::bail!("raft stopped: {reason}")
         }
     }
@@ -339,10 +344,16 @@ async fn shutdown_signal() {
 /// error passes as it is.
 fn damaged_start(error: anyhow::Error, args: &ServeArgs) -> anyhow::Error {
     let Some(found) = error.chain().find_map(damage_found) else { return error };
+    damaged(args, "will not start", &found)
+}
+
+/// The error of a node that stops on damaged storage (`what` it does: "will not start",
+/// "stopped"): what was `found`, and how to rebuild it.
+fn damaged(args: &ServeArgs, what: &str, found: &str) -> anyhow::Error {
     let dir = args.data_dir.display();
     let id = &args.id;
     anyhow::anyhow!(
-        "node {id} will not start: its stored state is damaged ({found}). It does not vote or \
+        "node {id} {what}: its stored state is damaged ({found}). It does not vote or \
          serve on damaged state. Rebuild it from the other members: `keel admin --cluster \
          <a member's URL> rebuild --node {id} --data-dir {dir}`, then start it again with \
          --join <the members' URLs>"

@@ -553,15 +553,22 @@ impl TestCluster {
         let node = self.node(id);
         let before = std::fs::metadata(&node.log_path).map_or(0, |m| m.len());
         node.spawn();
-        let status = poll(TIMEOUT, || node.exited());
-        let Some(status) = status else {
+        self.wait_failed(id, before)
+    }
+
+    /// Waits until running node `id` exits by itself with a failure, as a node that stops on
+    /// an error does; returns what it wrote to its log after byte `from`. Panics if it has not
+    /// exited within [`TIMEOUT`] or exits with success.
+    pub fn wait_failed(&self, id: NodeId, from: u64) -> String {
+        let node = self.node(id);
+        let Some(status) = poll(TIMEOUT, || node.exited()) else {
             node.terminate();
-            panic!("node {id} should have refused to start, but it still runs");
+            panic!("node {id} should have stopped, but it still runs");
         };
         lock(&node.process).child = None;
         assert!(!status.success(), "node {id} exited with success");
         let log = std::fs::read(&node.log_path).unwrap_or_default();
-        String::from_utf8_lossy(&log[usize::try_from(before).unwrap_or(0).min(log.len())..])
+        String::from_utf8_lossy(&log[usize::try_from(from).unwrap_or(0).min(log.len())..])
             .into_owned()
     }
 

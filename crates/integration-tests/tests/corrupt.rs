@@ -137,3 +137,36 @@ fn a_follower_whose_database_file_is_damaged_refuses_to_start_and_is_rebuilt() {
     assert!(out.status.success(), "{out:?}");
     rejoins_with_every_row(&c, leader, victim, 3);
 }
+
+/// Damage under a running leader, met when it reads the frame to send it: the leader stops
+/// (it neither sends nor serves what it cannot trust), a new leader brings the new replica up
+/// from its own intact log, and nothing damaged reaches anyone.
+#[test]
+fn a_leader_that_reads_a_damaged_frame_stops_and_the_damage_goes_nowhere() {
+    let (mut c, leader, _) = cluster_and_victim();
+    for i in 1..=60 {
+        c.execute_ok(leader, json!([format!("INSERT INTO t(v) VALUES('row {i}')")]));
+    }
+    let segment = first_segment(&c, leader);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    // A new replica needs the whole log: the leader reads the damaged frame to send it.
+    let log = std::fs::metadata(c.dir().join(format!("node{leader}.log"))).map_or(0, |m| m.len());
+    let learner = c.launch_node(true);
+    let said = c.wait_failed(leader, log);
+    assert!(said.contains(&format!("node {leader} stopped: its stored state is damaged")));
+    assert!(said.contains("wal corrupt"), "{said}");
+    assert!(said.contains(&format!("rebuild --node {leader} --data-dir")), "{said}");
+
+    let new_leader = c.leader();
+    assert_ne!(new_leader, leader);
+    c.wait_joined(learner);
+    let last = c.execute_ok(new_leader, json!(["INSERT INTO t(v) VALUES('after')"]));
+    c.wait_applied(learner, last);
+    let table = |id| c.rows(id, "SELECT id, v FROM t ORDER BY id");
+    assert_eq!(table(learner).len(), 61);
+    assert_eq!(table(learner), table(new_leader));
+}

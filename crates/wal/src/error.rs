@@ -16,6 +16,10 @@ use std::path::PathBuf;
 
 use crate::Lsn;
 
+/// How the message of an [`Error::Corrupt`] begins, for those that see it only as text (an
+/// error openraft passed on as a string).
+pub const CORRUPT: &str = "wal corrupt";
+
 /// A `Result` whose error is the crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -27,7 +31,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
 
     /// Data on disk failed validation where a torn write cannot explain it.
-    #[error("wal corrupt: {path} at offset {offset}{}: {reason}", lsn_suffix(.lsn))]
+    #[error("{CORRUPT}: {path} at offset {offset}{}: {reason}", lsn_suffix(.lsn))]
     Corrupt {
         /// The log index the damaged bytes hold or should hold, when known.
         lsn: Option<Lsn>,

@@ -73,7 +73,7 @@ pub mod record;
 pub mod repair;
 
 pub use codec::Frame;
-pub use error::{Error, Result, is_no_space};
+pub use error::{CORRUPT, Error, Result, is_no_space};
 pub use log::{Log, Options, PendingSync};
 pub use record::{Op, Record, RequestAnswer};
 
