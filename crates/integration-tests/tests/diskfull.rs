@@ -7,7 +7,10 @@
 //!   restart, and every write acknowledged before, during and after is there;
 //! * one follower's: writes keep succeeding (semi-sync with the other voter), the full
 //!   follower refuses the appends and stays up; once space returns it catches up by itself and
-//!   `keel check` finds every replica identical.
+//!   `keel check` finds every replica identical;
+//! * both followers': once the leader has seen them refuse, writes answer 507 naming them
+//!   (no majority can take a write, and nothing was written); once space returns, writes
+//!   succeed again and the write caught in between lands.
 //!
 //! Mounting needs root (CI runs as root); without it each test says so loudly and checks
 //! nothing.
@@ -183,4 +186,56 @@ fn a_full_follower_does_not_stop_the_cluster_and_catches_up_by_itself() {
         String::from_utf8_lossy(&check.stderr)
     );
     c.assert_all_alive();
+}
+
+#[test]
+fn writes_no_majority_can_take_are_refused_507_and_resume_by_themselves() {
+    let Some(c) = cluster("writes_no_majority_can_take_are_refused_507_and_resume_by_themselves")
+    else {
+        return;
+    };
+    let leader = c.leader();
+    let followers = c.followers(leader);
+    c.execute_ok(leader, insert("before"));
+    for &f in &followers {
+        c.fill_disk(f);
+    }
+    for &f in &followers {
+        wait_disk(&c, f, true);
+    }
+
+    // The first write after the disks filled is appended on the leader alone and waits; its
+    // outcome is unknown when it times out. Once the followers have refused it, writes are
+    // refused before anything is written: 507, naming the full voters.
+    let mut n = 0;
+    let refusal = wait_for(TIMEOUT, "a write refused with 507", || {
+        n += 1;
+        let reply = c.post(leader, "/db/execute", insert(&format!("try-{n}")).to_string());
+        (reply.status == 507).then_some(reply)
+    });
+    let refused = format!("try-{n}");
+    let error = refusal.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("no majority of the 3 voters can take a write"), "{error}");
+    assert!(error.contains("nothing was written"), "{error}");
+    for f in &followers {
+        assert!(error.contains(&f.to_string()), "{error} names node {f}");
+    }
+    // Through a follower, too (it forwards to the leader).
+    let reply = c.post(followers[0], "/db/execute", insert("refused").to_string());
+    assert_eq!(reply.status, 507, "{}", reply.body);
+    c.assert_all_alive();
+
+    // Space returns: writes succeed again without a restart, and no refused write landed.
+    for &f in &followers {
+        c.free_disk(f);
+    }
+    let lsn = wait_for(TIMEOUT, "a write to succeed again", || {
+        c.try_execute(leader, "", &insert("after")).ok().map(|r| r.assert_ok().lsn())
+    });
+    c.wait_all_applied(lsn);
+    let stored = values(&c, leader, Level::Linearizable);
+    assert!(stored.contains("before") && stored.contains("after"), "{stored:?}");
+    assert!(!stored.contains("refused"), "a write answered 507 was applied: {stored:?}");
+    assert!(!stored.contains(&refused), "a write answered 507 was applied: {stored:?}");
+    c.assert_consistent();
 }

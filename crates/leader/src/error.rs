@@ -35,8 +35,9 @@ pub enum Error {
     /// The request itself is invalid (e.g. too large); retrying will not help.
     #[error("{0}")]
     InvalidInput(String),
-    /// This node's disk is full: nothing was written. Writes succeed again once space
-    /// returns, without a restart (HTTP 507).
+    /// This node's disk is full, or so many voters' disks that the rest are no majority:
+    /// nothing was written. Writes succeed again once space returns, without a restart (HTTP
+    /// 507).
     #[error("{0}")]
     DiskFull(String),
     /// The node cannot serve writes any more (Raft stopped, database failure).

@@ -113,6 +113,10 @@ pub struct Options {
     /// The data directory's free space: while the disk is full, batches are answered
     /// [`Error::DiskFull`] before anything is proposed (`None`: never).
     pub space: Option<Arc<raft::space::Space>>,
+    /// Peers that refused this node's appends for lack of space: while too many voters are
+    /// full for a majority to take a write, batches are answered [`Error::DiskFull`] before
+    /// anything is proposed (`None`: never).
+    pub peers_full: Option<Arc<raft::space::PeersFull>>,
 }
 
 impl Default for Options {
@@ -124,6 +128,7 @@ impl Default for Options {
             unsafe_ack_before_commit: false,
             pipeline: 1,
             space: None,
+            peers_full: None,
         }
     }
 }
@@ -521,10 +526,35 @@ impl Writer {
     /// Whether this node's disk can take a record of `bytes` (0: whether it is full);
     /// [`Error::DiskFull`] if not.
     fn admit(&self, bytes: u64) -> Result<()> {
-        match &self.options.space {
-            Some(space) => Ok(space.admit_write(bytes)?),
+        if let Some(space) = &self.options.space {
+            space.admit_write(bytes)?;
+        }
+        match &self.options.peers_full {
+            Some(peers) => self.admit_quorum(peers),
             None => Ok(()),
         }
+    }
+
+    /// Whether enough voters can take a write for it to commit: not if so many of the others
+    /// refused appends for lack of space lately that the rest are no majority. Such a write
+    /// would only wait, appended here, until it timed out; it is refused before it is written.
+    fn admit_quorum(&self, peers: &raft::space::PeersFull) -> Result<()> {
+        let full = peers.full();
+        if full.is_empty() {
+            return Ok(());
+        }
+        let voters = raft::client::voter_ids(&self.raft);
+        let full: Vec<_> = voters.iter().filter(|v| full.contains(v)).collect();
+        if (voters.len() - full.len()) * 2 > voters.len() {
+            return Ok(());
+        }
+        let names: Vec<String> = full.iter().map(ToString::to_string).collect();
+        Err(Error::DiskFull(format!(
+            "the disks of voters {} are full, so no majority of the {} voters can take a write; \
+             nothing was written: free space on those disks, and writes resume by themselves",
+            names.join(", "),
+            voters.len()
+        )))
     }
 
     /// Rolls back the held speculations (applying the entries deferred in them from their

@@ -272,6 +272,7 @@ impl Node {
                 unsafe_ack_before_commit: config.planted.ack_before_commit,
                 pipeline: config.write_pipeline.max(1),
                 space: Some(space.clone()),
+                peers_full: Some(raft_options.transport.peers_full()),
                 ..Default::default()
             },
         );

@@ -48,6 +48,12 @@ pub fn leader_term(raft: &Raft) -> Result<Term, ClientError> {
     }
 }
 
+/// The voters of the effective membership, as this node knows it.
+pub fn voter_ids(raft: &Raft) -> std::collections::BTreeSet<crate::NodeId> {
+    use openraft::async_runtime::WatchReceiver as _;
+    raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
+}
+
 /// Confirms leadership with `policy` and waits until this node has applied everything committed
 /// when the call began. Returns that log index.
 pub async fn barrier(raft: &Raft, policy: ReadPolicy) -> Result<Lsn, ClientError> {

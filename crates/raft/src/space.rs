@@ -30,10 +30,11 @@
 //! What it does not do: free space (the operator does), or tell the client API anything
 //! (`node` reads [`Space::report`] for `/status`, `/readyz` and `/metrics`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use crate::log_store::LogStore;
 
@@ -97,6 +98,42 @@ pub struct Report {
     pub refused_appends: u64,
     /// Applies tried again after failing for lack of space, since start.
     pub apply_retries: u64,
+}
+
+/// How long a peer's refusal of this node's appends for lack of space counts as that peer's
+/// disk being full. While a write waits for a full peer, openraft sends it the entry again
+/// and again (each refused), so the refusal stays fresh; once the peer takes an append, no
+/// refusal renews it.
+pub const PEER_FULL_FOR: Duration = Duration::from_secs(2);
+
+/// Peers that refused this node's appends because their disk is full, and when they last did:
+/// the leader's view, so that a write no majority of voters could take is refused (507)
+/// before it is written, rather than left to time out (see [`PeersFull::full`]).
+#[derive(Debug, Default)]
+pub struct PeersFull {
+    /// When each peer last refused.
+    last: Mutex<BTreeMap<crate::NodeId, Instant>>,
+}
+
+impl PeersFull {
+    /// Notes that `peer` refused an append for lack of space, now.
+    pub fn refused(&self, peer: crate::NodeId) {
+        self.lock().insert(peer, Instant::now());
+    }
+
+    /// The peers that refused within [`PEER_FULL_FOR`]; forgets the others.
+    pub fn full(&self) -> BTreeSet<crate::NodeId> {
+        let mut last = self.lock();
+        if last.is_empty() {
+            return Default::default();
+        }
+        last.retain(|_, at| at.elapsed() < PEER_FULL_FOR);
+        last.keys().copied().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<crate::NodeId, Instant>> {
+        self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A refusal for lack of space: nothing was written.

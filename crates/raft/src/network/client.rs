@@ -27,6 +27,7 @@ use super::SNAPSHOT_IDLE_TIMEOUT;
 use super::stream::AppliedSink;
 use super::stream::client::{Conn, OpenError, Pool, open, session};
 use crate::snapshot::{SnapshotFile, SnapshotStats};
+use crate::space::PeersFull;
 use crate::types::{MemberAddr, NodeId, TypeConfig, Vote};
 
 /// Builds the HTTP client for RPCs to one node; see [`Transport`].
@@ -45,6 +46,8 @@ pub struct Transport {
     clients: Option<Arc<ClientFactory>>,
     /// Where the applied positions followers send on replication streams go.
     applied: Option<AppliedSink>,
+    /// Peers that refused appends for lack of space (shared by every clone).
+    peers_full: Arc<PeersFull>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -62,14 +65,19 @@ impl Default for Transport {
 impl Transport {
     /// Plain HTTP.
     pub fn plain() -> Transport {
-        Transport { scheme: "http", clients: None, applied: None }
+        Transport { scheme: "http", clients: None, applied: None, peers_full: Arc::default() }
     }
 
     /// HTTPS, with `clients(target)` building the client for RPCs to node `target`.
     pub fn https(
         clients: impl Fn(NodeId) -> Result<reqwest::Client, String> + Send + Sync + 'static,
     ) -> Transport {
-        Transport { scheme: "https", clients: Some(Arc::new(clients)), applied: None }
+        Transport {
+            scheme: "https",
+            clients: Some(Arc::new(clients)),
+            applied: None,
+            peers_full: Arc::default(),
+        }
     }
 
     /// This transport, handing the applied positions followers send on replication streams to
@@ -78,6 +86,12 @@ impl Transport {
     pub fn with_applied(mut self, sink: AppliedSink) -> Transport {
         self.applied = Some(sink);
         self
+    }
+
+    /// The peers that refused this node's appends for lack of space, as RPCs over this
+    /// transport (and its clones) saw them.
+    pub fn peers_full(&self) -> Arc<PeersFull> {
+        self.peers_full.clone()
     }
 
     /// The URL scheme: `http` or `https`.
@@ -178,6 +192,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             idle_timeout: self.idle_timeout,
             pool: self.pool_for(target, &node.raft_addr),
             applied: self.transport.applied.clone(),
+            peers_full: self.transport.peers_full.clone(),
         }
     }
 }
@@ -202,6 +217,8 @@ pub struct Peer {
     pool: Arc<Pool>,
     /// Where the applied positions the peer sends go.
     applied: Option<AppliedSink>,
+    /// Where the peer's refusals for lack of space go.
+    peers_full: Arc<PeersFull>,
 }
 
 fn rpc_error(e: reqwest::Error) -> RPCError<TypeConfig> {
@@ -229,6 +246,9 @@ impl Peer {
         let resp = resp.map_err(rpc_error)?;
         let status = resp.status();
         if !status.is_success() {
+            if status == reqwest::StatusCode::INSUFFICIENT_STORAGE {
+                self.peers_full.refused(self.target);
+            }
             let body = resp.text().await.unwrap_or_default();
             return Err(RPCError::Network(NetworkError::from_string(format!(
                 "HTTP {status} from {url} (node {}): {body}",
@@ -272,7 +292,9 @@ impl Peer {
         }
         let client = self.client().map_err(RPCError::Network)?;
         match open(client, self.scheme, &self.addr, self.id, option.hard_ttl()).await {
-            Ok(io) => Ok(Some(Conn::new(io, self.target, self.applied.clone()))),
+            Ok(io) => {
+                Ok(Some(Conn::new(io, self.target, self.applied.clone(), self.peers_full.clone())))
+            }
             Err(OpenError::NotServed) => {
                 tracing::info!(
                     peer = self.target,

@@ -2,7 +2,7 @@
 //! idle ones per target ([`Pool`]), and the pipelined session ([`session`]) that
 //! `Peer::stream_append` returns. See the parent module for the protocol.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, Stream, StreamExt};
@@ -19,6 +19,7 @@ use super::frame::{Codec, flush};
 use super::{
     AppliedSink, Down, HASH_HEADER, PROTOCOL, RETRY_STREAM_AFTER, SENDER_HEADER, STREAM_PATH, Up,
 };
+use crate::space::PeersFull;
 use crate::types::{NodeId, TypeConfig};
 
 /// A connection's byte stream: the upgraded HTTP connection (TLS or not), or a test's pipe.
@@ -54,12 +55,18 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    /// A connection over `io` to node `target`, whose applied positions go to `applied`.
-    pub(crate) fn new(io: Box<dyn Io>, target: NodeId, applied: Option<AppliedSink>) -> Conn {
+    /// A connection over `io` to node `target`, whose applied positions go to `applied` and
+    /// whose refusals for lack of space to `full`.
+    pub(crate) fn new(
+        io: Box<dyn Io>,
+        target: NodeId,
+        applied: Option<AppliedSink>,
+        full: Arc<PeersFull>,
+    ) -> Conn {
         let (read, write) = tokio::io::split(io);
         let (tx, answers) = mpsc::unbounded_channel();
         let frames = FramedRead::new(read, Codec::<Up, Down>::new());
-        let reader = tokio::spawn(read_answers(frames, tx, target, applied));
+        let reader = tokio::spawn(read_answers(frames, tx, target, applied, full));
         Conn { writer: FramedWrite::new(write, Codec::new()), answers, reader }
     }
 
@@ -76,6 +83,7 @@ async fn read_answers(
     tx: mpsc::UnboundedSender<Answer>,
     target: NodeId,
     applied: Option<AppliedSink>,
+    full: Arc<PeersFull>,
 ) {
     let ended = loop {
         match frames.next().await {
@@ -95,6 +103,9 @@ async fn read_answers(
                 }
             }
             Some(Ok(Down::Failed(why))) => {
+                if why.starts_with(super::NO_ROOM) {
+                    full.refused(target);
+                }
                 break format!("node {target} ended the replication stream: {why}");
             }
             Some(Err(e)) => break format!("the replication stream to node {target} failed: {e}"),

@@ -51,7 +51,7 @@ fn pipe() -> (Conn, Follower, Received) {
     let sink = received.clone();
     let sink: AppliedSink =
         Arc::new(move |id, position: wal::Position| sink.lock().unwrap().push((id, position)));
-    let conn = Conn::new(Box::new(leader), 2, Some(sink));
+    let conn = Conn::new(Box::new(leader), 2, Some(sink), Arc::default());
     let (read, write) = tokio::io::split(follower);
     let follower = Follower {
         frames: FramedRead::new(read, Codec::new()),

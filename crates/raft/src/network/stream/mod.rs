@@ -91,6 +91,11 @@ pub const RETRY_STREAM_AFTER: Duration = Duration::from_secs(30);
 /// version.
 pub type AppliedSink = Arc<dyn Fn(NodeId, Position) + Send + Sync>;
 
+/// How a follower's refusal of entries for lack of space begins, as the reason that ends a
+/// stream (`Down::Failed`); the leader notes the follower's disk as full on seeing it
+/// ([`crate::space::PeersFull`]).
+pub const NO_ROOM: &str = "this node cannot take the entries";
+
 /// A frame from the leader.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Up {

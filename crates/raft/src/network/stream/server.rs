@@ -137,7 +137,7 @@ where
                         break End::Failed(refusal(sender, named));
                     }
                     if let Err(full) = server.room_for(&append.entries, pending.iter().sum()) {
-                        break End::Refused(format!("this node cannot take the entries: {full}"));
+                        break End::Refused(format!("{}: {full}", super::NO_ROOM));
                     }
                     pending.push_back(append.entries.iter().map(entry_bytes).sum());
                     commits.push_back(append.leader_commit.as_ref().map_or(0, |l| l.index));
