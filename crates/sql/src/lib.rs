@@ -110,6 +110,7 @@ pub mod limits;
 pub mod load;
 mod mask;
 mod meta;
+pub mod pagesum;
 mod policy;
 pub mod readers;
 mod replay;

@@ -31,6 +31,7 @@ pub(crate) fn quote_identifier(name: &str) -> String {
 /// Opens a database file given by a user (a load, a backup image) and checks that SQLite can
 /// read it; otherwise [`Error::InvalidInput`] naming the file.
 pub(crate) fn open_file(path: &Path, read_only: bool) -> Result<Connection> {
+    crate::pagesum::register()?;
     let invalid = |what: String| Error::InvalidInput(format!("{}: {what}", path.display()));
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
