@@ -18,7 +18,10 @@
 //!   bytes. The flag is read from the file when it is opened, taken from every read or write of
 //!   offset 0, and read again from the file while it is off whenever a read lock is taken or a
 //!   checkpoint starts (so a database converted by `VACUUM` on another connection is checked
-//!   from then on, and no connection checkpoints pages into it without checksums).
+//!   from then on, and no connection checkpoints pages into it without checksums). A file
+//!   that was empty gets the checksums of the pages SQLite wrote before page 1 when page 1
+//!   arrives saying it is checked (SQLite may spill any page of its cache first: the backup
+//!   API into a new image file does).
 //! * `xWrite` of a whole page (a power of two of at least 512 bytes) while checking is on
 //!   stores [`checksum`] of the page's first `n - 8` bytes and its offset in the last 8, in
 //!   SQLite's buffer (SQLite owns it for the call and never reads the reserved bytes).
@@ -159,10 +162,7 @@ pub fn damaged_pages(path: &std::path::Path) -> std::io::Result<Vec<u64>> {
     if !is_checked(&bytes) {
         return Ok(Vec::new());
     }
-    let size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65536,
-        size => usize::from(size),
-    };
+    let size = page_size(&bytes);
     let mut damaged = Vec::new();
     for (i, page) in bytes.chunks_exact(size).enumerate() {
         let offset = (i * size) as u64;
@@ -180,6 +180,12 @@ struct File {
     base: ffi::sqlite3_file,
     /// Whether the file's pages carry checksums (header byte 20 is 8).
     checked: bool,
+    /// Whether the file had no header (shorter than 100 bytes) when last looked at: every page
+    /// in it was then written through this handle since, in the transaction creating the
+    /// database, maybe before page 1 said they carry checksums (SQLite may spill any page of
+    /// its cache first; the backup API into an empty file does). When page 1 arrives saying
+    /// so, those pages get their checksums ([`seal`]).
+    fresh: bool,
     /// The file's name, for messages (SQLite keeps it valid until `xClose`).
     name: *const c_char,
 }
@@ -278,6 +284,7 @@ unsafe extern "C" fn open(
         file.cast::<File>().write(File {
             base: ffi::sqlite3_file { pMethods: ptr::null() },
             checked: false,
+            fresh: false,
             name,
         });
         let sub = lower_file(file);
@@ -307,7 +314,9 @@ unsafe fn refresh(file: *mut ffi::sqlite3_file) {
         let sub = lower_file(file);
         let read = lower_methods(file).xRead.expect("a file has xRead");
         let rc = read(sub, header.as_mut_ptr().cast(), 100, 0);
-        (*file.cast::<File>()).checked = rc == ffi::SQLITE_OK && is_checked(&header);
+        let this = &mut *file.cast::<File>();
+        this.checked = rc == ffi::SQLITE_OK && is_checked(&header);
+        this.fresh = rc == ffi::SQLITE_IOERR_SHORT_READ;
     }
 }
 
@@ -388,8 +397,14 @@ unsafe extern "C" fn write(
     // `fetch` hands none out). The technique writes the checksum into it in place.
     unsafe {
         let this = &mut *file.cast::<File>();
+        let mut unsealed = None;
         if offset == 0 && amount >= 100 {
-            this.checked = is_checked(std::slice::from_raw_parts(buf.cast::<u8>(), 100));
+            let header = std::slice::from_raw_parts(buf.cast::<u8>(), 100);
+            if is_checked(header) && !this.checked && this.fresh {
+                unsealed = Some(page_size(header));
+            }
+            this.checked = is_checked(header);
+            this.fresh = false;
         }
         if this.checked && is_page(amount) {
             let page = std::slice::from_raw_parts_mut(buf.cast::<u8>().cast_mut(), amount as usize);
@@ -397,12 +412,69 @@ unsafe extern "C" fn write(
             let at = page.len() - usize::from(RESERVE);
             page[at..].copy_from_slice(&sum);
         }
-        (lower_methods(file).xWrite.expect("a file has xWrite"))(
+        let rc = (lower_methods(file).xWrite.expect("a file has xWrite"))(
             lower_file(file),
             buf,
             amount,
             offset,
-        )
+        );
+        match unsealed {
+            Some(size) if rc == ffi::SQLITE_OK => seal(file, size),
+            _ => rc,
+        }
+    }
+}
+
+/// The page size a database header gives (bytes 16 and 17; 1 means 65536).
+fn page_size(header: &[u8]) -> usize {
+    match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        size => usize::from(size),
+    }
+}
+
+/// Stores the checksum of every page after page 1 of a fresh file (see [`File::fresh`]),
+/// reading each back from the lower file. Pages smaller than 512 bytes or of a size that is not
+/// a power of two are not SQLite's: nothing is done.
+///
+/// # Safety
+/// `file` is an open main database file of this VFS.
+unsafe fn seal(file: *mut ffi::sqlite3_file, size: usize) -> c_int {
+    let Ok(amount) = c_int::try_from(size) else { return ffi::SQLITE_OK };
+    if !is_page(amount) {
+        return ffi::SQLITE_OK;
+    }
+    // SAFETY: see the module's safety section; `page` holds `amount` bytes.
+    unsafe {
+        let sub = lower_file(file);
+        let methods = lower_methods(file);
+        let mut end: ffi::sqlite3_int64 = 0;
+        let rc = (methods.xFileSize.expect("a file has xFileSize"))(sub, &raw mut end);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        let mut page = vec![0u8; size];
+        let mut offset = size as ffi::sqlite3_int64;
+        while offset + size as ffi::sqlite3_int64 <= end {
+            let rc = (methods.xRead.expect("a file has xRead"))(
+                sub,
+                page.as_mut_ptr().cast(),
+                amount,
+                offset,
+            );
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+            let sum = checksum(&page, offset as u64);
+            page[size - usize::from(RESERVE)..].copy_from_slice(&sum);
+            let rc =
+                (methods.xWrite.expect("a file has xWrite"))(sub, page.as_ptr().cast(), amount, offset);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+            offset += size as ffi::sqlite3_int64;
+        }
+        ffi::SQLITE_OK
     }
 }
 

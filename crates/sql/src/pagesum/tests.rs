@@ -122,6 +122,29 @@ fn new_databases_reserve_eight_bytes_and_every_page_verifies() {
     assert_eq!(rows, 1000);
 }
 
+/// A copy into a new file through a small page cache writes pages before page 1 (cache spills),
+/// copied from the `-wal` file with whatever their reserved bytes held: they get their
+/// checksums once page 1 says the file is checked.
+#[test]
+fn pages_spilled_before_page_one_get_their_checksums() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    fill(&mut db, 1);
+    // Still open: the rows are in the -wal file, not yet checkpointed.
+    assert!(wal_file(&live_file(&dir.path().join("db"))).metadata().unwrap().len() > 40_000);
+    let source = open_plain(&live_file(&dir.path().join("db")));
+    let copy = dir.path().join("copy");
+    let mut target = open_plain(&copy);
+    target.execute_batch("PRAGMA cache_size = 2").unwrap();
+    rusqlite::backup::Backup::new(&source, &mut target).unwrap().step(-1).unwrap();
+    drop(target);
+    let bytes = fs::read(&copy).unwrap();
+    assert_eq!(bytes[20], RESERVE);
+    assert!(bytes.len() / 4096 > 10, "{} pages", bytes.len() / 4096);
+    assert_eq!(damaged_pages(&copy).unwrap(), Vec::<u64>::new());
+    drop(db);
+}
+
 #[test]
 fn a_flipped_byte_in_a_row_fails_its_read() {
     let dir = tempfile::tempdir().unwrap();
