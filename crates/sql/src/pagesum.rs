@@ -103,6 +103,27 @@ pub fn register() -> Result<()> {
     }
 }
 
+/// The name of the VFS under this one (the default before [`register`]): opening a file with it
+/// reads pages without verifying them. For files that are not Keel's databases (a user's file
+/// to load, which another tool may have edited after a Keel backup gave it reserved bytes).
+pub fn unchecked_vfs() -> Result<&'static CStr> {
+    register()?;
+    // SAFETY: `register` succeeded, so `install` stored the lower VFS, which lives forever.
+    let lower = unsafe { &*LOWER.get().expect("set by install").0 };
+    // SAFETY: a registered VFS's name is a NUL-terminated string that lives as long as it.
+    Ok(unsafe { CStr::from_ptr(lower.zName) })
+}
+
+/// The lower VFS, set once by `install`.
+static LOWER: OnceLock<Lower> = OnceLock::new();
+
+/// A pointer to the lower VFS, which SQLite never frees: shareable between threads.
+struct Lower(*const ffi::sqlite3_vfs);
+// SAFETY: the pointer is only read, and SQLite's VFS objects are immutable once registered.
+unsafe impl Send for Lower {}
+// SAFETY: as above.
+unsafe impl Sync for Lower {}
+
 /// Asks for [`RESERVE`] reserved bytes per page on `conn`'s main database. Takes effect when
 /// the database is created (an empty file) or rebuilt by `VACUUM`; a database with content
 /// keeps its layout otherwise (SQLite ignores the request then).
@@ -234,6 +255,7 @@ unsafe fn install() -> std::result::Result<(), c_int> {
     }
     // SAFETY: `lower` is a registered VFS, valid forever.
     let base = unsafe { &*lower };
+    let _ = LOWER.set(Lower(lower));
     let vfs = Box::leak(Box::new(ffi::sqlite3_vfs {
         iVersion: base.iVersion.min(3),
         szOsFile: HEADER as c_int + base.szOsFile,

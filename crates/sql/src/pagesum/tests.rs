@@ -292,3 +292,32 @@ fn unchecked_databases_work_and_a_vacuum_converts_them() {
     let v: String = conn.query_row("SELECT v FROM old", [], |r| r.get(0)).unwrap();
     assert_eq!(v, "kept");
 }
+
+/// A user's file that another tool edited after a Keel backup gave it reserved bytes loads: a
+/// load reads it without verifying pages, while Keel's own opens would refuse the edited page.
+#[test]
+fn a_file_edited_by_another_tool_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    fill(&mut db, 1);
+    let image = dir.path().join("backup.sqlite");
+    db.image_source().write_image(&image).unwrap();
+    drop(db);
+    let flags = rusqlite::OpenFlags::default();
+    let other = Connection::open_with_flags_and_vfs(&image, flags, unchecked_vfs().unwrap()).unwrap();
+    other.execute("UPDATE t SET v = 'edited' WHERE id = 500", []).unwrap();
+    drop(other);
+    // The row's page, and page 1 (its change counter).
+    assert_eq!(damaged_pages(&image).unwrap().len(), 2);
+    let checked = open_plain(&image);
+    let error = checked.query_row("SELECT v FROM t WHERE id = 500", [], |r| r.get::<_, String>(0));
+    assert_eq!(extended_code(&error.unwrap_err()), Some(ffi::SQLITE_IOERR_DATA));
+    drop(checked);
+    let mut load = crate::load::FileLoad::open(&image).unwrap();
+    let mut statements = Vec::new();
+    while let Some(batch) = load.next_batch().unwrap() {
+        statements.extend(batch);
+    }
+    let edited = statements.iter().filter(|s| format!("{:?}", s.params).contains("edited"));
+    assert_eq!(edited.count(), 1, "the edited row is loaded");
+}
