@@ -496,9 +496,8 @@ impl TestCluster {
     /// returns how it exited, so that the cluster's `Drop` does not count it as a crash. Panics
     /// if it still runs after [`TIMEOUT`].
     pub fn wait_exited(&self, id: NodeId) -> ExitStatus {
-        let status = wait_for(TIMEOUT, format!("node {id} to exit on its own"), || {
-            self.node(id).exited()
-        });
+        let status =
+            wait_for(TIMEOUT, format!("node {id} to exit on its own"), || self.node(id).exited());
         lock(&self.node(id).process).child = None;
         status
     }

@@ -489,8 +489,12 @@ unsafe fn seal(file: *mut ffi::sqlite3_file, size: usize) -> c_int {
             }
             let sum = checksum(&page, offset as u64);
             page[size - usize::from(RESERVE)..].copy_from_slice(&sum);
-            let rc =
-                (methods.xWrite.expect("a file has xWrite"))(sub, page.as_ptr().cast(), amount, offset);
+            let rc = (methods.xWrite.expect("a file has xWrite"))(
+                sub,
+                page.as_ptr().cast(),
+                amount,
+                offset,
+            );
             if rc != ffi::SQLITE_OK {
                 return rc;
             }

@@ -304,7 +304,8 @@ fn a_file_edited_by_another_tool_still_loads() {
     db.image_source().write_image(&image).unwrap();
     drop(db);
     let flags = rusqlite::OpenFlags::default();
-    let other = Connection::open_with_flags_and_vfs(&image, flags, unchecked_vfs().unwrap()).unwrap();
+    let other =
+        Connection::open_with_flags_and_vfs(&image, flags, unchecked_vfs().unwrap()).unwrap();
     other.execute("UPDATE t SET v = 'edited' WHERE id = 500", []).unwrap();
     drop(other);
     // The row's page, and page 1 (its change counter).
