@@ -8,8 +8,8 @@
 //!
 //! * A database keeps 8 *reserved bytes* at the end of every page (header byte 20 = 8), which
 //!   SQLite never uses. New Keel databases get them before their first write
-//!   ([`reserve_for_checksums`], called by `Db::connect`); `VACUUM` gives them to an older
-//!   database (`Db::vacuum` asks for them first).
+//!   ([`reserve_for_checksums`], called by `Db::connect`); a `VACUUM` on the apply connection,
+//!   which asks for them too, gives them to an older database.
 //! * [`register`] installs, once per process, a VFS named `keel-pagesum` as SQLite's default,
 //!   wrapping the previous default (the unix VFS) and forwarding every method to it. Only files
 //!   opened as a main database (`SQLITE_OPEN_MAIN_DB`) get this module's file methods; journals,
@@ -56,10 +56,10 @@
 //!
 //! Every `unsafe` function here is called by SQLite with the pointers its VFS contract
 //! promises: `file` points to `szOsFile` bytes that SQLite allocated for the open file and
-//! keeps until after `xClose`; our [`File`] header sits at its start and the lower VFS's file
-//! right after it ([`lower_file`]); buffers are valid for `amount` bytes. A `sqlite3_file` is
+//! keeps until after `xClose`; our `File` header sits at its start and the lower VFS's file
+//! right after it (`lower_file`); buffers are valid for `amount` bytes. A `sqlite3_file` is
 //! used by one connection at a time (SQLite's locking of the connection), so the header's
-//! fields need no synchronization. The [`Vfs`] is leaked: SQLite keeps the pointer forever.
+//! fields need no synchronization. The `sqlite3_vfs` is leaked: SQLite keeps the pointer forever.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::mem::size_of;
