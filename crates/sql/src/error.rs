@@ -84,7 +84,7 @@ pub const DAMAGED: &str = "the database file on this node is damaged: a page fai
 
 /// Whether a SQLite error is a page that failed its checksum (`SQLITE_IOERR_DATA`, raised by
 /// [`crate::pagesum`]): the database file is damaged. Doing it again fails the same way, so it
-/// is not [`is_environmental`].
+/// is not an environmental failure (`is_environmental`).
 pub fn is_damaged(error: &rusqlite::Error) -> bool {
     matches!(error, rusqlite::Error::SqliteFailure(e, _) if e.extended_code == rusqlite::ffi::SQLITE_IOERR_DATA)
 }
