@@ -492,6 +492,16 @@ impl TestCluster {
         process.paused = false;
     }
 
+    /// Waits until node `id` exits on its own (a node that stops on a fatal error), reaps it and
+    /// returns how it exited, so that the cluster's `Drop` does not count it as a crash. Panics
+    /// if it still runs after [`TIMEOUT`].
+    pub fn wait_exited(&self, id: NodeId) -> ExitStatus {
+        let status =
+            wait_for(TIMEOUT, format!("node {id} to exit on its own"), || self.node(id).exited());
+        lock(&self.node(id).process).child = None;
+        status
+    }
+
     /// Stops node `id` with SIGTERM and waits for it to exit. Panics (after SIGKILLing it) if it
     /// does not exit within [`TIMEOUT`].
     pub fn stop(&self, id: NodeId) {

@@ -68,6 +68,9 @@ fn a_row_changed_by_hand_is_found() {
     // of the same value, which only an exact checksum tells apart.
     let victim = c.followers(leader)[0];
     c.stop(victim);
+    // Through Keel's page-checksum VFS, as any tool editing a Keel database must: the change is
+    // a real one, not damage, so the pages it writes carry their checksums.
+    sql::pagesum::register().unwrap();
     let conn = rusqlite::Connection::open(database_file(&c, victim)).unwrap();
     assert_eq!(conn.execute("UPDATE t SET v = 2.0 WHERE id = 2345", []).unwrap(), 1);
     drop(conn);

@@ -76,6 +76,7 @@ use crate::generation::{self, Generation, Live};
 use crate::image::ImageSource;
 use crate::limits::{self, Limits, Watchdog};
 use crate::meta;
+use crate::pagesum;
 use crate::policy::Policy;
 use crate::readers::Readers;
 use crate::verdicts::{self, Verdicts};
@@ -153,6 +154,7 @@ impl Db {
     /// A fresh directory starts at generation 1; files of other generations, left by an
     /// install that crashed or could not delete them, are deleted.
     pub fn open(dir: &Path) -> Result<Db> {
+        pagesum::register()?;
         let generation = Arc::new(generation::open_dir(dir)?);
         let (conn, policy, watchdog) = Self::connect(&generation.path)?;
         let applier = Self::connect_applier(&generation.path)?;
@@ -192,6 +194,8 @@ impl Db {
     /// Opens and configures the client connection (creating Keel's tables if needed).
     fn connect(path: &Path) -> Result<(Connection, Policy, Watchdog)> {
         let mut conn = Connection::open(path)?;
+        // Before the first write of a new database: its pages carry checksums from the start.
+        pagesum::reserve_for_checksums(&conn)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -222,6 +226,8 @@ impl Db {
     /// which defensive mode makes read-only.
     fn connect_applier(path: &Path) -> Result<Connection> {
         let conn = Connection::open(path)?;
+        // So that a VACUUM on this connection gives an older database page checksums.
+        pagesum::reserve_for_checksums(&conn)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         limits::harden(&conn)?;

@@ -22,6 +22,7 @@ use crate::schema::literal;
 
 /// Dumps the database file at `path` (opened read-only).
 pub fn dump(path: &Path) -> Result<String> {
+    crate::pagesum::register()?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -5,7 +5,10 @@
 //!   not a SQLite database, an image without `_keel_meta`). `bin` answers 400 with the message.
 //! * [`Error::Sqlite`]: SQLite failed outside any one user statement (opening, BEGIN, COMMIT,
 //!   disk I/O). Per-statement SQL errors are *not* errors of this type: they are results
-//!   ([`crate::StatementResult::Error`]) and the request still succeeds.
+//!   ([`crate::StatementResult::Error`]) and the request still succeeds. A page that failed its
+//!   checksum (`SQLITE_IOERR_DATA`, see [`crate::pagesum`]) is one of these and prints as
+//!   [`DAMAGED`]: the database file on this node is damaged, which is not a transient I/O
+//!   error ([`is_damaged`]).
 //! * [`Error::Corrupt`]: a committed record cannot be applied identically here (a conflict, a
 //!   missing table, a column-count mismatch, a failing DDL statement). The node must stop rather
 //!   than diverge.
@@ -29,7 +32,7 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
     /// SQLite failed for a reason that is not one user statement's fault.
-    #[error("sqlite: {0}")]
+    #[error("sqlite: {}", describe(.0))]
     Sqlite(#[from] rusqlite::Error),
     /// A committed record cannot be applied identically on this replica; stop the node.
     #[error("cannot apply committed entry: {0}")]
@@ -73,27 +76,47 @@ impl Error {
     }
 }
 
+/// What a read or a write that met a page failing its checksum is told: the database file on
+/// this node is damaged, and this node's copy must be rebuilt from the others.
+pub const DAMAGED: &str = "the database file on this node is damaged: a page failed its checksum \
+     (storage corruption; the node's log names the file and offset); rebuild this node's copy \
+     from the cluster (keel admin rebuild)";
+
+/// Whether a SQLite error is a page that failed its checksum (`SQLITE_IOERR_DATA`, raised by
+/// [`crate::pagesum`]): the database file is damaged. Doing it again fails the same way, so it
+/// is not an environmental failure (`is_environmental`).
+pub fn is_damaged(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, _) if e.extended_code == rusqlite::ffi::SQLITE_IOERR_DATA)
+}
+
+/// A SQLite error as Keel prints it: [`DAMAGED`] for a page that failed its checksum (SQLite
+/// itself only says "disk I/O error"), SQLite's own text otherwise.
+pub(crate) fn describe(error: &rusqlite::Error) -> std::borrow::Cow<'static, str> {
+    if is_damaged(error) { DAMAGED.into() } else { error.to_string().into() }
+}
+
 /// Whether a SQLite error comes from the environment (I/O, space, memory, locks, permissions)
 /// rather than from the SQL or the data; errors without a SQLite code (type conversions) are
 /// about the data.
 pub(crate) fn is_environmental(error: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode as C;
-    matches!(
-        error.sqlite_error_code(),
-        Some(
-            C::SystemIoFailure
-                | C::DiskFull
-                | C::DatabaseBusy
-                | C::DatabaseLocked
-                | C::OutOfMemory
-                | C::CannotOpen
-                | C::ReadOnly
-                | C::PermissionDenied
-                | C::FileLockingProtocolFailed
-                | C::NoLargeFileSupport
-                | C::OperationInterrupted
+    !is_damaged(error)
+        && matches!(
+            error.sqlite_error_code(),
+            Some(
+                C::SystemIoFailure
+                    | C::DiskFull
+                    | C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::OutOfMemory
+                    | C::CannotOpen
+                    | C::ReadOnly
+                    | C::PermissionDenied
+                    | C::FileLockingProtocolFailed
+                    | C::NoLargeFileSupport
+                    | C::OperationInterrupted
+            )
         )
-    )
 }
 
 #[cfg(test)]
@@ -113,10 +136,18 @@ mod tests {
     #[test_case(sqlite(ffi::SQLITE_ERROR), true; "sql error")]
     #[test_case(sqlite(ffi::SQLITE_CORRUPT), true; "corrupt file")]
     #[test_case(sqlite(ffi::SQLITE_IOERR), false; "disk io")]
+    #[test_case(sqlite(ffi::SQLITE_IOERR_DATA), true; "page checksum")]
     #[test_case(sqlite(ffi::SQLITE_FULL), false; "disk full")]
     #[test_case(sqlite(ffi::SQLITE_BUSY), false; "busy")]
     #[test_case(Error::Io(std::io::Error::other("EIO")), false; "io")]
     fn deterministic(error: Error, expect: bool) {
         assert_eq!(error.is_deterministic(), expect, "{error}");
+    }
+
+    #[test]
+    fn a_failed_page_checksum_names_the_damage() {
+        let error = sqlite(ffi::SQLITE_IOERR_DATA);
+        assert!(error.to_string().contains("damaged: a page failed its checksum"), "{error}");
+        assert!(!sqlite(ffi::SQLITE_IOERR).to_string().contains("checksum"));
     }
 }

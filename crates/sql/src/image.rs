@@ -117,6 +117,7 @@ impl ImageSource {
 /// SQLite file in rollback-journal mode with a `_keel_meta` table holding one row. Errors are
 /// [`Error::InvalidInput`] naming the file, or [`Error::Io`] if it cannot be read.
 pub(crate) fn check(image: &Path) -> Result<()> {
+    crate::pagesum::register()?;
     let invalid = |what: &str| Error::InvalidInput(format!("{}: {what}", image.display()));
     let mut header = [0u8; 100];
     let mut file = fs::File::open(image).map_err(|error| {

@@ -52,6 +52,9 @@
 //!   refuses every client access to Keel's tables.
 //! * `determinism`: rejects `CREATE TABLE … AS SELECT` that would differ between replicas.
 //! * `session`: the unsafe FFI wrapper over SQLite's session extension.
+//! * [`pagesum`]: page checksums in the database file, a VFS shim registered as SQLite's
+//!   default (the crate's other `unsafe` code): a page damaged on disk fails its read with
+//!   `SQLITE_IOERR_DATA` instead of being served ([`error::DAMAGED`]).
 //! * [`readers`]: [`Readers`], the read-only connection pool, following installs.
 //! * `encode` and [`result`]: values to rqlite's JSON ([`StatementResult::to_json`]).
 //! * [`mod@dump`]: a deterministic text dump for comparing replicas; [`describe_changeset`]
@@ -110,6 +113,7 @@ pub mod limits;
 pub mod load;
 mod mask;
 mod meta;
+pub mod pagesum;
 mod policy;
 pub mod readers;
 mod replay;

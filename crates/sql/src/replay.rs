@@ -91,8 +91,13 @@ pub(crate) fn apply(
     match replay(conn, changeset, shapes) {
         Ok(()) => run(conn, "RELEASE keel_replay"),
         Err(error) => {
-            run(conn, "ROLLBACK TO keel_replay")?;
-            run(conn, "RELEASE keel_replay")?;
+            let undone = run(conn, "ROLLBACK TO keel_replay")
+                .and_then(|()| run(conn, "RELEASE keel_replay"));
+            if undone.is_err() {
+                // SQLite already rolled the whole transaction back (some I/O errors do, a page
+                // failing its checksum among them): the savepoint is gone, the cause is `error`.
+                return Err(error);
+            }
             match error {
                 ApplyError::Sqlite(e) if !is_constraint(&e) && !is_corrupt(&e) => {
                     Err(ApplyError::Sqlite(e))

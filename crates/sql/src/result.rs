@@ -192,6 +192,7 @@ impl StatementResult {
 /// "in `sql` at offset `n`" suffix.
 pub(crate) fn error_message(error: &rusqlite::Error) -> String {
     match error {
+        error if crate::error::is_damaged(error) => crate::error::DAMAGED.to_string(),
         rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
         rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
         other => other.to_string(),

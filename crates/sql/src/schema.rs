@@ -31,14 +31,21 @@ pub(crate) fn quote_identifier(name: &str) -> String {
 /// Opens a database file given by a user (a load, a backup image) and checks that SQLite can
 /// read it; otherwise [`Error::InvalidInput`] naming the file.
 pub(crate) fn open_file(path: &Path, read_only: bool) -> Result<Connection> {
+    crate::pagesum::register()?;
     let invalid = |what: String| Error::InvalidInput(format!("{}: {what}", path.display()));
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|error| invalid(format!("cannot open: {error}")))?;
+    // Read-only, the file is a user's (a load) or an image just written and verified: its pages
+    // are read without checking their checksums (see `pagesum::unchecked_vfs`).
+    let opened = if read_only {
+        Connection::open_with_flags_and_vfs(path, flags, crate::pagesum::unchecked_vfs()?)
+    } else {
+        Connection::open_with_flags(path, flags)
+    };
+    let conn = opened.map_err(|error| invalid(format!("cannot open: {error}")))?;
     match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
         Ok(()) => Ok(conn),
         Err(error) if error.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {

@@ -1,7 +1,8 @@
 //! Row-change capture and replay through SQLite's session extension, over raw FFI.
 //!
-//! This is the only module of the crate with `unsafe` code. It wraps the few C functions of the
-//! session extension that Keel needs, plus one connection-level call rusqlite does not expose:
+//! This and `pagesum` (page checksums) are the crate's modules of `unsafe` code. It wraps the
+//! few C functions of the session extension that Keel needs, plus one connection-level call
+//! rusqlite does not expose:
 //!
 //! * [`Session`] records every row a connection inserts, updates or deletes from the moment it
 //!   is created ([`Session::new`]) and turns them into a *changeset* ([`Session::changeset`]): a

@@ -51,7 +51,7 @@ use wal::{Op, Record};
 use super::held::Taken;
 use super::{Db, internal};
 use crate::answers;
-use crate::error::{Error, Result, is_environmental};
+use crate::error::{Error, Result, is_damaged, is_environmental};
 use crate::generation::{self, Generation};
 use crate::image;
 pub use crate::meta::Apply;
@@ -360,8 +360,18 @@ fn skew(hash: wal::ApplyHash) -> wal::ApplyHash {
 /// A SQLite error while applying: [`Error::Corrupt`] described by `describe` when doing it
 /// again fails the same way, SQLite's error as it is when the environment failed (see
 /// [`Error::is_deterministic`]).
+///
+/// A page that failed its checksum is `Corrupt` too, named as damage of the database file
+/// ([`crate::error::DAMAGED`]): this node's copy must be rebuilt, and applying again would meet
+/// the same page.
 fn failure(error: rusqlite::Error, describe: impl FnOnce(&rusqlite::Error) -> String) -> Error {
-    if is_environmental(&error) { Error::Sqlite(error) } else { Error::Corrupt(describe(&error)) }
+    if is_damaged(&error) {
+        Error::Corrupt(crate::error::DAMAGED.to_string())
+    } else if is_environmental(&error) {
+        Error::Sqlite(error)
+    } else {
+        Error::Corrupt(describe(&error))
+    }
 }
 
 /// Whether an entry's record is a `VACUUM`.
