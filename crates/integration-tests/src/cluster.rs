@@ -570,14 +570,9 @@ impl TestCluster {
     /// an error does; returns what it wrote to its log after byte `from`. Panics if it has not
     /// exited within [`TIMEOUT`] or exits with success.
     pub fn wait_failed(&self, id: NodeId, from: u64) -> String {
-        let node = self.node(id);
-        let Some(status) = poll(TIMEOUT, || node.exited()) else {
-            node.terminate();
-            panic!("node {id} should have stopped, but it still runs");
-        };
-        lock(&node.process).child = None;
+        let status = self.wait_exited(id);
         assert!(!status.success(), "node {id} exited with success");
-        let log = std::fs::read(&node.log_path).unwrap_or_default();
+        let log = std::fs::read(&self.node(id).log_path).unwrap_or_default();
         String::from_utf8_lossy(&log[usize::try_from(from).unwrap_or(0).min(log.len())..])
             .into_owned()
     }
