@@ -45,10 +45,12 @@
 //! Errors become `std::io::Error` (openraft's storage traits speak nothing else): corruption is
 //! `InvalidData`, a request that would break the log's invariants is `InvalidInput`.
 //!
-//! # Implementation caveats
+//! # Bounded reads
 //!
-//! - `limited_get_log_entries` keeps openraft's default (the whole range): openraft already caps
-//!   replication batches by entry count, not by bytes.
+//! - `limited_get_log_entries` (replication) reads at most [`MAX_BATCH_BYTES`] of entries:
+//!   openraft caps a batch at 300 entries, not by bytes.
+//! - `entries_stream` (applying) reads the committed range [`MAX_BATCH_BYTES`] at a time,
+//!   where openraft's default reads the whole range before applying the first entry.
 
 use std::fmt::Debug;
 use std::io;
@@ -57,6 +59,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
+use futures::{Stream, TryStreamExt};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 use wal::{Frame, Record};
@@ -420,6 +423,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return self.run_here(read);
         }
         self.run(read).await
+    }
+
+    /// Applying committed entries reads them [`MAX_BATCH_BYTES`] at a time (at least one
+    /// entry), instead of openraft's default of reading the whole range into memory before the
+    /// first is applied: a node applying a long run (a learner catching up from the log, a
+    /// restart replaying what it had not applied) holds one batch, not the run. Committed
+    /// entries are never truncated and not purged before they are applied, so reading the
+    /// range in parts sees the same entries as reading it at once.
+    async fn entries_stream<RB>(
+        &mut self,
+        range: RB,
+    ) -> impl Stream<Item = io::Result<Entry>> + OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        let end = to_range(&range).end;
+        let next = to_range(&range).start;
+        futures::stream::try_unfold((self.clone(), next), move |(mut store, next)| async move {
+            if next >= end {
+                return Ok::<_, io::Error>(None);
+            }
+            let entries = store.limited_get_log_entries(next, end).await?;
+            let Some(last) = entries.last() else {
+                return Ok(None);
+            };
+            let after = last.log_id.index + 1;
+            Ok(Some((futures::stream::iter(entries.into_iter().map(Ok)), (store, after))))
+        })
+        .try_flatten()
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {

@@ -199,3 +199,29 @@ async fn invalid_requests_are_io_errors() {
     let err = store.purge(LogId::new_term_index(7, 2)).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
 }
+
+/// A normal entry whose record holds a changeset of `bytes` bytes.
+fn large(term: u64, index: u64, bytes: usize) -> Entry {
+    let record =
+        wal::Record { ops: vec![wal::Op::Changes(vec![index as u8; bytes])], requests: vec![] };
+    Entry { log_id: LogId::new_term_index(term, index), payload: EntryPayload::Normal(record) }
+}
+
+#[tokio::test]
+async fn applying_reads_the_range_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open(dir.path()).unwrap();
+    // Five entries of 3 MiB: a batch of at most 8 MiB holds two of them.
+    let entries: Vec<Entry> = (1..=5).map(|i| large(1, i, 3 << 20)).collect();
+    append(&mut store, entries.clone()).await;
+    assert_eq!(raft::log_store::MAX_BATCH_BYTES, 8 << 20);
+    assert_eq!(store.limited_get_log_entries(1, 6).await.unwrap(), entries[..2].to_vec());
+
+    // The stream still yields every entry of the range, in order, across the batches.
+    let streamed: Vec<Entry> = store.entries_stream(1..=5).await.try_collect().await.unwrap();
+    assert_eq!(streamed, entries);
+    let streamed: Vec<Entry> = store.entries_stream(2..5).await.try_collect().await.unwrap();
+    assert_eq!(streamed, entries[1..4].to_vec());
+    let streamed: Vec<Entry> = store.entries_stream(6..9).await.try_collect().await.unwrap();
+    assert!(streamed.is_empty());
+}

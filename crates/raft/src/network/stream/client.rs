@@ -2,6 +2,7 @@
 //! idle ones per target ([`Pool`]), and the pipelined session ([`session`]) that
 //! `Peer::stream_append` returns. See the parent module for the protocol.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use super::frame::{Codec, flush};
 use super::{
     AppliedSink, Down, HASH_HEADER, PROTOCOL, RETRY_STREAM_AFTER, SENDER_HEADER, STREAM_PATH, Up,
 };
-use crate::space::PeersFull;
+use crate::space::{PeersFull, entry_bytes};
 use crate::types::{NodeId, TypeConfig};
 
 /// A connection's byte stream: the upgraded HTTP connection (TLS or not), or a test's pipe.
@@ -37,6 +38,14 @@ const IDLE_CONNECTIONS: usize = 4;
 /// arrives (and openraft's `Raft::stream_append` takes 64 at a time), so this bounds what a
 /// slow follower buffers.
 const MAX_UNANSWERED: usize = 64;
+
+/// How many entry bytes (as the log stores them, [`entry_bytes`]) a session has unanswered at
+/// most; one append goes out whatever its size. With [`MAX_UNANSWERED`] alone, appends of
+/// large entries (each up to `log_store::MAX_BATCH_BYTES`) could put 64 times that in the
+/// follower's memory while it catches up; with this, a follower buffers at most this plus one
+/// append, and a stream still keeps 16 MiB in flight, enough to fill a link with a round trip
+/// of 100 ms at 160 MB/s.
+pub(crate) const MAX_UNANSWERED_BYTES: u64 = 16 << 20;
 
 /// An open stream connection to one follower.
 pub(crate) struct Conn {
@@ -229,7 +238,8 @@ where
         conn: Some(conn),
         pool,
         input: Some(input),
-        unanswered: 0,
+        unanswered: VecDeque::new(),
+        unanswered_bytes: 0,
         progress: Instant::now(),
         unflushed: false,
         soft_ttl,
@@ -249,8 +259,10 @@ struct Session<S> {
     pool: std::sync::Arc<Pool>,
     /// openraft's appends; `None` once it has ended.
     input: Option<S>,
-    /// Appends sent and not answered yet.
-    unanswered: usize,
+    /// The entry bytes of each append sent and not answered yet, oldest first.
+    unanswered: VecDeque<u64>,
+    /// Their sum.
+    unanswered_bytes: u64,
     /// When the last answer came, or the first unanswered append went out.
     progress: Instant,
     /// Appends written to the connection's buffer but not flushed.
@@ -282,7 +294,7 @@ where
     ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
         loop {
             let conn = self.conn.as_mut()?;
-            if self.input.is_none() && self.unanswered == 0 {
+            if self.input.is_none() && self.unanswered.is_empty() {
                 let mut conn = self.conn.take()?;
                 if flush(&mut conn.writer).await.is_ok() {
                     self.pool.put(conn);
@@ -290,13 +302,15 @@ where
                 return None;
             }
             let deadline = self.progress + self.soft_ttl;
+            let room = self.unanswered.len() < MAX_UNANSWERED
+                && self.unanswered_bytes < MAX_UNANSWERED_BYTES;
             let Conn { writer, answers, .. } = conn;
             // Answers first; then appends, as long as more are ready; a flush only when no
             // append is ready, so a burst leaves in one write.
             tokio::select! {
                 biased;
                 answer = answers.recv() => return Some(self.answered(answer)),
-                append = next_append(&mut self.input), if self.unanswered < MAX_UNANSWERED => {
+                append = next_append(&mut self.input), if room => {
                     let Some(append) = append else {
                         self.input = None;
                         continue;
@@ -309,10 +323,11 @@ where
                     Ok(()) => self.unflushed = false,
                     Err(e) => return Some(Err(self.fail(format!("sending appends failed: {e}")))),
                 },
-                () = tokio::time::sleep_until(deadline.into()), if self.unanswered > 0 => {
+                () = tokio::time::sleep_until(deadline.into()), if !self.unanswered.is_empty() => {
                     let msg = format!(
                         "no answer for {:?} with {} appends unanswered",
-                        self.soft_ttl, self.unanswered
+                        self.soft_ttl,
+                        self.unanswered.len()
                     );
                     return Some(Err(self.fail(msg)));
                 }
@@ -326,6 +341,7 @@ where
         append: AppendEntriesRequest<TypeConfig>,
     ) -> Result<(), RPCError<TypeConfig>> {
         let conn = self.conn.as_mut().expect("a session sends only while it has a connection");
+        let bytes = append.entries.iter().map(entry_bytes).sum();
         let fed = tokio::time::timeout(self.soft_ttl, conn.writer.feed(&Up::Append(append))).await;
         match fed {
             Ok(Ok(())) => {}
@@ -335,10 +351,11 @@ where
                 return Err(self.fail(msg));
             }
         }
-        if self.unanswered == 0 {
+        if self.unanswered.is_empty() {
             self.progress = Instant::now();
         }
-        self.unanswered += 1;
+        self.unanswered.push_back(bytes);
+        self.unanswered_bytes += bytes;
         self.unflushed = true;
         Ok(())
     }
@@ -353,10 +370,10 @@ where
             Some(Err(why)) => return Err(self.fail(why)),
             None => return Err(self.fail("the stream's reader stopped".to_string())),
         };
-        if self.unanswered == 0 {
+        let Some(bytes) = self.unanswered.pop_front() else {
             return Err(self.fail("an answer came for no append".to_string()));
-        }
-        self.unanswered -= 1;
+        };
+        self.unanswered_bytes -= bytes;
         self.progress = Instant::now();
         if answer.is_err() {
             // The follower's last answer: its side of the stream has ended.

@@ -1,5 +1,5 @@
 //! The leader's session over an in-memory pipe, against a scripted follower: pipelining,
-//! answer order, applied positions, clean and unclean ends, the unanswered-append limit.
+//! answer order, applied positions, clean and unclean ends, the unanswered-append limits.
 
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
@@ -241,4 +241,43 @@ async fn a_session_has_at_most_64_appends_unanswered() {
         follower.send(Down::Answer(Ok(Some(log_id(1, index))))).await;
     }
     assert_eq!(leader.await.unwrap(), 100);
+}
+
+/// An append of one entry at `index` whose record holds a changeset of `bytes` bytes.
+fn large_append(index: u64, bytes: usize) -> AppendEntriesRequest<TypeConfig> {
+    let record = wal::Record { ops: vec![wal::Op::Changes(vec![7; bytes])], requests: vec![] };
+    let mut append = append(index);
+    append.entries[0].payload = openraft::EntryPayload::Normal(record);
+    append
+}
+
+#[tokio::test]
+async fn a_session_has_at_most_16_mib_of_entries_unanswered() {
+    const { assert!(MAX_UNANSWERED_BYTES == 16 << 20, "the sizes below assume 16 MiB") };
+    const SIX_MIB: usize = 6 << 20;
+    let (conn, mut follower, _) = pipe();
+    let input = futures::stream::iter((2..=7).map(|i| large_append(i, SIX_MIB)));
+    let mut answers = session(conn, Arc::new(Pool::default()), input, TTL, 2);
+    let leader = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(answer) = answers.next().await {
+            answer.unwrap().unwrap();
+            n += 1;
+        }
+        n
+    });
+    // 0, 6 and 12 MiB unanswered leave room for one more; 18 MiB do not.
+    for index in 2..=4 {
+        assert_eq!(follower.read().await, index);
+    }
+    let more = tokio::time::timeout(Duration::from_millis(100), follower.frames.next()).await;
+    assert!(more.is_err(), "a fourth 6 MiB append was sent with 18 MiB unanswered");
+    // Each answer makes room for one more append.
+    for index in 2..=7 {
+        follower.send(Down::Answer(Ok(Some(log_id(1, index))))).await;
+        if index + 3 <= 7 {
+            assert_eq!(follower.read().await, index + 3);
+        }
+    }
+    assert_eq!(leader.await.unwrap(), 6);
 }
