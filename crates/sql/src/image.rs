@@ -163,12 +163,13 @@ pub(crate) fn check(image: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Apply, Db, Statement, WriteRequest};
 
-    /// Executes one statement on `db` and applies it at `index`.
-    fn write(db: &mut Db, index: u64, sql: &str) {
+    /// Executes one statement on `db` as one write request, asserting it succeeded, and
+    /// applies its record at `index`; returns the record.
+    pub(crate) fn write(db: &mut Db, index: u64, sql: &str) -> wal::Record {
         let request = WriteRequest {
             statements: vec![Statement::new(sql)],
             transaction: false,
@@ -177,9 +178,10 @@ mod tests {
             timeout: None,
         };
         let speculation = db.execute(&[request]).unwrap();
-        assert!(!speculation.results[0][0].is_error(), "{:?}", speculation.results);
+        assert!(!speculation.results[0].iter().any(|r| r.is_error()), "{:?}", speculation.results);
         let entry = Apply { term: 1, index, record: Some(&speculation.record), membership: None };
         db.apply(&[entry]).unwrap();
+        speculation.record
     }
 
     #[test]
@@ -194,7 +196,9 @@ mod tests {
         // The write commits after the image's snapshot began: the image does not have it, and
         // the position read from the image says so.
         let applied = source
-            .write_image_with(&image, || write(&mut db, 3, "INSERT INTO t VALUES (2)"))
+            .write_image_with(&image, || {
+                write(&mut db, 3, "INSERT INTO t VALUES (2)");
+            })
             .unwrap();
         assert_eq!(applied.map(|a| a.index), Some(2));
         assert_eq!(crate::dump(&image).unwrap(), before);

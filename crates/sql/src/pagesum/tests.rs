@@ -5,23 +5,8 @@ use rusqlite::Connection;
 use test_case::test_case;
 
 use super::*;
-use crate::{Apply, Db, Statement, StatementResult, WriteRequest};
-
-/// Executes statements on `db` as one write request and applies the record at `index`.
-fn write(db: &mut Db, index: u64, sql: &str) -> wal::Record {
-    let request = WriteRequest {
-        statements: vec![Statement::new(sql)],
-        transaction: false,
-        rows: false,
-        request_id: None,
-        timeout: None,
-    };
-    let speculation = db.execute(&[request]).unwrap();
-    assert!(!speculation.results[0].iter().any(|r| r.is_error()), "{:?}", speculation.results);
-    let entry = Apply { term: 1, index, record: Some(&speculation.record), membership: None };
-    db.apply(&[entry]).unwrap();
-    speculation.record
-}
+use crate::image::tests::write;
+use crate::{Apply, Db, Statement, StatementResult};
 
 /// The value the test rows carry in row 500, found in the file to damage it.
 const NEEDLE: &str = "needle-0123456789abcdef";

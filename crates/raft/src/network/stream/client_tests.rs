@@ -216,19 +216,27 @@ async fn an_idle_session_has_no_deadline_and_a_closed_connection_is_not_reused()
     assert!(pool.take().is_none(), "the closed one was dropped");
 }
 
-#[tokio::test]
-async fn a_session_has_at_most_64_appends_unanswered() {
-    let (conn, mut follower, _) = pipe();
-    let input = futures::stream::iter((1..=100).map(|i| append(i + 1)));
-    let mut answers = session(conn, Arc::new(Pool::default()), input, TTL, 2);
-    let leader = tokio::spawn(async move {
+/// Takes every answer of a session in a task of its own, each a success; the task returns
+/// how many there were.
+fn count_answers(
+    mut answers: BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
         let mut n = 0;
         while let Some(answer) = answers.next().await {
             answer.unwrap().unwrap();
             n += 1;
         }
         n
-    });
+    })
+}
+
+#[tokio::test]
+async fn a_session_has_at_most_64_appends_unanswered() {
+    let (conn, mut follower, _) = pipe();
+    let input = futures::stream::iter((1..=100).map(|i| append(i + 1)));
+    let answers = session(conn, Arc::new(Pool::default()), input, TTL, 2);
+    let leader = count_answers(answers);
     for _ in 0..MAX_UNANSWERED {
         follower.read().await;
     }
@@ -257,15 +265,8 @@ async fn a_session_has_at_most_16_mib_of_entries_unanswered() {
     const SIX_MIB: usize = 6 << 20;
     let (conn, mut follower, _) = pipe();
     let input = futures::stream::iter((2..=7).map(|i| large_append(i, SIX_MIB)));
-    let mut answers = session(conn, Arc::new(Pool::default()), input, TTL, 2);
-    let leader = tokio::spawn(async move {
-        let mut n = 0;
-        while let Some(answer) = answers.next().await {
-            answer.unwrap().unwrap();
-            n += 1;
-        }
-        n
-    });
+    let answers = session(conn, Arc::new(Pool::default()), input, TTL, 2);
+    let leader = count_answers(answers);
     // 0, 6 and 12 MiB unanswered leave room for one more; 18 MiB do not.
     for index in 2..=4 {
         assert_eq!(follower.read().await, index);
