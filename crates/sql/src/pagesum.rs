@@ -15,7 +15,8 @@
 //!   opened as a main database (`SQLITE_OPEN_MAIN_DB`) get this module's file methods; journals,
 //!   `-wal` files and temp files are opened by the lower VFS as they are.
 //! * Checking is on for a file whose header (offset 0, "SQLite format 3\0") says 8 reserved
-//!   bytes. The flag is read from the file when it is opened, taken from every read or write of
+//!   bytes (a page 1 whose header says otherwise, but which verifies with 8 there, has a
+//!   damaged header, and fails like a damaged page). The flag is read from the file when it is opened, taken from every read or write of
 //!   offset 0, and read again from the file while it is off whenever a read lock is taken or a
 //!   checkpoint starts (so a database converted by `VACUUM` on another connection is checked
 //!   from then on, and no connection checkpoints pages into it without checksums). A file
@@ -163,6 +164,18 @@ pub fn checksum(page: &[u8], offset: u64) -> [u8; 8] {
 /// Whether the first bytes of a database file say its pages carry checksums.
 pub fn is_checked(header: &[u8]) -> bool {
     header.len() >= 100 && header[..16] == MAGIC[..] && header[20] == RESERVE
+}
+
+/// Whether `page`, page 1 of a file whose header says it is not checked, verifies once its
+/// reserved-bytes count is set back to 8: then that byte was damaged (a page of an unchecked
+/// file ends in its checksum only by a chance of one in 2^64).
+fn header_damaged(page: &[u8]) -> bool {
+    if is_checked(page) || page[..16] != MAGIC[..] {
+        return false;
+    }
+    let mut restored = page.to_vec();
+    restored[20] = RESERVE;
+    verifies(&restored, 0)
 }
 
 /// Whether `amount` bytes is a whole page: a power of two of at least 512.
@@ -374,6 +387,14 @@ unsafe extern "C" fn read(
         let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), amount as usize);
         let this = &mut *file.cast::<File>();
         if offset == 0 && bytes.len() >= 100 {
+            // A checked file never stops being one (reserved bytes only grow, and Keel asks
+            // for 8): page 1 whose header says otherwise, yet ends in the checksum it would
+            // have with 8 there, had its header damaged on disk, which would otherwise turn
+            // checking off unnoticed.
+            if is_page(amount) && header_damaged(bytes) {
+                report(this, offset);
+                return ffi::SQLITE_IOERR_DATA;
+            }
             this.checked = is_checked(bytes);
         }
         if this.checked && is_page(amount) && !verifies(bytes, offset as u64) {

@@ -167,6 +167,26 @@ fn a_flipped_byte_in_a_row_fails_its_read() {
     assert!(!results[0].is_error(), "{results:?}");
 }
 
+/// A flipped bit in the header's reserved-bytes count would turn checking off for the whole
+/// file; page 1 still ends in its checksum, so the damage is found instead.
+#[test]
+fn a_damaged_header_does_not_turn_checking_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("db")).unwrap();
+    fill(&mut db, 1);
+    drop(db);
+    let path = live_file(&dir.path().join("db"));
+    assert!(!wal_file(&path).exists(), "page 1 must be in the main file");
+    let mut bytes = fs::read(&path).unwrap();
+    assert_eq!(bytes[20], RESERVE);
+    bytes[20] ^= 0x08;
+    fs::write(&path, bytes).unwrap();
+
+    let conn = open_plain(&path);
+    let error = conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+    assert_eq!(extended_code(&error.unwrap_err()), Some(ffi::SQLITE_IOERR_DATA));
+}
+
 /// A follower whose copy of a page is damaged stops applying, with an error naming the damage,
 /// when an entry changes a row on that page.
 #[test]
