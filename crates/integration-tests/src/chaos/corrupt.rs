@@ -134,7 +134,8 @@ pub fn damage(data: &Path, rng: &mut StdRng) -> anyhow::Result<(Target, String)>
     if segments.len() > 1 {
         targets.push(Target::LogTruncate);
     }
-    if snapshot_image(data).is_some() {
+    let image = snapshot_image(data);
+    if image.is_some() {
         targets.push(Target::Snapshot);
     }
     let target = targets[rng.gen_range(0..targets.len())];
@@ -146,8 +147,7 @@ pub fn damage(data: &Path, rng: &mut StdRng) -> anyhow::Result<(Target, String)>
             OpenOptions::new().write(true).open(path)?.set_len(keep)?;
             Ok((target, format!("{} cut from {len} to {keep} bytes", path.display())))
         }
-        Target::Snapshot if snapshot_image(data).is_some() => {
-            let path = snapshot_image(data).expect("checked above");
+        Target::Snapshot if let Some(path) = image => {
             let len = std::fs::metadata(&path)?.len();
             let at = flip(&path, 0, len, rng)?;
             Ok((target, format!("{} bit flipped at byte {at} of {len}", path.display())))
