@@ -205,6 +205,16 @@ where
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_entries),
         max_in_snapshot_log_to_keep: options.max_in_snapshot_log_to_keep,
         enable_pre_vote: Some(true),
+        // A restarted leader must win an election in a new term before it leads again, never
+        // take its old term's leadership back (openraft's default). Two reasons, both found by
+        // the fault campaign: the leader sends entries before its own fsync, so after a crash
+        // it may have lost an entry a follower holds, and a new entry written at the same term
+        // and index would be taken by that follower as the one it has (replicas diverge); and
+        // the committed index a restarted node loads is a hint written after the fact, so a
+        // read index taken from it in the old term can be stale. A new term fixes both: Raft's
+        // log matching replaces the orphaned entry, and the new term's blank entry must commit
+        // before any read index is given.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()
