@@ -427,6 +427,10 @@ pub struct Sqlite3 {
     /// The same, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_size_friendly: Option<String>,
+    /// Page reads that failed their checksum since the process started (Keel's page
+    /// checksums): damage to the file on this node's disk; rebuild the node.
+    #[serde(default)]
+    pub page_checksum_failures: u64,
     /// Pages in the database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_count: Option<u64>,

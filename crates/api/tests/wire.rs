@@ -205,9 +205,13 @@ fn status_documents() {
     assert_eq!(follower.node.role, Role::Follower);
     assert!(follower.replication.is_none());
     assert!(matches!(follower.store.raft.last_contact, LastContact::Since(_)));
-    // Without a free read connection, `sqlite3` holds only the version.
+    // Without a free read connection, `sqlite3` holds only the version and the page checksum
+    // failures.
     let bare = Sqlite3 { version: "3.54.1".into(), ..Sqlite3::default() };
-    assert_eq!(serde_json::to_string(&bare).unwrap(), r#"{"version":"3.54.1"}"#);
+    assert_eq!(
+        serde_json::to_string(&bare).unwrap(),
+        r#"{"page_checksum_failures":0,"version":"3.54.1"}"#
+    );
 }
 
 #[test]

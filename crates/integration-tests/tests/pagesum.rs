@@ -35,6 +35,11 @@ fn row_500(c: &TestCluster, id: u64) -> Vec<Vec<Value>> {
     c.query(id, "SELECT v FROM t WHERE id = 500", Level::None).rows(0)
 }
 
+/// `store.sqlite3.page_checksum_failures` in node `id`'s `/status`.
+fn checksum_failures(c: &TestCluster, id: u64) -> u64 {
+    c.status(id).store.sqlite3.page_checksum_failures
+}
+
 #[test]
 fn a_flipped_byte_in_a_followers_database_file_is_refused_not_served() {
     let c = TestCluster::start(3, 0);
@@ -86,6 +91,12 @@ fn a_flipped_byte_in_a_followers_database_file_is_refused_not_served() {
         .find(|line| line.contains("page checksum mismatch"))
         .unwrap_or_else(|| panic!("no log line names the damage:\n{log}"));
     assert!(line.contains(&path.display().to_string()) && line.contains("offset="), "{line}");
+    // Its /status and /metrics count the failed read; the others count none.
+    assert!(checksum_failures(&c, victim) >= 1, "node {victim} counts no failed page read");
+    assert!(c.metric(victim, "keel_page_checksum_failures_total") >= 1.0);
+    for id in [leader, other] {
+        assert_eq!(checksum_failures(&c, id), 0, "node {id}");
+    }
     // The others serve the row as written.
     for id in [leader, other] {
         assert_eq!(row_500(&c, id), vec![vec![json!(NEEDLE)]], "node {id}");

@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Elections this node asked for because its leader's streams closed and its lease expired
     /// (`raft::prompt_election`).
     pub prompt_elections: IntCounter,
+    /// Page reads that failed their checksum (`sql::pagesum`), brought up to date at scrape
+    /// time.
+    page_checksum_failures: IntCounter,
     /// Write batches the writer proposed, brought up to date at scrape time.
     write_batches: IntCounter,
     /// Of those, the ones speculated on top of a batch in flight.
@@ -236,6 +239,10 @@ impl Metrics {
             "keel_prompt_elections_total",
             "Elections asked for because the leader's replication streams closed and its lease expired",
         );
+        let page_checksum_failures = counter(
+            "keel_page_checksum_failures_total",
+            "Page reads of the database file that failed their checksum: damage on this node's disk",
+        );
         let write_batches =
             counter("keel_write_batches_total", "Write batches this node proposed as the leader");
         let write_batches_stacked = counter(
@@ -296,6 +303,7 @@ impl Metrics {
             Box::new(optimize_runs.clone()),
             Box::new(vacuums.clone()),
             Box::new(prompt_elections.clone()),
+            Box::new(page_checksum_failures.clone()),
             Box::new(write_batches.clone()),
             Box::new(write_batches_stacked.clone()),
             Box::new(check_last.clone()),
@@ -333,6 +341,7 @@ impl Metrics {
             optimize_runs,
             vacuums,
             prompt_elections,
+            page_checksum_failures,
             write_batches,
             write_batches_stacked,
             check_last,
@@ -371,6 +380,7 @@ impl Metrics {
             for (counter, value) in [
                 (&self.write_batches, writer.proposed()),
                 (&self.write_batches_stacked, writer.stacked()),
+                (&self.page_checksum_failures, sql::pagesum::failures()),
             ] {
                 counter.inc_by(value.saturating_sub(counter.get()));
             }

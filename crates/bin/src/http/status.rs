@@ -338,8 +338,7 @@ struct Disk {
 
 impl Default for Disk {
     fn default() -> Disk {
-        let sqlite = status::Sqlite3 { version: rusqlite::version().into(), ..Default::default() };
-        Disk { dir_size: 0, log_size: 0, sqlite }
+        Disk { dir_size: 0, log_size: 0, sqlite: bare_sqlite() }
     }
 }
 
@@ -354,11 +353,22 @@ impl Disk {
     }
 }
 
+/// The `sqlite3` facts known without reading the database: SQLite's version and the page
+/// checksum failures.
+fn bare_sqlite() -> status::Sqlite3 {
+    status::Sqlite3 {
+        version: rusqlite::version().into(),
+        page_checksum_failures: sql::pagesum::failures(),
+        ..Default::default()
+    }
+}
+
 /// rqlite's `store.sqlite3` section: `version`, `path`, `size` (the file), `db_size` (pages
 /// times page size), `wal_size`, `page_size`, `page_count`; and Keel's `freelist_count`, the
-/// free pages a `VACUUM` would give back.
+/// free pages a `VACUUM` would give back, and `page_checksum_failures`, the page reads
+/// that failed their checksum since start.
 fn sqlite(readers: &sql::Readers) -> status::Sqlite3 {
-    let mut out = status::Sqlite3 { version: rusqlite::version().into(), ..Default::default() };
+    let mut out = bare_sqlite();
     let statements =
         ["PRAGMA database_list", "PRAGMA page_count", "PRAGMA page_size", "PRAGMA freelist_count"]
             .map(sql::Statement::new);
