@@ -509,8 +509,10 @@ def report(results: str, markdown_file: str | None) -> int:
         load(results, "keel-bulk-1"), load(results, "sqlite-bulk"), "rows", 0.4)
     row("4b. bulk 1,000 rows/txn, 1 client (PG: ANY 1)",
         load(results, "keel-bulk-1"), load(results, "pg-bulk-1"), "rows")
-    row("5. point reads, 16 clients, follower/standby",
-        load(results, "keel-read-16"), load(results, "pg-read-16"), "tput", 1.0)
+    row("5. point reads, 16 clients, follower/standby (pgbench, PostgreSQL's protocol)",
+        load(results, "keel-pg-read-16"), load(results, "pg-read-16"), "tput", 1.0)
+    row("5b. point reads, 16 clients, follower (keel bench, HTTP)",
+        load(results, "keel-read-16"), load(results, "pg-read-16"), "tput")
 
     row("6. fan-out: insert, 64 clients, 3 voters + 6 learners vs 3 voters",
         load(results, "keel-insert-64-fanout"), load(results, "keel-insert-64"), "tput", 0.8)
@@ -545,6 +547,9 @@ def report(results: str, markdown_file: str | None) -> int:
         "Keel figures: `keel bench --json` against `keel local` (3 voters); PostgreSQL: pgbench "
         "-M prepared -j 2 over TCP on 127.0.0.1 against a primary with two streaming standbys "
         "(s1, s2). Throughput is transactions (requests) per second; latencies per transaction.",
+        "Row 5 drives both with pgbench and the same script; Keel serves it on a follower "
+        "over PostgreSQL's wire protocol (`keel serve --pg-addr`). Row 5b is Keel's HTTP API "
+        "with its own client.",
         "Row 4b's PostgreSQL figure is one INSERT of 1,000 VALUES rows per transaction under "
         "semi-sync (ANY 1). SQLite runs in this process, with no replication.",
         "Rows 6 and 7 compare Keel with itself: `keel local --learners 6` (3 voters, 6 learners) "

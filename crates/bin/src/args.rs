@@ -71,6 +71,12 @@ pub struct ServeArgs {
     /// Address for node-to-node Raft traffic.
     #[arg(long, default_value = "127.0.0.1:4002")]
     pub raft_addr: String,
+    /// Also serve reads over PostgreSQL's wire protocol on this address (off without it):
+    /// `psql`, `pgbench` and PostgreSQL drivers read this node's copy, at the consistency
+    /// `SET keel.read_consistency` chooses (`none` by default). Credentials and certificates
+    /// are the client API's. See docs/postgres.md.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub pg_addr: Option<String>,
     /// The client API address other nodes and clients are told to use, when it differs from
     /// `--http-addr` (which may be `0.0.0.0:PORT`, or behind NAT).
     #[arg(long, value_name = "HOST:PORT")]
@@ -342,6 +348,10 @@ pub struct LocalArgs {
     /// Start every node with `--fk`: foreign key constraints enforced.
     #[arg(long)]
     pub fk: bool,
+    /// Serve reads over PostgreSQL's wire protocol too: node N on this port + N - 1
+    /// (`keel serve --pg-addr`).
+    #[arg(long, value_name = "PORT")]
+    pub pg_port: Option<u16>,
 }
 
 /// Parses a durability mode (`semi-sync`, `sync`, `replicas:K`).

@@ -233,6 +233,18 @@ pub enum Denied {
     Forbidden(String),
 }
 
+/// Why [`Auth::login`] refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    /// Wrong credentials, or a user without the permission.
+    Denied(Denied),
+    /// Too many failed logins for the user or the address: the reason says when to retry.
+    TooMany {
+        /// What to tell the client.
+        reason: String,
+    },
+}
+
 /// The credentials of a node, loaded from a file and reloadable.
 pub struct Auth {
     /// The credentials file.
@@ -345,6 +357,51 @@ impl Auth {
             .unwrap_or_else(|| unreachable!("a check allowed to hash always decides"))
     }
 
+    /// Whether `*` has what `needs` lists: then no password is asked for.
+    pub fn anyone_may(&self, needs: Needs) -> bool {
+        grants(&self.users.read().unwrap_or_else(PoisonError::into_inner).anyone, needs)
+    }
+
+    /// A login by user name and password from `addr`, for a protocol other than HTTP (the
+    /// PostgreSQL endpoint): the failed-login limit, the check, the audit log line and the
+    /// count of a failure, as [`guard`] does for a request. May block for a password hash:
+    /// call it from a blocking thread. `what` names the endpoint in the log.
+    pub fn login(
+        &self,
+        name: &str,
+        password: &str,
+        addr: std::net::IpAddr,
+        needs: Needs,
+        what: &str,
+    ) -> Result<Option<String>, Login> {
+        let keys = [limit::Key::User(name.to_string()), limit::Key::Addr(addr)];
+        let now = Instant::now();
+        if let Some((key, wait)) = self.limiter.blocked(&keys, now) {
+            tracing::warn!(target: AUDIT, endpoint = what, %key, seconds = wait.as_secs(), "login refused: too many failures");
+            return Err(Login::TooMany {
+                reason: format!(
+                    "too many failed logins for {key} ({} a minute are allowed); retry in {} s",
+                    self.limiter.per_minute(),
+                    wait.as_secs().max(1)
+                ),
+            });
+        }
+        let credentials = Ok(Some((name.to_string(), password.to_string())));
+        match self.check_credentials(credentials, needs, true) {
+            Some(Ok(user)) => Ok(user),
+            Some(Err(Denied::Unauthenticated(reason))) => {
+                tracing::warn!(target: AUDIT, endpoint = what, %addr, %reason, "authentication failed");
+                self.limiter.failed(&keys, now);
+                Err(Login::Denied(Denied::Unauthenticated(reason)))
+            }
+            Some(Err(denied)) => {
+                tracing::warn!(target: AUDIT, endpoint = what, %addr, reason = ?denied, "permission denied");
+                Err(Login::Denied(denied))
+            }
+            None => unreachable!("a check allowed to hash always decides"),
+        }
+    }
+
     /// [`Auth::check`] without hashing, cheap enough for an async thread: `*`, plain-text
     /// passwords, wrong credentials of plain-text users and cached checks decide here. `None`
     /// when deciding needs an argon2 or bcrypt verification (a hashed password not in the
@@ -364,11 +421,21 @@ impl Auth {
         needs: Needs,
         slow: bool,
     ) -> Option<Result<Option<String>, Denied>> {
+        self.check_credentials(basic_credentials(headers), needs, slow)
+    }
+
+    /// The check of a user name and password, however they came.
+    fn check_credentials(
+        &self,
+        credentials: Result<Option<(String, String)>, Denied>,
+        needs: Needs,
+        slow: bool,
+    ) -> Option<Result<Option<String>, Denied>> {
         let users = self.users.read().unwrap_or_else(PoisonError::into_inner).clone();
         if grants(&users.anyone, needs) {
             return Some(Ok(None));
         }
-        let (name, password) = match basic_credentials(headers) {
+        let (name, password) = match credentials {
             Ok(Some(credentials)) => credentials,
             Ok(None) => return Some(Err(Denied::Unauthenticated("credentials required".into()))),
             Err(denied) => return Some(Err(denied)),

@@ -73,7 +73,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "starting {voters} nodes in {} (snapshot every {snapshot_entries} entries)",
         dir.display()
     );
-    let mut nodes = start_cluster(&dir, voters, 0, args.base_port, &flags, true).await?;
+    let mut nodes = start_cluster(&dir, voters, 0, args.base_port, None, &flags, true).await?;
     let result = measure(args, &dir, &mut nodes, requests, snapshot_entries, &flags).await;
     stop_all(&mut nodes).await;
     if args.dir.is_none() {
@@ -169,7 +169,7 @@ async fn measure(
     reset_peak_rss(leader_pid);
     let id = nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
     let join_started = Instant::now();
-    nodes.push(spawn_node(dir, id, args.base_port, false, flags)?);
+    nodes.push(spawn_node(dir, id, args.base_port, None, false, flags)?);
     let new_http = nodes.last().map(|n| n.http.clone()).unwrap_or_default();
     let new = polls.on(&format!("{}://{new_http}", crate::local::scheme(flags)))?;
     let new_pid = nodes.last().and_then(|n| n.child.id()).context("new node exited")?;

@@ -1,7 +1,7 @@
 //! `keel local`: a local cluster of real `keel serve` child processes, for trying Keel out.
 //!
 //! Node N (1-based) listens on HTTP `base + 2(N-1)` and Raft `base + 2(N-1) + 1` on
-//! 127.0.0.1, with its data in `<data-dir>/nodeN` and its log in `<data-dir>/nodeN.log`.
+//! 127.0.0.1 (and, with `--pg-port P`, serves reads over PostgreSQL's protocol on `P + N - 1`), with its data in `<data-dir>/nodeN` and its log in `<data-dir>/nodeN.log`.
 //! Node 1 bootstraps the cluster; the others join it (voters first, then learners). Run again
 //! with the same data directory, every node restarts from its data and the cluster re-forms.
 //! Ctrl-C (or SIGTERM) stops every node with SIGTERM, then SIGKILL after 10 s.
@@ -85,6 +85,7 @@ pub async fn start_cluster(
     voters: u64,
     learners: u64,
     base_port: u16,
+    pg_port: Option<u16>,
     extra: &[String],
     quiet: bool,
 ) -> anyhow::Result<Vec<LocalNode>> {
@@ -102,7 +103,7 @@ pub async fn start_cluster(
     }
     let mut nodes = Vec::new();
     for id in 1..=voters + learners {
-        let node = spawn_node(dir, id, base_port, id > voters, extra)?;
+        let node = spawn_node(dir, id, base_port, pg_port, id > voters, extra)?;
         if !quiet {
             println!(
                 "started node {id} ({}) {}://{}  log: {}",
@@ -126,11 +127,13 @@ pub async fn start_cluster(
 }
 
 /// Starts node `id` of a local cluster (ports and data directory as in the module docs); every
-/// node but node 1 joins node 1. Does not wait for it to be ready.
+/// node but node 1 joins node 1. With `pg_port`, it also serves PostgreSQL's protocol on
+/// `pg_port + id - 1`. Does not wait for it to be ready.
 pub fn spawn_node(
     dir: &std::path::Path,
     id: u64,
     base_port: u16,
+    pg_port: Option<u16>,
     learner: bool,
     extra: &[String],
 ) -> anyhow::Result<LocalNode> {
@@ -154,6 +157,13 @@ pub fn spawn_node(
     if learner {
         args.push("--learner".into());
     }
+    if let Some(pg) = pg_port {
+        let port = u64::from(pg) + id - 1;
+        if port > u64::from(u16::MAX) {
+            bail!("PostgreSQL port {port} is out of range; choose a lower --pg-port");
+        }
+        args.extend(["--pg-addr".into(), format!("127.0.0.1:{port}")]);
+    }
     args.extend(extra.iter().cloned());
     let log = dir.join(format!("node{id}.log"));
     LocalNode::spawn(id, http, learner, log, args)
@@ -171,8 +181,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     if args.fk {
         extra.push("--fk".to_string());
     }
-    let start =
-        start_cluster(&args.data_dir, args.nodes, args.learners, args.base_port, &extra, false);
+    let start = start_cluster(
+        &args.data_dir,
+        args.nodes,
+        args.learners,
+        args.base_port,
+        args.pg_port,
+        &extra,
+        false,
+    );
     let mut nodes = tokio::select! {
         r = start => r?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
@@ -207,6 +224,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         );
     }
     println!("  {curl} '{scheme}://{example}/nodes?pretty&nonvoters'");
+    if let (Some(pg), Some(other)) = (args.pg_port, nodes.get(1)) {
+        println!(
+            "  psql 'host=127.0.0.1 port={} user=keel' -c 'SELECT * FROM foo'   (node {}, reads)",
+            u64::from(pg) + other.id - 1,
+            other.id
+        );
+    }
     println!("press Ctrl-C to stop the cluster");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -36,6 +36,7 @@ mod headers;
 mod http;
 mod local;
 mod params;
+mod pg;
 mod recover;
 mod run;
 mod serve;

@@ -44,6 +44,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding HTTP address {}", args.http_addr))?;
+    let pg_listener = match &args.pg_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding PostgreSQL address {addr}"))?,
+        ),
+        None => None,
+    };
 
     // Held until the process ends: no second node, nor an offline recovery, on this directory.
     std::fs::create_dir_all(&args.data_dir)
@@ -166,8 +174,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Outermost: rqlite's headers, preflights and parameter checks (before authentication, as
     // in rqlite), and the concurrency cap.
     let client_router = crate::serve::client_layers(client_router, limits, headers);
-    tokio::spawn(crate::tls::reload::on_sighup(auth_in_force, reload));
     let api_config = tls.api.as_ref().map(|api| api.config());
+    if let Some(listener) = pg_listener {
+        let bound = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+        let (node, auth) = (node.clone(), auth_in_force.clone());
+        let (config, max) = (api_config.clone(), args.max_connections);
+        tokio::spawn(crate::pg::serve(listener, node, auth, config, max));
+        tracing::info!(pg = %bound, "serving reads over PostgreSQL's wire protocol");
+    }
+    tokio::spawn(crate::tls::reload::on_sighup(auth_in_force, reload));
     tokio::spawn(crate::serve::serve(http_listener, client_router, limits, api_config));
     for bug in &args.unsafe_plant_bug {
         tracing::error!(

@@ -130,7 +130,7 @@ pub use encode::rfc3339_utc;
 pub use error::{Error, Result};
 pub use image::ImageSource;
 pub use limits::Limits;
-pub use readers::{QUERY_WRITE_ERROR, Readers};
+pub use readers::{Description, QUERY_WRITE_ERROR, Readers};
 pub use result::{Format, StatementResult};
 pub use statement::{
     MAX_SQL_LEN, MAX_STATEMENTS, Params, Statement, Value, parse_statements, statements_from_text,

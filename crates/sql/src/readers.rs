@@ -240,6 +240,17 @@ impl Readers {
         tables
     }
 
+    /// What a read of `sql` would return, without running it: how many SQL statements the text
+    /// holds, the parameters and the result columns of the last one (the one whose rows a read
+    /// answers). `Err` with the statement's error (as a read would give it) when `sql` does not
+    /// prepare or is not a read, and with the pool's when no connection can be opened.
+    pub fn describe(&self, sql: &str) -> std::result::Result<Description, String> {
+        let reader = self.pool.checkout().map_err(|e| e.to_string())?;
+        let description = reader.describe(sql);
+        self.pool.checkin(reader);
+        description
+    }
+
     /// Whether every statement is read-only and may be served by a read connection. A statement
     /// that cannot be prepared counts as not read-only (the leader will report its error), and
     /// so does everything when no connection can be opened.
@@ -572,6 +583,39 @@ impl Reader {
         }
     }
 
+    /// [`Readers::describe`] on this connection.
+    fn describe(&self, sql: &str) -> std::result::Result<Description, String> {
+        let masked = match mask(sql) {
+            Masked::Text(masked) => masked,
+            Masked::Refused(reason) => return Err(reason),
+        };
+        let mut batch = Batch::new(&self.conn, &masked);
+        let mut description = Description::default();
+        loop {
+            self.policy.begin(Mode::Read);
+            let next = batch.next();
+            let observed = self.policy.take();
+            match next {
+                Ok(Some(prepared)) => {
+                    if observed.writes || !prepared.readonly() || is_vacuum(&prepared) {
+                        return Err(QUERY_WRITE_ERROR.to_string());
+                    }
+                    description.statements += 1;
+                    description.params = (1..=prepared.parameter_count())
+                        .map(|i| prepared.parameter_name(i).map(str::to_string))
+                        .collect();
+                    description.columns = prepared
+                        .columns()
+                        .into_iter()
+                        .map(|c| (c.name().to_string(), c.decl_type().map(str::to_lowercase)))
+                        .collect();
+                }
+                Ok(None) => return Ok(description),
+                Err(error) => return Err(observed.denied.unwrap_or_else(|| error_message(&error))),
+            }
+        }
+    }
+
     /// Whether all SQL statements in `sql` are read-only.
     fn is_read_only(&self, sql: &str) -> bool {
         let Masked::Text(sql) = mask(sql) else {
@@ -594,6 +638,19 @@ impl Reader {
             }
         }
     }
+}
+
+/// What [`Readers::describe`] finds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Description {
+    /// SQL statements in the text.
+    pub statements: usize,
+    /// The last statement's parameters by index (SQLite numbers them in order of first use):
+    /// each one's name with its prefix (`$1`, `:name`, `?3`), `None` for a bare `?`.
+    pub params: Vec<Option<String>>,
+    /// The last statement's result columns: each one's name and lower-cased declared type
+    /// (`None` for an expression).
+    pub columns: Vec<(String, Option<String>)>,
 }
 
 /// The result of a client statement whose SQL statements all ran: the last one's rows, timed

@@ -58,7 +58,8 @@ async fn find_leader(probe: &keel_api::Client) -> Option<u64> {
 pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("keel-bench-failover-{}", std::process::id()));
     let mut nodes =
-        crate::local::start_cluster(&dir, 3, 0, args.base_port, &args.serve_flag, true).await?;
+        crate::local::start_cluster(&dir, 3, 0, args.base_port, None, &args.serve_flag, true)
+            .await?;
     let result = failover_trials(args, &mut nodes).await;
     crate::local::stop_all(&mut nodes).await;
     let _ = std::fs::remove_dir_all(&dir);
