@@ -606,7 +606,6 @@ impl Reader {
                         .collect();
                     description.columns = prepared
                         .columns()
-                        .into_iter()
                         .map(|c| (c.name().to_string(), c.decl_type().map(str::to_lowercase)))
                         .collect();
                 }
