@@ -198,7 +198,7 @@ fn missing<'a>(
         .filter(move |&(&v, &at)| {
             at < before && {
                 while runs.next_if(|&(_, hi)| hi < v).is_some() {}
-                !runs.peek().is_some_and(|&(lo, _)| lo <= v)
+                runs.peek().is_none_or(|&(lo, _)| lo > v)
             }
         })
         .map(|(&v, &at)| (v, at))
