@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::elle;
-use super::history::{Op, Outcome};
+use super::history::{Op, Outcome, Ranges};
 use super::linear::{self, RegKind, RegOp, Verdict};
 use super::workload::{self, BANK_ACCOUNTS, BANK_INITIAL, Workload};
 
@@ -119,12 +119,10 @@ fn set(ops: &[Op]) -> Findings {
         }
     }
     f.acknowledged = acked.len() as u64;
-    let read_values = |op: &Op| -> BTreeSet<u64> {
-        workload::rows(&op.result, 0)
-            .iter()
-            .filter_map(|r| r.first().and_then(Value::as_u64))
-            .collect()
-    };
+    static EMPTY: Ranges = Ranges::EMPTY;
+    fn read_values(op: &Op) -> &Ranges {
+        op.values.as_ref().unwrap_or(&EMPTY)
+    }
     let finals: Vec<&Op> =
         ops.iter().filter(|op| op.final_read && op.outcome == Outcome::Ok).collect();
     let Some(last) = finals.last() else {
@@ -132,7 +130,7 @@ fn set(ops: &[Op]) -> Findings {
         return f;
     };
     let present = read_values(last);
-    let lost: Vec<u64> = acked.keys().copied().filter(|v| !present.contains(v)).collect();
+    let lost: Vec<u64> = missing(&acked, present, u64::MAX).map(|(v, _)| v).collect();
     f.lost = lost.len() as u64;
     if !lost.is_empty() {
         f.violations.push(format!(
@@ -142,11 +140,14 @@ fn set(ops: &[Op]) -> Findings {
             &lost[..lost.len().min(10)]
         ));
     }
-    let unexpected: Vec<u64> = present.iter().copied().filter(|v| !attempted.contains(v)).collect();
+    let unexpected: Vec<u64> = present.values().filter(|v| !attempted.contains(v)).collect();
     if !unexpected.is_empty() {
         f.violations.push(format!("set: values never inserted are present: {unexpected:?}"));
     }
-    let resurrected: Vec<u64> = present.iter().copied().filter(|v| failed.contains(v)).collect();
+    if let Some(n) = last.result["not_integers"].as_u64() {
+        f.violations.push(format!("set: {n} values that are not integers are present"));
+    }
+    let resurrected: Vec<u64> = present.values().filter(|v| failed.contains(v)).collect();
     if !resurrected.is_empty() {
         f.violations.push(format!(
             "set: {} inserts answered as failed (nothing written) are present, e.g. {:?}",
@@ -159,33 +160,48 @@ fn set(ops: &[Op]) -> Findings {
     {
         let seen = read_values(op);
         if op.value["learner"] == true {
-            let missing: Vec<u64> = acked
-                .iter()
-                .filter(|&(v, &at)| at < op.call && !seen.contains(v))
-                .map(|(_, &at)| at)
-                .collect();
-            let oldest = missing.iter().min().copied();
-            f.staleness_entries.push(missing.len() as u64);
+            let mut behind = 0;
+            let mut oldest: Option<u64> = None;
+            for (_, at) in missing(&acked, seen, op.call) {
+                behind += 1;
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
+            f.staleness_entries.push(behind);
             f.staleness_ms.push(oldest.map_or(0.0, |at| (op.call - at) as f64 / 1e6));
         } else {
             // A linearizable read misses nothing acknowledged before it started.
-            let missing: Vec<u64> = acked
-                .iter()
-                .filter(|&(v, &at)| at < op.call && !seen.contains(v))
-                .map(|(v, _)| *v)
-                .collect();
-            if !missing.is_empty() {
+            let missed: Vec<u64> = missing(&acked, seen, op.call).map(|(v, _)| v).collect();
+            if !missed.is_empty() {
                 f.violations.push(format!(
                     "set: a linearizable read by process {} at {:.3}s misses {} inserts acknowledged before it began, e.g. {:?}",
                     op.process,
                     op.call as f64 / 1e9,
-                    missing.len(),
-                    &missing[..missing.len().min(10)]
+                    missed.len(),
+                    &missed[..missed.len().min(10)]
                 ));
             }
         }
     }
     f
+}
+
+/// The acknowledged values (value → acknowledgement time) acknowledged before `before` that
+/// `seen` lacks, as `(value, acknowledged at)`, ascending: one walk of both.
+fn missing<'a>(
+    acked: &'a BTreeMap<u64, u64>,
+    seen: &'a Ranges,
+    before: u64,
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    let mut runs = seen.runs().peekable();
+    acked
+        .iter()
+        .filter(move |&(&v, &at)| {
+            at < before && {
+                while runs.next_if(|&(_, hi)| hi < v).is_some() {}
+                runs.peek().is_none_or(|&(lo, _)| lo > v)
+            }
+        })
+        .map(|(&v, &at)| (v, at))
 }
 
 /// The total of every read (from any node, at any level) is the opening total.
@@ -316,4 +332,130 @@ pub fn election_safety(
         })
         .collect();
     (violations, leaders)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// An insert of `v`, answered at `ret` (`None`: unknown) or failed.
+    fn add(v: u64, call: u64, ret: Option<u64>, outcome: Outcome) -> Op {
+        Op {
+            process: 0,
+            node: 1,
+            f: "add",
+            value: json!(v),
+            result: Value::Null,
+            values: None,
+            outcome,
+            call,
+            ret,
+            error: None,
+            final_read: false,
+        }
+    }
+
+    /// An ok read of the whole set, seeing `seen`.
+    fn read_all(call: u64, learner: bool, seen: &[u64], final_read: bool) -> Op {
+        Op {
+            process: 1,
+            node: if learner { 4 } else { 1 },
+            f: "read-all",
+            value: json!({ "learner": learner }),
+            result: json!({ "lsn": 1 }),
+            values: Some(Ranges::new(seen.iter().copied())),
+            outcome: Outcome::Ok,
+            call,
+            ret: Some(call + 1),
+            error: None,
+            final_read,
+        }
+    }
+
+    /// Inserts 0..1000 acknowledged at 10·v + 5 ms, except 500 (failed) and 600 (unknown).
+    fn inserts() -> Vec<Op> {
+        (0..1000u64)
+            .map(|v| {
+                let call = v * 10_000_000;
+                match v {
+                    500 => add(v, call, Some(call + 1), Outcome::Fail),
+                    600 => add(v, call, None, Outcome::Info),
+                    _ => add(v, call, Some(call + 5_000_000), Outcome::Ok),
+                }
+            })
+            .collect()
+    }
+
+    fn all_but(skip: &[u64]) -> Vec<u64> {
+        (0..1000).filter(|v| !skip.contains(v)).collect()
+    }
+
+    #[test]
+    fn set_checker_passes_a_clean_history() {
+        let mut ops = inserts();
+        // A linearizable read at 5 s sees everything acknowledged by then (and 600).
+        ops.push(read_all(
+            5_000_000_000,
+            false,
+            &(0..=600).filter(|&v| v != 500).collect::<Vec<_>>(),
+            false,
+        ));
+        ops.push(read_all(20_000_000_000, false, &all_but(&[500]), true));
+        let f = set(&ops);
+        assert_eq!(f.violations, Vec::<String>::new());
+        assert_eq!((f.acknowledged, f.lost), (998, 0));
+    }
+
+    #[test]
+    fn set_checker_finds_lost_unexpected_and_resurrected_values() {
+        let mut ops = inserts();
+        let mut seen = all_but(&[17, 400]);
+        seen.push(5000);
+        ops.push(read_all(20_000_000_000, false, &seen, true));
+        let f = set(&ops);
+        assert_eq!(f.lost, 2);
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("2 of 998 acknowledged inserts lost, e.g. [17, 400]")),
+            "{:?}",
+            f.violations
+        );
+        assert!(
+            f.violations.iter().any(|v| v.contains("never inserted are present: [5000]")),
+            "{:?}",
+            f.violations
+        );
+        assert!(
+            f.violations.iter().any(|v| v.contains("answered as failed") && v.contains("[500]")),
+            "{:?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn set_checker_finds_a_stale_linearizable_read_and_measures_learners() {
+        let mut ops = inserts();
+        // At 5 s (value 499 was acknowledged at 4.995 s), the linearizable read lacks 450..500.
+        ops.push(read_all(5_000_000_000, false, &(0..450).collect::<Vec<_>>(), false));
+        // A learner at the same time lacks the same 50: 450 was acknowledged at 4.505 s.
+        ops.push(read_all(5_000_000_000, true, &(0..450).collect::<Vec<_>>(), false));
+        // A learner that is up to date.
+        ops.push(read_all(5_000_000_000, true, &(0..500).collect::<Vec<_>>(), false));
+        ops.push(read_all(20_000_000_000, false, &all_but(&[500]), true));
+        let f = set(&ops);
+        assert_eq!(f.violations.len(), 1, "{:?}", f.violations);
+        assert!(
+            f.violations[0]
+                .contains("misses 50 inserts acknowledged before it began, e.g. [450, 451"),
+            "{}",
+            f.violations[0]
+        );
+        assert_eq!(f.staleness_entries, vec![50, 0]);
+        assert_eq!(f.staleness_ms.len(), 2);
+        assert!((f.staleness_ms[0] - 495.0).abs() < 1e-6, "{:?}", f.staleness_ms);
+        assert_eq!(f.staleness_ms[1], 0.0);
+    }
 }

@@ -129,7 +129,9 @@ pub struct Cluster {
 
 /// A `keel_api` client of the node at `url` alone: one attempt of at most `timeout`, no
 /// generated request ids, no idle connections. The checker must see each node's own answer to
-/// exactly the request it recorded, so the client's failover and retries stay off.
+/// exactly the request it recorded, so the client's failover and retries stay off: every call
+/// goes to that node and nowhere else (a write or a read that needs the leader is forwarded
+/// by the node itself), and a redirect is not followed.
 pub fn pinned(url: &str, timeout: Duration) -> anyhow::Result<Client> {
     let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0);
     let builder = keel_api::Client::builder([url])
@@ -137,7 +139,9 @@ pub fn pinned(url: &str, timeout: Duration) -> anyhow::Result<Client> {
         .timeout(timeout)
         .retry_for(Duration::ZERO)
         .request_ids(false);
-    Ok(Client::from_builder(builder)?)
+    // A client built from a list of URLs learns the other members and fails over to them;
+    // only `on` keeps to one node.
+    Ok(Client::from_builder(builder)?.on(url)?)
 }
 
 impl Cluster {
@@ -402,6 +406,15 @@ impl Cluster {
                 bail!("timed out after {timeout:?} waiting for {what}");
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The Raft address node `i` gives the others (a proxy's, when there are proxies): what
+    /// its answers name in `X-RQLITE-SERVED-BY`.
+    pub fn raft_advertised(&self, i: usize) -> String {
+        match &self.proxies {
+            Some(p) => p.raft(i).to_string(),
+            None => self.nodes[i - 1].raft.clone(),
         }
     }
 

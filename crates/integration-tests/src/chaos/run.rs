@@ -296,10 +296,13 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         .iter()
         .map(|url| cluster::pinned(url, workload::TIMEOUT))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let raft_addrs: Vec<String> = (1..=count).map(|i| cluster.raft_advertised(i)).collect();
+    let raft_addrs = Arc::new(raft_addrs);
     let mut clients = Vec::new();
     for process in 0..config.clients {
         let (nodes, learners, history, shared) =
             (nodes.clone(), learners.clone(), history.clone(), shared.clone());
+        let raft_addrs = raft_addrs.clone();
         let workload = config.workload;
         let seed = config.seed.wrapping_mul(31).wrapping_add(process as u64 + 1);
         clients.push(std::thread::spawn(move || {
@@ -312,7 +315,10 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
                     rng.gen_range(0..nodes.len())
                 };
                 let call = history.now();
-                let done = workload::perform(&nodes[index], &inv);
+                // A learner's read must be its own copy: an answer from another node is
+                // not one.
+                let served_by = inv.learner.then(|| raft_addrs[index].as_str());
+                let done = workload::perform(&nodes[index], &inv, served_by);
                 let ret = (done.outcome != Outcome::Info).then(|| history.now());
                 history.push(Op {
                     process,
@@ -320,6 +326,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
                     f: inv.f,
                     value: inv.value,
                     result: done.result,
+                    values: done.values,
                     outcome: done.outcome,
                     call,
                     ret,
@@ -400,8 +407,9 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     }
     cluster.stop_all();
 
-    let ops = history.ops();
-    history.write(&config.dir).context("writing the history")?;
+    // The history is taken, not copied: a long run's is large.
+    let ops = history.take_ops();
+    history.write(&config.dir, &ops).context("writing the history")?;
     let mut findings = check::check(config.workload, &ops);
     let (election, terms) = check::election_safety(&config.dir, count, &sampled);
     findings.violations.extend(election);
@@ -488,10 +496,19 @@ fn final_reads(
             )),
         }
     }
-    let result = json!({ "results": [{ "values": rows }] });
-    let (f, value, result) = match workload {
-        Workload::Set => ("read-all", json!({ "learner": false }), result),
-        Workload::Bank => ("read", json!({ "level": "final" }), result),
+    let (f, value, result, values) = match workload {
+        Workload::Set => {
+            let copy: Vec<Vec<Value>> = serde_json::from_value(rows).unwrap_or_default();
+            let (values, others) = workload::set_values(&copy);
+            let mut result = json!({});
+            if others > 0 {
+                result["not_integers"] = json!(others);
+            }
+            ("read-all", json!({ "learner": false }), result, Some(values))
+        }
+        Workload::Bank => {
+            ("read", json!({ "level": "final" }), json!({ "results": [{ "values": rows }] }), None)
+        }
         Workload::Append => {
             // One read per key, as one transaction.
             let mut mops = Vec::new();
@@ -500,7 +517,7 @@ fn final_reads(
                 mops.push(json!(["r", row[0], null]));
                 results.push(json!({ "values": [[row[1]]] }));
             }
-            ("txn", Value::Array(mops), json!({ "results": results }))
+            ("txn", Value::Array(mops), json!({ "results": results }), None)
         }
         Workload::Register => return,
     };
@@ -510,6 +527,7 @@ fn final_reads(
         f,
         value,
         result,
+        values,
         outcome: Outcome::Ok,
         call,
         ret: Some(ret),

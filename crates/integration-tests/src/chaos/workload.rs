@@ -14,13 +14,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use keel_api::Statement;
 use keel_api::blocking::Client;
+use keel_api::{Level, Statement};
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::{Value, json};
 
-use super::history::Outcome;
+use super::history::{Outcome, Ranges};
 
 /// The workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -289,8 +289,10 @@ pub fn generate(workload: Workload, rng: &mut StdRng, shared: &Shared) -> Invoca
 pub struct Completion {
     /// How it ended.
     pub outcome: Outcome,
-    /// The result (workload-specific) when ok.
+    /// The result (workload-specific) when ok: see [`perform`].
     pub result: Value,
+    /// The values of a whole-set read (`read-all`), compactly.
+    pub values: Option<Ranges>,
     /// The error otherwise.
     pub error: Option<String>,
 }
@@ -299,21 +301,31 @@ pub struct Completion {
 pub const TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Sends `inv` to the node `client` is pinned to (see [`super::cluster::pinned`]) and
-/// classifies the answer.
+/// classifies the answer. `served_by`: the Raft address of that node, when the answer must
+/// come from it (a learner's read of its own copy); an answer from another node is then a
+/// failure.
 ///
 /// Nothing sent (the connection failed) and answers that say nothing was written are
 /// failures; a write whose answer did not come, or says it may have been committed, is
 /// `info` (a read is simply failed). A refused read or write and a statement's error are
 /// failures; the rest is `ok`, with the answer's results and lsn as the result.
-pub fn perform(client: &Client, inv: &Invocation) -> Completion {
+///
+/// A history holds every result to the end of the run, so it keeps only what the checkers
+/// need: the rows (`values`) and `rows_affected` of each statement, and the lsn; the rows of
+/// a `read-all` become [`Completion::values`].
+pub fn perform(client: &Client, inv: &Invocation, served_by: Option<&str>) -> Completion {
     let (params, body) = match &inv.request {
         Request::Execute { params, body } => (*params, body),
         Request::Mixed { params, body } => (*params, body),
         Request::Query { params, body } => (*params, body),
     };
     let unclear = if inv.writes { Outcome::Info } else { Outcome::Fail };
-    let failed =
-        |outcome, error: String| Completion { outcome, result: Value::Null, error: Some(error) };
+    let failed = |outcome, error: String| Completion {
+        outcome,
+        result: Value::Null,
+        values: None,
+        error: Some(error),
+    };
     let statements: Vec<Statement> = match serde_json::from_value(body.clone()) {
         Ok(statements) => statements,
         Err(e) => return failed(Outcome::Fail, format!("not statements: {e}")),
@@ -326,6 +338,10 @@ pub fn perform(client: &Client, inv: &Invocation) -> Completion {
     };
     for param in params.split('&').filter(|p| !p.is_empty()) {
         call = match param.split_once('=') {
+            Some(("level", level)) => match level.parse::<Level>() {
+                Ok(level) => call.level(level),
+                Err(_) => call.raw_param("level", Some(level)),
+            },
             Some((name, value)) => call.raw_param(name, Some(value)),
             None => call.raw_param(param, None),
         };
@@ -352,11 +368,61 @@ pub fn perform(client: &Client, inv: &Invocation) -> Completion {
         // was rolled back.
         return failed(Outcome::Fail, error.to_string());
     }
+    if let Some(want) = served_by
+        && answer.served_by.as_deref().is_some_and(|by| by != want)
+    {
+        // Only reads ask for this: nothing was written either way.
+        return failed(
+            Outcome::Fail,
+            format!(
+                "served by {}, not by the node asked ({want})",
+                answer.served_by.as_deref().unwrap_or_default()
+            ),
+        );
+    }
+    if inv.f == "read-all" {
+        let rows = answer.results.into_iter().next().and_then(|r| r.values).unwrap_or_default();
+        let (values, others) = set_values(&rows);
+        let mut result = json!({ "lsn": answer.lsn });
+        if others > 0 {
+            result["not_integers"] = json!(others);
+        }
+        return Completion { outcome: Outcome::Ok, result, values: Some(values), error: None };
+    }
+    let results: Vec<Value> = answer
+        .results
+        .into_iter()
+        .map(|r| {
+            let mut kept = serde_json::Map::new();
+            if let Some(values) = r.values {
+                kept.insert("values".into(), json!(values));
+            }
+            if let Some(n) = r.rows_affected {
+                kept.insert("rows_affected".into(), json!(n));
+            }
+            Value::Object(kept)
+        })
+        .collect();
     Completion {
         outcome: Outcome::Ok,
-        result: json!({ "results": answer.results, "lsn": answer.lsn }),
+        result: json!({ "results": results, "lsn": answer.lsn }),
+        values: None,
         error: None,
     }
+}
+
+/// The set a whole-set read returned (the first column of each row), and how many rows held
+/// something else than a non-negative integer (the set workload inserts nothing else).
+pub fn set_values(rows: &[Vec<Value>]) -> (Ranges, u64) {
+    let mut others = 0;
+    let values = Ranges::new(rows.iter().filter_map(|r| {
+        let v = r.first().and_then(Value::as_u64);
+        if v.is_none() {
+            others += 1;
+        }
+        v
+    }));
+    (values, others)
 }
 
 /// Whether an error says the request wrote nothing.
