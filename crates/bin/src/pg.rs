@@ -8,8 +8,9 @@
 //! * **Queries.** The simple protocol (`Query`) and the extended one (`Parse`, `Bind`,
 //!   `Describe`, `Execute`, `Sync`), with parameters as `$1`, `$2`, … (SQLite reads `$1` as a
 //!   named parameter, numbered in order of first use; each gets the client's parameter its
-//!   number names) or `?`. A simple query holding several statements
-//!   answers the last one's rows, as the HTTP API does; a prepared statement must hold one.
+//!   number names) or `?`. A simple query holding several statements (split at semicolons
+//!   outside quotes and comments) answers each in turn, as PostgreSQL does, and stops at the
+//!   first error; a prepared statement must hold one.
 //! * **Reads only.** A statement that would write is refused with SQLSTATE `25006`
 //!   (read-only transaction) and a message pointing to the HTTP API, which takes writes.
 //! * **Consistency.** `SET keel.read_consistency = 'none' | 'weak' | 'linearizable' |
@@ -173,7 +174,6 @@ async fn connection(
         .await
         {
             let fatal = error.is_fatal();
-            socket.get_mut().corked = false;
             pgwire::tokio::server::process_error(&mut socket, error, in_extended).await?;
             if fatal {
                 break;
@@ -451,6 +451,50 @@ fn session_statement(sql: &str) -> Option<Kind> {
     }
 }
 
+/// The statements of a simple query, split at the semicolons outside quotes and comments;
+/// empty ones are left out.
+fn split_statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let (mut out, mut start, mut i) = (Vec::new(), 0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'\'' | b'"' | b'`') => {
+                // To the closing quote; a doubled quote inside is the quote itself.
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += 1;
+                }
+            }
+            b'[' => {
+                while i < bytes.len() && bytes[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(&sql[start.min(sql.len())..]);
+    out.retain(|s| !s.trim().is_empty());
+    out
+}
+
 /// `text` after a leading `word` (any case) and the space after it.
 fn strip_word<'a>(text: &'a str, word: &str) -> Option<&'a str> {
     let head = text.get(..word.len())?;
@@ -700,19 +744,28 @@ impl SimpleQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let response = match session_statement(query) {
-            Some(kind) => self.session(client, &kind),
-            None => self.read(client, sql::Statement::new(query), None).await,
-        };
-        // An error ends this query only: the session goes on.
-        Ok(vec![response.unwrap_or_else(|e| match e {
-            PgWireError::UserError(info) => Response::Error(info),
-            other => Response::Error(Box::new(ErrorInfo::new(
-                "ERROR".into(),
-                "XX000".into(),
-                other.to_string(),
-            ))),
-        })])
+        // Each statement answers in turn; an error ends the query (the rest is not run), not
+        // the session.
+        let mut responses = Vec::new();
+        for statement in split_statements(query) {
+            let response = match session_statement(statement) {
+                Some(kind) => self.session(client, &kind),
+                None => self.read(client, sql::Statement::new(statement), None).await,
+            };
+            match response {
+                Ok(response) => responses.push(response),
+                Err(PgWireError::UserError(info)) => {
+                    responses.push(Response::Error(info));
+                    break;
+                }
+                Err(other) => {
+                    let info = ErrorInfo::new("ERROR".into(), "XX000".into(), other.to_string());
+                    responses.push(Response::Error(Box::new(info)));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
     }
 }
 
@@ -972,6 +1025,20 @@ mod tests {
         {
             assert!(session_statement(read).is_none(), "{read}");
         }
+    }
+
+    #[test]
+    fn simple_queries_split_at_semicolons_outside_quotes_and_comments() {
+        assert_eq!(split_statements("SELECT 1; SELECT 2;"), ["SELECT 1", " SELECT 2"]);
+        assert_eq!(split_statements("SELECT ';', \"a;b\" FROM t"), ["SELECT ';', \"a;b\" FROM t"]);
+        assert_eq!(split_statements("SELECT 'it''s; fine'"), ["SELECT 'it''s; fine'"]);
+        assert_eq!(
+            split_statements("SELECT 1 -- a; comment\n; SELECT [x;y]"),
+            ["SELECT 1 -- a; comment\n", " SELECT [x;y]"]
+        );
+        assert_eq!(split_statements("/* ; */ SELECT 1"), ["/* ; */ SELECT 1"]);
+        assert!(split_statements(" ; ;").is_empty());
+        assert_eq!(split_statements("SELECT 'unterminated;"), ["SELECT 'unterminated;"]);
     }
 
     #[test]

@@ -102,6 +102,19 @@ fn a_follower_serves_typed_reads_over_postgresql_and_refuses_writes() {
         })
         .expect("a row");
     assert_eq!((row.get(0), row.get(1)), (Some("1"), Some("\\x00ff")));
+    // Several statements in one simple query answer in turn, and the first error ends it.
+    let messages =
+        pg.simple_query("SELECT 1 AS a; SELECT 'x;y' AS b; SELECT * FROM missing; SELECT 2");
+    assert_eq!(code(messages), SqlState::UNDEFINED_TABLE);
+    let messages = pg.simple_query("SELECT 1 AS a; SELECT 'x;y' AS b").expect("two statements");
+    let values: Vec<_> = messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, ["1", "x;y"]);
 
     // Writes are refused, pointing to the HTTP API; the session goes on.
     let refused = pg.simple_query("INSERT INTO t (name) VALUES ('x')");

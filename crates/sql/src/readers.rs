@@ -615,27 +615,10 @@ impl Reader {
         }
     }
 
-    /// Whether all SQL statements in `sql` are read-only.
+    /// Whether all SQL statements in `sql` are read-only (a text that is refused or does not
+    /// prepare is not).
     fn is_read_only(&self, sql: &str) -> bool {
-        let Masked::Text(sql) = mask(sql) else {
-            // Refused: the leader answers with the reason.
-            return false;
-        };
-        let mut batch = Batch::new(&self.conn, &sql);
-        loop {
-            self.policy.begin(Mode::Read);
-            let next = batch.next();
-            let observed = self.policy.take();
-            match next {
-                Ok(Some(prepared)) => {
-                    if observed.writes || !prepared.readonly() || is_vacuum(&prepared) {
-                        return false;
-                    }
-                }
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
+        self.describe(sql).is_ok()
     }
 }
 
