@@ -377,14 +377,9 @@ impl Auth {
         let keys = [limit::Key::User(name.to_string()), limit::Key::Addr(addr)];
         let now = Instant::now();
         if let Some((key, wait)) = self.limiter.blocked(&keys, now) {
-            tracing::warn!(target: AUDIT, endpoint = what, %key, seconds = wait.as_secs(), "login refused: too many failures");
-            return Err(Login::TooMany {
-                reason: format!(
-                    "too many failed logins for {key} ({} a minute are allowed); retry in {} s",
-                    self.limiter.per_minute(),
-                    wait.as_secs().max(1)
-                ),
-            });
+            let (reason, seconds) = too_many(&key, wait, self.limiter.per_minute());
+            tracing::warn!(target: AUDIT, endpoint = what, %key, seconds, "login refused: too many failures");
+            return Err(Login::TooMany { reason });
         }
         let credentials = Ok(Some((name.to_string(), password.to_string())));
         match self.check_credentials(credentials, needs, true) {
@@ -622,6 +617,16 @@ impl Auth {
     }
 }
 
+/// What a login refused by the limiter is told, and in how many whole seconds (at least 1) it
+/// may try again.
+fn too_many(key: &limit::Key, wait: Duration, per_minute: usize) -> (String, u64) {
+    let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    let reason = format!(
+        "too many failed logins for {key} ({per_minute} a minute are allowed); retry in {seconds} s"
+    );
+    (reason, seconds)
+}
+
 /// The answer to a login refused by the limiter: 429 with `Retry-After` (whole seconds, at
 /// least 1), logged under the audit target.
 fn too_many_failures(
@@ -631,16 +636,9 @@ fn too_many_failures(
     wait: Duration,
     per_minute: usize,
 ) -> Response {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let seconds = seconds.max(1);
+    let (reason, seconds) = too_many(key, wait, per_minute);
     tracing::warn!(target: AUDIT, %method, %path, %key, seconds, "login refused: too many failures");
-    let mut response = error_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        format!(
-            "too many failed logins for {key} ({per_minute} a minute are allowed); retry in \
-             {seconds} s"
-        ),
-    );
+    let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, reason);
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     response
 }

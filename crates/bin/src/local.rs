@@ -1,7 +1,8 @@
 //! `keel local`: a local cluster of real `keel serve` child processes, for trying Keel out.
 //!
 //! Node N (1-based) listens on HTTP `base + 2(N-1)` and Raft `base + 2(N-1) + 1` on
-//! 127.0.0.1 (and, with `--pg-port P`, serves reads over PostgreSQL's protocol on `P + N - 1`), with its data in `<data-dir>/nodeN` and its log in `<data-dir>/nodeN.log`.
+//! 127.0.0.1 (with `--pg-port P`, also PostgreSQL's protocol on `P + N - 1`), with its data in
+//! `<data-dir>/nodeN` and its log in `<data-dir>/nodeN.log`.
 //! Node 1 bootstraps the cluster; the others join it (voters first, then learners). Run again
 //! with the same data directory, every node restarts from its data and the cluster re-forms.
 //! Ctrl-C (or SIGTERM) stops every node with SIGTERM, then SIGKILL after 10 s.
