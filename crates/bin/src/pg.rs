@@ -417,8 +417,8 @@ struct Described {
     /// Where each parameter's value comes from, by SQLite's parameter index: `$k` takes the
     /// client's parameter k, any other placeholder the one at its own index.
     params: Vec<usize>,
-    /// Its result columns, text format.
-    fields: Vec<FieldInfo>,
+    /// Its result columns, text format (shared by every execution that asks for text).
+    fields: Arc<Vec<FieldInfo>>,
 }
 
 /// The kind of `sql` if it is one of the session statements (`SET`, `SHOW`, transactions);
@@ -563,10 +563,11 @@ fn encode(out: &mut BytesMut, value: &Value, ty: &Type, format: FieldFormat) -> 
         Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
         Value::String(s) => out.extend_from_slice(s.as_bytes()),
         Value::Array(bytes) => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             out.extend_from_slice(b"\\x");
             for b in bytes {
                 let b = b.as_u64().unwrap_or(0) as u8;
-                out.extend_from_slice(format!("{b:02x}").as_bytes());
+                out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
             }
         }
         Value::Bool(b) => out.extend_from_slice(if *b { b"t" } else { b"f" }),
@@ -802,7 +803,11 @@ impl ExtendedQueryHandler for Queries {
 }
 
 /// `fields` with the result formats a portal asked for.
-fn with_formats(fields: &[FieldInfo], format: &Format) -> Arc<Vec<FieldInfo>> {
+fn with_formats(fields: &Arc<Vec<FieldInfo>>, format: &Format) -> Arc<Vec<FieldInfo>> {
+    if matches!(format, Format::UnifiedText) {
+        // The described fields are text already: no copy per execution.
+        return fields.clone();
+    }
     Arc::new(
         fields
             .iter()
@@ -837,7 +842,7 @@ fn parameters(portal: &Portal<Kind>, sources: &[usize]) -> PgWireResult<sql::Par
         let binary = match &portal.parameter_format {
             Format::UnifiedText => false,
             Format::UnifiedBinary => true,
-            Format::Individual(v) => v.get(i).or(v.first()).is_some_and(|f| *f == 1),
+            Format::Individual(v) => v.get(i) == Some(&1),
         };
         values.push(match raw {
             None => sql::Value::Null,
@@ -950,7 +955,8 @@ impl QueryParser for Parser {
                 let ty = column_type(declared.as_deref(), None);
                 FieldInfo::new(name, None, None, ty, FieldFormat::Text)
             })
-            .collect();
+            .collect::<Vec<_>>()
+            .into();
         let params = description
             .params
             .iter()
